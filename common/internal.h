@@ -1,0 +1,31 @@
+/*
+ * internal.h — helpers shared by kreq's own modules; never installed.
+ *
+ * Internal names use the kreq__ prefix. Arguments are validated once, at the
+ * public boundary; functions declared here trust their callers.
+ */
+#ifndef KREQ_INTERNAL_H
+#define KREQ_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kreq/error.h"
+
+#define KREQ__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Formats a detail message into errstr (if errstr is non-NULL and
+ * errstr_size > 0) and returns err, so error paths read
+ * `return kreq__err(errstr, errstr_size, KREQ_EINVAL, "x: %s", why);`. */
+int kreq__err(char *errstr, size_t errstr_size, int err, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/* Wall-clock time in milliseconds since the Unix epoch (deadlines on the wire
+ * are absolute wall-clock times so that they mean the same on every host). */
+int64_t kreq__now_ms(void);
+
+/* Monotonic time in nanoseconds (local durations, never sent). */
+int64_t kreq__mono_ns(void);
+
+#endif

@@ -1,0 +1,396 @@
+/*
+ * envelope.c — sign/verify and the bounded envelope decoder.
+ *
+ * Design notes
+ * - Verify before parse: the envelope is a five-field protobuf; its body is
+ *   kept as opaque bytes and the signature is checked over those exact bytes
+ *   before the body is decoded, so unauthenticated input only ever reaches
+ *   the (small, fuzzed) envelope decoder.
+ * - Domain separation: the signed bytes start with a fixed tag and bind the
+ *   version, key id and kind, each length-prefixed, so a signature made for
+ *   one kind or key can never be replayed as another.
+ * - Bounded: the size limit is checked before any parsing, and every
+ *   variable-length body field has a documented maximum.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "common/conf.h"
+#include "common/internal.h"
+#include "proto/envelope.h"
+
+#define ED25519_STACK_MAX 4096
+
+void kreq__limits_from_conf(kreq__limits_t *lim, const kreq_conf_t *conf)
+{
+	lim->envelope_max = (size_t)kreq__conf_int(conf, KREQ__P_ENVELOPE_MAX_BYTES);
+	lim->payload_max = (size_t)kreq__conf_int(conf, KREQ__P_PAYLOAD_MAX_BYTES);
+	lim->skew_ms = kreq__conf_int(conf, KREQ__P_CLOCK_SKEW_MS);
+}
+
+static uint8_t *put_be(uint8_t *p, uint64_t v, int bytes)
+{
+	for (int i = bytes - 1; i >= 0; i--)
+		*p++ = (uint8_t)(v >> (8 * i));
+	return p;
+}
+
+size_t kreq__sig_header(uint8_t *hdr, uint32_t version, const char *key_id, size_t key_id_len,
+			uint32_t kind, size_t body_len)
+{
+	uint8_t *p = hdr;
+	memcpy(p, KREQ__SIG_TAG, sizeof(KREQ__SIG_TAG)); /* includes the 0x00 */
+	p += sizeof(KREQ__SIG_TAG);
+	p = put_be(p, version, 4);
+	*p++ = (uint8_t)key_id_len;
+	memcpy(p, key_id, key_id_len);
+	p += key_id_len;
+	p = put_be(p, kind, 4);
+	p = put_be(p, body_len, 8);
+	return (size_t)(p - hdr);
+}
+
+static void hmac(const kreq__key_t *k, const uint8_t *hdr, size_t hdr_len, const uint8_t *body,
+		 size_t body_len, uint8_t out[crypto_auth_hmacsha256_BYTES])
+{
+	crypto_auth_hmacsha256_state st;
+	crypto_auth_hmacsha256_init(&st, k->material, KREQ_HMAC_KEY_BYTES);
+	crypto_auth_hmacsha256_update(&st, hdr, hdr_len);
+	crypto_auth_hmacsha256_update(&st, body, body_len);
+	crypto_auth_hmacsha256_final(&st, out);
+	sodium_memzero(&st, sizeof(st));
+}
+
+/* Ed25519 signs one contiguous message: header || body. */
+static uint8_t *concat(uint8_t *stackbuf, const uint8_t *hdr, size_t hdr_len, const uint8_t *body,
+		       size_t body_len)
+{
+	uint8_t *m = hdr_len + body_len <= ED25519_STACK_MAX ? stackbuf
+							     : malloc(hdr_len + body_len);
+	if (m) {
+		memcpy(m, hdr, hdr_len);
+		if (body_len)
+			memcpy(m + hdr_len, body, body_len);
+	}
+	return m;
+}
+
+size_t kreq__sign(const kreq__key_t *k, uint32_t kind, const uint8_t *body, size_t body_len,
+		  uint8_t *sig)
+{
+	uint8_t hdr[KREQ__SIG_HDR_MAX], stackbuf[ED25519_STACK_MAX];
+	size_t hdr_len = kreq__sig_header(hdr, KREQ__PROTO_VERSION, k->id, k->id_len, kind,
+					  body_len);
+	if (k->type == KREQ_KEY_HMAC_SHA256) {
+		hmac(k, hdr, hdr_len, body, body_len, sig);
+		return crypto_auth_hmacsha256_BYTES;
+	}
+	if (k->type != KREQ_KEY_ED25519)
+		return 0;
+	uint8_t *m = concat(stackbuf, hdr, hdr_len, body, body_len);
+	if (!m)
+		return 0;
+	crypto_sign_detached(sig, NULL, m, hdr_len + body_len, k->material);
+	if (m != stackbuf)
+		free(m);
+	return crypto_sign_BYTES;
+}
+
+int kreq__verify(const kreq__key_t *k, uint32_t version, uint32_t kind, const uint8_t *body,
+		 size_t body_len, const uint8_t *sig, size_t sig_len)
+{
+	uint8_t hdr[KREQ__SIG_HDR_MAX], stackbuf[ED25519_STACK_MAX];
+	size_t hdr_len = kreq__sig_header(hdr, version, k->id, k->id_len, kind, body_len);
+	if (k->type == KREQ_KEY_HMAC_SHA256) {
+		uint8_t mac[crypto_auth_hmacsha256_BYTES];
+		if (sig_len != sizeof(mac))
+			return KREQ_EBADSIG;
+		hmac(k, hdr, hdr_len, body, body_len, mac);
+		return sodium_memcmp(mac, sig, sizeof(mac)) == 0 ? KREQ_OK : KREQ_EBADSIG;
+	}
+	if (sig_len != crypto_sign_BYTES)
+		return KREQ_EBADSIG;
+	uint8_t *m = concat(stackbuf, hdr, hdr_len, body, body_len);
+	if (!m)
+		return KREQ_ENOMEM;
+	int rc = crypto_sign_verify_detached(sig, m, hdr_len + body_len, k->pk);
+	if (m != stackbuf)
+		free(m);
+	return rc == 0 ? KREQ_OK : KREQ_EBADSIG;
+}
+
+/* ---- body validation (shared by seal and open) ------------------------- */
+
+typedef struct vctx {
+	const kreq__limits_t *lim;
+	char *errstr;
+	size_t errstr_size;
+} vctx_t;
+
+static int bad(vctx_t *v, const char *what)
+{
+	return kreq__err(v->errstr, v->errstr_size, KREQ_EMALFORMED, "malformed message: %s", what);
+}
+
+static bool printable(const char *s, size_t min, size_t max)
+{
+	size_t n = 0;
+	for (; s[n]; n++)
+		if (n >= max || (unsigned char)s[n] <= ' ' || (unsigned char)s[n] >= 0x7f)
+			return false;
+	return n >= min;
+}
+
+static bool topic_valid(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > KREQ__TOPIC_MAX || !strcmp(s, ".") || !strcmp(s, ".."))
+		return false;
+	return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
+}
+
+static int check_payload(vctx_t *v, size_t len)
+{
+	if (len > v->lim->payload_max)
+		return kreq__err(v->errstr, v->errstr_size, KREQ_EOVERSIZE,
+				 "payload of %zu bytes exceeds payload.max.bytes (%zu)", len,
+				 v->lim->payload_max);
+	return KREQ_OK;
+}
+
+static int check_times(vctx_t *v, int64_t issued, int64_t deadline)
+{
+	if (issued <= 0 || deadline <= 0)
+		return bad(v, "issued_at_ms and deadline_ms must be positive");
+	if (deadline < issued)
+		return bad(v, "deadline_ms is before issued_at_ms");
+	return KREQ_OK;
+}
+
+static int check_metadata(vctx_t *v, Kreq__MetadataEntry **md, size_t n)
+{
+	if (n > KREQ__METADATA_MAX)
+		return bad(v, "more than 32 metadata entries");
+	for (size_t i = 0; i < n; i++) {
+		if (!printable(md[i]->key, 1, KREQ__META_KEY_MAX))
+			return bad(v, "metadata key must be 1..64 printable ASCII characters");
+		if (strlen(md[i]->value) > KREQ__META_VAL_MAX)
+			return bad(v, "metadata value longer than 1024 bytes");
+	}
+	return KREQ_OK;
+}
+
+static int validate_request(vctx_t *v, const Kreq__Request *r)
+{
+	if (r->correlation_id.len != KREQ__CORR_ID_BYTES)
+		return bad(v, "correlation_id must be 16 bytes");
+	if (r->idempotency_key.len == 0 || r->idempotency_key.len > KREQ__IDEM_KEY_MAX)
+		return bad(v, "idempotency_key must be 1..255 bytes");
+	if (!printable(r->method, 1, KREQ__METHOD_MAX))
+		return bad(v, "method must be 1..255 printable ASCII characters");
+	if (!topic_valid(r->reply_topic))
+		return bad(v, "reply_topic is not a valid Kafka topic name");
+	if (r->reply_partition < 0)
+		return bad(v, "reply_partition is negative");
+	if (r->attempt < 1)
+		return bad(v, "attempt must be at least 1");
+	if (strlen(r->client_id) > 255)
+		return bad(v, "client_id longer than 255 bytes");
+	int err = check_metadata(v, r->metadata, r->n_metadata);
+	if (!err)
+		err = check_times(v, r->issued_at_ms, r->deadline_ms);
+	return err ? err : check_payload(v, r->payload.len);
+}
+
+static int validate_reply(vctx_t *v, const Kreq__Reply *r)
+{
+	if (r->correlation_id.len != KREQ__CORR_ID_BYTES)
+		return bad(v, "correlation_id must be 16 bytes");
+	if (r->idempotency_key.len > KREQ__IDEM_KEY_MAX)
+		return bad(v, "idempotency_key longer than 255 bytes");
+	if (strlen(r->error) > KREQ__ERROR_MAX)
+		return bad(v, "error text longer than 4096 bytes");
+	int err = check_times(v, r->issued_at_ms, r->deadline_ms);
+	return err ? err : check_payload(v, r->payload.len);
+}
+
+static int validate_cancel(vctx_t *v, const Kreq__Cancel *c)
+{
+	if (c->correlation_id.len != KREQ__CORR_ID_BYTES)
+		return bad(v, "correlation_id must be 16 bytes");
+	if (c->idempotency_key.len > KREQ__IDEM_KEY_MAX)
+		return bad(v, "idempotency_key longer than 255 bytes");
+	if (strlen(c->client_id) > 255)
+		return bad(v, "client_id longer than 255 bytes");
+	return check_times(v, c->issued_at_ms, c->deadline_ms);
+}
+
+static const ProtobufCMessageDescriptor *descriptor_for(uint32_t kind)
+{
+	switch (kind) {
+	case KREQ__KIND_REQUEST:
+		return &kreq__request__descriptor;
+	case KREQ__KIND_REPLY:
+		return &kreq__reply__descriptor;
+	case KREQ__KIND_CANCEL:
+		return &kreq__cancel__descriptor;
+	}
+	return NULL;
+}
+
+static int validate(vctx_t *v, uint32_t kind, const ProtobufCMessage *m)
+{
+	if (m->descriptor != descriptor_for(kind))
+		return bad(v, "body type does not match kind");
+	switch (kind) {
+	case KREQ__KIND_REQUEST:
+		return validate_request(v, (const Kreq__Request *)m);
+	case KREQ__KIND_REPLY:
+		return validate_reply(v, (const Kreq__Reply *)m);
+	default:
+		return validate_cancel(v, (const Kreq__Cancel *)m);
+	}
+}
+
+static void times_of(const kreq__opened_t *o, int64_t *issued, int64_t *deadline)
+{
+	switch (o->kind) {
+	case KREQ__KIND_REQUEST:
+		*issued = o->u.req->issued_at_ms, *deadline = o->u.req->deadline_ms;
+		break;
+	case KREQ__KIND_REPLY:
+		*issued = o->u.reply->issued_at_ms, *deadline = o->u.reply->deadline_ms;
+		break;
+	case KREQ__KIND_CANCEL:
+		*issued = o->u.cancel->issued_at_ms, *deadline = o->u.cancel->deadline_ms;
+		break;
+	}
+}
+
+/* ---- seal / open ------------------------------------------------------- */
+
+int kreq__envelope_seal(const kreq_keyring_t *kr, const kreq__limits_t *lim, kreq__kind_t kind,
+			const ProtobufCMessage *body, uint8_t **out, size_t *out_len, char *errstr,
+			size_t errstr_size)
+{
+	const kreq__key_t *k = kreq__keyring_signer(kr);
+	if (!k)
+		return kreq__err(errstr, errstr_size, KREQ_ENOSIGNKEY,
+				 "the keyring has no signing key");
+	vctx_t v = {lim, errstr, errstr_size};
+	int err = validate(&v, kind, body);
+	if (err)
+		return err;
+	size_t blen = protobuf_c_message_get_packed_size(body);
+	if (blen > lim->envelope_max)
+		return kreq__err(errstr, errstr_size, KREQ_EOVERSIZE,
+				 "body of %zu bytes exceeds envelope.max.bytes (%zu)", blen,
+				 lim->envelope_max);
+	uint8_t *bbuf = malloc(blen), sig[crypto_sign_BYTES];
+	if (!bbuf)
+		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
+	protobuf_c_message_pack(body, bbuf);
+	size_t slen = kreq__sign(k, kind, bbuf, blen, sig);
+	Kreq__Envelope env = KREQ__ENVELOPE__INIT;
+	env.version = KREQ__PROTO_VERSION;
+	env.key_id = (char *)k->id;
+	env.kind = kind;
+	env.body = (ProtobufCBinaryData){blen, bbuf};
+	env.signature = (ProtobufCBinaryData){slen, sig};
+	size_t elen = kreq__envelope__get_packed_size(&env);
+	uint8_t *ebuf = NULL;
+	if (!slen)
+		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
+	else if (elen > lim->envelope_max)
+		err = kreq__err(errstr, errstr_size, KREQ_EOVERSIZE,
+				"envelope of %zu bytes exceeds envelope.max.bytes (%zu)", elen,
+				lim->envelope_max);
+	else if (!(ebuf = malloc(elen)))
+		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
+	else
+		kreq__envelope__pack(&env, ebuf);
+	free(bbuf);
+	*out = ebuf;
+	*out_len = ebuf ? elen : 0;
+	return err;
+}
+
+static int check_clock(vctx_t *v, const kreq__opened_t *o, int64_t now_ms)
+{
+	int64_t issued = 0, deadline = 0;
+	times_of(o, &issued, &deadline);
+	if (issued > now_ms + v->lim->skew_ms)
+		return kreq__err(v->errstr, v->errstr_size, KREQ_EFUTURE,
+				 "issued %lld ms in the future (clock.skew.ms is %lld)",
+				 (long long)(issued - now_ms), (long long)v->lim->skew_ms);
+	if (deadline <= now_ms)
+		return kreq__err(v->errstr, v->errstr_size, KREQ_EEXPIRED,
+				 "deadline passed %lld ms ago", (long long)(now_ms - deadline));
+	return KREQ_OK;
+}
+
+static int open_envelope(vctx_t *v, const kreq_keyring_t *kr, int64_t now_ms,
+			 const Kreq__Envelope *env, kreq__opened_t *out)
+{
+	if (env->version != KREQ__PROTO_VERSION)
+		return kreq__err(v->errstr, v->errstr_size, KREQ_EVERSION,
+				 "protocol version %u (this build speaks %d)", env->version,
+				 KREQ__PROTO_VERSION);
+	if (!descriptor_for(env->kind))
+		return bad(v, "unknown message kind");
+	size_t id_len = strlen(env->key_id);
+	if (!kreq__key_id_valid(env->key_id, id_len))
+		return bad(v, "invalid key id");
+	const kreq__key_t *k = kreq__keyring_find(kr, env->key_id, id_len);
+	if (!k)
+		return kreq__err(v->errstr, v->errstr_size, KREQ_EUNKNOWNKEY, "unknown key id %s",
+				 env->key_id);
+	int err = kreq__verify(k, env->version, env->kind, env->body.data, env->body.len,
+			       env->signature.data, env->signature.len);
+	if (err)
+		return kreq__err(v->errstr, v->errstr_size, err,
+				 "signature does not verify with key %s", env->key_id);
+	ProtobufCMessage *m =
+		protobuf_c_message_unpack(descriptor_for(env->kind), NULL, env->body.len,
+					  env->body.data);
+	if (!m)
+		return bad(v, "body does not decode");
+	out->kind = (kreq__kind_t)env->kind;
+	out->u.msg = m;
+	memcpy(out->key_id, env->key_id, id_len + 1);
+	err = validate(v, env->kind, m);
+	if (!err)
+		err = check_clock(v, out, now_ms);
+	if (err)
+		kreq__opened_clear(out);
+	return err;
+}
+
+int kreq__envelope_open(const kreq_keyring_t *kr, const kreq__limits_t *lim, int64_t now_ms,
+			const uint8_t *buf, size_t len, kreq__opened_t *out, char *errstr,
+			size_t errstr_size)
+{
+	vctx_t v = {lim, errstr, errstr_size};
+	memset(out, 0, sizeof(*out));
+	if (!buf || len == 0)
+		return bad(&v, "empty input");
+	if (len > lim->envelope_max)
+		return kreq__err(errstr, errstr_size, KREQ_EOVERSIZE,
+				 "envelope of %zu bytes exceeds envelope.max.bytes (%zu)", len,
+				 lim->envelope_max);
+	Kreq__Envelope *env = kreq__envelope__unpack(NULL, len, buf);
+	if (!env)
+		return bad(&v, "not a kreq envelope (protobuf decoding failed)");
+	int err = open_envelope(&v, kr, now_ms, env, out);
+	kreq__envelope__free_unpacked(env, NULL);
+	return err;
+}
+
+void kreq__opened_clear(kreq__opened_t *o)
+{
+	if (o->u.msg)
+		protobuf_c_message_free_unpacked(o->u.msg, NULL);
+	memset(o, 0, sizeof(*o));
+}

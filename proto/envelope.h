@@ -1,0 +1,92 @@
+/*
+ * envelope.h — encode+sign and decode+verify kreq envelopes (internal).
+ *
+ * The byte-exact format is in docs/protocol.md. Used by the client, the
+ * broker, the CLI and the fuzzer; all functions are safe from any thread as
+ * long as the keyring is not modified concurrently (see kreq/keyring.h).
+ */
+#ifndef KREQ_ENVELOPE_H
+#define KREQ_ENVELOPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kreq.pb-c.h"
+#include "kreq/conf.h"
+#include "kreq/keyring.h"
+#include "proto/keyring_int.h"
+
+#define KREQ__PROTO_VERSION 1
+#define KREQ__SIG_TAG       "kreq-envelope-v1" /* followed by one 0x00 byte */
+#define KREQ__SIG_HDR_MAX   (sizeof(KREQ__SIG_TAG) + 4 + 1 + KREQ_KEY_ID_MAX + 4 + 8)
+#define KREQ__CORR_ID_BYTES 16
+#define KREQ__IDEM_KEY_MAX  255
+#define KREQ__METHOD_MAX    255
+#define KREQ__TOPIC_MAX     249
+#define KREQ__METADATA_MAX  32
+#define KREQ__META_KEY_MAX  64
+#define KREQ__META_VAL_MAX  1024
+#define KREQ__ERROR_MAX     4096
+
+typedef enum kreq__kind {
+	KREQ__KIND_REQUEST = 1,
+	KREQ__KIND_REPLY = 2,
+	KREQ__KIND_CANCEL = 3,
+} kreq__kind_t;
+
+/* Bounds applied while decoding (and encoding). */
+typedef struct kreq__limits {
+	size_t envelope_max; /* envelope.max.bytes */
+	size_t payload_max;  /* payload.max.bytes */
+	int64_t skew_ms;     /* clock.skew.ms */
+} kreq__limits_t;
+
+void kreq__limits_from_conf(kreq__limits_t *lim, const kreq_conf_t *conf);
+
+/* A verified, decoded message. Owns the decoded body. */
+typedef struct kreq__opened {
+	kreq__kind_t kind;
+	char key_id[KREQ_KEY_ID_MAX + 1];
+	union {
+		ProtobufCMessage *msg;
+		Kreq__Request *req;
+		Kreq__Reply *reply;
+		Kreq__Cancel *cancel;
+	} u;
+} kreq__opened_t;
+
+/* Validates body, encodes it, signs it with the keyring's signing key and
+ * encodes the envelope into a new malloc'd buffer (*out, *out_len; caller
+ * frees). Returns KREQ_OK, KREQ_ENOSIGNKEY, KREQ_EMALFORMED (invalid body
+ * field; errstr names it), KREQ_EOVERSIZE or KREQ_ENOMEM. */
+int kreq__envelope_seal(const kreq_keyring_t *kr, const kreq__limits_t *lim, kreq__kind_t kind,
+			const ProtobufCMessage *body, uint8_t **out, size_t *out_len, char *errstr,
+			size_t errstr_size);
+
+/* Decodes and verifies buf at time now_ms. On KREQ_OK *out holds the
+ * message (free with kreq__opened_clear()); on error *out is empty and the
+ * code says why: KREQ_EOVERSIZE, KREQ_EMALFORMED, KREQ_EVERSION,
+ * KREQ_EUNKNOWNKEY, KREQ_EBADSIG, KREQ_EEXPIRED, KREQ_EFUTURE, KREQ_ENOMEM.
+ * Nothing in the body is parsed before the signature has verified. */
+int kreq__envelope_open(const kreq_keyring_t *kr, const kreq__limits_t *lim, int64_t now_ms,
+			const uint8_t *buf, size_t len, kreq__opened_t *out, char *errstr,
+			size_t errstr_size);
+
+void kreq__opened_clear(kreq__opened_t *o);
+
+/* The bytes that are signed are header || body; this writes the header into
+ * hdr (at least KREQ__SIG_HDR_MAX bytes) and returns its length. */
+size_t kreq__sig_header(uint8_t *hdr, uint32_t version, const char *key_id, size_t key_id_len,
+			uint32_t kind, size_t body_len);
+
+/* Signature of (header || body) with key k into sig (64 bytes room);
+ * returns its length (32 HMAC, 64 Ed25519), 0 if k cannot sign. */
+size_t kreq__sign(const kreq__key_t *k, uint32_t kind, const uint8_t *body, size_t body_len,
+		  uint8_t *sig);
+
+/* KREQ_OK if sig is k's signature of (header || body), else KREQ_EBADSIG
+ * (or KREQ_ENOMEM). Constant time in the signature comparison. */
+int kreq__verify(const kreq__key_t *k, uint32_t version, uint32_t kind, const uint8_t *body,
+		 size_t body_len, const uint8_t *sig, size_t sig_len);
+
+#endif

@@ -1,0 +1,477 @@
+/*
+ * test_envelope.c — envelope codec: round trips per key type, every
+ * single-byte tamper, wrong/unknown/rotated-out keys, expiry and skew,
+ * truncation, oversize, garbage, and the test vectors of docs/protocol.md.
+ */
+#include <check.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/internal.h"
+#include "kreq/error.h"
+#include "proto/envelope.h"
+#include "testsupport.h"
+
+static char errstr[512];
+static const kreq__limits_t lim = {.envelope_max = 65536, .payload_max = 4096, .skew_ms = 30000};
+static const int64_t NOW = 1767225570000; /* 2025-12-31T23:59:30Z */
+
+/* Keyring with one signing key of the given type, id "k1". */
+static kreq_keyring_t *keyring_of(kreq_key_type_t type)
+{
+	kreq_keyring_t *kr = kreq_keyring_new();
+	uint8_t key[64], pk[32];
+	size_t len = 32;
+	if (type == KREQ_KEY_HMAC_SHA256) {
+		randombytes_buf(key, 32);
+	} else {
+		crypto_sign_keypair(pk, key);
+		len = 64;
+	}
+	ck_assert_int_eq(kreq_keyring_add(kr, "k1", type, key, len, errstr, sizeof(errstr)),
+			 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
+	return kr;
+}
+
+static uint8_t corr[16] = {0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+static Kreq__MetadataEntry tp = KREQ__METADATA_ENTRY__INIT;
+static Kreq__MetadataEntry *md[1] = {&tp};
+
+static Kreq__Request request(void)
+{
+	Kreq__Request r = KREQ__REQUEST__INIT;
+	r.correlation_id = (ProtobufCBinaryData){16, corr};
+	r.idempotency_key = (ProtobufCBinaryData){16, corr};
+	r.method = "echo";
+	r.payload = (ProtobufCBinaryData){5, (uint8_t *)"hello"};
+	r.reply_topic = "kreq.reply.test";
+	r.reply_partition = 3;
+	r.issued_at_ms = NOW;
+	r.deadline_ms = NOW + 5000;
+	r.attempt = 1;
+	r.client_id = "c1";
+	tp.key = "traceparent";
+	tp.value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+	r.metadata = md;
+	r.n_metadata = 1;
+	return r;
+}
+
+static int seal_request(const kreq_keyring_t *kr, Kreq__Request *r, uint8_t **out, size_t *len)
+{
+	return kreq__envelope_seal(kr, &lim, KREQ__KIND_REQUEST, &r->base, out, len, errstr,
+				   sizeof(errstr));
+}
+
+static int open_at(const kreq_keyring_t *kr, int64_t now, const uint8_t *buf, size_t len)
+{
+	kreq__opened_t o;
+	int err = kreq__envelope_open(kr, &lim, now, buf, len, &o, errstr, sizeof(errstr));
+	if (err == KREQ_OK)
+		kreq__opened_clear(&o);
+	else
+		ck_assert_ptr_null(o.u.msg);
+	return err;
+}
+
+static const kreq_key_type_t types[] = {KREQ_KEY_HMAC_SHA256, KREQ_KEY_ED25519};
+
+START_TEST(test_roundtrip_request)
+{
+	kreq_keyring_t *kr = keyring_of(types[_i]);
+	Kreq__Request r = request();
+	uint8_t *buf;
+	size_t len;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_OK);
+	kreq__opened_t o;
+	ck_assert_int_eq(kreq__envelope_open(kr, &lim, NOW, buf, len, &o, errstr, sizeof(errstr)),
+			 KREQ_OK);
+	ck_assert_int_eq(o.kind, KREQ__KIND_REQUEST);
+	ck_assert_str_eq(o.key_id, "k1");
+	ck_assert_mem_eq(o.u.req->correlation_id.data, corr, 16);
+	ck_assert_str_eq(o.u.req->method, "echo");
+	ck_assert_uint_eq(o.u.req->payload.len, 5);
+	ck_assert_mem_eq(o.u.req->payload.data, "hello", 5);
+	ck_assert_str_eq(o.u.req->reply_topic, "kreq.reply.test");
+	ck_assert_int_eq(o.u.req->reply_partition, 3);
+	ck_assert_int_eq(o.u.req->deadline_ms, NOW + 5000);
+	ck_assert_uint_eq(o.u.req->n_metadata, 1);
+	ck_assert_str_eq(o.u.req->metadata[0]->value, tp.value);
+	kreq__opened_clear(&o);
+	free(buf);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+START_TEST(test_roundtrip_reply_and_cancel)
+{
+	kreq_keyring_t *kr = keyring_of(types[_i]);
+	Kreq__Reply rep = KREQ__REPLY__INIT;
+	rep.correlation_id = (ProtobufCBinaryData){16, corr};
+	rep.status = 7;
+	rep.error = "handler failed";
+	rep.from_dedup = 1;
+	rep.issued_at_ms = NOW;
+	rep.deadline_ms = NOW + 1;
+	uint8_t *buf;
+	size_t len;
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_REPLY, &rep.base, &buf, &len,
+					     errstr, sizeof(errstr)),
+			 KREQ_OK);
+	kreq__opened_t o;
+	ck_assert_int_eq(kreq__envelope_open(kr, &lim, NOW, buf, len, &o, errstr, sizeof(errstr)),
+			 KREQ_OK);
+	ck_assert_int_eq(o.kind, KREQ__KIND_REPLY);
+	ck_assert_int_eq(o.u.reply->status, 7);
+	ck_assert_int_eq(o.u.reply->from_dedup, 1);
+	ck_assert_str_eq(o.u.reply->error, "handler failed");
+	kreq__opened_clear(&o);
+	free(buf);
+
+	Kreq__Cancel c = KREQ__CANCEL__INIT;
+	c.correlation_id = (ProtobufCBinaryData){16, corr};
+	c.issued_at_ms = NOW;
+	c.deadline_ms = NOW + 100;
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_CANCEL, &c.base, &buf, &len,
+					     errstr, sizeof(errstr)),
+			 KREQ_OK);
+	ck_assert_int_eq(kreq__envelope_open(kr, &lim, NOW, buf, len, &o, errstr, sizeof(errstr)),
+			 KREQ_OK);
+	ck_assert_int_eq(o.kind, KREQ__KIND_CANCEL);
+	kreq__opened_clear(&o);
+	free(buf);
+	/* the body type must match the kind */
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_REQUEST, &c.base, &buf, &len,
+					     errstr, sizeof(errstr)),
+			 KREQ_EMALFORMED);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+/* Every byte of a signed envelope, changed in any of several ways, must be
+ * rejected: no single-byte change yields an accepted message. */
+START_TEST(test_every_single_byte_tamper_rejected)
+{
+	kreq_keyring_t *kr = keyring_of(types[_i]);
+	Kreq__Request r = request();
+	uint8_t *buf;
+	size_t len;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_OK);
+	const uint8_t flips[] = {0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0xff};
+	size_t rejected = 0;
+	for (size_t pos = 0; pos < len; pos++) {
+		for (size_t f = 0; f < sizeof(flips); f++) {
+			buf[pos] ^= flips[f];
+			int err = open_at(kr, NOW, buf, len);
+			ck_assert_msg(err != KREQ_OK, "tamper at byte %zu (^0x%02x) accepted", pos,
+				      flips[f]);
+			buf[pos] ^= flips[f];
+			rejected++;
+		}
+	}
+	ck_assert_uint_eq(rejected, len * sizeof(flips));
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_OK); /* restored: verifies again */
+	free(buf);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+START_TEST(test_tampered_body_is_badsig)
+{
+	kreq_keyring_t *kr = keyring_of(types[_i]);
+	Kreq__Request r = request();
+	uint8_t *buf;
+	size_t len;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_OK);
+	uint8_t *hello = memmem(buf, len, "hello", 5);
+	ck_assert_ptr_nonnull(hello);
+	hello[0] = 'j';
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EBADSIG);
+	ck_assert_ptr_nonnull(strstr(errstr, "k1"));
+	free(buf);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+START_TEST(test_wrong_unknown_and_rotated_keys)
+{
+	kreq_keyring_t *signer = keyring_of(types[_i]);
+	kreq_keyring_t *other = keyring_of(types[_i]); /* same id "k1", different key */
+	Kreq__Request r = request();
+	uint8_t *buf;
+	size_t len;
+	ck_assert_int_eq(seal_request(signer, &r, &buf, &len), KREQ_OK);
+	ck_assert_int_eq(open_at(other, NOW, buf, len), KREQ_EBADSIG);
+
+	/* rotation: a second key is added and becomes the signer; both verify */
+	uint8_t k2[32];
+	randombytes_buf(k2, sizeof(k2));
+	ck_assert_int_eq(kreq_keyring_add(signer, "k2", KREQ_KEY_HMAC_SHA256, k2, 32, NULL, 0),
+			 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(signer, "k2"), KREQ_OK);
+	uint8_t *buf2;
+	size_t len2;
+	ck_assert_int_eq(seal_request(signer, &r, &buf2, &len2), KREQ_OK);
+	ck_assert_int_eq(open_at(signer, NOW, buf, len), KREQ_OK);
+	ck_assert_int_eq(open_at(signer, NOW, buf2, len2), KREQ_OK);
+	/* old key rotated out: what it signed no longer verifies */
+	ck_assert_int_eq(kreq_keyring_remove(signer, "k1"), KREQ_OK);
+	ck_assert_int_eq(open_at(signer, NOW, buf, len), KREQ_EUNKNOWNKEY);
+	ck_assert_ptr_nonnull(strstr(errstr, "k1"));
+	ck_assert_int_eq(open_at(signer, NOW, buf2, len2), KREQ_OK);
+	/* an empty keyring knows no key and cannot sign */
+	kreq_keyring_t *empty = kreq_keyring_new();
+	ck_assert_int_eq(open_at(empty, NOW, buf2, len2), KREQ_EUNKNOWNKEY);
+	uint8_t *b3;
+	size_t l3;
+	ck_assert_int_eq(seal_request(empty, &r, &b3, &l3), KREQ_ENOSIGNKEY);
+	free(buf);
+	free(buf2);
+	kreq_keyring_release(empty);
+	kreq_keyring_release(signer);
+	kreq_keyring_release(other);
+}
+END_TEST
+
+START_TEST(test_ed25519_public_key_verifies)
+{
+	uint8_t pk[32], sk[64];
+	crypto_sign_keypair(pk, sk);
+	kreq_keyring_t *priv = kreq_keyring_new(), *pub = kreq_keyring_new();
+	ck_assert_int_eq(kreq_keyring_add(priv, "e", KREQ_KEY_ED25519, sk, 64, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(priv, "e"), KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_add(pub, "e", KREQ_KEY_ED25519_PUBLIC, pk, 32, NULL, 0),
+			 KREQ_OK);
+	Kreq__Request r = request();
+	uint8_t *buf;
+	size_t len;
+	ck_assert_int_eq(seal_request(priv, &r, &buf, &len), KREQ_OK);
+	ck_assert_int_eq(open_at(pub, NOW, buf, len), KREQ_OK);
+	/* an HMAC key under the same id does not accept an Ed25519 signature */
+	kreq_keyring_t *h = keyring_of(KREQ_KEY_HMAC_SHA256);
+	kreq_keyring_remove(h, "k1");
+	uint8_t k[32] = {0};
+	ck_assert_int_eq(kreq_keyring_add(h, "e", KREQ_KEY_HMAC_SHA256, k, 32, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(open_at(h, NOW, buf, len), KREQ_EBADSIG);
+	free(buf);
+	kreq_keyring_release(h);
+	kreq_keyring_release(priv);
+	kreq_keyring_release(pub);
+}
+END_TEST
+
+START_TEST(test_expired_and_future)
+{
+	kreq_keyring_t *kr = keyring_of(types[_i]);
+	Kreq__Request r = request();
+	uint8_t *buf;
+	size_t len;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_OK);
+	ck_assert_int_eq(open_at(kr, NOW + 4999, buf, len), KREQ_OK);
+	ck_assert_int_eq(open_at(kr, NOW + 5000, buf, len), KREQ_EEXPIRED); /* at the deadline */
+	ck_assert_int_eq(open_at(kr, NOW + 60000, buf, len), KREQ_EEXPIRED);
+	ck_assert_ptr_nonnull(strstr(errstr, "deadline passed"));
+	ck_assert_int_eq(open_at(kr, NOW - 30000, buf, len), KREQ_OK); /* within skew */
+	ck_assert_int_eq(open_at(kr, NOW - 30001, buf, len), KREQ_EFUTURE);
+	ck_assert_ptr_nonnull(strstr(errstr, "future"));
+	free(buf);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+START_TEST(test_truncated)
+{
+	kreq_keyring_t *kr = keyring_of(types[_i]);
+	Kreq__Request r = request();
+	uint8_t *buf;
+	size_t len;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_OK);
+	for (size_t n = 0; n < len; n++) {
+		uint8_t *copy = malloc(n ? n : 1); /* exact-size copy: ASan sees overreads */
+		memcpy(copy, buf, n);
+		int err = open_at(kr, NOW, n ? copy : NULL, n);
+		ck_assert_msg(err == KREQ_EMALFORMED || err == KREQ_EBADSIG ||
+				      err == KREQ_EVERSION || err == KREQ_EUNKNOWNKEY,
+			      "truncated to %zu: %s", n, kreq_err_name(err));
+		free(copy);
+	}
+	ck_assert_int_eq(open_at(kr, NOW, buf, 0), KREQ_EMALFORMED);
+	free(buf);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+START_TEST(test_oversize)
+{
+	kreq_keyring_t *kr = keyring_of(types[_i]);
+	Kreq__Request r = request();
+	static uint8_t big[70000];
+	/* payload over payload.max.bytes: refused when sealing and when opening */
+	r.payload = (ProtobufCBinaryData){lim.payload_max + 1, big};
+	uint8_t *buf;
+	size_t len;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EOVERSIZE);
+	ck_assert_ptr_nonnull(strstr(errstr, "payload.max.bytes"));
+	kreq__limits_t wide = lim;
+	wide.payload_max = sizeof(big);
+	ck_assert_int_eq(kreq__envelope_seal(kr, &wide, KREQ__KIND_REQUEST, &r.base, &buf, &len,
+					     errstr, sizeof(errstr)),
+			 KREQ_OK);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EOVERSIZE);
+	free(buf);
+	/* envelope over envelope.max.bytes: refused before parsing */
+	r.payload = (ProtobufCBinaryData){sizeof(big), big};
+	ck_assert_int_eq(kreq__envelope_seal(kr, &wide, KREQ__KIND_REQUEST, &r.base, &buf, &len,
+					     errstr, sizeof(errstr)),
+			 KREQ_EOVERSIZE);
+	wide.envelope_max = sizeof(big) + 1024;
+	ck_assert_int_eq(kreq__envelope_seal(kr, &wide, KREQ__KIND_REQUEST, &r.base, &buf, &len,
+					     errstr, sizeof(errstr)),
+			 KREQ_OK);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EOVERSIZE);
+	ck_assert_ptr_nonnull(strstr(errstr, "envelope.max.bytes"));
+	free(buf);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+START_TEST(test_random_garbage)
+{
+	kreq_keyring_t *kr = keyring_of(types[_i]);
+	uint8_t buf[512];
+	for (int i = 0; i < 20000; i++) {
+		size_t n = 1 + randombytes_uniform(sizeof(buf));
+		randombytes_buf(buf, n);
+		int err = open_at(kr, NOW, buf, n);
+		ck_assert_int_ne(err, KREQ_OK);
+		ck_assert_int_lt(err, 0);
+	}
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+/* A well-formed, correctly signed envelope of another version is refused
+ * with EVERSION; an unknown kind with EMALFORMED. */
+static void seal_raw(const kreq_keyring_t *kr, uint32_t version, uint32_t kind, uint8_t **out,
+		     size_t *out_len)
+{
+	Kreq__Request r = request();
+	size_t blen = protobuf_c_message_get_packed_size(&r.base);
+	uint8_t *body = malloc(blen), sig[64], hdr[KREQ__SIG_HDR_MAX];
+	protobuf_c_message_pack(&r.base, body);
+	const kreq__key_t *k = kreq__keyring_signer(kr);
+	size_t hl = kreq__sig_header(hdr, version, k->id, k->id_len, kind, blen);
+	crypto_auth_hmacsha256_state st;
+	crypto_auth_hmacsha256_init(&st, k->material, 32);
+	crypto_auth_hmacsha256_update(&st, hdr, hl);
+	crypto_auth_hmacsha256_update(&st, body, blen);
+	crypto_auth_hmacsha256_final(&st, sig);
+	Kreq__Envelope env = KREQ__ENVELOPE__INIT;
+	env.version = version;
+	env.key_id = (char *)k->id;
+	env.kind = kind;
+	env.body = (ProtobufCBinaryData){blen, body};
+	env.signature = (ProtobufCBinaryData){32, sig};
+	*out_len = kreq__envelope__get_packed_size(&env);
+	*out = malloc(*out_len);
+	kreq__envelope__pack(&env, *out);
+	free(body);
+}
+
+START_TEST(test_version_and_kind)
+{
+	kreq_keyring_t *kr = keyring_of(KREQ_KEY_HMAC_SHA256);
+	uint8_t *buf;
+	size_t len;
+	seal_raw(kr, 1, KREQ__KIND_REQUEST, &buf, &len);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_OK); /* the raw path is right */
+	free(buf);
+	seal_raw(kr, 2, KREQ__KIND_REQUEST, &buf, &len);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EVERSION);
+	ck_assert_ptr_nonnull(strstr(errstr, "version 2"));
+	free(buf);
+	seal_raw(kr, 1, 9, &buf, &len);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EMALFORMED);
+	free(buf);
+	/* a request body signed as a reply: kind is bound, body must match it */
+	seal_raw(kr, 1, KREQ__KIND_REPLY, &buf, &len);
+	ck_assert_int_ne(open_at(kr, NOW, buf, len), KREQ_OK);
+	free(buf);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+START_TEST(test_seal_validates_fields)
+{
+	kreq_keyring_t *kr = keyring_of(KREQ_KEY_HMAC_SHA256);
+	uint8_t *buf;
+	size_t len;
+	Kreq__Request r = request();
+	r.correlation_id.len = 15;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
+	ck_assert_ptr_nonnull(strstr(errstr, "correlation_id"));
+	r = request();
+	r.method = "";
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
+	r.method = "has space";
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
+	r = request();
+	r.reply_topic = "bad/topic";
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
+	r = request();
+	r.reply_partition = -1;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
+	r = request();
+	r.attempt = 0;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
+	r = request();
+	r.idempotency_key.len = 0;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
+	r = request();
+	r.deadline_ms = r.issued_at_ms - 1;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
+	r = request();
+	r.n_metadata = 33;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+/* ---- docs/protocol.md test vectors -------------------------------------- */
+
+#include "vectors.h"
+
+START_TEST(test_protocol_doc_vectors)
+{
+	kreq_test_check_vectors(KREQ_SOURCE_DIR "/docs/protocol.md");
+}
+END_TEST
+
+int main(void)
+{
+	if (getenv("KREQ_PRINT_VECTORS")) {
+		kreq_test_vectors_write(stdout);
+		return 0;
+	}
+	Suite *s = suite_create("envelope");
+	TCase *tc = tcase_create("envelope");
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, test_roundtrip_request, 0, 2);
+	tcase_add_loop_test(tc, test_roundtrip_reply_and_cancel, 0, 2);
+	tcase_add_loop_test(tc, test_every_single_byte_tamper_rejected, 0, 2);
+	tcase_add_loop_test(tc, test_tampered_body_is_badsig, 0, 2);
+	tcase_add_loop_test(tc, test_wrong_unknown_and_rotated_keys, 0, 2);
+	tcase_add_test(tc, test_ed25519_public_key_verifies);
+	tcase_add_loop_test(tc, test_expired_and_future, 0, 2);
+	tcase_add_loop_test(tc, test_truncated, 0, 2);
+	tcase_add_loop_test(tc, test_oversize, 0, 2);
+	tcase_add_loop_test(tc, test_random_garbage, 0, 2);
+	tcase_add_test(tc, test_version_and_kind);
+	tcase_add_test(tc, test_seal_validates_fields);
+	tcase_add_test(tc, test_protocol_doc_vectors);
+	suite_add_tcase(s, tc);
+	return kreq_test_run_suite(s);
+}
