@@ -29,7 +29,7 @@ typedef struct kreq__propdef {
 static const kreq__propdef_t props[KREQ__P_COUNT] = {
 #define KREQ__PROP_DEF(id, pname, ptype, pdef, pmin, pmax, pdoc)                                   \
 	[KREQ__P_##id] = {pname, KREQ__T_##ptype, pdef, pmin, pmax, pdoc},
-	KREQ__PROPS(KREQ__PROP_DEF)
+    KREQ__PROPS(KREQ__PROP_DEF)
 #undef KREQ__PROP_DEF
 };
 
@@ -56,24 +56,24 @@ static int find_prop(const char *name)
 }
 
 static int parse_int(const kreq__propdef_t *d, const char *v, int64_t *out, char *errstr,
-		     size_t errstr_size)
+                     size_t errstr_size)
 {
 	char *end;
 	errno = 0;
 	long long n = strtoll(v, &end, 10);
 	if (errno || end == v || *end != '\0' || isspace((unsigned char)*v))
 		return kreq__err(errstr, errstr_size, KREQ_ECONF,
-				 "%s: \"%s\" is not a decimal integer", d->name, v);
+		                 "%s: \"%s\" is not a decimal integer", d->name, v);
 	if (n < d->min || n > d->max)
 		return kreq__err(errstr, errstr_size, KREQ_ECONF,
-				 "%s: %lld is out of range [%" PRId64 ", %" PRId64 "]", d->name, n,
-				 d->min, d->max);
+		                 "%s: %lld is out of range [%" PRId64 ", %" PRId64 "]", d->name, n,
+		                 d->min, d->max);
 	*out = n;
 	return KREQ_OK;
 }
 
 static int parse_value(const kreq__propdef_t *d, const char *v, int64_t *num, char *errstr,
-		       size_t errstr_size)
+                       size_t errstr_size)
 {
 	size_t len = strlen(v);
 	switch (d->type) {
@@ -84,14 +84,14 @@ static int parse_value(const kreq__propdef_t *d, const char *v, int64_t *num, ch
 			*num = v[0] == 't';
 			return KREQ_OK;
 		}
-		return kreq__err(errstr, errstr_size, KREQ_ECONF,
-				 "%s: \"%s\" is not true or false", d->name, v);
+		return kreq__err(errstr, errstr_size, KREQ_ECONF, "%s: \"%s\" is not true or false",
+		                 d->name, v);
 	case KREQ__T_STR:
 		if ((int64_t)len < d->min || (int64_t)len > d->max)
 			return kreq__err(errstr, errstr_size, KREQ_ECONF,
-					 "%s: length %zu is out of range [%" PRId64 ", %" PRId64
-					 "]",
-					 d->name, len, d->min, d->max);
+			                 "%s: length %zu is out of range [%" PRId64 ", %" PRId64
+			                 "]",
+			                 d->name, len, d->min, d->max);
 		*num = 0;
 		return KREQ_OK;
 	}
@@ -100,7 +100,7 @@ static int parse_value(const kreq__propdef_t *d, const char *v, int64_t *num, ch
 
 static int set_prop(kreq_conf_t *conf, int i, const char *value, char *errstr, size_t errstr_size)
 {
-	int64_t num;
+	int64_t num = 0;
 	int err = parse_value(&props[i], value, &num, errstr, errstr_size);
 	if (err)
 		return err;
@@ -150,9 +150,9 @@ static int kafka_validate(const char *name, const char *value, char *errstr, siz
 	rd_kafka_conf_res_t res = rd_kafka_conf_set(scratch, name, value, why, sizeof(why));
 	rd_kafka_conf_destroy(scratch);
 	if (res != RD_KAFKA_CONF_OK)
-		return kreq__err(errstr, errstr_size, res == RD_KAFKA_CONF_UNKNOWN ? KREQ_ENOENT
-										: KREQ_ECONF,
-				 "kafka.%s: %s", name, why);
+		return kreq__err(errstr, errstr_size,
+		                 res == RD_KAFKA_CONF_UNKNOWN ? KREQ_ENOENT : KREQ_ECONF,
+		                 "kafka.%s: %s", name, why);
 	return KREQ_OK;
 }
 
@@ -188,11 +188,11 @@ static int kafka_put(kreq_conf_t *conf, const char *name, const char *value)
 }
 
 static int set_kafka(kreq_conf_t *conf, const char *name, const char *value, char *errstr,
-		     size_t errstr_size)
+                     size_t errstr_size)
 {
 	if (*name == '\0')
 		return kreq__err(errstr, errstr_size, KREQ_ENOENT,
-				 "\"kafka.\" needs a librdkafka property name after the prefix");
+		                 "\"kafka.\" needs a librdkafka property name after the prefix");
 	int err = kafka_validate(name, value, errstr, errstr_size);
 	if (err)
 		return err;
@@ -202,19 +202,19 @@ static int set_kafka(kreq_conf_t *conf, const char *name, const char *value, cha
 }
 
 int kreq_conf_set(kreq_conf_t *conf, const char *name, const char *value, char *errstr,
-		  size_t errstr_size)
+                  size_t errstr_size)
 {
 	if (!conf || !name || !value)
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
-				 "kreq_conf_set: conf, name and value must not be NULL");
+		                 "kreq_conf_set: conf, name and value must not be NULL");
 	if (strncmp(name, KAFKA_PREFIX, strlen(KAFKA_PREFIX)) == 0)
 		return set_kafka(conf, name + strlen(KAFKA_PREFIX), value, errstr, errstr_size);
 	int i = find_prop(name);
 	if (i < 0)
 		return kreq__err(errstr, errstr_size, KREQ_ENOENT,
-				 "no such property \"%s\" (librdkafka properties take the "
-				 "\"kafka.\" prefix)",
-				 name);
+		                 "no such property \"%s\" (librdkafka properties take the "
+		                 "\"kafka.\" prefix)",
+		                 name);
 	return set_prop(conf, i, value, errstr, errstr_size);
 }
 
@@ -278,7 +278,7 @@ static char *trim(char *s)
 }
 
 static int load_line(kreq_conf_t *conf, char *line, const char *path, int lineno, char *errstr,
-		     size_t errstr_size)
+                     size_t errstr_size)
 {
 	char *s = trim(line);
 	if (*s == '\0' || *s == '#')
@@ -286,7 +286,7 @@ static int load_line(kreq_conf_t *conf, char *line, const char *path, int lineno
 	char *eq = strchr(s, '=');
 	if (!eq)
 		return kreq__err(errstr, errstr_size, KREQ_ECONF,
-				 "%s:%d: expected \"name = value\"", path, lineno);
+		                 "%s:%d: expected \"name = value\"", path, lineno);
 	*eq = '\0';
 	char why[512];
 	int err = kreq_conf_set(conf, trim(s), trim(eq + 1), why, sizeof(why));
@@ -299,7 +299,7 @@ int kreq_conf_load_file(kreq_conf_t *conf, const char *path, char *errstr, size_
 {
 	if (!conf || !path)
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
-				 "kreq_conf_load_file: conf and path must not be NULL");
+		                 "kreq_conf_load_file: conf and path must not be NULL");
 	FILE *f = fopen(path, "r");
 	if (!f)
 		return kreq__err(errstr, errstr_size, KREQ_EIO, "%s: %s", path, strerror(errno));
@@ -309,8 +309,8 @@ int kreq_conf_load_file(kreq_conf_t *conf, const char *path, char *errstr, size_
 		lineno++;
 		if (!strchr(line, '\n') && !feof(f))
 			err = kreq__err(errstr, errstr_size, KREQ_ECONF,
-					"%s:%d: line longer than %zu bytes", path, lineno,
-					sizeof(line) - 2);
+			                "%s:%d: line longer than %zu bytes", path, lineno,
+			                sizeof(line) - 2);
 		else
 			err = load_line(conf, line, path, lineno, errstr, errstr_size);
 	}
@@ -336,14 +336,14 @@ const char *kreq__conf_str(const kreq_conf_t *conf, kreq__prop_t p)
 }
 
 int kreq__conf_kafka_apply(const kreq_conf_t *conf, rd_kafka_conf_t *rk_conf, char *errstr,
-			   size_t errstr_size)
+                           size_t errstr_size)
 {
 	char why[512];
 	for (size_t i = 0; i < conf->kafka_len; i++) {
 		if (rd_kafka_conf_set(rk_conf, conf->kafka[i].name, conf->kafka[i].value, why,
-				      sizeof(why)) != RD_KAFKA_CONF_OK)
+		                      sizeof(why)) != RD_KAFKA_CONF_OK)
 			return kreq__err(errstr, errstr_size, KREQ_ECONF, "kafka.%s: %s",
-					 conf->kafka[i].name, why);
+			                 conf->kafka[i].name, why);
 	}
 	return KREQ_OK;
 }

@@ -15,7 +15,7 @@ typedef enum kreq__prop {
 #define KREQ__PROP_ENUM(id, name, type, def, min, max, doc) KREQ__P_##id,
 	KREQ__PROPS(KREQ__PROP_ENUM)
 #undef KREQ__PROP_ENUM
-		KREQ__P_COUNT
+	    KREQ__P_COUNT
 } kreq__prop_t;
 
 int64_t kreq__conf_int(const kreq_conf_t *conf, kreq__prop_t p);
@@ -24,7 +24,7 @@ const char *kreq__conf_str(const kreq_conf_t *conf, kreq__prop_t p);
 
 /* Applies every "kafka." property to rk_conf, in the order they were set. */
 int kreq__conf_kafka_apply(const kreq_conf_t *conf, rd_kafka_conf_t *rk_conf, char *errstr,
-			   size_t errstr_size);
+                           size_t errstr_size);
 
 /* Writes docs/CONFIGURATION.md's content, generated from the table. */
 void kreq__conf_markdown(FILE *out);

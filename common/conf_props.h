@@ -24,7 +24,7 @@
 	  "Largest encoded envelope accepted or produced, in bytes. Larger input is refused "      \
 	  "with KREQ_EOVERSIZE before it is parsed.")                                              \
 	X(PAYLOAD_MAX_BYTES, "payload.max.bytes", INT, "1000000", 0, 268435456,                    \
-	  "Largest request or reply payload accepted or produced, in bytes.")                     \
+	  "Largest request or reply payload accepted or produced, in bytes.")                      \
 	X(CLOCK_SKEW_MS, "clock.skew.ms", INT, "30000", 0, 3600000,                                \
 	  "Allowed clock difference between hosts, in milliseconds: a message whose issued-at "    \
 	  "time is further in the future than this is refused with KREQ_EFUTURE.")

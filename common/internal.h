@@ -19,7 +19,7 @@
  * errstr_size > 0) and returns err, so error paths read
  * `return kreq__err(errstr, errstr_size, KREQ_EINVAL, "x: %s", why);`. */
 int kreq__err(char *errstr, size_t errstr_size, int err, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 /* Wall-clock time in milliseconds since the Unix epoch (deadlines on the wire
  * are absolute wall-clock times so that they mean the same on every host). */

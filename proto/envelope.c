@@ -38,7 +38,7 @@ static uint8_t *put_be(uint8_t *p, uint64_t v, int bytes)
 }
 
 size_t kreq__sig_header(uint8_t *hdr, uint32_t version, const char *key_id, size_t key_id_len,
-			uint32_t kind, size_t body_len)
+                        uint32_t kind, size_t body_len)
 {
 	uint8_t *p = hdr;
 	memcpy(p, KREQ__SIG_TAG, sizeof(KREQ__SIG_TAG)); /* includes the 0x00 */
@@ -53,7 +53,7 @@ size_t kreq__sig_header(uint8_t *hdr, uint32_t version, const char *key_id, size
 }
 
 static void hmac(const kreq__key_t *k, const uint8_t *hdr, size_t hdr_len, const uint8_t *body,
-		 size_t body_len, uint8_t out[crypto_auth_hmacsha256_BYTES])
+                 size_t body_len, uint8_t out[crypto_auth_hmacsha256_BYTES])
 {
 	crypto_auth_hmacsha256_state st;
 	crypto_auth_hmacsha256_init(&st, k->material, KREQ_HMAC_KEY_BYTES);
@@ -65,10 +65,10 @@ static void hmac(const kreq__key_t *k, const uint8_t *hdr, size_t hdr_len, const
 
 /* Ed25519 signs one contiguous message: header || body. */
 static uint8_t *concat(uint8_t *stackbuf, const uint8_t *hdr, size_t hdr_len, const uint8_t *body,
-		       size_t body_len)
+                       size_t body_len)
 {
-	uint8_t *m = hdr_len + body_len <= ED25519_STACK_MAX ? stackbuf
-							     : malloc(hdr_len + body_len);
+	uint8_t *m =
+	    hdr_len + body_len <= ED25519_STACK_MAX ? stackbuf : malloc(hdr_len + body_len);
 	if (m) {
 		memcpy(m, hdr, hdr_len);
 		if (body_len)
@@ -78,11 +78,11 @@ static uint8_t *concat(uint8_t *stackbuf, const uint8_t *hdr, size_t hdr_len, co
 }
 
 size_t kreq__sign(const kreq__key_t *k, uint32_t kind, const uint8_t *body, size_t body_len,
-		  uint8_t *sig)
+                  uint8_t *sig)
 {
 	uint8_t hdr[KREQ__SIG_HDR_MAX], stackbuf[ED25519_STACK_MAX];
-	size_t hdr_len = kreq__sig_header(hdr, KREQ__PROTO_VERSION, k->id, k->id_len, kind,
-					  body_len);
+	size_t hdr_len =
+	    kreq__sig_header(hdr, KREQ__PROTO_VERSION, k->id, k->id_len, kind, body_len);
 	if (k->type == KREQ_KEY_HMAC_SHA256) {
 		hmac(k, hdr, hdr_len, body, body_len, sig);
 		return crypto_auth_hmacsha256_BYTES;
@@ -99,7 +99,7 @@ size_t kreq__sign(const kreq__key_t *k, uint32_t kind, const uint8_t *body, size
 }
 
 int kreq__verify(const kreq__key_t *k, uint32_t version, uint32_t kind, const uint8_t *body,
-		 size_t body_len, const uint8_t *sig, size_t sig_len)
+                 size_t body_len, const uint8_t *sig, size_t sig_len)
 {
 	uint8_t hdr[KREQ__SIG_HDR_MAX], stackbuf[ED25519_STACK_MAX];
 	size_t hdr_len = kreq__sig_header(hdr, version, k->id, k->id_len, kind, body_len);
@@ -155,8 +155,8 @@ static int check_payload(vctx_t *v, size_t len)
 {
 	if (len > v->lim->payload_max)
 		return kreq__err(v->errstr, v->errstr_size, KREQ_EOVERSIZE,
-				 "payload of %zu bytes exceeds payload.max.bytes (%zu)", len,
-				 v->lim->payload_max);
+		                 "payload of %zu bytes exceeds payload.max.bytes (%zu)", len,
+		                 v->lim->payload_max);
 	return KREQ_OK;
 }
 
@@ -272,13 +272,13 @@ static void times_of(const kreq__opened_t *o, int64_t *issued, int64_t *deadline
 /* ---- seal / open ------------------------------------------------------- */
 
 int kreq__envelope_seal(const kreq_keyring_t *kr, const kreq__limits_t *lim, kreq__kind_t kind,
-			const ProtobufCMessage *body, uint8_t **out, size_t *out_len, char *errstr,
-			size_t errstr_size)
+                        const ProtobufCMessage *body, uint8_t **out, size_t *out_len, char *errstr,
+                        size_t errstr_size)
 {
 	const kreq__key_t *k = kreq__keyring_signer(kr);
 	if (!k)
 		return kreq__err(errstr, errstr_size, KREQ_ENOSIGNKEY,
-				 "the keyring has no signing key");
+		                 "the keyring has no signing key");
 	vctx_t v = {lim, errstr, errstr_size};
 	int err = validate(&v, kind, body);
 	if (err)
@@ -286,8 +286,8 @@ int kreq__envelope_seal(const kreq_keyring_t *kr, const kreq__limits_t *lim, kre
 	size_t blen = protobuf_c_message_get_packed_size(body);
 	if (blen > lim->envelope_max)
 		return kreq__err(errstr, errstr_size, KREQ_EOVERSIZE,
-				 "body of %zu bytes exceeds envelope.max.bytes (%zu)", blen,
-				 lim->envelope_max);
+		                 "body of %zu bytes exceeds envelope.max.bytes (%zu)", blen,
+		                 lim->envelope_max);
 	uint8_t *bbuf = malloc(blen), sig[crypto_sign_BYTES];
 	if (!bbuf)
 		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
@@ -305,8 +305,8 @@ int kreq__envelope_seal(const kreq_keyring_t *kr, const kreq__limits_t *lim, kre
 		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	else if (elen > lim->envelope_max)
 		err = kreq__err(errstr, errstr_size, KREQ_EOVERSIZE,
-				"envelope of %zu bytes exceeds envelope.max.bytes (%zu)", elen,
-				lim->envelope_max);
+		                "envelope of %zu bytes exceeds envelope.max.bytes (%zu)", elen,
+		                lim->envelope_max);
 	else if (!(ebuf = malloc(elen)))
 		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	else
@@ -323,21 +323,21 @@ static int check_clock(vctx_t *v, const kreq__opened_t *o, int64_t now_ms)
 	times_of(o, &issued, &deadline);
 	if (issued > now_ms + v->lim->skew_ms)
 		return kreq__err(v->errstr, v->errstr_size, KREQ_EFUTURE,
-				 "issued %lld ms in the future (clock.skew.ms is %lld)",
-				 (long long)(issued - now_ms), (long long)v->lim->skew_ms);
+		                 "issued %lld ms in the future (clock.skew.ms is %lld)",
+		                 (long long)(issued - now_ms), (long long)v->lim->skew_ms);
 	if (deadline <= now_ms)
 		return kreq__err(v->errstr, v->errstr_size, KREQ_EEXPIRED,
-				 "deadline passed %lld ms ago", (long long)(now_ms - deadline));
+		                 "deadline passed %lld ms ago", (long long)(now_ms - deadline));
 	return KREQ_OK;
 }
 
 static int open_envelope(vctx_t *v, const kreq_keyring_t *kr, int64_t now_ms,
-			 const Kreq__Envelope *env, kreq__opened_t *out)
+                         const Kreq__Envelope *env, kreq__opened_t *out)
 {
 	if (env->version != KREQ__PROTO_VERSION)
 		return kreq__err(v->errstr, v->errstr_size, KREQ_EVERSION,
-				 "protocol version %u (this build speaks %d)", env->version,
-				 KREQ__PROTO_VERSION);
+		                 "protocol version %u (this build speaks %d)", env->version,
+		                 KREQ__PROTO_VERSION);
 	if (!descriptor_for(env->kind))
 		return bad(v, "unknown message kind");
 	size_t id_len = strlen(env->key_id);
@@ -346,15 +346,14 @@ static int open_envelope(vctx_t *v, const kreq_keyring_t *kr, int64_t now_ms,
 	const kreq__key_t *k = kreq__keyring_find(kr, env->key_id, id_len);
 	if (!k)
 		return kreq__err(v->errstr, v->errstr_size, KREQ_EUNKNOWNKEY, "unknown key id %s",
-				 env->key_id);
+		                 env->key_id);
 	int err = kreq__verify(k, env->version, env->kind, env->body.data, env->body.len,
-			       env->signature.data, env->signature.len);
+	                       env->signature.data, env->signature.len);
 	if (err)
 		return kreq__err(v->errstr, v->errstr_size, err,
-				 "signature does not verify with key %s", env->key_id);
-	ProtobufCMessage *m =
-		protobuf_c_message_unpack(descriptor_for(env->kind), NULL, env->body.len,
-					  env->body.data);
+		                 "signature does not verify with key %s", env->key_id);
+	ProtobufCMessage *m = protobuf_c_message_unpack(descriptor_for(env->kind), NULL,
+	                                                env->body.len, env->body.data);
 	if (!m)
 		return bad(v, "body does not decode");
 	out->kind = (kreq__kind_t)env->kind;
@@ -369,8 +368,8 @@ static int open_envelope(vctx_t *v, const kreq_keyring_t *kr, int64_t now_ms,
 }
 
 int kreq__envelope_open(const kreq_keyring_t *kr, const kreq__limits_t *lim, int64_t now_ms,
-			const uint8_t *buf, size_t len, kreq__opened_t *out, char *errstr,
-			size_t errstr_size)
+                        const uint8_t *buf, size_t len, kreq__opened_t *out, char *errstr,
+                        size_t errstr_size)
 {
 	vctx_t v = {lim, errstr, errstr_size};
 	memset(out, 0, sizeof(*out));
@@ -378,8 +377,8 @@ int kreq__envelope_open(const kreq_keyring_t *kr, const kreq__limits_t *lim, int
 		return bad(&v, "empty input");
 	if (len > lim->envelope_max)
 		return kreq__err(errstr, errstr_size, KREQ_EOVERSIZE,
-				 "envelope of %zu bytes exceeds envelope.max.bytes (%zu)", len,
-				 lim->envelope_max);
+		                 "envelope of %zu bytes exceeds envelope.max.bytes (%zu)", len,
+		                 lim->envelope_max);
 	Kreq__Envelope *env = kreq__envelope__unpack(NULL, len, buf);
 	if (!env)
 		return bad(&v, "not a kreq envelope (protobuf decoding failed)");

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "kreq.pb-c.h"
+#include "kreq/error.h"
 #include "kreq/conf.h"
 #include "kreq/keyring.h"
 #include "proto/keyring_int.h"
@@ -60,8 +61,8 @@ typedef struct kreq__opened {
  * frees). Returns KREQ_OK, KREQ_ENOSIGNKEY, KREQ_EMALFORMED (invalid body
  * field; errstr names it), KREQ_EOVERSIZE or KREQ_ENOMEM. */
 int kreq__envelope_seal(const kreq_keyring_t *kr, const kreq__limits_t *lim, kreq__kind_t kind,
-			const ProtobufCMessage *body, uint8_t **out, size_t *out_len, char *errstr,
-			size_t errstr_size);
+                        const ProtobufCMessage *body, uint8_t **out, size_t *out_len, char *errstr,
+                        size_t errstr_size);
 
 /* Decodes and verifies buf at time now_ms. On KREQ_OK *out holds the
  * message (free with kreq__opened_clear()); on error *out is empty and the
@@ -69,24 +70,24 @@ int kreq__envelope_seal(const kreq_keyring_t *kr, const kreq__limits_t *lim, kre
  * KREQ_EUNKNOWNKEY, KREQ_EBADSIG, KREQ_EEXPIRED, KREQ_EFUTURE, KREQ_ENOMEM.
  * Nothing in the body is parsed before the signature has verified. */
 int kreq__envelope_open(const kreq_keyring_t *kr, const kreq__limits_t *lim, int64_t now_ms,
-			const uint8_t *buf, size_t len, kreq__opened_t *out, char *errstr,
-			size_t errstr_size);
+                        const uint8_t *buf, size_t len, kreq__opened_t *out, char *errstr,
+                        size_t errstr_size);
 
 void kreq__opened_clear(kreq__opened_t *o);
 
 /* The bytes that are signed are header || body; this writes the header into
  * hdr (at least KREQ__SIG_HDR_MAX bytes) and returns its length. */
 size_t kreq__sig_header(uint8_t *hdr, uint32_t version, const char *key_id, size_t key_id_len,
-			uint32_t kind, size_t body_len);
+                        uint32_t kind, size_t body_len);
 
 /* Signature of (header || body) with key k into sig (64 bytes room);
  * returns its length (32 HMAC, 64 Ed25519), 0 if k cannot sign. */
 size_t kreq__sign(const kreq__key_t *k, uint32_t kind, const uint8_t *body, size_t body_len,
-		  uint8_t *sig);
+                  uint8_t *sig);
 
 /* KREQ_OK if sig is k's signature of (header || body), else KREQ_EBADSIG
  * (or KREQ_ENOMEM). Constant time in the signature comparison. */
 int kreq__verify(const kreq__key_t *k, uint32_t version, uint32_t kind, const uint8_t *body,
-		 size_t body_len, const uint8_t *sig, size_t sig_len);
+                 size_t body_len, const uint8_t *sig, size_t sig_len);
 
 #endif

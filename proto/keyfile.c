@@ -40,7 +40,7 @@ typedef struct parse_ctx {
 static int bad_line(parse_ctx_t *c, const char *why)
 {
 	return kreq__err(c->errstr, c->errstr_size, KREQ_EKEYFILE, "%s:%d: %s", c->path, c->lineno,
-			 why);
+	                 why);
 }
 
 static int key_type_from_name(const char *s)
@@ -57,8 +57,8 @@ static int key_type_from_name(const char *s)
 static const char *key_type_name(kreq_key_type_t t)
 {
 	return t == KREQ_KEY_HMAC_SHA256 ? "hmac-sha256"
-	       : t == KREQ_KEY_ED25519	 ? "ed25519"
-					 : "ed25519-public";
+	       : t == KREQ_KEY_ED25519   ? "ed25519"
+	                                 : "ed25519-public";
 }
 
 static int parse_key(parse_ctx_t *c, kreq_keyring_t *kr, char **tok, int ntok)
@@ -73,17 +73,18 @@ static int parse_key(parse_ctx_t *c, kreq_keyring_t *kr, char **tok, int ntok)
 	uint8_t raw[KREQ_ED25519_SK_BYTES + 1];
 	size_t raw_len = 0;
 	if (sodium_base642bin(raw, sizeof(raw), tok[3], strlen(tok[3]), NULL, &raw_len, NULL,
-			      sodium_base64_VARIANT_ORIGINAL) != 0) {
+	                      sodium_base64_VARIANT_ORIGINAL) != 0) {
 		sodium_memzero(raw, sizeof(raw));
 		return bad_line(c, "key material is not valid base64 of the right length");
 	}
 	char why[256];
-	int err = kreq_keyring_add(kr, tok[1], (kreq_key_type_t)type, raw, raw_len, why,
-				   sizeof(why));
+	int err =
+	    kreq_keyring_add(kr, tok[1], (kreq_key_type_t)type, raw, raw_len, why, sizeof(why));
 	sodium_memzero(raw, sizeof(raw));
 	if (err)
-		return kreq__err(c->errstr, c->errstr_size, err == KREQ_EEXIST ? err : KREQ_EKEYFILE,
-				 "%s:%d: %s", c->path, c->lineno, why);
+		return kreq__err(c->errstr, c->errstr_size,
+		                 err == KREQ_EEXIST ? err : KREQ_EKEYFILE, "%s:%d: %s", c->path,
+		                 c->lineno, why);
 	if (type != KREQ_KEY_ED25519_PUBLIC)
 		c->has_secret = true;
 	if (ntok == 5) {
@@ -119,7 +120,7 @@ static int parse_line(parse_ctx_t *c, kreq_keyring_t *kr, char *line)
 }
 
 static int read_file(const char *path, char **buf, bool *private_mode, char *errstr,
-		     size_t errstr_size)
+                     size_t errstr_size)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -132,7 +133,7 @@ static int read_file(const char *path, char **buf, bool *private_mode, char *err
 		err = kreq__err(errstr, errstr_size, KREQ_EKEYFILE, "%s: not a regular file", path);
 	else if ((size_t)st.st_size > KEYFILE_MAX_BYTES)
 		err = kreq__err(errstr, errstr_size, KREQ_EKEYFILE, "%s: larger than %u bytes",
-				path, KEYFILE_MAX_BYTES);
+		                path, KEYFILE_MAX_BYTES);
 	if (err) {
 		close(fd);
 		return err;
@@ -186,7 +187,7 @@ static int parse_all(parse_ctx_t *c, kreq_keyring_t *kr, char *buf)
 	}
 	if (!seen_magic)
 		return kreq__err(c->errstr, c->errstr_size, KREQ_EKEYFILE,
-				 "%s: empty (no \"kreq-keyring 1\" line)", c->path);
+		                 "%s: empty (no \"kreq-keyring 1\" line)", c->path);
 	return KREQ_OK;
 }
 
@@ -197,28 +198,27 @@ static int parse_into(parse_ctx_t *c, kreq_keyring_t *scratch, char *buf, bool p
 		return err;
 	if (c->has_secret && !private_mode)
 		return kreq__err(c->errstr, c->errstr_size, KREQ_EKEYPERM,
-				 "%s: holds secret keys but is accessible by group or others "
-				 "(chmod 600)",
-				 c->path);
+		                 "%s: holds secret keys but is accessible by group or others "
+		                 "(chmod 600)",
+		                 c->path);
 	if (c->signing[0]) {
 		err = kreq_keyring_set_signing_key(scratch, c->signing);
 		if (err)
 			return kreq__err(c->errstr, c->errstr_size, KREQ_EKEYFILE,
-					 "%s: signing key %s %s", c->path, c->signing,
-					 err == KREQ_ENOENT ? "is not in the file"
-							    : "is a public key and cannot sign");
+			                 "%s: signing key %s %s", c->path, c->signing,
+			                 err == KREQ_ENOENT ? "is not in the file"
+			                                    : "is a public key and cannot sign");
 	}
 	return KREQ_OK;
 }
 
-int kreq_keyring_load_file(kreq_keyring_t *kr, const char *path, char *errstr,
-			   size_t errstr_size)
+int kreq_keyring_load_file(kreq_keyring_t *kr, const char *path, char *errstr, size_t errstr_size)
 {
 	if (!kr || !path)
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
-				 "kreq_keyring_load_file: kr and path must not be NULL");
-	char *buf;
-	bool private_mode;
+		                 "kreq_keyring_load_file: kr and path must not be NULL");
+	char *buf = NULL;
+	bool private_mode = false;
 	int err = read_file(path, &buf, &private_mode, errstr, errstr_size);
 	if (err)
 		return err;
@@ -252,21 +252,21 @@ static int write_all(int fd, const char *s, size_t len)
 
 /* Writes "kreq-keyring 1 / key ... / signing ..." to a new file. */
 static int write_keyfile(const char *path, mode_t mode, const char *key_id, kreq_key_type_t type,
-			 const uint8_t *key, size_t key_len, bool signing, char *errstr,
-			 size_t errstr_size)
+                         const uint8_t *key, size_t key_len, bool signing, char *errstr,
+                         size_t errstr_size)
 {
 	char b64[sodium_base64_ENCODED_LEN(KREQ_ED25519_SK_BYTES, sodium_base64_VARIANT_ORIGINAL)];
 	sodium_bin2base64(b64, sizeof(b64), key, key_len, sodium_base64_VARIANT_ORIGINAL);
 	char text[512];
 	int n = snprintf(text, sizeof(text), "%s 1\n# generated by kreq\nkey %s %s %s\n%s%s%s",
-			 KEYFILE_MAGIC, key_id, key_type_name(type), b64,
-			 signing ? "signing " : "", signing ? key_id : "", signing ? "\n" : "");
+	                 KEYFILE_MAGIC, key_id, key_type_name(type), b64, signing ? "signing " : "",
+	                 signing ? key_id : "", signing ? "\n" : "");
 	sodium_memzero(b64, sizeof(b64));
 	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
 	int err = KREQ_OK;
 	if (fd < 0)
 		err = kreq__err(errstr, errstr_size, errno == EEXIST ? KREQ_EEXIST : KREQ_EIO,
-				"%s: %s", path, strerror(errno));
+		                "%s: %s", path, strerror(errno));
 	else if (fchmod(fd, mode) != 0 || write_all(fd, text, (size_t)n) != 0 || fsync(fd) != 0)
 		err = kreq__err(errstr, errstr_size, KREQ_EIO, "%s: %s", path, strerror(errno));
 	if (fd >= 0 && close(fd) != 0 && !err)
@@ -278,17 +278,18 @@ static int write_keyfile(const char *path, mode_t mode, const char *key_id, kreq
 }
 
 int kreq_keyring_generate_file(const char *path, const char *public_path, const char *key_id,
-			       kreq_key_type_t type, char *errstr, size_t errstr_size)
+                               kreq_key_type_t type, char *errstr, size_t errstr_size)
 {
 	if (!path || !key_id || !kreq__key_id_valid(key_id, strlen(key_id)))
-		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
-				 "kreq_keyring_generate_file: path and a valid key id are required");
+		return kreq__err(
+		    errstr, errstr_size, KREQ_EINVAL,
+		    "kreq_keyring_generate_file: path and a valid key id are required");
 	if (type != KREQ_KEY_HMAC_SHA256 && type != KREQ_KEY_ED25519)
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
-				 "can generate hmac-sha256 or ed25519 keys only");
+		                 "can generate hmac-sha256 or ed25519 keys only");
 	if (public_path && type != KREQ_KEY_ED25519)
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
-				 "a public key file exists only for ed25519 keys");
+		                 "a public key file exists only for ed25519 keys");
 	if (sodium_init() < 0)
 		return kreq__err(errstr, errstr_size, KREQ_EIO, "libsodium failed to initialise");
 	uint8_t sk[crypto_sign_SECRETKEYBYTES], pk[crypto_sign_PUBLICKEYBYTES];
@@ -303,7 +304,7 @@ int kreq_keyring_generate_file(const char *path, const char *public_path, const 
 	sodium_memzero(sk, sizeof(sk));
 	if (!err && public_path) {
 		err = write_keyfile(public_path, 0644, key_id, KREQ_KEY_ED25519_PUBLIC, pk,
-				    sizeof(pk), false, errstr, errstr_size);
+		                    sizeof(pk), false, errstr, errstr_size);
 		if (err)
 			unlink(path);
 	}

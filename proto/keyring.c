@@ -120,35 +120,35 @@ static bool ed25519_sk_consistent(const uint8_t *sk)
 }
 
 int kreq_keyring_add(kreq_keyring_t *kr, const char *key_id, kreq_key_type_t type,
-		     const uint8_t *key, size_t key_len, char *errstr, size_t errstr_size)
+                     const uint8_t *key, size_t key_len, char *errstr, size_t errstr_size)
 {
 	if (!kr || !key_id || !key)
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
-				 "kreq_keyring_add: kr, key_id and key must not be NULL");
+		                 "kreq_keyring_add: kr, key_id and key must not be NULL");
 	size_t id_len = strlen(key_id);
 	if (!kreq__key_id_valid(key_id, id_len))
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
-				 "invalid key id (1..%d characters of A-Z a-z 0-9 . _ -)",
-				 KREQ_KEY_ID_MAX);
+		                 "invalid key id (1..%d characters of A-Z a-z 0-9 . _ -)",
+		                 KREQ_KEY_ID_MAX);
 	size_t want = key_len_for(type);
 	if (!want)
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL, "key %s: unknown key type %d",
-				 key_id, (int)type);
+		                 key_id, (int)type);
 	if (key_len != want)
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
-				 "key %s: wrong length %zu for its type (want %zu)", key_id,
-				 key_len, want);
+		                 "key %s: wrong length %zu for its type (want %zu)", key_id,
+		                 key_len, want);
 	if (type == KREQ_KEY_ED25519 && !ed25519_sk_consistent(key))
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
-				 "key %s: Ed25519 secret key's public half does not match its "
-				 "seed",
-				 key_id);
+		                 "key %s: Ed25519 secret key's public half does not match its "
+		                 "seed",
+		                 key_id);
 	if (find_index(kr, key_id, id_len) >= 0)
 		return kreq__err(errstr, errstr_size, KREQ_EEXIST, "key %s: already present",
-				 key_id);
+		                 key_id);
 	if (kr->count == KREQ_KEYRING_MAX_KEYS)
 		return kreq__err(errstr, errstr_size, KREQ_EOVERSIZE, "keyring full (%d keys)",
-				 KREQ_KEYRING_MAX_KEYS);
+		                 KREQ_KEYRING_MAX_KEYS);
 	kreq__key_t *k = &kr->keys[kr->count];
 	k->material = sodium_malloc(want);
 	if (!k->material)
@@ -157,9 +157,9 @@ int kreq_keyring_add(kreq_keyring_t *kr, const char *key_id, kreq_key_type_t typ
 	memcpy(k->id, key_id, id_len + 1);
 	k->id_len = (uint8_t)id_len;
 	k->type = type;
-	k->pk = type == KREQ_KEY_ED25519	  ? k->material + crypto_sign_SEEDBYTES
-		: type == KREQ_KEY_ED25519_PUBLIC ? k->material
-						  : NULL;
+	k->pk = type == KREQ_KEY_ED25519          ? k->material + crypto_sign_SEEDBYTES
+	        : type == KREQ_KEY_ED25519_PUBLIC ? k->material
+	                                          : NULL;
 	k->methods = NULL;
 	kr->count++;
 	return KREQ_OK;
@@ -176,7 +176,7 @@ int kreq_keyring_remove(kreq_keyring_t *kr, const char *key_id)
 	kr->keys[i] = kr->keys[kr->count - 1];
 	if (kr->keys[i].pk) /* pk points into material, which moved with the struct */
 		kr->keys[i].pk = kr->keys[i].material +
-				 (kr->keys[i].type == KREQ_KEY_ED25519 ? crypto_sign_SEEDBYTES : 0);
+		                 (kr->keys[i].type == KREQ_KEY_ED25519 ? crypto_sign_SEEDBYTES : 0);
 	memset(&kr->keys[kr->count - 1], 0, sizeof(kr->keys[0]));
 	if (kr->signer == i)
 		kr->signer = -1;
@@ -274,16 +274,15 @@ size_t kreq_keyring_count(const kreq_keyring_t *kr)
 	return kr ? kr->count : 0;
 }
 
-int kreq__keyring_merge(kreq_keyring_t *dst, kreq_keyring_t *src, char *errstr,
-			size_t errstr_size)
+int kreq__keyring_merge(kreq_keyring_t *dst, kreq_keyring_t *src, char *errstr, size_t errstr_size)
 {
 	if (dst->count + src->count > KREQ_KEYRING_MAX_KEYS)
 		return kreq__err(errstr, errstr_size, KREQ_EOVERSIZE, "keyring full (%d keys)",
-				 KREQ_KEYRING_MAX_KEYS);
+		                 KREQ_KEYRING_MAX_KEYS);
 	for (size_t i = 0; i < src->count; i++)
 		if (find_index(dst, src->keys[i].id, src->keys[i].id_len) >= 0)
 			return kreq__err(errstr, errstr_size, KREQ_EEXIST,
-					 "key %s: already present", src->keys[i].id);
+			                 "key %s: already present", src->keys[i].id);
 	for (size_t i = 0; i < src->count; i++) {
 		if (src->signer == (int)i)
 			dst->signer = (int)dst->count;

@@ -24,8 +24,7 @@ const kreq__key_t *kreq__keyring_signer(const kreq_keyring_t *kr);
 /* Moves every key of src (and its signing key, if set) into dst. All or
  * nothing: KREQ_EEXIST naming the id if any id is already in dst,
  * KREQ_EOVERSIZE if dst would overflow. src is left empty. */
-int kreq__keyring_merge(kreq_keyring_t *dst, kreq_keyring_t *src, char *errstr,
-			size_t errstr_size);
+int kreq__keyring_merge(kreq_keyring_t *dst, kreq_keyring_t *src, char *errstr, size_t errstr_size);
 
 /* true if id is a valid key id (length and alphabet). */
 bool kreq__key_id_valid(const char *id, size_t len);

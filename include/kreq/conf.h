@@ -37,7 +37,7 @@ KREQ_API void kreq_conf_destroy(kreq_conf_t *conf);
  *  range, or rejected by librdkafka for "kafka." names; errstr says why) or
  *  KREQ_ENOMEM. On error conf is unchanged. */
 KREQ_API int kreq_conf_set(kreq_conf_t *conf, const char *name, const char *value, char *errstr,
-			   size_t errstr_size);
+                           size_t errstr_size);
 
 /** Copies the current value of property name as a string into dest.
  *  *dest_size is the size of dest on input; on return it holds the size
@@ -46,13 +46,13 @@ KREQ_API int kreq_conf_set(kreq_conf_t *conf, const char *name, const char *valu
  *  name never set) or KREQ_EOVERSIZE (dest too small; *dest_size says how
  *  much is needed). */
 KREQ_API int kreq_conf_get(const kreq_conf_t *conf, const char *name, char *dest,
-			   size_t *dest_size);
+                           size_t *dest_size);
 
 /** Reads "name = value" lines from a file ('#' starts a comment line, blank
  *  lines ignored) and sets each as kreq_conf_set() would. Stops at the first
  *  bad line: errstr names the file, line number and cause. Returns KREQ_OK,
  *  KREQ_EINVAL, KREQ_EIO (unreadable), KREQ_ECONF/KREQ_ENOENT (bad line). */
 KREQ_API int kreq_conf_load_file(kreq_conf_t *conf, const char *path, char *errstr,
-				 size_t errstr_size);
+                                 size_t errstr_size);
 
 #endif

@@ -39,11 +39,11 @@ typedef enum kreq_key_type {
 	KREQ_KEY_ED25519_PUBLIC = 3, /**< Ed25519 public key: verifies only */
 } kreq_key_type_t;
 
-#define KREQ_KEY_ID_MAX        64 /**< longest key id, in characters */
-#define KREQ_HMAC_KEY_BYTES    32
-#define KREQ_ED25519_SK_BYTES  64
-#define KREQ_ED25519_PK_BYTES  32
-#define KREQ_KEYRING_MAX_KEYS  256
+#define KREQ_KEY_ID_MAX       64 /**< longest key id, in characters */
+#define KREQ_HMAC_KEY_BYTES   32
+#define KREQ_ED25519_SK_BYTES 64
+#define KREQ_ED25519_PK_BYTES 32
+#define KREQ_KEYRING_MAX_KEYS 256
 
 /** New, empty keyring with one reference. NULL if out of memory (or if
  *  libsodium cannot be initialised). */
@@ -63,7 +63,7 @@ KREQ_API void kreq_keyring_release(kreq_keyring_t *kr);
  *  KREQ_EEXIST (id already present), KREQ_EOVERSIZE (keyring full) or
  *  KREQ_ENOMEM. errstr never contains key material. */
 KREQ_API int kreq_keyring_add(kreq_keyring_t *kr, const char *key_id, kreq_key_type_t type,
-			      const uint8_t *key, size_t key_len, char *errstr, size_t errstr_size);
+                              const uint8_t *key, size_t key_len, char *errstr, size_t errstr_size);
 
 /** Removes (rotates out) a key; envelopes signed with it no longer verify.
  *  If it was the signing key there is no signing key afterwards.
@@ -81,13 +81,12 @@ KREQ_API const char *kreq_keyring_signing_key(const kreq_keyring_t *kr);
 /** Restricts key_id to a comma-separated list of method names ("" or NULL
  *  lifts the restriction). Returns KREQ_OK, KREQ_EINVAL, KREQ_ENOENT or
  *  KREQ_ENOMEM. */
-KREQ_API int kreq_keyring_set_methods(kreq_keyring_t *kr, const char *key_id,
-				      const char *methods);
+KREQ_API int kreq_keyring_set_methods(kreq_keyring_t *kr, const char *key_id, const char *methods);
 
 /** KREQ_OK if key_id exists and may be used for method; KREQ_ENOENT if the key
  *  is unknown; KREQ_EDENIED if the key is restricted to other methods. */
 KREQ_API int kreq_keyring_check_method(const kreq_keyring_t *kr, const char *key_id,
-				       const char *method);
+                                       const char *method);
 
 /** Type of key_id, or KREQ_ENOENT / KREQ_EINVAL (negative) if absent. */
 KREQ_API int kreq_keyring_key_type(const kreq_keyring_t *kr, const char *key_id);
@@ -104,7 +103,7 @@ KREQ_API size_t kreq_keyring_count(const kreq_keyring_t *kr);
  *  Returns KREQ_OK, KREQ_EINVAL, KREQ_EIO, KREQ_EKEYPERM, KREQ_EKEYFILE,
  *  KREQ_EEXIST or KREQ_ENOMEM. */
 KREQ_API int kreq_keyring_load_file(kreq_keyring_t *kr, const char *path, char *errstr,
-				    size_t errstr_size);
+                                    size_t errstr_size);
 
 /** Generates a new random key of the given type and writes a key file at
  *  path (created with mode 0600, never overwriting: KREQ_EEXIST if it
@@ -112,7 +111,7 @@ KREQ_API int kreq_keyring_load_file(kreq_keyring_t *kr, const char *path, char *
  *  not NULL, also writes a verify-only key file (mode 0644) for the other
  *  side. Returns KREQ_OK, KREQ_EINVAL, KREQ_EEXIST, KREQ_EIO. */
 KREQ_API int kreq_keyring_generate_file(const char *path, const char *public_path,
-					const char *key_id, kreq_key_type_t type, char *errstr,
-					size_t errstr_size);
+                                        const char *key_id, kreq_key_type_t type, char *errstr,
+                                        size_t errstr_size);
 
 #endif

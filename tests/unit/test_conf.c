@@ -35,26 +35,26 @@ START_TEST(test_set_validates)
 {
 	kreq_conf_t *c = kreq_conf_new();
 	ck_assert_int_eq(kreq_conf_set(c, "clock.skew.ms", "5000", errstr, sizeof(errstr)),
-			 KREQ_OK);
+	                 KREQ_OK);
 	ck_assert_int_eq(kreq__conf_int(c, KREQ__P_CLOCK_SKEW_MS), 5000);
 	ck_assert_int_eq(kreq_conf_set(c, "clock.skew.ms", "5s", errstr, sizeof(errstr)),
-			 KREQ_ECONF);
+	                 KREQ_ECONF);
 	ck_assert_ptr_nonnull(strstr(errstr, "clock.skew.ms"));
 	ck_assert_int_eq(kreq_conf_set(c, "clock.skew.ms", " 5", errstr, sizeof(errstr)),
-			 KREQ_ECONF);
+	                 KREQ_ECONF);
 	ck_assert_int_eq(kreq_conf_set(c, "clock.skew.ms", "-1", errstr, sizeof(errstr)),
-			 KREQ_ECONF);
+	                 KREQ_ECONF);
 	ck_assert_ptr_nonnull(strstr(errstr, "out of range"));
-	ck_assert_int_eq(kreq_conf_set(c, "envelope.max.bytes", "99999999999999999999", errstr,
-				       sizeof(errstr)),
-			 KREQ_ECONF);
+	ck_assert_int_eq(
+	    kreq_conf_set(c, "envelope.max.bytes", "99999999999999999999", errstr, sizeof(errstr)),
+	    KREQ_ECONF);
 	/* failed sets leave the old value */
 	ck_assert_int_eq(kreq__conf_int(c, KREQ__P_CLOCK_SKEW_MS), 5000);
 	ck_assert_int_eq(kreq_conf_set(c, "client.id", "", errstr, sizeof(errstr)), KREQ_ECONF);
 	ck_assert_int_eq(kreq_conf_set(c, "no.such", "1", errstr, sizeof(errstr)), KREQ_ENOENT);
 	ck_assert_ptr_nonnull(strstr(errstr, "no.such"));
 	ck_assert_int_eq(kreq_conf_set(NULL, "client.id", "x", errstr, sizeof(errstr)),
-			 KREQ_EINVAL);
+	                 KREQ_EINVAL);
 	ck_assert_int_eq(kreq_conf_set(c, NULL, "x", NULL, 0), KREQ_EINVAL);
 	ck_assert_int_eq(kreq_conf_set(c, "client.id", NULL, NULL, 0), KREQ_EINVAL);
 	kreq_conf_destroy(c);
@@ -64,16 +64,14 @@ END_TEST
 START_TEST(test_kafka_passthrough)
 {
 	kreq_conf_t *c = kreq_conf_new();
-	ck_assert_int_eq(kreq_conf_set(c, "kafka.linger.ms", "0", errstr, sizeof(errstr)),
-			 KREQ_OK);
-	ck_assert_int_eq(kreq_conf_set(c, "kafka.linger.ms", "2", errstr, sizeof(errstr)),
-			 KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(c, "kafka.linger.ms", "0", errstr, sizeof(errstr)), KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(c, "kafka.linger.ms", "2", errstr, sizeof(errstr)), KREQ_OK);
 	ck_assert_str_eq(get(c, "kafka.linger.ms"), "2");
 	ck_assert_int_eq(kreq_conf_set(c, "kafka.no.such.prop", "1", errstr, sizeof(errstr)),
-			 KREQ_ENOENT);
+	                 KREQ_ENOENT);
 	ck_assert_ptr_nonnull(strstr(errstr, "kafka.no.such.prop"));
 	ck_assert_int_eq(kreq_conf_set(c, "kafka.linger.ms", "soon", errstr, sizeof(errstr)),
-			 KREQ_ECONF);
+	                 KREQ_ECONF);
 	ck_assert_int_eq(kreq_conf_set(c, "kafka.", "1", errstr, sizeof(errstr)), KREQ_ENOENT);
 	size_t sz = 0;
 	ck_assert_int_eq(kreq_conf_get(c, "kafka.acks", NULL, &sz), KREQ_ENOENT);
@@ -146,7 +144,7 @@ START_TEST(test_load_file)
 	unlink(p);
 
 	ck_assert_int_eq(kreq_conf_load_file(c, "/nonexistent/kreq.conf", errstr, sizeof(errstr)),
-			 KREQ_EIO);
+	                 KREQ_EIO);
 	ck_assert_int_eq(kreq_conf_load_file(NULL, "/x", errstr, sizeof(errstr)), KREQ_EINVAL);
 	kreq_conf_destroy(c);
 }
@@ -166,8 +164,8 @@ START_TEST(test_configuration_doc_current)
 	size_t n = fread(doc, 1, gen_len + 1, f);
 	fclose(f);
 	ck_assert_msg(n == gen_len && memcmp(doc, gen, gen_len) == 0,
-		      "docs/CONFIGURATION.md is stale: regenerate with "
-		      "build/tools/kreq-confdoc > docs/CONFIGURATION.md");
+	              "docs/CONFIGURATION.md is stale: regenerate with "
+	              "build/tools/kreq-confdoc > docs/CONFIGURATION.md");
 	free(doc);
 	free(gen);
 }

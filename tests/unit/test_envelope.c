@@ -31,7 +31,7 @@ static kreq_keyring_t *keyring_of(kreq_key_type_t type)
 		len = 64;
 	}
 	ck_assert_int_eq(kreq_keyring_add(kr, "k1", type, key, len, errstr, sizeof(errstr)),
-			 KREQ_OK);
+	                 KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
 	return kr;
 }
@@ -63,7 +63,7 @@ static Kreq__Request request(void)
 static int seal_request(const kreq_keyring_t *kr, Kreq__Request *r, uint8_t **out, size_t *len)
 {
 	return kreq__envelope_seal(kr, &lim, KREQ__KIND_REQUEST, &r->base, out, len, errstr,
-				   sizeof(errstr));
+	                           sizeof(errstr));
 }
 
 static int open_at(const kreq_keyring_t *kr, int64_t now, const uint8_t *buf, size_t len)
@@ -88,7 +88,7 @@ START_TEST(test_roundtrip_request)
 	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_OK);
 	kreq__opened_t o;
 	ck_assert_int_eq(kreq__envelope_open(kr, &lim, NOW, buf, len, &o, errstr, sizeof(errstr)),
-			 KREQ_OK);
+	                 KREQ_OK);
 	ck_assert_int_eq(o.kind, KREQ__KIND_REQUEST);
 	ck_assert_str_eq(o.key_id, "k1");
 	ck_assert_mem_eq(o.u.req->correlation_id.data, corr, 16);
@@ -119,11 +119,11 @@ START_TEST(test_roundtrip_reply_and_cancel)
 	uint8_t *buf;
 	size_t len;
 	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_REPLY, &rep.base, &buf, &len,
-					     errstr, sizeof(errstr)),
-			 KREQ_OK);
+	                                     errstr, sizeof(errstr)),
+	                 KREQ_OK);
 	kreq__opened_t o;
 	ck_assert_int_eq(kreq__envelope_open(kr, &lim, NOW, buf, len, &o, errstr, sizeof(errstr)),
-			 KREQ_OK);
+	                 KREQ_OK);
 	ck_assert_int_eq(o.kind, KREQ__KIND_REPLY);
 	ck_assert_int_eq(o.u.reply->status, 7);
 	ck_assert_int_eq(o.u.reply->from_dedup, 1);
@@ -136,17 +136,17 @@ START_TEST(test_roundtrip_reply_and_cancel)
 	c.issued_at_ms = NOW;
 	c.deadline_ms = NOW + 100;
 	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_CANCEL, &c.base, &buf, &len,
-					     errstr, sizeof(errstr)),
-			 KREQ_OK);
+	                                     errstr, sizeof(errstr)),
+	                 KREQ_OK);
 	ck_assert_int_eq(kreq__envelope_open(kr, &lim, NOW, buf, len, &o, errstr, sizeof(errstr)),
-			 KREQ_OK);
+	                 KREQ_OK);
 	ck_assert_int_eq(o.kind, KREQ__KIND_CANCEL);
 	kreq__opened_clear(&o);
 	free(buf);
 	/* the body type must match the kind */
 	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_REQUEST, &c.base, &buf, &len,
-					     errstr, sizeof(errstr)),
-			 KREQ_EMALFORMED);
+	                                     errstr, sizeof(errstr)),
+	                 KREQ_EMALFORMED);
 	kreq_keyring_release(kr);
 }
 END_TEST
@@ -167,7 +167,7 @@ START_TEST(test_every_single_byte_tamper_rejected)
 			buf[pos] ^= flips[f];
 			int err = open_at(kr, NOW, buf, len);
 			ck_assert_msg(err != KREQ_OK, "tamper at byte %zu (^0x%02x) accepted", pos,
-				      flips[f]);
+			              flips[f]);
 			buf[pos] ^= flips[f];
 			rejected++;
 		}
@@ -210,7 +210,7 @@ START_TEST(test_wrong_unknown_and_rotated_keys)
 	uint8_t k2[32];
 	randombytes_buf(k2, sizeof(k2));
 	ck_assert_int_eq(kreq_keyring_add(signer, "k2", KREQ_KEY_HMAC_SHA256, k2, 32, NULL, 0),
-			 KREQ_OK);
+	                 KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_set_signing_key(signer, "k2"), KREQ_OK);
 	uint8_t *buf2;
 	size_t len2;
@@ -244,7 +244,7 @@ START_TEST(test_ed25519_public_key_verifies)
 	ck_assert_int_eq(kreq_keyring_add(priv, "e", KREQ_KEY_ED25519, sk, 64, NULL, 0), KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_set_signing_key(priv, "e"), KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_add(pub, "e", KREQ_KEY_ED25519_PUBLIC, pk, 32, NULL, 0),
-			 KREQ_OK);
+	                 KREQ_OK);
 	Kreq__Request r = request();
 	uint8_t *buf;
 	size_t len;
@@ -294,8 +294,8 @@ START_TEST(test_truncated)
 		memcpy(copy, buf, n);
 		int err = open_at(kr, NOW, n ? copy : NULL, n);
 		ck_assert_msg(err == KREQ_EMALFORMED || err == KREQ_EBADSIG ||
-				      err == KREQ_EVERSION || err == KREQ_EUNKNOWNKEY,
-			      "truncated to %zu: %s", n, kreq_err_name(err));
+		                  err == KREQ_EVERSION || err == KREQ_EUNKNOWNKEY,
+		              "truncated to %zu: %s", n, kreq_err_name(err));
 		free(copy);
 	}
 	ck_assert_int_eq(open_at(kr, NOW, buf, 0), KREQ_EMALFORMED);
@@ -318,19 +318,19 @@ START_TEST(test_oversize)
 	kreq__limits_t wide = lim;
 	wide.payload_max = sizeof(big);
 	ck_assert_int_eq(kreq__envelope_seal(kr, &wide, KREQ__KIND_REQUEST, &r.base, &buf, &len,
-					     errstr, sizeof(errstr)),
-			 KREQ_OK);
+	                                     errstr, sizeof(errstr)),
+	                 KREQ_OK);
 	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EOVERSIZE);
 	free(buf);
 	/* envelope over envelope.max.bytes: refused before parsing */
 	r.payload = (ProtobufCBinaryData){sizeof(big), big};
 	ck_assert_int_eq(kreq__envelope_seal(kr, &wide, KREQ__KIND_REQUEST, &r.base, &buf, &len,
-					     errstr, sizeof(errstr)),
-			 KREQ_EOVERSIZE);
+	                                     errstr, sizeof(errstr)),
+	                 KREQ_EOVERSIZE);
 	wide.envelope_max = sizeof(big) + 1024;
 	ck_assert_int_eq(kreq__envelope_seal(kr, &wide, KREQ__KIND_REQUEST, &r.base, &buf, &len,
-					     errstr, sizeof(errstr)),
-			 KREQ_OK);
+	                                     errstr, sizeof(errstr)),
+	                 KREQ_OK);
 	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EOVERSIZE);
 	ck_assert_ptr_nonnull(strstr(errstr, "envelope.max.bytes"));
 	free(buf);
@@ -356,7 +356,7 @@ END_TEST
 /* A well-formed, correctly signed envelope of another version is refused
  * with EVERSION; an unknown kind with EMALFORMED. */
 static void seal_raw(const kreq_keyring_t *kr, uint32_t version, uint32_t kind, uint8_t **out,
-		     size_t *out_len)
+                     size_t *out_len)
 {
 	Kreq__Request r = request();
 	size_t blen = protobuf_c_message_get_packed_size(&r.base);

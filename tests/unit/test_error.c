@@ -7,7 +7,7 @@
 
 static const int codes[] = {
 #define CODE(name, value, msg) KREQ_##name,
-	KREQ_ERRNO_MAP(CODE)
+    KREQ_ERRNO_MAP(CODE)
 #undef CODE
 };
 

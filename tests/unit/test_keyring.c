@@ -48,8 +48,8 @@ static const char *write_file(const char *name, mode_t mode, const char *text)
 	return p;
 }
 
-static const uint8_t k32[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
-				17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
+static const uint8_t k32[32] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16,
+                                17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
 /* base64 of k32 */
 #define K32_B64 "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="
 
@@ -59,11 +59,11 @@ START_TEST(test_add_each_type)
 	uint8_t pk[32], sk[64];
 	crypto_sign_keypair(pk, sk);
 	ck_assert_int_eq(kreq_keyring_add(kr, "h1", KREQ_KEY_HMAC_SHA256, k32, 32, errstr, 512),
-			 KREQ_OK);
+	                 KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_add(kr, "e1", KREQ_KEY_ED25519, sk, 64, errstr, 512),
-			 KREQ_OK);
+	                 KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_add(kr, "p1", KREQ_KEY_ED25519_PUBLIC, pk, 32, errstr, 512),
-			 KREQ_OK);
+	                 KREQ_OK);
 	ck_assert_uint_eq(kreq_keyring_count(kr), 3);
 	ck_assert_int_eq(kreq_keyring_key_type(kr, "e1"), KREQ_KEY_ED25519);
 	ck_assert_int_eq(kreq_keyring_key_type(kr, "zz"), KREQ_ENOENT);
@@ -89,31 +89,30 @@ START_TEST(test_add_rejects_bad_input)
 	kreq_keyring_t *kr = kreq_keyring_new();
 	uint8_t sk[64] = {0};
 	ck_assert_int_eq(kreq_keyring_add(kr, "h", KREQ_KEY_HMAC_SHA256, k32, 16, errstr, 512),
-			 KREQ_EINVAL);
+	                 KREQ_EINVAL);
 	ck_assert_ptr_nonnull(strstr(errstr, "wrong length"));
-	ck_assert_int_eq(kreq_keyring_add(kr, "bad id", KREQ_KEY_HMAC_SHA256, k32, 32, errstr,
-					  512),
-			 KREQ_EINVAL);
+	ck_assert_int_eq(kreq_keyring_add(kr, "bad id", KREQ_KEY_HMAC_SHA256, k32, 32, errstr, 512),
+	                 KREQ_EINVAL);
 	ck_assert_int_eq(kreq_keyring_add(kr, "", KREQ_KEY_HMAC_SHA256, k32, 32, errstr, 512),
-			 KREQ_EINVAL);
+	                 KREQ_EINVAL);
 	char longid[80];
 	memset(longid, 'a', 65);
 	longid[65] = 0;
 	ck_assert_int_eq(kreq_keyring_add(kr, longid, KREQ_KEY_HMAC_SHA256, k32, 32, errstr, 512),
-			 KREQ_EINVAL);
+	                 KREQ_EINVAL);
 	ck_assert_int_eq(kreq_keyring_add(kr, "h", (kreq_key_type_t)9, k32, 32, errstr, 512),
-			 KREQ_EINVAL);
+	                 KREQ_EINVAL);
 	/* an Ed25519 secret key whose public half does not match its seed */
 	ck_assert_int_eq(kreq_keyring_add(kr, "e", KREQ_KEY_ED25519, sk, 64, errstr, 512),
-			 KREQ_EINVAL);
+	                 KREQ_EINVAL);
 	ck_assert_int_eq(kreq_keyring_add(kr, "h", KREQ_KEY_HMAC_SHA256, k32, 32, errstr, 512),
-			 KREQ_OK);
+	                 KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_add(kr, "h", KREQ_KEY_HMAC_SHA256, k32, 32, errstr, 512),
-			 KREQ_EEXIST);
+	                 KREQ_EEXIST);
 	ck_assert_int_eq(kreq_keyring_add(NULL, "h", KREQ_KEY_HMAC_SHA256, k32, 32, errstr, 512),
-			 KREQ_EINVAL);
+	                 KREQ_EINVAL);
 	ck_assert_int_eq(kreq_keyring_add(kr, "x", KREQ_KEY_HMAC_SHA256, NULL, 32, errstr, 512),
-			 KREQ_EINVAL);
+	                 KREQ_EINVAL);
 	ck_assert_uint_eq(kreq_keyring_count(kr), 1);
 	kreq_keyring_release(kr);
 }
@@ -123,10 +122,10 @@ START_TEST(test_methods)
 {
 	kreq_keyring_t *kr = kreq_keyring_new();
 	ck_assert_int_eq(kreq_keyring_add(kr, "h", KREQ_KEY_HMAC_SHA256, k32, 32, NULL, 0),
-			 KREQ_OK);
+	                 KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_check_method(kr, "h", "anything"), KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_set_methods(kr, "h", "billing.charge,billing.refund"),
-			 KREQ_OK);
+	                 KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_check_method(kr, "h", "billing.charge"), KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_check_method(kr, "h", "billing.refund"), KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_check_method(kr, "h", "billing"), KREQ_EDENIED);
@@ -147,7 +146,7 @@ START_TEST(test_refcount)
 	ck_assert_ptr_eq(kreq_keyring_retain(kr), kr);
 	kreq_keyring_release(kr);
 	ck_assert_int_eq(kreq_keyring_add(kr, "h", KREQ_KEY_HMAC_SHA256, k32, 32, NULL, 0),
-			 KREQ_OK); /* still alive: one reference left */
+	                 KREQ_OK); /* still alive: one reference left */
 	kreq_keyring_release(kr);
 	kreq_keyring_release(NULL);
 }
@@ -156,12 +155,12 @@ END_TEST
 START_TEST(test_load_file_ok)
 {
 	const char *p = write_file("k", 0600,
-				   "# keys\n"
-				   "kreq-keyring 1\n"
-				   "\n"
-				   "key old hmac-sha256 " K32_B64 "\n"
-				   "key new hmac-sha256 " K32_B64 " methods=a.b,c\n"
-				   "signing new\n");
+	                           "# keys\n"
+	                           "kreq-keyring 1\n"
+	                           "\n"
+	                           "key old hmac-sha256 " K32_B64 "\n"
+	                           "key new hmac-sha256 " K32_B64 " methods=a.b,c\n"
+	                           "signing new\n");
 	kreq_keyring_t *kr = kreq_keyring_new();
 	ck_assert_int_eq(kreq_keyring_load_file(kr, p, errstr, sizeof(errstr)), KREQ_OK);
 	ck_assert_uint_eq(kreq_keyring_count(kr), 2);
@@ -184,7 +183,7 @@ START_TEST(test_load_file_permissions)
 	for (size_t i = 0; i < sizeof(bad_modes) / sizeof(bad_modes[0]); i++) {
 		const char *p = write_file("s", bad_modes[i], secret);
 		ck_assert_int_eq(kreq_keyring_load_file(kr, p, errstr, sizeof(errstr)),
-				 KREQ_EKEYPERM);
+		                 KREQ_EKEYPERM);
 		ck_assert_ptr_nonnull(strstr(errstr, "group or others"));
 		ck_assert_ptr_null(strstr(errstr, K32_B64)); /* never leaks key text */
 		ck_assert_uint_eq(kreq_keyring_count(kr), 0);
@@ -209,21 +208,21 @@ static const struct {
 	const char *text;
 	const char *expect; /* substring of errstr */
 } bad_files[] = {
-	{"", "empty"},
-	{"# only a comment\n", "empty"},
-	{"kreq-keyring 2\n", "first line"},
-	{"key h hmac-sha256 " K32_B64 "\n", "first line"},
-	{"kreq-keyring 1\nkey h hmac-sha256\n", ":2:"},
-	{"kreq-keyring 1\nkey h rsa " K32_B64 "\n", "unknown key type"},
-	{"kreq-keyring 1\nkey h hmac-sha256 not*base64\n", "base64"},
-	{"kreq-keyring 1\nkey h hmac-sha256 AQIDBA==\n", "wrong length"},
-	{"kreq-keyring 1\nkey b@d hmac-sha256 " K32_B64 "\n", "invalid key id"},
-	{"kreq-keyring 1\nkey h hmac-sha256 " K32_B64 " colour=blue\n", "attribute"},
-	{"kreq-keyring 1\nkey h hmac-sha256 " K32_B64 " methods=a,,b\n", "methods"},
-	{"kreq-keyring 1\n\n\nfrobnicate\n", ":4:"},
-	{"kreq-keyring 1\nkey h hmac-sha256 " K32_B64 "\nsigning other\n", "not in the file"},
-	{"kreq-keyring 1\nkey h hmac-sha256 " K32_B64 "\nkey h hmac-sha256 " K32_B64 "\n",
-	 "already present"},
+    {"", "empty"},
+    {"# only a comment\n", "empty"},
+    {"kreq-keyring 2\n", "first line"},
+    {"key h hmac-sha256 " K32_B64 "\n", "first line"},
+    {"kreq-keyring 1\nkey h hmac-sha256\n", ":2:"},
+    {"kreq-keyring 1\nkey h rsa " K32_B64 "\n", "unknown key type"},
+    {"kreq-keyring 1\nkey h hmac-sha256 not*base64\n", "base64"},
+    {"kreq-keyring 1\nkey h hmac-sha256 AQIDBA==\n", "wrong length"},
+    {"kreq-keyring 1\nkey b@d hmac-sha256 " K32_B64 "\n", "invalid key id"},
+    {"kreq-keyring 1\nkey h hmac-sha256 " K32_B64 " colour=blue\n", "attribute"},
+    {"kreq-keyring 1\nkey h hmac-sha256 " K32_B64 " methods=a,,b\n", "methods"},
+    {"kreq-keyring 1\n\n\nfrobnicate\n", ":4:"},
+    {"kreq-keyring 1\nkey h hmac-sha256 " K32_B64 "\nsigning other\n", "not in the file"},
+    {"kreq-keyring 1\nkey h hmac-sha256 " K32_B64 "\nkey h hmac-sha256 " K32_B64 "\n",
+     "already present"},
 };
 
 START_TEST(test_load_file_malformed)
@@ -231,13 +230,13 @@ START_TEST(test_load_file_malformed)
 	const char *p = write_file("bad", 0600, bad_files[_i].text);
 	kreq_keyring_t *kr = kreq_keyring_new();
 	ck_assert_int_eq(kreq_keyring_add(kr, "pre", KREQ_KEY_HMAC_SHA256, k32, 32, NULL, 0),
-			 KREQ_OK);
+	                 KREQ_OK);
 	errstr[0] = 0;
 	int err = kreq_keyring_load_file(kr, p, errstr, sizeof(errstr));
 	ck_assert_msg(err == KREQ_EKEYFILE || err == KREQ_EEXIST, "case %d: got %s", _i,
-		      kreq_err_name(err));
+	              kreq_err_name(err));
 	ck_assert_msg(strstr(errstr, bad_files[_i].expect) != NULL, "case %d: errstr \"%s\"", _i,
-		      errstr);
+	              errstr);
 	ck_assert_ptr_null(strstr(errstr, K32_B64));
 	/* all or nothing: the keyring is as it was */
 	ck_assert_uint_eq(kreq_keyring_count(kr), 1);
@@ -252,7 +251,7 @@ START_TEST(test_load_file_not_regular_or_missing)
 	ck_assert_int_eq(kreq_keyring_load_file(kr, dir, errstr, sizeof(errstr)), KREQ_EKEYFILE);
 	ck_assert_ptr_nonnull(strstr(errstr, "regular"));
 	ck_assert_int_eq(kreq_keyring_load_file(kr, path_in("missing"), errstr, sizeof(errstr)),
-			 KREQ_EIO);
+	                 KREQ_EIO);
 	ck_assert_int_eq(kreq_keyring_load_file(kr, NULL, errstr, sizeof(errstr)), KREQ_EINVAL);
 	/* larger than 1 MiB */
 	const char *p = path_in("big");
@@ -275,8 +274,8 @@ START_TEST(test_generate_file)
 	strcpy(secpath, sec);
 	const char *pub = path_in("gen.pub");
 	ck_assert_int_eq(kreq_keyring_generate_file(secpath, pub, "svc-2026", KREQ_KEY_ED25519,
-						    errstr, sizeof(errstr)),
-			 KREQ_OK);
+	                                            errstr, sizeof(errstr)),
+	                 KREQ_OK);
 	struct stat st;
 	ck_assert_int_eq(stat(secpath, &st), 0);
 	ck_assert_int_eq(st.st_mode & 0777, 0600);
@@ -291,20 +290,20 @@ START_TEST(test_generate_file)
 	kreq_keyring_release(kr);
 	/* never overwrites */
 	ck_assert_int_eq(kreq_keyring_generate_file(secpath, NULL, "x", KREQ_KEY_HMAC_SHA256,
-						    errstr, sizeof(errstr)),
-			 KREQ_EEXIST);
+	                                            errstr, sizeof(errstr)),
+	                 KREQ_EEXIST);
 	ck_assert_int_eq(kreq_keyring_generate_file(path_in("h.key"), NULL, "h",
-						    KREQ_KEY_HMAC_SHA256, errstr, sizeof(errstr)),
-			 KREQ_OK);
+	                                            KREQ_KEY_HMAC_SHA256, errstr, sizeof(errstr)),
+	                 KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_generate_file(path_in("x.key"), path_in("x.pub"), "h",
-						    KREQ_KEY_HMAC_SHA256, errstr, sizeof(errstr)),
-			 KREQ_EINVAL);
+	                                            KREQ_KEY_HMAC_SHA256, errstr, sizeof(errstr)),
+	                 KREQ_EINVAL);
 	ck_assert_int_eq(kreq_keyring_generate_file(path_in("y.key"), NULL, "bad id",
-						    KREQ_KEY_HMAC_SHA256, errstr, sizeof(errstr)),
-			 KREQ_EINVAL);
+	                                            KREQ_KEY_HMAC_SHA256, errstr, sizeof(errstr)),
+	                 KREQ_EINVAL);
 	ck_assert_int_eq(kreq_keyring_generate_file("/nonexistent/dir/k", NULL, "h",
-						    KREQ_KEY_HMAC_SHA256, errstr, sizeof(errstr)),
-			 KREQ_EIO);
+	                                            KREQ_KEY_HMAC_SHA256, errstr, sizeof(errstr)),
+	                 KREQ_EIO);
 }
 END_TEST
 
@@ -320,7 +319,7 @@ int main(void)
 	tcase_add_test(tc, test_load_file_ok);
 	tcase_add_test(tc, test_load_file_permissions);
 	tcase_add_loop_test(tc, test_load_file_malformed, 0,
-			    (int)(sizeof(bad_files) / sizeof(bad_files[0])));
+	                    (int)(sizeof(bad_files) / sizeof(bad_files[0])));
 	tcase_add_test(tc, test_load_file_not_regular_or_missing);
 	tcase_add_test(tc, test_generate_file);
 	suite_add_tcase(s, tc);

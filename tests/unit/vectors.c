@@ -44,7 +44,7 @@ static Kreq__MetadataEntry *vec_md[1] = {&vec_tp};
 static Kreq__Request vec_request(void)
 {
 	static uint8_t corr[16] = {0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77,
-				   0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff};
+	                           0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff};
 	Kreq__Request r = KREQ__REQUEST__INIT;
 	r.correlation_id = (ProtobufCBinaryData){16, corr};
 	r.idempotency_key = (ProtobufCBinaryData){8, (uint8_t *)"order-42"};
@@ -71,14 +71,15 @@ static kreq_keyring_t *vec_keyring(int which, uint8_t *key_out, size_t *key_len)
 	for (int i = 0; i < 32; i++)
 		seed[i] = (uint8_t)(which == 0 ? i : 0x20 + i);
 	if (which == 0) {
-		NEED(kreq_keyring_add(kr, "test-hmac-1", KREQ_KEY_HMAC_SHA256, seed,
-						  32, NULL, 0) == KREQ_OK);
+		NEED(kreq_keyring_add(kr, "test-hmac-1", KREQ_KEY_HMAC_SHA256, seed, 32, NULL, 0) ==
+		     KREQ_OK);
 		NEED(kreq_keyring_set_signing_key(kr, "test-hmac-1") == KREQ_OK);
 		memcpy(key_out, seed, 32);
 		*key_len = 32;
 	} else {
 		crypto_sign_seed_keypair(pk, sk, seed);
-		NEED(kreq_keyring_add(kr, "test-ed25519-1", KREQ_KEY_ED25519, sk, 64, NULL, 0) == KREQ_OK);
+		NEED(kreq_keyring_add(kr, "test-ed25519-1", KREQ_KEY_ED25519, sk, 64, NULL, 0) ==
+		     KREQ_OK);
 		NEED(kreq_keyring_set_signing_key(kr, "test-ed25519-1") == KREQ_OK);
 		memcpy(key_out, seed, 32);
 		memcpy(key_out + 32, pk, 32);
@@ -102,8 +103,8 @@ static void write_vector(FILE *out, int which)
 	size_t sl = kreq__sign(k, KREQ__KIND_REQUEST, body, blen, sig);
 	uint8_t *env;
 	size_t elen;
-	NEED(kreq__envelope_seal(kr, &vec_lim, KREQ__KIND_REQUEST, &r.base, &env,
-					     &elen, NULL, 0) == KREQ_OK);
+	NEED(kreq__envelope_seal(kr, &vec_lim, KREQ__KIND_REQUEST, &r.base, &env, &elen, NULL, 0) ==
+	     KREQ_OK);
 	fprintf(out, "vector: %s\n", which == 0 ? "request-hmac-sha256" : "request-ed25519");
 	fprintf(out, "key-id: %s\n", k->id);
 	if (which == 0) {
@@ -163,8 +164,8 @@ static void verify_doc_envelope(const char *block, const char *vector, int which
 	kreq__opened_t o;
 	char err[256];
 	ck_assert_msg(kreq__envelope_open(kr, &vec_lim, VEC_ISSUED, bin, binlen, &o, err,
-					  sizeof(err)) == KREQ_OK,
-		      "doc vector %s does not verify: %s", vector, err);
+	                                  sizeof(err)) == KREQ_OK,
+	              "doc vector %s does not verify: %s", vector, err);
 	ck_assert_str_eq(o.u.req->method, "billing.charge");
 	kreq__opened_clear(&o);
 	free(bin);
@@ -188,8 +189,8 @@ void kreq_test_check_vectors(const char *doc_path)
 	kreq_test_vectors_write(m);
 	fclose(m);
 	ck_assert_msg((size_t)(fence - b) == gen_len && memcmp(b, gen, gen_len) == 0,
-		      "docs/protocol.md test vectors differ from what the code produces; "
-		      "regenerate with KREQ_PRINT_VECTORS=1 build/tests/unit/test_envelope");
+	              "docs/protocol.md test vectors differ from what the code produces; "
+	              "regenerate with KREQ_PRINT_VECTORS=1 build/tests/unit/test_envelope");
 	verify_doc_envelope(b, "request-hmac-sha256", 0);
 	verify_doc_envelope(b, "request-ed25519", 1);
 	free(gen);

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# test.sh — THE test command (README Quickstart; .ci/run calls exactly this).
+#
+# On a fresh Debian 12 machine it installs what is missing, fetches Apache
+# Kafka's jars from Maven Central, starts a real single-node KRaft broker on
+# loopback, and runs, in order:
+#   1. format check (clang-format, checked-in style)
+#   2. release build with -Wall -Wextra -Werror, every CTest suite (unit + kafka)
+#   3. ASan+UBSan build, every suite
+#   4. TSan build, every suite
+#   5. valgrind over the unit suites
+#   6. the libFuzzer target for decode+verify, briefly, from the seed corpus
+# and stops the broker on exit, also on failure. Safe to run twice.
+#
+# Environment: KREQ_FUZZ_SECONDS (default 60), KREQ_TEST_STAGES (default
+# "format release asan tsan valgrind fuzz") to run a subset while developing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+STAGES=${KREQ_TEST_STAGES:-"format release asan tsan valgrind fuzz"}
+FUZZ_SECONDS=${KREQ_FUZZ_SECONDS:-60}
+JOBS=2
+KAFKA_DIR="$ROOT/build/kafka-test"
+
+say() { printf '\n==== %s ====\n' "$*"; }
+has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
+
+say "setup"
+scripts/setup.sh
+scripts/kafka.sh fetch
+
+configure_build() { # dir, extra cmake args...
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKREQ_WERROR=ON "$@" >/dev/null
+  cmake --build "$dir" -j"$JOBS"
+}
+
+run_ctest() { # dir, extra ctest args...
+  local dir=$1; shift
+  ctest --test-dir "$dir" --output-on-failure --no-tests=error "$@"
+}
+
+stop_kafka() { scripts/kafka.sh stop --dir "$KAFKA_DIR" >&2 || true; }
+
+if has_stage format; then
+  say "format"
+  scripts/format.sh --check
+fi
+
+if has_stage release || has_stage asan || has_stage tsan; then
+  say "start Apache Kafka (KRaft, 127.0.0.1)"
+  mkdir -p build
+  trap stop_kafka EXIT
+  export "$(scripts/kafka.sh start --dir "$KAFKA_DIR")"
+  echo "KREQ_TEST_BOOTSTRAP=$KREQ_TEST_BOOTSTRAP"
+fi
+
+if has_stage release; then
+  say "release build (-Werror) + all suites"
+  configure_build build
+  run_ctest build
+fi
+
+if has_stage asan; then
+  say "ASan+UBSan build + all suites"
+  configure_build build-asan -DKREQ_SANITIZE=address -DKREQ_BUILD_BENCH=OFF
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run_ctest build-asan
+fi
+
+if has_stage tsan; then
+  say "TSan build + all suites"
+  configure_build build-tsan -DKREQ_SANITIZE=thread -DKREQ_BUILD_BENCH=OFF
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" run_ctest build-tsan
+fi
+
+if has_stage valgrind; then
+  say "valgrind (unit suites)"
+  [ -d build ] || configure_build build
+  # CK_FORK=no: run tests in-process so valgrind sees every allocation.
+  for t in build/tests/unit/test_*; do
+    [ -x "$t" ] && [ -f "$t" ] || continue
+    echo "valgrind $t"
+    (cd build && CK_FORK=no valgrind -q --error-exitcode=99 --leak-check=full \
+      --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
+      "../$t")
+  done
+fi
+
+if has_stage fuzz; then
+  say "fuzz decode+verify for ${FUZZ_SECONDS}s"
+  CC=clang configure_build build-fuzz -DKREQ_BUILD_FUZZ=ON -DKREQ_SANITIZE=address \
+    -DKREQ_BUILD_TESTS=OFF -DKREQ_BUILD_BENCH=OFF
+  rm -rf build-fuzz/corpus && mkdir -p build-fuzz/corpus
+  build-fuzz/fuzz/fuzz_envelope -max_total_time="$FUZZ_SECONDS" -max_len=4096 \
+    -print_final_stats=1 build-fuzz/corpus fuzz/corpus 2>&1 | tail -n 12
+fi
+
+say "all stages passed: $STAGES"
