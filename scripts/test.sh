@@ -7,7 +7,7 @@
 #   1. format check (clang-format, checked-in style)
 #   2. release build with -Wall -Wextra -Werror, every CTest suite (unit + kafka)
 #   3. ASan+UBSan build, every suite
-#   4. TSan build, every suite
+#   4. TSan build, every suite not labelled rdkafka (see the stage for why)
 #   5. valgrind over the unit suites
 #   6. the libFuzzer target for decode+verify, briefly, from the seed corpus
 # and stops the broker on exit, also on failure. Safe to run twice.
@@ -69,9 +69,14 @@ if has_stage asan; then
 fi
 
 if has_stage tsan; then
-  say "TSan build + all suites"
+  say "TSan build + every suite that does not start librdkafka threads"
+  # Debian's librdkafka starts its threads with C11 thrd_create(), which
+  # neither gcc's nor clang's TSan runtime intercepts: TSan crashes inside
+  # librdkafka's threads. Suites labelled rdkafka (they create librdkafka
+  # handles) therefore run under ASan+UBSan and valgrind but not TSan; the
+  # concurrency stress of futures, table and timers runs here.
   configure_build build-tsan -DKREQ_SANITIZE=thread -DKREQ_BUILD_BENCH=OFF
-  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" run_ctest build-tsan
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" run_ctest build-tsan -LE rdkafka
 fi
 
 if has_stage valgrind; then
