@@ -35,9 +35,14 @@ configure_build() { # dir, extra cmake args...
   cmake --build "$dir" -j"$JOBS"
 }
 
-run_ctest() { # dir, extra ctest args...
+PASSED=0
+run_ctest() { # dir, extra ctest args... (adds the suites that ran to PASSED)
   local dir=$1; shift
-  ctest --test-dir "$dir" --output-on-failure --no-tests=error "$@"
+  ctest --test-dir "$dir" --output-on-failure --no-tests=error "$@" | tee "$dir/ctest.out"
+  local n
+  n=$(sed -n 's/.*100% tests passed, 0 tests failed out of \([0-9]*\).*/\1/p' "$dir/ctest.out")
+  [ -n "$n" ] || { echo "ctest in $dir did not report a full pass" >&2; exit 1; }
+  PASSED=$((PASSED + n))
 }
 
 stop_kafka() { scripts/kafka.sh stop --dir "$KAFKA_DIR" >&2 || true; }
@@ -89,6 +94,7 @@ if has_stage valgrind; then
     (cd build && CK_FORK=no valgrind -q --error-exitcode=99 --leak-check=full \
       --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
       "../$t")
+    PASSED=$((PASSED + 1))
   done
 fi
 
@@ -102,3 +108,4 @@ if has_stage fuzz; then
 fi
 
 say "all stages passed: $STAGES"
+echo "kreq: $PASSED passed, 0 failed"

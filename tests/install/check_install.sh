@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# check_install.sh BUILD_DIR SOURCE_DIR — installs the build into a scratch
+# prefix and builds a consumer against the INSTALLED tree twice: once with
+# CMake's find_package(kreq), once with pkg-config. Fails on any error.
+set -euo pipefail
+build=$1 src=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cmake --install "$build" --prefix "$work/prefix" >/dev/null
+
+mkdir -p "$work/app"
+cat >"$work/app/main.c" <<'C'
+#include <kreq/conf.h>
+#include <kreq/error.h>
+#include <kreq/keyring.h>
+#include <stdio.h>
+#include <string.h>
+int main(void)
+{
+	kreq_conf_t *c = kreq_conf_new();
+	kreq_keyring_t *kr = kreq_keyring_new();
+	int rc = kreq_conf_set(c, "no.such.property", "1", NULL, 0);
+	printf("%s %s\n", kreq_version(), kreq_err_name(rc));
+	kreq_keyring_release(kr);
+	kreq_conf_destroy(c);
+	return rc == KREQ_ENOENT && strcmp(kreq_strerror(KREQ_ETIMEDOUT), "timed out") == 0 ? 0 : 1;
+}
+C
+cat >"$work/app/CMakeLists.txt" <<'CM'
+cmake_minimum_required(VERSION 3.20)
+project(app C)
+find_package(kreq 0.1 REQUIRED)
+add_executable(app_shared main.c)
+target_link_libraries(app_shared PRIVATE kreq::kreq)
+add_executable(app_static main.c)
+target_link_libraries(app_static PRIVATE kreq::kreq_static)
+CM
+cmake -S "$work/app" -B "$work/app/build" -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
+cmake --build "$work/app/build" >/dev/null
+LD_LIBRARY_PATH="$work/prefix/lib" "$work/app/build/app_shared"
+"$work/app/build/app_static"
+
+export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig"
+# shellcheck disable=SC2046
+cc -o "$work/app/pc" "$work/app/main.c" $(pkg-config --cflags --libs kreq)
+LD_LIBRARY_PATH="$work/prefix/lib" "$work/app/pc"
+# static libkreq over shared dependencies (Debian does not ship static
+# archives of every librdkafka dependency, so a fully static link is not
+# something users here can do)
+# shellcheck disable=SC2046
+cc -o "$work/app/pc_static" "$work/app/main.c" $(pkg-config --cflags kreq) \
+  "$work/prefix/lib/libkreq.a" $(pkg-config --libs rdkafka libprotobuf-c libsodium uuid) -lpthread
+"$work/app/pc_static"
+# no internal symbol leaks from the shared library
+if nm -D --defined-only "$work/prefix/lib/libkreq.so" | awk '{print $3}' | grep -v '^kreq_' | grep -q .; then
+  echo "libkreq.so exports symbols outside the kreq_ prefix:" >&2
+  nm -D --defined-only "$work/prefix/lib/libkreq.so" | awk '{print $3}' | grep -v '^kreq_' >&2
+  exit 1
+fi
+echo "install: find_package, pkg-config (shared and static) OK"
