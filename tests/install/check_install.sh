@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# check_install.sh BUILD_DIR SOURCE_DIR — installs the build into a scratch
+# check_install.sh BUILD_DIR — installs the build into a scratch
 # prefix and builds a consumer against the INSTALLED tree twice: once with
 # CMake's find_package(kreq), once with pkg-config. Fails on any error.
 set -euo pipefail
-build=$1 src=$2
+build=$1
+san=${KREQ_SAN_FLAGS:-} # the library's sanitizer flags, if any
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cmake --install "$build" --prefix "$work/prefix" >/dev/null
@@ -35,20 +36,21 @@ target_link_libraries(app_shared PRIVATE kreq::kreq)
 add_executable(app_static main.c)
 target_link_libraries(app_static PRIVATE kreq::kreq_static)
 CM
-cmake -S "$work/app" -B "$work/app/build" -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
+cmake -S "$work/app" -B "$work/app/build" -DCMAKE_PREFIX_PATH="$work/prefix" \
+  -DCMAKE_C_FLAGS="$san" -DCMAKE_EXE_LINKER_FLAGS="$san" >/dev/null
 cmake --build "$work/app/build" >/dev/null
 LD_LIBRARY_PATH="$work/prefix/lib" "$work/app/build/app_shared"
 "$work/app/build/app_static"
 
 export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig"
 # shellcheck disable=SC2046
-cc -o "$work/app/pc" "$work/app/main.c" $(pkg-config --cflags --libs kreq)
+cc $san -o "$work/app/pc" "$work/app/main.c" $(pkg-config --cflags --libs kreq)
 LD_LIBRARY_PATH="$work/prefix/lib" "$work/app/pc"
 # static libkreq over shared dependencies (Debian does not ship static
 # archives of every librdkafka dependency, so a fully static link is not
 # something users here can do)
 # shellcheck disable=SC2046
-cc -o "$work/app/pc_static" "$work/app/main.c" $(pkg-config --cflags kreq) \
+cc $san -o "$work/app/pc_static" "$work/app/main.c" $(pkg-config --cflags kreq) \
   "$work/prefix/lib/libkreq.a" $(pkg-config --libs rdkafka libprotobuf-c libsodium uuid) -lpthread
 "$work/app/pc_static"
 # no internal symbol leaks from the shared library
