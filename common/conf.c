@@ -8,6 +8,7 @@
  * fails where it is made rather than when a client starts.
  */
 #include <ctype.h>
+#include <stdarg.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -43,6 +44,8 @@ struct kreq_conf_s {
 	int64_t num[KREQ__P_COUNT];
 	kreq__kv_t *kafka;
 	size_t kafka_len, kafka_cap;
+	kreq_log_cb_t *log_cb;
+	void *log_opaque;
 };
 
 #define KAFKA_PREFIX "kafka."
@@ -261,6 +264,8 @@ kreq_conf_t *kreq_conf_dup(const kreq_conf_t *conf)
 	for (size_t i = 0; i < conf->kafka_len; i++)
 		if (kafka_put(c, conf->kafka[i].name, conf->kafka[i].value))
 			goto fail;
+	c->log_cb = conf->log_cb;
+	c->log_opaque = conf->log_opaque;
 	return c;
 fail:
 	kreq_conf_destroy(c);
@@ -375,4 +380,27 @@ void kreq__conf_markdown(FILE *out)
 			fputs("true, false", out);
 		fprintf(out, " | `%s` | %s |\n", d->def, d->doc);
 	}
+}
+
+void kreq_conf_set_log_cb(kreq_conf_t *conf, kreq_log_cb_t *cb, void *opaque)
+{
+	if (!conf)
+		return;
+	conf->log_cb = cb;
+	conf->log_opaque = opaque;
+}
+
+void kreq__log(const kreq_conf_t *conf, int level, const char *fac, const char *fmt, ...)
+{
+	if (level > conf->num[KREQ__P_LOG_LEVEL])
+		return;
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (conf->log_cb)
+		conf->log_cb(conf->log_opaque, level, fac, msg);
+	else
+		fprintf(stderr, "kreq %s[%d]: %s\n", fac, level, msg);
 }

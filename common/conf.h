@@ -26,6 +26,11 @@ const char *kreq__conf_str(const kreq_conf_t *conf, kreq__prop_t p);
 int kreq__conf_kafka_apply(const kreq_conf_t *conf, rd_kafka_conf_t *rk_conf, char *errstr,
                            size_t errstr_size);
 
+/* Logs one line through the configured callback (or stderr) if level is
+ * within log.level. Thread-safe. */
+void kreq__log(const kreq_conf_t *conf, int level, const char *fac, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* Writes docs/CONFIGURATION.md's content, generated from the table. */
 void kreq__conf_markdown(FILE *out);
 

@@ -27,6 +27,57 @@
 	  "Largest request or reply payload accepted or produced, in bytes.")                      \
 	X(CLOCK_SKEW_MS, "clock.skew.ms", INT, "30000", 0, 3600000,                                \
 	  "Allowed clock difference between hosts, in milliseconds: a message whose issued-at "    \
-	  "time is further in the future than this is refused with KREQ_EFUTURE.")
+	  "time is further in the future than this is refused with KREQ_EFUTURE.")                 \
+	X(TOPIC_PREFIX, "topic.prefix", STR, "kreq", 1, 100,                                       \
+	  "Prefix of every topic kreq uses: requests go to <prefix>.<service>.requests, where "    \
+	  "<service> is the method name up to its last '.'.")                                      \
+	X(REQUEST_TIMEOUT_MS, "request.timeout.ms", INT, "30000", 1, 86400000,                     \
+	  "Default time a call may take, in milliseconds: its absolute deadline is the time of "   \
+	  "the call plus this. Per call: kreq_call_opts_set_timeout().")                           \
+	X(RETRY_ATTEMPT_TIMEOUT_MS, "retry.attempt.timeout.ms", INT, "5000", 1, 86400000,          \
+	  "How long to wait for a reply to one attempt before sending the request again (same "    \
+	  "correlation id and idempotency key, next attempt number).")                             \
+	X(RETRY_MAX_ATTEMPTS, "retry.max.attempts", INT, "5", 1, 100,                              \
+	  "Most attempts per call, the first included. 1 disables retries.")                       \
+	X(RETRY_BACKOFF_MS, "retry.backoff.ms", INT, "100", 0, 60000,                              \
+	  "Backoff before the first retry; doubles on every further retry, with full jitter.")     \
+	X(RETRY_BACKOFF_MAX_MS, "retry.backoff.max.ms", INT, "2000", 0, 600000,                    \
+	  "Upper bound of the retry backoff.")                                                     \
+	X(MAX_IN_FLIGHT, "max.in.flight", INT, "100000", 1, 10000000,                              \
+	  "Most calls pending at once in one client. Beyond it a call waits up to "                \
+	  "backpressure.wait.ms for room, then fails with KREQ_EBACKPRESSURE.")                    \
+	X(BACKPRESSURE_WAIT_MS, "backpressure.wait.ms", INT, "1000", 0, 3600000,                   \
+	  "How long a call may wait for room under max.in.flight; 0 fails at once.")               \
+	X(UNAVAILABLE_AFTER_MS, "unavailable.after.ms", INT, "10000", 0, 86400000,                 \
+	  "When every Kafka broker has been unreachable for this long, pending and new calls "     \
+	  "fail with KREQ_EUNAVAILABLE instead of waiting out their deadlines. 0 disables.")       \
+	X(REPLY_TOPIC, "reply.topic", STR, "", 0, 249,                                             \
+	  "Topic this client reads replies from. Empty: <topic.prefix>.reply.<client.id>, "        \
+	  "created with one partition if missing. A shared topic needs reply.partition.")          \
+	X(REPLY_PARTITION, "reply.partition", INT, "-1", -1, 1000000,                              \
+	  "Partition of reply.topic owned by this client instance; -1 means 0 for a topic of "     \
+	  "its own. With a shared reply topic every instance must have its own partition.")        \
+	X(CLIENT_START_TIMEOUT_MS, "client.start.timeout.ms", INT, "15000", 100, 600000,           \
+	  "Longest kreq_client_new() waits for Kafka (reply topic, reply consumer position).")     \
+	X(SERVICE_CHECK_MS, "service.check.ms", INT, "5000", 0, 3600000,                           \
+	  "How often the client checks that a called service has workers: members in the "         \
+	  "consumer group <topic.prefix>.<service>. A service found without any fails its "        \
+	  "pending calls and refuses new ones with KREQ_EUNAVAILABLE until a worker joins. "       \
+	  "Checked at the first call of a service, then at this interval. 0 disables.")            \
+	X(ADMIN_SOCKET, "admin.socket", STR, "", 0, 107,                                           \
+	  "Path of the opt-in admin endpoint, a Unix socket (mode 0600) serving the pending "      \
+	  "table and metrics to `kreq pending` and `kreq stats`. Empty: disabled.")                \
+	X(SLOW_REPORT_IN_FLIGHT, "slow.report.in.flight", INT, "10000", 0, 100000000,              \
+	  "Log a slow-request report when this many calls are pending. 0 disables this trigger.")  \
+	X(SLOW_REPORT_AGE_MS, "slow.report.age.ms", INT, "10000", 0, 86400000,                     \
+	  "Log a slow-request report when the oldest pending call is this old. 0 disables this "   \
+	  "trigger.")                                                                              \
+	X(SLOW_REPORT_INTERVAL_MS, "slow.report.interval.ms", INT, "30000", 100, 86400000,         \
+	  "At most one slow-request report per this interval.")                                    \
+	X(SLOW_REPORT_ENTRIES, "slow.report.entries", INT, "5", 1, 100,                            \
+	  "How many of the oldest pending calls a slow-request report lists.")                     \
+	X(LOG_LEVEL, "log.level", INT, "6", 0, 7,                                                  \
+	  "Most verbose syslog level logged (3 error, 4 warning, 6 info, 7 debug). Logs go to "    \
+	  "stderr unless kreq_conf_set_log_cb() sets a callback.")
 
 #endif

@@ -55,4 +55,14 @@ KREQ_API int kreq_conf_get(const kreq_conf_t *conf, const char *name, char *dest
 KREQ_API int kreq_conf_load_file(kreq_conf_t *conf, const char *path, char *errstr,
                                  size_t errstr_size);
 
+/** Log callback: level is a syslog level (3 error .. 7 debug), fac a short
+ *  facility name ("client", "admin"), msg one line without secrets. Called
+ *  from kreq's internal threads; must be thread-safe and must not call back
+ *  into kreq. */
+typedef void(kreq_log_cb_t)(void *opaque, int level, const char *fac, const char *msg);
+
+/** Routes kreq's log lines to cb (NULL: back to stderr). Copied along with
+ *  the configuration by the objects that take it. */
+KREQ_API void kreq_conf_set_log_cb(kreq_conf_t *conf, kreq_log_cb_t *cb, void *opaque);
+
 #endif

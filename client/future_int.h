@@ -1,0 +1,47 @@
+/*
+ * future_int.h — what the client needs from futures (internal).
+ *
+ * One allocation per call: a future is allocated with `extra` trailing bytes
+ * that belong to its owner (the client keeps its per-call record there:
+ * correlation id, timer node, deadlines, encoded request), so a pending call
+ * costs exactly one malloc besides what it must own (the encoded request).
+ */
+#ifndef KREQ_FUTURE_INT_H
+#define KREQ_FUTURE_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kreq/future.h"
+
+/* Called once when the last reference is dropped, before the memory is
+ * freed: the owner releases what its extra area owns. May be NULL. */
+typedef void(kreq__future_fini_t)(kreq_future_t *f);
+
+/* Routes kreq_future_cancel() through the owner: the hook removes the call
+ * from its pending table and, if it did, settles f with KREQ_ECANCELED and
+ * tells the broker. Returns KREQ_OK if it cancelled, KREQ_ESTATE if the call
+ * had already settled. */
+typedef int(kreq__future_cancel_hook_t)(kreq_future_t *f);
+
+/* New pending future with one reference and `extra` zeroed trailing bytes.
+ * NULL if out of memory. */
+kreq_future_t *kreq__future_new(size_t extra, kreq__future_fini_t *fini,
+                                kreq__future_cancel_hook_t *cancel_hook);
+
+/* The owner's trailing area (16-byte aligned). */
+void *kreq__future_extra(kreq_future_t *f);
+
+/* The future whose extra area is `extra`. */
+kreq_future_t *kreq__future_from_extra(void *extra);
+
+/* Settles f. Returns true if this call settled it (the callback has run and
+ * waiters are woken when this returns), false if f had already been
+ * settled, in which case nothing changes. Ownership of payload (malloc'd or
+ * NULL) passes to the future in both cases (freed at once when false).
+ * errmsg is copied (truncated to 255 bytes); NULL means "". */
+bool kreq__future_settle(kreq_future_t *f, int err, int32_t status, void *payload,
+                         size_t payload_len, bool from_dedup, const char *errmsg);
+
+#endif

@@ -1,0 +1,30 @@
+/*
+ * health.h — is anybody serving this service? (service.check.ms)
+ *
+ * Workers of a service form the consumer group <topic.prefix>.<service>.
+ * One health thread per client lists that group (librdkafka ListGroups +
+ * DescribeGroups, a blocking call: hence a thread of its own, never the
+ * service thread) for every service the client has called: immediately the
+ * first time, then every service.check.ms. A service whose group has no
+ * member is marked down: its pending calls fail with KREQ_EUNAVAILABLE and
+ * new calls are refused at once, until a check finds a member again.
+ */
+#ifndef KREQ_CLIENT_HEALTH_H
+#define KREQ_CLIENT_HEALTH_H
+
+#include <stdbool.h>
+
+#include "kreq/client.h"
+
+typedef struct kreq__health kreq__health_t;
+
+/* Starts the thread; NULL if interval_ms is 0 (disabled) or on error. */
+kreq__health_t *kreq__health_start(kreq_client_t *c, int64_t interval_ms);
+void kreq__health_stop(kreq__health_t *h);
+
+/* Called for every call: registers the method's service (waking the thread
+ * for its first check) and returns false if the service is known to have no
+ * worker. Cheap: a mutex-protected lookup in a short array. */
+bool kreq__health_admit(kreq__health_t *h, const char *method);
+
+#endif

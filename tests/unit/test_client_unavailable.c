@@ -1,0 +1,176 @@
+/*
+ * test_client_unavailable.c — fail fast when Kafka is unreachable.
+ *
+ * Unit level, on librdkafka's mock cluster (in this process), because the
+ * test must take every broker down and bring it back at will: with all
+ * brokers down for longer than unavailable.after.ms, pending calls fail with
+ * KREQ_EUNAVAILABLE long before their deadlines and new calls are refused at
+ * once; when a broker is back, calls are accepted again. Also checks that a
+ * client works against the mock cluster at all (the embedded demo's setup)
+ * and the admin socket and slow-request report.
+ */
+#include <check.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "client/admin.h"
+#include "client/client_int.h"
+#include "kreq/client.h"
+#include "kreq/error.h"
+#include "testsupport.h"
+
+static rd_kafka_t *host;
+static rd_kafka_mock_cluster_t *mc;
+static kreq_keyring_t *kr;
+
+static void setup(void)
+{
+	char err[256];
+	rd_kafka_conf_t *rc = rd_kafka_conf_new();
+	ck_assert_int_eq(rd_kafka_conf_set(rc, "test.mock.num.brokers", "1", err, sizeof(err)),
+	                 RD_KAFKA_CONF_OK);
+	host = rd_kafka_new(RD_KAFKA_PRODUCER, rc, err, sizeof(err));
+	ck_assert_msg(host != NULL, "%s", err);
+	mc = rd_kafka_handle_mock_cluster(host);
+	ck_assert_ptr_nonnull(mc);
+	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.svc.requests", 2, 1), 0);
+	kr = kreq_keyring_new();
+	uint8_t key[32];
+	randombytes_buf(key, sizeof(key));
+	ck_assert_int_eq(kreq_keyring_add(kr, "k", KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0), 0);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k"), 0);
+}
+
+static void teardown(void)
+{
+	kreq_keyring_release(kr);
+	rd_kafka_destroy(host);
+}
+
+static kreq_client_t *client(const char *const *extra, kreq_log_cb_t *log)
+{
+	kreq_conf_t *conf = kreq_conf_new();
+	if (log)
+		kreq_conf_set_log_cb(conf, log, NULL);
+	char err[512];
+	ck_assert_int_eq(kreq_conf_set(conf, "kafka.bootstrap.servers",
+	                               rd_kafka_mock_cluster_bootstraps(mc), err, 512),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(conf, "client.id", "mock-client", err, 512), KREQ_OK);
+	for (; extra && *extra; extra += 2)
+		ck_assert_int_eq(kreq_conf_set(conf, extra[0], extra[1], err, 512), KREQ_OK);
+	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
+	ck_assert_msg(c != NULL, "kreq_client_new: %s", err);
+	kreq_conf_destroy(conf);
+	return c;
+}
+
+START_TEST(test_fail_fast_when_kafka_unreachable)
+{
+	const char *conf[] = {"unavailable.after.ms",
+	                      "500",
+	                      "kafka.reconnect.backoff.ms",
+	                      "10",
+	                      "kafka.reconnect.backoff.max.ms",
+	                      "100",
+	                      NULL};
+	kreq_client_t *c = client(conf, NULL);
+	kreq_call_opts_t *o = kreq_call_opts_new();
+	ck_assert_int_eq(kreq_call_opts_set_timeout(o, 60000), KREQ_OK);
+	kreq_future_t *f;
+	ck_assert_int_eq(kreq_client_call(c, "svc.never", "x", 1, o, &f), KREQ_OK);
+	/* acknowledged by Kafka first, so nothing is left for librdkafka to retry
+	 * and recovery below must be noticed without any traffic */
+	KREQ_TEST_AWAIT(atomic_load(&c->metrics.queue_wait.count) == 1, 10000);
+	int64_t t0 = kreq_test_now_ms();
+	ck_assert_int_eq(rd_kafka_mock_broker_set_down(mc, 1), 0);
+	ck_assert_int_eq(kreq_future_wait(f, 30000), KREQ_OK);
+	ck_assert_int_eq(kreq_future_err(f), KREQ_EUNAVAILABLE);
+	ck_assert_msg(kreq_test_now_ms() - t0 < 30000, "took the deadline, not fail-fast");
+	ck_assert_ptr_nonnull(strstr(kreq_future_errstr(f), "unavailable.after.ms"));
+	kreq_future_release(f);
+	kreq_future_t *g = NULL;
+	ck_assert_int_eq(kreq_client_call(c, "svc.never", "x", 1, o, &g), KREQ_EUNAVAILABLE);
+	ck_assert_ptr_null(g);
+	/* back up: the client notices without any call succeeding first */
+	ck_assert_int_eq(rd_kafka_mock_broker_set_up(mc, 1), 0);
+	KREQ_TEST_AWAIT(atomic_load(&c->down_since_ms) == 0, 30000);
+	ck_assert_int_eq(kreq_client_call(c, "svc.never", "x", 1, o, &g), KREQ_OK);
+	kreq_future_release(g);
+	kreq_call_opts_destroy(o);
+	kreq_client_destroy(c);
+}
+END_TEST
+
+static int admin_query(const char *path, const char *cmd, char *out, size_t size)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	ck_assert_int_eq(write(fd, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
+	size_t got = 0;
+	ssize_t n;
+	while (got + 1 < size && (n = read(fd, out + got, size - 1 - got)) > 0)
+		got += (size_t)n;
+	out[got] = '\0';
+	close(fd);
+	return (int)got;
+}
+
+static atomic_int slow_lines;
+
+static void log_cb(void *opaque, int level, const char *fac, const char *msg)
+{
+	(void)opaque;
+	if (level == 4 && !strcmp(fac, "client") && strstr(msg, "slow requests"))
+		atomic_fetch_add(&slow_lines, 1);
+}
+
+START_TEST(test_admin_socket_and_slow_report)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/tmp/kreq-admin-%d.sock", (int)getpid());
+	const char *conf[] = {"admin.socket", path, "slow.report.in.flight", "3", NULL};
+	kreq_client_t *c = client(conf, log_cb);
+	kreq_future_t *f[3];
+	kreq_call_opts_t *o = kreq_call_opts_new();
+	ck_assert_int_eq(kreq_call_opts_set_idempotency_key(o, "idem", 4), KREQ_OK);
+	for (int i = 0; i < 3; i++)
+		ck_assert_int_eq(kreq_client_call(c, "svc.never", "x", 1, o, &f[i]), KREQ_OK);
+	kreq_call_opts_destroy(o);
+	static char buf[65536];
+	admin_query(path, "pending\n", buf, sizeof(buf));
+	ck_assert_ptr_nonnull(strstr(buf, "\"in_flight\":3"));
+	ck_assert_ptr_nonnull(strstr(buf, "\"method\":\"svc.never\""));
+	ck_assert_ptr_nonnull(strstr(buf, "\"idempotency_key\":\"6964656d\""));
+	ck_assert_ptr_nonnull(strstr(buf, "\"attempt\":1"));
+	admin_query(path, "metrics\n", buf, sizeof(buf));
+	ck_assert_ptr_nonnull(strstr(buf, "kreq_client_in_flight{client=\"mock-client\"} 3"));
+	admin_query(path, "bogus\n", buf, sizeof(buf));
+	ck_assert_ptr_nonnull(strstr(buf, "\"error\""));
+	KREQ_TEST_AWAIT(atomic_load(&slow_lines) >= 1, 5000);
+	for (int i = 0; i < 3; i++)
+		kreq_future_release(f[i]);
+	kreq_client_destroy(c);
+	ck_assert_int_ne(access(path, F_OK), 0); /* socket removed */
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("client_mock");
+	TCase *tc = tcase_create("client_mock");
+	tcase_set_timeout(tc, 60);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, test_fail_fast_when_kafka_unreachable);
+	tcase_add_test(tc, test_admin_socket_and_slow_report);
+	suite_add_tcase(s, tc);
+	return kreq_test_run_suite(s);
+}
