@@ -665,25 +665,10 @@ static int set_all(rd_kafka_conf_t *rc, const char *const *kv, char *errstr, siz
 
 /* Low-latency defaults (documented in docs/CONFIGURATION.md); any of them
  * can be overridden with a kafka.-prefixed property. */
-/* clang-format off */
-static const char *const producer_defaults[] = {
-	"linger.ms", "0",
-	"socket.nagle.disable", "true",
-	"partitioner", "murmur2_random",
-	"enable.idempotence", "true",
-	"statistics.interval.ms", "1000",
-	/* idle clients still reconnect (and notice recovery) within 10 s */
-	"topic.metadata.refresh.interval.ms", "10000",
-	NULL};
-static const char *const consumer_defaults[] = {
-	"isolation.level", "read_committed",
-	"fetch.wait.max.ms", "100",
-	"fetch.error.backoff.ms", "10",
-	"socket.nagle.disable", "true",
-	"enable.auto.commit", "false",
-	"enable.partition.eof", "false",
-	NULL};
-/* clang-format on */
+#define KREQ__KV(name, value, why) name, value,
+static const char *const producer_defaults[] = {KREQ__KAFKA_PRODUCER_DEFAULTS(KREQ__KV) NULL};
+static const char *const consumer_defaults[] = {KREQ__KAFKA_CONSUMER_DEFAULTS(KREQ__KV) NULL};
+#undef KREQ__KV
 
 static rd_kafka_t *make_handle(kreq_client_t *c, rd_kafka_type_t type, char *errstr,
                                size_t errstr_size)

@@ -380,6 +380,19 @@ void kreq__conf_markdown(FILE *out)
 			fputs("true, false", out);
 		fprintf(out, " | `%s` | %s |\n", d->def, d->doc);
 	}
+	fputs("\n## librdkafka settings kreq changes\n\n"
+	      "kreq sets these before applying your `kafka.` properties, which override them.\n\n"
+	      "| Client | Property | kreq's value | Why |\n|---|---|---|---|\n",
+	      out);
+#define KREQ__KV_ROW(who, name, value, why)                                                        \
+	fprintf(out, "| " who " | `%s` | `%s` | %s |\n", name, value, why);
+#define KREQ__P(name, value, why) KREQ__KV_ROW("producer", name, value, why)
+	KREQ__KAFKA_PRODUCER_DEFAULTS(KREQ__P)
+#undef KREQ__P
+#define KREQ__C(name, value, why) KREQ__KV_ROW("reply consumer", name, value, why)
+	KREQ__KAFKA_CONSUMER_DEFAULTS(KREQ__C)
+#undef KREQ__C
+#undef KREQ__KV_ROW
 }
 
 void kreq_conf_set_log_cb(kreq_conf_t *conf, kreq_log_cb_t *cb, void *opaque)

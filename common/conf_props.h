@@ -80,4 +80,26 @@
 	  "Most verbose syslog level logged (3 error, 4 warning, 6 info, 7 debug). Logs go to "    \
 	  "stderr unless kreq_conf_set_log_cb() sets a callback.")
 
+/* librdkafka settings kreq applies before the user's "kafka." properties
+ * (which override them): X(name, value, why). Used by the client and by
+ * docs/CONFIGURATION.md. */
+#define KREQ__KAFKA_PRODUCER_DEFAULTS(X)                                                           \
+	X("linger.ms", "0", "send at once: no 5 ms batching delay on the request path")            \
+	X("socket.nagle.disable", "true", "no Nagle delay on small requests")                      \
+	X("partitioner", "murmur2_random",                                                         \
+	  "Java-compatible partitioning by idempotency key: retries land on one partition")        \
+	X("enable.idempotence", "true", "no duplicates or reordering from producer retries")       \
+	X("statistics.interval.ms", "1000",                                                        \
+	  "notice that Kafka is reachable again without traffic")                                  \
+	X("topic.metadata.refresh.interval.ms", "10000",                                           \
+	  "idle clients reconnect, so recovery is noticed within seconds")
+
+#define KREQ__KAFKA_CONSUMER_DEFAULTS(X)                                                           \
+	X("isolation.level", "read_committed", "only replies whose transaction committed")         \
+	X("fetch.wait.max.ms", "100", "bounded fetch wait (data still returns at once)")           \
+	X("fetch.error.backoff.ms", "10", "recover quickly from a failed fetch")                   \
+	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
+	X("enable.auto.commit", "false", "the reply consumer commits nothing")                     \
+	X("enable.partition.eof", "false", "no end-of-partition events")
+
 #endif
