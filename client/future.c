@@ -38,10 +38,13 @@
  *    kreq_future_wait_all() is a sequence of single waits with one deadline.
  *
  *  - Memory: one malloc per future (struct + the owner's `extra` area,
- *    16-byte aligned). The error message is copied into its own allocation
- *    only when one is given (error path), keeping the struct at 80 bytes.
- *    References are an atomic counter; the release of the last one skips the
- *    RMW when it observes itself as the only holder.
+ *    16-byte aligned), and the struct is 64 bytes: one `aux` pointer holds
+ *    the payload, or the copied error message (allocated only when a
+ *    message is given, i.e. on the error path), or, when a settle brings
+ *    both, a small block holding the two; state bits say which. With the
+ *    client's call record that keeps a pending call in one 192-byte malloc
+ *    chunk. References are an atomic counter; the release of the last one
+ *    skips the RMW when it observes itself as the only holder.
  *
  * A settler must hold a reference for the duration of kreq__future_settle()
  * (the wake touches the future's memory after publication).
@@ -71,7 +74,10 @@
 #define CB_CLAIMED  0x10u
 #define CB_SET      0x20u
 #define F_DEDUP     0x40u
-#define F_MSG_OWNED 0x80u
+#define AUX_PAYLOAD 0x80u                   /* aux is the payload */
+#define AUX_MSG     0x100u                  /* aux is the error message */
+#define AUX_BOTH    (AUX_PAYLOAD | AUX_MSG) /* aux is a both_t */
+#define F_MSG_OOM   0x200u                  /* message lost to OOM: errstr is kreq_strerror(err) */
 
 #define ERRMSG_MAX 255
 
@@ -80,9 +86,8 @@ struct kreq_future_s {
 	_Atomic uint32_t refs;
 	int32_t err;
 	int32_t status;
-	void *payload;
+	void *aux; /* payload, message or both_t, per the AUX_* bits */
 	size_t payload_len;
-	const char *errmsg; /* NULL: "" */
 	kreq_future_cb_t *cb;
 	void *cb_opaque;
 	kreq__future_fini_t *fini;
@@ -91,7 +96,13 @@ struct kreq_future_s {
 };
 
 _Static_assert(offsetof(struct kreq_future_s, extra) % 16 == 0, "extra must be 16-aligned");
-_Static_assert(sizeof(struct kreq_future_s) <= 80, "keep the future small");
+_Static_assert(sizeof(struct kreq_future_s) <= 64, "keep the future small");
+
+/* A payload and a message together (rare: a rejection with a body). */
+typedef struct both {
+	void *payload;
+	char msg[];
+} both_t;
 
 /* Bumped (and woken) by settles of futures marked ANY_WAITER. */
 static _Atomic uint32_t any_gen;
@@ -147,9 +158,8 @@ kreq_future_t *kreq__future_new(size_t extra, kreq__future_fini_t *fini,
 	atomic_init(&f->refs, 1);
 	f->err = 0;
 	f->status = 0;
-	f->payload = NULL;
+	f->aux = NULL;
 	f->payload_len = 0;
-	f->errmsg = NULL;
 	f->cb = NULL;
 	f->cb_opaque = NULL;
 	f->fini = fini;
@@ -180,9 +190,9 @@ static void future_free(kreq_future_t *f)
 	if (f->fini != NULL)
 		f->fini(f);
 	uint32_t s = atomic_load_explicit(&f->state, memory_order_relaxed);
-	if (s & F_MSG_OWNED)
-		free((void *)f->errmsg);
-	free(f->payload);
+	if ((s & AUX_BOTH) == AUX_BOTH)
+		free(((both_t *)f->aux)->payload);
+	free(f->aux);
 	free(f);
 }
 
@@ -199,26 +209,51 @@ void kreq_future_release(kreq_future_t *f)
 
 /* ---- settlement -------------------------------------------------------- */
 
-/* Copies msg (at most ERRMSG_MAX bytes, cut on a UTF-8 boundary); NULL if
- * empty. On allocation failure falls back to the static message of err. */
-static const char *copy_errmsg(const char *msg, int err, bool *owned)
+/* Length of msg to keep: at most ERRMSG_MAX bytes, cut on a UTF-8
+ * character boundary; 0 for NULL. */
+static size_t msg_len(const char *msg)
 {
-	*owned = false;
-	if (msg == NULL || *msg == '\0')
-		return NULL;
+	if (msg == NULL)
+		return 0;
 	size_t n = strnlen(msg, ERRMSG_MAX + 1);
 	if (n > ERRMSG_MAX) {
 		n = ERRMSG_MAX;
 		while (n > 0 && ((unsigned char)msg[n] & 0xC0) == 0x80)
 			n--;
 	}
-	char *copy = malloc(n + 1);
-	if (copy == NULL)
-		return kreq_strerror(err);
+	return n;
+}
+
+/* Stores payload and a copy of msg in f->aux; returns the AUX_* and
+ * F_MSG_OOM bits describing it. */
+static uint32_t store_aux(kreq_future_t *f, void *payload, const char *msg)
+{
+	size_t n = msg_len(msg);
+	if (n == 0) {
+		f->aux = payload;
+		return payload != NULL ? AUX_PAYLOAD : 0;
+	}
+	char *copy;
+	both_t *b = NULL;
+	if (payload == NULL)
+		copy = malloc(n + 1);
+	else if ((b = malloc(sizeof(*b) + n + 1)) != NULL)
+		copy = b->msg;
+	else
+		copy = NULL;
+	if (copy == NULL) {
+		f->aux = payload;
+		return F_MSG_OOM | (payload != NULL ? AUX_PAYLOAD : 0);
+	}
 	memcpy(copy, msg, n);
 	copy[n] = '\0';
-	*owned = true;
-	return copy;
+	if (b == NULL) {
+		f->aux = copy;
+		return AUX_MSG;
+	}
+	b->payload = payload;
+	f->aux = b;
+	return AUX_BOTH;
 }
 
 /* Wakes whoever announced itself on the word we just moved to DONE. */
@@ -265,14 +300,12 @@ bool kreq__future_settle(kreq_future_t *f, int err, int32_t status, void *payloa
 		}
 	} while (!atomic_compare_exchange_weak_explicit(
 	    &f->state, &s, s | PH_SETTLING, memory_order_acquire, memory_order_relaxed));
-	bool owned;
 	f->err = err;
 	f->status = status;
-	f->payload = payload;
 	f->payload_len = payload != NULL ? payload_len : 0;
-	f->errmsg = copy_errmsg(errmsg, err, &owned);
+	uint32_t flags = store_aux(f, payload, errmsg) | (from_dedup ? F_DEDUP : 0);
 	uint32_t prev;
-	if (publish(f, (from_dedup ? F_DEDUP : 0) | (owned ? F_MSG_OWNED : 0), &prev)) {
+	if (publish(f, flags, &prev)) {
 		f->cb(f, f->cb_opaque);
 		finish_done(f);
 	} else {
@@ -323,11 +356,14 @@ int kreq_future_cancel(kreq_future_t *f)
 
 /* ---- accessors --------------------------------------------------------- */
 
-/* true if the result of f is readable: published by the settler. */
-static bool readable(const kreq_future_t *f)
+/* The state of f if its result is readable (published by the settler),
+ * else 0 (PH_PENDING). */
+static uint32_t readable(const kreq_future_t *f)
 {
-	return f != NULL &&
-	       published(atomic_load_explicit(&((kreq_future_t *)f)->state, memory_order_acquire));
+	if (f == NULL)
+		return 0;
+	uint32_t s = atomic_load_explicit(&((kreq_future_t *)f)->state, memory_order_acquire);
+	return published(s) ? s : 0;
 }
 
 bool kreq_future_is_done(const kreq_future_t *f)
@@ -352,23 +388,32 @@ int32_t kreq_future_status(const kreq_future_t *f)
 
 const void *kreq_future_payload(const kreq_future_t *f, size_t *len)
 {
-	bool ok = readable(f);
+	uint32_t s = readable(f);
+	void *p = NULL;
+	if ((s & AUX_BOTH) == AUX_BOTH)
+		p = ((const both_t *)f->aux)->payload;
+	else if (s & AUX_PAYLOAD)
+		p = f->aux;
 	if (len != NULL)
-		*len = ok ? f->payload_len : 0;
-	return ok ? f->payload : NULL;
+		*len = p != NULL ? f->payload_len : 0;
+	return p;
 }
 
 const char *kreq_future_errstr(const kreq_future_t *f)
 {
-	return readable(f) && f->errmsg != NULL ? f->errmsg : "";
+	uint32_t s = readable(f);
+	if ((s & AUX_BOTH) == AUX_BOTH)
+		return ((const both_t *)f->aux)->msg;
+	if (s & AUX_MSG)
+		return f->aux;
+	if (s & F_MSG_OOM)
+		return kreq_strerror(f->err);
+	return "";
 }
 
 bool kreq_future_from_dedup(const kreq_future_t *f)
 {
-	if (f == NULL)
-		return false;
-	uint32_t s = atomic_load_explicit(&((kreq_future_t *)f)->state, memory_order_acquire);
-	return published(s) && (s & F_DEDUP);
+	return (readable(f) & F_DEDUP) != 0;
 }
 
 /* ---- waiting ----------------------------------------------------------- */

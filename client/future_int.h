@@ -40,7 +40,8 @@ kreq_future_t *kreq__future_from_extra(void *extra);
  * waiters are woken when this returns), false if f had already been
  * settled, in which case nothing changes. Ownership of payload (malloc'd or
  * NULL) passes to the future in both cases (freed at once when false).
- * errmsg is copied (truncated to 255 bytes); NULL means "". */
+ * errmsg is copied (truncated to 255 bytes); NULL means "". The caller
+ * holds a reference to f for the duration of the call. */
 bool kreq__future_settle(kreq_future_t *f, int err, int32_t status, void *payload,
                          size_t payload_len, bool from_dedup, const char *errmsg);
 

@@ -31,7 +31,8 @@ kreq__wheel_t *kreq__wheel_new(int64_t now_ms);
 void kreq__wheel_destroy(kreq__wheel_t *w);
 
 /* Arms node (which must not be armed) to expire at expires_ms (monotonic ms;
- * a time in the past expires at the next kreq__wheel_expire()). */
+ * a time in the past expires at the next kreq__wheel_expire()). An armed
+ * node is moved; INT64_MAX means never. Nodes start zeroed. */
 void kreq__wheel_arm(kreq__wheel_t *w, kreq__timer_node_t *node, int64_t expires_ms);
 
 /* Disarms node. true if it was armed (it will not be returned by expire),
@@ -45,7 +46,9 @@ size_t kreq__wheel_expire(kreq__wheel_t *w, int64_t now_ms, kreq__timer_node_t *
 
 /* Earliest expiry among armed nodes (an exact value or a lower bound no more
  * than a wheel tick early), or INT64_MAX if none: how long the servicing
- * thread may sleep. */
+ * thread may sleep. Exceptions, both lower bounds: nodes armed more than
+ * 2^32 ms (49.7 days) ahead count as the time their top-level slot is
+ * re-placed, and nodes already overdue as a time before the wheel's clock. */
 int64_t kreq__wheel_next_expiry(kreq__wheel_t *w);
 
 /* Number of armed nodes. */

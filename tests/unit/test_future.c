@@ -183,6 +183,16 @@ START_TEST(test_settle_error_and_messages)
 	ck_assert_uint_eq(strlen(kreq_future_errstr(f)), 254);
 	kreq_future_release(f);
 
+	/* a payload and a message together */
+	f = kreq__future_new(0, NULL, NULL);
+	ck_assert(kreq__future_settle(f, KREQ_EREJECTED, 3, dup_str("body"), 5, true, "bad input"));
+	ck_assert_str_eq(kreq_future_payload(f, &len), "body");
+	ck_assert_uint_eq(len, 5);
+	ck_assert_str_eq(kreq_future_errstr(f), "bad input");
+	ck_assert_int_eq(kreq_future_status(f), 3);
+	ck_assert(kreq_future_from_dedup(f));
+	kreq_future_release(f);
+
 	/* the reply's error text with KREQ_OK, an empty message */
 	f = kreq__future_new(0, NULL, NULL);
 	ck_assert(kreq__future_settle(f, KREQ_OK, 7, NULL, 0, false, "app says no"));
