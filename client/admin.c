@@ -134,19 +134,6 @@ char *kreq__admin_pending_json(kreq_client_t *c)
 	return text;
 }
 
-static void write_all(int fd, const char *s, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = write(fd, s, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return; /* peer gone: nothing to do */
-		s += n;
-		len -= (size_t)n;
-	}
-}
-
 static void serve(kreq__admin_t *a, int fd)
 {
 	struct timeval tv = {.tv_sec = 1};
@@ -161,12 +148,12 @@ static void serve(kreq__admin_t *a, int fd)
 	else if (!strcmp(cmd, "metrics"))
 		kreq_client_metrics_text(a->c, &text);
 	if (text) {
-		write_all(fd, text, strlen(text));
-		write_all(fd, "\n", 1);
+		kreq__write_all(fd, text, strlen(text));
+		kreq__write_all(fd, "\n", 1);
 		free(text);
 	} else {
 		const char *e = "{\"error\":\"unknown command (pending, metrics)\"}\n";
-		write_all(fd, e, strlen(e));
+		kreq__write_all(fd, e, strlen(e));
 	}
 }
 

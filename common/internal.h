@@ -25,6 +25,10 @@ int kreq__err(char *errstr, size_t errstr_size, int err, const char *fmt, ...)
  * are absolute wall-clock times so that they mean the same on every host). */
 int64_t kreq__now_ms(void);
 
+/* Writes all len bytes (retrying short writes and EINTR): 0, or -1 with
+ * errno set. */
+int kreq__write_all(int fd, const void *buf, size_t len);
+
 /* Monotonic time in nanoseconds (local durations, never sent). */
 int64_t kreq__mono_ns(void);
 

@@ -236,20 +236,6 @@ int kreq_keyring_load_file(kreq_keyring_t *kr, const char *path, char *errstr, s
 	return err;
 }
 
-static int write_all(int fd, const char *s, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = write(fd, s, len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		s += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /* Writes "kreq-keyring 1 / key ... / signing ..." to a new file. */
 static int write_keyfile(const char *path, mode_t mode, const char *key_id, kreq_key_type_t type,
                          const uint8_t *key, size_t key_len, bool signing, char *errstr,
@@ -267,7 +253,8 @@ static int write_keyfile(const char *path, mode_t mode, const char *key_id, kreq
 	if (fd < 0)
 		err = kreq__err(errstr, errstr_size, errno == EEXIST ? KREQ_EEXIST : KREQ_EIO,
 		                "%s: %s", path, strerror(errno));
-	else if (fchmod(fd, mode) != 0 || write_all(fd, text, (size_t)n) != 0 || fsync(fd) != 0)
+	else if (fchmod(fd, mode) != 0 || kreq__write_all(fd, text, (size_t)n) != 0 ||
+	         fsync(fd) != 0)
 		err = kreq__err(errstr, errstr_size, KREQ_EIO, "%s: %s", path, strerror(errno));
 	if (fd >= 0 && close(fd) != 0 && !err)
 		err = kreq__err(errstr, errstr_size, KREQ_EIO, "%s: %s", path, strerror(errno));
