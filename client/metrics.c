@@ -45,6 +45,22 @@ static void render_hist(FILE *out, const char *name, const char *help, const kre
 	fprintf(out, "%s_count{client=\"%s\"} %" PRIu64 "\n", name, cid, load(&h->count));
 }
 
+void kreq__hist_render(FILE *out, const char *name, const char *help, const kreq__hist_t *h,
+                       const char *labels, double scale)
+{
+	fprintf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	uint64_t cum = 0;
+	for (int i = 0; i < KREQ__HIST_BUCKETS; i++) {
+		cum += load(&h->bucket[i]);
+		fprintf(out, "%s_bucket{%s,le=\"%g\"} %" PRIu64 "\n", name, labels,
+		        (double)bounds_us[i] / scale, cum);
+	}
+	cum += load(&h->bucket[KREQ__HIST_BUCKETS]);
+	fprintf(out, "%s_bucket{%s,le=\"+Inf\"} %" PRIu64 "\n", name, labels, cum);
+	fprintf(out, "%s_sum{%s} %g\n", name, labels, (double)load(&h->sum_us) / scale);
+	fprintf(out, "%s_count{%s} %" PRIu64 "\n", name, labels, load(&h->count));
+}
+
 static void counter(FILE *out, const char *name, const char *help, uint64_t v, const char *cid)
 {
 	fprintf(out, "# HELP %s %s\n# TYPE %s counter\n%s{client=\"%s\"} %" PRIu64 "\n", name, help,

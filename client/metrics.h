@@ -50,6 +50,11 @@ typedef struct kreq__client_metrics {
 
 void kreq__hist_observe(kreq__hist_t *h, int64_t us);
 
+/* Renders h as a Prometheus histogram with the given label list (e.g.
+ * `service="x"`); observed values are divided by scale (1e6: us to s). */
+void kreq__hist_render(FILE *out, const char *name, const char *help, const kreq__hist_t *h,
+                       const char *labels, double scale);
+
 /* Writes the Prometheus text exposition of m (plus the in-flight gauge). */
 void kreq__client_metrics_render(const kreq__client_metrics_t *m, uint64_t in_flight,
                                  const char *client_id, FILE *out);

@@ -76,6 +76,56 @@
 	  "At most one slow-request report per this interval.")                                    \
 	X(SLOW_REPORT_ENTRIES, "slow.report.entries", INT, "5", 1, 100,                            \
 	  "How many of the oldest pending calls a slow-request report lists.")                     \
+	X(SERVER_MODE, "server.mode", STR, "transactional", 1, 32,                                 \
+	  "How a worker publishes results: `transactional` writes the reply, the result record "   \
+	  "and the request offset in one Kafka transaction (exactly-once: no handler runs again "  \
+	  "once its transaction committed); `light` uses an idempotent producer and commits "      \
+	  "offsets after delivery (lower latency, at-least-once: a crash may run a handler again " \
+	  "and publish its reply twice).")                                                         \
+	X(SERVER_HANDLER_THREADS, "server.handler.threads", INT, "4", 1, 1024,                     \
+	  "Threads that run handlers not registered as inline.")                                   \
+	X(SERVER_MAX_IN_FLIGHT, "server.max.in.flight", INT, "1000", 1, 1000000,                   \
+	  "Most requests a worker has in progress at once; at the limit it pauses fetching.")      \
+	X(SERVER_MIN_BUDGET_MS, "server.min.budget.ms", INT, "1", 0, 3600000,                      \
+	  "A request with less than this left before its deadline is not started (status 2).")     \
+	X(SERVER_SHUTDOWN_GRACE_MS, "server.shutdown.grace.ms", INT, "10000", 0, 3600000,          \
+	  "On stop, how long in-flight handlers may run before their work is abandoned "           \
+	  "(uncommitted, so another worker redoes it).")                                           \
+	X(SERVER_RATE_LIMIT, "server.rate.limit.per.key", INT, "0", 0, 100000000,                  \
+	  "Requests per second accepted per signing key id (token bucket, burst of one second); "  \
+	  "excess requests get status 7. 0 disables.")                                             \
+	X(SERVER_REPLY_TOPIC_ALLOW, "server.reply.topic.allow", STR, "", 0, 4096,                  \
+	  "Comma-separated fnmatch(3) patterns a request's reply topic must match, or the "        \
+	  "request is dropped and counted. Empty: <topic.prefix>.reply.*")                         \
+	X(SERVER_TXN_BATCH_MAX, "server.txn.batch.max", INT, "1000", 1, 1000000,                   \
+	  "Most results per Kafka transaction. A transaction also commits when it is "             \
+	  "server.txn.batch.ms old, or at once when no other request is in progress.")             \
+	X(SERVER_TXN_BATCH_MS, "server.txn.batch.ms", INT, "20", 0, 60000,                         \
+	  "Longest a transaction stays open while requests are in progress.")                      \
+	X(SERVER_DEDUP_RETENTION_MS, "server.dedup.retention.ms", INT, "604800000", 1000,          \
+	  315360000000,                                                                            \
+	  "How long a result is kept for deduplication (also the results topic's retention.ms "    \
+	  "when the worker creates it). Keep verification keys at least this long.")               \
+	X(SERVER_REBUILD_TIMEOUT_MS, "server.dedup.rebuild.timeout.ms", INT, "60000", 1000,        \
+	  86400000, "Longest a worker reads a results partition when it is assigned.")             \
+	X(SERVER_TOPIC_PARTITIONS, "server.topic.partitions", INT, "6", 1, 100000,                 \
+	  "Partitions of the requests and results topics when the worker creates them.")           \
+	X(SERVER_TOPIC_REPLICATION, "server.topic.replication.factor", INT, "-1", -1, 32,          \
+	  "Replication factor of topics the worker creates; -1: the broker's default.")            \
+	X(SERVER_SERVICE, "service", STR, "", 0, 200,                                              \
+	  "kreqd: the service to serve (methods <service>.<name>).")                               \
+	X(KREQD_PLUGINS, "kreqd.plugins", STR, "", 0, 4096,                                        \
+	  "kreqd: comma-separated paths of handler plugins (kreq/plugin.h).")                      \
+	X(KREQD_BUILTINS, "kreqd.builtins", STR, "", 0, 1024,                                      \
+	  "kreqd: comma-separated built-in handlers to register as <service>.<name>: echo, "       \
+	  "sleep, fail, record (see docs/operations.md).")                                         \
+	X(KREQD_METRICS_ADDRESS, "kreqd.metrics.address", STR, "127.0.0.1", 1, 255,                \
+	  "kreqd: address of the HTTP metrics endpoint.")                                          \
+	X(KREQD_METRICS_PORT, "kreqd.metrics.port", INT, "0", 0, 65535,                            \
+	  "kreqd: port of the HTTP metrics endpoint (GET /metrics); 0 disables it.")               \
+	X(KREQD_RECORD_FILE, "kreqd.record.file", STR, "", 0, 4096,                                \
+	  "kreqd: file the `record` built-in appends one line per execution to (tests count "      \
+	  "handler executions with it).")                                                          \
 	X(LOG_LEVEL, "log.level", INT, "6", 0, 7,                                                  \
 	  "Most verbose syslog level logged (3 error, 4 warning, 6 info, 7 debug). Logs go to "    \
 	  "stderr unless kreq_conf_set_log_cb() sets a callback.")
@@ -101,5 +151,27 @@
 	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
 	X("enable.auto.commit", "false", "the reply consumer commits nothing")                     \
 	X("enable.partition.eof", "false", "no end-of-partition events")
+
+/* librdkafka settings a worker (kreq_server_run) applies before the user's
+ * "kafka." properties. */
+#define KREQ__KAFKA_SERVER_PRODUCER_DEFAULTS(X)                                                    \
+	X("linger.ms", "0",                                                                        \
+	  "replies leave at once; batching happens while a request is in flight")                  \
+	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
+	X("enable.idempotence", "true", "no duplicates or reordering from producer retries")       \
+	X("transaction.timeout.ms", "10000",                                                       \
+	  "a crashed worker's open transaction blocks readers of its partitions (and the "         \
+	  "dedup rebuild of whoever takes them over) for at most this long")
+
+#define KREQ__KAFKA_SERVER_CONSUMER_DEFAULTS(X)                                                    \
+	X("isolation.level", "read_committed", "results and requests of committed transactions")   \
+	X("enable.auto.commit", "false", "offsets are committed in the worker's transaction")      \
+	X("enable.auto.offset.store", "false", "idem")                                             \
+	X("auto.offset.reset", "earliest", "a new group serves requests sent before it started")   \
+	X("session.timeout.ms", "6000", "a crashed worker's partitions move within seconds")       \
+	X("heartbeat.interval.ms", "500", "idem")                                                  \
+	X("partition.assignment.strategy", "range", "eager rebalancing: see docs/operations.md")   \
+	X("fetch.wait.max.ms", "100", "bounded fetch wait (data still returns at once)")           \
+	X("socket.nagle.disable", "true", "no Nagle delay")
 
 #endif

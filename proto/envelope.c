@@ -227,6 +227,22 @@ static int validate_cancel(vctx_t *v, const Kreq__Cancel *c)
 	return check_times(v, c->issued_at_ms, c->deadline_ms);
 }
 
+static int validate_result(vctx_t *v, const Kreq__Result *r)
+{
+	if (r->request_digest.len != 32)
+		return bad(v, "request_digest must be 32 bytes");
+	if (r->idempotency_key.len == 0 || r->idempotency_key.len > KREQ__IDEM_KEY_MAX)
+		return bad(v, "idempotency_key must be 1..255 bytes");
+	if (!kreq__key_id_valid(r->request_key_id, strlen(r->request_key_id)))
+		return bad(v, "request_key_id is not a valid key id");
+	if (!printable(r->method, 1, KREQ__METHOD_MAX))
+		return bad(v, "method must be 1..255 printable ASCII characters");
+	if (strlen(r->error) > KREQ__ERROR_MAX)
+		return bad(v, "error text longer than 4096 bytes");
+	int err = check_times(v, r->issued_at_ms, r->deadline_ms);
+	return err ? err : check_payload(v, r->payload.len);
+}
+
 static const ProtobufCMessageDescriptor *descriptor_for(uint32_t kind)
 {
 	switch (kind) {
@@ -236,6 +252,8 @@ static const ProtobufCMessageDescriptor *descriptor_for(uint32_t kind)
 		return &kreq__reply__descriptor;
 	case KREQ__KIND_CANCEL:
 		return &kreq__cancel__descriptor;
+	case KREQ__KIND_RESULT:
+		return &kreq__result__descriptor;
 	}
 	return NULL;
 }
@@ -249,6 +267,8 @@ static int validate(vctx_t *v, uint32_t kind, const ProtobufCMessage *m)
 		return validate_request(v, (const Kreq__Request *)m);
 	case KREQ__KIND_REPLY:
 		return validate_reply(v, (const Kreq__Reply *)m);
+	case KREQ__KIND_RESULT:
+		return validate_result(v, (const Kreq__Result *)m);
 	default:
 		return validate_cancel(v, (const Kreq__Cancel *)m);
 	}
@@ -265,6 +285,9 @@ static void times_of(const kreq__opened_t *o, int64_t *issued, int64_t *deadline
 		break;
 	case KREQ__KIND_CANCEL:
 		*issued = o->u.cancel->issued_at_ms, *deadline = o->u.cancel->deadline_ms;
+		break;
+	case KREQ__KIND_RESULT:
+		*issued = o->u.result->issued_at_ms, *deadline = o->u.result->deadline_ms;
 		break;
 	}
 }

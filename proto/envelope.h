@@ -33,6 +33,7 @@ typedef enum kreq__kind {
 	KREQ__KIND_REQUEST = 1,
 	KREQ__KIND_REPLY = 2,
 	KREQ__KIND_CANCEL = 3,
+	KREQ__KIND_RESULT = 4,
 } kreq__kind_t;
 
 /* Bounds applied while decoding (and encoding). */
@@ -53,6 +54,7 @@ typedef struct kreq__opened {
 		Kreq__Request *req;
 		Kreq__Reply *reply;
 		Kreq__Cancel *cancel;
+		Kreq__Result *result;
 	} u;
 } kreq__opened_t;
 

@@ -1,0 +1,77 @@
+/*
+ * dedup.h — one partition's deduplication store (loop thread only).
+ *
+ * Keyed by the results-topic record key, u8 len(key_id) || key_id ||
+ * idempotency_key, so one tenant's entry never answers another's. An entry
+ * is either RUNNING (a request with that key is in progress: duplicates join
+ * it) or DONE (a stored result: duplicates get it again). DONE entries
+ * expire at their deadline (stored_at + server.dedup.retention.ms), the same
+ * rule the rebuild from the results topic applies, so a worker that rebuilt
+ * and one that never restarted answer alike.
+ *
+ * Why a private chained table rather than the client's table: this one is
+ * touched by one thread only, holds variable-length keys and owns result
+ * payloads; the client's is lock-sharded for fixed 16-byte ids.
+ */
+#ifndef KREQ_BROKER_DEDUP_H
+#define KREQ_BROKER_DEDUP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define KREQ__DEDUP_KEY_MAX (1 + 64 + 255)
+
+typedef enum { KREQ__DD_RUNNING = 1, KREQ__DD_DONE = 2 } kreq__dd_state_t;
+
+typedef struct kreq__dd_entry {
+	struct kreq__dd_entry *next;                /* hash chain */
+	struct kreq__dd_entry *age_prev, *age_next; /* DONE entries, oldest first */
+	uint64_t hash;
+	uint16_t key_len;
+	bool aged; /* on the age list (DONE) */
+	kreq__dd_state_t state;
+	uint8_t digest[32];
+	void *running; /* RUNNING: the request in progress (kreq_request_t *) */
+	/* DONE: the stored result */
+	int32_t status;
+	uint8_t *payload;
+	size_t len;
+	char *error;
+	int64_t expires_ms;
+	uint8_t key[]; /* key_len bytes */
+} kreq__dd_entry_t;
+
+typedef struct kreq__dedup {
+	kreq__dd_entry_t **buckets;
+	size_t nbuckets, count;
+	kreq__dd_entry_t *oldest, *newest; /* DONE entries by insertion */
+	size_t bytes;                      /* payload + error bytes held */
+} kreq__dedup_t;
+
+/* Builds the record key into key (KREQ__DEDUP_KEY_MAX bytes); its length. */
+size_t kreq__dedup_key(uint8_t *key, const char *key_id, const uint8_t *idem, size_t idem_len);
+
+int kreq__dedup_init(kreq__dedup_t *d);
+void kreq__dedup_clear(kreq__dedup_t *d);
+
+kreq__dd_entry_t *kreq__dedup_find(kreq__dedup_t *d, const uint8_t *key, size_t key_len);
+
+/* A new RUNNING entry for key (which must be absent); NULL on ENOMEM. */
+kreq__dd_entry_t *kreq__dedup_add_running(kreq__dedup_t *d, const uint8_t *key, size_t key_len,
+                                          const uint8_t digest[32], void *running);
+
+/* Makes e DONE with a copy of the result (or inserts a DONE entry when e is
+ * NULL, for the rebuild): KREQ_OK or KREQ_ENOMEM (e is then removed). A
+ * DONE entry for the same key is replaced (compaction keeps the last). */
+int kreq__dedup_set_done(kreq__dedup_t *d, kreq__dd_entry_t *e, const uint8_t *key, size_t key_len,
+                         const uint8_t digest[32], int32_t status, const void *payload, size_t len,
+                         const char *error, int64_t expires_ms);
+
+/* Removes and frees e. */
+void kreq__dedup_remove(kreq__dedup_t *d, kreq__dd_entry_t *e);
+
+/* Removes DONE entries expired at now_ms (oldest first); how many. */
+size_t kreq__dedup_expire(kreq__dedup_t *d, int64_t now_ms);
+
+#endif

@@ -1,0 +1,562 @@
+/*
+ * kafka.c — the worker's Kafka objects: topics, the transactional (or
+ * idempotent) producer, the group consumer, the results reader, producing,
+ * and the transaction steps. All of it runs on the loop thread.
+ *
+ * Transaction errors follow librdkafka's documented recipe
+ * (rdkafka.h, "Transactional producer API"): an error that requires abort
+ * -> abort_transaction() and rewind to the committed offsets; a fatal error
+ * (fenced by a newer instance, or similar) -> re-create the producer and
+ * init_transactions() again, then rewind; a retriable error -> retry the
+ * same call. The rewind itself (drop partition state, rebuild dedup, seek)
+ * is the loop's (loop.c), flagged here by s->rewind_needed.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/server_int.h"
+#include "common/conf.h"
+#include "common/internal.h"
+
+#define KREQ__TXN_TIMEOUT_MS 30000
+
+void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(s->loop_errstr, sizeof(s->loop_errstr), fmt, ap);
+	va_end(ap);
+	s->loop_err = err;
+	s->fatal = true;
+	kreq__log(s->conf, 3, "server", "%s", s->loop_errstr);
+}
+
+#define KREQ__KV(name, value, why) name, value,
+static const char *const producer_defaults[] = {KREQ__KAFKA_SERVER_PRODUCER_DEFAULTS(KREQ__KV)
+                                                    NULL};
+static const char *const consumer_defaults[] = {KREQ__KAFKA_SERVER_CONSUMER_DEFAULTS(KREQ__KV)
+                                                    NULL};
+#undef KREQ__KV
+
+static int set_kv(rd_kafka_conf_t *rc, const char *k, const char *v, char *why, size_t n)
+{
+	return rd_kafka_conf_set(rc, k, v, why, n) == RD_KAFKA_CONF_OK ? KREQ_OK : KREQ_ECONF;
+}
+
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	kreq_server_t *s = rd_kafka_opaque(rk);
+	kreq__log(s->conf, level, "kafka", "%s: %s", fac, buf);
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	(void)rk;
+	kreq_server_t *s = opaque;
+	kreq__log(s->conf, 4, "kafka", "%s: %s", rd_kafka_err2name(err), reason);
+}
+
+/* Delivery report (light mode): the output is secured (or the partition
+ * must be redone). The message opaque is a kreq__dr_t. */
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+	(void)rk;
+	kreq_server_t *s = opaque;
+	kreq__dr_t *dr = m->_private;
+	if (!dr)
+		return;
+	if (m->err) {
+		atomic_fetch_add_explicit(&s->m.produce_errors, 1, memory_order_relaxed);
+		kreq__log(s->conf, 4, "server", "delivery to %s failed: %s; rewinding",
+		          rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
+		s->rewind_needed = true;
+	} else if (dr->partition < s->nparts && s->parts[dr->partition] &&
+	           s->parts[dr->partition]->incarnation == dr->incarnation) {
+		kreq__off_slot_t *sl = kreq__offsets_slot(&s->parts[dr->partition]->offs, dr->seq);
+		if (sl && sl->pending)
+			sl->pending--;
+	}
+	free(dr);
+}
+
+static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const char *group, bool txn,
+                               kreq__rebalance_cb_t *rebalance_cb)
+{
+	rd_kafka_conf_t *rc = rd_kafka_conf_new();
+	char why[512] = "";
+	bool producer = type == RD_KAFKA_PRODUCER;
+	int err = KREQ_OK;
+	for (const char *const *kv = producer ? producer_defaults : consumer_defaults; !err && *kv;
+	     kv += 2)
+		err = set_kv(rc, kv[0], kv[1], why, sizeof(why));
+	if (!err && group)
+		err = set_kv(rc, "group.id", group, why, sizeof(why));
+	if (!err && producer && txn)
+		err = set_kv(rc, "transactional.id", s->txn_id, why, sizeof(why));
+	if (!err && !producer && !strcmp(group, s->group))
+		err = set_kv(rc, "client.id", s->client_id, why, sizeof(why));
+	if (!err && !producer && strcmp(group, s->group)) /* the results reader */
+		err = set_kv(rc, "enable.partition.eof", "true", why, sizeof(why));
+	if (!err)
+		err = kreq__conf_kafka_apply(s->conf, rc, why, sizeof(why));
+	if (err) {
+		rd_kafka_conf_destroy(rc);
+		kreq__loop_fatal(s, KREQ_ECONF, "Kafka configuration: %s", why);
+		return NULL;
+	}
+	rd_kafka_conf_set_opaque(rc, s);
+	rd_kafka_conf_set_log_cb(rc, on_log);
+	rd_kafka_conf_set_error_cb(rc, on_error);
+	if (producer && !txn)
+		rd_kafka_conf_set_dr_msg_cb(rc, on_delivery);
+	if (rebalance_cb)
+		rd_kafka_conf_set_rebalance_cb(rc, rebalance_cb);
+	rd_kafka_t *rk = rd_kafka_new(type, rc, why, sizeof(why));
+	if (!rk) {
+		rd_kafka_conf_destroy(rc);
+		kreq__loop_fatal(s, KREQ_EKAFKA, "cannot create Kafka %s: %s",
+		                 producer ? "producer" : "consumer", why);
+	}
+	return rk;
+}
+
+/* ---- topics ------------------------------------------------------------- */
+
+/* Partition count of topic: > 0, 0 if it does not exist, < 0 no answer. */
+static int topic_partitions(rd_kafka_t *rk, const char *topic)
+{
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_resp_err_t kerr =
+	    rkt ? rd_kafka_metadata(rk, 0, rkt, &md, 5000) : RD_KAFKA_RESP_ERR__INVALID_ARG;
+	int n = -1;
+	if (!kerr && md->topic_cnt == 1)
+		n = md->topics[0].err ? 0 : md->topics[0].partition_cnt;
+	if (md)
+		rd_kafka_metadata_destroy(md);
+	if (rkt)
+		rd_kafka_topic_destroy(rkt);
+	return n;
+}
+
+static int create_topic(kreq_server_t *s, const char *topic, int partitions, bool results)
+{
+	char why[512];
+	rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(
+	    topic, partitions, (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION), why,
+	    sizeof(why));
+	if (!nt) {
+		kreq__loop_fatal(s, KREQ_ECONF, "topic %s: %s", topic, why);
+		return -1;
+	}
+	if (results) {
+		char ret[32];
+		snprintf(ret, sizeof(ret), "%lld", (long long)s->retention_ms);
+		rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact,delete");
+		rd_kafka_NewTopic_set_config(nt, "retention.ms", ret);
+	}
+	rd_kafka_queue_t *q = rd_kafka_queue_new(s->producer);
+	rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(s->producer, RD_KAFKA_ADMIN_OP_ANY);
+	rd_kafka_AdminOptions_set_operation_timeout(ao, 10000, NULL, 0);
+	rd_kafka_CreateTopics(s->producer, &nt, 1, ao, q);
+	rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 15000);
+	rd_kafka_resp_err_t kerr = ev ? rd_kafka_event_error(ev) : RD_KAFKA_RESP_ERR__TIMED_OUT;
+	if (ev && !kerr) {
+		size_t n = 0;
+		const rd_kafka_topic_result_t **tr =
+		    rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+		kerr = n == 1 ? rd_kafka_topic_result_error(tr[0]) : RD_KAFKA_RESP_ERR__FAIL;
+	}
+	if (ev)
+		rd_kafka_event_destroy(ev);
+	rd_kafka_AdminOptions_destroy(ao);
+	rd_kafka_queue_destroy(q);
+	rd_kafka_NewTopic_destroy(nt);
+	if (kerr && kerr != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+		kreq__loop_fatal(s, KREQ_EKAFKA, "creating topic %s: %s", topic,
+		                 rd_kafka_err2str(kerr));
+		return -1;
+	}
+	return 0;
+}
+
+/* Polls metadata until topic shows n partitions (a new topic takes a moment
+ * to appear). */
+static int await_topic(kreq_server_t *s, const char *topic)
+{
+	int64_t until = kreq__mono_ns() + 15000 * 1000000LL;
+	int n;
+	while ((n = topic_partitions(s->producer, topic)) <= 0 && kreq__mono_ns() < until)
+		;
+	if (n <= 0)
+		kreq__loop_fatal(s, KREQ_EKAFKA, "topic %s did not become available", topic);
+	return n;
+}
+
+static int ensure_topics(kreq_server_t *s)
+{
+	int nreq = topic_partitions(s->producer, s->req_topic);
+	if (nreq < 0) {
+		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
+		                 "Kafka did not answer (is kafka.bootstrap.servers right?)");
+		return -1;
+	}
+	if (nreq == 0) {
+		int p = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_PARTITIONS);
+		if (create_topic(s, s->req_topic, p, false) ||
+		    (nreq = await_topic(s, s->req_topic)) <= 0)
+			return -1;
+	}
+	int nres = topic_partitions(s->producer, s->res_topic);
+	if (nres == 0) {
+		if (create_topic(s, s->res_topic, nreq, true) ||
+		    (nres = await_topic(s, s->res_topic)) <= 0)
+			return -1;
+	}
+	if (nres != nreq) {
+		kreq__loop_fatal(s, KREQ_ECONF,
+		                 "results topic %s has %d partitions but requests topic %s has %d: "
+		                 "they must be co-partitioned",
+		                 s->res_topic, nres, s->req_topic, nreq);
+		return -1;
+	}
+	s->nparts = nreq;
+	s->parts = calloc((size_t)nreq, sizeof(*s->parts));
+	if (!s->parts) {
+		kreq__loop_fatal(s, KREQ_ENOMEM, "out of memory");
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- producer ----------------------------------------------------------- */
+
+static int producer_start(kreq_server_t *s)
+{
+	if (!(s->producer = make_handle(s, RD_KAFKA_PRODUCER, NULL, s->txn_mode, NULL)))
+		return -1;
+	static const uint64_t one = 1;
+	rd_kafka_queue_t *mq = rd_kafka_queue_get_main(s->producer);
+	rd_kafka_queue_io_event_enable(mq, s->efd, &one, sizeof(one));
+	rd_kafka_queue_destroy(mq);
+	if (!s->txn_mode)
+		return 0;
+	rd_kafka_error_t *e = rd_kafka_init_transactions(s->producer, KREQ__TXN_TIMEOUT_MS);
+	if (e) {
+		kreq__loop_fatal(s, KREQ_EKAFKA, "init_transactions (transactional.id %s): %s",
+		                 s->txn_id, rd_kafka_error_string(e));
+		rd_kafka_error_destroy(e);
+		return -1;
+	}
+	return 0;
+}
+
+static void producer_reset(kreq_server_t *s)
+{
+	s->txn_open = false;
+	atomic_fetch_add_explicit(&s->m.producer_resets, 1, memory_order_relaxed);
+	rd_kafka_destroy(s->producer);
+	s->producer = NULL;
+	if (producer_start(s) == 0)
+		kreq__log(s->conf, 5, "server", "producer re-created after a fatal error");
+}
+
+int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, const void *key,
+                        size_t key_len, uint8_t *value, size_t len, void *opaque)
+{
+	if (!s->producer) {
+		free(value);
+		free(opaque);
+		s->rewind_needed = true;
+		return KREQ_EKAFKA;
+	}
+	for (;;) {
+		rd_kafka_resp_err_t kerr = rd_kafka_producev(
+		    s->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+		    RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(value, len),
+		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE), RD_KAFKA_V_OPAQUE(opaque),
+		    RD_KAFKA_V_END);
+		if (!kerr)
+			return KREQ_OK;
+		if (kerr == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+			rd_kafka_poll(s->producer, 10);
+			continue;
+		}
+		atomic_fetch_add_explicit(&s->m.produce_errors, 1, memory_order_relaxed);
+		kreq__log(s->conf, 4, "server", "producing to %s [%d]: %s", topic, partition,
+		          rd_kafka_err2str(kerr));
+		free(value);
+		free(opaque);
+		s->rewind_needed = true; /* the open transaction cannot commit this */
+		return KREQ_EKAFKA;
+	}
+}
+
+/* ---- transactions ------------------------------------------------------- */
+
+void kreq__txn_fail(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
+{
+	kreq__log(s->conf, 4, "server", "%s: %s%s", what, rd_kafka_error_string(e),
+	          rd_kafka_error_is_fatal(e) ? " (fatal)" : "");
+	atomic_fetch_add_explicit(&s->m.txn_aborts, 1, memory_order_relaxed);
+	if (rd_kafka_error_is_fatal(e)) {
+		producer_reset(s);
+	} else {
+		rd_kafka_error_t *ae =
+		    rd_kafka_abort_transaction(s->producer, KREQ__TXN_TIMEOUT_MS);
+		if (ae) {
+			kreq__log(s->conf, 4, "server", "abort_transaction: %s",
+			          rd_kafka_error_string(ae));
+			bool fatal = rd_kafka_error_is_fatal(ae);
+			rd_kafka_error_destroy(ae);
+			if (fatal)
+				producer_reset(s);
+		}
+	}
+	rd_kafka_error_destroy(e);
+	s->txn_open = false;
+	s->rewind_needed = true;
+}
+
+int kreq__txn_begin(kreq_server_t *s)
+{
+	if (!s->txn_mode || s->txn_open)
+		return KREQ_OK;
+	if (!s->producer)
+		return KREQ_EKAFKA;
+	rd_kafka_error_t *e = rd_kafka_begin_transaction(s->producer);
+	if (e) {
+		kreq__txn_fail(s, e, "begin_transaction");
+		return KREQ_EKAFKA;
+	}
+	s->txn_open = true;
+	s->txn_start_ns = kreq__mono_ns();
+	s->txn_results = 0;
+	return KREQ_OK;
+}
+
+/* The commit points that moved since the last commit. */
+static rd_kafka_topic_partition_list_t *offsets_to_commit(kreq_server_t *s)
+{
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(s->nparts);
+	for (int32_t p = 0; p < s->nparts; p++) {
+		kreq__part_t *pt = s->parts[p];
+		if (!pt)
+			continue;
+		int64_t cp = kreq__offsets_commit_point(&pt->offs);
+		if (cp >= 0 && cp != pt->committed)
+			rd_kafka_topic_partition_list_add(l, s->req_topic, p)->offset = cp;
+	}
+	return l;
+}
+
+static void offsets_committed(kreq_server_t *s, const rd_kafka_topic_partition_list_t *l)
+{
+	for (int i = 0; i < l->cnt; i++) {
+		kreq__part_t *pt = s->parts[l->elems[i].partition];
+		if (pt)
+			pt->committed = l->elems[i].offset;
+	}
+}
+
+/* send_offsets_to_transaction (if any moved) then commit_transaction, each
+ * retried while librdkafka says the error is retriable. */
+static rd_kafka_error_t *send_and_commit(kreq_server_t *s, rd_kafka_topic_partition_list_t *l)
+{
+	rd_kafka_error_t *e = NULL;
+	bool sent = l->cnt == 0;
+	for (int attempt = 0; attempt < 5; attempt++) {
+		if (e)
+			rd_kafka_error_destroy(e);
+		if (!sent) {
+			rd_kafka_consumer_group_metadata_t *g =
+			    rd_kafka_consumer_group_metadata(s->consumer);
+			e = rd_kafka_send_offsets_to_transaction(s->producer, l, g,
+			                                         KREQ__TXN_TIMEOUT_MS);
+			rd_kafka_consumer_group_metadata_destroy(g);
+			if (e && rd_kafka_error_is_retriable(e))
+				continue;
+			if (e)
+				return e;
+			sent = true;
+		}
+		e = rd_kafka_commit_transaction(s->producer, KREQ__TXN_TIMEOUT_MS);
+		if (!e || !rd_kafka_error_is_retriable(e))
+			return e;
+	}
+	return e;
+}
+
+int kreq__txn_commit(kreq_server_t *s)
+{
+	if (!s->txn_mode && s->consumer) { /* light: commit delivered offsets, asynchronously */
+		rd_kafka_topic_partition_list_t *l = offsets_to_commit(s);
+		if (l->cnt) {
+			rd_kafka_resp_err_t kerr = rd_kafka_commit(s->consumer, l, 1);
+			if (!kerr)
+				offsets_committed(s, l);
+		}
+		rd_kafka_topic_partition_list_destroy(l);
+		return KREQ_OK;
+	}
+	if (!s->txn_open || !s->producer)
+		return KREQ_OK;
+	int64_t t0 = kreq__mono_ns();
+	rd_kafka_topic_partition_list_t *l = offsets_to_commit(s);
+	rd_kafka_error_t *e = send_and_commit(s, l);
+	int err = KREQ_OK;
+	if (e) {
+		kreq__txn_fail(s, e, "committing the transaction");
+		err = KREQ_EKAFKA;
+	} else {
+		offsets_committed(s, l);
+		s->txn_open = false;
+		atomic_fetch_add_explicit(&s->m.txn_commits, 1, memory_order_relaxed);
+		kreq__hist_observe(&s->m.commit_time, (kreq__mono_ns() - t0) / 1000);
+		kreq__hist_observe(&s->m.batch_size, (int64_t)s->txn_results * 100);
+	}
+	rd_kafka_topic_partition_list_destroy(l);
+	return err;
+}
+
+/* ---- dedup rebuild ------------------------------------------------------ */
+
+static void load_result(kreq_server_t *s, kreq__part_t *pt, const rd_kafka_message_t *m,
+                        int64_t now)
+{
+	kreq__opened_t o;
+	char why[256];
+	int err =
+	    kreq__envelope_open(s->kr, &s->lim, now, m->payload, m->len, &o, why, sizeof(why));
+	if (err == KREQ_EEXPIRED)
+		return; /* past server.dedup.retention.ms: no longer deduplicates */
+	if (!err && o.kind != KREQ__KIND_RESULT) {
+		kreq__opened_clear(&o);
+		err = KREQ_EMALFORMED;
+		snprintf(why, sizeof(why), "not a Result");
+	}
+	if (err) {
+		kreq__log(s->conf, 4, "server", "results %s [%d] offset %lld skipped: %s",
+		          s->res_topic, pt->id, (long long)m->offset, why);
+		return;
+	}
+	const Kreq__Result *r = o.u.result;
+	uint8_t key[KREQ__DEDUP_KEY_MAX];
+	size_t klen = kreq__dedup_key(key, r->request_key_id, r->idempotency_key.data,
+	                              r->idempotency_key.len);
+	if (kreq__dedup_set_done(&pt->dd, NULL, key, klen, r->request_digest.data, r->status,
+	                         r->payload.data, r->payload.len, r->error, r->deadline_ms) == 0)
+		atomic_fetch_add_explicit(&s->m.results_loaded, 1, memory_order_relaxed);
+	kreq__opened_clear(&o);
+}
+
+static int index_of(kreq__part_t **parts, int n, int32_t id)
+{
+	for (int i = 0; i < n; i++)
+		if (parts[i]->id == id)
+			return i;
+	return -1;
+}
+
+int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n)
+{
+	if (n == 0)
+		return KREQ_OK;
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
+	for (int i = 0; i < n; i++)
+		rd_kafka_topic_partition_list_add(l, s->res_topic, parts[i]->id)->offset =
+		    RD_KAFKA_OFFSET_BEGINNING;
+	rd_kafka_resp_err_t kerr = rd_kafka_assign(s->reader, l);
+	rd_kafka_topic_partition_list_destroy(l);
+	if (kerr) {
+		kreq__loop_fatal(s, KREQ_EKAFKA, "assigning %s: %s", s->res_topic,
+		                 rd_kafka_err2str(kerr));
+		return KREQ_EKAFKA;
+	}
+	int64_t until = kreq__mono_ns() +
+	                kreq__conf_int(s->conf, KREQ__P_SERVER_REBUILD_TIMEOUT_MS) * 1000000LL;
+	int remaining = n;
+	int64_t now = kreq__now_ms();
+	bool *eof = calloc((size_t)n, sizeof(*eof));
+	if (!eof) {
+		kreq__loop_fatal(s, KREQ_ENOMEM, "out of memory");
+		return KREQ_ENOMEM;
+	}
+	while (remaining > 0 && kreq__mono_ns() < until) {
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(s->reader, 100);
+		if (!m)
+			continue;
+		int i = index_of(parts, n, m->partition);
+		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+			if (i >= 0 && !eof[i]) {
+				eof[i] = true;
+				remaining--;
+			}
+		} else if (m->err) {
+			kreq__log(s->conf, 4, "server", "reading %s: %s", s->res_topic,
+			          rd_kafka_message_errstr(m));
+		} else if (i >= 0) {
+			load_result(s, parts[i], m, now);
+		}
+		rd_kafka_message_destroy(m);
+	}
+	free(eof);
+	rd_kafka_assign(s->reader, NULL);
+	if (remaining > 0) {
+		kreq__loop_fatal(s, KREQ_EKAFKA,
+		                 "rebuilding the dedup state from %s took longer than "
+		                 "server.dedup.rebuild.timeout.ms",
+		                 s->res_topic);
+		return KREQ_EKAFKA;
+	}
+	return KREQ_OK;
+}
+
+/* ---- start / close ------------------------------------------------------ */
+
+int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
+{
+	if (producer_start(s) || ensure_topics(s))
+		return -1;
+	char rgroup[512];
+	snprintf(rgroup, sizeof(rgroup), "%s.rebuild", s->group);
+	if (!(s->reader = make_handle(s, RD_KAFKA_CONSUMER, rgroup, false, NULL)) ||
+	    !(s->consumer = make_handle(s, RD_KAFKA_CONSUMER, s->group, false, rebalance_cb)))
+		return -1;
+	rd_kafka_poll_set_consumer(s->consumer);
+	s->cq = rd_kafka_queue_get_consumer(s->consumer);
+	static const uint64_t one = 1;
+	rd_kafka_queue_io_event_enable(s->cq, s->efd, &one, sizeof(one));
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(l, s->req_topic, RD_KAFKA_PARTITION_UA);
+	rd_kafka_resp_err_t kerr = rd_kafka_subscribe(s->consumer, l);
+	rd_kafka_topic_partition_list_destroy(l);
+	if (kerr) {
+		kreq__loop_fatal(s, KREQ_EKAFKA, "subscribing to %s: %s", s->req_topic,
+		                 rd_kafka_err2str(kerr));
+		return -1;
+	}
+	return 0;
+}
+
+void kreq__kafka_close(kreq_server_t *s)
+{
+	if (s->consumer) {
+		rd_kafka_consumer_close(s->consumer);
+		if (s->cq)
+			rd_kafka_queue_destroy(s->cq);
+		rd_kafka_destroy(s->consumer);
+	}
+	if (s->reader) {
+		rd_kafka_consumer_close(s->reader);
+		rd_kafka_destroy(s->reader);
+	}
+	if (s->producer) {
+		rd_kafka_flush(s->producer, 5000);
+		rd_kafka_destroy(s->producer);
+	}
+	s->consumer = s->reader = s->producer = NULL;
+	s->cq = NULL;
+}

@@ -1,0 +1,193 @@
+/*
+ * server_int.h — the server's internals, shared by the broker/ sources (never
+ * installed).
+ *
+ * Ownership of a request (kreq_request_t):
+ *   - created by the loop thread for a request record that is to run;
+ *   - from dispatch until kreq_request_reply() it belongs to the handler
+ *     (the loop only reads it: the cancelled flag, the admin listing under
+ *     ip_lock);
+ *   - kreq_request_reply() puts it on the completion list; from then on it
+ *     belongs to the loop, which applies the result and frees it.
+ * No reference count is needed: there is exactly one owner at any time.
+ * The dedup entry's `running` pointer is a loop-side borrowed pointer,
+ * cleared when the partition state is dropped (rebalance, abort).
+ *
+ * Stale completions: every partition state has an incarnation number; a
+ * request remembers the incarnation it was consumed under. After an abort
+ * or a revoke the state is rebuilt under a new incarnation, and completions
+ * of older ones are discarded (their records will be consumed again from
+ * the committed offset, by this or another worker).
+ */
+#ifndef KREQ_BROKER_SERVER_INT_H
+#define KREQ_BROKER_SERVER_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "broker/dedup.h"
+#include "broker/offsets.h"
+#include "broker/smetrics.h"
+#include "kreq/server.h"
+#include "proto/envelope.h"
+
+typedef struct kreq__handler {
+	char *method;
+	kreq_handler_fn *fn;
+	void *opaque;
+	int flags;
+} kreq__handler_t;
+
+/* Where one reply goes (the request itself, or a duplicate that joined). */
+typedef struct kreq__target {
+	struct kreq__target *next;
+	uint8_t corr[KREQ__CORR_ID_BYTES];
+	char topic[KREQ__TOPIC_MAX + 1];
+	int32_t partition;
+	uint32_t attempt;
+	int64_t deadline_ms;
+	uint64_t seq; /* offset slot of the record that asked */
+} kreq__target_t;
+
+typedef enum { KREQ__RQ_QUEUED, KREQ__RQ_RUNNING, KREQ__RQ_REPLIED } kreq__rq_state_t;
+
+struct kreq_request_s {
+	kreq_server_t *srv;
+	kreq__opened_t op; /* the verified, decoded Request */
+	const kreq__handler_t *h;
+	int32_t partition;
+	int64_t offset;
+	uint64_t incarnation;
+	kreq__target_t self;     /* reply target of this record */
+	kreq__target_t *joiners; /* duplicates waiting for this result (loop) */
+	uint8_t ddkey[KREQ__DEDUP_KEY_MAX];
+	uint16_t ddkey_len;
+	uint8_t digest[32];
+	int64_t consumed_ns, started_ns;
+	atomic_bool cancelled;
+	atomic_int state; /* kreq__rq_state_t */
+	/* the result, written by kreq_request_reply() */
+	int32_t status;
+	uint8_t *payload;
+	size_t len;
+	char *error;
+	struct kreq_request_s *next;              /* pool queue / completion list */
+	struct kreq_request_s *ip_prev, *ip_next; /* in-progress list (ip_lock) */
+};
+
+typedef struct kreq__part {
+	int32_t id;
+	uint64_t incarnation;
+	kreq__dedup_t dd;
+	kreq__offsets_t offs;
+	int64_t committed; /* last committed offset, -1 unknown */
+} kreq__part_t;
+
+/* Token bucket per signing key id (server.rate.limit.per.key). */
+typedef struct kreq__bucket {
+	struct kreq__bucket *next;
+	char key_id[KREQ_KEY_ID_MAX + 1];
+	double tokens;
+	int64_t last_ns;
+} kreq__bucket_t;
+
+struct kreq_server_s {
+	kreq_conf_t *conf;
+	char *service, *req_topic, *res_topic, *group, *txn_id, *client_id;
+	char **allow; /* reply-topic patterns */
+	size_t nallow;
+	kreq__handler_t *handlers;
+	size_t nhandlers;
+	kreq__limits_t lim;
+	bool txn_mode;
+	int64_t retention_ms, min_budget_ms, grace_ms, batch_ms, rate;
+	uint64_t batch_max;
+	size_t max_in_flight;
+
+	/* keyring: the loop uses kr; set_keyring leaves the next one in kr_next */
+	pthread_mutex_t kr_lock;
+	kreq_keyring_t *kr, *kr_next;
+	atomic_bool kr_swap;
+
+	int efd; /* wakes the loop: Kafka queues, completions, stop */
+	atomic_bool stop;
+	atomic_int phase; /* 0 new, 1 running, 2 returned */
+
+	/* Kafka (loop thread) */
+	rd_kafka_t *consumer, *producer, *reader;
+	rd_kafka_queue_t *cq;
+	kreq__part_t **parts; /* by partition id; NULL when not assigned */
+	int32_t nparts;
+	bool paused, rewind_needed, fatal;
+	bool draining;         /* stopping: nothing new starts */
+	bool draining_abandon; /* grace over: completions are discarded */
+	int64_t light_commit_ns, housekeeping_ns;
+	bool txn_open;
+	int64_t txn_start_ns;
+	uint64_t txn_results;
+	int loop_err;
+	char loop_errstr[512];
+	uint64_t next_incarnation;
+	kreq__bucket_t *buckets;
+
+	/* handler pool */
+	pthread_t *threads;
+	int nthreads;
+	bool pool_started;
+	pthread_mutex_t pool_lock;
+	pthread_cond_t pool_cv;
+	kreq_request_t *pool_head, *pool_tail;
+	bool pool_stop;
+
+	/* completions (any thread -> loop) */
+	pthread_mutex_t done_lock;
+	pthread_cond_t done_cv; /* outstanding reached 0 */
+	kreq_request_t *done_head, *done_tail;
+	size_t outstanding; /* dispatched, not yet replied (done_lock) */
+
+	/* in progress, for the admin listing and in_flight (ip_lock) */
+	pthread_mutex_t ip_lock;
+	kreq_request_t *ip_head;
+	atomic_size_t in_progress;
+
+	kreq__server_metrics_t m;
+};
+
+/* Delivery-report opaque of an output in light mode. */
+typedef struct kreq__dr {
+	int32_t partition;
+	uint64_t incarnation, seq;
+} kreq__dr_t;
+
+/* request.c */
+void kreq__pool_start(kreq_server_t *s);
+void kreq__pool_stop(kreq_server_t *s);
+/* Completes every queued, not started request with status 9 (shutdown). */
+void kreq__pool_drain(kreq_server_t *s);
+void kreq__dispatch(kreq_server_t *s, kreq_request_t *r);
+kreq_request_t *kreq__completions_take(kreq_server_t *s);
+void kreq__request_free(kreq_request_t *r);
+void kreq__wake(kreq_server_t *s);
+
+/* loop.c */
+int kreq__loop_run(kreq_server_t *s);
+
+/* kafka.c */
+typedef void(kreq__rebalance_cb_t)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                                   rd_kafka_topic_partition_list_t *parts, void *opaque);
+int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb);
+void kreq__kafka_close(kreq_server_t *s);
+int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, const void *key,
+                        size_t key_len, uint8_t *value, size_t len, void *opaque);
+int kreq__txn_begin(kreq_server_t *s);
+int kreq__txn_commit(kreq_server_t *s);
+void kreq__txn_fail(kreq_server_t *s, rd_kafka_error_t *err, const char *what);
+int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n);
+void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

@@ -1,0 +1,102 @@
+/* smetrics.c — see smetrics.h. */
+#include <inttypes.h>
+
+#include "broker/smetrics.h"
+#include "kreq/error.h"
+
+static const char *handled_names[] = {
+#define KREQ__H_NAME(id, name) name,
+    KREQ__HANDLED(KREQ__H_NAME)
+#undef KREQ__H_NAME
+};
+
+static const char *reject_names[] = {
+#define KREQ__R_NAME(id, name) name,
+    KREQ__REJECTS(KREQ__R_NAME)
+#undef KREQ__R_NAME
+};
+
+kreq__reject_t kreq__reject_of(int err)
+{
+	switch (err) {
+	case KREQ_EMALFORMED:
+		return KREQ__R_MALFORMED;
+	case KREQ_EOVERSIZE:
+		return KREQ__R_OVERSIZE;
+	case KREQ_EVERSION:
+		return KREQ__R_VERSION;
+	case KREQ_EUNKNOWNKEY:
+		return KREQ__R_UNKNOWN_KEY;
+	case KREQ_EBADSIG:
+		return KREQ__R_BAD_SIGNATURE;
+	case KREQ_EEXPIRED:
+		return KREQ__R_EXPIRED;
+	case KREQ_EFUTURE:
+		return KREQ__R_FUTURE;
+	default:
+		return KREQ__R_OTHER;
+	}
+}
+
+static uint64_t load(const atomic_uint_fast64_t *a)
+{
+	return atomic_load_explicit(a, memory_order_relaxed);
+}
+
+static void counter(FILE *out, const char *name, const char *help, uint64_t v, const char *labels)
+{
+	fprintf(out, "# HELP %s %s\n# TYPE %s counter\n%s{%s} %" PRIu64 "\n", name, help, name,
+	        name, labels, v);
+}
+
+void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_progress,
+                                 const char *service, const char *worker, FILE *out)
+{
+	char l[600];
+	snprintf(l, sizeof(l), "service=\"%s\",worker=\"%s\"", service, worker);
+	fprintf(out,
+	        "# HELP kreq_server_in_flight Requests in progress now.\n"
+	        "# TYPE kreq_server_in_flight gauge\nkreq_server_in_flight{%s} %" PRIu64 "\n",
+	        l, in_progress);
+	fputs("# HELP kreq_server_handled_total Request records answered, by outcome.\n"
+	      "# TYPE kreq_server_handled_total counter\n",
+	      out);
+	for (int i = 0; i < KREQ__H_COUNT; i++)
+		fprintf(out, "kreq_server_handled_total{%s,outcome=\"%s\"} %" PRIu64 "\n", l,
+		        handled_names[i], load(&m->handled[i]));
+	fputs("# HELP kreq_server_rejected_total Records dropped unanswered, by reason.\n"
+	      "# TYPE kreq_server_rejected_total counter\n",
+	      out);
+	for (int i = 0; i < KREQ__R_COUNT; i++)
+		fprintf(out, "kreq_server_rejected_total{%s,reason=\"%s\"} %" PRIu64 "\n", l,
+		        reject_names[i], load(&m->rejected[i]));
+	counter(out, "kreq_server_dedup_hits_total",
+	        "Requests answered from the deduplication store without running the handler.",
+	        load(&m->handled[KREQ__H_DEDUP]) + load(&m->handled[KREQ__H_JOINED]), l);
+	counter(out, "kreq_server_cancels_total", "Cancel messages received.", load(&m->cancels),
+	        l);
+	counter(out, "kreq_server_rebalances_total", "Partition assignments received.",
+	        load(&m->rebalances), l);
+	counter(out, "kreq_server_txn_commits_total", "Transactions committed.",
+	        load(&m->txn_commits), l);
+	counter(out, "kreq_server_txn_aborts_total",
+	        "Transactions aborted (the worker rewound to the committed offsets).",
+	        load(&m->txn_aborts), l);
+	counter(out, "kreq_server_producer_resets_total",
+	        "Fatal producer errors (fenced or similar): producer re-created.",
+	        load(&m->producer_resets), l);
+	counter(out, "kreq_server_results_loaded_total",
+	        "Stored results read from the results topic while rebuilding.",
+	        load(&m->results_loaded), l);
+	counter(out, "kreq_server_produce_errors_total", "Records Kafka failed to accept.",
+	        load(&m->produce_errors), l);
+	kreq__hist_render(out, "kreq_server_handler_seconds", "Handler start to reply.",
+	                  &m->handler_time, l, 1e6);
+	kreq__hist_render(out, "kreq_server_queue_seconds", "Request consumed to handler start.",
+	                  &m->queue_time, l, 1e6);
+	kreq__hist_render(out, "kreq_server_txn_commit_seconds",
+	                  "Time to send offsets and commit one transaction.", &m->commit_time, l,
+	                  1e6);
+	kreq__hist_render(out, "kreq_server_txn_batch_size", "Results per committed transaction.",
+	                  &m->batch_size, l, 100);
+}

@@ -1,0 +1,77 @@
+/*
+ * smetrics.h — worker metrics: relaxed atomic counters and histograms (the
+ * client's kreq__hist_t), rendered as Prometheus text.
+ */
+#ifndef KREQ_BROKER_SMETRICS_H
+#define KREQ_BROKER_SMETRICS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "client/metrics.h"
+
+/* How a request record was answered. */
+#define KREQ__HANDLED(X)                                                                           \
+	X(OK, "ok")                         /* handler status 0 */                                 \
+	X(ERROR_STATUS, "error_status")     /* handler status != 0 */                              \
+	X(DEDUP, "dedup")                   /* stored result served again */                       \
+	X(JOINED, "joined")                 /* duplicate joined a running request */               \
+	X(CONFLICT, "conflict")             /* key reused with another request */                  \
+	X(DEADLINE, "deadline")             /* budget too small to start */                        \
+	X(CANCELLED, "cancelled")           /* cancelled before it started */                      \
+	X(UNKNOWN_METHOD, "unknown_method") /* no handler */                                       \
+	X(DENIED, "denied")                 /* key not allowed this method */                      \
+	X(RATE_LIMITED, "rate_limited")     /* key over server.rate.limit.per.key */               \
+	X(SHUTTING_DOWN, "shutting_down")   /* not started before shutdown */
+
+/* Why a record was dropped without running anything. */
+#define KREQ__REJECTS(X)                                                                           \
+	X(MALFORMED, "malformed")                                                                  \
+	X(OVERSIZE, "oversize")                                                                    \
+	X(VERSION, "version")                                                                      \
+	X(UNKNOWN_KEY, "unknown_key")                                                              \
+	X(BAD_SIGNATURE, "bad_signature")                                                          \
+	X(EXPIRED, "expired")                                                                      \
+	X(FUTURE, "future")                                                                        \
+	X(KIND, "kind")               /* a reply or result on the request topic */                 \
+	X(REPLY_TOPIC, "reply_topic") /* reply topic not on server.reply.topic.allow */            \
+	X(OTHER, "other")
+
+typedef enum {
+#define KREQ__H_ENUM(id, name) KREQ__H_##id,
+	KREQ__HANDLED(KREQ__H_ENUM)
+#undef KREQ__H_ENUM
+	    KREQ__H_COUNT
+} kreq__handled_t;
+
+typedef enum {
+#define KREQ__R_ENUM(id, name) KREQ__R_##id,
+	KREQ__REJECTS(KREQ__R_ENUM)
+#undef KREQ__R_ENUM
+	    KREQ__R_COUNT
+} kreq__reject_t;
+
+typedef struct kreq__server_metrics {
+	atomic_uint_fast64_t handled[KREQ__H_COUNT];
+	atomic_uint_fast64_t rejected[KREQ__R_COUNT];
+	atomic_uint_fast64_t cancels;         /* Cancel messages seen */
+	atomic_uint_fast64_t rebalances;      /* partition assignments */
+	atomic_uint_fast64_t txn_commits;     /* committed transactions */
+	atomic_uint_fast64_t txn_aborts;      /* aborted transactions (rewinds) */
+	atomic_uint_fast64_t producer_resets; /* fatal errors: producer re-created */
+	atomic_uint_fast64_t results_loaded;  /* results read while rebuilding */
+	atomic_uint_fast64_t produce_errors;
+	kreq__hist_t handler_time; /* handler start to reply */
+	kreq__hist_t queue_time;   /* consumed to handler start */
+	kreq__hist_t commit_time;  /* send_offsets + commit_transaction */
+	kreq__hist_t batch_size;   /* results per transaction, observed x100 */
+} kreq__server_metrics_t;
+
+/* Reject reason for an envelope error code. */
+kreq__reject_t kreq__reject_of(int err);
+
+void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_progress,
+                                 const char *service, const char *worker, FILE *out);
+
+#endif

@@ -1,0 +1,164 @@
+/*
+ * kreq/server.h — serving methods: the embeddable worker loop that kreqd is
+ * built on.
+ *
+ * A server serves one service: it joins the Kafka consumer group
+ * <topic.prefix>.<service> on <topic.prefix>.<service>.requests, verifies
+ * every request (signature, key id, size, deadline, clock skew, method ACL
+ * of the key, reply-topic allow-list), deduplicates by (key id, idempotency
+ * key), runs the registered handler, and publishes the signed reply. In the
+ * default transactional mode (server.mode=transactional) the reply, the
+ * result record in <topic.prefix>.<service>.results and the consumer offset
+ * are written in ONE Kafka transaction, so a worker that crashes anywhere
+ * never publishes two different replies for one idempotency key and never
+ * runs a handler again for a request whose transaction committed.
+ * docs/broker-design.md and docs/operations.md explain the machinery.
+ *
+ * Threads:
+ *   - kreq_server_run() runs the loop on the calling thread. That thread
+ *     alone touches Kafka and the deduplication state.
+ *   - Handlers registered without KREQ_HANDLER_INLINE run on a pool of
+ *     server.handler.threads threads; with KREQ_HANDLER_INLINE they run on
+ *     the loop thread and must not block (echo-like handlers save two
+ *     thread hops).
+ *   - kreq_request_reply() may be called from any thread, once per request,
+ *     during the handler or later (asynchronous handlers).
+ *   - kreq_server_stop() may be called from any thread and from a signal
+ *     handler.
+ *
+ * Ownership: the server copies conf and takes a reference on the keyring.
+ * A kreq_request_t belongs to the handler from the handler's call until the
+ * handler's kreq_request_reply() returns; the library frees it after that.
+ */
+#ifndef KREQ_SERVER_H
+#define KREQ_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kreq/common.h"
+#include "kreq/conf.h"
+#include "kreq/keyring.h"
+
+typedef struct kreq_server_s kreq_server_t;
+typedef struct kreq_request_s kreq_request_t;
+
+/* Reply statuses reserved by kreq (docs/protocol.md section 4.4). Handlers
+ * reply 0 or their own statuses >= 100; KREQ_STATUS_CANCELLED is also
+ * accepted from a handler that stopped because kreq_request_cancelled(). */
+#define KREQ_STATUS_OK             0
+#define KREQ_STATUS_UNKNOWN_METHOD 1
+#define KREQ_STATUS_DEADLINE       2
+#define KREQ_STATUS_CANCELLED      3
+#define KREQ_STATUS_REFUSED        4
+#define KREQ_STATUS_DENIED         5
+#define KREQ_STATUS_CONFLICT       6
+#define KREQ_STATUS_OVERLOADED     7
+#define KREQ_STATUS_HANDLER_FAILED 8
+#define KREQ_STATUS_SHUTTING_DOWN  9
+#define KREQ_STATUS_USER_MIN       100
+
+/** A handler: called once per request to run (never for a dedup hit, a
+ *  joined duplicate or a refused request). It must call kreq_request_reply()
+ *  exactly once, now or later from any thread. opaque is what was
+ *  registered. */
+typedef void(kreq_handler_fn)(kreq_request_t *req, void *opaque);
+
+/** Handler flags. */
+#define KREQ_HANDLER_INLINE 0x1 /* run on the loop thread; must not block */
+
+/** Creates a server for service (1..200 characters of [A-Za-z0-9._-], the
+ *  method name up to its last '.'): copies conf, takes a reference on kr
+ *  (which must have a signing key: replies are signed). Connects nothing
+ *  yet. conf needs kafka.bootstrap.servers. NULL on error, errstr names the
+ *  cause. */
+KREQ_API kreq_server_t *kreq_server_new(const kreq_conf_t *conf, kreq_keyring_t *kr,
+                                        const char *service, char *errstr, size_t errstr_size);
+
+/** Registers fn for method (the full name, "<service>.<name>", or a name
+ *  without '.' when service is that name). Only before kreq_server_run().
+ *  KREQ_OK, KREQ_EINVAL (bad name, method of another service, NULL fn),
+ *  KREQ_EEXIST (already registered), KREQ_ESTATE (server running),
+ *  KREQ_ENOMEM. */
+KREQ_API int kreq_server_register(kreq_server_t *s, const char *method, kreq_handler_fn *fn,
+                                  void *opaque, int flags);
+
+/** Runs the serving loop on the calling thread until kreq_server_stop():
+ *  creates the request and results topics if missing, starts the
+ *  transactional producer (fencing any previous instance with the same
+ *  client.id), joins the group, and serves. On stop it stops fetching,
+ *  lets in-flight handlers finish for up to server.shutdown.grace.ms
+ *  (their results are committed; what is still running then is abandoned,
+ *  uncommitted, for another worker to redo), commits and leaves the group.
+ *  Returns KREQ_OK after a clean stop, or the error that ended the loop
+ *  (errstr names it): KREQ_EKAFKA, KREQ_ESTATE (already ran). Call once. */
+KREQ_API int kreq_server_run(kreq_server_t *s, char *errstr, size_t errstr_size);
+
+/** Asks the loop to stop. Async-signal-safe (writes an eventfd); any
+ *  thread; a no-op before run and after it returned. */
+KREQ_API void kreq_server_stop(kreq_server_t *s);
+
+/** Replaces the keyring used to verify requests and sign replies (e.g. on
+ *  SIGHUP): takes a reference on kr and releases the old one once no request
+ *  uses it. kr must have a signing key. Any thread. KREQ_OK, KREQ_EINVAL. */
+KREQ_API int kreq_server_set_keyring(kreq_server_t *s, kreq_keyring_t *kr);
+
+/** Prometheus text exposition of the server's metrics in a new malloc'd
+ *  string (*text; caller frees). Any thread. KREQ_OK, KREQ_EINVAL,
+ *  KREQ_ENOMEM. */
+KREQ_API int kreq_server_metrics_text(kreq_server_t *s, char **text);
+
+/** JSON array of the requests in progress (method, key id, idempotency key
+ *  in hex, correlation id in hex, partition, offset, age_ms, time_left_ms,
+ *  state "queued"|"running", cancelled) in a new malloc'd string. Any
+ *  thread. KREQ_OK, KREQ_EINVAL, KREQ_ENOMEM. */
+KREQ_API int kreq_server_in_progress_json(kreq_server_t *s, char **json);
+
+/** Number of requests in progress (dispatched, not yet replied). */
+KREQ_API size_t kreq_server_in_flight(const kreq_server_t *s);
+
+/** Destroys a server whose loop is not running (never ran, or returned).
+ *  NULL is a no-op. */
+KREQ_API void kreq_server_destroy(kreq_server_t *s);
+
+/* ---- the request, as seen by a handler ---------------------------------
+ * Accessors are valid from the handler call until kreq_request_reply()
+ * returns; strings and buffers are owned by the request. */
+
+/** Full method name. */
+KREQ_API const char *kreq_request_method(const kreq_request_t *r);
+
+/** Request payload (*len receives its size; the pointer may be NULL when
+ *  *len is 0). */
+KREQ_API const void *kreq_request_payload(const kreq_request_t *r, size_t *len);
+
+/** Idempotency key (1..255 bytes). */
+KREQ_API const void *kreq_request_idempotency_key(const kreq_request_t *r, size_t *len);
+
+/** Id of the key that signed the request (the caller's identity). */
+KREQ_API const char *kreq_request_key_id(const kreq_request_t *r);
+
+/** Value of a metadata entry (e.g. "traceparent"), or NULL. */
+KREQ_API const char *kreq_request_metadata(const kreq_request_t *r, const char *key);
+
+/** Absolute deadline, ms since the Unix epoch. */
+KREQ_API int64_t kreq_request_deadline_ms(const kreq_request_t *r);
+
+/** Milliseconds left until the deadline (negative once passed). */
+KREQ_API int64_t kreq_request_remaining_ms(const kreq_request_t *r);
+
+/** True once the caller cancelled the request (a Cancel message arrived) or
+ *  the server is abandoning it (shutdown grace expired). Any thread. */
+KREQ_API bool kreq_request_cancelled(const kreq_request_t *r);
+
+/** Replies: status 0 or >= KREQ_STATUS_USER_MIN (or KREQ_STATUS_CANCELLED),
+ *  payload copied (NULL if len is 0), error text (NULL or a message of at
+ *  most 4096 bytes, copied) for non-zero statuses. Exactly once per request,
+ *  from any thread; r is invalid once this returns, whatever it returns.
+ *  KREQ_OK, KREQ_EINVAL (bad status or oversize payload: the caller gets
+ *  status 8 instead), KREQ_ENOMEM (the caller gets status 8 if possible). */
+KREQ_API int kreq_request_reply(kreq_request_t *r, int32_t status, const void *payload, size_t len,
+                                const char *error);
+
+#endif

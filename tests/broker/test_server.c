@@ -1,0 +1,489 @@
+/*
+ * test_server.c — the server API end to end against a real Kafka broker,
+ * driven by the real client: success and handler metadata, handler error,
+ * unknown method, method ACL, deadline exceeded before start, cancel of a
+ * running handler, dedup hit, conflict, a duplicate joining a running
+ * request, forged/tampered/unknown-key/expired/garbage records, replay of a
+ * valid record, the reply-topic allow-list, a restarted worker serving
+ * stored results, and the light mode.
+ *
+ * Handlers here count their executions per idempotency key in memory, so a
+ * test can assert that a handler ran exactly once.
+ */
+#include <check.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kreq/client.h"
+#include "kreq/error.h"
+#include "kreq/server.h"
+#include "proto/envelope.h"
+#include "testsupport.h"
+
+static const char *bootstrap;
+static char prefix[64], req_topic[160];
+static kreq_keyring_t *kr;
+
+/* ---- handlers ----------------------------------------------------------- */
+
+static atomic_int executions, cancelled_seen;
+static char last_traceparent[128], last_key_id[80];
+static atomic_llong last_remaining;
+
+static void h_echo(kreq_request_t *r, void *opaque)
+{
+	(void)opaque;
+	atomic_fetch_add(&executions, 1);
+	const char *tp = kreq_request_metadata(r, "traceparent");
+	snprintf(last_traceparent, sizeof(last_traceparent), "%s", tp ? tp : "");
+	snprintf(last_key_id, sizeof(last_key_id), "%s", kreq_request_key_id(r));
+	atomic_store(&last_remaining, (long long)kreq_request_remaining_ms(r));
+	size_t len;
+	const void *p = kreq_request_payload(r, &len);
+	kreq_request_reply(r, 0, p, len, NULL);
+}
+
+static void h_fail(kreq_request_t *r, void *opaque)
+{
+	(void)opaque;
+	atomic_fetch_add(&executions, 1);
+	kreq_request_reply(r, 503, NULL, 0, "out of widgets");
+}
+
+/* Runs until cancelled or 10 s (bounded), then replies. */
+static void h_slow(kreq_request_t *r, void *opaque)
+{
+	(void)opaque;
+	atomic_fetch_add(&executions, 1);
+	int64_t until = kreq_test_now_ms() + 10000;
+	size_t len;
+	const void *p = kreq_request_payload(r, &len);
+	int64_t stop_after = len ? atoi((const char *)p) : 10000; /* "300" = 300 ms */
+	int64_t t0 = kreq_test_now_ms();
+	while (!kreq_request_cancelled(r) && kreq_test_now_ms() < until &&
+	       kreq_test_now_ms() - t0 < stop_after)
+		kreq_test_poll_pause();
+	if (kreq_request_cancelled(r)) {
+		atomic_fetch_add(&cancelled_seen, 1);
+		kreq_request_reply(r, KREQ_STATUS_CANCELLED, NULL, 0, "cancelled");
+		return;
+	}
+	kreq_request_reply(r, 0, p, len, NULL);
+}
+
+static uint64_t metric(kreq_server_t *s, const char *series)
+{
+	char *text = NULL;
+	ck_assert_int_eq(kreq_server_metrics_text(s, &text), KREQ_OK);
+	const char *p = strstr(text, series);
+	ck_assert_msg(p != NULL, "metric %s missing", series);
+	uint64_t v = strtoull(strchr(p + strlen(series), ' ') + 1, NULL, 10);
+	free(text);
+	return v;
+}
+
+/* ---- a server on its own thread ----------------------------------------- */
+
+typedef struct {
+	kreq_server_t *s;
+	pthread_t t;
+	int rc;
+	char err[512];
+} running_t;
+
+static void *run_main(void *arg)
+{
+	running_t *rs = arg;
+	rs->rc = kreq_server_run(rs->s, rs->err, sizeof(rs->err));
+	return NULL;
+}
+
+static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
+{
+	kreq_conf_t *conf = kreq_conf_new();
+	char err[512];
+	ck_assert_int_eq(kreq_conf_set(conf, "kafka.bootstrap.servers", bootstrap, err, 512),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(conf, "topic.prefix", prefix, err, 512), KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(conf, "client.id", client_id, err, 512), KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(conf, "log.level", "4", err, 512), KREQ_OK);
+	for (; extra && *extra; extra += 2)
+		ck_assert_msg(kreq_conf_set(conf, extra[0], extra[1], err, 512) == KREQ_OK,
+		              "%s: %s", extra[0], err);
+	return conf;
+}
+
+static running_t *server_start(const char *worker_id, const char *const *extra)
+{
+	kreq_conf_t *conf = base_conf(worker_id, extra);
+	running_t *rs = calloc(1, sizeof(*rs));
+	char err[512];
+	rs->s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(rs->s != NULL, "kreq_server_new: %s", err);
+	kreq_conf_destroy(conf);
+	ck_assert_int_eq(kreq_server_register(rs->s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_server_register(rs->s, "svc.fail", h_fail, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_server_register(rs->s, "svc.slow", h_slow, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(pthread_create(&rs->t, NULL, run_main, rs), 0);
+	/* serving once the group assigned it partitions (clients fail fast
+	 * while a service has no worker) */
+	KREQ_TEST_AWAIT(metric(rs->s, "kreq_server_rebalances_total{") >= 1, 60000);
+	return rs;
+}
+
+static void server_stop(running_t *rs)
+{
+	kreq_server_stop(rs->s);
+	pthread_join(rs->t, NULL);
+	ck_assert_msg(rs->rc == KREQ_OK, "kreq_server_run: %s", rs->err);
+	kreq_server_destroy(rs->s);
+	free(rs);
+}
+
+static kreq_client_t *client_new(const char *const *extra)
+{
+	char id[64], err[512];
+	snprintf(id, sizeof(id), "cl-%u", randombytes_uniform(1000000));
+	kreq_conf_t *conf = base_conf(id, extra);
+	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
+	ck_assert_msg(c != NULL, "kreq_client_new: %s", err);
+	kreq_conf_destroy(conf);
+	return c;
+}
+
+static kreq_future_t *call(kreq_client_t *c, const char *method, const char *payload,
+                           const char *idem, int64_t timeout_ms)
+{
+	kreq_call_opts_t *o = kreq_call_opts_new();
+	ck_assert_int_eq(kreq_call_opts_set_timeout(o, timeout_ms), KREQ_OK);
+	if (idem)
+		ck_assert_int_eq(kreq_call_opts_set_idempotency_key(o, idem, strlen(idem)),
+		                 KREQ_OK);
+	kreq_future_t *f = NULL;
+	int rc = kreq_client_call(c, method, payload, payload ? strlen(payload) : 0, o, &f);
+	ck_assert_msg(rc == KREQ_OK, "kreq_client_call: %s", kreq_strerror(rc));
+	kreq_call_opts_destroy(o);
+	return f;
+}
+
+static void await(kreq_future_t *f)
+{
+	ck_assert_int_eq(kreq_future_wait(f, 60000), KREQ_OK);
+}
+
+static void expect_reply(kreq_future_t *f, int32_t status, const char *payload, bool dedup)
+{
+	await(f);
+	ck_assert_msg(kreq_future_err(f) == (status > 0 && status < 100 ? KREQ_EREJECTED : KREQ_OK),
+	              "err %s: %s", kreq_err_name(kreq_future_err(f)), kreq_future_errstr(f));
+	ck_assert_int_eq(kreq_future_status(f), status);
+	ck_assert_int_eq(kreq_future_from_dedup(f), dedup);
+	if (payload) {
+		size_t len;
+		const void *p = kreq_future_payload(f, &len);
+		ck_assert_uint_eq(len, strlen(payload));
+		ck_assert(len == 0 || !memcmp(p, payload, len));
+	}
+	kreq_future_release(f);
+}
+
+static uint64_t handled(kreq_server_t *s, const char *outcome)
+{
+	char series[128];
+	snprintf(series, sizeof(series), "outcome=\"%s\"}", outcome);
+	return metric(s, series);
+}
+
+static uint64_t rejected(kreq_server_t *s, const char *reason)
+{
+	char series[128];
+	snprintf(series, sizeof(series), "reason=\"%s\"}", reason);
+	return metric(s, series);
+}
+
+/* ---- fixture ------------------------------------------------------------ */
+
+static void setup(void)
+{
+	bootstrap = kreq_test_bootstrap();
+	kreq_test_topic_name(prefix, sizeof(prefix), "srv");
+	snprintf(req_topic, sizeof(req_topic), "%s.svc.requests", prefix);
+	kr = kreq_keyring_new();
+	uint8_t key[32];
+	randombytes_buf(key, sizeof(key));
+	ck_assert_int_eq(kreq_keyring_add(kr, "k1", KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
+	atomic_store(&executions, 0);
+	atomic_store(&cancelled_seen, 0);
+}
+
+static void teardown(void)
+{
+	kreq_keyring_release(kr);
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+START_TEST(test_echo_and_context)
+{
+	running_t *w = server_start("w1", NULL);
+	kreq_client_t *c = client_new(NULL);
+	kreq_call_opts_t *o = kreq_call_opts_new();
+	const char *tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+	ck_assert_int_eq(kreq_call_opts_set_traceparent(o, tp), KREQ_OK);
+	ck_assert_int_eq(kreq_call_opts_set_timeout(o, 30000), KREQ_OK);
+	kreq_future_t *f = NULL;
+	ck_assert_int_eq(kreq_client_call(c, "svc.echo", "hello", 5, o, &f), KREQ_OK);
+	kreq_call_opts_destroy(o);
+	expect_reply(f, 0, "hello", false);
+	ck_assert_str_eq(last_traceparent, tp);
+	ck_assert_str_eq(last_key_id, "k1");
+	ck_assert(atomic_load(&last_remaining) > 0 && atomic_load(&last_remaining) <= 30000);
+	expect_reply(call(c, "svc.fail", "x", NULL, 30000), 503, "", false);
+	expect_reply(call(c, "svc.nosuch", "x", NULL, 30000), KREQ_STATUS_UNKNOWN_METHOD, NULL,
+	             false);
+	ck_assert_uint_eq(handled(w->s, "ok"), 1);
+	ck_assert_uint_eq(handled(w->s, "error_status"), 1);
+	ck_assert_uint_eq(handled(w->s, "unknown_method"), 1);
+	kreq_client_destroy(c);
+	server_stop(w);
+}
+END_TEST
+
+START_TEST(test_dedup_conflict_and_restart)
+{
+	running_t *w = server_start("w1", NULL);
+	kreq_client_t *c = client_new(NULL);
+	expect_reply(call(c, "svc.echo", "one", "order-17", 30000), 0, "one", false);
+	expect_reply(call(c, "svc.echo", "one", "order-17", 30000), 0, "one", true);
+	ck_assert_int_eq(atomic_load(&executions), 1);
+	/* same key, other payload: an explicit error, not a silent hit */
+	expect_reply(call(c, "svc.echo", "two", "order-17", 30000), KREQ_STATUS_CONFLICT, NULL,
+	             false);
+	ck_assert_uint_eq(handled(w->s, "dedup"), 1);
+	ck_assert_uint_eq(handled(w->s, "conflict"), 1);
+	server_stop(w);
+	kreq_client_destroy(c);
+
+	/* a new worker and a new client: the stored result comes back from the
+	 * results topic, the handler does not run again */
+	w = server_start("w2", NULL);
+	c = client_new(NULL);
+	expect_reply(call(c, "svc.echo", "one", "order-17", 30000), 0, "one", true);
+	ck_assert_int_eq(atomic_load(&executions), 1);
+	ck_assert_uint_ge(metric(w->s, "kreq_server_results_loaded_total{"), 1);
+	kreq_client_destroy(c);
+	server_stop(w);
+}
+END_TEST
+
+START_TEST(test_join_running_duplicate)
+{
+	running_t *w = server_start("w1", NULL);
+	kreq_client_t *c = client_new(NULL);
+	kreq_future_t *a = call(c, "svc.slow", "800", "same-key", 30000);
+	KREQ_TEST_AWAIT(atomic_load(&executions) == 1, 30000);
+	kreq_future_t *b = call(c, "svc.slow", "800", "same-key", 30000);
+	expect_reply(a, 0, "800", false);
+	expect_reply(b, 0, "800", true);
+	ck_assert_int_eq(atomic_load(&executions), 1);
+	ck_assert_uint_eq(handled(w->s, "joined"), 1);
+	kreq_client_destroy(c);
+	server_stop(w);
+}
+END_TEST
+
+START_TEST(test_cancel_running)
+{
+	running_t *w = server_start("w1", NULL);
+	kreq_client_t *c = client_new(NULL);
+	kreq_future_t *f = call(c, "svc.slow", NULL, NULL, 30000);
+	KREQ_TEST_AWAIT(atomic_load(&executions) == 1, 30000);
+	ck_assert_int_eq(kreq_future_cancel(f), KREQ_OK);
+	ck_assert_int_eq(kreq_future_err(f), KREQ_ECANCELED);
+	kreq_future_release(f);
+	KREQ_TEST_AWAIT(atomic_load(&cancelled_seen) == 1, 30000);
+	KREQ_TEST_AWAIT(handled(w->s, "cancelled") == 1, 30000);
+	kreq_client_destroy(c);
+	server_stop(w);
+}
+END_TEST
+
+START_TEST(test_deadline_before_start)
+{
+	static const char *const extra[] = {"server.min.budget.ms", "5000", NULL};
+	running_t *w = server_start("w1", extra);
+	kreq_client_t *c = client_new(NULL);
+	expect_reply(call(c, "svc.echo", "x", NULL, 4000), KREQ_STATUS_DEADLINE, NULL, false);
+	ck_assert_int_eq(atomic_load(&executions), 0);
+	ck_assert_uint_eq(handled(w->s, "deadline"), 1);
+	kreq_client_destroy(c);
+	server_stop(w);
+}
+END_TEST
+
+START_TEST(test_method_acl)
+{
+	ck_assert_int_eq(kreq_keyring_set_methods(kr, "k1", "svc.fail"), KREQ_OK);
+	running_t *w = server_start("w1", NULL);
+	kreq_client_t *c = client_new(NULL);
+	expect_reply(call(c, "svc.echo", "x", NULL, 30000), KREQ_STATUS_DENIED, NULL, false);
+	expect_reply(call(c, "svc.fail", "x", NULL, 30000), 503, NULL, false);
+	ck_assert_uint_eq(handled(w->s, "denied"), 1);
+	kreq_client_destroy(c);
+	server_stop(w);
+}
+END_TEST
+
+/* ---- records written straight to the request topic ---------------------- */
+
+static rd_kafka_t *raw_producer(void)
+{
+	char err[512];
+	rd_kafka_conf_t *rc = kreq_test_conf_new(bootstrap, NULL);
+	rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, rc, err, sizeof(err));
+	ck_assert_msg(p != NULL, "%s", err);
+	return p;
+}
+
+static void raw_send(rd_kafka_t *p, const void *buf, size_t len)
+{
+	ck_assert_int_eq(rd_kafka_producev(p, RD_KAFKA_V_TOPIC(req_topic), RD_KAFKA_V_PARTITION(0),
+	                                   RD_KAFKA_V_VALUE((void *)buf, len),
+	                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+	                                   RD_KAFKA_V_END),
+	                 RD_KAFKA_RESP_ERR_NO_ERROR);
+	ck_assert_int_eq(rd_kafka_flush(p, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+/* A sealed request as the client would send it. */
+static void seal_request(kreq_keyring_t *with, const char *reply_topic, int64_t deadline_ms,
+                         uint8_t **buf, size_t *len)
+{
+	static const uint8_t corr[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+	Kreq__Request q = KREQ__REQUEST__INIT;
+	q.correlation_id = (ProtobufCBinaryData){16, (uint8_t *)corr};
+	q.idempotency_key = (ProtobufCBinaryData){4, (uint8_t *)"raw1"};
+	q.method = "svc.echo";
+	q.payload = (ProtobufCBinaryData){3, (uint8_t *)"raw"};
+	q.reply_topic = (char *)reply_topic;
+	q.reply_partition = 0;
+	q.issued_at_ms = deadline_ms - 60000;
+	q.deadline_ms = deadline_ms;
+	q.attempt = 1;
+	q.client_id = "raw";
+	kreq__limits_t lim = {1 << 20, 1 << 20, 30000};
+	char err[256];
+	ck_assert_int_eq(kreq__envelope_seal(with, &lim, KREQ__KIND_REQUEST, &q.base, buf, len, err,
+	                                     sizeof(err)),
+	                 KREQ_OK);
+}
+
+static uint64_t total_rejected(kreq_server_t *s)
+{
+	static const char *const reasons[] = {"malformed", "bad_signature", "unknown_key",
+	                                      "expired",   "reply_topic",   NULL};
+	uint64_t n = 0;
+	for (const char *const *r = reasons; *r; r++)
+		n += rejected(s, *r);
+	return n;
+}
+
+START_TEST(test_bad_records_and_replay)
+{
+	running_t *w = server_start("w1", NULL);
+	kreq_client_t *c = client_new(NULL); /* its reply topic is an allowed one */
+	int32_t rp;
+	const char *reply_topic = kreq_client_reply_topic(c, &rp);
+	rd_kafka_t *p = raw_producer();
+	uint8_t *buf;
+	size_t len;
+	/* garbage */
+	raw_send(p, "not an envelope", 15);
+	/* tampered: one byte flipped after signing */
+	int64_t now_wall = (int64_t)time(NULL) * 1000;
+	seal_request(kr, reply_topic, now_wall + 60000, &buf, &len);
+	uint8_t *bad = malloc(len);
+	memcpy(bad, buf, len);
+	bad[len / 2] ^= 0x40;
+	raw_send(p, bad, len);
+	free(bad);
+	/* valid, then replayed byte for byte within its deadline: dedup */
+	raw_send(p, buf, len);
+	raw_send(p, buf, len);
+	free(buf);
+	/* signed with a key the worker does not know */
+	kreq_keyring_t *other = kreq_keyring_new();
+	uint8_t key[32];
+	randombytes_buf(key, 32);
+	ck_assert_int_eq(kreq_keyring_add(other, "k-other", KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(other, "k-other"), KREQ_OK);
+	seal_request(other, reply_topic, now_wall + 60000, &buf, &len);
+	raw_send(p, buf, len);
+	free(buf);
+	kreq_keyring_release(other);
+	/* expired */
+	seal_request(kr, reply_topic, now_wall - 1000, &buf, &len);
+	raw_send(p, buf, len);
+	free(buf);
+	/* a reply topic outside the allow-list */
+	seal_request(kr, "some.other.topic", now_wall + 60000, &buf, &len);
+	raw_send(p, buf, len);
+	free(buf);
+	KREQ_TEST_AWAIT(total_rejected(w->s) == 5, 30000);
+	ck_assert_uint_eq(rejected(w->s, "malformed"), 1);
+	ck_assert_uint_eq(rejected(w->s, "unknown_key"), 1);
+	ck_assert_uint_eq(rejected(w->s, "expired"), 1);
+	ck_assert_uint_eq(rejected(w->s, "reply_topic"), 1);
+	ck_assert_uint_eq(rejected(w->s, "bad_signature") + rejected(w->s, "malformed"), 2);
+	/* served from the store, or joined to the first if that one was still in
+	 * progress: either way the handler ran once */
+	KREQ_TEST_AWAIT(metric(w->s, "kreq_server_dedup_hits_total{") == 1, 30000);
+	ck_assert_uint_eq(handled(w->s, "ok"), 1);
+	ck_assert_int_eq(atomic_load(&executions), 1);
+	rd_kafka_destroy(p);
+	kreq_client_destroy(c);
+	server_stop(w);
+}
+END_TEST
+
+START_TEST(test_light_mode)
+{
+	static const char *const extra[] = {"server.mode", "light", NULL};
+	running_t *w = server_start("w1", extra);
+	kreq_client_t *c = client_new(NULL);
+	for (int i = 0; i < 20; i++)
+		expect_reply(call(c, "svc.echo", "light", NULL, 30000), 0, "light", false);
+	expect_reply(call(c, "svc.echo", "k", "light-key", 30000), 0, "k", false);
+	expect_reply(call(c, "svc.echo", "k", "light-key", 30000), 0, "k", true);
+	ck_assert_int_eq(atomic_load(&executions), 21);
+	kreq_client_destroy(c);
+	server_stop(w);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("server");
+	TCase *tc = tcase_create("e2e");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 180);
+	tcase_add_test(tc, test_echo_and_context);
+	tcase_add_test(tc, test_dedup_conflict_and_restart);
+	tcase_add_test(tc, test_join_running_duplicate);
+	tcase_add_test(tc, test_cancel_running);
+	tcase_add_test(tc, test_deadline_before_start);
+	tcase_add_test(tc, test_method_acl);
+	tcase_add_test(tc, test_bad_records_and_replay);
+	tcase_add_test(tc, test_light_mode);
+	suite_add_tcase(s, tc);
+	return kreq_test_run_suite(s);
+}
