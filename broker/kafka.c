@@ -394,7 +394,8 @@ int kreq__txn_commit(kreq_server_t *s)
 	if (!s->txn_mode && s->consumer) { /* light: commit delivered offsets, asynchronously */
 		rd_kafka_topic_partition_list_t *l = offsets_to_commit(s);
 		if (l->cnt) {
-			rd_kafka_resp_err_t kerr = rd_kafka_commit(s->consumer, l, 1);
+			/* synchronous while stopping or revoking: the group must see it */
+			rd_kafka_resp_err_t kerr = rd_kafka_commit(s->consumer, l, !s->draining);
 			if (!kerr)
 				offsets_committed(s, l);
 		}

@@ -480,6 +480,40 @@ static int assign_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t 
 	return err;
 }
 
+static void block(kreq_server_t *s, int timeout_ms);
+
+static void settle_outputs(kreq_server_t *s)
+{
+	process_completions(s);
+	if (!s->txn_mode && s->producer) { /* light: delivery reports secure offsets */
+		rd_kafka_flush(s->producer, 5000);
+		rd_kafka_poll(s->producer, 0);
+	}
+}
+
+/* Nothing new starts (queued requests are left uncommitted for the next
+ * owner); running handlers get up to server.shutdown.grace.ms to reply, and
+ * their replies and results go into the open transaction. */
+static void finish_in_flight(kreq_server_t *s)
+{
+	bool was_draining = s->draining;
+	s->draining = true;
+	kreq__pool_drain(s);
+	int64_t until = kreq__mono_ns() + s->grace_ms * 1000000LL;
+	process_completions(s);
+	while (!s->fatal && atomic_load(&s->in_progress) > 0 && kreq__mono_ns() < until) {
+		block(s, 20);
+		process_completions(s);
+	}
+	settle_outputs(s);
+	if (atomic_load(&s->in_progress) > 0)
+		kreq__log(s->conf, 4, "server",
+		          "abandoning %zu request(s) still running after server.shutdown.grace.ms "
+		          "(uncommitted: another worker redoes them)",
+		          atomic_load(&s->in_progress));
+	s->draining = was_draining;
+}
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *l, void *opaque)
 {
@@ -493,9 +527,13 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		s->paused = false;
 		return;
 	}
-	/* revoked (or a rebalance error): secure what is complete, drop the rest */
-	process_completions(s);
+	/* revoked (or a rebalance error): let running handlers finish (within
+	 * the grace period), secure what is complete, drop the rest */
+	bool was_draining = s->draining;
+	s->draining = true; /* also: commit synchronously in light mode */
+	finish_in_flight(s);
 	kreq__txn_commit(s);
+	s->draining = was_draining;
 	drop_all(s);
 	s->rewind_needed = false;
 	rd_kafka_assign(rk, NULL);
@@ -661,22 +699,9 @@ static void shut_down(kreq_server_t *s)
 {
 	kreq__log(s->conf, 6, "server", "stopping: %zu request(s) in progress",
 	          atomic_load(&s->in_progress));
-	s->draining = true;
-	kreq__pool_drain(s);
 	set_paused(s, true);
-	int64_t until = kreq__mono_ns() + s->grace_ms * 1000000LL;
-	bool more;
-	while (!s->fatal && atomic_load(&s->in_progress) > 0 && kreq__mono_ns() < until) {
-		step(s, false, &more);
-		block(s, 50);
-	}
-	step(s, false, &more);
-	if (atomic_load(&s->in_progress) > 0)
-		kreq__log(
-		    s->conf, 4, "server",
-		    "server.shutdown.grace.ms passed: abandoning %zu request(s) (uncommitted, "
-		    "another worker redoes them)",
-		    atomic_load(&s->in_progress));
+	finish_in_flight(s);
+	s->draining = true;
 	if (!s->fatal)
 		kreq__txn_commit(s);
 	s->draining_abandon = true;

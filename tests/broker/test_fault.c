@@ -1,0 +1,363 @@
+/*
+ * test_fault.c — crash safety on a real Kafka broker.
+ *
+ * Workers are separate processes (fault_worker: the real server library)
+ * that record every handler execution in a file outside Kafka and reply
+ * with that execution's id. A client drives a steady load of logical
+ * operations, each with its own idempotency key; an operation whose call
+ * ends in an error (timeout, unavailable) is called again with the same key,
+ * as a restarted client would. Meanwhile the test kills workers with
+ * SIGKILL at random moments and restarts them, adds and removes replicas,
+ * or restarts the Kafka broker. Then it checks:
+ *   - every call settled (nothing hangs), and every operation got a reply;
+ *   - no operation ever saw two different replies (execution ids);
+ *   - the execution the caller saw is the LAST execution recorded for its
+ *     key: once a result was committed (and only committed replies are
+ *     visible to the read_committed client), the handler never ran again
+ *     for that key.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kreq/client.h"
+#include "kreq/error.h"
+#include "testsupport.h"
+
+#define MAX_OPS     2000
+#define WINDOW      32
+#define MAX_WORKERS 4
+
+static const char *bootstrap;
+static char prefix[64], key_hex[65], record_path[256];
+static kreq_keyring_t *kr;
+
+/* ---- worker processes ----------------------------------------------------- */
+
+typedef struct {
+	pid_t pid;
+	char id[32];
+} worker_t;
+
+static worker_t workers[MAX_WORKERS];
+
+static void worker_spawn(int slot, const char *mode)
+{
+	worker_t *w = &workers[slot];
+	snprintf(w->id, sizeof(w->id), "w%d", slot);
+	int fds[2];
+	ck_assert_int_eq(pipe(fds), 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		dup2(fds[1], 1);
+		close(fds[0]);
+		close(fds[1]);
+		execl(KREQ_FAULT_WORKER, "fault_worker", bootstrap, prefix, w->id, record_path,
+		      key_hex, mode, (char *)NULL);
+		_exit(127);
+	}
+	close(fds[1]);
+	w->pid = pid;
+	/* wait for "ready" (the group assigned it partitions), bounded */
+	char buf[64] = "";
+	size_t got = 0;
+	int64_t until = kreq_test_now_ms() + 90000;
+	while (!strstr(buf, "ready") && kreq_test_now_ms() < until && got < sizeof(buf) - 1) {
+		struct pollfd p = {fds[0], POLLIN, 0};
+		if (poll(&p, 1, 200) > 0) {
+			ssize_t n = read(fds[0], buf + got, sizeof(buf) - 1 - got);
+			if (n <= 0)
+				break;
+			got += (size_t)n;
+			buf[got] = 0;
+		}
+	}
+	close(fds[0]);
+	ck_assert_msg(strstr(buf, "ready"), "worker %s did not become ready", w->id);
+}
+
+static void worker_signal(int slot, int sig)
+{
+	worker_t *w = &workers[slot];
+	if (w->pid <= 0)
+		return;
+	kill(w->pid, sig);
+	int st = 0;
+	ck_assert_int_eq(waitpid(w->pid, &st, 0), w->pid);
+	if (sig == SIGTERM)
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		              "worker %s did not stop cleanly (status %d)", w->id, st);
+	w->pid = 0;
+}
+
+/* ---- the load ------------------------------------------------------------- */
+
+typedef struct {
+	char key[32];
+	char payload[64];
+	char seen[33]; /* execution id of the reply, "" until one came */
+	int calls;
+	bool done;
+} op_t;
+
+static op_t ops[MAX_OPS];
+
+typedef void (*schedule_fn)(int step, void *arg);
+
+static kreq_future_t *submit(kreq_client_t *c, op_t *op)
+{
+	kreq_call_opts_t *o = kreq_call_opts_new();
+	kreq_call_opts_set_timeout(o, 20000);
+	kreq_call_opts_set_idempotency_key(o, op->key, strlen(op->key));
+	kreq_future_t *f = NULL;
+	int rc = kreq_client_call(c, "svc.record", op->payload, strlen(op->payload), o, &f);
+	kreq_call_opts_destroy(o);
+	op->calls++;
+	ck_assert_msg(op->calls < 50, "operation %s was called 50 times without a reply", op->key);
+	return rc == KREQ_OK ? f : NULL;
+}
+
+/* True when the op is finished; false when it must be called again. */
+static bool settle(op_t *op, kreq_future_t *f)
+{
+	int err = kreq_future_err(f);
+	if (err != KREQ_OK) {
+		ck_assert_msg(err == KREQ_ETIMEDOUT || err == KREQ_EUNAVAILABLE ||
+		                  err == KREQ_EREJECTED,
+		              "%s: unexpected error %s: %s", op->key, kreq_err_name(err),
+		              kreq_future_errstr(f));
+		if (err == KREQ_EREJECTED) /* only "shutting down" may be refused */
+			ck_assert_int_eq(kreq_future_status(f), 9);
+		return false;
+	}
+	ck_assert_msg(kreq_future_status(f) == 0, "%s: status %d", op->key, kreq_future_status(f));
+	size_t len;
+	const char *p = kreq_future_payload(f, &len);
+	ck_assert_uint_eq(len, 32);
+	if (op->seen[0])
+		ck_assert_msg(!memcmp(op->seen, p, 32), "%s: two different replies: %s and %.32s",
+		              op->key, op->seen, p);
+	memcpy(op->seen, p, 32);
+	op->seen[32] = 0;
+	return true;
+}
+
+/* Runs nops operations with WINDOW in flight; schedule(step) is called after
+ * every settled call so a test can inject faults at chosen points. */
+static void run_load(int nops, schedule_fn schedule, void *arg)
+{
+	char id[32], err[512];
+	snprintf(id, sizeof(id), "load-%u", randombytes_uniform(1000000));
+	kreq_conf_t *conf = kreq_conf_new();
+	kreq_conf_set(conf, "kafka.bootstrap.servers", bootstrap, err, sizeof(err));
+	kreq_conf_set(conf, "topic.prefix", prefix, err, sizeof(err));
+	kreq_conf_set(conf, "client.id", id, err, sizeof(err));
+	kreq_conf_set(conf, "retry.attempt.timeout.ms", "3000", err, sizeof(err));
+	kreq_conf_set(conf, "service.check.ms", "1000", err, sizeof(err));
+	kreq_conf_set(conf, "log.level", "3", err, sizeof(err));
+	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
+	ck_assert_msg(c != NULL, "%s", err);
+	kreq_conf_destroy(conf);
+	for (int i = 0; i < nops; i++) {
+		memset(&ops[i], 0, sizeof(ops[i]));
+		snprintf(ops[i].key, sizeof(ops[i].key), "op-%d", i);
+		snprintf(ops[i].payload, sizeof(ops[i].payload), "sleep:%u|op-%d",
+		         randombytes_uniform(40), i);
+	}
+	kreq_future_t *win[WINDOW] = {0};
+	int which[WINDOW], next = 0, finished = 0, step = 0;
+	int64_t until = kreq_test_now_ms() + 400000;
+	int retry_queue[MAX_OPS], nretry = 0;
+	while (finished < nops) {
+		ck_assert_msg(kreq_test_now_ms() < until, "load did not finish: %d of %d done",
+		              finished, nops);
+		for (int s = 0; s < WINDOW; s++) {
+			if (win[s])
+				continue;
+			int op = nretry ? retry_queue[--nretry] : next < nops ? next++ : -1;
+			if (op < 0)
+				break;
+			if (!(win[s] = submit(c, &ops[op])))
+				retry_queue[nretry++] = op; /* refused at once: later */
+			which[s] = op;
+		}
+		kreq_future_t *live[WINDOW];
+		size_t slot_of[WINDOW], nlive = 0, idx;
+		for (size_t w = 0; w < WINDOW; w++)
+			if (win[w]) {
+				slot_of[nlive] = w;
+				live[nlive++] = win[w];
+			}
+		if (nlive == 0)
+			continue; /* everything was refused at once: submit again */
+		int rc = kreq_future_wait_any(live, nlive, 200, &idx);
+		if (rc == KREQ_ETIMEDOUT)
+			continue;
+		ck_assert_int_eq(rc, KREQ_OK);
+		idx = slot_of[idx];
+		op_t *op = &ops[which[idx]];
+		if (settle(op, win[idx])) {
+			op->done = true;
+			finished++;
+		} else {
+			retry_queue[nretry++] = which[idx];
+		}
+		kreq_future_release(win[idx]);
+		win[idx] = NULL;
+		if (schedule)
+			schedule(++step, arg);
+	}
+	kreq_client_destroy(c);
+}
+
+/* Every key's accepted execution is its last recorded one. */
+static void check_records(int nops, int *reruns)
+{
+	FILE *f = fopen(record_path, "r");
+	ck_assert_ptr_nonnull(f);
+	static char last[MAX_OPS][33];
+	static int count[MAX_OPS];
+	memset(last, 0, sizeof(last));
+	memset(count, 0, sizeof(count));
+	char k[64], e[64];
+	while (fscanf(f, "%63s %63s", k, e) == 2) {
+		int i = atoi(k + 3);
+		ck_assert(i >= 0 && i < nops && strlen(e) == 32);
+		snprintf(last[i], sizeof(last[i]), "%s", e);
+		count[i]++;
+	}
+	fclose(f);
+	*reruns = 0;
+	for (int i = 0; i < nops; i++) {
+		ck_assert_msg(ops[i].done, "%s never got a reply", ops[i].key);
+		ck_assert_msg(count[i] >= 1, "%s: reply without a recorded execution", ops[i].key);
+		ck_assert_msg(!strcmp(last[i], ops[i].seen),
+		              "%s: the handler ran again after the result the caller saw (%s) "
+		              "was committed; last execution %s",
+		              ops[i].key, ops[i].seen, last[i]);
+		*reruns += count[i] - 1;
+	}
+}
+
+/* ---- fixture -------------------------------------------------------------- */
+
+static void setup(void)
+{
+	bootstrap = kreq_test_bootstrap();
+	kreq_test_topic_name(prefix, sizeof(prefix), "flt");
+	uint8_t key[32];
+	randombytes_buf(key, 32);
+	sodium_bin2hex(key_hex, sizeof(key_hex), key, 32);
+	kr = kreq_keyring_new();
+	ck_assert_int_eq(kreq_keyring_add(kr, "k1", KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
+	snprintf(record_path, sizeof(record_path), "/tmp/kreq-fault-%d-%u.log", (int)getpid(),
+	         randombytes_uniform(1000000));
+	memset(workers, 0, sizeof(workers));
+}
+
+static void teardown(void)
+{
+	for (int i = 0; i < MAX_WORKERS; i++)
+		if (workers[i].pid > 0) {
+			kill(workers[i].pid, SIGKILL);
+			waitpid(workers[i].pid, NULL, 0);
+		}
+	unlink(record_path);
+	kreq_keyring_release(kr);
+}
+
+/* ---- tests ---------------------------------------------------------------- */
+
+typedef struct {
+	int kills;
+	int every;
+	int nworkers;
+} crash_plan_t;
+
+static void crash_schedule(int step, void *arg)
+{
+	crash_plan_t *p = arg;
+	if (step % p->every != 0 || p->kills <= 0)
+		return;
+	/* SIGKILL one worker at a random moment of its work, restart it */
+	int slot = (int)randombytes_uniform((uint32_t)p->nworkers);
+	worker_signal(slot, SIGKILL);
+	worker_spawn(slot, "transactional");
+	p->kills--;
+}
+
+START_TEST(test_kill9_one_worker)
+{
+	crash_plan_t plan = {.kills = 6, .every = 60, .nworkers = 1};
+	worker_spawn(0, "transactional");
+	run_load(500, crash_schedule, &plan);
+	ck_assert_int_eq(plan.kills, 0);
+	worker_signal(0, SIGTERM);
+	int reruns;
+	check_records(500, &reruns);
+	fprintf(stderr, "kill9_one_worker: 500 ops, 6 kills, %d uncommitted re-executions\n",
+	        reruns);
+}
+END_TEST
+
+START_TEST(test_kill9_two_replicas)
+{
+	crash_plan_t plan = {.kills = 6, .every = 70, .nworkers = 2};
+	worker_spawn(0, "transactional");
+	worker_spawn(1, "transactional");
+	run_load(600, crash_schedule, &plan);
+	ck_assert_int_eq(plan.kills, 0);
+	worker_signal(0, SIGTERM);
+	worker_signal(1, SIGTERM);
+	int reruns;
+	check_records(600, &reruns);
+	fprintf(stderr, "kill9_two_replicas: 600 ops, 6 kills, %d uncommitted re-executions\n",
+	        reruns);
+}
+END_TEST
+
+static void scale_schedule(int step, void *arg)
+{
+	(void)arg;
+	if (step == 100)
+		worker_spawn(1, "transactional"); /* a replica joins: partitions spread */
+	if (step == 250)
+		worker_signal(0, SIGTERM); /* one leaves gracefully: they move back */
+}
+
+START_TEST(test_rebalance_mid_load)
+{
+	worker_spawn(0, "transactional");
+	run_load(400, scale_schedule, NULL);
+	worker_signal(1, SIGTERM);
+	int reruns;
+	check_records(400, &reruns);
+	/* graceful hand-overs commit before revoking: nothing runs twice */
+	ck_assert_int_eq(reruns, 0);
+}
+END_TEST
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	Suite *s = suite_create("fault");
+	TCase *tc = tcase_create("crash");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 600);
+	tcase_add_test(tc, test_kill9_one_worker);
+	tcase_add_test(tc, test_kill9_two_replicas);
+	tcase_add_test(tc, test_rebalance_mid_load);
+	suite_add_tcase(s, tc);
+	return kreq_test_run_suite(s);
+}
