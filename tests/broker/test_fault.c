@@ -106,6 +106,7 @@ typedef struct {
 	char payload[64];
 	char seen[33]; /* execution id of the reply, "" until one came */
 	int calls;
+	int64_t not_before; /* back off after "unavailable" */
 	bool done;
 } op_t;
 
@@ -122,7 +123,10 @@ static kreq_future_t *submit(kreq_client_t *c, op_t *op)
 	int rc = kreq_client_call(c, "svc.record", op->payload, strlen(op->payload), o, &f);
 	kreq_call_opts_destroy(o);
 	op->calls++;
-	ck_assert_msg(op->calls < 50, "operation %s was called 50 times without a reply", op->key);
+	ck_assert_msg(op->calls < 300, "operation %s was called 300 times without a reply",
+	              op->key);
+	if (rc != KREQ_OK)
+		op->not_before = kreq_test_now_ms() + 250;
 	return rc == KREQ_OK ? f : NULL;
 }
 
@@ -137,6 +141,8 @@ static bool settle(op_t *op, kreq_future_t *f)
 		              kreq_future_errstr(f));
 		if (err == KREQ_EREJECTED) /* only "shutting down" may be refused */
 			ck_assert_int_eq(kreq_future_status(f), 9);
+		if (err == KREQ_EUNAVAILABLE)
+			op->not_before = kreq_test_now_ms() + 250;
 		return false;
 	}
 	ck_assert_msg(kreq_future_status(f) == 0, "%s: status %d", op->key, kreq_future_status(f));
@@ -183,7 +189,11 @@ static void run_load(int nops, schedule_fn schedule, void *arg)
 		for (int s = 0; s < WINDOW; s++) {
 			if (win[s])
 				continue;
-			int op = nretry ? retry_queue[--nretry] : next < nops ? next++ : -1;
+			int op = -1;
+			if (nretry && ops[retry_queue[nretry - 1]].not_before <= kreq_test_now_ms())
+				op = retry_queue[--nretry];
+			else if (next < nops)
+				op = next++;
 			if (op < 0)
 				break;
 			if (!(win[s] = submit(c, &ops[op])))
@@ -197,8 +207,10 @@ static void run_load(int nops, schedule_fn schedule, void *arg)
 				slot_of[nlive] = w;
 				live[nlive++] = win[w];
 			}
-		if (nlive == 0)
-			continue; /* everything was refused at once: submit again */
+		if (nlive == 0) { /* everything was refused at once: back off */
+			kreq_test_poll_pause();
+			continue;
+		}
 		int rc = kreq_future_wait_any(live, nlive, 200, &idx);
 		if (rc == KREQ_ETIMEDOUT)
 			continue;
@@ -348,6 +360,87 @@ START_TEST(test_rebalance_mid_load)
 }
 END_TEST
 
+/* ---- a Kafka broker restart, on a cluster of this test's own ---------------- */
+
+static char own_dir[512];
+
+/* scripts/kafka.sh CMD --dir <own> [ARG] */
+static int kafka_sh(const char *cmd_name, const char *arg)
+{
+	char cmd[1400];
+	snprintf(cmd, sizeof(cmd), "%s/scripts/kafka.sh %s --dir %s %s 1>&2", KREQ_SOURCE_DIR,
+	         cmd_name, own_dir, arg ? arg : "");
+	return system(cmd);
+}
+
+static char own_bootstrap[512];
+
+static void setup_own_cluster(void)
+{
+	setup(); /* first: it fails before a cluster exists to leak */
+	snprintf(own_dir, sizeof(own_dir), "%s/kafka-fault-%d", KREQ_BINARY_DIR, (int)getpid());
+	char cmd[1200];
+	snprintf(cmd, sizeof(cmd), "%s/scripts/kafka.sh start --dir %s", KREQ_SOURCE_DIR, own_dir);
+	FILE *p = popen(cmd, "r");
+	ck_assert_ptr_nonnull(p);
+	char line[512] = "";
+	char *got = fgets(line, sizeof(line), p);
+	int rc = pclose(p);
+	ck_assert_msg(got && rc == 0 && !strncmp(line, "KREQ_TEST_BOOTSTRAP=", 20),
+	              "cannot start a Kafka cluster for this test (%s)", cmd);
+	line[strcspn(line, "\n")] = 0;
+	snprintf(own_bootstrap, sizeof(own_bootstrap), "%s", line + 20);
+	bootstrap = own_bootstrap;
+}
+
+static void teardown_own_cluster(void)
+{
+	teardown();
+	kafka_sh("stop", NULL);
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", own_dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+/* A worker that exits on an error it cannot recover from is restarted, as
+ * its supervisor (systemd Restart=on-failure, a container runtime) would. */
+static int supervised_restarts;
+
+static void supervise(int slot)
+{
+	worker_t *w = &workers[slot];
+	int st;
+	if (w->pid > 0 && waitpid(w->pid, &st, WNOHANG) == w->pid) {
+		w->pid = 0;
+		supervised_restarts++;
+		worker_spawn(slot, "transactional");
+	}
+}
+
+static void broker_restart_schedule(int step, void *arg)
+{
+	(void)arg;
+	supervise(0);
+	if (step == 150) { /* kill -9 the broker, then start it again on its data */
+		ck_assert_int_eq(kafka_sh("kill-node", "1"), 0);
+		ck_assert_int_eq(kafka_sh("start-node", "1"), 0);
+	}
+}
+
+START_TEST(test_broker_restart_mid_load)
+{
+	worker_spawn(0, "transactional");
+	run_load(400, broker_restart_schedule, NULL);
+	supervise(0);
+	worker_signal(0, SIGTERM);
+	int reruns;
+	check_records(400, &reruns);
+	fprintf(stderr,
+	        "broker_restart: 400 ops, %d uncommitted re-executions, %d worker restarts\n",
+	        reruns, supervised_restarts);
+}
+END_TEST
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -359,5 +452,10 @@ int main(void)
 	tcase_add_test(tc, test_kill9_two_replicas);
 	tcase_add_test(tc, test_rebalance_mid_load);
 	suite_add_tcase(s, tc);
+	TCase *tb = tcase_create("broker");
+	tcase_add_checked_fixture(tb, setup_own_cluster, teardown_own_cluster);
+	tcase_set_timeout(tb, 600);
+	tcase_add_test(tb, test_broker_restart_mid_load);
+	suite_add_tcase(s, tb);
 	return kreq_test_run_suite(s);
 }
