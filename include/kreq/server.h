@@ -44,7 +44,7 @@
 typedef struct kreq_server_s kreq_server_t;
 typedef struct kreq_request_s kreq_request_t;
 
-/* Reply statuses reserved by kreq (docs/protocol.md section 4.4). Handlers
+/* Reply statuses reserved by kreq (docs/protocol.md section 4.5). Handlers
  * reply 0 or their own statuses >= 100; KREQ_STATUS_CANCELLED is also
  * accepted from a handler that stopped because kreq_request_cancelled(). */
 #define KREQ_STATUS_OK             0
