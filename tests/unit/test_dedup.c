@@ -1,0 +1,180 @@
+/*
+ * test_dedup.c — the worker's per-partition state without Kafka: the dedup
+ * store (keys scoped by key id, RUNNING/DONE, replacement, expiry, growth,
+ * a randomized comparison with a reference model) and the offset tracker
+ * (out-of-order completion, pending deliveries, growth).
+ */
+#include <check.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/dedup.h"
+#include "broker/offsets.h"
+#include "kreq/error.h"
+#include "testsupport.h"
+
+static const uint8_t D1[32] = {1}, D2[32] = {2};
+
+static size_t key_of(uint8_t *k, const char *key_id, const char *idem)
+{
+	return kreq__dedup_key(k, key_id, (const uint8_t *)idem, strlen(idem));
+}
+
+START_TEST(test_key_scoped_by_key_id)
+{
+	uint8_t a[KREQ__DEDUP_KEY_MAX], b[KREQ__DEDUP_KEY_MAX];
+	size_t la = key_of(a, "tenant-a", "order-1"), lb = key_of(b, "tenant-b", "order-1");
+	ck_assert_uint_eq(la, 1 + 8 + 7);
+	ck_assert_uint_eq(a[0], 8);
+	/* the length prefix keeps ("ab","c") and ("a","bc") apart */
+	uint8_t c[KREQ__DEDUP_KEY_MAX], d[KREQ__DEDUP_KEY_MAX];
+	size_t lc = key_of(c, "ab", "c"), ld = key_of(d, "a", "bc");
+	ck_assert(lc == ld && memcmp(c, d, lc) != 0);
+	kreq__dedup_t dd;
+	ck_assert_int_eq(kreq__dedup_init(&dd), KREQ_OK);
+	int running;
+	ck_assert_ptr_nonnull(kreq__dedup_add_running(&dd, a, la, D1, &running));
+	ck_assert_ptr_null(kreq__dedup_find(&dd, b, lb));
+	kreq__dd_entry_t *e = kreq__dedup_find(&dd, a, la);
+	ck_assert_ptr_nonnull(e);
+	ck_assert_int_eq(e->state, KREQ__DD_RUNNING);
+	ck_assert_ptr_eq(e->running, &running);
+	kreq__dedup_clear(&dd);
+}
+END_TEST
+
+START_TEST(test_done_replace_expire)
+{
+	kreq__dedup_t dd;
+	ck_assert_int_eq(kreq__dedup_init(&dd), KREQ_OK);
+	uint8_t k[KREQ__DEDUP_KEY_MAX];
+	size_t kl = key_of(k, "k1", "x");
+	kreq__dd_entry_t *e = kreq__dedup_add_running(&dd, k, kl, D1, NULL);
+	ck_assert_int_eq(kreq__dedup_set_done(&dd, e, k, kl, D1, 0, "abc", 3, NULL, 1000), KREQ_OK);
+	ck_assert_int_eq(e->state, KREQ__DD_DONE);
+	ck_assert_uint_eq(dd.bytes, 3);
+	/* the rebuild replaces by key (compaction keeps the last record) */
+	ck_assert_int_eq(kreq__dedup_set_done(&dd, NULL, k, kl, D2, 7, "", 0, "boom", 2000),
+	                 KREQ_OK);
+	ck_assert_uint_eq(dd.count, 1);
+	e = kreq__dedup_find(&dd, k, kl);
+	ck_assert_int_eq(e->status, 7);
+	ck_assert_str_eq(e->error, "boom");
+	ck_assert(!memcmp(e->digest, D2, 32));
+	ck_assert_uint_eq(dd.bytes, 4);
+	uint8_t k2[KREQ__DEDUP_KEY_MAX];
+	size_t kl2 = key_of(k2, "k1", "y");
+	ck_assert_int_eq(kreq__dedup_set_done(&dd, NULL, k2, kl2, D1, 0, "zz", 2, NULL, 3000),
+	                 KREQ_OK);
+	ck_assert_uint_eq(kreq__dedup_expire(&dd, 1999), 0);
+	ck_assert_uint_eq(kreq__dedup_expire(&dd, 2000), 1);
+	ck_assert_ptr_null(kreq__dedup_find(&dd, k, kl));
+	ck_assert_ptr_nonnull(kreq__dedup_find(&dd, k2, kl2));
+	ck_assert_uint_eq(dd.bytes, 2);
+	/* a RUNNING entry never expires */
+	uint8_t k3[KREQ__DEDUP_KEY_MAX];
+	size_t kl3 = key_of(k3, "k1", "z");
+	kreq__dedup_add_running(&dd, k3, kl3, D1, NULL);
+	ck_assert_uint_eq(kreq__dedup_expire(&dd, 1LL << 60), 1);
+	ck_assert_ptr_nonnull(kreq__dedup_find(&dd, k3, kl3));
+	ck_assert_uint_eq(dd.bytes, 0);
+	kreq__dedup_clear(&dd);
+}
+END_TEST
+
+/* Random operations against a plain array model, through several growths. */
+START_TEST(test_random_model)
+{
+	enum { N = 5000 };
+	static int model[N]; /* 0 absent, 1 running, 2 done */
+	static int64_t expiry[N];
+	memset(model, 0, sizeof(model));
+	kreq__dedup_t dd;
+	ck_assert_int_eq(kreq__dedup_init(&dd), KREQ_OK);
+	int64_t now = 0;
+	for (int step = 0; step < 200000; step++) {
+		int i = (int)randombytes_uniform(N);
+		char idem[16];
+		snprintf(idem, sizeof(idem), "i%d", i);
+		uint8_t k[KREQ__DEDUP_KEY_MAX];
+		size_t kl = key_of(k, "kk", idem);
+		kreq__dd_entry_t *e = kreq__dedup_find(&dd, k, kl);
+		ck_assert_int_eq(e ? (int)e->state : 0, model[i]);
+		switch (randombytes_uniform(4)) {
+		case 0:
+			if (!e) {
+				ck_assert_ptr_nonnull(
+				    kreq__dedup_add_running(&dd, k, kl, D1, NULL));
+				model[i] = 1;
+			}
+			break;
+		case 1:
+			expiry[i] = now + 1 + randombytes_uniform(1000);
+			ck_assert_int_eq(kreq__dedup_set_done(&dd, e, k, kl, D1, 0, idem,
+			                                      strlen(idem), NULL, expiry[i]),
+			                 KREQ_OK);
+			model[i] = 2;
+			break;
+		case 2:
+			if (e) {
+				kreq__dedup_remove(&dd, e);
+				model[i] = 0;
+			}
+			break;
+		default:
+			now += randombytes_uniform(3);
+			break;
+		}
+	}
+	size_t n = 0;
+	for (int i = 0; i < N; i++)
+		n += model[i] != 0;
+	ck_assert_uint_eq(dd.count, n);
+	kreq__dedup_expire(&dd, 1LL << 60);
+	for (int i = 0; i < N; i++)
+		n -= model[i] == 2;
+	ck_assert_uint_eq(dd.count, n);
+	kreq__dedup_clear(&dd);
+}
+END_TEST
+
+START_TEST(test_offsets_out_of_order)
+{
+	kreq__offsets_t o;
+	ck_assert_int_eq(kreq__offsets_init(&o), KREQ_OK);
+	ck_assert_int_eq(kreq__offsets_commit_point(&o), -1); /* nothing consumed */
+	uint64_t s[1000];
+	for (int i = 0; i < 1000; i++) /* more than the initial ring: it grows */
+		ck_assert_int_eq(kreq__offsets_push(&o, 100 + 2 * i, &s[i]), KREQ_OK);
+	ck_assert_int_eq(kreq__offsets_commit_point(&o), 100);
+	/* later records finish first: the commit point may not pass record 0 */
+	for (int i = 999; i >= 1; i--)
+		kreq__offsets_slot(&o, s[i])->completed = true;
+	ck_assert_int_eq(kreq__offsets_commit_point(&o), 100);
+	ck_assert_uint_eq(kreq__offsets_unsecured(&o), 1);
+	/* completed but an output still awaits its delivery report */
+	kreq__offsets_slot(&o, s[0])->completed = true;
+	kreq__offsets_slot(&o, s[500])->pending = 1;
+	ck_assert_int_eq(kreq__offsets_commit_point(&o), 100 + 2 * 500);
+	ck_assert_ptr_null(kreq__offsets_slot(&o, s[0])); /* popped */
+	kreq__offsets_slot(&o, s[500])->pending = 0;
+	/* all secured: the offset after the last consumed record */
+	ck_assert_int_eq(kreq__offsets_commit_point(&o), 100 + 2 * 999 + 1);
+	ck_assert_uint_eq(kreq__offsets_unsecured(&o), 0);
+	kreq__offsets_clear(&o);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("dedup");
+	TCase *tc = tcase_create("core");
+	tcase_add_test(tc, test_key_scoped_by_key_id);
+	tcase_add_test(tc, test_done_replace_expire);
+	tcase_add_test(tc, test_random_model);
+	tcase_add_test(tc, test_offsets_out_of_order);
+	suite_add_tcase(s, tc);
+	return kreq_test_run_suite(s);
+}
