@@ -619,6 +619,11 @@ static void swap_keyring(kreq_server_t *s)
 static bool consume(kreq_server_t *s, int max)
 {
 	for (int i = 0; i < max; i++) {
+		/* at the limit, stop taking records: flow_control() pauses the
+		 * partitions, which drops what was prefetched and refetches it from
+		 * the consumed position on resume */
+		if (atomic_load_explicit(&s->in_progress, memory_order_relaxed) >= s->max_in_flight)
+			return false;
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, 0);
 		if (!m)
 			return false;

@@ -470,6 +470,97 @@ START_TEST(test_light_mode)
 }
 END_TEST
 
+START_TEST(test_concurrency_limit_and_listing)
+{
+	static const char *const extra[] = {"server.max.in.flight", "2", NULL};
+	running_t *w = server_start("w1", extra);
+	kreq_client_t *c = client_new(NULL);
+	kreq_future_t *f[8];
+	for (int i = 0; i < 8; i++)
+		f[i] = call(c, "svc.slow", "300", NULL, 60000);
+	size_t most = 0;
+	bool listed = false;
+	while (kreq_future_wait_all(f, 8, 5) == KREQ_ETIMEDOUT) {
+		size_t n = kreq_server_in_flight(w->s);
+		most = n > most ? n : most;
+		if (!listed && n > 0) {
+			char *json = NULL;
+			ck_assert_int_eq(kreq_server_in_progress_json(w->s, &json), KREQ_OK);
+			listed = strstr(json, "\"method\":\"svc.slow\"") &&
+			         strstr(json, "\"key_id\":\"k1\"");
+			free(json);
+		}
+	}
+	for (int i = 0; i < 8; i++)
+		expect_reply(f[i], 0, "300", false);
+	ck_assert_uint_le(most, 2);
+	ck_assert_uint_ge(most, 1);
+	ck_assert(listed);
+	kreq_client_destroy(c);
+	server_stop(w);
+}
+END_TEST
+
+START_TEST(test_rate_limit)
+{
+	static const char *const extra[] = {"server.rate.limit.per.key", "3", NULL};
+	running_t *w = server_start("w1", extra);
+	kreq_client_t *c = client_new(NULL);
+	kreq_future_t *f[12];
+	for (int i = 0; i < 12; i++)
+		f[i] = call(c, "svc.echo", "r", NULL, 30000);
+	int ok = 0, limited = 0;
+	for (int i = 0; i < 12; i++) {
+		await(f[i]);
+		if (kreq_future_err(f[i]) == KREQ_OK)
+			ok++;
+		else if (kreq_future_status(f[i]) == KREQ_STATUS_OVERLOADED)
+			limited++;
+		kreq_future_release(f[i]);
+	}
+	ck_assert_int_eq(ok + limited, 12);
+	ck_assert_int_ge(limited, 1);
+	ck_assert_int_ge(ok, 3);
+	ck_assert_uint_eq(handled(w->s, "rate_limited"), (uint64_t)limited);
+	kreq_client_destroy(c);
+	server_stop(w);
+}
+END_TEST
+
+START_TEST(test_keyring_replaced_while_serving)
+{
+	running_t *w = server_start("w1", NULL);
+	/* a second key, known only to the new keyring */
+	kreq_keyring_t *next = kreq_keyring_new(), *caller = kreq_keyring_new();
+	uint8_t k1[32], k2[32];
+	randombytes_buf(k2, 32);
+	ck_assert_int_eq(kreq_keyring_add(caller, "k2", KREQ_KEY_HMAC_SHA256, k2, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(caller, "k2"), KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_add(next, "k2", KREQ_KEY_HMAC_SHA256, k2, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(next, "k2"), KREQ_OK);
+	(void)k1;
+	kreq_keyring_t *saved = kr;
+	kr = caller;
+	kreq_client_t *c = client_new(NULL);
+	kr = saved;
+	/* before the swap the worker does not know k2: dropped, counted */
+	kreq_future_t *f = call(c, "svc.echo", "before", NULL, 1500);
+	await(f);
+	ck_assert_int_eq(kreq_future_err(f), KREQ_ETIMEDOUT);
+	kreq_future_release(f);
+	KREQ_TEST_AWAIT(rejected(w->s, "unknown_key") >= 1, 30000);
+	ck_assert_int_eq(kreq_server_set_keyring(w->s, next), KREQ_OK);
+	expect_reply(call(c, "svc.echo", "after", NULL, 30000), 0, "after", false);
+	ck_assert_str_eq(last_key_id, "k2");
+	kreq_client_destroy(c);
+	kreq_keyring_release(next);
+	kreq_keyring_release(caller);
+	server_stop(w);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("server");
@@ -484,6 +575,9 @@ int main(void)
 	tcase_add_test(tc, test_method_acl);
 	tcase_add_test(tc, test_bad_records_and_replay);
 	tcase_add_test(tc, test_light_mode);
+	tcase_add_test(tc, test_concurrency_limit_and_listing);
+	tcase_add_test(tc, test_rate_limit);
+	tcase_add_test(tc, test_keyring_replaced_while_serving);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
