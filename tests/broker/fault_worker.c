@@ -51,7 +51,9 @@ static void record(kreq_request_t *r, void *opaque)
 		return;
 	}
 	if (plen > 6 && !strncmp(p, "sleep:", 6)) {
-		long ms = strtol(p + 6, NULL, 10);
+		char num[16];
+		snprintf(num, sizeof(num), "%.*s", (int)(plen - 6 < 15 ? plen - 6 : 15), p + 6);
+		long ms = strtol(num, NULL, 10);
 		struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
 		nanosleep(&ts, NULL);
 	}

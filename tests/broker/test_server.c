@@ -63,7 +63,9 @@ static void h_slow(kreq_request_t *r, void *opaque)
 	int64_t until = kreq_test_now_ms() + 10000;
 	size_t len;
 	const void *p = kreq_request_payload(r, &len);
-	int64_t stop_after = len ? atoi((const char *)p) : 10000; /* "300" = 300 ms */
+	char num[16] = "";
+	snprintf(num, sizeof(num), "%.*s", (int)(len < 15 ? len : 15), (const char *)p);
+	int64_t stop_after = len ? atoi(num) : 10000; /* "300" = 300 ms */
 	int64_t t0 = kreq_test_now_ms();
 	while (!kreq_request_cancelled(r) && kreq_test_now_ms() < until &&
 	       kreq_test_now_ms() - t0 < stop_after)
