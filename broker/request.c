@@ -154,8 +154,6 @@ static void run_one(kreq_request_t *r)
 	int64_t now = kreq__mono_ns();
 	kreq__hist_observe(&s->m.queue_time, (now - r->consumed_ns) / 1000);
 	if (atomic_load_explicit(&r->cancelled, memory_order_acquire)) {
-		atomic_fetch_add_explicit(&s->m.handled[KREQ__H_CANCELLED], 1,
-		                          memory_order_relaxed);
 		kreq_request_reply(r, KREQ_STATUS_CANCELLED, NULL, 0,
 		                   "cancelled before it started");
 		return;

@@ -318,6 +318,28 @@ START_TEST(test_cancel_running)
 }
 END_TEST
 
+/* One handler thread: the second call waits in the queue behind the first;
+ * cancelled there, it never runs. */
+START_TEST(test_cancel_before_start)
+{
+	static const char *const extra[] = {"server.handler.threads", "1", NULL};
+	running_t *w = server_start("w1", extra);
+	kreq_client_t *c = client_new(NULL);
+	kreq_future_t *first = call(c, "svc.slow", "1500", "first", 30000);
+	KREQ_TEST_AWAIT(atomic_load(&executions) == 1, 30000);
+	kreq_future_t *second = call(c, "svc.slow", "10", "second", 30000);
+	KREQ_TEST_AWAIT(kreq_server_in_flight(w->s) == 2, 30000); /* consumed, queued */
+	ck_assert_int_eq(kreq_future_cancel(second), KREQ_OK);
+	kreq_future_release(second);
+	KREQ_TEST_AWAIT(metric(w->s, "kreq_server_cancels_total{") == 1, 30000);
+	expect_reply(first, 0, "1500", false);
+	KREQ_TEST_AWAIT(handled(w->s, "cancelled") == 1, 30000);
+	ck_assert_int_eq(atomic_load(&executions), 1); /* the second never ran */
+	kreq_client_destroy(c);
+	server_stop(w);
+}
+END_TEST
+
 START_TEST(test_deadline_before_start)
 {
 	static const char *const extra[] = {"server.min.budget.ms", "5000", NULL};
@@ -573,6 +595,7 @@ int main(void)
 	tcase_add_test(tc, test_dedup_conflict_and_restart);
 	tcase_add_test(tc, test_join_running_duplicate);
 	tcase_add_test(tc, test_cancel_running);
+	tcase_add_test(tc, test_cancel_before_start);
 	tcase_add_test(tc, test_deadline_before_start);
 	tcase_add_test(tc, test_method_acl);
 	tcase_add_test(tc, test_bad_records_and_replay);
