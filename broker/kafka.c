@@ -124,7 +124,10 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 
 /* ---- topics ------------------------------------------------------------- */
 
-/* Partition count of topic: > 0, 0 if it does not exist, < 0 no answer. */
+/* Partition count of topic: > 0, 0 if it does not exist, < 0 no answer.
+ * rk must be a consumer handle: a producer's metadata request lets the
+ * broker auto-create the topic with its defaults (1 partition, no
+ * compaction), which is exactly what must not happen to a results topic. */
 static int topic_partitions(rd_kafka_t *rk, const char *topic)
 {
 	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
@@ -188,7 +191,7 @@ static int await_topic(kreq_server_t *s, const char *topic)
 {
 	int64_t until = kreq__mono_ns() + 15000 * 1000000LL;
 	int n;
-	while ((n = topic_partitions(s->producer, topic)) <= 0 && kreq__mono_ns() < until)
+	while ((n = topic_partitions(s->reader, topic)) <= 0 && kreq__mono_ns() < until)
 		;
 	if (n <= 0)
 		kreq__loop_fatal(s, KREQ_EKAFKA, "topic %s did not become available", topic);
@@ -197,7 +200,7 @@ static int await_topic(kreq_server_t *s, const char *topic)
 
 static int ensure_topics(kreq_server_t *s)
 {
-	int nreq = topic_partitions(s->producer, s->req_topic);
+	int nreq = topic_partitions(s->reader, s->req_topic);
 	if (nreq < 0) {
 		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
 		                 "Kafka did not answer (is kafka.bootstrap.servers right?)");
@@ -209,7 +212,7 @@ static int ensure_topics(kreq_server_t *s)
 		    (nreq = await_topic(s, s->req_topic)) <= 0)
 			return -1;
 	}
-	int nres = topic_partitions(s->producer, s->res_topic);
+	int nres = topic_partitions(s->reader, s->res_topic);
 	if (nres == 0) {
 		if (create_topic(s, s->res_topic, nreq, true) ||
 		    (nres = await_topic(s, s->res_topic)) <= 0)
@@ -519,11 +522,11 @@ int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n)
 
 int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
 {
-	if (producer_start(s) || ensure_topics(s))
-		return -1;
 	char rgroup[512];
 	snprintf(rgroup, sizeof(rgroup), "%s.rebuild", s->group);
-	if (!(s->reader = make_handle(s, RD_KAFKA_CONSUMER, rgroup, false, NULL)) ||
+	if (producer_start(s) ||
+	    !(s->reader = make_handle(s, RD_KAFKA_CONSUMER, rgroup, false, NULL)) ||
+	    ensure_topics(s) ||
 	    !(s->consumer = make_handle(s, RD_KAFKA_CONSUMER, s->group, false, rebalance_cb)))
 		return -1;
 	rd_kafka_poll_set_consumer(s->consumer);

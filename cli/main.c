@@ -27,7 +27,7 @@ struct subcommand {
 static const struct subcommand subcommands[] = {
     {"call", cli_call, "call a remote method and print its reply"},
     {"tail", cli_tail, "print and verify the envelopes in a topic"},
-    {"pending", cli_pending, "list a running client's pending calls (admin socket)"},
+    {"pending", cli_pending, "pending calls of a live client, or outstanding requests in Kafka"},
     {"stats", cli_stats, "print a running client's metrics (admin socket)"},
     {"keygen", cli_keygen, "generate a signing key file"},
     {"dev", cli_dev, "run an in-memory Kafka cluster for development"},

@@ -585,6 +585,70 @@ START_TEST(test_keyring_replaced_while_serving)
 }
 END_TEST
 
+/* ---- topics the worker creates ------------------------------------------ */
+
+static int partitions_of(rd_kafka_t *rk, const char *topic)
+{
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+	const struct rd_kafka_metadata *md = NULL;
+	ck_assert_int_eq(rd_kafka_metadata(rk, 0, rkt, &md, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+	int n = md->topics[0].err ? 0 : md->topics[0].partition_cnt;
+	rd_kafka_metadata_destroy(md);
+	rd_kafka_topic_destroy(rkt);
+	return n;
+}
+
+static char *topic_config(rd_kafka_t *rk, const char *topic, const char *name)
+{
+	rd_kafka_ConfigResource_t *res =
+	    rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic);
+	rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+	rd_kafka_DescribeConfigs(rk, &res, 1, NULL, q);
+	rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 15000);
+	ck_assert_ptr_nonnull(ev);
+	ck_assert_int_eq(rd_kafka_event_error(ev), RD_KAFKA_RESP_ERR_NO_ERROR);
+	size_t n = 0, nc = 0;
+	const rd_kafka_ConfigResource_t **rs = rd_kafka_DescribeConfigs_result_resources(
+	    rd_kafka_event_DescribeConfigs_result(ev), &n);
+	ck_assert_uint_eq(n, 1);
+	const rd_kafka_ConfigEntry_t **ce = rd_kafka_ConfigResource_configs(rs[0], &nc);
+	char *value = NULL;
+	for (size_t i = 0; i < nc; i++)
+		if (!strcmp(rd_kafka_ConfigEntry_name(ce[i]), name))
+			value = strdup(rd_kafka_ConfigEntry_value(ce[i]));
+	rd_kafka_event_destroy(ev);
+	rd_kafka_queue_destroy(q);
+	rd_kafka_ConfigResource_destroy(res);
+	ck_assert_msg(value != NULL, "%s has no config %s", topic, name);
+	return value;
+}
+
+/* The worker creates its topics itself, co-partitioned and the results
+ * topic compacted with the dedup retention (never auto-created with the
+ * broker's defaults). */
+START_TEST(test_topics_created)
+{
+	static const char *const extra[] = {"server.topic.partitions", "3",
+	                                    "server.dedup.retention.ms", "3600000", NULL};
+	running_t *w = server_start("w1", extra);
+	char err[512], res_topic[200];
+	rd_kafka_conf_t *rc = kreq_test_conf_new(bootstrap, "group.id", "inspect", NULL);
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, rc, err, sizeof(err));
+	ck_assert_ptr_nonnull(rk);
+	snprintf(res_topic, sizeof(res_topic), "%s.svc.results", prefix);
+	ck_assert_int_eq(partitions_of(rk, req_topic), 3);
+	ck_assert_int_eq(partitions_of(rk, res_topic), 3);
+	char *policy = topic_config(rk, res_topic, "cleanup.policy");
+	char *retention = topic_config(rk, res_topic, "retention.ms");
+	ck_assert_str_eq(policy, "compact,delete");
+	ck_assert_str_eq(retention, "3600000");
+	free(policy);
+	free(retention);
+	rd_kafka_destroy(rk);
+	server_stop(w);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("server");
@@ -592,6 +656,7 @@ int main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, test_echo_and_context);
+	tcase_add_test(tc, test_topics_created);
 	tcase_add_test(tc, test_dedup_conflict_and_restart);
 	tcase_add_test(tc, test_join_running_duplicate);
 	tcase_add_test(tc, test_cancel_running);
