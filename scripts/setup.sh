@@ -9,7 +9,7 @@ packages=(
   librdkafka-dev libprotobuf-c-dev protobuf-c-compiler uuid-dev libsodium-dev check
   clang libclang-rt-14-dev clang-format valgrind
   maven openjdk-17-jre-headless kcat
-  python3 python3-cryptography libjansson-dev
+  python3 python3-cryptography libjansson-dev libmicrohttpd-dev docker-compose
 )
 
 missing=()

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # check_install.sh BUILD_DIR — installs the build into a scratch
 # prefix and builds a consumer against the INSTALLED tree twice: once with
-# CMake's find_package(kreq), once with pkg-config. Fails on any error.
+# CMake's find_package(kreq), once with pkg-config. Then builds examples/
+# (a caller and a kreqd handler plugin) against the installed tree the same
+# two ways, and checks that the installed kreqd loads the plugin
+# (`kreqd --check`). Fails on any error.
 set -euo pipefail
 build=$1
+src=$(cd "$(dirname "$0")/../.." && pwd)
 san=${KREQ_SAN_FLAGS:-} # the library's sanitizer flags, if any
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -59,4 +63,40 @@ if nm -D --defined-only "$work/prefix/lib/libkreq.so" | awk '{print $3}' | grep 
   nm -D --defined-only "$work/prefix/lib/libkreq.so" | awk '{print $3}' | grep -v '^kreq_' >&2
   exit 1
 fi
-echo "install: find_package, pkg-config (shared and static) OK"
+
+# examples/ against the installed tree: CMake package, then pkg-config
+cmake -S "$src/examples" -B "$work/examples" -DCMAKE_PREFIX_PATH="$work/prefix" \
+  -DCMAKE_C_FLAGS="$san" -DCMAKE_EXE_LINKER_FLAGS="$san" -DCMAKE_MODULE_LINKER_FLAGS="$san" >/dev/null
+cmake --build "$work/examples" >/dev/null
+# shellcheck disable=SC2046
+cc $san -o "$work/app/call_method_pc" "$src/examples/call_method.c" $(pkg-config --cflags --libs kreq)
+# shellcheck disable=SC2046
+cc $san -shared -fPIC -o "$work/app/hello_plugin_pc.so" "$src/examples/hello_plugin.c" \
+  $(pkg-config --cflags --libs kreq)
+export LD_LIBRARY_PATH="$work/prefix/lib"
+for exe in "$work/examples/call_method" "$work/app/call_method_pc"; do
+  rc=0
+  "$exe" >/dev/null 2>"$work/usage.err" || rc=$?
+  if [ "$rc" -ne 2 ] || ! grep -q "usage: call_method" "$work/usage.err"; then
+    echo "$exe without arguments: exit $rc, want 2 and its usage" >&2
+    exit 1
+  fi
+done
+
+# the installed kreqd loads the installed-tree plugins
+"$work/prefix/bin/kreq" keygen --type hmac-sha256 --id installed --out "$work/k.key" >/dev/null
+for plugin in "$work/examples/hello_plugin.so" "$work/app/hello_plugin_pc.so"; do
+  cat >"$work/kreqd.conf" <<CONF
+service = greeter
+keyring.file = $work/k.key
+kafka.bootstrap.servers = 127.0.0.1:1
+kreqd.plugins = $plugin
+CONF
+  if ! "$work/prefix/bin/kreqd" --config "$work/kreqd.conf" --check >"$work/check.out" 2>&1 ||
+    ! grep -q "greeter.hello .*plugin greeter" "$work/check.out"; then
+    echo "installed kreqd --check with $plugin failed:" >&2
+    cat "$work/check.out" >&2
+    exit 1
+  fi
+done
+echo "install: find_package, pkg-config (shared and static), examples, kreqd plugin OK"
