@@ -65,7 +65,9 @@ static enum MHD_Result healthz(kreqd_http_t *h, struct MHD_Connection *c)
 {
 	switch (atomic_load(h->phase)) {
 	case KREQD_SERVING:
-		return static_text(c, MHD_HTTP_OK, "ok\n");
+		if (kreq_server_ready(h->s))
+			return static_text(c, MHD_HTTP_OK, "ok\n");
+		return static_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "joining the group\n");
 	case KREQD_STARTING:
 		return static_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "starting\n");
 	default:

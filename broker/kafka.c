@@ -189,7 +189,8 @@ static int create_topic(kreq_server_t *s, const char *topic, int partitions, boo
  * to appear). */
 static int await_topic(kreq_server_t *s, const char *topic)
 {
-	int64_t until = kreq__mono_ns() + 15000 * 1000000LL;
+	int64_t until =
+	    kreq__mono_ns() + kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS) * 1000000LL;
 	int n;
 	while ((n = topic_partitions(s->reader, topic)) <= 0 && kreq__mono_ns() < until)
 		;
@@ -246,7 +247,8 @@ static int producer_start(kreq_server_t *s)
 	rd_kafka_queue_destroy(mq);
 	if (!s->txn_mode)
 		return 0;
-	rd_kafka_error_t *e = rd_kafka_init_transactions(s->producer, KREQ__TXN_TIMEOUT_MS);
+	rd_kafka_error_t *e = rd_kafka_init_transactions(
+	    s->producer, (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS));
 	if (e) {
 		kreq__loop_fatal(s, KREQ_EKAFKA, "init_transactions (transactional.id %s): %s",
 		                 s->txn_id, rd_kafka_error_string(e));

@@ -37,7 +37,6 @@
 #include "broker/kadmin.h"
 #include "broker/klog.h"
 #include "broker/plugins.h"
-#include "broker/server_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
 #include "kreq/keyring.h"
@@ -269,11 +268,9 @@ static int load_keyring(const kreqd_t *k, kreq_keyring_t **out, char *errstr, si
 
 /* ---- the server and its handlers ----------------------------------------- */
 
-/* The number of methods registered on s so far. Read from the server's
- * internals: kreq/server.h has no listing function (yet). */
 static size_t methods_count(const kreq_server_t *s)
 {
-	return s->nhandlers;
+	return kreq_server_method_count(s);
 }
 
 static int make_server(kreqd_t *k, bool check)
@@ -344,17 +341,16 @@ static int load_plugins(kreqd_t *k)
 
 static void print_method(const kreqd_t *k, size_t i)
 {
-	const kreq__handler_t *h = &k->s->handlers[i];
-	const char *inl = h->flags & KREQ_HANDLER_INLINE ? ", inline" : "";
+	const char *name = kreq_server_method_name(k->s, i);
 	if (i < k->builtins_end) {
-		printf("  %-30s built-in%s\n", h->method, inl);
+		printf("  %-30s built-in\n", name);
 		return;
 	}
 	size_t p = 0;
 	while (p + 1 < k->nplugins && i >= k->methods_end[p])
 		p++;
-	printf("  %-30s plugin %s (%s)%s\n", h->method, kreqd_plugin_name(k->plugins[p]),
-	       kreqd_plugin_path(k->plugins[p]), inl);
+	printf("  %-30s plugin %s (%s)\n", name, kreqd_plugin_name(k->plugins[p]),
+	       kreqd_plugin_path(k->plugins[p]));
 }
 
 static void print_check(const kreqd_t *k)
@@ -363,12 +359,13 @@ static void print_check(const kreqd_t *k)
 	const kreq_server_t *s = k->s;
 	printf("kreqd --check: configuration, key file and plugins are valid\n");
 	printf("service          %s\n", k->service);
-	printf("requests topic   %s\n", s->req_topic);
-	printf("results topic    %s\n", s->res_topic);
-	printf("consumer group   %s\n", s->group);
-	printf("client.id        %s\n", s->client_id);
-	if (s->txn_mode)
-		printf("mode             transactional (transactional.id %s)\n", s->txn_id);
+	printf("requests topic   %s\n", kreq_server_name(s, KREQ_SERVER_REQUESTS_TOPIC));
+	printf("results topic    %s\n", kreq_server_name(s, KREQ_SERVER_RESULTS_TOPIC));
+	printf("consumer group   %s\n", kreq_server_name(s, KREQ_SERVER_GROUP));
+	printf("client.id        %s\n", kreq__conf_str(c, KREQ__P_CLIENT_ID));
+	if (kreq_server_name(s, KREQ_SERVER_TRANSACTIONAL_ID))
+		printf("mode             transactional (transactional.id %s)\n",
+		       kreq_server_name(s, KREQ_SERVER_TRANSACTIONAL_ID));
 	else
 		printf("mode             light (at-least-once)\n");
 	printf("keys             %zu from %s, signing key %s\n", kreq_keyring_count(k->kr),

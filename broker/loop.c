@@ -519,16 +519,19 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 {
 	kreq_server_t *s = opaque;
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-		atomic_fetch_add_explicit(&s->m.rebalances, 1, memory_order_relaxed);
 		kreq__log(s->conf, 6, "server", "assigned %d partition(s) of %s", l->cnt,
 		          s->req_topic);
 		assign_parts(s, l);
 		rd_kafka_assign(rk, l);
 		s->paused = false;
+		atomic_store_explicit(&s->ready, !s->fatal, memory_order_release);
+		/* counted once serving: rebalances_total >= 1 implies ready */
+		atomic_fetch_add_explicit(&s->m.rebalances, 1, memory_order_relaxed);
 		return;
 	}
 	/* revoked (or a rebalance error): let running handlers finish (within
 	 * the grace period), secure what is complete, drop the rest */
+	atomic_store_explicit(&s->ready, false, memory_order_release);
 	bool was_draining = s->draining;
 	s->draining = true; /* also: commit synchronously in light mode */
 	finish_in_flight(s);
@@ -702,6 +705,7 @@ static void block(kreq_server_t *s, int timeout_ms)
  * period and is committed; what is still running then is abandoned. */
 static void shut_down(kreq_server_t *s)
 {
+	atomic_store_explicit(&s->ready, false, memory_order_release);
 	kreq__log(s->conf, 6, "server", "stopping: %zu request(s) in progress",
 	          atomic_load(&s->in_progress));
 	set_paused(s, true);

@@ -65,9 +65,16 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 	else if (strcmp(mode, "light"))
 		return kreq__err(errstr, errstr_size, KREQ_ECONF,
 		                 "server.mode must be transactional or light, not \"%s\"", mode);
-	if (!*kreq__conf_str(c, KREQ__P_SIGNING_KEY_ID) && !kreq_keyring_signing_key(s->kr))
+	const char *want = kreq__conf_str(c, KREQ__P_SIGNING_KEY_ID);
+	const char *have = kreq_keyring_signing_key(s->kr);
+	if (!have)
 		return kreq__err(errstr, errstr_size, KREQ_ENOSIGNKEY,
 		                 "the keyring has no signing key (replies are signed)");
+	if (*want && strcmp(want, have))
+		return kreq__err(errstr, errstr_size, KREQ_ECONF,
+		                 "signing.key.id is %s but the keyring signs with %s "
+		                 "(kreq_keyring_set_signing_key())",
+		                 want, have);
 	size_t bs_size = 0;
 	if (kreq_conf_get(c, "kafka.bootstrap.servers", NULL, &bs_size) == KREQ_ENOENT)
 		return kreq__err(errstr, errstr_size, KREQ_ECONF,
@@ -182,7 +189,7 @@ KREQ_API int kreq_server_run(kreq_server_t *s, char *errstr, size_t errstr_size)
 	if (!atomic_compare_exchange_strong(&s->phase, &expected, 1))
 		return kreq__err(errstr, errstr_size, KREQ_ESTATE,
 		                 "kreq_server_run() may be called once per server");
-	int err = kreq__loop_run(s);
+	int err = atomic_load(&s->stop) ? KREQ_OK : kreq__loop_run(s);
 	atomic_store(&s->phase, 2);
 	if (err)
 		return kreq__err(errstr, errstr_size, err, "%s", s->loop_errstr);
@@ -275,6 +282,38 @@ KREQ_API int kreq_server_in_progress_json(kreq_server_t *s, char **json)
 KREQ_API size_t kreq_server_in_flight(const kreq_server_t *s)
 {
 	return s ? atomic_load_explicit(&s->in_progress, memory_order_relaxed) : 0;
+}
+
+KREQ_API bool kreq_server_ready(const kreq_server_t *s)
+{
+	return s && atomic_load_explicit(&s->ready, memory_order_acquire);
+}
+
+KREQ_API const char *kreq_server_name(const kreq_server_t *s, kreq_server_name_t which)
+{
+	if (!s)
+		return NULL;
+	switch (which) {
+	case KREQ_SERVER_REQUESTS_TOPIC:
+		return s->req_topic;
+	case KREQ_SERVER_RESULTS_TOPIC:
+		return s->res_topic;
+	case KREQ_SERVER_GROUP:
+		return s->group;
+	case KREQ_SERVER_TRANSACTIONAL_ID:
+		return s->txn_mode ? s->txn_id : NULL;
+	}
+	return NULL;
+}
+
+KREQ_API size_t kreq_server_method_count(const kreq_server_t *s)
+{
+	return s ? s->nhandlers : 0;
+}
+
+KREQ_API const char *kreq_server_method_name(const kreq_server_t *s, size_t i)
+{
+	return s && i < s->nhandlers ? s->handlers[i].method : NULL;
 }
 
 KREQ_API void kreq_server_destroy(kreq_server_t *s)

@@ -115,7 +115,8 @@ struct kreq_server_s {
 
 	int efd; /* wakes the loop: Kafka queues, completions, stop */
 	atomic_bool stop;
-	atomic_int phase; /* 0 new, 1 running, 2 returned */
+	atomic_bool ready; /* kreq_server_ready() */
+	atomic_int phase;  /* 0 new, 1 running, 2 returned */
 
 	/* Kafka (loop thread) */
 	rd_kafka_t *consumer, *producer, *reader;

@@ -88,6 +88,9 @@
 	  "Most requests a worker has in progress at once; at the limit it pauses fetching.")      \
 	X(SERVER_MIN_BUDGET_MS, "server.min.budget.ms", INT, "1", 0, 3600000,                      \
 	  "A request with less than this left before its deadline is not started (status 2).")     \
+	X(SERVER_START_TIMEOUT_MS, "server.start.timeout.ms", INT, "30000", 1000, 600000,          \
+	  "Longest kreq_server_run() waits for Kafka while starting (topics, the transactional "   \
+	  "producer's init_transactions()) before it fails with KREQ_EKAFKA.")                     \
 	X(SERVER_SHUTDOWN_GRACE_MS, "server.shutdown.grace.ms", INT, "10000", 0, 3600000,          \
 	  "On stop, how long in-flight handlers may run before their work is abandoned "           \
 	  "(uncommitted, so another worker redoes it).")                                           \

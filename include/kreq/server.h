@@ -70,9 +70,9 @@ typedef void(kreq_handler_fn)(kreq_request_t *req, void *opaque);
 
 /** Creates a server for service (1..200 characters of [A-Za-z0-9._-], the
  *  method name up to its last '.'): copies conf, takes a reference on kr
- *  (which must have a signing key: replies are signed). Connects nothing
- *  yet. conf needs kafka.bootstrap.servers. NULL on error, errstr names the
- *  cause. */
+ *  (which must have a signing key: replies are signed; when signing.key.id
+ *  is set it must name that key). Connects nothing yet. conf needs
+ *  kafka.bootstrap.servers. NULL on error, errstr names the cause. */
 KREQ_API kreq_server_t *kreq_server_new(const kreq_conf_t *conf, kreq_keyring_t *kr,
                                         const char *service, char *errstr, size_t errstr_size);
 
@@ -96,7 +96,10 @@ KREQ_API int kreq_server_register(kreq_server_t *s, const char *method, kreq_han
 KREQ_API int kreq_server_run(kreq_server_t *s, char *errstr, size_t errstr_size);
 
 /** Asks the loop to stop. Async-signal-safe (writes an eventfd); any
- *  thread; a no-op before run and after it returned. */
+ *  thread. A stop asked before kreq_server_run() makes that run return
+ *  KREQ_OK at once without connecting (so a signal that arrives while a
+ *  program is still starting is not lost); after run returned it is a
+ *  no-op. */
 KREQ_API void kreq_server_stop(kreq_server_t *s);
 
 /** Replaces the keyring used to verify requests and sign replies (e.g. on
@@ -117,6 +120,30 @@ KREQ_API int kreq_server_in_progress_json(kreq_server_t *s, char **json);
 
 /** Number of requests in progress (dispatched, not yet replied). */
 KREQ_API size_t kreq_server_in_flight(const kreq_server_t *s);
+
+/** True while the loop serves: it runs, its producer is ready and the
+ *  consumer group has given it an assignment (which may be empty when
+ *  there are more replicas than partitions). False before, during a
+ *  rebalance and after stop. Any thread; for health checks. */
+KREQ_API bool kreq_server_ready(const kreq_server_t *s);
+
+/** What kreq_server_name() returns. */
+typedef enum kreq_server_name_e {
+	KREQ_SERVER_REQUESTS_TOPIC,  /* <topic.prefix>.<service>.requests */
+	KREQ_SERVER_RESULTS_TOPIC,   /* <topic.prefix>.<service>.results */
+	KREQ_SERVER_GROUP,           /* consumer group <topic.prefix>.<service> */
+	KREQ_SERVER_TRANSACTIONAL_ID /* <topic.prefix>.<service>.<client.id>; NULL in light mode */
+} kreq_server_name_t;
+
+/** A name the server derived from its configuration (valid while s
+ *  lives), or NULL. Any thread. */
+KREQ_API const char *kreq_server_name(const kreq_server_t *s, kreq_server_name_t which);
+
+/** Number of registered methods, and the i-th one's name (i < count;
+ *  NULL otherwise; valid while s lives). Any thread once registration is
+ *  over. */
+KREQ_API size_t kreq_server_method_count(const kreq_server_t *s);
+KREQ_API const char *kreq_server_method_name(const kreq_server_t *s, size_t i);
 
 /** Destroys a server whose loop is not running (never ran, or returned).
  *  NULL is a no-op. */

@@ -64,16 +64,10 @@ static void *announce(void *arg)
 {
 	(void)arg;
 	while (!atomic_load(&finished)) {
-		char *text = NULL;
-		if (kreq_server_metrics_text(srv, &text) == KREQ_OK) {
-			const char *m = strstr(text, "kreq_server_rebalances_total{");
-			bool ready = m && strtoull(strchr(m, ' ') + 1, NULL, 10) > 0;
-			free(text);
-			if (ready) {
-				printf("ready\n");
-				fflush(stdout);
-				return NULL;
-			}
+		if (kreq_server_ready(srv)) {
+			printf("ready\n");
+			fflush(stdout);
+			return NULL;
 		}
 		struct timespec ts = {0, 20000000};
 		nanosleep(&ts, NULL);

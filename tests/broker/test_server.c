@@ -132,10 +132,12 @@ static running_t *server_start(const char *worker_id, const char *const *extra)
 	                 KREQ_OK);
 	ck_assert_int_eq(kreq_server_register(rs->s, "svc.fail", h_fail, NULL, 0), KREQ_OK);
 	ck_assert_int_eq(kreq_server_register(rs->s, "svc.slow", h_slow, NULL, 0), KREQ_OK);
+	ck_assert(!kreq_server_ready(rs->s));
 	ck_assert_int_eq(pthread_create(&rs->t, NULL, run_main, rs), 0);
 	/* serving once the group assigned it partitions (clients fail fast
 	 * while a service has no worker) */
-	KREQ_TEST_AWAIT(metric(rs->s, "kreq_server_rebalances_total{") >= 1, 60000);
+	KREQ_TEST_AWAIT(kreq_server_ready(rs->s), 60000);
+	ck_assert_uint_ge(metric(rs->s, "kreq_server_rebalances_total{"), 1);
 	return rs;
 }
 
@@ -144,6 +146,7 @@ static void server_stop(running_t *rs)
 	kreq_server_stop(rs->s);
 	pthread_join(rs->t, NULL);
 	ck_assert_msg(rs->rc == KREQ_OK, "kreq_server_run: %s", rs->err);
+	ck_assert(!kreq_server_ready(rs->s));
 	kreq_server_destroy(rs->s);
 	free(rs);
 }
@@ -585,6 +588,42 @@ START_TEST(test_keyring_replaced_while_serving)
 }
 END_TEST
 
+/* API misuse gets an error, never a crash; a stop before run is kept. */
+START_TEST(test_api_arguments)
+{
+	char err[512];
+	kreq_conf_t *conf = base_conf("w1", NULL);
+	ck_assert_ptr_null(kreq_server_new(conf, kr, "bad service!", err, sizeof(err)));
+	ck_assert_ptr_nonnull(strstr(err, "service"));
+	ck_assert_ptr_null(kreq_server_new(NULL, kr, "svc", err, sizeof(err)));
+	ck_assert_int_eq(kreq_conf_set(conf, "signing.key.id", "k9", err, 512), KREQ_OK);
+	ck_assert_ptr_null(kreq_server_new(conf, kr, "svc", err, sizeof(err)));
+	ck_assert_ptr_nonnull(strstr(err, "signing.key.id"));
+	ck_assert_int_eq(kreq_conf_set(conf, "signing.key.id", "k1", err, 512), KREQ_OK);
+	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_ptr_nonnull(s);
+	ck_assert_int_eq(kreq_server_register(s, "other.echo", h_echo, NULL, 0), KREQ_EINVAL);
+	ck_assert_int_eq(kreq_server_register(s, "svc.echo", NULL, NULL, 0), KREQ_EINVAL);
+	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, 0x80), KREQ_EINVAL);
+	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, 0), KREQ_EEXIST);
+	ck_assert_uint_eq(kreq_server_method_count(s), 1);
+	ck_assert_str_eq(kreq_server_method_name(s, 0), "svc.echo");
+	ck_assert_ptr_null(kreq_server_method_name(s, 1));
+	ck_assert_str_eq(kreq_server_name(s, KREQ_SERVER_REQUESTS_TOPIC), req_topic);
+	ck_assert_ptr_nonnull(kreq_server_name(s, KREQ_SERVER_TRANSACTIONAL_ID));
+	ck_assert_int_eq(kreq_server_set_keyring(s, NULL), KREQ_EINVAL);
+	ck_assert_int_eq(kreq_request_reply(NULL, 0, NULL, 0, NULL), KREQ_EINVAL);
+	/* stop before run: run returns at once, without Kafka */
+	kreq_server_stop(s);
+	ck_assert_int_eq(kreq_server_run(s, err, sizeof(err)), KREQ_OK);
+	ck_assert_int_eq(kreq_server_run(s, err, sizeof(err)), KREQ_ESTATE);
+	ck_assert_int_eq(kreq_server_register(s, "svc.late", h_echo, NULL, 0), KREQ_ESTATE);
+	kreq_server_destroy(s);
+	kreq_conf_destroy(conf);
+}
+END_TEST
+
 /* ---- topics the worker creates ------------------------------------------ */
 
 static int partitions_of(rd_kafka_t *rk, const char *topic)
@@ -655,6 +694,7 @@ int main(void)
 	TCase *tc = tcase_create("e2e");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 180);
+	tcase_add_test(tc, test_api_arguments);
 	tcase_add_test(tc, test_echo_and_context);
 	tcase_add_test(tc, test_topics_created);
 	tcase_add_test(tc, test_dedup_conflict_and_restart);

@@ -467,7 +467,7 @@ START_TEST(test_check_lists_methods)
 	    "kdtest.fail",
 	    "kdtest.record",
 	    "kdtest.hello",
-	    "plugin kdtest (" KDTEST_PLUGIN_GOOD "), inline",
+	    "plugin kdtest (" KDTEST_PLUGIN_GOOD ")",
 	    "kdtest.slow",
 	    "http://127.0.0.1:9464/metrics",
 	    "admin socket     disabled",
