@@ -5,7 +5,8 @@
 # Kafka's jars from Maven Central, starts a real single-node KRaft broker on
 # loopback, and runs, in order:
 #   1. format check (clang-format, checked-in style)
-#   2. release build with -Wall -Wextra -Werror, every CTest suite (unit + kafka)
+#   2. release build with -Wall -Wextra -Werror, every CTest suite (unit + kafka),
+#      then the demo (scripts/demo.sh) end to end
 #   3. ASan+UBSan build, every suite
 #   4. TSan build, every suite not labelled rdkafka (see the stage for why)
 #   5. valgrind over the unit suites
@@ -17,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-STAGES=${KREQ_TEST_STAGES:-"format release asan tsan valgrind fuzz"}
+STAGES=${KREQ_TEST_STAGES:-"format release demo asan tsan valgrind fuzz"}
 FUZZ_SECONDS=${KREQ_FUZZ_SECONDS:-60}
 JOBS=2
 KAFKA_DIR="$ROOT/build/kafka-test"
@@ -64,6 +65,12 @@ if has_stage release; then
   say "release build (-Werror) + all suites"
   configure_build build
   run_ctest build
+fi
+
+if has_stage demo; then
+  say "demo (scripts/demo.sh: embedded cluster, two kreqd replicas, a client burst)"
+  scripts/demo.sh
+  PASSED=$((PASSED + 1))
 fi
 
 if has_stage asan; then
