@@ -14,7 +14,7 @@
 # and stops the broker on exit, also on failure. Safe to run twice.
 #
 # Environment: KREQ_FUZZ_SECONDS (default 60), KREQ_TEST_STAGES (default
-# "format release asan tsan valgrind fuzz") to run a subset while developing.
+# "format release demo asan tsan valgrind fuzz") to run a subset while developing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
