@@ -2,17 +2,35 @@
  * bench_roundtrip.c — kreq call round trip vs raw librdkafka ping-pong, in
  * the same run, against a real Kafka broker on loopback.
  *
- *   raw:  producer -> ping topic -> echo thread (consume, produce) -> pong
+ *   raw:  producer -> ping topic -> echo worker (forwards the bytes) -> pong
  *         topic -> consumer; no signing, no correlation, no transactions.
  *   kreq: kreq_client_call() -> <prefix>.bench.requests -> echo worker
- *         (verify the request, sign a reply, produce it to the reply topic)
- *         -> the client's reply consumer -> future settled. This is kreq's
- *         lighter, non-transactional path; the transactional kreqd path is
- *         measured when kreqd lands (issue #4).
- * Both echo threads use the same librdkafka settings as the client.
+ *         (verifies the request, signs a reply, produces it to the reply
+ *         topic) -> the client's reply consumer -> future settled. This is
+ *         kreq's lighter, non-transactional path; the transactional kreqd
+ *         path is measured when kreqd lands (issue #4).
+ * Both echo workers run the same loop with the same librdkafka settings
+ * (handle()): wait for one record, take whatever else has already been
+ * fetched, process all of it, then produce all of it, as a worker serving a
+ * fetched batch would. (Producing each record as soon as it is processed
+ * made the kreq worker, which spends ~5 us per record on HMACs, trickle
+ * single-message ProduceRequests; see docs/PERFORMANCE.md.)
  *
- * Usage: KREQ_TEST_BOOTSTRAP=host:port bench_roundtrip [calls-at-1-in-flight] [seconds-per-load]
- * Prints p50/p99 latency at 1 in flight and throughput at 1/16/256 in flight.
+ * Usage: KREQ_TEST_BOOTSTRAP=host:port bench_roundtrip [calls-at-1-in-flight]
+ *            [seconds-per-load] [rounds]
+ * Prints p50/p99 latency at 1 in flight; then, for 1, 16 and 256 calls in
+ * flight, the throughput of raw, of kreq driven by a thread waiting on its
+ * futures, and of kreq driven from completion callbacks. Each load runs
+ * `rounds` times, interleaved (raw, kreq, callbacks, raw, ...) so that a
+ * noisy neighbour hits all three alike; the figures are the medians of the
+ * rates and of the per-round ratios to raw, and the CPU time per round trip
+ * spent in this process (client, echo workers and their librdkafka threads)
+ * and, if KREQ_BENCH_BROKER_PID names the Kafka broker's process, in it.
+ *
+ * For experiments: KREQ_BENCH_CONF="name=value,..." sets client properties
+ * (e.g. kafka.linger.ms=1); KREQ_BENCH_ONLY=256 runs only that load (for a
+ * profiler); KREQ_BENCH_STATS=file appends the librdkafka statistics of the
+ * bench's own handles, one JSON document a line.
  */
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
@@ -34,6 +52,24 @@ static void die(const char *what)
 {
 	fprintf(stderr, "bench_roundtrip: %s\n", what);
 	exit(1);
+}
+
+/* KREQ_BENCH_STATS=file: librdkafka statistics of the bench's own handles,
+ * one JSON document a line (served by their poll calls). */
+static int dump_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+	(void)rk;
+	(void)opaque;
+	static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+	pthread_mutex_lock(&mu);
+	FILE *f = fopen(getenv("KREQ_BENCH_STATS"), "a");
+	if (f) {
+		fwrite(json, 1, len, f);
+		fputc('\n', f);
+		fclose(f);
+	}
+	pthread_mutex_unlock(&mu);
+	return 0;
 }
 
 static rd_kafka_t *handle(rd_kafka_type_t type, const char *group)
@@ -63,6 +99,10 @@ static rd_kafka_t *handle(rd_kafka_type_t type, const char *group)
 			continue;
 		if (rd_kafka_conf_set(c, kv[i], kv[i + 1], err, sizeof(err)))
 			die(err);
+	}
+	if (getenv("KREQ_BENCH_STATS")) {
+		rd_kafka_conf_set(c, "statistics.interval.ms", "1000", err, sizeof(err));
+		rd_kafka_conf_set_stats_cb(c, dump_stats);
 	}
 	rd_kafka_t *rk = rd_kafka_new(type, c, err, sizeof(err));
 	if (!rk)
@@ -109,12 +149,14 @@ typedef struct echo {
 	pthread_t thr;
 } echo_t;
 
-static void echo_kreq(echo_t *e, rd_kafka_t *p, const rd_kafka_message_t *m)
+/* Verifies a request and seals its reply; the caller produces it. */
+static bool echo_kreq(echo_t *e, const rd_kafka_message_t *m, char *topic, size_t topic_size,
+                      int32_t *partition, uint8_t **buf, size_t *len)
 {
 	static const kreq__limits_t lim = {1 << 20, 1 << 20, 30000};
 	kreq__opened_t o;
 	if (kreq__envelope_open(e->kr, &lim, kreq__now_ms(), m->payload, m->len, &o, NULL, 0))
-		return;
+		return false;
 	const Kreq__Request *q = o.u.req;
 	Kreq__Reply r = KREQ__REPLY__INIT;
 	r.correlation_id = q->correlation_id;
@@ -123,15 +165,14 @@ static void echo_kreq(echo_t *e, rd_kafka_t *p, const rd_kafka_message_t *m)
 	r.issued_at_ms = kreq__now_ms();
 	r.deadline_ms = q->deadline_ms > r.issued_at_ms ? q->deadline_ms : r.issued_at_ms;
 	r.attempt = q->attempt;
-	uint8_t *buf;
-	size_t len;
-	if (!kreq__envelope_seal(e->kr, &lim, KREQ__KIND_REPLY, &r.base, &buf, &len, NULL, 0))
-		rd_kafka_producev(p, RD_KAFKA_V_TOPIC(q->reply_topic),
-		                  RD_KAFKA_V_PARTITION(q->reply_partition),
-		                  RD_KAFKA_V_VALUE(buf, len),
-		                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE), RD_KAFKA_V_END);
+	snprintf(topic, topic_size, "%s", q->reply_topic);
+	*partition = q->reply_partition;
+	bool ok = !kreq__envelope_seal(e->kr, &lim, KREQ__KIND_REPLY, &r.base, buf, len, NULL, 0);
 	kreq__opened_clear(&o);
+	return ok;
 }
+
+#define ECHO_BATCH 512
 
 static void *echo_main(void *arg)
 {
@@ -141,22 +182,56 @@ static void *echo_main(void *arg)
 	rd_kafka_t *c = handle(RD_KAFKA_CONSUMER, group), *p = handle(RD_KAFKA_PRODUCER, NULL);
 	rd_kafka_poll_set_consumer(c);
 	assign_end(c, e->in);
+	rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(c);
+	rd_kafka_message_t **ms = calloc(ECHO_BATCH, sizeof(*ms));
+	struct out {
+		char topic[256];
+		int32_t partition;
+		uint8_t *buf;
+		size_t len;
+	} *out = calloc(ECHO_BATCH, sizeof(*out));
+	if (!ms || !out)
+		die("out of memory");
 	atomic_store(&e->ready, true);
 	while (!atomic_load(&e->stop)) {
-		rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 50);
-		if (m && !m->err) {
-			if (e->kreq)
-				echo_kreq(e, p, m);
-			else
-				rd_kafka_producev(p, RD_KAFKA_V_TOPIC(e->out),
-				                  RD_KAFKA_V_VALUE(m->payload, m->len),
-				                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-				                  RD_KAFKA_V_END);
+		/* wait for one record, then take what else is already there
+		 * (consume_batch_queue alone would wait for a full batch) */
+		ssize_t n = (ms[0] = rd_kafka_consumer_poll(c, 50)) != NULL;
+		if (n) {
+			ssize_t more = rd_kafka_consume_batch_queue(q, 0, ms + 1, ECHO_BATCH - 1);
+			n += more > 0 ? more : 0;
 		}
-		if (m)
-			rd_kafka_message_destroy(m);
+		/* process all, then produce all: librdkafka batches the burst */
+		for (ssize_t i = 0; i < n; i++) {
+			out[i].buf = NULL;
+			if (ms[i]->err)
+				continue;
+			if (!e->kreq) {
+				snprintf(out[i].topic, sizeof(out[i].topic), "%s", e->out);
+				out[i].partition = RD_KAFKA_PARTITION_UA;
+				out[i].buf = malloc(ms[i]->len);
+				memcpy(out[i].buf, ms[i]->payload, ms[i]->len);
+				out[i].len = ms[i]->len;
+			} else if (!echo_kreq(e, ms[i], out[i].topic, sizeof(out[i].topic),
+			                      &out[i].partition, &out[i].buf, &out[i].len)) {
+				out[i].buf = NULL;
+			}
+		}
+		for (ssize_t i = 0; i < n; i++) {
+			if (out[i].buf &&
+			    rd_kafka_producev(p, RD_KAFKA_V_TOPIC(out[i].topic),
+			                      RD_KAFKA_V_PARTITION(out[i].partition),
+			                      RD_KAFKA_V_VALUE(out[i].buf, out[i].len),
+			                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+			                      RD_KAFKA_V_END))
+				free(out[i].buf);
+			rd_kafka_message_destroy(ms[i]);
+		}
 		rd_kafka_poll(p, 0);
 	}
+	free(ms);
+	free(out);
+	rd_kafka_queue_destroy(q);
 	rd_kafka_consumer_close(c);
 	rd_kafka_destroy(c);
 	rd_kafka_flush(p, 5000);
@@ -190,6 +265,12 @@ static void echo_stop(echo_t *e)
 typedef struct result {
 	double p50_us, p99_us, per_s;
 } result_t;
+
+static int cmp_dbl(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
 
 static int cmp_i64(const void *a, const void *b)
 {
@@ -292,19 +373,21 @@ static void kreq_latency(kreq_client_t *cl, int n, result_t *res)
 	free(ns);
 }
 
-static double kreq_throughput(kreq_client_t *cl, int window, double seconds)
+static double kreq_throughput(kreq_client_t *cl, unsigned window, double seconds)
 {
-	kreq_future_t **ring = calloc((size_t)window, sizeof(*ring));
-	for (int i = 0; i < window; i++)
+	kreq_future_t **ring = calloc(window, sizeof(*ring));
+	if (!ring)
+		die("out of memory");
+	for (unsigned i = 0; i < window; i++)
 		ring[i] = kcall(cl);
 	int64_t t0 = kreq__mono_ns(), end = t0 + (int64_t)(seconds * 1e9), done = 0;
-	for (int i = 0; kreq__mono_ns() < end; i = (i + 1) % window) {
+	for (unsigned i = 0; kreq__mono_ns() < end; i = (i + 1) % window) {
 		kwait(ring[i]);
 		done++;
 		ring[i] = kcall(cl);
 	}
 	double rate = done / ((kreq__mono_ns() - t0) / 1e9);
-	for (int i = 0; i < window; i++)
+	for (unsigned i = 0; i < window; i++)
 		kwait(ring[i]);
 	free(ring);
 	return rate;
@@ -366,6 +449,18 @@ static kreq_client_t *make_client(kreq_keyring_t *kr)
 	    kreq_conf_set(conf, "service.check.ms", "0", err, sizeof(err)) ||
 	    kreq_conf_set(conf, "client.id", "bench", err, sizeof(err)))
 		die(err);
+	const char *extra = getenv("KREQ_BENCH_CONF"); /* name=value,... */
+	char *dup = extra ? strdup(extra) : NULL, *save = NULL;
+	for (char *kv = dup ? strtok_r(dup, ",", &save) : NULL; kv;
+	     kv = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(kv, '=');
+		if (!eq)
+			die("KREQ_BENCH_CONF: name=value,...");
+		*eq = 0;
+		if (kreq_conf_set(conf, kv, eq + 1, err, sizeof(err)))
+			die(err);
+	}
+	free(dup);
 	kreq_client_t *cl = kreq_client_new(conf, kr, err, sizeof(err));
 	kreq_conf_destroy(conf);
 	if (!cl)
@@ -373,16 +468,79 @@ static kreq_client_t *make_client(kreq_keyring_t *kr)
 	return cl;
 }
 
+/* CPU seconds used so far by this process, or by the broker's process
+ * (KREQ_BENCH_BROKER_PID; 0 if unset or unreadable). */
+static double cpu_s(bool broker)
+{
+	clockid_t id = CLOCK_PROCESS_CPUTIME_ID;
+	const char *pid = getenv("KREQ_BENCH_BROKER_PID");
+	if (broker && (!pid || clock_getcpuclockid((pid_t)atoi(pid), &id)))
+		return 0;
+	struct timespec t;
+	clock_gettime(id, &t);
+	return (double)t.tv_sec + t.tv_nsec / 1e9;
+}
+
+#define MAX_ROUNDS 31
+
+/* One load, `rounds` times: medians of the rate, of the ratio to raw in the
+ * same round, and of the CPU microseconds per round trip here and in the
+ * broker. */
+typedef struct load {
+	double rate[MAX_ROUNDS], ratio[MAX_ROUNDS], cpu[MAX_ROUNDS], broker[MAX_ROUNDS];
+} load_t;
+
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmp_dbl);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+enum { RAW, KREQ, CB };
+
+static double run_load(int what, raw_t *raw, kreq_client_t *cl, int window, double secs)
+{
+	switch (what) {
+	case RAW:
+		return raw_throughput(raw, window, secs);
+	case KREQ:
+		return kreq_throughput(cl, (unsigned)window, secs);
+	default:
+		return kreq_throughput_cb(cl, window, secs);
+	}
+}
+
+static void measure(raw_t *raw, kreq_client_t *cl, int window, double secs, int rounds,
+                    load_t out[3])
+{
+	for (int r = 0; r < rounds; r++) {
+		for (int w = RAW; w <= CB; w++) {
+			double c0 = cpu_s(false), b0 = cpu_s(true);
+			double rate = run_load(w, raw, cl, window, secs);
+			double c1 = cpu_s(false), b1 = cpu_s(true);
+			double calls = rate * secs;
+			out[w].rate[r] = rate;
+			out[w].ratio[r] = rate / out[RAW].rate[r];
+			out[w].cpu[r] = calls > 0 ? (c1 - c0) * 1e6 / calls : 0;
+			out[w].broker[r] = calls > 0 ? (b1 - b0) * 1e6 / calls : 0;
+		}
+	}
+}
+
 int main(int argc, char **argv)
 {
 	int n = argc > 1 ? atoi(argv[1]) : 2000;
 	double secs = argc > 2 ? atof(argv[2]) : 5;
+	int rounds = argc > 3 ? atoi(argv[3]) : 1;
 	bootstrap = getenv("KREQ_TEST_BOOTSTRAP");
-	if (!bootstrap || !*bootstrap || n < 10 || secs <= 0 || argc > 3) {
-		fprintf(stderr, "usage: KREQ_TEST_BOOTSTRAP=host:port bench_roundtrip "
-		                "[calls-at-1-in-flight] [seconds-per-load]\n"
-		                "(start a broker with: export \"$(scripts/kafka.sh start --dir "
-		                "build/kafka)\")\n");
+	if (!bootstrap || !*bootstrap || n < 10 || secs <= 0 || rounds < 1 || rounds > MAX_ROUNDS ||
+	    argc > 4) {
+		fprintf(stderr,
+		        "usage: KREQ_TEST_BOOTSTRAP=host:port bench_roundtrip "
+		        "[calls-at-1-in-flight] [seconds-per-load] [rounds (1..%d)]\n"
+		        "(start a broker with: export \"$(scripts/kafka.sh start --dir "
+		        "build/kafka)\")\n",
+		        MAX_ROUNDS);
 		return 2;
 	}
 	if (sodium_init() < 0)
@@ -417,21 +575,37 @@ int main(int argc, char **argv)
 	raw_latency(&raw, n, &rl);
 	kreq_latency(cl, n, &kl);
 	printf("# round trip through Apache Kafka at %s; %zu-byte payload; %d calls at 1 in "
-	       "flight, %.0f s per load; HMAC-SHA-256 signing\n",
-	       bootstrap, sizeof(payload), n, secs);
-	printf("%-28s %10s %10s %12s\n", "", "p50 us", "p99 us", "calls/s");
-	printf("%-28s %10.0f %10.0f\n", "raw librdkafka ping-pong", rl.p50_us, rl.p99_us);
-	printf("%-28s %10.0f %10.0f\n", "kreq call (non-transactional)", kl.p50_us, kl.p99_us);
-	printf("%-28s %9.2fx %9.2fx\n", "ratio kreq/raw", kl.p50_us / rl.p50_us,
+	       "flight, %.1f s per load, %d round%s; HMAC-SHA-256 signing\n",
+	       bootstrap, sizeof(payload), n, secs, rounds, rounds == 1 ? "" : "s");
+	printf("%-30s %10s %10s\n", "", "p50 us", "p99 us");
+	printf("%-30s %10.0f %10.0f\n", "raw librdkafka ping-pong", rl.p50_us, rl.p99_us);
+	printf("%-30s %10.0f %10.0f\n", "kreq call (non-transactional)", kl.p50_us, kl.p99_us);
+	printf("%-30s %9.2fx %9.2fx\n", "ratio kreq/raw", kl.p50_us / rl.p50_us,
 	       kl.p99_us / rl.p99_us);
 	const int windows[] = {1, 16, 256};
+	const char *only = getenv("KREQ_BENCH_ONLY");
 	for (int i = 0; i < 3; i++) {
-		double r = raw_throughput(&raw, windows[i], secs);
-		double k = kreq_throughput(cl, windows[i], secs);
-		double kc = kreq_throughput_cb(cl, windows[i], secs);
-		printf("in flight %-4d raw %10.0f/s   kreq %10.0f/s (%.2f)   kreq from callbacks "
-		       "%10.0f/s (%.2f)\n",
-		       windows[i], r, k, k / r, kc, kc / r);
+		if (only && atoi(only) != windows[i])
+			continue;
+		load_t l[3];
+		measure(&raw, cl, windows[i], secs, rounds, l);
+		double rate[3], ratio[3], cpu[3], broker[3];
+		for (int w = RAW; w <= CB; w++) {
+			rate[w] = median(l[w].rate, rounds);
+			ratio[w] = median(l[w].ratio, rounds);
+			cpu[w] = median(l[w].cpu, rounds);
+			broker[w] = median(l[w].broker, rounds);
+		}
+		printf("in flight %-4d raw %8.0f/s   kreq %8.0f/s (%.2f)   kreq from callbacks "
+		       "%8.0f/s (%.2f)\n",
+		       windows[i], rate[RAW], rate[KREQ], ratio[KREQ], rate[CB], ratio[CB]);
+		printf("  cpu us per round trip: here %.1f / %.1f / %.1f", cpu[RAW], cpu[KREQ],
+		       cpu[CB]);
+		if (getenv("KREQ_BENCH_BROKER_PID"))
+			printf("   broker %.1f / %.1f / %.1f", broker[RAW], broker[KREQ],
+			       broker[CB]);
+		printf("\n");
+		fflush(stdout);
 	}
 	kreq_client_destroy(cl);
 	rd_kafka_consumer_close(raw.c);

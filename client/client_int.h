@@ -30,11 +30,19 @@ typedef struct kreq__call {
 	uint8_t phase;                /* service thread only after submission */
 	bool acked;                   /* service thread only */
 	bool notify;                  /* queue on the completion queue when settled */
+	bool held;                    /* in the held-request queue (under out_mu) */
 	struct kreq__call *next_done; /* completion queue link */
 	uint16_t method_len, idem_len, tp_len;
 	uint32_t payload_len;
 	uint8_t *blob; /* method \0 | idempotency key | traceparent \0 | payload */
 } kreq__call_t;
+
+/* A sealed request held back while the service thread delivers replies. */
+typedef struct kreq__held {
+	kreq_future_t *f; /* the reference librdkafka would hold */
+	uint8_t *buf;     /* the sealed envelope */
+	size_t len;
+} kreq__held_t;
 
 struct kreq_call_opts_s {
 	int64_t timeout_ms;  /* 0: request.timeout.ms */
@@ -63,6 +71,14 @@ struct kreq_client_s {
 
 	kreq__table_t *table;
 	kreq__wheel_t *wheel;
+
+	/* request coalescing (client.c, "Coalescing"): under out_mu */
+	pthread_mutex_t out_mu;
+	bool draining;      /* the service thread is delivering a batch of replies */
+	kreq__held_t *held; /* requests made meanwhile, in call order */
+	size_t held_len, held_cap;
+	kreq__held_t *held_spare; /* service thread: swapped with held on release */
+	size_t spare_cap;
 	pthread_t thread;
 	atomic_bool stopping;               /* service thread exit */
 	atomic_bool closing;                /* destroy begun: new calls fail with KREQ_ECLOSED */
