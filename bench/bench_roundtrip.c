@@ -6,9 +6,12 @@
  *         topic -> consumer; no signing, no correlation, no transactions.
  *   kreq: kreq_client_call() -> <prefix>.bench.requests -> echo worker
  *         (verifies the request, signs a reply, produces it to the reply
- *         topic) -> the client's reply consumer -> future settled. This is
- *         kreq's lighter, non-transactional path; the transactional kreqd
- *         path is measured when kreqd lands (issue #4).
+ *         topic) -> the client's reply consumer -> future settled.
+ *   With KREQ_BENCH_WORKER=light or =transactional the kreq side is served
+ *   by the real server (kreq/server.h, what kreqd runs) in that
+ *   server.mode instead of the bench's echo worker: verification, dedup
+ *   state, results records, offsets (in one transaction per batch in
+ *   transactional mode), the raw baseline unchanged, in the same run.
  * Both echo workers run the same loop with the same librdkafka settings
  * (handle()): wait for one record, take whatever else has already been
  * fetched, process all of it, then produce all of it, as a worker serving a
@@ -43,6 +46,7 @@
 
 #include "common/internal.h"
 #include "kreq/client.h"
+#include "kreq/server.h"
 #include "proto/envelope.h"
 
 static const char *bootstrap;
@@ -137,6 +141,49 @@ static void create_topic(const char *topic)
 	rd_kafka_queue_destroy(q);
 	rd_kafka_NewTopic_destroy(nt);
 	rd_kafka_destroy(p);
+}
+
+/* ---- the real server as the kreq worker (KREQ_BENCH_WORKER) ------------- */
+
+static void server_echo(kreq_request_t *r, void *opaque)
+{
+	(void)opaque;
+	size_t len;
+	const void *p = kreq_request_payload(r, &len);
+	kreq_request_reply(r, 0, p, len, NULL);
+}
+
+static void *server_main(void *arg)
+{
+	char err[512];
+	if (kreq_server_run(arg, err, sizeof(err)))
+		fprintf(stderr, "bench_roundtrip: server: %s\n", err);
+	return NULL;
+}
+
+static kreq_server_t *server_start(const char *mode, kreq_keyring_t *kr, pthread_t *t)
+{
+	kreq_conf_t *conf = kreq_conf_new();
+	char err[512];
+	if (kreq_conf_set(conf, "kafka.bootstrap.servers", bootstrap, err, sizeof(err)) ||
+	    kreq_conf_set(conf, "topic.prefix", prefix, err, sizeof(err)) ||
+	    kreq_conf_set(conf, "client.id", "bench-worker", err, sizeof(err)) ||
+	    kreq_conf_set(conf, "server.mode", mode, err, sizeof(err)) ||
+	    kreq_conf_set(conf, "log.level", "4", err, sizeof(err)))
+		die(err);
+	kreq_server_t *s = kreq_server_new(conf, kr, "bench", err, sizeof(err));
+	kreq_conf_destroy(conf);
+	if (!s || kreq_server_register(s, "bench.echo", server_echo, NULL, KREQ_HANDLER_INLINE))
+		die(s ? "register" : err);
+	pthread_create(t, NULL, server_main, s);
+	int64_t until = kreq__mono_ns() + 60 * 1000000000LL;
+	while (!kreq_server_ready(s)) {
+		if (kreq__mono_ns() > until)
+			die("the server did not join its group within 60 s");
+		struct timespec ts = {0, 10000000};
+		nanosleep(&ts, NULL);
+	}
+	return s;
 }
 
 /* ---- echo threads ------------------------------------------------------- */
@@ -562,7 +609,17 @@ int main(int argc, char **argv)
 	    kreq_keyring_set_signing_key(kr, "bench"))
 		die("keyring");
 
-	echo_t *re = echo_start(false, ping, pong, NULL), *ke = echo_start(true, req, "", kr);
+	const char *worker = getenv("KREQ_BENCH_WORKER");
+	worker = worker && *worker ? worker : "bench";
+	if (strcmp(worker, "bench") && strcmp(worker, "light") && strcmp(worker, "transactional"))
+		die("KREQ_BENCH_WORKER must be bench, light or transactional");
+	echo_t *re = echo_start(false, ping, pong, NULL), *ke = NULL;
+	kreq_server_t *srv = NULL;
+	pthread_t srv_thread;
+	if (!strcmp(worker, "bench"))
+		ke = echo_start(true, req, "", kr);
+	else
+		srv = server_start(worker, kr, &srv_thread);
 	char group[200];
 	snprintf(group, sizeof(group), "%s-raw", prefix);
 	raw_t raw = {.p = handle(RD_KAFKA_PRODUCER, NULL), .c = handle(RD_KAFKA_CONSUMER, group)};
@@ -575,11 +632,13 @@ int main(int argc, char **argv)
 	raw_latency(&raw, n, &rl);
 	kreq_latency(cl, n, &kl);
 	printf("# round trip through Apache Kafka at %s; %zu-byte payload; %d calls at 1 in "
-	       "flight, %.1f s per load, %d round%s; HMAC-SHA-256 signing\n",
-	       bootstrap, sizeof(payload), n, secs, rounds, rounds == 1 ? "" : "s");
+	       "flight, %.1f s per load, %d round%s; HMAC-SHA-256 signing; kreq worker: %s\n",
+	       bootstrap, sizeof(payload), n, secs, rounds, rounds == 1 ? "" : "s",
+	       srv ? (strcmp(worker, "light") ? "kreq server, transactional" : "kreq server, light")
+	           : "bench echo worker");
 	printf("%-30s %10s %10s\n", "", "p50 us", "p99 us");
 	printf("%-30s %10.0f %10.0f\n", "raw librdkafka ping-pong", rl.p50_us, rl.p99_us);
-	printf("%-30s %10.0f %10.0f\n", "kreq call (non-transactional)", kl.p50_us, kl.p99_us);
+	printf("%-30s %10.0f %10.0f\n", "kreq call", kl.p50_us, kl.p99_us);
 	printf("%-30s %9.2fx %9.2fx\n", "ratio kreq/raw", kl.p50_us / rl.p50_us,
 	       kl.p99_us / rl.p99_us);
 	const int windows[] = {1, 16, 256};
@@ -612,7 +671,22 @@ int main(int argc, char **argv)
 	rd_kafka_destroy(raw.c);
 	rd_kafka_destroy(raw.p);
 	echo_stop(re);
-	echo_stop(ke);
+	if (ke)
+		echo_stop(ke);
+	if (srv) {
+		char *text = NULL; /* how the server batched its work */
+		if (kreq_server_metrics_text(srv, &text) == KREQ_OK) {
+			for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+				if (!strncmp(l, "kreq_server_txn_commit_seconds_sum", 34) ||
+				    !strncmp(l, "kreq_server_txn_commit_seconds_count", 36) ||
+				    !strncmp(l, "kreq_server_txn_batch_size_sum", 30))
+					printf("# %s\n", l);
+			free(text);
+		}
+		kreq_server_stop(srv);
+		pthread_join(srv_thread, NULL);
+		kreq_server_destroy(srv);
+	}
 	kreq_keyring_release(kr);
 	return 0;
 }

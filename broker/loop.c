@@ -196,6 +196,9 @@ static void apply_completion(kreq_server_t *s, kreq_request_t *r)
 	atomic_fetch_add_explicit(&s->m.handled[o], 1, memory_order_relaxed);
 	bool store = r->started_ns && r->status != KREQ_STATUS_CANCELLED;
 	const Kreq__Request *q = r->op.u.req;
+	/* the reply first: in light mode it then leaves before the result */
+	send_reply(s, pt, &r->self, &q->idempotency_key, r->status, r->payload, r->len, r->error,
+	           false);
 	if (store) {
 		int64_t expires = kreq__now_ms() + s->retention_ms;
 		store_result(s, pt, r, expires);
@@ -205,8 +208,6 @@ static void apply_completion(kreq_server_t *s, kreq_request_t *r)
 	} else if (e) {
 		kreq__dedup_remove(&pt->dd, e);
 	}
-	send_reply(s, pt, &r->self, &q->idempotency_key, r->status, r->payload, r->len, r->error,
-	           false);
 	slot_complete(pt, r->self.seq);
 	for (kreq__target_t *t = r->joiners; t; t = t->next) {
 		send_reply(s, pt, t, &q->idempotency_key, r->status, r->payload, r->len, r->error,
@@ -632,6 +633,7 @@ static bool consume(kreq_server_t *s, int max)
 			return false;
 		handle_record(s, m);
 		rd_kafka_message_destroy(m);
+		s->last_record_ns = kreq__mono_ns();
 		if (s->fatal)
 			return false;
 	}
@@ -644,18 +646,23 @@ static bool commit_due(kreq_server_t *s, int64_t now_ns)
 	if (s->txn_mode) {
 		if (!s->txn_open)
 			return false;
-		return busy == 0 || s->txn_results >= s->batch_max ||
+		bool idle = busy == 0 && now_ns - s->last_record_ns >= s->linger_ms * 1000000;
+		return idle || s->txn_results >= s->batch_max ||
 		       now_ns - s->txn_start_ns >= s->batch_ms * 1000000;
 	}
-	return busy == 0 || now_ns - s->light_commit_ns >= s->batch_ms * 1000000;
+	/* light: offsets are only a restart point, committed every batch_ms */
+	return now_ns - s->light_commit_ns >= s->batch_ms * 1000000;
 }
 
 static int wait_ms(kreq_server_t *s, int64_t now_ns)
 {
 	int64_t left = 1000;
-	if (s->txn_mode && s->txn_open)
+	if (s->txn_mode && s->txn_open) {
 		left = s->batch_ms - (now_ns - s->txn_start_ns) / 1000000;
-	else if (!s->txn_mode)
+		int64_t idle = s->linger_ms - (now_ns - s->last_record_ns) / 1000000;
+		if (atomic_load_explicit(&s->in_progress, memory_order_relaxed) == 0 && idle < left)
+			left = idle;
+	} else if (!s->txn_mode)
 		left = s->batch_ms - (now_ns - s->light_commit_ns) / 1000000;
 	return left < 0 ? 0 : left > 1000 ? 1000 : (int)left;
 }
@@ -675,7 +682,8 @@ static void step(kreq_server_t *s, bool fetch, bool *more)
 {
 	drain_efd(s);
 	swap_keyring(s);
-	process_completions(s);
+	if (process_completions(s))
+		s->last_record_ns = kreq__mono_ns();
 	*more = fetch && consume(s, 1000);
 	if (s->producer)
 		rd_kafka_poll(s->producer, 0);

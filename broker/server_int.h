@@ -127,6 +127,8 @@ struct kreq_server_s {
 	bool draining;         /* stopping: nothing new starts */
 	bool draining_abandon; /* grace over: completions are discarded */
 	int64_t light_commit_ns, housekeeping_ns;
+	int64_t last_record_ns; /* last record consumed or completion applied */
+	int64_t linger_ms;
 	bool txn_open;
 	int64_t txn_start_ns;
 	uint64_t txn_results;

@@ -102,9 +102,13 @@
 	  "request is dropped and counted. Empty: <topic.prefix>.reply.*")                         \
 	X(SERVER_TXN_BATCH_MAX, "server.txn.batch.max", INT, "1000", 1, 1000000,                   \
 	  "Most results per Kafka transaction. A transaction also commits when it is "             \
-	  "server.txn.batch.ms old, or at once when no other request is in progress.")             \
+	  "server.txn.batch.ms old, or when no request is in progress and none arrived for "       \
+	  "server.txn.linger.ms.")             \
 	X(SERVER_TXN_BATCH_MS, "server.txn.batch.ms", INT, "20", 0, 60000,                         \
 	  "Longest a transaction stays open while requests are in progress.")                      \
+	X(SERVER_TXN_LINGER_MS, "server.txn.linger.ms", INT, "2", 0, 60000,                        \
+	  "When no request is in progress, how long a transaction waits for more records before "  \
+	  "it commits: callers whose requests arrive together then share one commit.")             \
 	X(SERVER_DEDUP_RETENTION_MS, "server.dedup.retention.ms", INT, "604800000", 1000,          \
 	  315360000000,                                                                            \
 	  "How long a result is kept for deduplication (also the results topic's retention.ms "    \
