@@ -5,7 +5,8 @@
  *     mutex + condition variable future;
  *   - pending table insert / find / remove with N live entries (default one
  *     million), vs a chained hash table under one global mutex (one malloc
- *     per entry); also two threads at once;
+ *     per entry); also the reply path (find_retain, then remove of the same
+ *     id) and two threads at once;
  *   - timer arm + cancel with N armed timers, vs a binary heap under a mutex
  *     and vs a POSIX timer per request (timer_create/settime/delete);
  *   - memory per pending request (future + the client's call record + table slot
@@ -279,8 +280,20 @@ static void *tab_remove(tab_t *t, const uint8_t id[16])
 	return t->k ? kreq__table_remove(t->k, id) : chash_remove(t->c, id);
 }
 
+static void retain_nop(void *v)
+{
+	sink += (uintptr_t)v & 1;
+}
+
+/* The client's reply path: look up and pin the call, then remove it. */
+static void *tab_reply(tab_t *t, const uint8_t id[16])
+{
+	void *v = t->k ? kreq__table_find_retain(t->k, id, retain_nop) : chash_find(t->c, id);
+	return v != NULL ? tab_remove(t, id) : NULL;
+}
+
 typedef struct tab_times {
-	double insert, find, remove, mt;
+	double insert, find, remove, reply, mt;
 } tab_times_t;
 
 typedef struct mt_arg {
@@ -316,14 +329,17 @@ static double run_mt(tab_t *t, uint8_t (*ids)[16], size_t batch)
 
 /* Steady state with `live` entries, as requests come and go: each round
  * inserts a batch of new ids, finds a batch of resident ones and removes the
- * batch of oldest ids (FIFO, so live stays constant); then two threads at
- * once insert, find and remove a batch of their own. ids holds live +
- * rounds * batch ids; mt a further batch. */
+ * batch of oldest ids (FIFO, so live stays constant): the first half with a
+ * plain remove, the second half as the client's reply path does
+ * (find_retain, then remove; timed per pair); then two threads at once
+ * insert, find and remove a batch of their own. ids holds live + rounds *
+ * batch ids; mt a further batch. */
 static tab_times_t bench_table(tab_t *t, uint8_t (*ids)[16], uint8_t (*mt)[16], size_t batch)
 {
 	for (size_t i = 0; i < live; i++)
 		tab_insert(t, ids[i], ids[i]);
-	double ins[64], fnd[64], rem[64], par[64];
+	double ins[64], fnd[64], rem[64], rep[64], par[64];
+	size_t half = batch / 2;
 	for (int k = 0; k < rounds; k++) {
 		size_t oldest = (size_t)k * batch, newest = live + (size_t)k * batch;
 		int64_t t0 = kreq__mono_ns();
@@ -333,18 +349,22 @@ static tab_times_t bench_table(tab_t *t, uint8_t (*ids)[16], uint8_t (*mt)[16], 
 		for (size_t i = 0; i < batch; i++)
 			sink += tab_find(t, ids[oldest + batch + i * 7 % (live - batch)]) != NULL;
 		int64_t t2 = kreq__mono_ns();
-		for (size_t i = 0; i < batch; i++)
+		for (size_t i = 0; i < half; i++)
 			sink += tab_remove(t, ids[oldest + i]) != NULL;
 		int64_t t3 = kreq__mono_ns();
+		for (size_t i = half; i < batch; i++)
+			sink += tab_reply(t, ids[oldest + i]) != NULL;
+		int64_t t4 = kreq__mono_ns();
 		ins[k] = (double)(t1 - t0) / (double)batch;
 		fnd[k] = (double)(t2 - t1) / (double)batch;
-		rem[k] = (double)(t3 - t2) / (double)batch;
+		rem[k] = (double)(t3 - t2) / (double)half;
+		rep[k] = (double)(t4 - t3) / (double)(batch - half);
 		par[k] = run_mt(t, mt, batch);
 	}
 	for (size_t i = (size_t)rounds * batch; i < live + (size_t)rounds * batch; i++)
 		tab_remove(t, ids[i]);
 	return (tab_times_t){median(ins, rounds), median(fnd, rounds), median(rem, rounds),
-	                     median(par, rounds)};
+	                     median(rep, rounds), median(par, rounds)};
 }
 
 /* ---- timers ------------------------------------------------------------- */
@@ -583,6 +603,8 @@ int main(int argc, char **argv)
 	row(what, k.find, "chained hash, global mutex", c.find);
 	snprintf(what, sizeof(what), "table remove (%zu live)", live);
 	row(what, k.remove, "chained hash, global mutex", c.remove);
+	snprintf(what, sizeof(what), "table find_retain+remove (%zuk)", live / 1000);
+	row(what, k.reply, "chained hash, find+remove", c.reply);
 	row("table ins/find/rm, 2 threads", k.mt, "chained hash, global mutex", c.mt);
 	kreq__table_destroy(kt.k);
 	chash_destroy(ct.c);

@@ -5,8 +5,8 @@
  * are random (UUID v4), so their bytes are already a good hash. The table
  * does not own the values; removal is how the client decides who settles a
  * call: exactly one remover gets the pointer back, every other gets NULL.
- * Must hold one million live entries; insert/find/remove stay well under
- * 100 ns at that size (bench/bench_client_core.c).
+ * Must hold one million live entries; insert/find/remove stay under 100 ns
+ * at that size (bench/bench_client_core.c).
  */
 #ifndef KREQ_TABLE_H
 #define KREQ_TABLE_H
@@ -50,5 +50,20 @@ void kreq__table_foreach(kreq__table_t *t, void (*fn)(void *value, void *arg), v
 /* Removes every entry, calling fn(value, arg) for each after it is removed
  * (outside the locks); used at client shutdown. Returns how many. */
 size_t kreq__table_drain(kreq__table_t *t, void (*fn)(void *value, void *arg), void *arg);
+
+/* ---- for tests ---------------------------------------------------------- */
+
+/* The table hashes an id to 64 bits: the top 6 choose the shard, the next
+ * log2(shard capacity) bits the home slot (shards start at 16 slots and
+ * double at 3/4 full). Writes an id whose hash is h; different salts give
+ * different ids, so tests can build colliding ids and probe runs that wrap
+ * around the end of a shard. */
+void kreq__table_test_id(uint64_t h, uint64_t salt, uint8_t id[16]);
+
+/* Checks the internal invariants shard by shard under its lock (every
+ * entry found from its home slot with no empty slot on the way, probe
+ * counts exact unless saturated, empty slots counted 0, entry counts):
+ * KREQ_OK, or KREQ_ESTATE with the first violation described in err. */
+int kreq__table_check(kreq__table_t *t, char *err, size_t errlen);
 
 #endif
