@@ -103,7 +103,7 @@
 	X(SERVER_TXN_BATCH_MAX, "server.txn.batch.max", INT, "1000", 1, 1000000,                   \
 	  "Most results per Kafka transaction. A transaction also commits when it is "             \
 	  "server.txn.batch.ms old, or when no request is in progress and none arrived for "       \
-	  "server.txn.linger.ms.")             \
+	  "server.txn.linger.ms.")                                                                 \
 	X(SERVER_TXN_BATCH_MS, "server.txn.batch.ms", INT, "20", 0, 60000,                         \
 	  "Longest a transaction stays open while requests are in progress.")                      \
 	X(SERVER_TXN_LINGER_MS, "server.txn.linger.ms", INT, "2", 0, 60000,                        \
