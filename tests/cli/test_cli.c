@@ -16,7 +16,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +32,7 @@
 #include "kreq/client.h"
 #include "kreq/error.h"
 #include "proto/envelope.h"
+#include "proc.h"
 #include "testsupport.h"
 
 #ifndef KREQ_CLI_PATH
@@ -40,181 +40,39 @@
 #endif
 
 #define RUN_TIMEOUT_MS 30000
-#define MAX_ARGS       40
-
-extern char **environ;
 
 /* ---- running the binary ------------------------------------------------------- */
 
-struct buf {
-	char *data;
-	size_t len, cap;
-};
-
-struct proc {
-	pid_t pid;
-	int out_fd, err_fd;
-	struct buf out, err;
-};
-
-struct result {
-	int status; /* exit code, or 128 + signal */
-	char *out, *err;
-};
-
-static void buf_read(struct buf *b, int *fd)
-{
-	if (b->cap - b->len < 4097) {
-		b->cap = b->cap ? b->cap * 2 : 8192;
-		b->data = realloc(b->data, b->cap);
-		ck_assert_ptr_nonnull(b->data);
-	}
-	ssize_t n = read(*fd, b->data + b->len, b->cap - b->len - 1);
-	if (n > 0)
-		b->len += (size_t)n;
-	else if (n == 0 || errno != EINTR) {
-		close(*fd);
-		*fd = -1;
-	}
-	b->data[b->len] = '\0';
-}
-
-static void proc_start(struct proc *p, const char *const *args, const char *stdin_data)
-{
-	int in[2], out[2], err[2];
-	ck_assert(pipe2(in, O_CLOEXEC) == 0 && pipe2(out, O_CLOEXEC) == 0 &&
-	          pipe2(err, O_CLOEXEC) == 0);
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO);
-	posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
-	posix_spawn_file_actions_adddup2(&fa, err[1], STDERR_FILENO);
-	const char *argv[MAX_ARGS + 2] = {KREQ_CLI_PATH};
-	size_t n = 1;
-	for (; args && *args; args++) {
-		ck_assert(n < MAX_ARGS);
-		argv[n++] = *args;
-	}
-	argv[n] = NULL;
-	int rc = posix_spawn(&p->pid, KREQ_CLI_PATH, &fa, NULL, (char *const *)argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	close(in[0]);
-	close(out[1]);
-	close(err[1]);
-	ck_assert_msg(rc == 0, "spawn %s: %s", KREQ_CLI_PATH, strerror(rc));
-	if (stdin_data)
-		ck_assert(write(in[1], stdin_data, strlen(stdin_data)) ==
-		          (ssize_t)strlen(stdin_data));
-	close(in[1]);
-	p->out_fd = out[0];
-	p->err_fd = err[0];
-	memset(&p->out, 0, sizeof(p->out));
-	memset(&p->err, 0, sizeof(p->err));
-}
-
-/* Reads what is available within wait_ms; false once both streams closed. */
-static bool proc_pump(struct proc *p, int wait_ms)
-{
-	struct pollfd fds[2] = {{.fd = p->out_fd, .events = POLLIN},
-	                        {.fd = p->err_fd, .events = POLLIN}};
-	if (p->out_fd < 0 && p->err_fd < 0)
-		return false;
-	if (poll(fds, 2, wait_ms) > 0) {
-		if (fds[0].revents)
-			buf_read(&p->out, &p->out_fd);
-		if (fds[1].revents)
-			buf_read(&p->err, &p->err_fd);
-	}
-	return true;
-}
-
-static void proc_finish(struct proc *p, int timeout_ms, struct result *r)
-{
-	int64_t deadline = kreq_test_now_ms() + timeout_ms;
-	while (proc_pump(p, 100)) {
-		if (kreq_test_now_ms() > deadline) {
-			kill(p->pid, SIGKILL);
-			waitpid(p->pid, NULL, 0);
-			ck_abort_msg("kreq did not finish within %d ms; stderr: %s", timeout_ms,
-			             p->err.data ? p->err.data : "");
-		}
-	}
-	int st = 0;
-	ck_assert_int_eq(waitpid(p->pid, &st, 0), p->pid);
-	r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	r->out = p->out.data ? p->out.data : strdup("");
-	r->err = p->err.data ? p->err.data : strdup("");
-}
-
-static void result_free(struct result *r)
-{
-	free(r->out);
-	free(r->err);
-}
-
 /* Runs kreq with the NULL-terminated arguments and stdin_data (NULL: empty). */
-__attribute__((sentinel)) static void kreq(struct result *r, const char *stdin_data, ...)
+__attribute__((sentinel)) static void kreq(kreq_test_result_t *r, const char *stdin_data, ...)
 {
-	const char *args[MAX_ARGS + 1];
+	const char *args[KREQ_TEST_MAX_ARGS + 1];
 	size_t n = 0;
 	va_list ap;
 	va_start(ap, stdin_data);
 	for (const char *a; (a = va_arg(ap, const char *)) != NULL;) {
-		ck_assert(n < MAX_ARGS);
+		ck_assert(n < KREQ_TEST_MAX_ARGS);
 		args[n++] = a;
 	}
 	va_end(ap);
 	args[n] = NULL;
-	struct proc p;
-	proc_start(&p, args, stdin_data);
-	proc_finish(&p, RUN_TIMEOUT_MS, r);
+	kreq_test_run(r, KREQ_CLI_PATH, args, stdin_data, RUN_TIMEOUT_MS);
 }
 
-#define ASSERT_RUN(r, code, stream, text)                                                          \
-	ck_assert_msg((r)->status == (code) && strstr((r)->stream, (text)) != NULL,                \
-	              "exit %d (want %d), %s lacks \"%s\"\nstdout: %s\nstderr: %s", (r)->status,   \
-	              (code), #stream, (text), (r)->out, (r)->err)
+static const char *tmpdir;
 
 /* ---- fixtures ----------------------------------------------------------------- */
-
-static char tmpdir[64];
-
-static const char *tmp(const char *name)
-{
-	static char paths[8][128];
-	static int next;
-	char *p = paths[next++ % 8];
-	int n = snprintf(p, sizeof(paths[0]), "%s/%.60s", tmpdir, name);
-	ck_assert_msg(n > 0 && (size_t)n < sizeof(paths[0]), "temporary path too long: %s", name);
-	return p;
-}
-
-static void tmp_create(void)
-{
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/kreq-cli-test-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static void tmp_remove(void)
-{
-	DIR *d = opendir(tmpdir);
-	ck_assert_ptr_nonnull(d);
-	for (struct dirent *e; (e = readdir(d)) != NULL;)
-		if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-			unlink(tmp(e->d_name));
-	closedir(d);
-	ck_assert_int_eq(rmdir(tmpdir), 0);
-}
 
 /* A signing key file in tmpdir, and the keyring loaded from it. */
 static kreq_keyring_t *make_key(const char *name)
 {
 	char err[256];
-	ck_assert_int_eq(kreq_keyring_generate_file(tmp(name), NULL, "cli-key",
+	ck_assert_int_eq(kreq_keyring_generate_file(kreq_test_tmp(name), NULL, "cli-key",
 	                                            KREQ_KEY_HMAC_SHA256, err, sizeof(err)),
 	                 KREQ_OK);
 	kreq_keyring_t *kr = kreq_keyring_new();
-	ck_assert_int_eq(kreq_keyring_load_file(kr, tmp(name), err, sizeof(err)), KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_load_file(kr, kreq_test_tmp(name), err, sizeof(err)),
+	                 KREQ_OK);
 	return kr;
 }
 
@@ -248,38 +106,38 @@ static const char *const subs[] = {"keygen", "tail", "call", "pending", "stats",
 
 START_TEST(test_help)
 {
-	struct result r;
+	kreq_test_result_t r;
 	kreq(&r, NULL, "--help", NULL);
-	ASSERT_RUN(&r, 0, out, "Exit status:");
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "Exit status:");
 	ck_assert_ptr_nonnull(strstr(r.out, "4  verification failure"));
-	result_free(&r);
+	kreq_test_result_free(&r);
 	kreq(&r, NULL, "--version", NULL);
-	ASSERT_RUN(&r, 0, out, "kreq ");
-	result_free(&r);
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "kreq ");
+	kreq_test_result_free(&r);
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
 		kreq(&r, NULL, subs[i], "--help", NULL);
 		char want[64];
 		snprintf(want, sizeof(want), "usage: kreq %s", subs[i]);
-		ASSERT_RUN(&r, 0, out, want);
+		KREQ_TEST_ASSERT_RUN(&r, 0, out, want);
 		ck_assert_str_eq(r.err, "");
-		result_free(&r);
+		kreq_test_result_free(&r);
 	}
 }
 END_TEST
 
 START_TEST(test_usage_errors)
 {
-	struct result r;
+	kreq_test_result_t r;
 	kreq(&r, NULL, NULL);
-	ASSERT_RUN(&r, 2, err, "missing subcommand");
-	result_free(&r);
+	KREQ_TEST_ASSERT_RUN(&r, 2, err, "missing subcommand");
+	kreq_test_result_free(&r);
 	kreq(&r, NULL, "frobnicate", NULL);
-	ASSERT_RUN(&r, 2, err, "unknown subcommand 'frobnicate'");
-	result_free(&r);
+	KREQ_TEST_ASSERT_RUN(&r, 2, err, "unknown subcommand 'frobnicate'");
+	kreq_test_result_free(&r);
 	for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
 		kreq(&r, NULL, subs[i], "--no-such-option", NULL);
-		ASSERT_RUN(&r, 2, err, "unknown option '--no-such-option'");
-		result_free(&r);
+		KREQ_TEST_ASSERT_RUN(&r, 2, err, "unknown option '--no-such-option'");
+		kreq_test_result_free(&r);
 	}
 	static const char *const cases[][8] = {
 	    {"keygen", "--id", "k", "--out", "/tmp/x", NULL, "required"},
@@ -305,9 +163,9 @@ START_TEST(test_usage_errors)
 		for (size_t k = 0; k < n; k++)
 			args[k] = c[k];
 		kreq(&r, NULL, args[0], args[1], args[2], args[3], args[4], args[5], args[6], NULL);
-		ASSERT_RUN(&r, 2, err, want);
+		KREQ_TEST_ASSERT_RUN(&r, 2, err, want);
 		ck_assert_ptr_nonnull(strstr(r.err, "--help"));
-		result_free(&r);
+		kreq_test_result_free(&r);
 	}
 }
 END_TEST
@@ -323,37 +181,38 @@ static int file_mode(const char *path)
 
 START_TEST(test_keygen)
 {
-	tmp_create();
-	struct result r;
-	kreq(&r, NULL, "keygen", "--type", "hmac-sha256", "--id", "k1", "--out", tmp("h.key"),
-	     NULL);
-	ASSERT_RUN(&r, 0, out, tmp("h.key"));
-	ck_assert_int_eq(file_mode(tmp("h.key")), 0600);
-	result_free(&r);
-	kreq(&r, NULL, "keygen", "--type", "hmac-sha256", "--id", "k2", "--out", tmp("h.key"),
-	     NULL);
-	ASSERT_RUN(&r, 1, err, "refusing to overwrite");
-	ck_assert_ptr_nonnull(strstr(r.err, tmp("h.key")));
-	result_free(&r);
-	kreq(&r, NULL, "keygen", "--type", "ed25519", "--id", "e1", "--out", tmp("e.key"),
-	     "--public", tmp("e.pub"), "--json", NULL);
+	tmpdir = kreq_test_tmp_create("kreq-cli-test");
+	kreq_test_result_t r;
+	kreq(&r, NULL, "keygen", "--type", "hmac-sha256", "--id", "k1", "--out",
+	     kreq_test_tmp("h.key"), NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, kreq_test_tmp("h.key"));
+	ck_assert_int_eq(file_mode(kreq_test_tmp("h.key")), 0600);
+	kreq_test_result_free(&r);
+	kreq(&r, NULL, "keygen", "--type", "hmac-sha256", "--id", "k2", "--out",
+	     kreq_test_tmp("h.key"), NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, "refusing to overwrite");
+	ck_assert_ptr_nonnull(strstr(r.err, kreq_test_tmp("h.key")));
+	kreq_test_result_free(&r);
+	kreq(&r, NULL, "keygen", "--type", "ed25519", "--id", "e1", "--out", kreq_test_tmp("e.key"),
+	     "--public", kreq_test_tmp("e.pub"), "--json", NULL);
 	ck_assert_msg(r.status == 0, "%s", r.err);
 	json_t *j = json_loads(r.out, 0, NULL);
 	ck_assert_ptr_nonnull(j);
-	ck_assert_str_eq(json_string_value(json_object_get(j, "public_path")), tmp("e.pub"));
+	ck_assert_str_eq(json_string_value(json_object_get(j, "public_path")),
+	                 kreq_test_tmp("e.pub"));
 	json_decref(j);
-	result_free(&r);
-	ck_assert_int_eq(file_mode(tmp("e.key")), 0600);
-	ck_assert_int_eq(file_mode(tmp("e.pub")), 0644);
+	kreq_test_result_free(&r);
+	ck_assert_int_eq(file_mode(kreq_test_tmp("e.key")), 0600);
+	ck_assert_int_eq(file_mode(kreq_test_tmp("e.pub")), 0644);
 	kreq_keyring_t *kr = kreq_keyring_new();
-	ck_assert_int_eq(kreq_keyring_load_file(kr, tmp("e.key"), NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_load_file(kr, kreq_test_tmp("e.key"), NULL, 0), KREQ_OK);
 	ck_assert_str_eq(kreq_keyring_signing_key(kr), "e1");
 	kreq_keyring_release(kr);
 	kr = kreq_keyring_new(); /* the public half verifies only */
-	ck_assert_int_eq(kreq_keyring_load_file(kr, tmp("e.pub"), NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_load_file(kr, kreq_test_tmp("e.pub"), NULL, 0), KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_key_type(kr, "e1"), KREQ_KEY_ED25519_PUBLIC);
 	kreq_keyring_release(kr);
-	tmp_remove();
+	kreq_test_tmp_remove();
 }
 END_TEST
 
@@ -361,41 +220,41 @@ END_TEST
 
 START_TEST(test_bad_keyfile)
 {
-	tmp_create();
-	struct result r;
+	tmpdir = kreq_test_tmp_create("kreq-cli-test");
+	kreq_test_result_t r;
 	kreq(&r, NULL, "tail", "--bootstrap", "127.0.0.1:1", "--topic", "t", "--keyfile",
-	     tmp("missing.key"), NULL);
-	ASSERT_RUN(&r, 1, err, tmp("missing.key"));
-	result_free(&r);
+	     kreq_test_tmp("missing.key"), NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, kreq_test_tmp("missing.key"));
+	kreq_test_result_free(&r);
 	kreq_keyring_release(make_key("open.key"));
-	ck_assert_int_eq(chmod(tmp("open.key"), 0644), 0);
-	kreq(&r, NULL, "call", "--bootstrap", "127.0.0.1:1", "--keyfile", tmp("open.key"), "svc.x",
-	     NULL);
-	ASSERT_RUN(&r, 1, err, tmp("open.key"));
+	ck_assert_int_eq(chmod(kreq_test_tmp("open.key"), 0644), 0);
+	kreq(&r, NULL, "call", "--bootstrap", "127.0.0.1:1", "--keyfile", kreq_test_tmp("open.key"),
+	     "svc.x", NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, kreq_test_tmp("open.key"));
 	ck_assert_ptr_nonnull(strstr(r.err, "EKEYPERM"));
-	result_free(&r);
-	tmp_remove();
+	kreq_test_result_free(&r);
+	kreq_test_tmp_remove();
 }
 END_TEST
 
 START_TEST(test_unreachable_broker)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreq-cli-test");
 	kreq_keyring_release(make_key("k.key"));
-	struct result r;
+	kreq_test_result_t r;
 	int64_t t0 = kreq_test_now_ms();
 	kreq(&r, NULL, "tail", "--bootstrap", "127.0.0.1:1", "--topic", "t", "--keyfile",
-	     tmp("k.key"), "--timeout-ms", "1000", NULL);
-	ASSERT_RUN(&r, 1, err, "cannot reach Kafka at 127.0.0.1:1");
+	     kreq_test_tmp("k.key"), "--timeout-ms", "1000", NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, "cannot reach Kafka at 127.0.0.1:1");
 	ck_assert_int_lt(kreq_test_now_ms() - t0, 6000);
-	result_free(&r);
+	kreq_test_result_free(&r);
 	t0 = kreq_test_now_ms();
-	kreq(&r, NULL, "call", "--bootstrap", "127.0.0.1:1", "--keyfile", tmp("k.key"),
+	kreq(&r, NULL, "call", "--bootstrap", "127.0.0.1:1", "--keyfile", kreq_test_tmp("k.key"),
 	     "--timeout-ms", "1000", "svc.x", "hello", NULL);
-	ASSERT_RUN(&r, 1, err, "cannot start a kreq client on 127.0.0.1:1");
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, "cannot start a kreq client on 127.0.0.1:1");
 	ck_assert_int_lt(kreq_test_now_ms() - t0, 6000);
-	result_free(&r);
-	tmp_remove();
+	kreq_test_result_free(&r);
+	kreq_test_tmp_remove();
 }
 END_TEST
 
@@ -489,30 +348,30 @@ static void check_tail_json(const char *out)
 
 START_TEST(test_tail)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreq-cli-test");
 	kreq_keyring_t *kr = make_key("k.key");
 	const char *bs = mock_start("kreq.cli.tail", 1);
 	produce_records("kreq.cli.tail", kr);
-	struct result r;
+	kreq_test_result_t r;
 	kreq(&r, NULL, "tail", "--bootstrap", bs, "--topic", "kreq.cli.tail", "--keyfile",
-	     tmp("k.key"), "--from-beginning", "--count", "4", NULL);
+	     kreq_test_tmp("k.key"), "--from-beginning", "--count", "4", NULL);
 	ck_assert_msg(r.status == 4, "exit %d: %s", r.status, r.err);
 	check_tail_text(r.out);
-	result_free(&r);
+	kreq_test_result_free(&r);
 	kreq(&r, NULL, "tail", "--bootstrap", bs, "--topic", "kreq.cli.tail", "--keyfile",
-	     tmp("k.key"), "--from-beginning", "--timeout-ms", "1500", "--json", NULL);
+	     kreq_test_tmp("k.key"), "--from-beginning", "--timeout-ms", "1500", "--json", NULL);
 	ck_assert_msg(r.status == 4, "exit %d: %s", r.status, r.err);
 	check_tail_json(r.out);
-	ASSERT_RUN(&r, 4, err, "4 record(s), 2 failed verification");
-	result_free(&r);
+	KREQ_TEST_ASSERT_RUN(&r, 4, err, "4 record(s), 2 failed verification");
+	kreq_test_result_free(&r);
 	/* new records only: nothing arrives, the idle timeout ends it cleanly */
 	kreq(&r, NULL, "tail", "--bootstrap", bs, "--topic", "kreq.cli.tail", "--keyfile",
-	     tmp("k.key"), "--timeout-ms", "1000", NULL);
-	ASSERT_RUN(&r, 0, err, "0 record(s)");
-	result_free(&r);
+	     kreq_test_tmp("k.key"), "--timeout-ms", "1000", NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 0, err, "0 record(s)");
+	kreq_test_result_free(&r);
 	mock_stop();
 	kreq_keyring_release(kr);
-	tmp_remove();
+	kreq_test_tmp_remove();
 }
 END_TEST
 
@@ -549,17 +408,17 @@ static kreq_future_t *call_never(kreq_client_t *c, const char *method, const cha
 
 static void check_pending(const char *sock)
 {
-	struct result r;
+	kreq_test_result_t r;
 	kreq(&r, NULL, "pending", "--socket", sock, NULL);
-	ASSERT_RUN(&r, 0, out, "3 in flight, 3 shown");
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "3 in flight, 3 shown");
 	ck_assert_ptr_nonnull(strstr(r.out, "idem-one")); /* printable key shown as text */
 	ck_assert_ptr_nonnull(strstr(strstr(r.out, "svc.never") + 1, "svc.never"));
-	result_free(&r);
+	kreq_test_result_free(&r);
 	kreq(&r, NULL, "pending", "--socket", sock, "--sort", "method", NULL);
 	ck_assert_int_eq(r.status, 0);
 	ck_assert_ptr_nonnull(strstr(r.out, "svc.aaa"));
 	ck_assert(strstr(r.out, "svc.aaa") < strstr(r.out, "svc.never"));
-	result_free(&r);
+	kreq_test_result_free(&r);
 	kreq(&r, NULL, "pending", "--socket", sock, "--json", "--method", "svc.never", "--sort",
 	     "left", NULL);
 	ck_assert_msg(r.status == 0, "%s", r.err);
@@ -573,15 +432,15 @@ static void check_pending(const char *sock)
 		    "svc.never");
 	ck_assert_int_eq(json_integer_value(json_object_get(j, "in_flight")), 3);
 	json_decref(j);
-	result_free(&r);
+	kreq_test_result_free(&r);
 }
 
 static void check_stats(const char *sock)
 {
-	struct result r;
+	kreq_test_result_t r;
 	kreq(&r, NULL, "stats", "--socket", sock, NULL);
-	ASSERT_RUN(&r, 0, out, "kreq_client_in_flight{client=\"cli-test\"} 3");
-	result_free(&r);
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "kreq_client_in_flight{client=\"cli-test\"} 3");
+	kreq_test_result_free(&r);
 	kreq(&r, NULL, "stats", "--socket", sock, "--json", NULL);
 	ck_assert_msg(r.status == 0, "%s", r.err);
 	json_t *arr = json_loads(r.out, 0, NULL);
@@ -599,24 +458,24 @@ static void check_stats(const char *sock)
 	}
 	ck_assert(found);
 	json_decref(arr);
-	result_free(&r);
+	kreq_test_result_free(&r);
 }
 
 START_TEST(test_pending_and_stats)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreq-cli-test");
 	kreq_keyring_t *kr = make_key("k.key");
 	const char *bs = mock_start("kreq.svc.requests", 1);
-	const char *sock = tmp("admin.sock");
+	const char *sock = kreq_test_tmp("admin.sock");
 	kreq_client_t *c = live_client(bs, kr, sock);
 	kreq_future_t *f[3] = {call_never(c, "svc.never", "idem-one"),
 	                       call_never(c, "svc.never", NULL), call_never(c, "svc.aaa", NULL)};
 	check_pending(sock);
 	check_stats(sock);
-	struct result r;
-	kreq(&r, NULL, "pending", "--socket", tmp("nosuch.sock"), NULL);
-	ASSERT_RUN(&r, 1, err, tmp("nosuch.sock"));
-	result_free(&r);
+	kreq_test_result_t r;
+	kreq(&r, NULL, "pending", "--socket", kreq_test_tmp("nosuch.sock"), NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, kreq_test_tmp("nosuch.sock"));
+	kreq_test_result_free(&r);
 	kreq_client_destroy(c);
 	for (size_t i = 0; i < 3; i++) {
 		ck_assert_int_eq(kreq_future_err(f[i]), KREQ_ECLOSED);
@@ -624,7 +483,7 @@ START_TEST(test_pending_and_stats)
 	}
 	mock_stop();
 	kreq_keyring_release(kr);
-	tmp_remove();
+	kreq_test_tmp_remove();
 }
 END_TEST
 
@@ -632,59 +491,59 @@ END_TEST
 
 START_TEST(test_call_timeout)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreq-cli-test");
 	kreq_keyring_release(make_key("k.key"));
 	const char *bs = mock_start("kreq.svc.requests", 1);
-	struct result r;
-	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", tmp("k.key"), "--timeout-ms", "1500",
-	     "svc.never", "hello", NULL);
-	ASSERT_RUN(&r, 1, err, "timed out");
-	result_free(&r);
-	kreq(&r, "from stdin", "call", "--bootstrap", bs, "--keyfile", tmp("k.key"), "--timeout-ms",
-	     "1500", "--json", "svc.never", "-", NULL);
+	kreq_test_result_t r;
+	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"),
+	     "--timeout-ms", "1500", "svc.never", "hello", NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, "timed out");
+	kreq_test_result_free(&r);
+	kreq(&r, "from stdin", "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"),
+	     "--timeout-ms", "1500", "--json", "svc.never", "-", NULL);
 	ck_assert_int_eq(r.status, 1);
 	json_t *j = json_loads(r.out, 0, NULL);
 	ck_assert_msg(j != NULL, "not JSON: %s", r.out);
 	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "error"), "code")),
 	                 "ETIMEDOUT");
 	json_decref(j);
-	result_free(&r);
+	kreq_test_result_free(&r);
 	mock_stop();
-	tmp_remove();
+	kreq_test_tmp_remove();
 }
 END_TEST
 
 START_TEST(test_call_replies)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreq-cli-test");
 	kreq_keyring_t *kr = make_key("k.key");
 	const char *bs = mock_start("kreq.svc.requests", 1);
 	responder_t *resp = responder_start(bs, "kreq.svc.requests", kr, 0);
-	struct result r;
-	kreq(&r, "{\"n\":1}", "call", "--bootstrap", bs, "--keyfile", tmp("k.key"), "-X",
+	kreq_test_result_t r;
+	kreq(&r, "{\"n\":1}", "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"), "-X",
 	     "service.check.ms=0", "--timeout-ms", "20000", "svc.echo", "-", NULL);
-	ASSERT_RUN(&r, 0, out, "payload: {\"n\":1}");
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "payload: {\"n\":1}");
 	ck_assert_ptr_nonnull(strstr(r.out, "status: 0"));
-	result_free(&r);
-	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", tmp("k.key"), "-X",
+	kreq_test_result_free(&r);
+	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"), "-X",
 	     "service.check.ms=0", "--json", "--idempotency-key", "op-7", "svc.fail", "x", NULL);
 	ck_assert_msg(r.status == 3, "exit %d: %s %s", r.status, r.out, r.err);
 	json_t *j = json_loads(r.out, 0, NULL);
 	ck_assert_int_eq(json_integer_value(json_object_get(j, "status")), 101);
 	json_decref(j);
-	result_free(&r);
-	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", tmp("k.key"), "-X",
+	kreq_test_result_free(&r);
+	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"), "-X",
 	     "service.check.ms=0", "svc.rejected", NULL);
-	ASSERT_RUN(&r, 3, err, "EREJECTED");
-	result_free(&r);
-	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", tmp("k.key"), "-X",
+	KREQ_TEST_ASSERT_RUN(&r, 3, err, "EREJECTED");
+	kreq_test_result_free(&r);
+	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"), "-X",
 	     "no.such.property=1", "svc.echo", NULL);
-	ASSERT_RUN(&r, 2, err, "no.such.property");
-	result_free(&r);
+	KREQ_TEST_ASSERT_RUN(&r, 2, err, "no.such.property");
+	kreq_test_result_free(&r);
 	responder_stop(resp);
 	mock_stop();
 	kreq_keyring_release(kr);
-	tmp_remove();
+	kreq_test_tmp_remove();
 }
 END_TEST
 
@@ -693,20 +552,20 @@ END_TEST
 static void dev_until_signal(int sig)
 {
 	const char *args[] = {"dev", "--topic", "kreq.dev.requests:2", NULL};
-	struct proc p;
-	proc_start(&p, args, NULL);
+	kreq_test_proc_t p;
+	kreq_test_proc_start(&p, KREQ_CLI_PATH, args, NULL);
 	int64_t deadline = kreq_test_now_ms() + RUN_TIMEOUT_MS;
 	while (p.out.data == NULL || strchr(p.out.data, '\n') == NULL) {
 		ck_assert_msg(kreq_test_now_ms() < deadline, "no bootstrap line from kreq dev");
-		ck_assert_msg(proc_pump(&p, 100), "kreq dev exited early");
+		ck_assert_msg(kreq_test_proc_pump(&p, 100), "kreq dev exited early");
 	}
 	ck_assert_msg(strncmp(p.out.data, "KREQ_MOCK_BOOTSTRAP=127.0.0.1:", 30) == 0, "%s",
 	              p.out.data);
 	ck_assert_int_eq(kill(p.pid, sig), 0);
-	struct result r;
-	proc_finish(&p, RUN_TIMEOUT_MS, &r);
+	kreq_test_result_t r;
+	kreq_test_proc_finish(&p, RUN_TIMEOUT_MS, &r);
 	ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
-	result_free(&r);
+	kreq_test_result_free(&r);
 }
 
 START_TEST(test_dev)

@@ -24,7 +24,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -41,6 +40,7 @@
 #include "kreq/error.h"
 #include "kreq/server.h"
 #include "proto/envelope.h"
+#include "proc.h"
 #include "testsupport.h"
 
 #ifndef KREQ_CLI_PATH
@@ -48,126 +48,38 @@
 #endif
 
 #define RUN_TIMEOUT_MS 60000
-#define MAX_ARGS       24
 #define KEY_ID         "pk-key"
-
-extern char **environ;
 
 /* ---- running the binary (as tests/cli/test_cli.c does) ------------------------ */
 
-struct buf {
-	char *data;
-	size_t len, cap;
-};
-
-struct result {
-	int status; /* exit code, or 128 + signal */
-	char *out, *err;
-};
-
-static void buf_read(struct buf *b, int *fd)
-{
-	if (b->cap - b->len < 4097) {
-		b->cap = b->cap ? b->cap * 2 : 8192;
-		b->data = realloc(b->data, b->cap);
-		ck_assert_ptr_nonnull(b->data);
-	}
-	ssize_t n = read(*fd, b->data + b->len, b->cap - b->len - 1);
-	if (n > 0)
-		b->len += (size_t)n;
-	else if (n == 0 || errno != EINTR) {
-		close(*fd);
-		*fd = -1;
-	}
-	b->data[b->len] = '\0';
-}
-
-static void run_argv(struct result *r, const char *const *args)
-{
-	int out[2], err[2];
-	ck_assert(pipe2(out, O_CLOEXEC) == 0 && pipe2(err, O_CLOEXEC) == 0);
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
-	posix_spawn_file_actions_adddup2(&fa, err[1], STDERR_FILENO);
-	const char *argv[MAX_ARGS + 2] = {KREQ_CLI_PATH};
-	size_t n = 1;
-	for (; *args; args++) {
-		ck_assert(n <= MAX_ARGS);
-		argv[n++] = *args;
-	}
-	argv[n] = NULL;
-	pid_t pid;
-	int rc = posix_spawn(&pid, KREQ_CLI_PATH, &fa, NULL, (char *const *)argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	close(out[1]);
-	close(err[1]);
-	ck_assert_msg(rc == 0, "spawn %s: %s", KREQ_CLI_PATH, strerror(rc));
-	struct buf bo = {0}, be = {0};
-	int fo = out[0], fe = err[0];
-	int64_t deadline = kreq_test_now_ms() + RUN_TIMEOUT_MS;
-	while (fo >= 0 || fe >= 0) {
-		if (kreq_test_now_ms() > deadline) {
-			kill(pid, SIGKILL);
-			waitpid(pid, NULL, 0);
-			ck_abort_msg("kreq did not finish within %d ms; stderr: %s", RUN_TIMEOUT_MS,
-			             be.data ? be.data : "");
-		}
-		struct pollfd fds[2] = {{.fd = fo, .events = POLLIN}, {.fd = fe, .events = POLLIN}};
-		if (poll(fds, 2, 100) > 0) {
-			if (fds[0].revents)
-				buf_read(&bo, &fo);
-			if (fds[1].revents)
-				buf_read(&be, &fe);
-		}
-	}
-	int st = 0;
-	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-	r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	r->out = bo.data ? bo.data : strdup("");
-	r->err = be.data ? be.data : strdup("");
-}
-
 /* Runs kreq with the NULL-terminated arguments. */
-__attribute__((sentinel)) static void kreq(struct result *r, ...)
+__attribute__((sentinel)) static void kreq(kreq_test_result_t *r, ...)
 {
-	const char *args[MAX_ARGS + 1];
+	const char *args[KREQ_TEST_MAX_ARGS + 1];
 	size_t n = 0;
 	va_list ap;
 	va_start(ap, r);
 	for (const char *a; (a = va_arg(ap, const char *)) != NULL;) {
-		ck_assert(n < MAX_ARGS);
+		ck_assert(n < KREQ_TEST_MAX_ARGS);
 		args[n++] = a;
 	}
 	va_end(ap);
 	args[n] = NULL;
-	run_argv(r, args);
+	kreq_test_run(r, KREQ_CLI_PATH, args, NULL, RUN_TIMEOUT_MS);
 }
-
-static void result_free(struct result *r)
-{
-	free(r->out);
-	free(r->err);
-}
-
-#define ASSERT_RUN(r, code, stream, text)                                                          \
-	ck_assert_msg((r)->status == (code) && strstr((r)->stream, (text)) != NULL,                \
-	              "exit %d (want %d), %s lacks \"%s\"\nstdout: %s\nstderr: %s", (r)->status,   \
-	              (code), #stream, (text), (r)->out, (r)->err)
 
 /* ---- fixture: a key file, a unique topic prefix ------------------------------------ */
 
 static const char *bootstrap;
-static char tmpdir[64], keyfile[128], prefix[64];
+static const char *tmpdir;
+static char keyfile[128], prefix[64];
 static kreq_keyring_t *kr;
 
 static void setup(void)
 {
 	bootstrap = kreq_test_bootstrap();
 	kreq_test_topic_name(prefix, sizeof(prefix), "pk");
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/kreq-pk-test-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+	tmpdir = kreq_test_tmp_create("kreq-pk-test");
 	snprintf(keyfile, sizeof(keyfile), "%s/svc.key", tmpdir);
 	char err[256];
 	ck_assert_int_eq(kreq_keyring_generate_file(keyfile, NULL, KEY_ID, KREQ_KEY_HMAC_SHA256,
@@ -181,13 +93,12 @@ static void teardown(void)
 {
 	kreq_keyring_release(kr);
 	kr = NULL;
-	unlink(keyfile);
-	rmdir(tmpdir);
+	kreq_test_tmp_remove();
 }
 
 /* ---- JSON helpers ------------------------------------------------------------------- */
 
-static json_t *parse_json(const struct result *r)
+static json_t *parse_json(const kreq_test_result_t *r)
 {
 	ck_assert_msg(r->status == 0, "exit %d\nstdout: %s\nstderr: %s", r->status, r->out, r->err);
 	json_error_t e;
@@ -346,10 +257,10 @@ static const char *const idems[] = {"pk-one", "pk-two", "pk-three"};
 
 static void check_table_waiting(void)
 {
-	struct result r;
+	kreq_test_result_t r;
 	kreq(&r, "pending", "--bootstrap", bootstrap, "--service", "svc", "--prefix", prefix,
 	     "--keyring", keyfile, NULL);
-	ASSERT_RUN(&r, 0, out, "3 outstanding (3 waiting, 0 cancelled)");
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "3 outstanding (3 waiting, 0 cancelled)");
 	ck_assert_ptr_nonnull(strstr(r.out, "PARTITION COMMITTED"));
 	ck_assert_ptr_nonnull(strstr(r.out, "IDEMPOTENCY_KEY"));
 	for (size_t i = 0; i < 3; i++) {
@@ -360,12 +271,12 @@ static void check_table_waiting(void)
 		              "row of %s: %s", idems[i], line);
 	}
 	ck_assert_str_eq(r.err, "");
-	result_free(&r);
+	kreq_test_result_free(&r);
 }
 
 static void check_json_waiting(bool verified)
 {
-	struct result r;
+	kreq_test_result_t r;
 	if (verified)
 		kreq(&r, "pending", "--bootstrap", bootstrap, "--service", "svc", "--prefix",
 		     prefix, "--keyring", keyfile, "--json", NULL);
@@ -402,14 +313,14 @@ static void check_json_waiting(bool verified)
 	if (!verified)
 		ck_assert_ptr_nonnull(strstr(r.err, "without verification"));
 	json_decref(j);
-	result_free(&r);
+	kreq_test_result_free(&r);
 }
 
 /* true once nothing is outstanding and every partition is committed to
  * its end; *last gets the last output (for the failure message). */
 static bool all_committed(char *last, size_t size)
 {
-	struct result r;
+	kreq_test_result_t r;
 	kreq(&r, "pending", "--bootstrap", bootstrap, "--service", "svc", "--prefix", prefix,
 	     "--keyring", keyfile, "--json", NULL);
 	json_t *j = parse_json(&r);
@@ -419,7 +330,7 @@ static bool all_committed(char *last, size_t size)
 	for (size_t i = 0; done && i < json_array_size(parts); i++)
 		done = jint(json_array_get(parts, i), "lag") == 0;
 	json_decref(j);
-	result_free(&r);
+	kreq_test_result_free(&r);
 	return done;
 }
 
@@ -450,13 +361,13 @@ START_TEST(test_outstanding_until_committed)
 	check_table_waiting();
 	check_json_waiting(true);
 	check_json_waiting(false);
-	struct result r; /* --method filters */
+	kreq_test_result_t r; /* --method filters */
 	kreq(&r, "pending", "--bootstrap", bootstrap, "--service", "svc", "--prefix", prefix,
 	     "--keyring", keyfile, "--method", "svc.other", "--json", NULL);
 	json_t *j = parse_json(&r);
 	ck_assert_int_eq(json_array_size(json_object_get(j, "outstanding")), 0);
 	json_decref(j);
-	result_free(&r);
+	kreq_test_result_free(&r);
 
 	atomic_store(&release_calls, 1);
 	for (size_t i = 0; i < 3; i++) {
@@ -472,8 +383,8 @@ START_TEST(test_outstanding_until_committed)
 		              "still outstanding 30 s after the replies: %s", last);
 	kreq(&r, "pending", "--bootstrap", bootstrap, "--service", "svc", "--prefix", prefix,
 	     "--keyring", keyfile, NULL);
-	ASSERT_RUN(&r, 0, out, "0 outstanding (0 waiting, 0 cancelled)");
-	result_free(&r);
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "0 outstanding (0 waiting, 0 cancelled)");
+	kreq_test_result_free(&r);
 	/* the CLI read the group's offsets without ever joining it */
 	ck_assert_uint_eq(metric(w->s, "kreq_server_rebalances_total{"), rebalances);
 	kreq_client_destroy(c);
@@ -604,7 +515,7 @@ static void write_records(void)
 
 static void check_verified_json(void)
 {
-	struct result r;
+	kreq_test_result_t r;
 	kreq(&r, "pending", "--bootstrap", bootstrap, "--service", "svc", "--prefix", prefix,
 	     "--keyring", keyfile, "--json", "--sort", "attempt", NULL);
 	json_t *j = parse_json(&r);
@@ -626,19 +537,19 @@ static void check_verified_json(void)
 	ck_assert(json_is_null(json_object_get(p, "committed"))); /* no worker ever ran */
 	ck_assert_int_eq(jint(p, "end"), 10);
 	ck_assert_int_eq(jint(p, "lag"), 10);
-	ASSERT_RUN(&r, 0, err, "2 records did not verify");
+	KREQ_TEST_ASSERT_RUN(&r, 0, err, "2 records did not verify");
 	ck_assert_ptr_nonnull(strstr(r.err, "EUNKNOWNKEY 1"));
 	ck_assert_ptr_nonnull(strstr(r.err, "EMALFORMED 1"));
 	json_decref(j);
-	result_free(&r);
+	kreq_test_result_free(&r);
 }
 
 static void check_verified_table(void)
 {
-	struct result r;
+	kreq_test_result_t r;
 	kreq(&r, "pending", "--bootstrap", bootstrap, "--service", "svc", "--prefix", prefix,
 	     "--keyring", keyfile, "--sort", "left", NULL);
-	ASSERT_RUN(&r, 0, out, "4 outstanding (3 waiting, 1 cancelled)");
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "4 outstanding (3 waiting, 1 cancelled)");
 	char line[1024];
 	line_with(r.out, "pk-cancel", line, sizeof(line));
 	ck_assert_msg(strstr(line, " cancelled ") != NULL, "%s", line);
@@ -649,12 +560,12 @@ static void check_verified_table(void)
 	ck_assert(strstr(r.out, "pk-retry") < strstr(r.out, "pk-valid"));
 	ck_assert(strstr(r.out, "pk-valid") < strstr(r.out, "pk-conflict"));
 	ck_assert_ptr_nonnull(strstr(r.err, "did not verify"));
-	result_free(&r);
+	kreq_test_result_free(&r);
 }
 
 static void check_unverified(void)
 {
-	struct result r;
+	kreq_test_result_t r;
 	kreq(&r, "pending", "--bootstrap", bootstrap, "--service", "svc", "--prefix", prefix,
 	     "--json", NULL);
 	json_t *j = parse_json(&r);
@@ -672,13 +583,13 @@ static void check_unverified(void)
 	/* every run only read the group's offsets: still none committed */
 	ck_assert(json_is_null(json_object_get(partition_of(j, 0), "committed")));
 	json_decref(j);
-	result_free(&r);
+	kreq_test_result_free(&r);
 	kreq(&r, "pending", "--bootstrap", bootstrap, "--service", "svc", "--prefix", prefix, NULL);
-	ASSERT_RUN(&r, 0, out, "UNVERIFIED");
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "UNVERIFIED");
 	char line[1024];
 	line_with(r.out, "pk-valid", line, sizeof(line));
 	ck_assert_msg(strstr(line, " unverified ") != NULL, "%s", line);
-	result_free(&r);
+	kreq_test_result_free(&r);
 }
 
 START_TEST(test_records_in_the_topics)
@@ -717,43 +628,43 @@ START_TEST(test_usage_errors)
 	    {"pending", "--bootstrap", "b:1", "--service", "svc", "--sort", "size", NULL,
 	     "--sort must be"}};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		const char *args[MAX_ARGS + 1] = {NULL};
+		const char *args[KREQ_TEST_MAX_ARGS + 1] = {NULL};
 		size_t n = 0;
 		while (cases[i][n] != NULL)
 			args[n] = cases[i][n], n++;
-		struct result r;
-		run_argv(&r, args);
-		ASSERT_RUN(&r, 2, err, cases[i][n + 1]);
+		kreq_test_result_t r;
+		kreq_test_run(&r, KREQ_CLI_PATH, args, NULL, RUN_TIMEOUT_MS);
+		KREQ_TEST_ASSERT_RUN(&r, 2, err, cases[i][n + 1]);
 		ck_assert_ptr_nonnull(strstr(r.err, "--help"));
 		ck_assert_str_eq(r.out, "");
-		result_free(&r);
+		kreq_test_result_free(&r);
 	}
-	struct result r;
+	kreq_test_result_t r;
 	kreq(&r, "pending", "--help", NULL);
-	ASSERT_RUN(&r, 0, out, "--bootstrap HOST:PORT --service SERVICE");
-	result_free(&r);
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "--bootstrap HOST:PORT --service SERVICE");
+	kreq_test_result_free(&r);
 }
 END_TEST
 
 START_TEST(test_unreachable_and_missing)
 {
-	struct result r;
+	kreq_test_result_t r;
 	int64_t t0 = kreq_test_now_ms();
 	kreq(&r, "pending", "--bootstrap", "127.0.0.1:1", "--service", "svc", "--timeout", "2000",
 	     NULL);
-	ASSERT_RUN(&r, 1, err, "cannot reach Kafka at 127.0.0.1:1");
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, "cannot reach Kafka at 127.0.0.1:1");
 	ck_assert_int_lt(kreq_test_now_ms() - t0, 10000);
 	ck_assert_str_eq(r.out, "");
-	result_free(&r);
+	kreq_test_result_free(&r);
 	kreq(&r, "pending", "--bootstrap", bootstrap, "--service", "nosuch", "--prefix", prefix,
 	     "--timeout", "20000", NULL);
-	ASSERT_RUN(&r, 1, err, "does not exist");
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, "does not exist");
 	ck_assert_ptr_nonnull(strstr(r.err, ".nosuch.requests"));
-	result_free(&r);
+	kreq_test_result_free(&r);
 	kreq(&r, "pending", "--bootstrap", bootstrap, "--service", "svc", "--prefix", prefix,
 	     "--keyring", "/nonexistent/pk.key", NULL);
-	ASSERT_RUN(&r, 1, err, "/nonexistent/pk.key");
-	result_free(&r);
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, "/nonexistent/pk.key");
+	kreq_test_result_free(&r);
 }
 END_TEST
 

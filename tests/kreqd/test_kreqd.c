@@ -20,7 +20,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,197 +38,32 @@
 #include "kreq/error.h"
 #include "kreq/keyring.h"
 #include "kreq/plugin.h"
+#include "proc.h"
 #include "testsupport.h"
 
 #define RUN_TIMEOUT_MS 30000
-#define MAX_ARGS       40
-
-extern char **environ;
 
 /* ---- running kreqd ------------------------------------------------------------- */
 
-struct buf {
-	char *data;
-	size_t len, cap;
-};
-
-struct proc {
-	pid_t pid;
-	int out_fd, err_fd;
-	struct buf out, err;
-};
-
-struct result {
-	int status; /* exit code, or 128 + signal */
-	char *out, *err;
-	int64_t ms; /* how long it ran */
-};
-
-static void buf_read(struct buf *b, int *fd)
-{
-	if (b->cap - b->len < 4097) {
-		b->cap = b->cap ? b->cap * 2 : 8192;
-		b->data = realloc(b->data, b->cap);
-		ck_assert_ptr_nonnull(b->data);
-	}
-	ssize_t n = read(*fd, b->data + b->len, b->cap - b->len - 1);
-	if (n > 0)
-		b->len += (size_t)n;
-	else if (n == 0 || errno != EINTR) {
-		close(*fd);
-		*fd = -1;
-	}
-	b->data[b->len] = '\0';
-}
-
-/* The kreqd a test is running, killed if the test fails before it ended
- * (Check ends a failed test's process with exit(), which runs atexit
- * handlers), so no failing run leaves a daemon behind. */
-static pid_t live_pid;
-
-static void kill_live(void)
-{
-	if (live_pid > 0) {
-		kill(live_pid, SIGKILL);
-		waitpid(live_pid, NULL, 0);
-	}
-}
-
-static void proc_start(struct proc *p, const char *const *args)
-{
-	int out[2], err[2];
-	ck_assert(pipe2(out, O_CLOEXEC) == 0 && pipe2(err, O_CLOEXEC) == 0);
-	posix_spawn_file_actions_t fa;
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
-	posix_spawn_file_actions_adddup2(&fa, err[1], STDERR_FILENO);
-	const char *argv[MAX_ARGS + 2] = {KREQD_PATH};
-	size_t n = 1;
-	for (; args && *args; args++) {
-		ck_assert(n < MAX_ARGS);
-		argv[n++] = *args;
-	}
-	argv[n] = NULL;
-	int rc = posix_spawn(&p->pid, KREQD_PATH, &fa, NULL, (char *const *)argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	close(out[1]);
-	close(err[1]);
-	ck_assert_msg(rc == 0, "spawn %s: %s", KREQD_PATH, strerror(rc));
-	live_pid = p->pid;
-	p->out_fd = out[0];
-	p->err_fd = err[0];
-	memset(&p->out, 0, sizeof(p->out));
-	memset(&p->err, 0, sizeof(p->err));
-}
-
-/* Reads what is available within wait_ms; false once both streams closed. */
-static bool proc_pump(struct proc *p, int wait_ms)
-{
-	struct pollfd fds[2] = {{.fd = p->out_fd, .events = POLLIN},
-	                        {.fd = p->err_fd, .events = POLLIN}};
-	if (p->out_fd < 0 && p->err_fd < 0)
-		return false;
-	if (poll(fds, 2, wait_ms) > 0) {
-		if (fds[0].revents)
-			buf_read(&p->out, &p->out_fd);
-		if (fds[1].revents)
-			buf_read(&p->err, &p->err_fd);
-	}
-	return true;
-}
-
-static const char *proc_err(const struct proc *p)
-{
-	return p->err.data ? p->err.data : "";
-}
-
-static void proc_finish(struct proc *p, int timeout_ms, struct result *r)
-{
-	int64_t t0 = kreq_test_now_ms(), deadline = t0 + timeout_ms;
-	while (proc_pump(p, 100)) {
-		if (kreq_test_now_ms() > deadline) {
-			kill(p->pid, SIGKILL);
-			waitpid(p->pid, NULL, 0);
-			live_pid = 0;
-			ck_abort_msg("kreqd did not finish within %d ms; stderr: %s", timeout_ms,
-			             proc_err(p));
-		}
-	}
-	int st = 0;
-	ck_assert_int_eq(waitpid(p->pid, &st, 0), p->pid);
-	live_pid = 0;
-	r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	r->out = p->out.data ? p->out.data : strdup("");
-	r->err = p->err.data ? p->err.data : strdup("");
-	r->ms = kreq_test_now_ms() - t0;
-}
-
-static void result_free(struct result *r)
-{
-	free(r->out);
-	free(r->err);
-}
-
 /* Runs kreqd with the NULL-terminated arguments to its end. */
-__attribute__((sentinel)) static void kreqd(struct result *r, ...)
+__attribute__((sentinel)) static void kreqd(kreq_test_result_t *r, ...)
 {
-	const char *args[MAX_ARGS + 1];
+	const char *args[KREQ_TEST_MAX_ARGS + 1];
 	size_t n = 0;
 	va_list ap;
 	va_start(ap, r);
 	for (const char *a; (a = va_arg(ap, const char *)) != NULL;) {
-		ck_assert(n < MAX_ARGS);
+		ck_assert(n < KREQ_TEST_MAX_ARGS);
 		args[n++] = a;
 	}
 	va_end(ap);
 	args[n] = NULL;
-	struct proc p;
-	int64_t t0 = kreq_test_now_ms();
-	proc_start(&p, args);
-	proc_finish(&p, RUN_TIMEOUT_MS, r);
-	r->ms = kreq_test_now_ms() - t0;
+	kreq_test_run(r, KREQD_PATH, args, NULL, RUN_TIMEOUT_MS);
 }
 
-#define ASSERT_RUN(r, code, stream, text)                                                          \
-	ck_assert_msg((r)->status == (code) && strstr((r)->stream, (text)) != NULL,                \
-	              "exit %d (want %d), %s lacks \"%s\"\nstdout: %s\nstderr: %s", (r)->status,   \
-	              (code), #stream, (text), (r)->out, (r)->err)
+static const char *tmpdir;
 
 /* ---- files ----------------------------------------------------------------------- */
-
-static char tmpdir[64];
-
-static const char *tmp(const char *name)
-{
-	static char paths[8][128];
-	static int next;
-	char *p = paths[next++ % 8];
-	int n = snprintf(p, sizeof(paths[0]), "%s/%.60s", tmpdir, name);
-	ck_assert_msg(n > 0 && (size_t)n < sizeof(paths[0]), "temporary path too long: %s", name);
-	return p;
-}
-
-static void tmp_create(void)
-{
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/kreqd-test-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static void tmp_remove(void)
-{
-	DIR *d = opendir(tmpdir);
-	ck_assert_ptr_nonnull(d);
-	for (struct dirent *e; (e = readdir(d)) != NULL;) {
-		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-			continue;
-		const char *path = tmp(e->d_name);
-		if (unlink(path) != 0)
-			ck_assert_int_eq(rmdir(path), 0);
-	}
-	closedir(d);
-	ck_assert_int_eq(rmdir(tmpdir), 0);
-}
 
 static void write_file(const char *path, const char *text, mode_t mode)
 {
@@ -266,8 +100,8 @@ static size_t count_lines(const char *text)
 static void make_key(void)
 {
 	char err[256];
-	ck_assert_int_eq(kreq_keyring_generate_file(tmp("k.key"), NULL, "k1", KREQ_KEY_HMAC_SHA256,
-	                                            err, sizeof(err)),
+	ck_assert_int_eq(kreq_keyring_generate_file(kreq_test_tmp("k.key"), NULL, "k1",
+	                                            KREQ_KEY_HMAC_SHA256, err, sizeof(err)),
 	                 KREQ_OK);
 }
 
@@ -284,9 +118,9 @@ static const char *make_conf(const char *extra)
 	         "\n"
 	         "kreqd.builtins = echo\n"
 	         "%s",
-	         tmp("k.key"), extra ? extra : "");
-	static char path[128]; /* not one of tmp()'s rotating buffers */
-	snprintf(path, sizeof(path), "%s", tmp("kd.conf"));
+	         kreq_test_tmp("k.key"), extra ? extra : "");
+	static char path[128]; /* not one of kreq_test_tmp()'s rotating buffers */
+	snprintf(path, sizeof(path), "%s", kreq_test_tmp("kd.conf"));
 	write_file(path, text, 0644);
 	return path;
 }
@@ -295,18 +129,18 @@ static const char *make_conf(const char *extra)
 
 START_TEST(test_help)
 {
-	struct result r;
+	kreq_test_result_t r;
 	kreqd(&r, "--help", NULL);
-	ASSERT_RUN(&r, 0, out, "usage: kreqd --config FILE");
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "usage: kreqd --config FILE");
 	ck_assert_ptr_nonnull(strstr(r.out, "Exit status:"));
 	ck_assert_ptr_nonnull(strstr(r.out, "0  stopped cleanly"));
 	ck_assert_ptr_nonnull(strstr(r.out, "1  runtime error"));
 	ck_assert_ptr_nonnull(strstr(r.out, "2  usage or configuration error"));
 	ck_assert_str_eq(r.err, "");
-	result_free(&r);
+	kreq_test_result_free(&r);
 	kreqd(&r, "--version", NULL);
-	ASSERT_RUN(&r, 0, out, "kreqd 0.1.0");
-	result_free(&r);
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "kreqd 0.1.0");
+	kreq_test_result_free(&r);
 }
 END_TEST
 
@@ -322,12 +156,12 @@ START_TEST(test_usage_errors)
 	    {"--config", "x.conf", "--set==v", "--set needs NAME=VALUE"},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		struct result r;
+		kreq_test_result_t r;
 		kreqd(&r, cases[i][0], cases[i][1], cases[i][2], NULL);
-		ASSERT_RUN(&r, 2, err, cases[i][3]);
+		KREQ_TEST_ASSERT_RUN(&r, 2, err, cases[i][3]);
 		ck_assert_ptr_nonnull(strstr(r.err, "Try 'kreqd --help'."));
 		ck_assert_str_eq(r.out, "");
-		result_free(&r);
+		kreq_test_result_free(&r);
 	}
 }
 END_TEST
@@ -338,24 +172,24 @@ END_TEST
  * want on stderr. */
 static void expect_config_error(const char *conf, const char *set, const char *want)
 {
-	struct result r;
+	kreq_test_result_t r;
 	if (set)
 		kreqd(&r, "--check", "--config", conf, "--set", set, NULL);
 	else
 		kreqd(&r, "--check", "--config", conf, NULL);
-	ASSERT_RUN(&r, 2, err, want);
+	KREQ_TEST_ASSERT_RUN(&r, 2, err, want);
 	ck_assert_ptr_nonnull(strstr(r.err, "level=err"));
-	result_free(&r);
+	kreq_test_result_free(&r);
 }
 
 START_TEST(test_config_errors)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreqd-test");
 	make_key();
-	expect_config_error(tmp("none.conf"), NULL, tmp("none.conf"));
-	write_file(tmp("bad.conf"), "service = kdtest\nno.such.property = 1\n", 0644);
-	expect_config_error(tmp("bad.conf"), NULL, "bad.conf:2: no such property");
-	expect_config_error(tmp("bad.conf"), NULL, "no.such.property");
+	expect_config_error(kreq_test_tmp("none.conf"), NULL, kreq_test_tmp("none.conf"));
+	write_file(kreq_test_tmp("bad.conf"), "service = kdtest\nno.such.property = 1\n", 0644);
+	expect_config_error(kreq_test_tmp("bad.conf"), NULL, "bad.conf:2: no such property");
+	expect_config_error(kreq_test_tmp("bad.conf"), NULL, "no.such.property");
 	const char *conf = make_conf(NULL);
 	expect_config_error(conf, "server.handler.threads=0", "server.handler.threads");
 	expect_config_error(conf, "no.such=1", "--set: ");
@@ -367,41 +201,41 @@ START_TEST(test_config_errors)
 	expect_config_error(conf, "kreqd.builtins=record", "kreqd.record.file is not set");
 	expect_config_error(conf, "kreqd.builtins=", "nothing to serve");
 	expect_config_error(conf, "server.mode=fast", "server.mode must be");
-	write_file(tmp("nobs.conf"), "service = kdtest\nkreqd.builtins = echo\n", 0644);
+	write_file(kreq_test_tmp("nobs.conf"), "service = kdtest\nkreqd.builtins = echo\n", 0644);
 	char set[256];
-	snprintf(set, sizeof(set), "keyring.file=%s", tmp("k.key"));
-	expect_config_error(tmp("nobs.conf"), set, "kafka.bootstrap.servers is not set");
-	tmp_remove();
+	snprintf(set, sizeof(set), "keyring.file=%s", kreq_test_tmp("k.key"));
+	expect_config_error(kreq_test_tmp("nobs.conf"), set, "kafka.bootstrap.servers is not set");
+	kreq_test_tmp_remove();
 }
 END_TEST
 
 START_TEST(test_keyfile_errors)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreqd-test");
 	make_key();
 	const char *conf = make_conf(NULL);
 	char set[256];
-	snprintf(set, sizeof(set), "keyring.file=%s", tmp("missing.key"));
-	expect_config_error(conf, set, tmp("missing.key"));
+	snprintf(set, sizeof(set), "keyring.file=%s", kreq_test_tmp("missing.key"));
+	expect_config_error(conf, set, kreq_test_tmp("missing.key"));
 	snprintf(set, sizeof(set), "keyring.file=%s", tmpdir);
 	expect_config_error(conf, set, "not a regular file");
-	ck_assert_int_eq(chmod(tmp("k.key"), 0644), 0);
+	ck_assert_int_eq(chmod(kreq_test_tmp("k.key"), 0644), 0);
 	expect_config_error(conf, NULL, "EKEYPERM");
-	expect_config_error(conf, NULL, tmp("k.key"));
-	ck_assert_int_eq(chmod(tmp("k.key"), 0600), 0);
+	expect_config_error(conf, NULL, kreq_test_tmp("k.key"));
+	ck_assert_int_eq(chmod(kreq_test_tmp("k.key"), 0600), 0);
 	if (geteuid() != 0) { /* root reads any file whatever its mode */
-		ck_assert_int_eq(chmod(tmp("k.key"), 0), 0);
+		ck_assert_int_eq(chmod(kreq_test_tmp("k.key"), 0), 0);
 		expect_config_error(conf, NULL, "Permission denied");
-		ck_assert_int_eq(chmod(tmp("k.key"), 0600), 0);
+		ck_assert_int_eq(chmod(kreq_test_tmp("k.key"), 0600), 0);
 	}
 	expect_config_error(conf, "signing.key.id=k9", "signing.key.id k9: no such key");
 	char err[256];
-	ck_assert_int_eq(kreq_keyring_generate_file(tmp("e.key"), tmp("e.pub"), "e1",
-	                                            KREQ_KEY_ED25519, err, sizeof(err)),
+	ck_assert_int_eq(kreq_keyring_generate_file(kreq_test_tmp("e.key"), kreq_test_tmp("e.pub"),
+	                                            "e1", KREQ_KEY_ED25519, err, sizeof(err)),
 	                 KREQ_OK);
-	snprintf(set, sizeof(set), "keyring.file=%s", tmp("e.pub"));
+	snprintf(set, sizeof(set), "keyring.file=%s", kreq_test_tmp("e.pub"));
 	expect_config_error(conf, set, "names no signing key");
-	tmp_remove();
+	kreq_test_tmp_remove();
 }
 END_TEST
 
@@ -409,10 +243,10 @@ END_TEST
 
 START_TEST(test_plugins_refused)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreqd-test");
 	make_key();
 	const char *conf = make_conf(NULL);
-	ck_assert_int_eq(setenv("KDTEST_PLUGIN_LOG", tmp("plugin.log"), 1), 0);
+	ck_assert_int_eq(setenv("KDTEST_PLUGIN_LOG", kreq_test_tmp("plugin.log"), 1), 0);
 	static const char *const cases[][3] = {
 	    {"/nonexistent/kdtest.so", "cannot load", NULL},
 	    {KDTEST_PLUGIN_BAD_ABI, "plugin ABI version 99", "supports version 1"},
@@ -422,25 +256,26 @@ START_TEST(test_plugins_refused)
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char set[512];
 		snprintf(set, sizeof(set), "kreqd.plugins=%s", cases[i][0]);
-		struct result r;
+		kreq_test_result_t r;
 		kreqd(&r, "--check", "--config", conf, "--set", set, NULL);
-		ASSERT_RUN(&r, 2, err, cases[i][0]);
+		KREQ_TEST_ASSERT_RUN(&r, 2, err, cases[i][0]);
 		ck_assert_msg(strstr(r.err, cases[i][1]), "stderr lacks %s: %s", cases[i][1],
 		              r.err);
 		ck_assert_msg(!cases[i][2] || strstr(r.err, cases[i][2]), "stderr lacks %s: %s",
 		              cases[i][2], r.err);
-		result_free(&r);
+		kreq_test_result_free(&r);
 	}
-	char *log = read_file(tmp("plugin.log")); /* a failed init is not followed by fini */
+	char *log =
+	    read_file(kreq_test_tmp("plugin.log")); /* a failed init is not followed by fini */
 	ck_assert_str_eq(log ? log : "(none)", "init\n");
 	free(log);
-	tmp_remove();
+	kreq_test_tmp_remove();
 }
 END_TEST
 
 START_TEST(test_check_lists_methods)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreqd-test");
 	make_key();
 	char extra[1024];
 	snprintf(extra, sizeof(extra),
@@ -449,12 +284,12 @@ START_TEST(test_check_lists_methods)
 	         "kreqd.plugins = %s\n"
 	         "kreqd.metrics.port = 9464\n"
 	         "client.id = kdtest-1\n",
-	         tmp("record.log"), KDTEST_PLUGIN_GOOD);
+	         kreq_test_tmp("record.log"), KDTEST_PLUGIN_GOOD);
 	const char *conf = make_conf(extra);
-	ck_assert_int_eq(setenv("KDTEST_PLUGIN_LOG", tmp("plugin.log"), 1), 0);
-	struct result r;
+	ck_assert_int_eq(setenv("KDTEST_PLUGIN_LOG", kreq_test_tmp("plugin.log"), 1), 0);
+	kreq_test_result_t r;
 	kreqd(&r, "--config", conf, "--check", NULL);
-	ASSERT_RUN(&r, 0, out, "configuration, key file and plugins are valid");
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "configuration, key file and plugins are valid");
 	ck_assert_int_lt(r.ms, 10000); /* --check never waits for Kafka */
 	static const char *const want[] = {
 	    "requests topic   kreq.kdtest.requests",
@@ -475,23 +310,24 @@ START_TEST(test_check_lists_methods)
 	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
 		ck_assert_msg(strstr(r.out, want[i]), "--check output lacks %s:\n%s", want[i],
 		              r.out);
-	result_free(&r);
-	char *log = read_file(tmp("plugin.log"));
+	kreq_test_result_free(&r);
+	char *log = read_file(kreq_test_tmp("plugin.log"));
 	ck_assert_str_eq(log ? log : "(none)", "init\nfini\n");
 	free(log);
-	ck_assert_msg(access(tmp("record.log"), F_OK) != 0, "--check created the record file");
+	ck_assert_msg(access(kreq_test_tmp("record.log"), F_OK) != 0,
+	              "--check created the record file");
 	/* the example plugin, which serves service greeter */
 	snprintf(extra, sizeof(extra), "kreqd.builtins =\nkreqd.plugins = %s\n",
 	         KREQ_EXAMPLE_PLUGIN);
 	conf = make_conf(extra);
 	kreqd(&r, "--config", conf, "--check", "--set", "service=greeter", NULL);
-	ASSERT_RUN(&r, 0, out, "greeter.hello");
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "greeter.hello");
 	ck_assert_ptr_nonnull(strstr(r.out, "plugin greeter"));
-	result_free(&r);
+	kreq_test_result_free(&r);
 	kreqd(&r, "--config", conf, "--check", NULL); /* its method is not of service kdtest */
-	ASSERT_RUN(&r, 2, err, "is service = greeter?");
-	result_free(&r);
-	tmp_remove();
+	KREQ_TEST_ASSERT_RUN(&r, 2, err, "is service = greeter?");
+	kreq_test_result_free(&r);
+	kreq_test_tmp_remove();
 }
 END_TEST
 
@@ -499,10 +335,10 @@ END_TEST
 
 START_TEST(test_log_formats)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreqd-test");
 	make_key();
 	const char *conf = make_conf(NULL);
-	struct result r;
+	kreq_test_result_t r;
 	kreqd(&r, "--config", conf, "--check", "--log-format", "json", "--set",
 	      "kreqd.builtins=a\"b\\c", NULL);
 	ck_assert_int_eq(r.status, 2);
@@ -522,15 +358,15 @@ START_TEST(test_log_formats)
 		                             "unknown built-in \"a\"b\\c\""));
 		json_decref(j);
 	}
-	result_free(&r);
+	kreq_test_result_free(&r);
 	kreqd(&r, "--config", conf, "--check", "--set", "kreqd.builtins=a\"b", NULL);
 	ck_assert_int_eq(r.status, 2);
 	ck_assert_msg(!strncmp(r.err, "ts=", 3) && strstr(r.err, "Z level=err fac=kreqd msg=\"") &&
 	                  strstr(r.err, "unknown built-in \\\"a\\\"b\\\"") &&
 	                  count_lines(r.err) == 1 && r.err[strlen(r.err) - 2] == '"',
 	              "text log line: %s", r.err);
-	result_free(&r);
-	tmp_remove();
+	kreq_test_result_free(&r);
+	kreq_test_tmp_remove();
 }
 END_TEST
 
@@ -545,15 +381,6 @@ static int free_port(void)
 	          getsockname(fd, (struct sockaddr *)&sa, &len) == 0);
 	close(fd);
 	return ntohs(sa.sin_port);
-}
-
-/* Reads fd to EOF into a new string. */
-static char *read_all(int fd)
-{
-	struct buf b = {0};
-	while (fd >= 0)
-		buf_read(&b, &fd);
-	return b.data ? b.data : strdup("");
 }
 
 /* One HTTP request to 127.0.0.1:port; *status gets the status code (0 if
@@ -575,7 +402,7 @@ static char *http(int port, const char *method, const char *path, int *status)
 	                 "%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", method,
 	                 path);
 	ck_assert(write(fd, req, (size_t)n) == n);
-	char *text = read_all(fd);
+	char *text = kreq_test_read_all(fd);
 	sscanf(text, "HTTP/1.%*d %d", status);
 	return text;
 }
@@ -593,12 +420,12 @@ static char *admin(const char *path, const char *cmd)
 		return NULL;
 	}
 	ck_assert(write(fd, cmd, strlen(cmd)) == (ssize_t)strlen(cmd));
-	return read_all(fd);
+	return kreq_test_read_all(fd);
 }
 
 /* Waits (pumping kreqd's output) until the admin socket answers cmd with
  * text containing want; returns the answer. */
-static char *await_admin(struct proc *p, const char *path, const char *cmd, const char *want)
+static char *await_admin(kreq_test_proc_t *p, const char *path, const char *cmd, const char *want)
 {
 	int64_t deadline = kreq_test_now_ms() + 30000;
 	for (;;) {
@@ -607,37 +434,38 @@ static char *await_admin(struct proc *p, const char *path, const char *cmd, cons
 			return a;
 		if (kreq_test_now_ms() > deadline)
 			ck_abort_msg("admin %s never answered with %s (last: %s); stderr: %s", cmd,
-			             want, a ? a : "(no answer)", proc_err(p));
+			             want, a ? a : "(no answer)", (p->err.data ? p->err.data : ""));
 		free(a);
-		proc_pump(p, 50);
+		kreq_test_proc_pump(p, 50);
 	}
 }
 
-static void await_stderr(struct proc *p, const char *want, int timeout_ms)
+static void await_stderr(kreq_test_proc_t *p, const char *want, int timeout_ms)
 {
 	int64_t deadline = kreq_test_now_ms() + timeout_ms;
-	while (!strstr(proc_err(p), want)) {
+	while (!strstr((p->err.data ? p->err.data : ""), want)) {
 		if (kreq_test_now_ms() > deadline)
-			ck_abort_msg("kreqd never logged \"%s\"; stderr: %s", want, proc_err(p));
-		proc_pump(p, 50);
+			ck_abort_msg("kreqd never logged \"%s\"; stderr: %s", want,
+			             (p->err.data ? p->err.data : ""));
+		kreq_test_proc_pump(p, 50);
 	}
 }
 
 START_TEST(test_admin_socket_refuses_a_file)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreqd-test");
 	make_key();
-	write_file(tmp("adm"), "precious\n", 0600);
+	write_file(kreq_test_tmp("adm"), "precious\n", 0600);
 	char set[256];
-	snprintf(set, sizeof(set), "admin.socket=%s", tmp("adm"));
-	struct result r;
+	snprintf(set, sizeof(set), "admin.socket=%s", kreq_test_tmp("adm"));
+	kreq_test_result_t r;
 	kreqd(&r, "--config", make_conf(NULL), "--set", set, NULL);
-	ASSERT_RUN(&r, 2, err, "exists and is not a socket");
-	result_free(&r);
-	char *text = read_file(tmp("adm"));
+	KREQ_TEST_ASSERT_RUN(&r, 2, err, "exists and is not a socket");
+	kreq_test_result_free(&r);
+	char *text = read_file(kreq_test_tmp("adm"));
 	ck_assert_str_eq(text, "precious\n");
 	free(text);
-	tmp_remove();
+	kreq_test_tmp_remove();
 }
 END_TEST
 
@@ -645,24 +473,24 @@ END_TEST
  * it exits 1 naming Kafka, within a bounded time. */
 START_TEST(test_unreachable_kafka)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreqd-test");
 	make_key();
 	int port = free_port();
 	char extra[512];
-	snprintf(extra, sizeof(extra), "admin.socket = %s\nkreqd.metrics.port = %d\n", tmp("adm"),
-	         port);
+	snprintf(extra, sizeof(extra), "admin.socket = %s\nkreqd.metrics.port = %d\n",
+	         kreq_test_tmp("adm"), port);
 	const char *args[] = {"--config", make_conf(extra), NULL};
-	struct proc p;
-	proc_start(&p, args);
-	char *a = await_admin(&p, tmp("adm"), "inprogress\n", "[]");
+	kreq_test_proc_t p;
+	kreq_test_proc_start(&p, KREQD_PATH, args, NULL);
+	char *a = await_admin(&p, kreq_test_tmp("adm"), "inprogress\n", "[]");
 	ck_assert_str_eq(a, "[]\n");
 	free(a);
 	struct stat st;
-	ck_assert_int_eq(stat(tmp("adm"), &st), 0);
+	ck_assert_int_eq(stat(kreq_test_tmp("adm"), &st), 0);
 	ck_assert_int_eq(st.st_mode & 0777, 0600);
-	a = await_admin(&p, tmp("adm"), "metrics\n", "kreq_server_in_flight");
+	a = await_admin(&p, kreq_test_tmp("adm"), "metrics\n", "kreq_server_in_flight");
 	free(a);
-	a = await_admin(&p, tmp("adm"), "frobnicate\n", "{\"error\":\"unknown command");
+	a = await_admin(&p, kreq_test_tmp("adm"), "frobnicate\n", "{\"error\":\"unknown command");
 	free(a);
 	int status;
 	char *h = http(port, "GET", "/metrics", &status);
@@ -676,19 +504,19 @@ START_TEST(test_unreachable_kafka)
 	h = http(port, "POST", "/metrics", &status);
 	ck_assert_int_eq(status, 405);
 	free(h);
-	struct result r;
-	proc_finish(&p, 60000, &r); /* transactional start: init_transactions times out */
+	kreq_test_result_t r;
+	kreq_test_proc_finish(&p, 60000, &r); /* transactional start: init_transactions times out */
 	ck_assert_msg(r.status == 1 && strstr(r.err, "serving failed") && strstr(r.err, "Kafka"),
 	              "exit %d; stderr: %s", r.status, r.err);
-	result_free(&r);
-	ck_assert_msg(access(tmp("adm"), F_OK) != 0, "admin socket left behind");
+	kreq_test_result_free(&r);
+	ck_assert_msg(access(kreq_test_tmp("adm"), F_OK) != 0, "admin socket left behind");
 	/* light mode: the first metadata request gives up sooner */
-	kreqd(&r, "--config", tmp("kd.conf"), "--set", "server.mode=light", "--set",
+	kreqd(&r, "--config", kreq_test_tmp("kd.conf"), "--set", "server.mode=light", "--set",
 	      "kreqd.metrics.port=0", NULL);
 	ck_assert_msg(r.status == 1 && strstr(r.err, "Kafka") && r.ms < 20000,
 	              "exit %d after %lld ms; stderr: %s", r.status, (long long)r.ms, r.err);
-	result_free(&r);
-	tmp_remove();
+	kreq_test_result_free(&r);
+	kreq_test_tmp_remove();
 }
 END_TEST
 
@@ -720,7 +548,8 @@ static kreq_client_t *client_new(const char *bootstrap)
 	ck_assert_int_eq(kreq_conf_set(conf, "client.id", "kdtest-client", err, sizeof(err)),
 	                 KREQ_OK);
 	kreq_keyring_t *kr = kreq_keyring_new();
-	ck_assert_int_eq(kreq_keyring_load_file(kr, tmp("k.key"), err, sizeof(err)), KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_load_file(kr, kreq_test_tmp("k.key"), err, sizeof(err)),
+	                 KREQ_OK);
 	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
 	ck_assert_msg(c != NULL, "kreq_client_new: %s", err);
 	kreq_keyring_release(kr);
@@ -770,7 +599,7 @@ static void check_builtins(kreq_client_t *c)
 	expect_call(c, "kdtest.record", "sleep:x", "idem-3", 400, "", "after it");
 	expect_call(c, "kdtest.hello", "", NULL, 0, "hello from a plugin", NULL);
 	expect_call(c, "kdtest.slow", "", NULL, 0, "done", NULL);
-	char *rec = read_file(tmp("record.log"));
+	char *rec = read_file(kreq_test_tmp("record.log"));
 	ck_assert_str_eq(rec ? rec : "(none)", "k1 6964656d2d31 kdtest.record\n"
 	                                       "k1 6964656d2d32 kdtest.record\n"
 	                                       "k1 6964656d2d33 kdtest.record\n");
@@ -779,41 +608,41 @@ static void check_builtins(kreq_client_t *c)
 
 /* A running sleep is cancelled by the caller: the handler notices and the
  * request leaves the in-progress list long before its 30 s. */
-static void check_cancel(struct proc *p, kreq_client_t *c)
+static void check_cancel(kreq_test_proc_t *p, kreq_client_t *c)
 {
 	kreq_future_t *f = NULL;
 	ck_assert_int_eq(kreq_client_call(c, "kdtest.sleep", "30000", 5, NULL, &f), KREQ_OK);
-	char *a = await_admin(p, tmp("adm"), "inprogress\n", "\"state\":\"running\"");
+	char *a = await_admin(p, kreq_test_tmp("adm"), "inprogress\n", "\"state\":\"running\"");
 	ck_assert_ptr_nonnull(strstr(a, "\"method\":\"kdtest.sleep\""));
 	free(a);
 	ck_assert_int_eq(kreq_future_cancel(f), KREQ_OK);
 	kreq_future_release(f);
 	int64_t t0 = kreq_test_now_ms();
-	a = await_admin(p, tmp("adm"), "inprogress\n", "[]");
+	a = await_admin(p, kreq_test_tmp("adm"), "inprogress\n", "[]");
 	free(a);
 	ck_assert_int_lt(kreq_test_now_ms() - t0, 10000);
 }
 
 /* SIGHUP reloads the key file; an insecure one is refused and the old keys
  * keep serving. */
-static void check_reload(struct proc *p, kreq_client_t *c)
+static void check_reload(kreq_test_proc_t *p, kreq_client_t *c)
 {
 	kill(p->pid, SIGHUP);
 	await_stderr(p, "SIGHUP: keys reloaded from", 10000);
-	ck_assert_int_eq(chmod(tmp("k.key"), 0644), 0);
+	ck_assert_int_eq(chmod(kreq_test_tmp("k.key"), 0644), 0);
 	kill(p->pid, SIGHUP);
 	await_stderr(p, "SIGHUP: keys not reloaded, the previous keys stay in use", 10000);
-	ck_assert_int_eq(chmod(tmp("k.key"), 0600), 0);
+	ck_assert_int_eq(chmod(kreq_test_tmp("k.key"), 0600), 0);
 	expect_call(c, "kdtest.echo", "still", NULL, 0, "still", NULL);
 }
 
 /* SIGTERM while a request runs: /healthz turns 503 "stopping", the request
  * finishes within the grace period and is answered, kreqd exits 0. */
-static void check_graceful_stop(struct proc *p, kreq_client_t *c, int port)
+static void check_graceful_stop(kreq_test_proc_t *p, kreq_client_t *c, int port)
 {
 	kreq_future_t *f = NULL;
 	ck_assert_int_eq(kreq_client_call(c, "kdtest.sleep", "1500", 4, NULL, &f), KREQ_OK);
-	free(await_admin(p, tmp("adm"), "inprogress\n", "\"state\":\"running\""));
+	free(await_admin(p, kreq_test_tmp("adm"), "inprogress\n", "\"state\":\"running\""));
 	kill(p->pid, SIGTERM);
 	await_stderr(p, "SIGTERM: stopping", 10000);
 	int status;
@@ -824,15 +653,15 @@ static void check_graceful_stop(struct proc *p, kreq_client_t *c, int port)
 	ck_assert_msg(kreq_future_err(f) == KREQ_OK && kreq_future_status(f) == 0, "%s",
 	              kreq_future_errstr(f));
 	kreq_future_release(f);
-	struct result r;
-	proc_finish(p, 30000, &r);
-	ASSERT_RUN(&r, 0, err, "msg=\"stopped\"");
-	result_free(&r);
+	kreq_test_result_t r;
+	kreq_test_proc_finish(p, 30000, &r);
+	KREQ_TEST_ASSERT_RUN(&r, 0, err, "msg=\"stopped\"");
+	kreq_test_result_free(&r);
 }
 
 START_TEST(test_serving)
 {
-	tmp_create();
+	tmpdir = kreq_test_tmp_create("kreqd-test");
 	make_key();
 	const char *bs = mock_start();
 	int port = free_port();
@@ -845,13 +674,13 @@ START_TEST(test_serving)
 	         "kreqd.plugins = %s\n"
 	         "kreqd.metrics.port = %d\n"
 	         "admin.socket = %s\n",
-	         bs, tmp("record.log"), KDTEST_PLUGIN_GOOD, port, tmp("adm"));
-	ck_assert_int_eq(setenv("KDTEST_PLUGIN_LOG", tmp("plugin.log"), 1), 0);
+	         bs, kreq_test_tmp("record.log"), KDTEST_PLUGIN_GOOD, port, kreq_test_tmp("adm"));
+	ck_assert_int_eq(setenv("KDTEST_PLUGIN_LOG", kreq_test_tmp("plugin.log"), 1), 0);
 	const char *args[] = {"--config", make_conf(extra), NULL};
-	struct proc p;
-	proc_start(&p, args);
+	kreq_test_proc_t p;
+	kreq_test_proc_start(&p, KREQD_PATH, args, NULL);
 	/* serving once its partitions are assigned */
-	free(await_admin(&p, tmp("adm"), "metrics\n",
+	free(await_admin(&p, kreq_test_tmp("adm"), "metrics\n",
 	                 "kreq_server_rebalances_total{service=\"kdtest\",worker=\"kreq\"} 1\n"));
 	int status;
 	char *h = http(port, "GET", "/healthz", &status);
@@ -868,11 +697,11 @@ START_TEST(test_serving)
 	check_graceful_stop(&p, c, port);
 	kreq_client_destroy(c);
 	rd_kafka_destroy(host);
-	char *log = read_file(tmp("plugin.log"));
+	char *log = read_file(kreq_test_tmp("plugin.log"));
 	ck_assert_str_eq(log ? log : "(none)", "init\nfini\n");
 	free(log);
-	ck_assert_msg(access(tmp("adm"), F_OK) != 0, "admin socket left behind");
-	tmp_remove();
+	ck_assert_msg(access(kreq_test_tmp("adm"), F_OK) != 0, "admin socket left behind");
+	kreq_test_tmp_remove();
 }
 END_TEST
 
@@ -896,6 +725,5 @@ static Suite *suite(void)
 
 int main(void)
 {
-	atexit(kill_live);
 	return kreq_test_run_suite(suite());
 }
