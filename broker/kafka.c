@@ -19,6 +19,7 @@
 #include "broker/server_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
+#include "common/kadmin.h"
 
 #define KREQ__TXN_TIMEOUT_MS 30000
 
@@ -124,62 +125,21 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 
 /* ---- topics ------------------------------------------------------------- */
 
-/* Partition count of topic: > 0, 0 if it does not exist, < 0 no answer.
- * rk must be a consumer handle: a producer's metadata request lets the
- * broker auto-create the topic with its defaults (1 partition, no
- * compaction), which is exactly what must not happen to a results topic. */
-static int topic_partitions(rd_kafka_t *rk, const char *topic)
-{
-	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-	const struct rd_kafka_metadata *md = NULL;
-	rd_kafka_resp_err_t kerr =
-	    rkt ? rd_kafka_metadata(rk, 0, rkt, &md, 5000) : RD_KAFKA_RESP_ERR__INVALID_ARG;
-	int n = -1;
-	if (!kerr && md->topic_cnt == 1)
-		n = md->topics[0].err ? 0 : md->topics[0].partition_cnt;
-	if (md)
-		rd_kafka_metadata_destroy(md);
-	if (rkt)
-		rd_kafka_topic_destroy(rkt);
-	return n;
-}
-
 static int create_topic(kreq_server_t *s, const char *topic, int partitions, bool results)
 {
-	char why[512];
-	rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(
-	    topic, partitions, (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION), why,
-	    sizeof(why));
-	if (!nt) {
-		kreq__loop_fatal(s, KREQ_ECONF, "topic %s: %s", topic, why);
-		return -1;
-	}
-	if (results) {
-		char ret[32];
-		snprintf(ret, sizeof(ret), "%lld", (long long)s->retention_ms);
-		rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact,delete");
-		rd_kafka_NewTopic_set_config(nt, "retention.ms", ret);
-	}
-	rd_kafka_queue_t *q = rd_kafka_queue_new(s->producer);
-	rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(s->producer, RD_KAFKA_ADMIN_OP_ANY);
-	rd_kafka_AdminOptions_set_operation_timeout(ao, 10000, NULL, 0);
-	rd_kafka_CreateTopics(s->producer, &nt, 1, ao, q);
-	rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 15000);
-	rd_kafka_resp_err_t kerr = ev ? rd_kafka_event_error(ev) : RD_KAFKA_RESP_ERR__TIMED_OUT;
-	if (ev && !kerr) {
-		size_t n = 0;
-		const rd_kafka_topic_result_t **tr =
-		    rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
-		kerr = n == 1 ? rd_kafka_topic_result_error(tr[0]) : RD_KAFKA_RESP_ERR__FAIL;
-	}
-	if (ev)
-		rd_kafka_event_destroy(ev);
-	rd_kafka_AdminOptions_destroy(ao);
-	rd_kafka_queue_destroy(q);
-	rd_kafka_NewTopic_destroy(nt);
-	if (kerr && kerr != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
-		kreq__loop_fatal(s, KREQ_EKAFKA, "creating topic %s: %s", topic,
-		                 rd_kafka_err2str(kerr));
+	char why[512] = "", ret[32];
+	snprintf(ret, sizeof(ret), "%lld", (long long)s->retention_ms);
+	const char *const configs[] = {"cleanup.policy", "compact,delete", "retention.ms", ret,
+	                               NULL};
+	rd_kafka_resp_err_t kerr = kreq__topic_create(
+	    s->producer, topic, partitions,
+	    (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION),
+	    results ? configs : NULL, (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS),
+	    why, sizeof(why));
+	if (kerr) {
+		kreq__loop_fatal(
+		    s, kerr == RD_KAFKA_RESP_ERR__INVALID_ARG ? KREQ_ECONF : KREQ_EKAFKA,
+		    "creating topic %s: %s", topic, *why ? why : rd_kafka_err2str(kerr));
 		return -1;
 	}
 	return 0;
@@ -192,7 +152,7 @@ static int await_topic(kreq_server_t *s, const char *topic)
 	int64_t until =
 	    kreq__mono_ns() + kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS) * 1000000LL;
 	int n;
-	while ((n = topic_partitions(s->reader, topic)) <= 0 && kreq__mono_ns() < until)
+	while ((n = kreq__topic_partitions(s->reader, topic, 5000)) <= 0 && kreq__mono_ns() < until)
 		;
 	if (n <= 0)
 		kreq__loop_fatal(s, KREQ_EKAFKA, "topic %s did not become available", topic);
@@ -201,7 +161,7 @@ static int await_topic(kreq_server_t *s, const char *topic)
 
 static int ensure_topics(kreq_server_t *s)
 {
-	int nreq = topic_partitions(s->reader, s->req_topic);
+	int nreq = kreq__topic_partitions(s->reader, s->req_topic, 5000);
 	if (nreq < 0) {
 		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
 		                 "Kafka did not answer (is kafka.bootstrap.servers right?)");
@@ -213,7 +173,7 @@ static int ensure_topics(kreq_server_t *s)
 		    (nreq = await_topic(s, s->req_topic)) <= 0)
 			return -1;
 	}
-	int nres = topic_partitions(s->reader, s->res_topic);
+	int nres = kreq__topic_partitions(s->reader, s->res_topic, 5000);
 	if (nres == 0) {
 		if (create_topic(s, s->res_topic, nreq, true) ||
 		    (nres = await_topic(s, s->res_topic)) <= 0)

@@ -23,6 +23,7 @@
 #include <stdio.h>
 
 #include <jansson.h>
+#include <librdkafka/rdkafka.h>
 
 #include "kreq/keyring.h"
 
@@ -93,6 +94,11 @@ int cli_admin_refused(const char *sub, const char *text);
 /* Prints j compactly on one line of stdout and frees it. CLI_EXIT_OK or
  * CLI_EXIT_FAIL (out of memory, stdout unwritable). */
 int cli_print_json(const char *sub, json_t *j);
+
+/* A Kafka consumer with the n name/value settings in props, its main queue
+ * redirected to the consumer queue (*out). CLI_EXIT_OK, CLI_EXIT_USAGE (a
+ * setting librdkafka refuses) or CLI_EXIT_FAIL; the cause is printed. */
+int cli_consumer_new(const char *sub, const char *const (*props)[2], size_t n, rd_kafka_t **out);
 
 /* Milliseconds on the monotonic clock. */
 int64_t cli_mono_ms(void);

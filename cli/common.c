@@ -166,6 +166,27 @@ char *cli_base64(const uint8_t *b, size_t n)
 	return s;
 }
 
+int cli_consumer_new(const char *sub, const char *const (*props)[2], size_t n, rd_kafka_t **out)
+{
+	char err[512];
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	for (size_t i = 0; i < n; i++) {
+		if (rd_kafka_conf_set(conf, props[i][0], props[i][1], err, sizeof(err)) !=
+		    RD_KAFKA_CONF_OK) {
+			rd_kafka_conf_destroy(conf);
+			return cli_fail(CLI_EXIT_USAGE, sub, "Kafka setting %s: %s", props[i][0],
+			                err);
+		}
+	}
+	*out = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+	if (*out == NULL) {
+		rd_kafka_conf_destroy(conf);
+		return cli_fail(CLI_EXIT_FAIL, sub, "cannot create a Kafka consumer: %s", err);
+	}
+	rd_kafka_poll_set_consumer(*out);
+	return CLI_EXIT_OK;
+}
+
 int64_t cli_mono_ms(void)
 {
 	struct timespec ts;

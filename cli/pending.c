@@ -483,7 +483,6 @@ static int fail_kafka(const struct kview *v, const char *what, rd_kafka_resp_err
 
 static int consumer_new(struct kview *v)
 {
-	char err[512];
 	const char *props[][2] = {{"bootstrap.servers", v->o->bootstrap},
 	                          {"group.id", v->group}, /* to read its offsets only */
 	                          {"client.id", "kreq-cli-pending"},
@@ -495,22 +494,7 @@ static int consumer_new(struct kview *v)
 	                          {"allow.auto.create.topics", "false"},
 	                          {"fetch.wait.max.ms", "100"},
 	                          {"log_level", "2"}};
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++) {
-		if (rd_kafka_conf_set(conf, props[i][0], props[i][1], err, sizeof(err)) !=
-		    RD_KAFKA_CONF_OK) {
-			rd_kafka_conf_destroy(conf);
-			return cli_fail(CLI_EXIT_USAGE, SUB, "Kafka setting %s: %s", props[i][0],
-			                err);
-		}
-	}
-	v->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
-	if (v->rk == NULL) {
-		rd_kafka_conf_destroy(conf);
-		return cli_fail(CLI_EXIT_FAIL, SUB, "cannot create a Kafka consumer: %s", err);
-	}
-	rd_kafka_poll_set_consumer(v->rk);
-	return CLI_EXIT_OK;
+	return cli_consumer_new(SUB, props, sizeof(props) / sizeof(props[0]), &v->rk);
 }
 
 /* Partition ids of topic into *ids (sorted), *n; 0 partitions: missing. */

@@ -153,7 +153,7 @@ static int parse(int argc, char **argv, struct tail_opts *o)
 
 static int consumer_new(struct tail *t)
 {
-	char group[80], err[512];
+	char group[80];
 	snprintf(group, sizeof(group), "kreq-cli-tail-%ld-%08x", (long)getpid(),
 	         (unsigned)randombytes_random());
 	const char *props[][2] = {{"bootstrap.servers", t->o.bootstrap},
@@ -163,22 +163,7 @@ static int consumer_new(struct tail *t)
 	                          {"enable.auto.offset.store", "false"},
 	                          {"isolation.level", "read_committed"},
 	                          {"log_level", "2"}};
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++) {
-		if (rd_kafka_conf_set(conf, props[i][0], props[i][1], err, sizeof(err)) !=
-		    RD_KAFKA_CONF_OK) {
-			rd_kafka_conf_destroy(conf);
-			return cli_fail(CLI_EXIT_USAGE, SUB, "Kafka setting %s: %s", props[i][0],
-			                err);
-		}
-	}
-	t->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
-	if (t->rk == NULL) {
-		rd_kafka_conf_destroy(conf);
-		return cli_fail(CLI_EXIT_FAIL, SUB, "cannot create a Kafka consumer: %s", err);
-	}
-	rd_kafka_poll_set_consumer(t->rk);
-	return CLI_EXIT_OK;
+	return cli_consumer_new(SUB, props, sizeof(props) / sizeof(props[0]), &t->rk);
 }
 
 static int assignment(struct tail *t, const rd_kafka_metadata_topic_t *mt)

@@ -46,6 +46,7 @@
 #include "client/health.h"
 #include "common/conf.h"
 #include "common/internal.h"
+#include "common/kadmin.h"
 
 #define EXPIRE_BATCH 256
 #define REPLY_BATCH  64
@@ -835,66 +836,28 @@ static rd_kafka_t *make_handle(kreq_client_t *c, rd_kafka_type_t type, char *err
 	return rk;
 }
 
-/* Partitions of the reply topic per the cluster's metadata: > 0 if it
- * exists, 0 if it does not, <0 (a kreq error) if Kafka did not answer. */
-static int reply_topic_partitions(kreq_client_t *c, int timeout_ms)
-{
-	rd_kafka_topic_t *rkt = rd_kafka_topic_new(c->consumer, c->reply_topic, NULL);
-	const struct rd_kafka_metadata *md = NULL;
-	rd_kafka_resp_err_t kerr = rkt ? rd_kafka_metadata(c->consumer, 0, rkt, &md, timeout_ms)
-	                               : RD_KAFKA_RESP_ERR__INVALID_ARG;
-	int n = KREQ_EUNAVAILABLE;
-	if (!kerr && md->topic_cnt == 1)
-		n = md->topics[0].err ? 0 : md->topics[0].partition_cnt;
-	if (md)
-		rd_kafka_metadata_destroy(md);
-	if (rkt)
-		rd_kafka_topic_destroy(rkt);
-	return n;
-}
-
 static int create_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, size_t errstr_size)
 {
-	char why[512];
-	rd_kafka_NewTopic_t *nt =
-	    rd_kafka_NewTopic_new(c->reply_topic, c->reply_partition + 1, -1, why, sizeof(why));
-	if (!nt)
+	char why[512] = "";
+	rd_kafka_resp_err_t kerr =
+	    kreq__topic_create(c->producer, c->reply_topic, c->reply_partition + 1, -1, NULL,
+	                       timeout_ms, why, sizeof(why));
+	if (kerr == RD_KAFKA_RESP_ERR__INVALID_ARG && *why)
 		return kreq__err(errstr, errstr_size, KREQ_ECONF, "reply topic: %s", why);
-	rd_kafka_queue_t *q = rd_kafka_queue_new(c->producer);
-	rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(c->producer, RD_KAFKA_ADMIN_OP_ANY);
-	rd_kafka_AdminOptions_set_request_timeout(ao, timeout_ms, NULL, 0);
-	rd_kafka_CreateTopics(c->producer, &nt, 1, ao, q);
-	rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms + 1000);
-	int err = KREQ_OK;
-	if (!ev) {
-		err = kreq__err(errstr, errstr_size, KREQ_EUNAVAILABLE,
-		                "Kafka did not answer within %d ms (is kafka.bootstrap.servers "
-		                "right?)",
-		                timeout_ms);
-	} else {
-		const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
-		size_t n = 0;
-		const rd_kafka_topic_result_t **tr =
-		    res ? rd_kafka_CreateTopics_result_topics(res, &n) : NULL;
-		rd_kafka_resp_err_t kerr = rd_kafka_event_error(ev);
-		if (!kerr && n == 1)
-			kerr = rd_kafka_topic_result_error(tr[0]);
-		if (kerr && kerr != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
-			err = kreq__err(
-			    errstr, errstr_size,
-			    kerr == RD_KAFKA_RESP_ERR__TIMED_OUT ? KREQ_EUNAVAILABLE : KREQ_EKAFKA,
-			    "creating reply topic %s: %s", c->reply_topic, rd_kafka_err2str(kerr));
-		rd_kafka_event_destroy(ev);
-	}
-	rd_kafka_AdminOptions_destroy(ao);
-	rd_kafka_queue_destroy(q);
-	rd_kafka_NewTopic_destroy(nt);
-	return err;
+	if (kerr == RD_KAFKA_RESP_ERR__TIMED_OUT)
+		return kreq__err(errstr, errstr_size, KREQ_EUNAVAILABLE,
+		                 "creating reply topic %s: Kafka did not answer within %d ms (is "
+		                 "kafka.bootstrap.servers right?)",
+		                 c->reply_topic, timeout_ms);
+	if (kerr)
+		return kreq__err(errstr, errstr_size, KREQ_EKAFKA, "creating reply topic %s: %s",
+		                 c->reply_topic, rd_kafka_err2str(kerr));
+	return KREQ_OK;
 }
 
 static int ensure_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, size_t errstr_size)
 {
-	int n = reply_topic_partitions(c, timeout_ms);
+	int n = kreq__topic_partitions(c->consumer, c->reply_topic, timeout_ms);
 	if (n < 0)
 		return kreq__err(errstr, errstr_size, KREQ_EUNAVAILABLE,
 		                 "Kafka did not answer within %d ms (is kafka.bootstrap.servers "

@@ -1,0 +1,51 @@
+/* kadmin.c — see kadmin.h. */
+#include <stdio.h>
+
+#include "common/kadmin.h"
+
+int kreq__topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms)
+{
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_resp_err_t kerr =
+	    rkt ? rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms) : RD_KAFKA_RESP_ERR__INVALID_ARG;
+	int n = -1;
+	if (!kerr && md->topic_cnt == 1)
+		n = md->topics[0].err ? 0 : md->topics[0].partition_cnt;
+	if (md)
+		rd_kafka_metadata_destroy(md);
+	if (rkt)
+		rd_kafka_topic_destroy(rkt);
+	return n;
+}
+
+rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int partitions,
+                                       int replication_factor, const char *const *configs,
+                                       int timeout_ms, char *why, size_t why_size)
+{
+	rd_kafka_NewTopic_t *nt =
+	    rd_kafka_NewTopic_new(topic, partitions, replication_factor, why, why_size);
+	if (!nt)
+		return RD_KAFKA_RESP_ERR__INVALID_ARG;
+	for (; configs && *configs; configs += 2)
+		rd_kafka_NewTopic_set_config(nt, configs[0], configs[1]);
+	rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+	rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_ANY);
+	rd_kafka_AdminOptions_set_request_timeout(ao, timeout_ms, NULL, 0);
+	rd_kafka_AdminOptions_set_operation_timeout(ao, timeout_ms, NULL, 0);
+	rd_kafka_CreateTopics(rk, &nt, 1, ao, q);
+	rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms + 1000);
+	rd_kafka_resp_err_t kerr = ev ? rd_kafka_event_error(ev) : RD_KAFKA_RESP_ERR__TIMED_OUT;
+	if (ev && !kerr) {
+		size_t n = 0;
+		const rd_kafka_topic_result_t **tr =
+		    rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+		kerr = n == 1 ? rd_kafka_topic_result_error(tr[0]) : RD_KAFKA_RESP_ERR__FAIL;
+	}
+	if (ev)
+		rd_kafka_event_destroy(ev);
+	rd_kafka_AdminOptions_destroy(ao);
+	rd_kafka_queue_destroy(q);
+	rd_kafka_NewTopic_destroy(nt);
+	return kerr == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS ? RD_KAFKA_RESP_ERR_NO_ERROR : kerr;
+}

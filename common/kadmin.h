@@ -1,0 +1,28 @@
+/*
+ * kadmin.h — the two topic-administration steps both the client (its reply
+ * topic) and the server (requests and results topics) need.
+ */
+#ifndef KREQ_COMMON_KADMIN_H
+#define KREQ_COMMON_KADMIN_H
+
+#include <stddef.h>
+
+#include <librdkafka/rdkafka.h>
+
+/* Partition count of topic per the cluster's metadata: > 0 if it exists,
+ * 0 if it does not, < 0 if Kafka did not answer within timeout_ms. rk must
+ * be a consumer handle: a producer's metadata request lets the broker
+ * auto-create the topic with its defaults. */
+int kreq__topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms);
+
+/* Creates topic through the Admin API with the NULL-terminated name/value
+ * configs (may be NULL); replication_factor -1 is the broker's default.
+ * An existing topic is not an error. Returns RD_KAFKA_RESP_ERR_NO_ERROR,
+ * RD_KAFKA_RESP_ERR__TIMED_OUT (no answer within timeout_ms),
+ * RD_KAFKA_RESP_ERR__INVALID_ARG (bad name or count; why says which), or
+ * Kafka's error. */
+rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int partitions,
+                                       int replication_factor, const char *const *configs,
+                                       int timeout_ms, char *why, size_t why_size);
+
+#endif
