@@ -23,6 +23,7 @@
 #include "kreq/error.h"
 #include "kreq/server.h"
 #include "proto/envelope.h"
+#include "server.h"
 #include "testsupport.h"
 
 static const char *bootstrap;
@@ -78,32 +79,7 @@ static void h_slow(kreq_request_t *r, void *opaque)
 	kreq_request_reply(r, 0, p, len, NULL);
 }
 
-static uint64_t metric(kreq_server_t *s, const char *series)
-{
-	char *text = NULL;
-	ck_assert_int_eq(kreq_server_metrics_text(s, &text), KREQ_OK);
-	const char *p = strstr(text, series);
-	ck_assert_msg(p != NULL, "metric %s missing", series);
-	uint64_t v = strtoull(strchr(p + strlen(series), ' ') + 1, NULL, 10);
-	free(text);
-	return v;
-}
-
 /* ---- a server on its own thread ----------------------------------------- */
-
-typedef struct {
-	kreq_server_t *s;
-	pthread_t t;
-	int rc;
-	char err[512];
-} running_t;
-
-static void *run_main(void *arg)
-{
-	running_t *rs = arg;
-	rs->rc = kreq_server_run(rs->s, rs->err, sizeof(rs->err));
-	return NULL;
-}
 
 static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
 {
@@ -120,35 +96,18 @@ static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
 	return conf;
 }
 
-static running_t *server_start(const char *worker_id, const char *const *extra)
+static kreq_test_running_t *server_start(const char *worker_id, const char *const *extra)
 {
 	kreq_conf_t *conf = base_conf(worker_id, extra);
-	running_t *rs = calloc(1, sizeof(*rs));
 	char err[512];
-	rs->s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(rs->s != NULL, "kreq_server_new: %s", err);
+	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(rs->s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
+	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
 	                 KREQ_OK);
-	ck_assert_int_eq(kreq_server_register(rs->s, "svc.fail", h_fail, NULL, 0), KREQ_OK);
-	ck_assert_int_eq(kreq_server_register(rs->s, "svc.slow", h_slow, NULL, 0), KREQ_OK);
-	ck_assert(!kreq_server_ready(rs->s));
-	ck_assert_int_eq(pthread_create(&rs->t, NULL, run_main, rs), 0);
-	/* serving once the group assigned it partitions (clients fail fast
-	 * while a service has no worker) */
-	KREQ_TEST_AWAIT(kreq_server_ready(rs->s), 60000);
-	ck_assert_uint_ge(metric(rs->s, "kreq_server_rebalances_total{"), 1);
-	return rs;
-}
-
-static void server_stop(running_t *rs)
-{
-	kreq_server_stop(rs->s);
-	pthread_join(rs->t, NULL);
-	ck_assert_msg(rs->rc == KREQ_OK, "kreq_server_run: %s", rs->err);
-	ck_assert(!kreq_server_ready(rs->s));
-	kreq_server_destroy(rs->s);
-	free(rs);
+	ck_assert_int_eq(kreq_server_register(s, "svc.fail", h_fail, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_server_register(s, "svc.slow", h_slow, NULL, 0), KREQ_OK);
+	return kreq_test_server_start(s);
 }
 
 static kreq_client_t *client_new(const char *const *extra)
@@ -202,14 +161,14 @@ static uint64_t handled(kreq_server_t *s, const char *outcome)
 {
 	char series[128];
 	snprintf(series, sizeof(series), "outcome=\"%s\"}", outcome);
-	return metric(s, series);
+	return kreq_test_server_metric(s, series);
 }
 
 static uint64_t rejected(kreq_server_t *s, const char *reason)
 {
 	char series[128];
 	snprintf(series, sizeof(series), "reason=\"%s\"}", reason);
-	return metric(s, series);
+	return kreq_test_server_metric(s, series);
 }
 
 /* ---- fixture ------------------------------------------------------------ */
@@ -238,7 +197,7 @@ static void teardown(void)
 
 START_TEST(test_echo_and_context)
 {
-	running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = server_start("w1", NULL);
 	kreq_client_t *c = client_new(NULL);
 	kreq_call_opts_t *o = kreq_call_opts_new();
 	const char *tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -258,13 +217,13 @@ START_TEST(test_echo_and_context)
 	ck_assert_uint_eq(handled(w->s, "error_status"), 1);
 	ck_assert_uint_eq(handled(w->s, "unknown_method"), 1);
 	kreq_client_destroy(c);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 
 START_TEST(test_dedup_conflict_and_restart)
 {
-	running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = server_start("w1", NULL);
 	kreq_client_t *c = client_new(NULL);
 	expect_reply(call(c, "svc.echo", "one", "order-17", 30000), 0, "one", false);
 	expect_reply(call(c, "svc.echo", "one", "order-17", 30000), 0, "one", true);
@@ -274,7 +233,7 @@ START_TEST(test_dedup_conflict_and_restart)
 	             false);
 	ck_assert_uint_eq(handled(w->s, "dedup"), 1);
 	ck_assert_uint_eq(handled(w->s, "conflict"), 1);
-	server_stop(w);
+	kreq_test_server_stop(w);
 	kreq_client_destroy(c);
 
 	/* a new worker and a new client: the stored result comes back from the
@@ -283,15 +242,15 @@ START_TEST(test_dedup_conflict_and_restart)
 	c = client_new(NULL);
 	expect_reply(call(c, "svc.echo", "one", "order-17", 30000), 0, "one", true);
 	ck_assert_int_eq(atomic_load(&executions), 1);
-	ck_assert_uint_ge(metric(w->s, "kreq_server_results_loaded_total{"), 1);
+	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_results_loaded_total{"), 1);
 	kreq_client_destroy(c);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 
 START_TEST(test_join_running_duplicate)
 {
-	running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = server_start("w1", NULL);
 	kreq_client_t *c = client_new(NULL);
 	kreq_future_t *a = call(c, "svc.slow", "800", "same-key", 30000);
 	KREQ_TEST_AWAIT(atomic_load(&executions) == 1, 30000);
@@ -301,13 +260,13 @@ START_TEST(test_join_running_duplicate)
 	ck_assert_int_eq(atomic_load(&executions), 1);
 	ck_assert_uint_eq(handled(w->s, "joined"), 1);
 	kreq_client_destroy(c);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 
 START_TEST(test_cancel_running)
 {
-	running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = server_start("w1", NULL);
 	kreq_client_t *c = client_new(NULL);
 	kreq_future_t *f = call(c, "svc.slow", NULL, NULL, 30000);
 	KREQ_TEST_AWAIT(atomic_load(&executions) == 1, 30000);
@@ -317,7 +276,7 @@ START_TEST(test_cancel_running)
 	KREQ_TEST_AWAIT(atomic_load(&cancelled_seen) == 1, 30000);
 	KREQ_TEST_AWAIT(handled(w->s, "cancelled") == 1, 30000);
 	kreq_client_destroy(c);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 
@@ -326,7 +285,7 @@ END_TEST
 START_TEST(test_cancel_before_start)
 {
 	static const char *const extra[] = {"server.handler.threads", "1", NULL};
-	running_t *w = server_start("w1", extra);
+	kreq_test_running_t *w = server_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	kreq_future_t *first = call(c, "svc.slow", "1500", "first", 30000);
 	KREQ_TEST_AWAIT(atomic_load(&executions) == 1, 30000);
@@ -334,38 +293,38 @@ START_TEST(test_cancel_before_start)
 	KREQ_TEST_AWAIT(kreq_server_in_flight(w->s) == 2, 30000); /* consumed, queued */
 	ck_assert_int_eq(kreq_future_cancel(second), KREQ_OK);
 	kreq_future_release(second);
-	KREQ_TEST_AWAIT(metric(w->s, "kreq_server_cancels_total{") == 1, 30000);
+	KREQ_TEST_AWAIT(kreq_test_server_metric(w->s, "kreq_server_cancels_total{") == 1, 30000);
 	expect_reply(first, 0, "1500", false);
 	KREQ_TEST_AWAIT(handled(w->s, "cancelled") == 1, 30000);
 	ck_assert_int_eq(atomic_load(&executions), 1); /* the second never ran */
 	kreq_client_destroy(c);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 
 START_TEST(test_deadline_before_start)
 {
 	static const char *const extra[] = {"server.min.budget.ms", "5000", NULL};
-	running_t *w = server_start("w1", extra);
+	kreq_test_running_t *w = server_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	expect_reply(call(c, "svc.echo", "x", NULL, 4000), KREQ_STATUS_DEADLINE, NULL, false);
 	ck_assert_int_eq(atomic_load(&executions), 0);
 	ck_assert_uint_eq(handled(w->s, "deadline"), 1);
 	kreq_client_destroy(c);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 
 START_TEST(test_method_acl)
 {
 	ck_assert_int_eq(kreq_keyring_set_methods(kr, "k1", "svc.fail"), KREQ_OK);
-	running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = server_start("w1", NULL);
 	kreq_client_t *c = client_new(NULL);
 	expect_reply(call(c, "svc.echo", "x", NULL, 30000), KREQ_STATUS_DENIED, NULL, false);
 	expect_reply(call(c, "svc.fail", "x", NULL, 30000), 503, NULL, false);
 	ck_assert_uint_eq(handled(w->s, "denied"), 1);
 	kreq_client_destroy(c);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 
@@ -425,7 +384,7 @@ static uint64_t total_rejected(kreq_server_t *s)
 
 START_TEST(test_bad_records_and_replay)
 {
-	running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = server_start("w1", NULL);
 	kreq_client_t *c = client_new(NULL); /* its reply topic is an allowed one */
 	int32_t rp;
 	const char *reply_topic = kreq_client_reply_topic(c, &rp);
@@ -473,19 +432,19 @@ START_TEST(test_bad_records_and_replay)
 	ck_assert_uint_eq(rejected(w->s, "bad_signature") + rejected(w->s, "malformed"), 2);
 	/* served from the store, or joined to the first if that one was still in
 	 * progress: either way the handler ran once */
-	KREQ_TEST_AWAIT(metric(w->s, "kreq_server_dedup_hits_total{") == 1, 30000);
+	KREQ_TEST_AWAIT(kreq_test_server_metric(w->s, "kreq_server_dedup_hits_total{") == 1, 30000);
 	ck_assert_uint_eq(handled(w->s, "ok"), 1);
 	ck_assert_int_eq(atomic_load(&executions), 1);
 	rd_kafka_destroy(p);
 	kreq_client_destroy(c);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 
 START_TEST(test_light_mode)
 {
 	static const char *const extra[] = {"server.mode", "light", NULL};
-	running_t *w = server_start("w1", extra);
+	kreq_test_running_t *w = server_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	for (int i = 0; i < 20; i++)
 		expect_reply(call(c, "svc.echo", "light", NULL, 30000), 0, "light", false);
@@ -493,14 +452,14 @@ START_TEST(test_light_mode)
 	expect_reply(call(c, "svc.echo", "k", "light-key", 30000), 0, "k", true);
 	ck_assert_int_eq(atomic_load(&executions), 21);
 	kreq_client_destroy(c);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 
 START_TEST(test_concurrency_limit_and_listing)
 {
 	static const char *const extra[] = {"server.max.in.flight", "2", NULL};
-	running_t *w = server_start("w1", extra);
+	kreq_test_running_t *w = server_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	kreq_future_t *f[8];
 	for (int i = 0; i < 8; i++)
@@ -524,14 +483,14 @@ START_TEST(test_concurrency_limit_and_listing)
 	ck_assert_uint_ge(most, 1);
 	ck_assert(listed);
 	kreq_client_destroy(c);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 
 START_TEST(test_rate_limit)
 {
 	static const char *const extra[] = {"server.rate.limit.per.key", "3", NULL};
-	running_t *w = server_start("w1", extra);
+	kreq_test_running_t *w = server_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	kreq_future_t *f[12];
 	for (int i = 0; i < 12; i++)
@@ -550,13 +509,13 @@ START_TEST(test_rate_limit)
 	ck_assert_int_ge(ok, 3);
 	ck_assert_uint_eq(handled(w->s, "rate_limited"), (uint64_t)limited);
 	kreq_client_destroy(c);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 
 START_TEST(test_keyring_replaced_while_serving)
 {
-	running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = server_start("w1", NULL);
 	/* a second key, known only to the new keyring */
 	kreq_keyring_t *next = kreq_keyring_new(), *caller = kreq_keyring_new();
 	uint8_t k1[32], k2[32];
@@ -584,7 +543,7 @@ START_TEST(test_keyring_replaced_while_serving)
 	kreq_client_destroy(c);
 	kreq_keyring_release(next);
 	kreq_keyring_release(caller);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 
@@ -669,7 +628,7 @@ START_TEST(test_topics_created)
 {
 	static const char *const extra[] = {"server.topic.partitions", "3",
 	                                    "server.dedup.retention.ms", "3600000", NULL};
-	running_t *w = server_start("w1", extra);
+	kreq_test_running_t *w = server_start("w1", extra);
 	char err[512], res_topic[200];
 	rd_kafka_conf_t *rc = kreq_test_conf_new(bootstrap, "group.id", "inspect", NULL);
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, rc, err, sizeof(err));
@@ -684,7 +643,7 @@ START_TEST(test_topics_created)
 	free(policy);
 	free(retention);
 	rd_kafka_destroy(rk);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 

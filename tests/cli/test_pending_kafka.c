@@ -41,6 +41,7 @@
 #include "kreq/server.h"
 #include "proto/envelope.h"
 #include "proc.h"
+#include "server.h"
 #include "testsupport.h"
 
 #ifndef KREQ_CLI_PATH
@@ -177,31 +178,6 @@ static void h_wait(kreq_request_t *r, void *opaque)
 	kreq_request_reply(r, 0, p, len, NULL);
 }
 
-typedef struct {
-	kreq_server_t *s;
-	pthread_t t;
-	int rc;
-	char err[512];
-} running_t;
-
-static void *run_main(void *arg)
-{
-	running_t *rs = arg;
-	rs->rc = kreq_server_run(rs->s, rs->err, sizeof(rs->err));
-	return NULL;
-}
-
-static uint64_t metric(kreq_server_t *s, const char *series)
-{
-	char *text = NULL;
-	ck_assert_int_eq(kreq_server_metrics_text(s, &text), KREQ_OK);
-	const char *p = strstr(text, series);
-	ck_assert_msg(p != NULL, "metric %s missing", series);
-	uint64_t v = strtoull(strchr(p + strlen(series), ' ') + 1, NULL, 10);
-	free(text);
-	return v;
-}
-
 static kreq_conf_t *base_conf(const char *client_id)
 {
 	kreq_conf_t *conf = kreq_conf_new();
@@ -216,27 +192,15 @@ static kreq_conf_t *base_conf(const char *client_id)
 	return conf;
 }
 
-static running_t *server_start(void)
+static kreq_test_running_t *server_start(void)
 {
 	kreq_conf_t *conf = base_conf("pk-worker");
-	running_t *rs = calloc(1, sizeof(*rs));
 	char err[512];
-	rs->s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(rs->s != NULL, "kreq_server_new: %s", err);
+	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(rs->s, "svc.wait", h_wait, NULL, 0), KREQ_OK);
-	ck_assert_int_eq(pthread_create(&rs->t, NULL, run_main, rs), 0);
-	KREQ_TEST_AWAIT(metric(rs->s, "kreq_server_rebalances_total{") >= 1, 60000);
-	return rs;
-}
-
-static void server_stop(running_t *rs)
-{
-	kreq_server_stop(rs->s);
-	pthread_join(rs->t, NULL);
-	ck_assert_msg(rs->rc == KREQ_OK, "kreq_server_run: %s", rs->err);
-	kreq_server_destroy(rs->s);
-	free(rs);
+	ck_assert_int_eq(kreq_server_register(s, "svc.wait", h_wait, NULL, 0), KREQ_OK);
+	return kreq_test_server_start(s);
 }
 
 static kreq_future_t *call(kreq_client_t *c, const char *payload, const char *idem)
@@ -346,8 +310,8 @@ START_TEST(test_outstanding_until_committed)
 	kreq_test_create_topic(bootstrap, topic, 3, 30000);
 	snprintf(topic, sizeof(topic), "%s.svc.results", prefix);
 	kreq_test_create_topic_ex(bootstrap, topic, 3, -1, compact, 30000);
-	running_t *w = server_start();
-	uint64_t rebalances = metric(w->s, "kreq_server_rebalances_total{");
+	kreq_test_running_t *w = server_start();
+	uint64_t rebalances = kreq_test_server_metric(w->s, "kreq_server_rebalances_total{");
 	kreq_conf_t *conf = base_conf("pk-client");
 	char err[512];
 	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
@@ -386,9 +350,10 @@ START_TEST(test_outstanding_until_committed)
 	KREQ_TEST_ASSERT_RUN(&r, 0, out, "0 outstanding (0 waiting, 0 cancelled)");
 	kreq_test_result_free(&r);
 	/* the CLI read the group's offsets without ever joining it */
-	ck_assert_uint_eq(metric(w->s, "kreq_server_rebalances_total{"), rebalances);
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_rebalances_total{"),
+	                  rebalances);
 	kreq_client_destroy(c);
-	server_stop(w);
+	kreq_test_server_stop(w);
 }
 END_TEST
 

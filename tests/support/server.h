@@ -1,0 +1,34 @@
+/*
+ * server.h — a kreq server running on its own thread for a test (the real
+ * serving loop, against whatever Kafka the test points it at). Helpers fail
+ * the calling test through Check.
+ */
+#ifndef KREQ_TEST_SERVER_H
+#define KREQ_TEST_SERVER_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "kreq/server.h"
+
+typedef struct kreq_test_running {
+	kreq_server_t *s;
+	pthread_t t;
+	int rc; /* what kreq_server_run() returned */
+	char err[512];
+} kreq_test_running_t;
+
+/* Runs s (handlers registered) on a new thread and waits, up to 60 s,
+ * until it serves (kreq_server_ready(): clients fail fast while a service
+ * has no worker). Takes ownership of s. */
+kreq_test_running_t *kreq_test_server_start(kreq_server_t *s);
+
+/* Stops it, checks run returned KREQ_OK and is no longer ready, destroys
+ * the server. */
+void kreq_test_server_stop(kreq_test_running_t *rs);
+
+/* The value of the first metric sample whose text contains series
+ * (e.g. "kreq_server_rebalances_total{" or "outcome=\"ok\"}"). */
+uint64_t kreq_test_server_metric(kreq_server_t *s, const char *series);
+
+#endif
