@@ -261,7 +261,7 @@ int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, 
 
 /* ---- transactions ------------------------------------------------------- */
 
-void kreq__txn_fail(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
+static void txn_fail(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
 {
 	kreq__log(s->conf, 4, "server", "%s: %s%s", what, rd_kafka_error_string(e),
 	          rd_kafka_error_is_fatal(e) ? " (fatal)" : "");
@@ -293,7 +293,7 @@ int kreq__txn_begin(kreq_server_t *s)
 		return KREQ_EKAFKA;
 	rd_kafka_error_t *e = rd_kafka_begin_transaction(s->producer);
 	if (e) {
-		kreq__txn_fail(s, e, "begin_transaction");
+		txn_fail(s, e, "begin_transaction");
 		return KREQ_EKAFKA;
 	}
 	s->txn_open = true;
@@ -374,7 +374,7 @@ int kreq__txn_commit(kreq_server_t *s)
 	rd_kafka_error_t *e = send_and_commit(s, l);
 	int err = KREQ_OK;
 	if (e) {
-		kreq__txn_fail(s, e, "committing the transaction");
+		txn_fail(s, e, "committing the transaction");
 		err = KREQ_EKAFKA;
 	} else {
 		offsets_committed(s, l);

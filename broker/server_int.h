@@ -188,7 +188,6 @@ int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, 
                         size_t key_len, uint8_t *value, size_t len, void *opaque);
 int kreq__txn_begin(kreq_server_t *s);
 int kreq__txn_commit(kreq_server_t *s);
-void kreq__txn_fail(kreq_server_t *s, rd_kafka_error_t *err, const char *what);
 int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n);
 void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
