@@ -13,7 +13,7 @@ FROM debian:bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential cmake ninja-build pkg-config \
-      librdkafka-dev libprotobuf-c-dev protobuf-c-compiler uuid-dev libsodium-dev \
+      librdkafka-dev libprotobuf-c-dev protobuf-c-compiler uuid-dev libsodium-dev libssl-dev \
       libjansson-dev libmicrohttpd-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -28,7 +28,7 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      librdkafka1 libprotobuf-c1 libuuid1 libsodium23 libjansson4 libmicrohttpd12 \
+      librdkafka1 libprotobuf-c1 libuuid1 libsodium23 libssl3 libjansson4 libmicrohttpd12 \
       ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/usr/local/ /usr/local/

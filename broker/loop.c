@@ -35,6 +35,7 @@
 #include "broker/server_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
+#include "proto/sha256.h"
 
 /* ---- partition state ---------------------------------------------------- */
 
@@ -301,11 +302,11 @@ static void handle_cancel(kreq_server_t *s, kreq__part_t *pt, const kreq__opened
 
 static void digest_of(const Kreq__Request *q, uint8_t out[32])
 {
-	crypto_hash_sha256_state st;
-	crypto_hash_sha256_init(&st);
-	crypto_hash_sha256_update(&st, (const unsigned char *)q->method, strlen(q->method) + 1);
-	crypto_hash_sha256_update(&st, q->payload.data, q->payload.len);
-	crypto_hash_sha256_final(&st, out);
+	kreq__sha256_t st;
+	kreq__sha256_init(&st);
+	kreq__sha256_update(&st, q->method, strlen(q->method) + 1);
+	kreq__sha256_update(&st, q->payload.data, q->payload.len);
+	kreq__sha256_final(&st, out);
 }
 
 /* Answers without running anything; counts the outcome. */

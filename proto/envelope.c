@@ -20,6 +20,7 @@
 #include "common/conf.h"
 #include "common/internal.h"
 #include "proto/envelope.h"
+#include "proto/sha256.h"
 
 #define ED25519_STACK_MAX 4096
 
@@ -52,17 +53,6 @@ size_t kreq__sig_header(uint8_t *hdr, uint32_t version, const char *key_id, size
 	return (size_t)(p - hdr);
 }
 
-static void hmac(const kreq__key_t *k, const uint8_t *hdr, size_t hdr_len, const uint8_t *body,
-                 size_t body_len, uint8_t out[crypto_auth_hmacsha256_BYTES])
-{
-	crypto_auth_hmacsha256_state st;
-	crypto_auth_hmacsha256_init(&st, k->material, KREQ_HMAC_KEY_BYTES);
-	crypto_auth_hmacsha256_update(&st, hdr, hdr_len);
-	crypto_auth_hmacsha256_update(&st, body, body_len);
-	crypto_auth_hmacsha256_final(&st, out);
-	sodium_memzero(&st, sizeof(st));
-}
-
 /* Ed25519 signs one contiguous message: header || body. */
 static uint8_t *concat(uint8_t *stackbuf, const uint8_t *hdr, size_t hdr_len, const uint8_t *body,
                        size_t body_len)
@@ -84,8 +74,8 @@ size_t kreq__sign(const kreq__key_t *k, uint32_t kind, const uint8_t *body, size
 	size_t hdr_len =
 	    kreq__sig_header(hdr, KREQ__PROTO_VERSION, k->id, k->id_len, kind, body_len);
 	if (k->type == KREQ_KEY_HMAC_SHA256) {
-		hmac(k, hdr, hdr_len, body, body_len, sig);
-		return crypto_auth_hmacsha256_BYTES;
+		kreq__hmac(k->hmac, hdr, hdr_len, body, body_len, sig);
+		return KREQ__SHA256_BYTES;
 	}
 	if (k->type != KREQ_KEY_ED25519)
 		return 0;
@@ -104,10 +94,10 @@ int kreq__verify(const kreq__key_t *k, uint32_t version, uint32_t kind, const ui
 	uint8_t hdr[KREQ__SIG_HDR_MAX], stackbuf[ED25519_STACK_MAX];
 	size_t hdr_len = kreq__sig_header(hdr, version, k->id, k->id_len, kind, body_len);
 	if (k->type == KREQ_KEY_HMAC_SHA256) {
-		uint8_t mac[crypto_auth_hmacsha256_BYTES];
+		uint8_t mac[KREQ__SHA256_BYTES];
 		if (sig_len != sizeof(mac))
 			return KREQ_EBADSIG;
-		hmac(k, hdr, hdr_len, body, body_len, mac);
+		kreq__hmac(k->hmac, hdr, hdr_len, body, body_len, mac);
 		return sodium_memcmp(mac, sig, sizeof(mac)) == 0 ? KREQ_OK : KREQ_EBADSIG;
 	}
 	if (sig_len != crypto_sign_BYTES)

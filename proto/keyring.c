@@ -64,6 +64,7 @@ kreq_keyring_t *kreq_keyring_retain(kreq_keyring_t *kr)
 static void key_free(kreq__key_t *k)
 {
 	sodium_free(k->material); /* wipes before freeing */
+	sodium_free(k->hmac);
 	free(k->methods);
 	memset(k, 0, sizeof(*k));
 }
@@ -154,6 +155,15 @@ int kreq_keyring_add(kreq_keyring_t *kr, const char *key_id, kreq_key_type_t typ
 	if (!k->material)
 		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	memcpy(k->material, key, want);
+	k->hmac = NULL;
+	if (type == KREQ_KEY_HMAC_SHA256) {
+		k->hmac = sodium_malloc(sizeof(*k->hmac)); /* a multiple of 16: aligned */
+		if (!k->hmac) {
+			sodium_free(k->material);
+			return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
+		}
+		kreq__hmac_key_init(k->hmac, key, want);
+	}
 	memcpy(k->id, key_id, id_len + 1);
 	k->id_len = (uint8_t)id_len;
 	k->type = type;

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 
 #include "kreq/keyring.h"
+#include "proto/sha256.h"
 
 typedef struct kreq__key {
 	char id[KREQ_KEY_ID_MAX + 1];
@@ -12,6 +13,7 @@ typedef struct kreq__key {
 	kreq_key_type_t type;
 	uint8_t *material; /* sodium_malloc'd: HMAC secret, Ed25519 sk, or pk */
 	const uint8_t *pk; /* Ed25519 public key (inside material) */
+	kreq__hmac_key_t *hmac; /* HMAC keys: expanded key, sodium_malloc'd */
 	char *methods;     /* NULL: any method; else ",m1,m2," */
 } kreq__key_t;
 

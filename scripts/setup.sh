@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config git
-  librdkafka-dev libprotobuf-c-dev protobuf-c-compiler uuid-dev libsodium-dev check
+  librdkafka-dev libprotobuf-c-dev protobuf-c-compiler uuid-dev libsodium-dev libssl-dev check
   clang libclang-rt-14-dev clang-format valgrind
   maven openjdk-17-jre-headless kcat
   python3 python3-cryptography libjansson-dev libmicrohttpd-dev docker-compose

@@ -440,6 +440,62 @@ START_TEST(test_seal_validates_fields)
 }
 END_TEST
 
+/* ---- SHA-256 / HMAC-SHA-256 (proto/sha256.c) against libsodium ---------- */
+
+#include "proto/sha256.h"
+
+START_TEST(test_hmac_rfc4231)
+{
+	/* RFC 4231 test case 2 (a key shorter than the block) */
+	static const uint8_t want[32] = {0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e,
+	                                 0x6a, 0x04, 0x24, 0x26, 0x08, 0x95, 0x75, 0xc7,
+	                                 0x5a, 0x00, 0x3f, 0x08, 0x9d, 0x27, 0x39, 0x83,
+	                                 0x9d, 0xec, 0x58, 0xb9, 0x64, 0xec, 0x38, 0x43};
+	kreq__hmac_key_t hk;
+	uint8_t mac[32];
+	kreq__hmac_key_init(&hk, (const uint8_t *)"Jefe", 4);
+	kreq__hmac(&hk, "what do ya ", 11, "want for nothing?", 17, mac);
+	ck_assert_mem_eq(mac, want, 32);
+	kreq__hmac(&hk, "what do ya want for nothing?", 28, NULL, 0, mac);
+	ck_assert_mem_eq(mac, want, 32);
+	mac[0] ^= 1; /* the check itself can fail */
+	ck_assert_int_ne(memcmp(mac, want, 32), 0);
+}
+END_TEST
+
+/* Every length across several block boundaries, split at every third
+ * byte, with random 32-byte keys: the same bytes as libsodium's HMAC and
+ * SHA-256. */
+START_TEST(test_hmac_matches_libsodium)
+{
+	uint8_t msg[300], key[32], a[32], b[32];
+	randombytes_buf(msg, sizeof(msg));
+	for (int round = 0; round < 4; round++) {
+		randombytes_buf(key, sizeof(key));
+		kreq__hmac_key_t hk;
+		kreq__hmac_key_init(&hk, key, sizeof(key));
+		for (size_t len = 0; len <= sizeof(msg); len++) {
+			crypto_auth_hmacsha256_state ref;
+			crypto_auth_hmacsha256_init(&ref, key, sizeof(key));
+			crypto_auth_hmacsha256_update(&ref, msg, len);
+			crypto_auth_hmacsha256_final(&ref, a);
+			for (size_t cut = 0; cut <= len; cut += 3) {
+				kreq__hmac(&hk, msg, cut, msg + cut, len - cut, b);
+				ck_assert_msg(!memcmp(a, b, 32), "HMAC differs at len %zu cut %zu",
+				              len, cut);
+			}
+			crypto_hash_sha256(a, msg, len);
+			kreq__sha256_t st;
+			kreq__sha256_init(&st);
+			kreq__sha256_update(&st, msg, len / 2);
+			kreq__sha256_update(&st, msg + len / 2, len - len / 2);
+			kreq__sha256_final(&st, b);
+			ck_assert_msg(!memcmp(a, b, 32), "SHA-256 differs at len %zu", len);
+		}
+	}
+}
+END_TEST
+
 /* ---- docs/protocol.md test vectors -------------------------------------- */
 
 #include "vectors.h"
@@ -472,6 +528,8 @@ int main(void)
 	tcase_add_test(tc, test_version_and_kind);
 	tcase_add_test(tc, test_seal_validates_fields);
 	tcase_add_test(tc, test_protocol_doc_vectors);
+	tcase_add_test(tc, test_hmac_rfc4231);
+	tcase_add_test(tc, test_hmac_matches_libsodium);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
