@@ -31,7 +31,8 @@
  * and, if KREQ_BENCH_BROKER_PID names the Kafka broker's process, in it.
  *
  * For experiments: KREQ_BENCH_CONF="name=value,..." sets client properties
- * (e.g. kafka.linger.ms=1); KREQ_BENCH_ONLY=256 runs only that load (for a
+ * (e.g. kafka.linger.ms=1), KREQ_BENCH_SERVER_CONF the same for the real
+ * server; KREQ_BENCH_ONLY=256 runs only that load (for a
  * profiler); KREQ_BENCH_STATS=file appends the librdkafka statistics of the
  * bench's own handles, one JSON document a line.
  */
@@ -153,6 +154,24 @@ static void server_echo(kreq_request_t *r, void *opaque)
 	kreq_request_reply(r, 0, p, len, NULL);
 }
 
+/* Applies the properties in environment variable var ("name=value,..."). */
+static void conf_from_env(kreq_conf_t *conf, const char *var)
+{
+	char err[512];
+	const char *extra = getenv(var);
+	char *dup = extra ? strdup(extra) : NULL, *save = NULL;
+	for (char *kv = dup ? strtok_r(dup, ",", &save) : NULL; kv;
+	     kv = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(kv, '=');
+		if (!eq)
+			die("KREQ_BENCH_CONF / KREQ_BENCH_SERVER_CONF: name=value,...");
+		*eq = 0;
+		if (kreq_conf_set(conf, kv, eq + 1, err, sizeof(err)))
+			die(err);
+	}
+	free(dup);
+}
+
 static void *server_main(void *arg)
 {
 	char err[512];
@@ -171,6 +190,7 @@ static kreq_server_t *server_start(const char *mode, kreq_keyring_t *kr, pthread
 	    kreq_conf_set(conf, "server.mode", mode, err, sizeof(err)) ||
 	    kreq_conf_set(conf, "log.level", "4", err, sizeof(err)))
 		die(err);
+	conf_from_env(conf, "KREQ_BENCH_SERVER_CONF");
 	kreq_server_t *s = kreq_server_new(conf, kr, "bench", err, sizeof(err));
 	kreq_conf_destroy(conf);
 	if (!s || kreq_server_register(s, "bench.echo", server_echo, NULL, KREQ_HANDLER_INLINE))
@@ -496,18 +516,7 @@ static kreq_client_t *make_client(kreq_keyring_t *kr)
 	    kreq_conf_set(conf, "service.check.ms", "0", err, sizeof(err)) ||
 	    kreq_conf_set(conf, "client.id", "bench", err, sizeof(err)))
 		die(err);
-	const char *extra = getenv("KREQ_BENCH_CONF"); /* name=value,... */
-	char *dup = extra ? strdup(extra) : NULL, *save = NULL;
-	for (char *kv = dup ? strtok_r(dup, ",", &save) : NULL; kv;
-	     kv = strtok_r(NULL, ",", &save)) {
-		char *eq = strchr(kv, '=');
-		if (!eq)
-			die("KREQ_BENCH_CONF: name=value,...");
-		*eq = 0;
-		if (kreq_conf_set(conf, kv, eq + 1, err, sizeof(err)))
-			die(err);
-	}
-	free(dup);
+	conf_from_env(conf, "KREQ_BENCH_CONF");
 	kreq_client_t *cl = kreq_client_new(conf, kr, err, sizeof(err));
 	kreq_conf_destroy(conf);
 	if (!cl)

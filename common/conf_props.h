@@ -145,7 +145,11 @@
 	X("socket.nagle.disable", "true", "no Nagle delay on small requests")                      \
 	X("partitioner", "murmur2_random",                                                         \
 	  "Java-compatible partitioning by idempotency key: retries land on one partition")        \
-	X("enable.idempotence", "true", "no duplicates or reordering from producer retries")       \
+	X("enable.idempotence", "false",                                                           \
+	  "a request duplicated by a producer retry is absorbed by the worker's dedup store; "     \
+	  "librdkafka 2.0's idempotent producer busy-polls while 5 requests are in flight")        \
+	X("max.in.flight.requests.per.connection", "1",                                            \
+	  "no reordering on retry; requests queued meanwhile go out as one batch")                 \
 	X("statistics.interval.ms", "1000",                                                        \
 	  "notice that Kafka is reachable again without traffic")                                  \
 	X("topic.metadata.refresh.interval.ms", "10000",                                           \
