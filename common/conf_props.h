@@ -170,6 +170,9 @@
 	  "replies leave at once; batching happens while a request is in flight")                  \
 	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
 	X("enable.idempotence", "true", "no duplicates or reordering from producer retries")       \
+	X("max.in.flight.requests.per.connection", "1",                                            \
+	  "librdkafka 2.0's idempotent producer busy-polls while 5 requests are in flight; "       \
+	  "with one, replies queued meanwhile go out as one batch")                                \
 	X("transaction.timeout.ms", "10000",                                                       \
 	  "a crashed worker's open transaction blocks readers of its partitions (and the "         \
 	  "dedup rebuild of whoever takes them over) for at most this long")
