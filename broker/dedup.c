@@ -34,9 +34,21 @@ int kreq__dedup_init(kreq__dedup_t *d)
 	return d->buckets ? KREQ_OK : KREQ_ENOMEM;
 }
 
+static void account(kreq__dedup_t *d, size_t add, size_t sub)
+{
+	d->bytes = d->bytes + add - sub;
+	if (d->shared)
+		*d->shared = *d->shared + add - sub;
+}
+
+static size_t result_bytes(const kreq__dd_entry_t *e)
+{
+	return e->len + (e->error ? strlen(e->error) + 1 : 0);
+}
+
 static void free_result(kreq__dedup_t *d, kreq__dd_entry_t *e)
 {
-	d->bytes -= e->len + (e->error ? strlen(e->error) : 0);
+	account(d, 0, result_bytes(e));
 	free(e->payload);
 	free(e->error);
 	e->payload = NULL, e->error = NULL, e->len = 0;
@@ -44,6 +56,7 @@ static void free_result(kreq__dedup_t *d, kreq__dd_entry_t *e)
 
 void kreq__dedup_clear(kreq__dedup_t *d)
 {
+	account(d, 0, d->bytes);
 	for (size_t i = 0; i < d->nbuckets && d->buckets; i++) {
 		kreq__dd_entry_t *e = d->buckets[i];
 		while (e) {
@@ -88,6 +101,7 @@ void kreq__dedup_remove(kreq__dedup_t *d, kreq__dd_entry_t *e)
 	*pp = e->next;
 	age_unlink(d, e);
 	free_result(d, e);
+	account(d, 0, sizeof(*e) + e->key_len);
 	free(e);
 	d->count--;
 }
@@ -129,6 +143,7 @@ static kreq__dd_entry_t *insert(kreq__dedup_t *d, const uint8_t *key, size_t key
 	e->key_len = (uint16_t)key_len;
 	memcpy(e->key, key, key_len);
 	memcpy(e->digest, digest, 32);
+	account(d, sizeof(*e) + key_len, 0);
 	kreq__dd_entry_t **head = &d->buckets[e->hash & (d->nbuckets - 1)];
 	e->next = *head;
 	*head = e;
@@ -177,7 +192,7 @@ int kreq__dedup_set_done(kreq__dedup_t *d, kreq__dd_entry_t *e, const uint8_t *k
 	e->error = er;
 	e->len = len;
 	e->aged = true;
-	d->bytes += len + (e->error ? strlen(e->error) : 0);
+	account(d, result_bytes(e), 0);
 	e->age_prev = d->newest;
 	if (d->newest)
 		d->newest->age_next = e;
@@ -195,4 +210,13 @@ size_t kreq__dedup_expire(kreq__dedup_t *d, int64_t now_ms)
 		n++;
 	}
 	return n;
+}
+
+bool kreq__dedup_evict_oldest(kreq__dedup_t *d, int64_t *expires_ms)
+{
+	if (!d->oldest)
+		return false;
+	*expires_ms = d->oldest->expires_ms;
+	kreq__dedup_remove(d, d->oldest);
+	return true;
 }

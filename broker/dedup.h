@@ -9,6 +9,13 @@
  * rule the rebuild from the results topic applies, so a worker that rebuilt
  * and one that never restarted answer alike.
  *
+ * Bounded: every entry's footprint (struct, key, stored payload and error)
+ * is counted in `bytes` and, when set, also in *shared (all partitions of
+ * a worker), so the loop can evict the oldest DONE entries once the worker
+ * is over server.dedup.max.bytes (kreq__dedup_evict_oldest). An evicted
+ * key is no longer deduplicated: the window is then shorter than the
+ * retention, which the loop counts and logs.
+ *
  * Why a private chained table rather than the client's table: this one is
  * touched by one thread only, holds variable-length keys and owns result
  * payloads; the client's is lock-sharded for fixed 16-byte ids.
@@ -46,7 +53,8 @@ typedef struct kreq__dedup {
 	kreq__dd_entry_t **buckets;
 	size_t nbuckets, count;
 	kreq__dd_entry_t *oldest, *newest; /* DONE entries by insertion */
-	size_t bytes;                      /* payload + error bytes held */
+	size_t bytes;                      /* footprint of every entry held */
+	size_t *shared;                    /* optional: also counted here */
 } kreq__dedup_t;
 
 /* Builds the record key into key (KREQ__DEDUP_KEY_MAX bytes); its length. */
@@ -73,5 +81,9 @@ void kreq__dedup_remove(kreq__dedup_t *d, kreq__dd_entry_t *e);
 
 /* Removes DONE entries expired at now_ms (oldest first); how many. */
 size_t kreq__dedup_expire(kreq__dedup_t *d, int64_t now_ms);
+
+/* Removes the oldest DONE entry; false if there is none. *expires_ms gets
+ * its expiry (how early it left). */
+bool kreq__dedup_evict_oldest(kreq__dedup_t *d, int64_t *expires_ms);
 
 #endif

@@ -415,6 +415,7 @@ static void load_result(kreq_server_t *s, kreq__part_t *pt, const rd_kafka_messa
 	if (kreq__dedup_set_done(&pt->dd, NULL, key, klen, r->request_digest.data, r->status,
 	                         r->payload.data, r->payload.len, r->error, r->deadline_ms) == 0)
 		atomic_fetch_add_explicit(&s->m.results_loaded, 1, memory_order_relaxed);
+	kreq__dedup_bound(s, pt);
 	kreq__opened_clear(&o);
 }
 

@@ -49,6 +49,7 @@ static kreq__part_t *part_new(kreq_server_t *s, int32_t id)
 		}
 		return NULL;
 	}
+	pt->dd.shared = &s->dd_bytes;
 	pt->id = id;
 	pt->incarnation = ++s->next_incarnation;
 	pt->committed = -1;
@@ -69,9 +70,38 @@ static void part_drop(kreq_server_t *s, int32_t id)
 				atomic_store_explicit(&((kreq_request_t *)e->running)->cancelled,
 				                      true, memory_order_release);
 	kreq__dedup_clear(&pt->dd);
+	atomic_store_explicit(&s->m.dedup_bytes, s->dd_bytes, memory_order_relaxed);
 	kreq__offsets_clear(&pt->offs);
 	free(pt);
 	s->parts[id] = NULL;
+}
+
+void kreq__dedup_bound(kreq_server_t *s, kreq__part_t *pt)
+{
+	int64_t now = kreq__now_ms(), expires = 0, earliest = INT64_MAX;
+	uint64_t n = 0;
+	for (int32_t p = -1; p < s->nparts && s->dd_bytes > s->dd_max_bytes; p++) {
+		kreq__part_t *victim = p < 0 ? pt : s->parts[p];
+		while (victim && s->dd_bytes > s->dd_max_bytes &&
+		       kreq__dedup_evict_oldest(&victim->dd, &expires)) {
+			n++;
+			if (expires < earliest)
+				earliest = expires;
+		}
+	}
+	atomic_store_explicit(&s->m.dedup_bytes, s->dd_bytes, memory_order_relaxed);
+	if (!n)
+		return;
+	atomic_fetch_add_explicit(&s->m.dedup_evicted, n, memory_order_relaxed);
+	int64_t now_ns = kreq__mono_ns();
+	if (s->dd_warned_ns && now_ns - s->dd_warned_ns < 60 * 1000000000LL)
+		return;
+	s->dd_warned_ns = now_ns;
+	kreq__log(s->conf, 4, "server",
+	          "server.dedup.max.bytes (%zu) reached: stored results are dropped %lld s before "
+	          "their retention ends, and retries of their keys will run again; raise the limit "
+	          "or lower server.dedup.retention.ms (logged at most once a minute)",
+	          s->dd_max_bytes, (long long)((earliest - now) / 1000));
 }
 
 static kreq__part_t *part_get(kreq_server_t *s, int32_t id)
@@ -206,6 +236,7 @@ static void apply_completion(kreq_server_t *s, kreq_request_t *r)
 		if (!e || kreq__dedup_set_done(&pt->dd, e, r->ddkey, r->ddkey_len, r->digest,
 		                               r->status, r->payload, r->len, r->error, expires))
 			s->rewind_needed = true; /* out of memory: redo from Kafka */
+		kreq__dedup_bound(s, pt);
 	} else if (e) {
 		kreq__dedup_remove(&pt->dd, e);
 	}

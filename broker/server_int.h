@@ -107,6 +107,9 @@ struct kreq_server_s {
 	int64_t retention_ms, min_budget_ms, grace_ms, batch_ms, rate;
 	uint64_t batch_max;
 	size_t max_in_flight;
+	size_t dd_max_bytes; /* server.dedup.max.bytes */
+	size_t dd_bytes;     /* loop thread: footprint of every partition's store */
+	int64_t dd_warned_ns;
 
 	/* keyring: the loop uses kr; set_keyring leaves the next one in kr_next */
 	pthread_mutex_t kr_lock;
@@ -189,6 +192,9 @@ int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, 
 int kreq__txn_begin(kreq_server_t *s);
 int kreq__txn_commit(kreq_server_t *s);
 int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n);
+/* Evicts the oldest stored results, pt's first, while the worker is over
+ * server.dedup.max.bytes (loop thread). */
+void kreq__dedup_bound(kreq_server_t *s, kreq__part_t *pt);
 void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -73,6 +73,14 @@ void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_pr
 	counter(out, "kreq_server_dedup_hits_total",
 	        "Requests answered from the deduplication store without running the handler.",
 	        load(&m->handled[KREQ__H_DEDUP]) + load(&m->handled[KREQ__H_JOINED]), l);
+	counter(out, "kreq_server_dedup_evicted_total",
+	        "Stored results dropped before their retention because the worker reached "
+	        "server.dedup.max.bytes (retries of those keys run again).",
+	        load(&m->dedup_evicted), l);
+	fprintf(out,
+	        "# HELP kreq_server_dedup_bytes Memory held by the deduplication store.\n"
+	        "# TYPE kreq_server_dedup_bytes gauge\nkreq_server_dedup_bytes{%s} %" PRIu64 "\n",
+	        l, load(&m->dedup_bytes));
 	counter(out, "kreq_server_cancels_total", "Cancel messages received.", load(&m->cancels),
 	        l);
 	counter(out, "kreq_server_rebalances_total", "Partition assignments received.",

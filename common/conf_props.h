@@ -113,6 +113,11 @@
 	  315360000000,                                                                            \
 	  "How long a result is kept for deduplication (also the results topic's retention.ms "    \
 	  "when the worker creates it). Keep verification keys at least this long.")               \
+	X(SERVER_DEDUP_MAX_BYTES, "server.dedup.max.bytes", INT, "268435456", 1048576,             \
+	  1099511627776,                                                                           \
+	  "Memory a worker spends on stored results (all its partitions). Beyond it the oldest "   \
+	  "results are dropped before their retention ends, and retries of those keys run "        \
+	  "again: kreq_server_dedup_evicted_total counts them and the worker logs a warning.")     \
 	X(SERVER_REBUILD_TIMEOUT_MS, "server.dedup.rebuild.timeout.ms", INT, "60000", 1000,        \
 	  86400000, "Longest a worker reads a results partition when it is assigned.")             \
 	X(SERVER_TOPIC_PARTITIONS, "server.topic.partitions", INT, "6", 1, 100000,                 \

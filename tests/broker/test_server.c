@@ -456,6 +456,41 @@ START_TEST(test_light_mode)
 }
 END_TEST
 
+/* server.dedup.max.bytes: the oldest stored results leave first (counted),
+ * retries of their keys run again, recent ones are still answered from the
+ * store, and the store stays within the limit. */
+START_TEST(test_dedup_memory_bound)
+{
+	static const char *const extra[] = {"server.dedup.max.bytes", "1048576", NULL};
+	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_client_t *c = client_new(NULL);
+	enum { N = 16, SIZE = 100000 };
+	char *payload = malloc(SIZE + 1);
+	char key[32];
+	for (int i = 0; i < N; i++) {
+		memset(payload, 'a' + i, SIZE);
+		payload[SIZE] = 0;
+		snprintf(key, sizeof(key), "big-%d", i);
+		expect_reply(call(c, "svc.echo", payload, key, 30000), 0, payload, false);
+	}
+	ck_assert_int_eq(atomic_load(&executions), N);
+	uint64_t evicted = kreq_test_server_metric(w->s, "kreq_server_dedup_evicted_total{");
+	ck_assert_uint_ge(evicted, N - 1048576 / SIZE);
+	ck_assert_uint_le(kreq_test_server_metric(w->s, "kreq_server_dedup_bytes{"), 1048576);
+	/* the newest result is still stored */
+	snprintf(key, sizeof(key), "big-%d", N - 1);
+	expect_reply(call(c, "svc.echo", payload, key, 30000), 0, payload, true);
+	ck_assert_int_eq(atomic_load(&executions), N);
+	/* the oldest was dropped: its retry runs again */
+	memset(payload, 'a', SIZE);
+	expect_reply(call(c, "svc.echo", payload, "big-0", 30000), 0, payload, false);
+	ck_assert_int_eq(atomic_load(&executions), N + 1);
+	free(payload);
+	kreq_client_destroy(c);
+	kreq_test_server_stop(w);
+}
+END_TEST
+
 START_TEST(test_concurrency_limit_and_listing)
 {
 	static const char *const extra[] = {"server.max.in.flight", "2", NULL};
@@ -664,6 +699,7 @@ int main(void)
 	tcase_add_test(tc, test_method_acl);
 	tcase_add_test(tc, test_bad_records_and_replay);
 	tcase_add_test(tc, test_light_mode);
+	tcase_add_test(tc, test_dedup_memory_bound);
 	tcase_add_test(tc, test_concurrency_limit_and_listing);
 	tcase_add_test(tc, test_rate_limit);
 	tcase_add_test(tc, test_keyring_replaced_while_serving);

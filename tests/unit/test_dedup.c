@@ -45,6 +45,9 @@ START_TEST(test_key_scoped_by_key_id)
 }
 END_TEST
 
+/* What an entry costs besides its stored result. */
+#define FOOT(key_len) (sizeof(kreq__dd_entry_t) + (key_len))
+
 START_TEST(test_done_replace_expire)
 {
 	kreq__dedup_t dd;
@@ -54,7 +57,7 @@ START_TEST(test_done_replace_expire)
 	kreq__dd_entry_t *e = kreq__dedup_add_running(&dd, k, kl, D1, NULL);
 	ck_assert_int_eq(kreq__dedup_set_done(&dd, e, k, kl, D1, 0, "abc", 3, NULL, 1000), KREQ_OK);
 	ck_assert_int_eq(e->state, KREQ__DD_DONE);
-	ck_assert_uint_eq(dd.bytes, 3);
+	ck_assert_uint_eq(dd.bytes, FOOT(kl) + 3);
 	/* the rebuild replaces by key (compaction keeps the last record) */
 	ck_assert_int_eq(kreq__dedup_set_done(&dd, NULL, k, kl, D2, 7, "", 0, "boom", 2000),
 	                 KREQ_OK);
@@ -63,7 +66,7 @@ START_TEST(test_done_replace_expire)
 	ck_assert_int_eq(e->status, 7);
 	ck_assert_str_eq(e->error, "boom");
 	ck_assert(!memcmp(e->digest, D2, 32));
-	ck_assert_uint_eq(dd.bytes, 4);
+	ck_assert_uint_eq(dd.bytes, FOOT(kl) + 5); /* "boom" and its NUL */
 	uint8_t k2[KREQ__DEDUP_KEY_MAX];
 	size_t kl2 = key_of(k2, "k1", "y");
 	ck_assert_int_eq(kreq__dedup_set_done(&dd, NULL, k2, kl2, D1, 0, "zz", 2, NULL, 3000),
@@ -72,15 +75,53 @@ START_TEST(test_done_replace_expire)
 	ck_assert_uint_eq(kreq__dedup_expire(&dd, 2000), 1);
 	ck_assert_ptr_null(kreq__dedup_find(&dd, k, kl));
 	ck_assert_ptr_nonnull(kreq__dedup_find(&dd, k2, kl2));
-	ck_assert_uint_eq(dd.bytes, 2);
+	ck_assert_uint_eq(dd.bytes, FOOT(kl2) + 2);
 	/* a RUNNING entry never expires */
 	uint8_t k3[KREQ__DEDUP_KEY_MAX];
 	size_t kl3 = key_of(k3, "k1", "z");
 	kreq__dedup_add_running(&dd, k3, kl3, D1, NULL);
 	ck_assert_uint_eq(kreq__dedup_expire(&dd, 1LL << 60), 1);
 	ck_assert_ptr_nonnull(kreq__dedup_find(&dd, k3, kl3));
-	ck_assert_uint_eq(dd.bytes, 0);
+	ck_assert_uint_eq(dd.bytes, FOOT(kl3));
 	kreq__dedup_clear(&dd);
+}
+END_TEST
+
+/* Eviction takes the oldest DONE entries, never a RUNNING one; the shared
+ * counter (a worker's total over its partitions) follows every change. */
+START_TEST(test_evict_oldest_and_shared_bytes)
+{
+	kreq__dedup_t dd;
+	size_t shared = 1000; /* another partition's bytes */
+	ck_assert_int_eq(kreq__dedup_init(&dd), KREQ_OK);
+	dd.shared = &shared;
+	uint8_t k[3][KREQ__DEDUP_KEY_MAX], kr[KREQ__DEDUP_KEY_MAX];
+	size_t kl[3];
+	const char *ids[3] = {"a", "b", "c"};
+	size_t krl = key_of(kr, "k1", "running");
+	ck_assert_ptr_nonnull(kreq__dedup_add_running(&dd, kr, krl, D1, NULL));
+	for (int i = 0; i < 3; i++) {
+		kl[i] = key_of(k[i], "k1", ids[i]);
+		ck_assert_int_eq(
+		    kreq__dedup_set_done(&dd, NULL, k[i], kl[i], D1, 0, "12345", 5, NULL, 100 + i),
+		    KREQ_OK);
+	}
+	size_t want = FOOT(krl) + FOOT(kl[0]) + FOOT(kl[1]) + FOOT(kl[2]) + 15;
+	ck_assert_uint_eq(dd.bytes, want);
+	ck_assert_uint_eq(shared, 1000 + want);
+	int64_t exp = 0;
+	for (int i = 0; i < 3; i++) {
+		ck_assert(kreq__dedup_evict_oldest(&dd, &exp));
+		ck_assert_int_eq(exp, 100 + i);
+		ck_assert_ptr_null(kreq__dedup_find(&dd, k[i], kl[i]));
+		want -= FOOT(kl[i]) + 5;
+		ck_assert_uint_eq(dd.bytes, want);
+		ck_assert_uint_eq(shared, 1000 + want);
+	}
+	ck_assert(!kreq__dedup_evict_oldest(&dd, &exp)); /* only the RUNNING one is left */
+	ck_assert_ptr_nonnull(kreq__dedup_find(&dd, kr, krl));
+	kreq__dedup_clear(&dd);
+	ck_assert_uint_eq(shared, 1000);
 }
 END_TEST
 
@@ -173,6 +214,7 @@ int main(void)
 	TCase *tc = tcase_create("core");
 	tcase_add_test(tc, test_key_scoped_by_key_id);
 	tcase_add_test(tc, test_done_replace_expire);
+	tcase_add_test(tc, test_evict_oldest_and_shared_bytes);
 	tcase_add_test(tc, test_random_model);
 	tcase_add_test(tc, test_offsets_out_of_order);
 	suite_add_tcase(s, tc);
