@@ -96,6 +96,11 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 		err = set_kv(rc, "group.id", group, why, sizeof(why));
 	if (!err && producer && txn)
 		err = set_kv(rc, "transactional.id", s->txn_id, why, sizeof(why));
+	/* light mode is at-least-once: a reply or result duplicated by a retry
+	 * is harmless (the client drops it, compaction keeps one), and
+	 * librdkafka 2.0's idempotent producer busy-polls under load */
+	if (!err && producer && !txn)
+		err = set_kv(rc, "enable.idempotence", "false", why, sizeof(why));
 	if (!err && !producer && !strcmp(group, s->group))
 		err = set_kv(rc, "client.id", s->client_id, why, sizeof(why));
 	if (!err && !producer && strcmp(group, s->group)) /* the results reader */
@@ -197,16 +202,30 @@ static int ensure_topics(kreq_server_t *s)
 
 /* ---- producer ----------------------------------------------------------- */
 
-static int producer_start(kreq_server_t *s)
+/* A producer whose delivery reports wake the loop. */
+static rd_kafka_t *producer_new(kreq_server_t *s)
 {
-	if (!(s->producer = make_handle(s, RD_KAFKA_PRODUCER, NULL, s->txn_mode, NULL)))
-		return -1;
+	rd_kafka_t *p = make_handle(s, RD_KAFKA_PRODUCER, NULL, s->txn_mode, NULL);
+	if (!p)
+		return NULL;
 	static const uint64_t one = 1;
-	rd_kafka_queue_t *mq = rd_kafka_queue_get_main(s->producer);
+	rd_kafka_queue_t *mq = rd_kafka_queue_get_main(p);
 	rd_kafka_queue_io_event_enable(mq, s->efd, &one, sizeof(one));
 	rd_kafka_queue_destroy(mq);
+	return p;
+}
+
+/* Light mode produces results with a second producer: with one request in
+ * flight per connection (see the producer defaults), a reply would
+ * otherwise wait behind the previous call's result record (~40 us more
+ * round trip at low load). Transactional mode needs both in one
+ * transaction, so one producer. */
+static int producer_start(kreq_server_t *s)
+{
+	if (!(s->producer = producer_new(s)))
+		return -1;
 	if (!s->txn_mode)
-		return 0;
+		return (s->res_producer = producer_new(s)) ? 0 : -1;
 	rd_kafka_error_t *e = rd_kafka_init_transactions(
 	    s->producer, (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS));
 	if (e) {
@@ -231,22 +250,23 @@ static void producer_reset(kreq_server_t *s)
 int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, const void *key,
                         size_t key_len, uint8_t *value, size_t len, void *opaque)
 {
-	if (!s->producer) {
+	rd_kafka_t *p = topic == s->res_topic && s->res_producer ? s->res_producer : s->producer;
+	if (!p) {
 		free(value);
 		free(opaque);
 		s->rewind_needed = true;
 		return KREQ_EKAFKA;
 	}
 	for (;;) {
-		rd_kafka_resp_err_t kerr = rd_kafka_producev(
-		    s->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
-		    RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(value, len),
-		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE), RD_KAFKA_V_OPAQUE(opaque),
-		    RD_KAFKA_V_END);
+		rd_kafka_resp_err_t kerr =
+		    rd_kafka_producev(p, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+		                      RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(value, len),
+		                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+		                      RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
 		if (!kerr)
 			return KREQ_OK;
 		if (kerr == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-			rd_kafka_poll(s->producer, 10);
+			rd_kafka_poll(p, 10);
 			continue;
 		}
 		atomic_fetch_add_explicit(&s->m.produce_errors, 1, memory_order_relaxed);
@@ -524,6 +544,10 @@ void kreq__kafka_close(kreq_server_t *s)
 		rd_kafka_flush(s->producer, 5000);
 		rd_kafka_destroy(s->producer);
 	}
-	s->consumer = s->reader = s->producer = NULL;
+	if (s->res_producer) {
+		rd_kafka_flush(s->res_producer, 5000);
+		rd_kafka_destroy(s->res_producer);
+	}
+	s->consumer = s->reader = s->producer = s->res_producer = NULL;
 	s->cq = NULL;
 }

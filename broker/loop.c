@@ -522,6 +522,10 @@ static void settle_outputs(kreq_server_t *s)
 		rd_kafka_flush(s->producer, 5000);
 		rd_kafka_poll(s->producer, 0);
 	}
+	if (s->res_producer) {
+		rd_kafka_flush(s->res_producer, 5000);
+		rd_kafka_poll(s->res_producer, 0);
+	}
 }
 
 /* Nothing new starts (queued requests are left uncommitted for the next
@@ -719,6 +723,8 @@ static void step(kreq_server_t *s, bool fetch, bool *more)
 	*more = fetch && consume(s, 1000);
 	if (s->producer)
 		rd_kafka_poll(s->producer, 0);
+	if (s->res_producer)
+		rd_kafka_poll(s->res_producer, 0);
 	process_completions(s);
 	if (s->rewind_needed && !s->fatal)
 		rewind_all(s);

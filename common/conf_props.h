@@ -174,7 +174,9 @@
 	X("linger.ms", "0",                                                                        \
 	  "replies leave at once; batching happens while a request is in flight")                  \
 	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
-	X("enable.idempotence", "true", "no duplicates or reordering from producer retries")       \
+	X("enable.idempotence", "true",                                                            \
+	  "required by transactions; server.mode=light sets false (duplicates are harmless "       \
+	  "there)")                                                                                \
 	X("max.in.flight.requests.per.connection", "1",                                            \
 	  "librdkafka 2.0's idempotent producer busy-polls while 5 requests are in flight; "       \
 	  "with one, replies queued meanwhile go out as one batch")                                \
