@@ -1,7 +1,10 @@
 /*
  * bench_sign.c — seal (encode+sign) and open (decode+verify) of a request
  * with a 256-byte payload, per key type, beside the bare libsodium primitive
- * over the same signed bytes (the floor kreq's framing adds to).
+ * over the same signed bytes. For Ed25519 that is the floor kreq's framing
+ * adds to; for HMAC-SHA-256 kreq uses libcrypto's SHA-256 with the key
+ * expanded once (proto/sha256.c), so seal and open come out below
+ * libsodium's HMAC alone.
  *
  * Usage: bench_sign [iterations-per-round] [rounds]
  * Prints the median ns/op over the rounds and the ratio to the baseline.

@@ -253,6 +253,8 @@ static bool process_completions(kreq_server_t *s)
 {
 	kreq_request_t *r = kreq__completions_take(s);
 	bool any = r != NULL;
+	/* light mode at low load: results on the second producer (kafka.c) */
+	s->res_quiet = r && s->res_producer && rd_kafka_outq_len(s->producer) == 0;
 	while (r) {
 		kreq_request_t *next = r->next;
 		apply_completion(s, r);

@@ -123,7 +123,8 @@ struct kreq_server_s {
 
 	/* Kafka (loop thread) */
 	rd_kafka_t *consumer, *producer, *reader;
-	rd_kafka_t *res_producer; /* light mode: results (NULL: producer) */
+	rd_kafka_t *res_producer; /* light mode: results while producer is idle */
+	bool res_quiet;           /* this batch's results go to res_producer */
 	rd_kafka_queue_t *cq;
 	kreq__part_t **parts; /* by partition id; NULL when not assigned */
 	int32_t nparts;
@@ -189,7 +190,7 @@ typedef void(kreq__rebalance_cb_t)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb);
 void kreq__kafka_close(kreq_server_t *s);
 /* Produces value (ownership passes); records for s->res_topic (that very
- * pointer) go through res_producer when there is one. */
+ * pointer) go through res_producer while s->res_quiet. */
 int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, const void *key,
                         size_t key_len, uint8_t *value, size_t len, void *opaque);
 int kreq__txn_begin(kreq_server_t *s);
