@@ -11,10 +11,10 @@ typedef struct kreq__key {
 	char id[KREQ_KEY_ID_MAX + 1];
 	uint8_t id_len;
 	kreq_key_type_t type;
-	uint8_t *material; /* sodium_malloc'd: HMAC secret, Ed25519 sk, or pk */
-	const uint8_t *pk; /* Ed25519 public key (inside material) */
+	uint8_t *material;      /* sodium_malloc'd: HMAC secret, Ed25519 sk, or pk */
+	const uint8_t *pk;      /* Ed25519 public key (inside material) */
 	kreq__hmac_key_t *hmac; /* HMAC keys: expanded key, sodium_malloc'd */
-	char *methods;     /* NULL: any method; else ",m1,m2," */
+	char *methods;          /* NULL: any method; else ",m1,m2," */
 } kreq__key_t;
 
 /* Key by id (id_len bytes, not necessarily NUL-terminated); NULL if absent. */
