@@ -35,7 +35,6 @@
 #include "broker/server_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
-#include "proto/sha256.h"
 
 /* ---- partition state ---------------------------------------------------- */
 
@@ -333,15 +332,6 @@ static void handle_cancel(kreq_server_t *s, kreq__part_t *pt, const kreq__opened
 	}
 }
 
-static void digest_of(const Kreq__Request *q, uint8_t out[32])
-{
-	kreq__sha256_t st;
-	kreq__sha256_init(&st);
-	kreq__sha256_update(&st, q->method, strlen(q->method) + 1);
-	kreq__sha256_update(&st, q->payload.data, q->payload.len);
-	kreq__sha256_final(&st, out);
-}
-
 /* Answers without running anything; counts the outcome. */
 static void answer(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
                    const Kreq__Request *q, kreq__handled_t outcome, int32_t status,
@@ -391,7 +381,7 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 	uint8_t key[KREQ__DEDUP_KEY_MAX], digest[32];
 	size_t klen =
 	    kreq__dedup_key(key, o->key_id, q->idempotency_key.data, q->idempotency_key.len);
-	digest_of(q, digest);
+	kreq__request_digest(q, digest);
 	int64_t now = kreq__now_ms();
 	kreq__dd_entry_t *e = kreq__dedup_find(&pt->dd, key, klen);
 	if (e && e->state == KREQ__DD_DONE && e->expires_ms <= now) {

@@ -831,15 +831,6 @@ static int open_record(const struct kview *v, int64_t now_ms, const rd_kafka_mes
 
 /* ---- candidates and cancels ------------------------------------------------------ */
 
-static void request_digest(const Kreq__Request *q, uint8_t out[32])
-{
-	crypto_hash_sha256_state st;
-	crypto_hash_sha256_init(&st);
-	crypto_hash_sha256_update(&st, (const unsigned char *)q->method, strlen(q->method) + 1);
-	crypto_hash_sha256_update(&st, q->payload.data, q->payload.len);
-	crypto_hash_sha256_final(&st, out);
-}
-
 static bool grow(void **arr, size_t *cap, size_t n, size_t size)
 {
 	if (n < *cap)
@@ -893,7 +884,7 @@ static void add_row(struct kview *v, const rd_kafka_message_t *m, const kreq__op
 	r->idem_len = q->idempotency_key.len;
 	memcpy(r->key_id, o->key_id, sizeof(r->key_id));
 	memcpy(r->corr, q->correlation_id.data, KREQ__CORR_ID_BYTES);
-	request_digest(q, r->digest);
+	kreq__request_digest(q, r->digest);
 	v->nrows++;
 }
 

@@ -53,6 +53,15 @@ size_t kreq__sig_header(uint8_t *hdr, uint32_t version, const char *key_id, size
 	return (size_t)(p - hdr);
 }
 
+void kreq__request_digest(const Kreq__Request *q, uint8_t out[32])
+{
+	kreq__sha256_t st;
+	kreq__sha256_init(&st);
+	kreq__sha256_update(&st, q->method, strlen(q->method) + 1);
+	kreq__sha256_update(&st, q->payload.data, q->payload.len);
+	kreq__sha256_final(&st, out);
+}
+
 /* Ed25519 signs one contiguous message: header || body. */
 static uint8_t *concat(uint8_t *stackbuf, const uint8_t *hdr, size_t hdr_len, const uint8_t *body,
                        size_t body_len)

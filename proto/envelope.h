@@ -84,6 +84,10 @@ size_t kreq__sig_header(uint8_t *hdr, uint32_t version, const char *key_id, size
 
 /* Signature of (header || body) with key k into sig (64 bytes room);
  * returns its length (32 HMAC, 64 Ed25519), 0 if k cannot sign. */
+/* The request digest a Result records (docs/protocol.md 4.4):
+ * SHA-256(method || 0x00 || payload). */
+void kreq__request_digest(const Kreq__Request *q, uint8_t out[32]);
+
 size_t kreq__sign(const kreq__key_t *k, uint32_t kind, const uint8_t *body, size_t body_len,
                   uint8_t *sig);
 
