@@ -162,34 +162,23 @@ kreq__dd_entry_t *kreq__dedup_add_running(kreq__dedup_t *d, const uint8_t *key, 
 	return e;
 }
 
-int kreq__dedup_set_done(kreq__dedup_t *d, kreq__dd_entry_t *e, const uint8_t *key, size_t key_len,
-                         const uint8_t digest[32], int32_t status, const void *payload, size_t len,
-                         const char *error, int64_t expires_ms)
+void kreq__dedup_set_done_take(kreq__dedup_t *d, kreq__dd_entry_t *e, int32_t status,
+                               uint8_t *payload, size_t len, char *error, int64_t expires_ms)
 {
-	if (!e) {
-		e = kreq__dedup_find(d, key, key_len);
-		if (!e && !(e = insert(d, key, key_len, digest)))
-			return KREQ_ENOMEM;
-	}
 	age_unlink(d, e);
 	free_result(d, e);
-	uint8_t *p = NULL;
-	char *er = NULL;
-	if ((len && !(p = malloc(len))) || (error && *error && !(er = strdup(error)))) {
-		free(p);
-		free(er);
-		kreq__dedup_remove(d, e);
-		return KREQ_ENOMEM;
+	if (error && !*error) {
+		free(error);
+		error = NULL;
 	}
-	memcpy(e->digest, digest, 32);
 	e->state = KREQ__DD_DONE;
 	e->running = NULL;
 	e->status = status;
 	e->expires_ms = expires_ms;
-	if (len)
-		memcpy(p, payload, len);
-	e->payload = p;
-	e->error = er;
+	e->payload = len ? payload : NULL;
+	if (!len)
+		free(payload);
+	e->error = error;
 	e->len = len;
 	e->aged = true;
 	account(d, result_bytes(e), 0);
@@ -199,6 +188,29 @@ int kreq__dedup_set_done(kreq__dedup_t *d, kreq__dd_entry_t *e, const uint8_t *k
 	else
 		d->oldest = e;
 	d->newest = e;
+}
+
+int kreq__dedup_set_done(kreq__dedup_t *d, kreq__dd_entry_t *e, const uint8_t *key, size_t key_len,
+                         const uint8_t digest[32], int32_t status, const void *payload, size_t len,
+                         const char *error, int64_t expires_ms)
+{
+	if (!e) {
+		e = kreq__dedup_find(d, key, key_len);
+		if (!e && !(e = insert(d, key, key_len, digest)))
+			return KREQ_ENOMEM;
+	}
+	uint8_t *p = NULL;
+	char *er = NULL;
+	if ((len && !(p = malloc(len))) || (error && *error && !(er = strdup(error)))) {
+		free(p);
+		free(er);
+		kreq__dedup_remove(d, e);
+		return KREQ_ENOMEM;
+	}
+	if (len)
+		memcpy(p, payload, len);
+	memcpy(e->digest, digest, 32);
+	kreq__dedup_set_done_take(d, e, status, p, len, er, expires_ms);
 	return KREQ_OK;
 }
 

@@ -76,6 +76,11 @@ int kreq__dedup_set_done(kreq__dedup_t *d, kreq__dd_entry_t *e, const uint8_t *k
                          const uint8_t digest[32], int32_t status, const void *payload, size_t len,
                          const char *error, int64_t expires_ms);
 
+/* Makes the RUNNING entry e DONE, taking ownership of payload (malloc'd,
+ * len bytes, or NULL) and error (malloc'd or NULL): no copy. */
+void kreq__dedup_set_done_take(kreq__dedup_t *d, kreq__dd_entry_t *e, int32_t status,
+                               uint8_t *payload, size_t len, char *error, int64_t expires_ms);
+
 /* Removes and frees e. */
 void kreq__dedup_remove(kreq__dedup_t *d, kreq__dd_entry_t *e);
 

@@ -79,7 +79,30 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 		if (sl && sl->pending)
 			sl->pending--;
 	}
-	free(dr);
+	kreq__dr_free(s, dr);
+}
+
+kreq__dr_t *kreq__dr_new(kreq_server_t *s)
+{
+	kreq__dr_t *dr = s->dr_free;
+	if (!dr)
+		return malloc(sizeof(*dr));
+	s->dr_free = dr->next;
+	s->dr_nfree--;
+	return dr;
+}
+
+void kreq__dr_free(kreq_server_t *s, kreq__dr_t *dr)
+{
+	if (!dr)
+		return;
+	if (s->dr_nfree >= KREQ__RECYCLE_MAX) {
+		free(dr);
+		return;
+	}
+	dr->next = s->dr_free;
+	s->dr_free = dr;
+	s->dr_nfree++;
 }
 
 static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const char *group, bool txn,
@@ -251,20 +274,20 @@ static void producer_reset(kreq_server_t *s)
 }
 
 int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, const void *key,
-                        size_t key_len, uint8_t *value, size_t len, void *opaque)
+                        size_t key_len, const uint8_t *value, size_t len, kreq__dr_t *opaque)
 {
 	rd_kafka_t *p = topic == s->res_topic && s->res_quiet ? s->res_producer : s->producer;
 	if (!p) {
-		free(value);
-		free(opaque);
+		kreq__dr_free(s, opaque);
 		s->rewind_needed = true;
 		return KREQ_EKAFKA;
 	}
 	for (;;) {
 		rd_kafka_resp_err_t kerr =
 		    rd_kafka_producev(p, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
-		                      RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(value, len),
-		                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+		                      RD_KAFKA_V_KEY(key, key_len),
+		                      RD_KAFKA_V_VALUE((void *)value, len),
+		                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 		                      RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
 		if (!kerr)
 			return KREQ_OK;
@@ -275,8 +298,7 @@ int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, 
 		atomic_fetch_add_explicit(&s->m.produce_errors, 1, memory_order_relaxed);
 		kreq__log(s->conf, 4, "server", "producing to %s [%d]: %s", topic, partition,
 		          rd_kafka_err2str(kerr));
-		free(value);
-		free(opaque);
+		kreq__dr_free(s, opaque);
 		s->rewind_needed = true; /* the open transaction cannot commit this */
 		return KREQ_EKAFKA;
 	}

@@ -110,25 +110,23 @@ static kreq__part_t *part_get(kreq_server_t *s, int32_t id)
 
 /* ---- producing replies and results --------------------------------------- */
 
-static void *dr_opaque(kreq_server_t *s, kreq__part_t *pt, uint64_t seq)
+static kreq__dr_t *dr_opaque(kreq_server_t *s, kreq__part_t *pt, uint64_t seq)
 {
 	if (s->txn_mode)
 		return NULL;
-	kreq__dr_t *dr = malloc(sizeof(*dr));
 	kreq__off_slot_t *sl = kreq__offsets_slot(&pt->offs, seq);
-	if (!dr || !sl) {
-		free(dr);
+	kreq__dr_t *dr = sl ? kreq__dr_new(s) : NULL;
+	if (!dr)
 		return NULL;
-	}
-	*dr = (kreq__dr_t){pt->id, pt->incarnation, seq};
+	*dr = (kreq__dr_t){NULL, pt->id, pt->incarnation, seq};
 	sl->pending++;
 	return dr;
 }
 
-/* Seals and produces one reply to t. */
+/* Seals and produces one reply to t, issued at now (ms). */
 static void send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
                        const ProtobufCBinaryData *idem, int32_t status, const void *payload,
-                       size_t len, const char *error, bool from_dedup)
+                       size_t len, const char *error, bool from_dedup, int64_t now)
 {
 	if (kreq__txn_begin(s))
 		return;
@@ -139,24 +137,24 @@ static void send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t 
 	rp.error = (char *)(error ? error : "");
 	rp.from_dedup = from_dedup;
 	rp.idempotency_key = *idem;
-	rp.issued_at_ms = kreq__now_ms();
+	rp.issued_at_ms = now;
 	rp.deadline_ms = t->deadline_ms < rp.issued_at_ms ? rp.issued_at_ms : t->deadline_ms;
 	rp.attempt = t->attempt;
-	uint8_t *buf;
 	size_t blen;
 	char why[256];
-	int err = kreq__envelope_seal(s->kr, &s->lim, KREQ__KIND_REPLY, &rp.base, &buf, &blen, why,
-	                              sizeof(why));
+	int err = kreq__envelope_seal_to(s->kr, &s->lim, KREQ__KIND_REPLY, &rp.base, s->seal_buf,
+	                                 s->lim.envelope_max, &blen, why, sizeof(why));
 	if (err) {
 		kreq__log(s->conf, 3, "server", "cannot seal a reply: %s", why);
 		return;
 	}
-	if (kreq__kafka_produce(s, t->topic, t->partition, t->corr, sizeof(t->corr), buf, blen,
-	                        dr_opaque(s, pt, t->seq)) == KREQ_OK)
+	if (kreq__kafka_produce(s, t->topic, t->partition, t->corr, sizeof(t->corr), s->seal_buf,
+	                        blen, dr_opaque(s, pt, t->seq)) == KREQ_OK)
 		s->txn_results++;
 }
 
-static void store_result(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, int64_t expires)
+static void store_result(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, int64_t now,
+                         int64_t expires)
 {
 	const Kreq__Request *q = r->op.u.req;
 	Kreq__Result rs = KREQ__RESULT__INIT;
@@ -167,21 +165,20 @@ static void store_result(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, 
 	rs.idempotency_key = q->idempotency_key;
 	rs.request_key_id = r->op.key_id;
 	rs.method = q->method;
-	rs.issued_at_ms = kreq__now_ms();
+	rs.issued_at_ms = now;
 	rs.deadline_ms = expires;
-	uint8_t *buf;
 	size_t blen;
 	char why[256];
 	if (kreq__txn_begin(s))
 		return;
-	int err = kreq__envelope_seal(s->kr, &s->lim, KREQ__KIND_RESULT, &rs.base, &buf, &blen, why,
-	                              sizeof(why));
+	int err = kreq__envelope_seal_to(s->kr, &s->lim, KREQ__KIND_RESULT, &rs.base, s->seal_buf,
+	                                 s->lim.envelope_max, &blen, why, sizeof(why));
 	if (err) {
 		kreq__log(s->conf, 3, "server", "cannot seal a result: %s", why);
 		s->rewind_needed = true; /* never commit an offset without its result */
 		return;
 	}
-	kreq__kafka_produce(s, s->res_topic, pt->id, r->ddkey, r->ddkey_len, buf, blen,
+	kreq__kafka_produce(s, s->res_topic, pt->id, r->ddkey, r->ddkey_len, s->seal_buf, blen,
 	                    dr_opaque(s, pt, r->self.seq));
 }
 
@@ -205,7 +202,7 @@ static kreq__handled_t outcome_of(const kreq_request_t *r)
 	return r->status == 0 ? KREQ__H_OK : KREQ__H_ERROR_STATUS;
 }
 
-static void apply_completion(kreq_server_t *s, kreq_request_t *r)
+static void apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
 {
 	kreq__part_t *pt = part_get(s, r->partition);
 	if (r->started_ns)
@@ -214,38 +211,42 @@ static void apply_completion(kreq_server_t *s, kreq_request_t *r)
 		kreq__request_free(r); /* stale: the record will be redone */
 		return;
 	}
-	kreq__dd_entry_t *e = kreq__dedup_find(&pt->dd, r->ddkey, r->ddkey_len);
+	/* same incarnation: its RUNNING entry is still there (only a DONE
+	 * entry expires or is evicted; dropping the state changes incarnation) */
+	kreq__dd_entry_t *e = r->dd;
 	if (s->draining && !r->started_ns && r->status == KREQ_STATUS_SHUTTING_DOWN) {
 		/* not started before shutdown: left for the next owner, uncommitted */
-		if (e)
-			kreq__dedup_remove(&pt->dd, e);
+		kreq__dedup_remove(&pt->dd, e);
 		kreq__request_free(r);
 		return;
 	}
 	kreq__handled_t o = outcome_of(r);
 	atomic_fetch_add_explicit(&s->m.handled[o], 1, memory_order_relaxed);
-	bool store = r->started_ns && r->status != KREQ_STATUS_CANCELLED;
 	const Kreq__Request *q = r->op.u.req;
 	/* the reply first: in light mode it then leaves before the result */
 	send_reply(s, pt, &r->self, &q->idempotency_key, r->status, r->payload, r->len, r->error,
-	           false);
-	if (store) {
-		int64_t expires = kreq__now_ms() + s->retention_ms;
-		store_result(s, pt, r, expires);
-		if (!e || kreq__dedup_set_done(&pt->dd, e, r->ddkey, r->ddkey_len, r->digest,
-		                               r->status, r->payload, r->len, r->error, expires))
-			s->rewind_needed = true; /* out of memory: redo from Kafka */
-		kreq__dedup_bound(s, pt);
-	} else if (e) {
+	           false, now);
+	const uint8_t *payload = r->payload;
+	const char *error = r->error;
+	if (r->started_ns && r->status != KREQ_STATUS_CANCELLED) {
+		int64_t expires = now + s->retention_ms;
+		store_result(s, pt, r, now, expires);
+		/* the stored result takes the reply's buffers; joiners read them there */
+		kreq__dedup_set_done_take(&pt->dd, e, r->status, r->payload, r->len, r->error,
+		                          expires);
+		r->payload = NULL, r->error = NULL;
+		payload = e->payload, error = e->error;
+	} else {
 		kreq__dedup_remove(&pt->dd, e);
 	}
 	slot_complete(pt, r->self.seq);
 	for (kreq__target_t *t = r->joiners; t; t = t->next) {
-		send_reply(s, pt, t, &q->idempotency_key, r->status, r->payload, r->len, r->error,
-		           true);
+		send_reply(s, pt, t, &q->idempotency_key, r->status, payload, r->len, error, true,
+		           now);
 		slot_complete(pt, t->seq);
 	}
 	kreq__request_free(r);
+	kreq__dedup_bound(s, pt); /* last: it may evict what was just stored */
 }
 
 static bool process_completions(kreq_server_t *s)
@@ -254,9 +255,12 @@ static bool process_completions(kreq_server_t *s)
 	bool any = r != NULL;
 	/* light mode at low load: results on the second producer (kafka.c) */
 	s->res_quiet = r && s->res_producer && rd_kafka_outq_len(s->producer) == 0;
-	while (r) {
+	int64_t now = r ? kreq__now_ms() : 0;
+	for (unsigned n = 1; r; n++) {
 		kreq_request_t *next = r->next;
-		apply_completion(s, r);
+		if (n % 64 == 0) /* a batch takes a few ms: keep issued_at close */
+			now = kreq__now_ms();
+		apply_completion(s, r, now);
 		r = next;
 	}
 	return any;
@@ -338,13 +342,13 @@ static void answer(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
                    const char *error)
 {
 	atomic_fetch_add_explicit(&s->m.handled[outcome], 1, memory_order_relaxed);
-	send_reply(s, pt, t, &q->idempotency_key, status, NULL, 0, error, false);
+	send_reply(s, pt, t, &q->idempotency_key, status, NULL, 0, error, false, kreq__now_ms());
 }
 
 /* Returns true when the record is finished now (its offset may pass once
  * the transaction commits), false when a handler will finish it. */
 static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
-                           const rd_kafka_message_t *m, uint64_t seq)
+                           const rd_kafka_message_t *m, uint64_t seq, int64_t now)
 {
 	const Kreq__Request *q = o->u.req;
 	char why[512];
@@ -382,7 +386,6 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 	size_t klen =
 	    kreq__dedup_key(key, o->key_id, q->idempotency_key.data, q->idempotency_key.len);
 	kreq__request_digest(q, digest);
-	int64_t now = kreq__now_ms();
 	kreq__dd_entry_t *e = kreq__dedup_find(&pt->dd, key, klen);
 	if (e && e->state == KREQ__DD_DONE && e->expires_ms <= now) {
 		kreq__dedup_remove(&pt->dd, e);
@@ -396,7 +399,7 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 	if (e && e->state == KREQ__DD_DONE) {
 		atomic_fetch_add_explicit(&s->m.handled[KREQ__H_DEDUP], 1, memory_order_relaxed);
 		send_reply(s, pt, &t, &q->idempotency_key, e->status, e->payload, e->len, e->error,
-		           true);
+		           true, now);
 		return true;
 	}
 	if (e) { /* running: join it */
@@ -417,7 +420,7 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 		       "deadline exceeded before the work could start");
 		return true;
 	}
-	kreq_request_t *r = calloc(1, sizeof(*r));
+	kreq_request_t *r = kreq__request_new(s);
 	if (!r || !(e = kreq__dedup_add_running(&pt->dd, key, klen, digest, r))) {
 		free(r);
 		s->rewind_needed = true; /* out of memory: redo the record later */
@@ -431,6 +434,7 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 	r->offset = m->offset;
 	r->incarnation = pt->incarnation;
 	r->self = t;
+	r->dd = e;
 	memcpy(r->ddkey, key, klen);
 	r->ddkey_len = (uint16_t)klen;
 	memcpy(r->digest, digest, 32);
@@ -458,8 +462,8 @@ static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
 		return;
 	kreq__opened_t o;
 	char why[256];
-	int err = kreq__envelope_open(s->kr, &s->lim, kreq__now_ms(), m->payload, m->len, &o, why,
-	                              sizeof(why));
+	int64_t now = kreq__now_ms();
+	int err = kreq__envelope_open(s->kr, &s->lim, now, m->payload, m->len, &o, why, sizeof(why));
 	bool done = true;
 	if (err)
 		reject(s, kreq__reject_of(err), m, why);
@@ -468,7 +472,7 @@ static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
 	else if (o.kind != KREQ__KIND_REQUEST)
 		reject(s, KREQ__R_KIND, m, "not a request or cancel");
 	else
-		done = handle_request(s, pt, &o, m, seq);
+		done = handle_request(s, pt, &o, m, seq, now);
 	kreq__opened_clear(&o);
 	if (done)
 		slot_complete(pt, seq);
@@ -650,22 +654,24 @@ static void swap_keyring(kreq_server_t *s)
 /* Reads up to max records; true if the queue may hold more. */
 static bool consume(kreq_server_t *s, int max)
 {
-	for (int i = 0; i < max; i++) {
+	int n = 0;
+	bool more = true;
+	for (; more && n < max; n++) {
 		/* at the limit, stop taking records: flow_control() pauses the
 		 * partitions, which drops what was prefetched and refetches it from
 		 * the consumed position on resume */
 		if (atomic_load_explicit(&s->in_progress, memory_order_relaxed) >= s->max_in_flight)
-			return false;
+			break;
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, 0);
 		if (!m)
-			return false;
+			break;
 		handle_record(s, m);
 		rd_kafka_message_destroy(m);
-		s->last_record_ns = kreq__mono_ns();
-		if (s->fatal)
-			return false;
+		more = !s->fatal;
 	}
-	return true;
+	if (n)
+		s->last_record_ns = kreq__mono_ns();
+	return more && n == max;
 }
 
 static bool commit_due(kreq_server_t *s, int64_t now_ns)

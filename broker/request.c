@@ -289,5 +289,36 @@ void kreq__request_free(kreq_request_t *r)
 	kreq__opened_clear(&r->op);
 	free(r->payload);
 	free(r->error);
-	free(r);
+	if (s->rq_nfree >= KREQ__RECYCLE_MAX) {
+		free(r);
+		return;
+	}
+	r->next = s->rq_free;
+	s->rq_free = r;
+	s->rq_nfree++;
+}
+
+kreq_request_t *kreq__request_new(kreq_server_t *s)
+{
+	kreq_request_t *r = s->rq_free;
+	if (!r)
+		return calloc(1, sizeof(*r));
+	s->rq_free = r->next;
+	s->rq_nfree--;
+	memset(r, 0, sizeof(*r));
+	return r;
+}
+
+void kreq__recycled_free(kreq_server_t *s)
+{
+	for (kreq_request_t *r = s->rq_free, *n; r; r = n) {
+		n = r->next;
+		free(r);
+	}
+	for (kreq__dr_t *d = s->dr_free, *n; d; d = n) {
+		n = d->next;
+		free(d);
+	}
+	s->rq_free = NULL, s->dr_free = NULL;
+	s->rq_nfree = s->dr_nfree = 0;
 }

@@ -97,8 +97,9 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 	s->group = fmt("%s.%s%s", prefix, s->service, "");
 	s->txn_id = s->client_id ? fmt("%s.%s.%s", prefix, s->service, s->client_id) : NULL;
 	s->threads = calloc((size_t)s->nthreads, sizeof(*s->threads));
+	s->seal_buf = malloc(s->lim.envelope_max); /* touched only as far as used */
 	if (!s->client_id || !s->req_topic || !s->res_topic || !s->group || !s->txn_id ||
-	    !s->threads ||
+	    !s->threads || !s->seal_buf ||
 	    parse_allow(s, kreq__conf_str(c, KREQ__P_SERVER_REPLY_TOPIC_ALLOW), prefix))
 		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	if (strlen(s->res_topic) > KREQ__TOPIC_MAX)
@@ -332,6 +333,8 @@ KREQ_API void kreq_server_destroy(kreq_server_t *s)
 		n = r->next;
 		kreq__request_free(r);
 	}
+	kreq__recycled_free(s);
+	free(s->seal_buf);
 	for (size_t i = 0; i < s->nhandlers; i++)
 		free(s->handlers[i].method);
 	free(s->handlers);

@@ -64,6 +64,7 @@ struct kreq_request_s {
 	uint64_t incarnation;
 	kreq__target_t self;     /* reply target of this record */
 	kreq__target_t *joiners; /* duplicates waiting for this result (loop) */
+	kreq__dd_entry_t *dd; /* its RUNNING dedup entry (loop; valid in its incarnation) */
 	uint8_t ddkey[KREQ__DEDUP_KEY_MAX];
 	uint16_t ddkey_len;
 	uint8_t digest[32];
@@ -142,6 +143,17 @@ struct kreq_server_s {
 	uint64_t next_incarnation;
 	kreq__bucket_t *buckets;
 
+	/* loop thread: recycled allocations and the sealing buffer. A busy
+	 * worker allocates and frees a request and two delivery-report records
+	 * per call; glibc's per-thread cache holds only 7 blocks of a size, so
+	 * a batch of hundreds went through the locked arena every time. */
+	kreq_request_t *rq_free;
+	size_t rq_nfree;
+	struct kreq__dr *dr_free;
+	size_t dr_nfree;
+	uint8_t *seal_buf; /* lim.envelope_max bytes: replies and results are
+	                      sealed here and copied by librdkafka */
+
 	/* handler pool */
 	pthread_t *threads;
 	int nthreads;
@@ -167,9 +179,13 @@ struct kreq_server_s {
 
 /* Delivery-report opaque of an output in light mode. */
 typedef struct kreq__dr {
+	struct kreq__dr *next; /* free list */
 	int32_t partition;
 	uint64_t incarnation, seq;
 } kreq__dr_t;
+
+/* How many freed requests / delivery records the loop keeps for reuse. */
+#define KREQ__RECYCLE_MAX 4096
 
 /* request.c */
 void kreq__pool_start(kreq_server_t *s);
@@ -178,7 +194,11 @@ void kreq__pool_stop(kreq_server_t *s);
 void kreq__pool_drain(kreq_server_t *s);
 void kreq__dispatch(kreq_server_t *s, kreq_request_t *r);
 kreq_request_t *kreq__completions_take(kreq_server_t *s);
+/* A zeroed request, recycled when possible (loop thread, or after it). */
+kreq_request_t *kreq__request_new(kreq_server_t *s);
 void kreq__request_free(kreq_request_t *r);
+/* Frees the recycled requests and delivery records (kreq_server_destroy). */
+void kreq__recycled_free(kreq_server_t *s);
 void kreq__wake(kreq_server_t *s);
 
 /* loop.c */
@@ -189,10 +209,15 @@ typedef void(kreq__rebalance_cb_t)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                    rd_kafka_topic_partition_list_t *parts, void *opaque);
 int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb);
 void kreq__kafka_close(kreq_server_t *s);
-/* Produces value (ownership passes); records for s->res_topic (that very
- * pointer) go through res_producer while s->res_quiet. */
+/* Produces a copy of value (librdkafka copies it into its message, one
+ * allocation); opaque (a kreq__dr_t or NULL) passes to the delivery report,
+ * or is recycled on failure. Records for s->res_topic (that very pointer)
+ * go through res_producer while s->res_quiet. */
 int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, const void *key,
-                        size_t key_len, uint8_t *value, size_t len, void *opaque);
+                        size_t key_len, const uint8_t *value, size_t len, kreq__dr_t *opaque);
+/* A delivery record from the loop's free list (or malloc); NULL on ENOMEM. */
+kreq__dr_t *kreq__dr_new(kreq_server_t *s);
+void kreq__dr_free(kreq_server_t *s, kreq__dr_t *dr);
 int kreq__txn_begin(kreq_server_t *s);
 int kreq__txn_commit(kreq_server_t *s);
 int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n);

@@ -45,7 +45,11 @@ typedef struct kreq__limits {
 
 void kreq__limits_from_conf(kreq__limits_t *lim, const kreq_conf_t *conf);
 
-/* A verified, decoded message. Owns the decoded body. */
+/* A verified, decoded message. Owns the decoded body: with arena set, the
+ * body lives in that one block (kreq__envelope_open decodes into it, so a
+ * decode costs one allocation instead of one per field); without, it was
+ * decoded with protobuf-c's default allocator. kreq__opened_clear frees
+ * either. Moving an opened message is a struct copy. */
 typedef struct kreq__opened {
 	kreq__kind_t kind;
 	char key_id[KREQ_KEY_ID_MAX + 1];
@@ -56,6 +60,7 @@ typedef struct kreq__opened {
 		Kreq__Cancel *cancel;
 		Kreq__Result *result;
 	} u;
+	void *arena;
 } kreq__opened_t;
 
 /* Validates body, encodes it, signs it with the keyring's signing key and
@@ -65,6 +70,13 @@ typedef struct kreq__opened {
 int kreq__envelope_seal(const kreq_keyring_t *kr, const kreq__limits_t *lim, kreq__kind_t kind,
                         const ProtobufCMessage *body, uint8_t **out, size_t *out_len, char *errstr,
                         size_t errstr_size);
+
+/* The same into the caller's buffer dst of cap bytes (an envelope larger
+ * than cap is KREQ_EOVERSIZE); *out_len gets its length. For a caller that
+ * seals many messages into one reusable buffer (the worker's loop). */
+int kreq__envelope_seal_to(const kreq_keyring_t *kr, const kreq__limits_t *lim, kreq__kind_t kind,
+                           const ProtobufCMessage *body, uint8_t *dst, size_t cap, size_t *out_len,
+                           char *errstr, size_t errstr_size);
 
 /* Decodes and verifies buf at time now_ms. On KREQ_OK *out holds the
  * message (free with kreq__opened_clear()); on error *out is empty and the

@@ -15,7 +15,7 @@
 
 typedef struct delayed {
 	int64_t due_ms;
-	Kreq__Request *req; /* owned */
+	kreq__opened_t op; /* owned: the request, op.u.req */
 } delayed_t;
 
 struct responder {
@@ -76,9 +76,11 @@ static void reply(responder_t *r, const Kreq__Request *q, int32_t status, const 
 	    0);
 }
 
-/* Returns true if the request was kept for a delayed answer. */
-static bool handle(responder_t *r, Kreq__Request *q)
+/* Returns true if the request was kept (moved out of o) for a delayed
+ * answer. */
+static bool handle(responder_t *r, kreq__opened_t *o)
 {
+	Kreq__Request *q = o->u.req;
 	const char *k = suffix(q->method);
 	pthread_mutex_lock(&r->mu);
 	int i = kind_index(r, k);
@@ -100,7 +102,8 @@ static bool handle(responder_t *r, Kreq__Request *q)
 		reply(r, q, 0, "", r->kr, false);
 		reply(r, q, 0, "", r->kr, false);
 	} else if (!strcmp(k, "slow") && r->n_delayed < MAX_DELAYED) {
-		r->delayed[r->n_delayed++] = (delayed_t){kreq__now_ms() + r->delay_ms, q};
+		r->delayed[r->n_delayed++] = (delayed_t){kreq__now_ms() + r->delay_ms, *o};
+		memset(o, 0, sizeof(*o));
 		return true;
 	}
 	return false;
@@ -114,8 +117,8 @@ static void run_delayed(responder_t *r)
 			i++;
 			continue;
 		}
-		reply(r, r->delayed[i].req, 0, "", r->kr, false);
-		kreq__request__free_unpacked(r->delayed[i].req, NULL);
+		reply(r, r->delayed[i].op.u.req, 0, "", r->kr, false);
+		kreq__opened_clear(&r->delayed[i].op);
 		r->delayed[i] = r->delayed[--r->n_delayed];
 	}
 }
@@ -130,8 +133,8 @@ static void on_record(responder_t *r, const rd_kafka_message_t *m)
 		pthread_mutex_lock(&r->mu);
 		r->cancels++;
 		pthread_mutex_unlock(&r->mu);
-	} else if (o.kind == KREQ__KIND_REQUEST && handle(r, o.u.req)) {
-		o.u.msg = NULL; /* kept in the delayed list */
+	} else if (o.kind == KREQ__KIND_REQUEST) {
+		handle(r, &o); /* may keep it in the delayed list */
 	}
 	kreq__opened_clear(&o);
 }
@@ -203,7 +206,7 @@ void responder_stop(responder_t *r)
 	atomic_store(&r->stop, true);
 	pthread_join(r->thread, NULL);
 	for (int i = 0; i < r->n_delayed; i++)
-		kreq__request__free_unpacked(r->delayed[i].req, NULL);
+		kreq__opened_clear(&r->delayed[i].op);
 	rd_kafka_consumer_close(r->consumer);
 	rd_kafka_destroy(r->consumer);
 	rd_kafka_flush(r->producer, 5000);
