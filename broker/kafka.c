@@ -283,12 +283,11 @@ int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, 
 		return KREQ_EKAFKA;
 	}
 	for (;;) {
-		rd_kafka_resp_err_t kerr =
-		    rd_kafka_producev(p, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
-		                      RD_KAFKA_V_KEY(key, key_len),
-		                      RD_KAFKA_V_VALUE((void *)value, len),
-		                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-		                      RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+		rd_kafka_resp_err_t kerr = rd_kafka_producev(
+		    p, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+		    RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE((void *)value, len),
+		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(opaque),
+		    RD_KAFKA_V_END);
 		if (!kerr)
 			return KREQ_OK;
 		if (kerr == RD_KAFKA_RESP_ERR__QUEUE_FULL) {

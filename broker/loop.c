@@ -463,7 +463,8 @@ static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
 	kreq__opened_t o;
 	char why[256];
 	int64_t now = kreq__now_ms();
-	int err = kreq__envelope_open(s->kr, &s->lim, now, m->payload, m->len, &o, why, sizeof(why));
+	int err =
+	    kreq__envelope_open(s->kr, &s->lim, now, m->payload, m->len, &o, why, sizeof(why));
 	bool done = true;
 	if (err)
 		reject(s, kreq__reject_of(err), m, why);

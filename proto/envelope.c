@@ -403,10 +403,9 @@ static int seal(const kreq_keyring_t *kr, const kreq__limits_t *lim, kreq__kind_
 	if (!slen)
 		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	else if (elen > limit)
-		err = kreq__err(errstr, errstr_size, KREQ_EOVERSIZE,
-		                "envelope of %zu bytes exceeds %s (%zu)", elen,
-		                limit == lim->envelope_max ? "envelope.max.bytes" : "the buffer",
-		                limit);
+		err = kreq__err(
+		    errstr, errstr_size, KREQ_EOVERSIZE, "envelope of %zu bytes exceeds %s (%zu)",
+		    elen, limit == lim->envelope_max ? "envelope.max.bytes" : "the buffer", limit);
 	else if (!(ebuf = dst ? dst : malloc(elen)))
 		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	else
@@ -473,8 +472,8 @@ static int open_envelope(vctx_t *v, const kreq_keyring_t *kr, int64_t now_ms,
 	if (!a)
 		return kreq__err(v->errstr, v->errstr_size, KREQ_ENOMEM, "out of memory");
 	ProtobufCAllocator pa = {arena_alloc, arena_free, a};
-	ProtobufCMessage *m =
-	    protobuf_c_message_unpack(descriptor_for(env->kind), &pa, env->body.len, env->body.data);
+	ProtobufCMessage *m = protobuf_c_message_unpack(descriptor_for(env->kind), &pa,
+	                                                env->body.len, env->body.data);
 	if (!m) {
 		arena_destroy(a);
 		return bad(v, "body does not decode");
