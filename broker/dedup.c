@@ -111,6 +111,19 @@ kreq__dd_entry_t *kreq__dedup_find(kreq__dedup_t *d, const uint8_t *key, size_t 
 	return *slot_of(d, hash_of(key, key_len), key, key_len);
 }
 
+uint64_t kreq__dedup_prefetch(const kreq__dedup_t *d, const uint8_t *key, size_t key_len)
+{
+	uint64_t h = hash_of(key, key_len);
+	__builtin_prefetch(&d->buckets[h & (d->nbuckets - 1)]);
+	return h;
+}
+
+kreq__dd_entry_t *kreq__dedup_find_hashed(kreq__dedup_t *d, uint64_t hash, const uint8_t *key,
+                                          size_t key_len)
+{
+	return *slot_of(d, hash, key, key_len);
+}
+
 static void grow(kreq__dedup_t *d)
 {
 	size_t n = d->nbuckets * 2;

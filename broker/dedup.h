@@ -65,6 +65,13 @@ void kreq__dedup_clear(kreq__dedup_t *d);
 
 kreq__dd_entry_t *kreq__dedup_find(kreq__dedup_t *d, const uint8_t *key, size_t key_len);
 
+/* The key's hash, with its bucket prefetched: a large store misses the
+ * cache on every lookup, so the loop starts the load early and does other
+ * work (checks, the request digest) before kreq__dedup_find_hashed. */
+uint64_t kreq__dedup_prefetch(const kreq__dedup_t *d, const uint8_t *key, size_t key_len);
+kreq__dd_entry_t *kreq__dedup_find_hashed(kreq__dedup_t *d, uint64_t hash, const uint8_t *key,
+                                          size_t key_len);
+
 /* A new RUNNING entry for key (which must be absent); NULL on ENOMEM. */
 kreq__dd_entry_t *kreq__dedup_add_running(kreq__dedup_t *d, const uint8_t *key, size_t key_len,
                                           const uint8_t digest[32], void *running);

@@ -352,6 +352,10 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 {
 	const Kreq__Request *q = o->u.req;
 	char why[512];
+	uint8_t key[KREQ__DEDUP_KEY_MAX], digest[32];
+	size_t klen =
+	    kreq__dedup_key(key, o->key_id, q->idempotency_key.data, q->idempotency_key.len);
+	uint64_t hash = kreq__dedup_prefetch(&pt->dd, key, klen); /* loads during the checks */
 	if (!reply_topic_allowed(s, q->reply_topic)) {
 		snprintf(why, sizeof(why),
 		         "reply topic %s is not allowed by server.reply.topic.allow",
@@ -382,11 +386,8 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 		answer(s, pt, &t, q, KREQ__H_RATE_LIMITED, KREQ_STATUS_OVERLOADED, why);
 		return true;
 	}
-	uint8_t key[KREQ__DEDUP_KEY_MAX], digest[32];
-	size_t klen =
-	    kreq__dedup_key(key, o->key_id, q->idempotency_key.data, q->idempotency_key.len);
 	kreq__request_digest(q, digest);
-	kreq__dd_entry_t *e = kreq__dedup_find(&pt->dd, key, klen);
+	kreq__dd_entry_t *e = kreq__dedup_find_hashed(&pt->dd, hash, key, klen);
 	if (e && e->state == KREQ__DD_DONE && e->expires_ms <= now) {
 		kreq__dedup_remove(&pt->dd, e);
 		e = NULL;

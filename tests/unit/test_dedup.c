@@ -89,6 +89,37 @@ END_TEST
 
 /* Eviction takes the oldest DONE entries, never a RUNNING one; the shared
  * counter (a worker's total over its partitions) follows every change. */
+/* What the loop does per call: prefetch + hashed find, then the result
+ * handed over without a copy (an empty error string is not kept). */
+START_TEST(test_hashed_find_and_take)
+{
+	kreq__dedup_t dd;
+	ck_assert_int_eq(kreq__dedup_init(&dd), KREQ_OK);
+	uint8_t k[KREQ__DEDUP_KEY_MAX];
+	size_t kl = key_of(k, "k1", "take");
+	uint64_t h = kreq__dedup_prefetch(&dd, k, kl);
+	ck_assert_ptr_null(kreq__dedup_find_hashed(&dd, h, k, kl));
+	kreq__dd_entry_t *e = kreq__dedup_add_running(&dd, k, kl, D1, NULL);
+	ck_assert_ptr_eq(kreq__dedup_find_hashed(&dd, kreq__dedup_prefetch(&dd, k, kl), k, kl), e);
+	uint8_t *p = malloc(4);
+	memcpy(p, "wxyz", 4);
+	kreq__dedup_set_done_take(&dd, e, 0, p, 4, strdup(""), 500);
+	ck_assert_ptr_eq(e->payload, p); /* taken, not copied */
+	ck_assert_ptr_null(e->error);
+	ck_assert_int_eq(e->state, KREQ__DD_DONE);
+	ck_assert_uint_eq(dd.bytes, FOOT(kl) + 4);
+	ck_assert_ptr_eq(dd.oldest, e);
+	ck_assert_uint_eq(kreq__dedup_expire(&dd, 500), 1);
+	ck_assert_uint_eq(dd.bytes, 0);
+	/* an error-only result, payload NULL */
+	e = kreq__dedup_add_running(&dd, k, kl, D1, NULL);
+	kreq__dedup_set_done_take(&dd, e, 101, NULL, 0, strdup("failed"), 600);
+	ck_assert_str_eq(e->error, "failed");
+	ck_assert_uint_eq(dd.bytes, FOOT(kl) + 7);
+	kreq__dedup_clear(&dd);
+}
+END_TEST
+
 START_TEST(test_evict_oldest_and_shared_bytes)
 {
 	kreq__dedup_t dd;
@@ -214,6 +245,7 @@ int main(void)
 	TCase *tc = tcase_create("core");
 	tcase_add_test(tc, test_key_scoped_by_key_id);
 	tcase_add_test(tc, test_done_replace_expire);
+	tcase_add_test(tc, test_hashed_find_and_take);
 	tcase_add_test(tc, test_evict_oldest_and_shared_bytes);
 	tcase_add_test(tc, test_random_model);
 	tcase_add_test(tc, test_offsets_out_of_order);
