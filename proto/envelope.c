@@ -467,8 +467,9 @@ static int open_envelope(vctx_t *v, const kreq_keyring_t *kr, int64_t now_ms,
 	if (err)
 		return kreq__err(v->errstr, v->errstr_size, err,
 		                 "signature does not verify with key %s", env->key_id);
-	/* room for every field's copy plus the structs, usually enough */
-	arena_t *a = arena_new(2 * env->body.len + 512);
+	/* room for every field's copy plus the structs (a body with more
+	 * fields than that falls back to malloc for the rest) */
+	arena_t *a = arena_new(env->body.len + 1024);
 	if (!a)
 		return kreq__err(v->errstr, v->errstr_size, KREQ_ENOMEM, "out of memory");
 	ProtobufCAllocator pa = {arena_alloc, arena_free, a};

@@ -106,6 +106,67 @@ START_TEST(test_roundtrip_request)
 }
 END_TEST
 
+/* A body whose decoded structs outgrow the decode arena (32 metadata
+ * entries of a few bytes each) and a large payload: every field must come
+ * back intact whichever part of the arena or its overflow holds it; the
+ * same through kreq__envelope_seal_to into a caller's buffer. */
+START_TEST(test_roundtrip_arena_overflow)
+{
+	kreq_keyring_t *kr = keyring_of(KREQ_KEY_HMAC_SHA256);
+	const kreq__limits_t wide = {
+	    .envelope_max = 1 << 20, .payload_max = 1 << 20, .skew_ms = 30000};
+	Kreq__Request r = request();
+	Kreq__MetadataEntry ents[32], *ptrs[32];
+	char keys[32][8], vals[32][8];
+	for (int i = 0; i < 32; i++) {
+		ents[i] = (Kreq__MetadataEntry)KREQ__METADATA_ENTRY__INIT;
+		snprintf(keys[i], sizeof(keys[i]), "k%d", i);
+		snprintf(vals[i], sizeof(vals[i]), "v%d", i);
+		ents[i].key = keys[i];
+		ents[i].value = vals[i];
+		ptrs[i] = &ents[i];
+	}
+	r.metadata = ptrs;
+	r.n_metadata = 32;
+	static uint8_t big[200000], out[300000];
+	for (size_t i = 0; i < sizeof(big); i++)
+		big[i] = (uint8_t)(i * 7);
+	for (int pass = 0; pass < 2; pass++) {
+		r.payload =
+		    (ProtobufCBinaryData){pass ? sizeof(big) : 3, pass ? big : (uint8_t *)"abc"};
+		size_t len;
+		ck_assert_int_eq(kreq__envelope_seal_to(kr, &wide, KREQ__KIND_REQUEST, &r.base, out,
+		                                        sizeof(out), &len, errstr, sizeof(errstr)),
+		                 KREQ_OK);
+		/* a buffer one byte short is refused, naming the buffer */
+		size_t short_len;
+		ck_assert_int_eq(kreq__envelope_seal_to(kr, &wide, KREQ__KIND_REQUEST, &r.base, out,
+		                                        len - 1, &short_len, errstr,
+		                                        sizeof(errstr)),
+		                 KREQ_EOVERSIZE);
+		ck_assert_ptr_nonnull(strstr(errstr, "buffer"));
+		ck_assert_int_eq(kreq__envelope_seal_to(kr, &wide, KREQ__KIND_REQUEST, &r.base, out,
+		                                        sizeof(out), &len, errstr, sizeof(errstr)),
+		                 KREQ_OK);
+		kreq__opened_t o;
+		ck_assert_int_eq(
+		    kreq__envelope_open(kr, &wide, NOW, out, len, &o, errstr, sizeof(errstr)),
+		    KREQ_OK);
+		ck_assert_uint_eq(o.u.req->n_metadata, 32);
+		for (int i = 0; i < 32; i++) {
+			ck_assert_str_eq(o.u.req->metadata[i]->key, keys[i]);
+			ck_assert_str_eq(o.u.req->metadata[i]->value, vals[i]);
+		}
+		ck_assert_uint_eq(o.u.req->payload.len, r.payload.len);
+		ck_assert_mem_eq(o.u.req->payload.data, r.payload.data, r.payload.len);
+		ck_assert_str_eq(o.u.req->method, "echo");
+		ck_assert_str_eq(o.u.req->reply_topic, "kreq.reply.test");
+		kreq__opened_clear(&o);
+	}
+	kreq_keyring_release(kr);
+}
+END_TEST
+
 START_TEST(test_roundtrip_reply_and_cancel)
 {
 	kreq_keyring_t *kr = keyring_of(types[_i]);
@@ -516,6 +577,7 @@ int main(void)
 	TCase *tc = tcase_create("envelope");
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, test_roundtrip_request, 0, 2);
+	tcase_add_test(tc, test_roundtrip_arena_overflow);
 	tcase_add_loop_test(tc, test_roundtrip_reply_and_cancel, 0, 2);
 	tcase_add_loop_test(tc, test_every_single_byte_tamper_rejected, 0, 2);
 	tcase_add_loop_test(tc, test_tampered_body_is_badsig, 0, 2);
