@@ -273,10 +273,11 @@ static void producer_reset(kreq_server_t *s)
 		kreq__log(s->conf, 5, "server", "producer re-created after a fatal error");
 }
 
-int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, const void *key,
-                        size_t key_len, const uint8_t *value, size_t len, kreq__dr_t *opaque)
+int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool result, int32_t partition,
+                        const void *key, size_t key_len, const uint8_t *value, size_t len,
+                        kreq__dr_t *opaque)
 {
-	rd_kafka_t *p = topic == s->res_topic && s->res_quiet ? s->res_producer : s->producer;
+	rd_kafka_t *p = result && s->res_quiet ? s->res_producer : s->producer;
 	if (!p) {
 		kreq__dr_free(s, opaque);
 		s->rewind_needed = true;

@@ -148,8 +148,8 @@ static void send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t 
 		kreq__log(s->conf, 3, "server", "cannot seal a reply: %s", why);
 		return;
 	}
-	if (kreq__kafka_produce(s, t->topic, t->partition, t->corr, sizeof(t->corr), s->seal_buf,
-	                        blen, dr_opaque(s, pt, t->seq)) == KREQ_OK)
+	if (kreq__kafka_produce(s, t->topic, false, t->partition, t->corr, sizeof(t->corr),
+	                        s->seal_buf, blen, dr_opaque(s, pt, t->seq)) == KREQ_OK)
 		s->txn_results++;
 }
 
@@ -178,8 +178,8 @@ static void store_result(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, 
 		s->rewind_needed = true; /* never commit an offset without its result */
 		return;
 	}
-	kreq__kafka_produce(s, s->res_topic, pt->id, r->ddkey, r->ddkey_len, s->seal_buf, blen,
-	                    dr_opaque(s, pt, r->self.seq));
+	kreq__kafka_produce(s, s->res_topic, true, pt->id, r->ddkey, r->ddkey_len, s->seal_buf,
+	                    blen, dr_opaque(s, pt, r->self.seq));
 }
 
 static void slot_complete(kreq__part_t *pt, uint64_t seq)
@@ -513,17 +513,21 @@ static int assign_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t 
 
 static void block(kreq_server_t *s, int timeout_ms);
 
+static void flush_producer(rd_kafka_t *p)
+{
+	if (p) {
+		rd_kafka_flush(p, 5000);
+		rd_kafka_poll(p, 0);
+	}
+}
+
 static void settle_outputs(kreq_server_t *s)
 {
 	process_completions(s);
-	if (!s->txn_mode && s->producer) { /* light: delivery reports secure offsets */
-		rd_kafka_flush(s->producer, 5000);
-		rd_kafka_poll(s->producer, 0);
-	}
-	if (s->res_producer) {
-		rd_kafka_flush(s->res_producer, 5000);
-		rd_kafka_poll(s->res_producer, 0);
-	}
+	/* light: delivery reports secure offsets (transactional: the commit) */
+	if (!s->txn_mode)
+		flush_producer(s->producer);
+	flush_producer(s->res_producer);
 }
 
 /* Nothing new starts (queued requests are left uncommitted for the next

@@ -211,10 +211,11 @@ int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb);
 void kreq__kafka_close(kreq_server_t *s);
 /* Produces a copy of value (librdkafka copies it into its message, one
  * allocation); opaque (a kreq__dr_t or NULL) passes to the delivery report,
- * or is recycled on failure. Records for s->res_topic (that very pointer)
- * go through res_producer while s->res_quiet. */
-int kreq__kafka_produce(kreq_server_t *s, const char *topic, int32_t partition, const void *key,
-                        size_t key_len, const uint8_t *value, size_t len, kreq__dr_t *opaque);
+ * or is recycled on failure. A result record (result: topic is
+ * s->res_topic) goes through res_producer while s->res_quiet. */
+int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool result, int32_t partition,
+                        const void *key, size_t key_len, const uint8_t *value, size_t len,
+                        kreq__dr_t *opaque);
 /* A delivery record from the loop's free list (or malloc); NULL on ENOMEM. */
 kreq__dr_t *kreq__dr_new(kreq_server_t *s);
 void kreq__dr_free(kreq_server_t *s, kreq__dr_t *dr);

@@ -240,6 +240,18 @@ static int new_client(const struct call_opts *o, kreq_keyring_t *kr, kreq_client
 	if (conf == NULL)
 		return cli_fail(CLI_EXIT_FAIL, SUB, "out of memory");
 	int rc = build_conf(o, conf);
+	char sid[128] = "";
+	size_t sid_size = sizeof(sid);
+	/* --conf signing.key.id=ID picks the signing key among the key file's */
+	if (rc == CLI_EXIT_OK && kreq_conf_get(conf, "signing.key.id", sid, &sid_size) == KREQ_OK &&
+	    *sid) {
+		int err = kreq_keyring_set_signing_key(kr, sid);
+		if (err != KREQ_OK)
+			rc = cli_fail(
+			    CLI_EXIT_FAIL, SUB, "signing.key.id %s: %s in the key file (%s)", sid,
+			    err == KREQ_ENOENT ? "no such key" : "not a key that can sign",
+			    kreq_err_name(err));
+	}
 	if (rc == CLI_EXIT_OK) {
 		char err[512];
 		*out = kreq_client_new(conf, kr, err, sizeof(err));

@@ -907,6 +907,13 @@ static int start_reply_consumer(kreq_client_t *c, int64_t until_ms, char *errstr
 static int read_conf(kreq_client_t *c, char *errstr, size_t errstr_size)
 {
 	const kreq_conf_t *cf = c->conf;
+	const char *want = kreq__conf_str(cf, KREQ__P_SIGNING_KEY_ID);
+	const char *have = kreq_keyring_signing_key(c->kr);
+	if (*want && strcmp(want, have))
+		return kreq__err(errstr, errstr_size, KREQ_ECONF,
+		                 "signing.key.id is %s but the keyring signs with %s "
+		                 "(kreq_keyring_set_signing_key())",
+		                 want, have);
 	kreq__limits_from_conf(&c->lim, cf);
 	snprintf(c->client_id, sizeof(c->client_id), "%s", kreq__conf_str(cf, KREQ__P_CLIENT_ID));
 	snprintf(c->topic_prefix, sizeof(c->topic_prefix), "%s",

@@ -43,7 +43,8 @@ typedef struct kreq_client_s kreq_client_t;
 typedef struct kreq_call_opts_s kreq_call_opts_t;
 
 /** Creates a client: copies conf, takes a reference on kr (which must have
- *  a signing key), creates its reply topic if missing, assigns it directly
+ *  a signing key; when signing.key.id is set it must name that key, else
+ *  KREQ_ECONF), creates its reply topic if missing, assigns it directly
  *  and positions the reply consumer at its end before returning, so no reply
  *  to any call made afterwards can be missed. Blocks for at most
  *  client.start.timeout.ms. NULL on error with errstr naming the cause.

@@ -254,6 +254,15 @@ START_TEST(test_unreachable_broker)
 	KREQ_TEST_ASSERT_RUN(&r, 1, err, "cannot start a kreq client on 127.0.0.1:1");
 	ck_assert_int_lt(kreq_test_now_ms() - t0, 6000);
 	kreq_test_result_free(&r);
+	/* -X signing.key.id picks the key file's key; an unknown one is named */
+	kreq(&r, NULL, "call", "--bootstrap", "127.0.0.1:1", "--keyfile", kreq_test_tmp("k.key"),
+	     "-X", "signing.key.id=nope", "svc.x", "hello", NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, "signing.key.id nope: no such key in the key file");
+	kreq_test_result_free(&r);
+	kreq(&r, NULL, "call", "--bootstrap", "127.0.0.1:1", "--keyfile", kreq_test_tmp("k.key"),
+	     "--timeout-ms", "1000", "-X", "signing.key.id=cli-key", "svc.x", "hello", NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, "cannot start a kreq client on 127.0.0.1:1");
+	kreq_test_result_free(&r);
 	kreq_test_tmp_remove();
 }
 END_TEST

@@ -108,6 +108,28 @@ START_TEST(test_fail_fast_when_kafka_unreachable)
 }
 END_TEST
 
+/* signing.key.id must name the keyring's signing key (as for the server):
+ * a client configured for one key must not quietly sign with another. */
+START_TEST(test_signing_key_id_must_match)
+{
+	kreq_conf_t *conf = kreq_conf_new();
+	char err[512];
+	ck_assert_int_eq(kreq_conf_set(conf, "kafka.bootstrap.servers",
+	                               rd_kafka_mock_cluster_bootstraps(mc), err, 512),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(conf, "signing.key.id", "other", err, 512), KREQ_OK);
+	err[0] = '\0';
+	ck_assert_ptr_null(kreq_client_new(conf, kr, err, sizeof(err)));
+	ck_assert_msg(strstr(err, "signing.key.id is other") && strstr(err, "signs with k"), "%s",
+	              err);
+	ck_assert_int_eq(kreq_conf_set(conf, "signing.key.id", "k", err, 512), KREQ_OK);
+	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
+	ck_assert_msg(c != NULL, "kreq_client_new: %s", err);
+	kreq_client_destroy(c);
+	kreq_conf_destroy(conf);
+}
+END_TEST
+
 static int admin_query(const char *path, const char *cmd, char *out, size_t size)
 {
 	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -171,6 +193,7 @@ int main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_fail_fast_when_kafka_unreachable);
 	tcase_add_test(tc, test_admin_socket_and_slow_report);
+	tcase_add_test(tc, test_signing_key_id_must_match);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
