@@ -90,7 +90,9 @@ static void usage(FILE *out)
 	      "With --socket: the calls a running kreq client is waiting on, read from\n"
 	      "its admin socket (client property admin.socket): correlation id, method,\n"
 	      "age, time left before the deadline, attempt, idempotency key (as text\n"
-	      "when it is printable ASCII, else hex).\n"
+	      "when it is printable ASCII, else hex). Pointed at kreqd's admin socket:\n"
+	      "the requests that worker is running or has queued (state, partition and\n"
+	      "offset, caller's key id).\n"
 	      "\n"
 	      "With --bootstrap: the requests still outstanding for SERVICE in Kafka,\n"
 	      "whoever sent them: the records of PREFIX.SERVICE.requests at or after\n"
@@ -100,7 +102,7 @@ static void usage(FILE *out)
 	      "committed offset, end offset and lag. The group is only read: this\n"
 	      "never joins it and never commits.\n"
 	      "\n"
-	      "  --socket PATH          the client's admin socket\n"
+	      "  --socket PATH          a client's admin socket, or kreqd's\n"
 	      "  --bootstrap HOST:PORT  Kafka bootstrap servers (comma-separated)\n"
 	      "  --service SERVICE      the service (method name up to its last '.')\n"
 	      "  --prefix PREFIX        topic.prefix of the service (default kreq)\n"
@@ -115,7 +117,8 @@ static void usage(FILE *out)
 	      "                         attempt: most attempts first, then oldest first\n"
 	      "  --method METHOD        only calls to METHOD\n"
 	      "  --json                 one JSON document (--socket: the client's own,\n"
-	      "                         with the pending array filtered and sorted)\n"
+	      "                         with the pending array filtered and sorted; a\n"
+	      "                         worker's: {\"view\":\"worker\",\"inprogress\":[...]})\n"
 	      "  -h, --help             show this help\n"
 	      "\n"
 	      "Exit status: 0 listed (also when nothing is outstanding), 1 cannot reach\n"
@@ -384,12 +387,78 @@ static int show(const struct pending_opts *o, const char *text)
 	                           : cli_fail(CLI_EXIT_FAIL, SUB, "cannot write to stdout");
 }
 
+/* ---- a worker's socket ---------------------------------------------------------- */
+
+static void print_worker_row(const json_t *r)
+{
+	char age[32], left[32], idem[520], where[48];
+	fmt_ms(field_int(r, "age_ms"), age, sizeof(age));
+	fmt_ms(field_int(r, "time_left_ms"), left, sizeof(left));
+	fmt_idem(field_str(r, "idempotency_key"), idem, sizeof(idem));
+	snprintf(where, sizeof(where), "%lld:%lld", (long long)field_int(r, "partition"),
+	         (long long)field_int(r, "offset"));
+	printf("%-32s %-24s %9s %9s %-9s %-14s %-12s %s\n", field_str(r, "correlation_id"),
+	       field_str(r, "method"), age, left,
+	       json_is_true(json_object_get(r, "cancelled")) ? "cancelled" : field_str(r, "state"),
+	       where, field_str(r, "key_id"), idem);
+}
+
+/* kreqd's socket answers `inprogress` (docs/operations.md, "Admin socket"):
+ * the requests the worker is running or has queued. */
+static int worker_view(const struct pending_opts *o)
+{
+	char *text = NULL;
+	int rc = cli_admin_query(SUB, o->socket, "inprogress\n", &text);
+	if (rc != CLI_EXIT_OK)
+		return rc;
+	json_error_t jerr;
+	json_t *in = json_loads(text, 0, &jerr);
+	json_t *rows = json_is_array(in) ? select_rows(in, o) : NULL;
+	if (!json_is_array(in)) {
+		rc = cli_fail(CLI_EXIT_FAIL, SUB,
+		              "unexpected answer from %s (not an in-progress list): %.200s",
+		              o->socket, in == NULL ? jerr.text : text);
+	} else if (rows == NULL) {
+		rc = cli_fail(CLI_EXIT_FAIL, SUB, "out of memory");
+	} else if (o->json) {
+		rc = cli_print_json(SUB,
+		                    json_pack("{s:s, s:o}", "view", "worker", "inprogress", rows));
+	} else {
+		printf("worker at %s: %zu in progress, %zu shown\n", o->socket, json_array_size(in),
+		       json_array_size(rows));
+		printf("%-32s %-24s %9s %9s %-9s %-14s %-12s %s\n", "CORRELATION_ID", "METHOD",
+		       "AGE", "LEFT", "STATE", "PART:OFFSET", "KEY_ID", "IDEMPOTENCY_KEY");
+		for (size_t i = 0; i < json_array_size(rows); i++)
+			print_worker_row(json_array_get(rows, i));
+		json_decref(rows);
+		rc = fflush(stdout) == 0 ? CLI_EXIT_OK
+		                         : cli_fail(CLI_EXIT_FAIL, SUB, "cannot write to stdout");
+	}
+	json_decref(in);
+	free(text);
+	return rc;
+}
+
+/* A worker (kreqd) refuses `pending` naming the commands it knows. */
+static bool is_worker_refusal(const char *text)
+{
+	json_t *j = json_loads(text, 0, NULL);
+	const char *msg = json_string_value(json_object_get(j, "error"));
+	bool worker = msg != NULL && strstr(msg, "inprogress") != NULL;
+	json_decref(j);
+	return worker;
+}
+
 static int client_view(const struct pending_opts *o)
 {
 	char *text = NULL;
 	int rc = cli_admin_query(SUB, o->socket, "pending\n", &text);
 	if (rc != CLI_EXIT_OK)
 		return rc;
+	if (is_worker_refusal(text)) {
+		free(text);
+		return worker_view(o);
+	}
 	rc = cli_admin_refused(SUB, text);
 	if (rc < 0)
 		rc = show(o, text);

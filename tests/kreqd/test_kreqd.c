@@ -615,6 +615,20 @@ static void check_cancel(kreq_test_proc_t *p, kreq_client_t *c)
 	char *a = await_admin(p, kreq_test_tmp("adm"), "inprogress\n", "\"state\":\"running\"");
 	ck_assert_ptr_nonnull(strstr(a, "\"method\":\"kdtest.sleep\""));
 	free(a);
+	/* kreq pending --socket reads a worker's socket too (asks inprogress) */
+	kreq_test_result_t r;
+	const char *args[] = {"pending", "--socket", kreq_test_tmp("adm"), NULL};
+	kreq_test_run(&r, KREQ_CLI_PATH, args, NULL, RUN_TIMEOUT_MS);
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "1 in progress, 1 shown");
+	ck_assert_msg(strstr(r.out, "kdtest.sleep") && strstr(r.out, "running") &&
+	                  strstr(r.out, "PART:OFFSET"),
+	              "%s", r.out);
+	kreq_test_result_free(&r);
+	const char *jargs[] = {"pending", "--socket", kreq_test_tmp("adm"), "--json", NULL};
+	kreq_test_run(&r, KREQ_CLI_PATH, jargs, NULL, RUN_TIMEOUT_MS);
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "\"view\":\"worker\"");
+	ck_assert_ptr_nonnull(strstr(r.out, "\"method\":\"kdtest.sleep\""));
+	kreq_test_result_free(&r);
 	ck_assert_int_eq(kreq_future_cancel(f), KREQ_OK);
 	kreq_future_release(f);
 	int64_t t0 = kreq_test_now_ms();
