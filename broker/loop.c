@@ -769,6 +769,8 @@ static void shut_down(kreq_server_t *s)
 
 int kreq__loop_run(kreq_server_t *s)
 {
+	s->loop_thread = pthread_self();
+	atomic_store_explicit(&s->loop_running, true, memory_order_release);
 	s->light_commit_ns = s->housekeeping_ns = kreq__mono_ns();
 	if (kreq__kafka_start(s, on_rebalance) == 0) {
 		kreq__pool_start(s);
@@ -784,5 +786,6 @@ int kreq__loop_run(kreq_server_t *s)
 	}
 	kreq__kafka_close(s);
 	drop_all(s);
+	atomic_store_explicit(&s->loop_running, false, memory_order_release);
 	return s->loop_err;
 }

@@ -104,7 +104,10 @@ static void complete(kreq_request_t *r)
 	if (s->outstanding == 0)
 		pthread_cond_broadcast(&s->done_cv);
 	pthread_mutex_unlock(&s->done_lock);
-	if (was_empty)
+	/* an inline handler replying on the loop thread needs no wakeup: the
+	 * loop applies completions right after consuming (loop.c step()) */
+	if (was_empty && !(atomic_load_explicit(&s->loop_running, memory_order_acquire) &&
+	                   pthread_equal(pthread_self(), s->loop_thread)))
 		kreq__wake(s);
 }
 

@@ -117,7 +117,9 @@ struct kreq_server_s {
 	kreq_keyring_t *kr, *kr_next;
 	atomic_bool kr_swap;
 
-	int efd; /* wakes the loop: Kafka queues, completions, stop */
+	int efd;               /* wakes the loop: Kafka queues, completions, stop */
+	pthread_t loop_thread; /* set while kreq__loop_run runs */
+	atomic_bool loop_running;
 	atomic_bool stop;
 	atomic_bool ready; /* kreq_server_ready() */
 	atomic_int phase;  /* 0 new, 1 running, 2 returned */

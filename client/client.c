@@ -51,6 +51,8 @@
 #define EXPIRE_BATCH 256
 #define REPLY_BATCH  64
 #define MAX_SLEEP_MS 100
+/* requests up to this size are sealed on the caller's stack */
+#define REQUEST_STACK_MAX 2048
 
 static int64_t mono_ms(void)
 {
@@ -294,17 +296,21 @@ static void request_topic(const kreq_client_t *c, const char *method, char *out,
 
 /* Hands a sealed request to librdkafka, which takes buf and the caller's
  * reference on f (until the delivery report). On failure both are dropped. */
-static int produce_request(kreq_client_t *c, kreq_future_t *f, uint8_t *buf, size_t len)
+/* Produces buf: owned (malloc'd, librdkafka frees it) or copied by
+ * librdkafka into its message (a buffer on the caller's stack). */
+static int produce_request(kreq_client_t *c, kreq_future_t *f, uint8_t *buf, size_t len, bool owned)
 {
 	kreq__call_t *call = call_of(f);
 	char topic[320];
 	request_topic(c, blob_method(call), topic, sizeof(topic));
 	rd_kafka_resp_err_t kerr = rd_kafka_producev(
 	    c->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(blob_idem(call), call->idem_len),
-	    RD_KAFKA_V_VALUE(buf, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+	    RD_KAFKA_V_VALUE(buf, len),
+	    RD_KAFKA_V_MSGFLAGS(owned ? RD_KAFKA_MSG_F_FREE : RD_KAFKA_MSG_F_COPY),
 	    RD_KAFKA_V_OPAQUE(f), RD_KAFKA_V_END);
 	if (kerr) {
-		free(buf);
+		if (owned)
+			free(buf);
 		kreq_future_release(f);
 		atomic_fetch_add_explicit(&c->metrics.send_errors, 1, memory_order_relaxed);
 		return kerr == RD_KAFKA_RESP_ERR__QUEUE_FULL ? KREQ_EBACKPRESSURE : KREQ_EKAFKA;
@@ -352,23 +358,37 @@ static int send_request(kreq_client_t *c, kreq_future_t *f)
 		r.metadata = md;
 		r.n_metadata = 1;
 	}
-	uint8_t *buf;
+	/* sealed on the stack when it fits, and copied by librdkafka: no
+	 * buffer of ours to free on another thread (a held request gets one) */
+	uint8_t stack[REQUEST_STACK_MAX], *buf = stack;
 	size_t len;
-	int err =
-	    kreq__envelope_seal(c->kr, &c->lim, KREQ__KIND_REQUEST, &r.base, &buf, &len, NULL, 0);
+	int err = kreq__envelope_seal_to(c->kr, &c->lim, KREQ__KIND_REQUEST, &r.base, stack,
+	                                 sizeof(stack), &len, NULL, 0);
+	if (err == KREQ_EOVERSIZE && sizeof(stack) < c->lim.envelope_max)
+		err = kreq__envelope_seal(c->kr, &c->lim, KREQ__KIND_REQUEST, &r.base, &buf, &len,
+		                          NULL, 0);
 	if (err)
 		return err;
 	kreq_future_retain(f); /* librdkafka's, held by the queue until then */
 	pthread_mutex_lock(&c->out_mu);
 	if (call->held) { /* an earlier attempt is still held: it goes instead */
 		pthread_mutex_unlock(&c->out_mu);
-		free(buf);
+		if (buf != stack)
+			free(buf);
 		kreq_future_release(f);
 		return KREQ_OK;
 	}
-	bool direct = !c->draining || !hold(c, f, buf, len);
+	bool direct = true;
+	if (c->draining) {
+		uint8_t *own = buf != stack ? buf : malloc(len);
+		if (own && own != buf)
+			memcpy(own, stack, len);
+		direct = !own || !hold(c, f, own, len);
+		if (direct && own && own != buf)
+			free(own);
+	}
 	pthread_mutex_unlock(&c->out_mu);
-	return direct ? produce_request(c, f, buf, len) : KREQ_OK;
+	return direct ? produce_request(c, f, buf, len, buf != stack) : KREQ_OK;
 }
 
 /* Service thread: hands the requests held while it delivered replies to
@@ -389,7 +409,7 @@ static void release_held(kreq_client_t *c)
 	pthread_mutex_unlock(&c->out_mu);
 	for (size_t i = 0; i < n; i++) {
 		if (kreq__table_find(c->table, call_of(h[i].f)->corr_id) == h[i].f) {
-			produce_request(c, h[i].f, h[i].buf, h[i].len);
+			produce_request(c, h[i].f, h[i].buf, h[i].len, true);
 		} else {
 			free(h[i].buf);
 			kreq_future_release(h[i].f);

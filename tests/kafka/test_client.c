@@ -116,6 +116,59 @@ START_TEST(test_echo_roundtrip)
 }
 END_TEST
 
+/* Requests of every size class the client seals differently: on its
+ * stack (up to 2 KiB) or in a malloc'd buffer, sent at once or held while
+ * the service thread delivers replies (calls made from a completion
+ * callback): each payload comes back byte for byte. */
+static uint8_t sized[100000];
+static const size_t sizes[] = {0, 1, 1500, 2047, 2048, 3000, 100000};
+#define NSIZES (sizeof(sizes) / sizeof(sizes[0]))
+static kreq_future_t *from_cb[NSIZES];
+
+static void call_sizes_from_callback(kreq_future_t *f, void *opaque)
+{
+	(void)f;
+	(void)opaque;
+	for (size_t i = 0; i < NSIZES; i++)
+		ck_assert_int_eq(
+		    kreq_client_call(cl, "svc.echo", sized, sizes[i], NULL, &from_cb[i]), KREQ_OK);
+}
+
+static void expect_echo(kreq_future_t *f, size_t n)
+{
+	ck_assert_int_eq(kreq_future_wait(f, 30000), KREQ_OK);
+	ck_assert_msg(kreq_future_err(f) == KREQ_OK, "%zu bytes: %s: %s", n,
+	              kreq_err_name(kreq_future_err(f)), kreq_future_errstr(f));
+	size_t len;
+	const void *p = kreq_future_payload(f, &len);
+	ck_assert_uint_eq(len, n);
+	if (n)
+		ck_assert_int_eq(memcmp(p, sized, n), 0);
+	kreq_future_release(f);
+}
+
+START_TEST(test_echo_payload_sizes)
+{
+	randombytes_buf(sized, sizeof(sized));
+	cl = new_client(NULL);
+	kreq_future_t *fs[NSIZES], *trigger;
+	for (size_t i = 0; i < NSIZES; i++)
+		ck_assert_int_eq(kreq_client_call(cl, "svc.echo", sized, sizes[i], NULL, &fs[i]),
+		                 KREQ_OK);
+	for (size_t i = 0; i < NSIZES; i++)
+		expect_echo(fs[i], sizes[i]);
+	/* answered after the responder's delay: the callback is registered in
+	 * time and runs on the service thread, whose new calls are held */
+	ck_assert_int_eq(kreq_client_call(cl, "svc.slow", "go", 2, NULL, &trigger), KREQ_OK);
+	ck_assert_int_eq(kreq_future_on_done(trigger, call_sizes_from_callback, NULL), KREQ_OK);
+	ck_assert_int_eq(kreq_future_wait(trigger, 30000), KREQ_OK);
+	kreq_future_release(trigger);
+	for (size_t i = 0; i < NSIZES; i++)
+		expect_echo(from_cb[i], sizes[i]);
+	ck_assert_uint_eq(kreq_client_in_flight(cl), 0);
+}
+END_TEST
+
 START_TEST(test_handler_status_and_rejection)
 {
 	cl = new_client(NULL);
@@ -422,6 +475,7 @@ int main(void)
 	tcase_set_timeout(tc, 90);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_echo_roundtrip);
+	tcase_add_test(tc, test_echo_payload_sizes);
 	tcase_add_test(tc, test_handler_status_and_rejection);
 	tcase_add_test(tc, test_timeout);
 	tcase_add_test(tc, test_retry_after_dropped_request);
