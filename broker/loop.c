@@ -148,7 +148,7 @@ static void send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t 
 		kreq__log(s->conf, 3, "server", "cannot seal a reply: %s", why);
 		return;
 	}
-	if (kreq__kafka_produce(s, t->topic, false, t->partition, t->corr, sizeof(t->corr),
+	if (kreq__kafka_produce(s, t->topic, s->batching, t->partition, t->corr, sizeof(t->corr),
 	                        s->seal_buf, blen, dr_opaque(s, pt, t->seq)) == KREQ_OK)
 		s->txn_results++;
 }
@@ -253,16 +253,23 @@ static bool process_completions(kreq_server_t *s)
 {
 	kreq_request_t *r = kreq__completions_take(s);
 	bool any = r != NULL;
-	/* light mode at low load: results on the second producer (kafka.c) */
-	s->res_quiet = r && s->res_producer && rd_kafka_outq_len(s->producer) == 0;
+	/* light mode under load: these replies go out with the results on the
+	 * batching producer (kafka.c producer_start) */
+	int64_t n = 0;
+	for (kreq_request_t *x = r;
+	     x && s->batch_producer && s->batch_threshold > 0 && n < s->batch_threshold;
+	     x = x->next)
+		n++;
+	s->batching = s->batch_producer && s->batch_threshold > 0 && n >= s->batch_threshold;
 	int64_t now = r ? kreq__now_ms() : 0;
-	for (unsigned n = 1; r; n++) {
+	for (unsigned i = 1; r; i++) {
 		kreq_request_t *next = r->next;
-		if (n % 64 == 0) /* a batch takes a few ms: keep issued_at close */
+		if (i % 64 == 0) /* a batch takes a few ms: keep issued_at close */
 			now = kreq__now_ms();
 		apply_completion(s, r, now);
 		r = next;
 	}
+	s->batching = false; /* other replies (answers, dedup hits) leave at once */
 	return any;
 }
 
@@ -527,7 +534,7 @@ static void settle_outputs(kreq_server_t *s)
 	/* light: delivery reports secure offsets (transactional: the commit) */
 	if (!s->txn_mode)
 		flush_producer(s->producer);
-	flush_producer(s->res_producer);
+	flush_producer(s->batch_producer);
 }
 
 /* Nothing new starts (queued requests are left uncommitted for the next
@@ -727,8 +734,8 @@ static void step(kreq_server_t *s, bool fetch, bool *more)
 	*more = fetch && consume(s, 1000);
 	if (s->producer)
 		rd_kafka_poll(s->producer, 0);
-	if (s->res_producer)
-		rd_kafka_poll(s->res_producer, 0);
+	if (s->batch_producer)
+		rd_kafka_poll(s->batch_producer, 0);
 	process_completions(s);
 	if (s->rewind_needed && !s->fatal)
 		rewind_all(s);

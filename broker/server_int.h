@@ -126,8 +126,9 @@ struct kreq_server_s {
 
 	/* Kafka (loop thread) */
 	rd_kafka_t *consumer, *producer, *reader;
-	rd_kafka_t *res_producer; /* light mode: results while producer is idle */
-	bool res_quiet;           /* this batch's results go to res_producer */
+	rd_kafka_t *batch_producer; /* light mode: results, and replies under load */
+	bool batching;              /* these completions' replies go to batch_producer */
+	int64_t batch_linger_ms, batch_threshold;
 	rd_kafka_queue_t *cq;
 	kreq__part_t **parts; /* by partition id; NULL when not assigned */
 	int32_t nparts;
@@ -213,9 +214,9 @@ int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb);
 void kreq__kafka_close(kreq_server_t *s);
 /* Produces a copy of value (librdkafka copies it into its message, one
  * allocation); opaque (a kreq__dr_t or NULL) passes to the delivery report,
- * or is recycled on failure. A result record (result: topic is
- * s->res_topic) goes through res_producer while s->res_quiet. */
-int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool result, int32_t partition,
+ * or is recycled on failure. batch: through batch_producer when there is
+ * one (light mode), else the producer. */
+int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t partition,
                         const void *key, size_t key_len, const uint8_t *value, size_t len,
                         kreq__dr_t *opaque);
 /* A delivery record from the loop's free list (or malloc); NULL on ENOMEM. */

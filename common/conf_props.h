@@ -109,6 +109,14 @@
 	X(SERVER_TXN_LINGER_MS, "server.txn.linger.ms", INT, "2", 0, 60000,                        \
 	  "When no request is in progress, how long a transaction waits for more records before "  \
 	  "it commits: callers whose requests arrive together then share one commit.")             \
+	X(SERVER_BATCH_LINGER_MS, "server.batch.linger.ms", INT, "1", 0, 1000,                     \
+	  "Light mode: Kafka linger.ms of the worker's batching producer, which takes every "      \
+	  "result record and, under load, the replies (server.batch.threshold): fewer, larger "    \
+	  "ProduceRequests. Replies at low load leave at once on the other producer.")             \
+	X(SERVER_BATCH_THRESHOLD, "server.batch.threshold", INT, "32", 0, 1000000,                 \
+	  "Light mode: when the loop applies at least this many handler results together, their "  \
+	  "replies go through the batching producer (server.batch.linger.ms) instead of leaving "  \
+	  "at once; 0 never batches replies.")                                                     \
 	X(SERVER_DEDUP_RETENTION_MS, "server.dedup.retention.ms", INT, "604800000", 1000,          \
 	  315360000000,                                                                            \
 	  "How long a result is kept for deduplication (also the results topic's retention.ms "    \
