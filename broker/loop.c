@@ -149,8 +149,11 @@ static void send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t 
 		return;
 	}
 	if (kreq__kafka_produce(s, t->topic, s->batching, t->partition, t->corr, sizeof(t->corr),
-	                        s->seal_buf, blen, dr_opaque(s, pt, t->seq)) == KREQ_OK)
-		s->txn_results++;
+	                        s->seal_buf, blen, dr_opaque(s, pt, t->seq)) != KREQ_OK)
+		return;
+	s->txn_results++;
+	if (s->batching)
+		atomic_fetch_add_explicit(&s->m.replies_batched, 1, memory_order_relaxed);
 }
 
 static void store_result(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, int64_t now,

@@ -98,6 +98,10 @@ void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_pr
 	        load(&m->results_loaded), l);
 	counter(out, "kreq_server_produce_errors_total", "Records Kafka failed to accept.",
 	        load(&m->produce_errors), l);
+	counter(out, "kreq_server_replies_batched_total",
+	        "Light mode: replies sent through the batching producer because at least "
+	        "server.batch.threshold results were applied together.",
+	        load(&m->replies_batched), l);
 	kreq__hist_render(out, "kreq_server_handler_seconds", "Handler start to reply.",
 	                  &m->handler_time, l, 1e6);
 	kreq__hist_render(out, "kreq_server_queue_seconds", "Request consumed to handler start.",

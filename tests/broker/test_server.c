@@ -451,6 +451,30 @@ START_TEST(test_light_mode)
 	expect_reply(call(c, "svc.echo", "k", "light-key", 30000), 0, "k", false);
 	expect_reply(call(c, "svc.echo", "k", "light-key", 30000), 0, "k", true);
 	ck_assert_int_eq(atomic_load(&executions), 21);
+	/* one call at a time never reaches server.batch.threshold (32) */
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_replies_batched_total{"), 0);
+	kreq_client_destroy(c);
+	kreq_test_server_stop(w);
+}
+END_TEST
+
+/* server.batch.threshold=1: every reply goes through the batching producer
+ * (linger 5 ms here) and still arrives, once, with the stored result. */
+START_TEST(test_light_batching)
+{
+	static const char *const extra[] = {
+	    "server.mode", "light", "server.batch.threshold", "1", "server.batch.linger.ms",
+	    "5",           NULL};
+	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_client_t *c = client_new(NULL);
+	for (int i = 0; i < 10; i++)
+		expect_reply(call(c, "svc.echo", "batched", NULL, 30000), 0, "batched", false);
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_replies_batched_total{"), 10);
+	expect_reply(call(c, "svc.echo", "b", "batch-key", 30000), 0, "b", false);
+	expect_reply(call(c, "svc.echo", "b", "batch-key", 30000), 0, "b", true);
+	ck_assert_int_eq(atomic_load(&executions), 11);
+	/* the dedup hit is answered at once, not batched */
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_replies_batched_total{"), 11);
 	kreq_client_destroy(c);
 	kreq_test_server_stop(w);
 }
@@ -699,6 +723,7 @@ int main(void)
 	tcase_add_test(tc, test_method_acl);
 	tcase_add_test(tc, test_bad_records_and_replay);
 	tcase_add_test(tc, test_light_mode);
+	tcase_add_test(tc, test_light_batching);
 	tcase_add_test(tc, test_dedup_memory_bound);
 	tcase_add_test(tc, test_concurrency_limit_and_listing);
 	tcase_add_test(tc, test_rate_limit);
