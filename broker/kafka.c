@@ -229,18 +229,14 @@ static int ensure_topics(kreq_server_t *s)
 
 /* ---- producer ----------------------------------------------------------- */
 
-/* A producer whose delivery reports wake the loop; linger_ms >= 0
- * overrides kafka.linger.ms. */
+/* A producer; linger_ms >= 0 overrides kafka.linger.ms. Its delivery
+ * reports and errors do not wake the loop: every loop step serves them
+ * (rd_kafka_poll) and the loop wakes at least every server.txn.batch.ms in
+ * light mode, where they matter (they make offsets committable), so a
+ * wakeup per acknowledged ProduceRequest would only cost CPU. */
 static rd_kafka_t *producer_new(kreq_server_t *s, int64_t linger_ms)
 {
-	rd_kafka_t *p = make_handle(s, RD_KAFKA_PRODUCER, NULL, s->txn_mode, linger_ms, NULL);
-	if (!p)
-		return NULL;
-	static const uint64_t one = 1;
-	rd_kafka_queue_t *mq = rd_kafka_queue_get_main(p);
-	rd_kafka_queue_io_event_enable(mq, s->efd, &one, sizeof(one));
-	rd_kafka_queue_destroy(mq);
-	return p;
+	return make_handle(s, RD_KAFKA_PRODUCER, NULL, s->txn_mode, linger_ms, NULL);
 }
 
 /* Light mode has two producers. The first (kafka.linger.ms, 0 by default)
