@@ -361,10 +361,15 @@ static int send_request(kreq_client_t *c, kreq_future_t *f)
 	/* sealed on the stack when it fits, and copied by librdkafka: no
 	 * buffer of ours to free on another thread (a held request gets one) */
 	uint8_t stack[REQUEST_STACK_MAX], *buf = stack;
-	size_t len;
-	int err = kreq__envelope_seal_to(c->kr, &c->lim, KREQ__KIND_REQUEST, &r.base, stack,
-	                                 sizeof(stack), &len, NULL, 0);
-	if (err == KREQ_EOVERSIZE && sizeof(stack) < c->lim.envelope_max)
+	size_t len, fields = (size_t)call->payload_len + call->idem_len + call->method_len +
+	                     call->tp_len + strlen(c->reply_topic) + strlen(c->client_id);
+	/* the rest (ids, times, key id, signature, framing) is well under 256
+	 * bytes; a larger request is sealed once, on the heap, not tried twice */
+	bool try_stack = fields + 256 <= sizeof(stack);
+	int err = try_stack ? kreq__envelope_seal_to(c->kr, &c->lim, KREQ__KIND_REQUEST, &r.base,
+	                                             stack, sizeof(stack), &len, NULL, 0)
+	                    : KREQ_EOVERSIZE;
+	if (err == KREQ_EOVERSIZE && (!try_stack || sizeof(stack) < c->lim.envelope_max))
 		err = kreq__envelope_seal(c->kr, &c->lim, KREQ__KIND_REQUEST, &r.base, &buf, &len,
 		                          NULL, 0);
 	if (err)
