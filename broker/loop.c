@@ -252,18 +252,22 @@ static void apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
 	kreq__dedup_bound(s, pt); /* last: it may evict what was just stored */
 }
 
+/* Whether the list r holds at least n requests (counts no further). */
+static bool at_least(const kreq_request_t *r, int64_t n)
+{
+	for (; r && n > 0; r = r->next)
+		n--;
+	return n <= 0;
+}
+
 static bool process_completions(kreq_server_t *s)
 {
 	kreq_request_t *r = kreq__completions_take(s);
 	bool any = r != NULL;
 	/* light mode under load: these replies go out with the results on the
 	 * batching producer (kafka.c producer_start) */
-	int64_t n = 0;
-	for (kreq_request_t *x = r;
-	     x && s->batch_producer && s->batch_threshold > 0 && n < s->batch_threshold;
-	     x = x->next)
-		n++;
-	s->batching = s->batch_producer && s->batch_threshold > 0 && n >= s->batch_threshold;
+	s->batching =
+	    s->batch_producer && s->batch_threshold > 0 && at_least(r, s->batch_threshold);
 	int64_t now = r ? kreq__now_ms() : 0;
 	for (unsigned i = 1; r; i++) {
 		kreq_request_t *next = r->next;

@@ -384,13 +384,13 @@ static int send_request(kreq_client_t *c, kreq_future_t *f)
 		return KREQ_OK;
 	}
 	bool direct = true;
-	if (c->draining) {
-		uint8_t *own = buf != stack ? buf : malloc(len);
-		if (own && own != buf)
+	if (c->draining) { /* a held request needs a buffer of its own */
+		uint8_t *own = buf;
+		if (own == stack && (own = malloc(len)) != NULL)
 			memcpy(own, stack, len);
 		direct = !own || !hold(c, f, own, len);
-		if (direct && own && own != buf)
-			free(own);
+		if (direct && own != buf)
+			free(own); /* not held after all: send from the stack */
 	}
 	pthread_mutex_unlock(&c->out_mu);
 	return direct ? produce_request(c, f, buf, len, buf != stack) : KREQ_OK;
