@@ -32,9 +32,11 @@
  *
  * For experiments: KREQ_BENCH_CONF="name=value,..." sets client properties
  * (e.g. kafka.linger.ms=1), KREQ_BENCH_SERVER_CONF the same for the real
- * server; KREQ_BENCH_ONLY=256 runs only that load (for a
- * profiler); KREQ_BENCH_STATS=file appends the librdkafka statistics of the
- * bench's own handles, one JSON document a line.
+ * server; KREQ_BENCH_ONLY=256 runs only that load (for a profiler; any
+ * other number runs that many calls in flight instead of 256: 1024 shows
+ * whether a load is bound by latency or by CPU); KREQ_BENCH_STATS=file appends the librdkafka
+ * statistics of the bench's own handles, one JSON document a line. The run's topics
+ * ("<prefix>.*") are deleted at the end.
  */
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
@@ -141,6 +143,40 @@ static void create_topic(const char *topic)
 	rd_kafka_event_destroy(ev);
 	rd_kafka_queue_destroy(q);
 	rd_kafka_NewTopic_destroy(nt);
+	rd_kafka_destroy(p);
+}
+
+/* Deletes every topic of this run (named "<prefix>.*": the bench's own,
+ * the worker's results topic, the client's reply topic), so that repeated
+ * runs do not fill the broker's disk. */
+static void delete_topics(void)
+{
+	rd_kafka_t *p = handle(RD_KAFKA_PRODUCER, NULL);
+	const rd_kafka_metadata_t *md = NULL;
+	if (rd_kafka_metadata(p, 1, NULL, &md, 10000)) {
+		fprintf(stderr, "bench_roundtrip: cannot list topics to delete them\n");
+		rd_kafka_destroy(p);
+		return;
+	}
+	rd_kafka_DeleteTopic_t **del = calloc((size_t)md->topic_cnt + 1, sizeof(*del));
+	size_t n = 0, plen = strlen(prefix);
+	for (int i = 0; del && i < md->topic_cnt; i++)
+		if (!strncmp(md->topics[i].topic, prefix, plen) && md->topics[i].topic[plen] == '.')
+			del[n++] = rd_kafka_DeleteTopic_new(md->topics[i].topic);
+	rd_kafka_metadata_destroy(md);
+	if (n) {
+		rd_kafka_queue_t *q = rd_kafka_queue_new(p);
+		rd_kafka_DeleteTopics(p, del, n, NULL, q);
+		rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+		if (!ev || rd_kafka_event_error(ev))
+			fprintf(stderr, "bench_roundtrip: deleting this run's topics: %s\n",
+			        ev ? rd_kafka_event_error_string(ev) : "timed out");
+		if (ev)
+			rd_kafka_event_destroy(ev);
+		rd_kafka_queue_destroy(q);
+		rd_kafka_DeleteTopic_destroy_array(del, n);
+	}
+	free(del);
 	rd_kafka_destroy(p);
 }
 
@@ -650,8 +686,10 @@ int main(int argc, char **argv)
 	printf("%-30s %10.0f %10.0f\n", "kreq call", kl.p50_us, kl.p99_us);
 	printf("%-30s %9.2fx %9.2fx\n", "ratio kreq/raw", kl.p50_us / rl.p50_us,
 	       kl.p99_us / rl.p99_us);
-	const int windows[] = {1, 16, 256};
+	int windows[] = {1, 16, 256};
 	const char *only = getenv("KREQ_BENCH_ONLY");
+	if (only && atoi(only) > 0 && atoi(only) != 1 && atoi(only) != 16)
+		windows[2] = atoi(only); /* any other window, in the last slot */
 	for (int i = 0; i < 3; i++) {
 		if (only && atoi(only) != windows[i])
 			continue;
@@ -697,5 +735,6 @@ int main(int argc, char **argv)
 		kreq_server_destroy(srv);
 	}
 	kreq_keyring_release(kr);
+	delete_topics();
 	return 0;
 }
