@@ -21,7 +21,8 @@
 #include "common/internal.h"
 #include "common/kadmin.h"
 
-#define KREQ__TXN_TIMEOUT_MS 30000
+#define KREQ__TXN_TIMEOUT_MS  30000
+#define KREQ__WARM_TIMEOUT_MS 500 /* per producer, once per reply topic */
 
 void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
 {
@@ -266,8 +267,29 @@ static int producer_start(kreq_server_t *s)
 	return 0;
 }
 
+/* Reply topics are warmed (common/kadmin.h) on first sight, before the
+ * first reply is produced to them: one metadata round trip per topic and
+ * producer, on the loop thread, bounded by KREQ__WARM_TIMEOUT_MS. */
+static void warm_one(kreq_server_t *s, rd_kafka_t *rk, const char *topic)
+{
+	if (rk && kreq__topic_partitions(rk, topic, KREQ__WARM_TIMEOUT_MS) < 0)
+		kreq__log(s->conf, 5, "server",
+		          "no metadata for reply topic %s yet: its first reply may wait for "
+		          "the producer's own lookup",
+		          topic);
+}
+
+void kreq__kafka_warm(kreq_server_t *s, const char *topic)
+{
+	if (!kreq__warmset_add(&s->warm, kreq__warm_hash(topic)))
+		return;
+	warm_one(s, s->producer, topic);
+	warm_one(s, s->batch_producer, topic);
+}
+
 static void producer_reset(kreq_server_t *s)
 {
+	kreq__warmset_clear(&s->warm); /* the new producer knows no topic */
 	s->txn_open = false;
 	atomic_fetch_add_explicit(&s->m.producer_resets, 1, memory_order_relaxed);
 	rd_kafka_destroy(s->producer);

@@ -33,6 +33,7 @@
 #include "broker/offsets.h"
 #include "broker/smetrics.h"
 #include "kreq/server.h"
+#include "common/kadmin.h"
 #include "proto/envelope.h"
 
 typedef struct kreq__handler {
@@ -154,8 +155,9 @@ struct kreq_server_s {
 	size_t rq_nfree;
 	struct kreq__dr *dr_free;
 	size_t dr_nfree;
-	uint8_t *seal_buf; /* lim.envelope_max bytes: replies and results are
-	                      sealed here and copied by librdkafka */
+	uint8_t *seal_buf;    /* lim.envelope_max bytes: replies and results are
+	                         sealed here and copied by librdkafka */
+	kreq__warmset_t warm; /* reply topics the producers were asked about */
 
 	/* handler pool */
 	pthread_t *threads;
@@ -208,6 +210,9 @@ void kreq__wake(kreq_server_t *s);
 int kreq__loop_run(kreq_server_t *s);
 
 /* kafka.c */
+/* Before the first reply to a reply topic (loop thread): makes the
+ * producers look the topic up now (see kafka.c). */
+void kreq__kafka_warm(kreq_server_t *s, const char *topic);
 typedef void(kreq__rebalance_cb_t)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                    rd_kafka_topic_partition_list_t *parts, void *opaque);
 int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb);

@@ -48,9 +48,10 @@
 #include "common/internal.h"
 #include "common/kadmin.h"
 
-#define EXPIRE_BATCH 256
-#define REPLY_BATCH  64
-#define MAX_SLEEP_MS 100
+#define EXPIRE_BATCH    256
+#define REPLY_BATCH     64
+#define WARM_TIMEOUT_MS 1000 /* per service, once, on the health thread */
+#define MAX_SLEEP_MS    100
 /* requests up to this size are sealed on the caller's stack */
 #define REQUEST_STACK_MAX 2048
 
@@ -691,7 +692,18 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 	return 0; /* librdkafka frees json */
 }
 
-/* ---- failing one service's calls (health.c) ------------------------------ */
+/* ---- warming and failing one service's calls (health.c) ------------------ */
+
+void kreq__warm_service(kreq_client_t *c, const char *service)
+{
+	char topic[320];
+	snprintf(topic, sizeof(topic), "%s.%s.requests", c->topic_prefix, service);
+	if (kreq__topic_partitions(c->producer, topic, WARM_TIMEOUT_MS) < 0)
+		kreq__log(c->conf, 5, "client",
+		          "no metadata for %s yet: the first call may wait for librdkafka's own "
+		          "lookup",
+		          topic);
+}
 
 typedef struct svc_ids {
 	const char *service;
@@ -1040,7 +1052,7 @@ static int client_start(kreq_client_t *c, char *errstr, size_t errstr_size)
 	if (!err && pthread_create(&c->thread, NULL, service_main, c) != 0)
 		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "cannot start service thread");
 	int64_t check_ms = kreq__conf_int(c->conf, KREQ__P_SERVICE_CHECK_MS);
-	if (!err && check_ms > 0 && !(c->health = kreq__health_start(c, check_ms))) {
+	if (!err && !(c->health = kreq__health_start(c, check_ms))) {
 		atomic_store(&c->stopping, true); /* the service thread is running: stop it */
 		wake(c);
 		pthread_join(c->thread, NULL);

@@ -96,13 +96,17 @@ struct kreq_client_s {
 	struct kreq__call *done_head, *done_tail;
 	int done_fd;
 
-	struct kreq__health *health; /* NULL if service.check.ms is 0 */
+	struct kreq__health *health; /* checks (service.check.ms) and warming */
 	struct kreq__admin *admin;   /* NULL unless admin.socket is set */
 	int64_t slow_in_flight, slow_age_ms, slow_interval_ms, slow_entries;
 	int64_t next_slow_check_ms, slow_quiet_until_ms; /* service thread only */
 
 	kreq__client_metrics_t metrics;
 };
+
+/* Looks up service's request topic on the producer (one metadata round
+ * trip, bounded; common/kadmin.h "Warming"). Health thread. */
+void kreq__warm_service(kreq_client_t *c, const char *service);
 
 /* Fails every pending call to service (method up to its last '.') with
  * KREQ_EUNAVAILABLE and msg; returns how many. Any thread (health.c). */

@@ -16,6 +16,7 @@ typedef struct svc {
 	char name[KREQ__METHOD_MAX + 1];
 	int64_t next_check_ms;
 	bool down;
+	bool warmed; /* its request topic was looked up (kreq__warm_service) */
 } svc_t;
 
 struct kreq__health {
@@ -61,6 +62,7 @@ bool kreq__health_admit(kreq__health_t *h, const char *method)
 		s->name[len] = '\0';
 		s->next_check_ms = 0;
 		s->down = false;
+		s->warmed = false;
 		pthread_cond_signal(&h->cv);
 	}
 	bool ok = !s || !s->down;
@@ -91,12 +93,25 @@ static bool served(kreq__health_t *h, const char *service)
 	return yes;
 }
 
+/* A service whose request topic is still to be looked up (copied into
+ * name, marked done), or false. Called with mu held. */
+static bool next_unwarmed(kreq__health_t *h, char *name)
+{
+	for (size_t i = 0; i < h->n; i++)
+		if (!h->svcs[i].warmed) {
+			h->svcs[i].warmed = true;
+			strcpy(name, h->svcs[i].name);
+			return true;
+		}
+	return false;
+}
+
 /* Next service due for a check (copied into name), or false with *wait_ms
  * set to how long until one is due. Called with mu held. */
 static bool next_due(kreq__health_t *h, char *name, int64_t *wait_ms)
 {
 	int64_t now = mono_ms(), soonest = INT64_MAX;
-	for (size_t i = 0; i < h->n; i++) {
+	for (size_t i = 0; h->interval_ms > 0 && i < h->n; i++) {
 		if (h->svcs[i].next_check_ms <= now) {
 			h->svcs[i].next_check_ms = now + h->interval_ms;
 			strcpy(name, h->svcs[i].name);
@@ -138,6 +153,12 @@ static void *health_main(void *arg)
 	pthread_mutex_lock(&h->mu);
 	while (!h->stop) {
 		int64_t wait_ms;
+		if (next_unwarmed(h, name)) {
+			pthread_mutex_unlock(&h->mu);
+			kreq__warm_service(h->c, name);
+			pthread_mutex_lock(&h->mu);
+			continue;
+		}
 		if (!next_due(h, name, &wait_ms)) {
 			struct timespec ts;
 			clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -157,8 +178,6 @@ static void *health_main(void *arg)
 
 kreq__health_t *kreq__health_start(kreq_client_t *c, int64_t interval_ms)
 {
-	if (interval_ms <= 0)
-		return NULL;
 	kreq__health_t *h = calloc(1, sizeof(*h));
 	if (!h)
 		return NULL;
@@ -187,7 +206,7 @@ void kreq__health_stop(kreq__health_t *h)
 	h->stop = true;
 	pthread_cond_signal(&h->cv);
 	pthread_mutex_unlock(&h->mu);
-	pthread_join(h->thread, NULL); /* at most one list_groups timeout */
+	pthread_join(h->thread, NULL); /* at most one list_groups or warming timeout */
 	pthread_cond_destroy(&h->cv);
 	pthread_mutex_destroy(&h->mu);
 	free(h);

@@ -8,6 +8,11 @@
  * first time, then every service.check.ms. A service whose group has no
  * member is marked down: its pending calls fail with KREQ_EUNAVAILABLE and
  * new calls are refused at once, until a check finds a member again.
+ *
+ * The same thread, first, warms each new service's request topic
+ * (kreq__warm_service, common/kadmin.h): without it the first call to a
+ * service waited up to a second for librdkafka to look the topic up. It
+ * runs with service.check.ms = 0 too (then only warming).
  */
 #ifndef KREQ_CLIENT_HEALTH_H
 #define KREQ_CLIENT_HEALTH_H
@@ -18,7 +23,8 @@
 
 typedef struct kreq__health kreq__health_t;
 
-/* Starts the thread; NULL if interval_ms is 0 (disabled) or on error. */
+/* Starts the thread (interval_ms 0: no group checks, warming only); NULL
+ * on error. */
 kreq__health_t *kreq__health_start(kreq_client_t *c, int64_t interval_ms);
 void kreq__health_stop(kreq__health_t *h);
 

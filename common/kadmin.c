@@ -49,3 +49,43 @@ rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int pa
 	rd_kafka_NewTopic_destroy(nt);
 	return kerr == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS ? RD_KAFKA_RESP_ERR_NO_ERROR : kerr;
 }
+
+uint64_t kreq__warm_hash(const char *topic)
+{
+	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+	for (; *topic; topic++)
+		h = (h ^ (uint8_t)*topic) * 1099511628211ULL;
+	return h ? h : 1;
+}
+
+bool kreq__warmset_has(const kreq__warmset_t *w, uint64_t h)
+{
+	for (size_t i = h % KREQ__WARM_SLOTS;; i = (i + 1) % KREQ__WARM_SLOTS) {
+		uint64_t v = atomic_load_explicit(&w->slot[i], memory_order_relaxed);
+		if (v == h)
+			return true;
+		if (!v)
+			return false;
+	}
+}
+
+void kreq__warmset_clear(kreq__warmset_t *w)
+{
+	for (size_t i = 0; i < KREQ__WARM_SLOTS; i++)
+		atomic_store_explicit(&w->slot[i], 0, memory_order_relaxed);
+	w->n = 0;
+}
+
+bool kreq__warmset_add(kreq__warmset_t *w, uint64_t h)
+{
+	if (kreq__warmset_has(w, h))
+		return false;
+	if (w->n >= KREQ__WARM_SLOTS * 3 / 4)
+		kreq__warmset_clear(w);
+	size_t i = h % KREQ__WARM_SLOTS;
+	while (atomic_load_explicit(&w->slot[i], memory_order_relaxed))
+		i = (i + 1) % KREQ__WARM_SLOTS;
+	atomic_store_explicit(&w->slot[i], h, memory_order_relaxed);
+	w->n++;
+	return true;
+}

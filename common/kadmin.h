@@ -5,14 +5,18 @@
 #ifndef KREQ_COMMON_KADMIN_H
 #define KREQ_COMMON_KADMIN_H
 
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <librdkafka/rdkafka.h>
 
 /* Partition count of topic per the cluster's metadata: > 0 if it exists,
- * 0 if it does not, < 0 if Kafka did not answer within timeout_ms. rk must
- * be a consumer handle: a producer's metadata request lets the broker
- * auto-create the topic with its defaults. */
+ * 0 if it does not, < 0 if Kafka did not answer within timeout_ms. To only
+ * ask, rk must be a consumer handle: a producer's metadata request lets the
+ * broker auto-create the topic with its defaults (warming, below, asks a
+ * producer on purpose). */
 int kreq__topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms);
 
 /* Creates topic through the Admin API with the NULL-terminated name/value
@@ -24,5 +28,34 @@ int kreq__topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms);
 rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int partitions,
                                        int replication_factor, const char *const *configs,
                                        int timeout_ms, char *why, size_t why_size);
+
+/*
+ * Warming. librdkafka 2.0 looks up a topic a producer has not produced to
+ * before only on its once-a-second scan of unknown topics
+ * (confluentinc/librdkafka#3202): the first message to a new topic waits
+ * 0-1 s (a new client's first call took ~0.95 s on each side). Asking for
+ * the topic's metadata once (kreq__topic_partitions on the producer, which
+ * may let the broker auto-create it exactly as producing to it would)
+ * makes the producer know it at once, and releases what was queued for it.
+ * A warm set remembers which topics a producer was asked about, by 64-bit
+ * hash (a collision only costs that topic the old delay); lookups are
+ * lock-free, adds need one writer at a time (the caller's lock or thread).
+ */
+#define KREQ__WARM_SLOTS 1024
+
+typedef struct kreq__warmset {
+	_Atomic uint64_t slot[KREQ__WARM_SLOTS]; /* 0 = empty */
+	size_t n;
+} kreq__warmset_t;
+
+/* The set's key for topic (never 0). */
+uint64_t kreq__warm_hash(const char *topic);
+/* Whether h is in the set (any thread). */
+bool kreq__warmset_has(const kreq__warmset_t *w, uint64_t h);
+/* Adds h; false if it was there. Forgets everything first when 3/4 full
+ * (warming again is harmless). One writer at a time. */
+bool kreq__warmset_add(kreq__warmset_t *w, uint64_t h);
+/* Empties the set (e.g. its producer was re-created). One writer. */
+void kreq__warmset_clear(kreq__warmset_t *w);
 
 #endif

@@ -480,6 +480,41 @@ START_TEST(test_light_batching)
 }
 END_TEST
 
+/* A new client's first call is answered promptly: the worker looks up a
+ * reply topic it has not written to before on first sight, instead of
+ * leaving its producers to librdkafka 2.0's once-a-second scan of unknown
+ * topics (which made every new client's first call take ~0.95 s, and
+ * stalled the first burst the batching producer took as long). Both light
+ * producers (threshold 1: replies on the batching one) and the
+ * transactional one. Without the lookup a call waits 0-1 s, so three
+ * clients in a row all under 600 ms would rarely pass. */
+static void first_calls_prompt(const char *const *extra)
+{
+	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_client_t *warm = client_new(NULL); /* the worker joins and serves */
+	expect_reply(call(warm, "svc.echo", "warm", NULL, 30000), 0, "warm", false);
+	for (int i = 0; i < 3; i++) {
+		kreq_client_t *c = client_new(NULL);
+		int64_t t0 = kreq_test_now_ms();
+		expect_reply(call(c, "svc.echo", "first", NULL, 30000), 0, "first", false);
+		int64_t took = kreq_test_now_ms() - t0;
+		ck_assert_msg(took < 600, "new client %d: first call took %lld ms", i,
+		              (long long)took);
+		kreq_client_destroy(c);
+	}
+	kreq_client_destroy(warm);
+	kreq_test_server_stop(w);
+}
+
+START_TEST(test_new_client_first_call)
+{
+	static const char *const light[] = {"server.mode", "light", "server.batch.threshold", "1",
+	                                    NULL};
+	first_calls_prompt(light);
+	first_calls_prompt(NULL);
+}
+END_TEST
+
 /* server.dedup.max.bytes: the oldest stored results leave first (counted),
  * retries of their keys run again, recent ones are still answered from the
  * store, and the store stays within the limit. */
@@ -724,6 +759,7 @@ int main(void)
 	tcase_add_test(tc, test_bad_records_and_replay);
 	tcase_add_test(tc, test_light_mode);
 	tcase_add_test(tc, test_light_batching);
+	tcase_add_test(tc, test_new_client_first_call);
 	tcase_add_test(tc, test_dedup_memory_bound);
 	tcase_add_test(tc, test_concurrency_limit_and_listing);
 	tcase_add_test(tc, test_rate_limit);
