@@ -562,6 +562,7 @@ int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
 	    ensure_topics(s) ||
 	    !(s->consumer = make_handle(s, RD_KAFKA_CONSUMER, s->group, false, -1, rebalance_cb)))
 		return -1;
+	kreq__kafka_warm(s, s->res_topic); /* the first results leave at once too */
 	rd_kafka_poll_set_consumer(s->consumer);
 	s->cq = rd_kafka_queue_get_consumer(s->consumer);
 	static const uint64_t one = 1;
