@@ -717,8 +717,10 @@ static int wait_ms(kreq_server_t *s, int64_t now_ns)
 		int64_t idle = s->linger_ms - (now_ns - s->last_record_ns) / 1000000;
 		if (atomic_load_explicit(&s->in_progress, memory_order_relaxed) == 0 && idle < left)
 			left = idle;
-	} else if (!s->txn_mode)
+	} else if (!s->txn_mode && s->batch_ms > 0) {
 		left = s->batch_ms - (now_ns - s->light_commit_ns) / 1000000;
+	} /* light with server.txn.batch.ms=0: offsets go at every step, and
+	     an idle loop sleeps like any other (a zero timeout made it spin) */
 	return left < 0 ? 0 : left > 1000 ? 1000 : (int)left;
 }
 

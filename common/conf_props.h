@@ -105,7 +105,8 @@
 	  "server.txn.batch.ms old, or when no request is in progress and none arrived for "       \
 	  "server.txn.linger.ms.")                                                                 \
 	X(SERVER_TXN_BATCH_MS, "server.txn.batch.ms", INT, "20", 0, 60000,                         \
-	  "Longest a transaction stays open while requests are in progress.")                      \
+	  "Longest a transaction stays open while requests are in progress; in server.mode=light " \
+	  "the interval between offset commits (0: at every loop step).")                          \
 	X(SERVER_TXN_LINGER_MS, "server.txn.linger.ms", INT, "2", 0, 60000,                        \
 	  "When no request is in progress, how long a transaction waits for more records before "  \
 	  "it commits: callers whose requests arrive together then share one commit.")             \

@@ -515,6 +515,58 @@ START_TEST(test_new_client_first_call)
 }
 END_TEST
 
+/* Sum of the committed offsets of group on topic's n partitions. */
+static int64_t committed_sum(const char *group, const char *topic, int n)
+{
+	char err[512];
+	rd_kafka_conf_t *rc = kreq_test_conf_new(bootstrap, "group.id", group, NULL);
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, rc, err, sizeof(err));
+	ck_assert_ptr_nonnull(rk);
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
+	for (int p = 0; p < n; p++)
+		rd_kafka_topic_partition_list_add(l, topic, p);
+	int64_t sum = 0;
+	if (rd_kafka_committed(rk, l, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		for (int p = 0; p < n; p++)
+			sum += l->elems[p].offset > 0 ? l->elems[p].offset : 0;
+	rd_kafka_topic_partition_list_destroy(l);
+	rd_kafka_destroy(rk);
+	return sum;
+}
+
+static double process_cpu_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* Light mode with server.txn.batch.ms=0 commits offsets at every step and
+ * still sleeps when idle: its loop used to poll with a zero timeout, a core
+ * at 100% (~1000 ms of CPU a second; an idle worker uses a few). */
+START_TEST(test_light_zero_batch_ms_sleeps)
+{
+	static const char *const extra[] = {
+	    "server.mode", "light", "server.txn.batch.ms", "0", "server.topic.partitions",
+	    "2",           NULL};
+	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_client_t *c = client_new(NULL);
+	for (int i = 0; i < 3; i++)
+		expect_reply(call(c, "svc.echo", "zero", NULL, 30000), 0, "zero", false);
+	char group[200];
+	snprintf(group, sizeof(group), "%s.svc", prefix);
+	KREQ_TEST_AWAIT(committed_sum(group, req_topic, 2) == 3, 20000);
+	double cpu0 = process_cpu_ms();
+	int64_t t0 = kreq_test_now_ms();
+	while (kreq_test_now_ms() - t0 < 1000) /* a measurement window, not a wait */
+		nanosleep(&(struct timespec){.tv_nsec = 50000000}, NULL);
+	double used = process_cpu_ms() - cpu0;
+	ck_assert_msg(used < 400, "idle worker used %.0f ms of CPU in 1 s", used);
+	kreq_client_destroy(c);
+	kreq_test_server_stop(w);
+}
+END_TEST
+
 /* server.dedup.max.bytes: the oldest stored results leave first (counted),
  * retries of their keys run again, recent ones are still answered from the
  * store, and the store stays within the limit. */
@@ -760,6 +812,7 @@ int main(void)
 	tcase_add_test(tc, test_light_mode);
 	tcase_add_test(tc, test_light_batching);
 	tcase_add_test(tc, test_new_client_first_call);
+	tcase_add_test(tc, test_light_zero_batch_ms_sleeps);
 	tcase_add_test(tc, test_dedup_memory_bound);
 	tcase_add_test(tc, test_concurrency_limit_and_listing);
 	tcase_add_test(tc, test_rate_limit);
