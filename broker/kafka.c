@@ -21,8 +21,10 @@
 #include "common/internal.h"
 #include "common/kadmin.h"
 
-#define KREQ__TXN_TIMEOUT_MS  30000
-#define KREQ__WARM_TIMEOUT_MS 500 /* per producer, once per reply topic */
+#define KREQ__TXN_TIMEOUT_MS   30000
+#define KREQ__WARM_TIMEOUT_MS  500 /* per producer, once per reply topic */
+#define KREQ__FENCED_MAX       3   /* fencings within KREQ__FENCED_WINDOW_MS: stop */
+#define KREQ__FENCED_WINDOW_MS 60000
 
 void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
 {
@@ -331,12 +333,46 @@ int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t
 
 /* ---- transactions ------------------------------------------------------- */
 
+/* A fatal error that says another producer took over the transactional.id. */
+static bool fenced(kreq_server_t *s, const rd_kafka_error_t *e)
+{
+	rd_kafka_resp_err_t code = rd_kafka_error_code(e);
+	if (code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+	    code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH)
+		return true;
+	return rd_kafka_fatal_error(s->producer, NULL, 0) == RD_KAFKA_RESP_ERR__FENCED;
+}
+
+/* Being fenced is how a restarted worker retires its stale predecessor,
+ * and re-creating the producer (which fences the newer one in turn) is
+ * right once. Two live workers with the same client.id share the
+ * transactional.id and would fence each other forever: the third fencing
+ * within a minute stops this worker instead, naming the cause. */
+static bool fenced_too_often(kreq_server_t *s)
+{
+	int64_t now = kreq__mono_ns() / 1000000;
+	if (now - s->fenced_since_ms > KREQ__FENCED_WINDOW_MS) {
+		s->fenced_since_ms = now;
+		s->fenced_count = 0;
+	}
+	if (++s->fenced_count < KREQ__FENCED_MAX)
+		return false;
+	kreq__loop_fatal(s, KREQ_ECONF,
+	                 "fenced %d times within %d s by another producer with transactional.id "
+	                 "%s: is another worker running with client.id %s? Each worker needs its "
+	                 "own client.id",
+	                 s->fenced_count, KREQ__FENCED_WINDOW_MS / 1000, s->txn_id, s->client_id);
+	return true;
+}
+
 static void txn_fail(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
 {
 	kreq__log(s->conf, 4, "server", "%s: %s%s", what, rd_kafka_error_string(e),
 	          rd_kafka_error_is_fatal(e) ? " (fatal)" : "");
 	atomic_fetch_add_explicit(&s->m.txn_aborts, 1, memory_order_relaxed);
-	if (rd_kafka_error_is_fatal(e)) {
+	if (rd_kafka_error_is_fatal(e) && fenced(s, e) && fenced_too_often(s)) {
+		/* stopping: the loop ends and closes the producer */
+	} else if (rd_kafka_error_is_fatal(e)) {
 		producer_reset(s);
 	} else {
 		rd_kafka_error_t *ae =

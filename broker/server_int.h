@@ -155,9 +155,11 @@ struct kreq_server_s {
 	size_t rq_nfree;
 	struct kreq__dr *dr_free;
 	size_t dr_nfree;
-	uint8_t *seal_buf;    /* lim.envelope_max bytes: replies and results are
-	                         sealed here and copied by librdkafka */
-	kreq__warmset_t warm; /* reply topics the producers were asked about */
+	uint8_t *seal_buf;       /* lim.envelope_max bytes: replies and results are
+	                            sealed here and copied by librdkafka */
+	kreq__warmset_t warm;    /* reply topics the producers were asked about */
+	int64_t fenced_since_ms; /* kafka.c fenced_too_often(): window start */
+	int fenced_count;
 
 	/* handler pool */
 	pthread_t *threads;

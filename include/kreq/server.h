@@ -92,7 +92,9 @@ KREQ_API int kreq_server_register(kreq_server_t *s, const char *method, kreq_han
  *  (their results are committed; what is still running then is abandoned,
  *  uncommitted, for another worker to redo), commits and leaves the group.
  *  Returns KREQ_OK after a clean stop, or the error that ended the loop
- *  (errstr names it): KREQ_EKAFKA, KREQ_ESTATE (already ran). Call once. */
+ *  (errstr names it): KREQ_EKAFKA, KREQ_ECONF (e.g. topics not
+ *  co-partitioned, or fenced 3 times within a minute: another live worker
+ *  has the same client.id), KREQ_ESTATE (already ran). Call once. */
 KREQ_API int kreq_server_run(kreq_server_t *s, char *errstr, size_t errstr_size);
 
 /** Asks the loop to stop. Async-signal-safe (writes an eventfd); any

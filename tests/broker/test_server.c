@@ -567,6 +567,39 @@ START_TEST(test_light_zero_batch_ms_sleeps)
 }
 END_TEST
 
+/* Two transactional workers given the same client.id share a
+ * transactional.id, so each one's init_transactions fences the other:
+ * re-creating the producer after every fencing (as after any fatal error)
+ * would make them fence each other forever. The third fencing within a
+ * minute stops a worker with an error naming the cause; the other serves
+ * on, and every call is answered. */
+START_TEST(test_duplicate_client_id)
+{
+	kreq_test_running_t *a = server_start("dup", NULL);
+	kreq_test_running_t *b = server_start("dup", NULL);
+	kreq_client_t *c = client_new(NULL);
+	int64_t until = kreq_test_now_ms() + 120000;
+	int calls = 0;
+	while (!atomic_load(&a->done) && !atomic_load(&b->done)) {
+		ck_assert_msg(kreq_test_now_ms() < until, "neither worker stopped in 120 s");
+		expect_reply(call(c, "svc.echo", "dup", NULL, 60000), 0, "dup", false);
+		calls++;
+	}
+	kreq_test_running_t *stopped = atomic_load(&a->done) ? a : b;
+	kreq_test_running_t *serving = stopped == a ? b : a;
+	char err[512];
+	int rc = kreq_test_server_reap(stopped, err, sizeof(err));
+	ck_assert_msg(rc == KREQ_ECONF, "run returned %s: %s", kreq_err_name(rc), err);
+	ck_assert_msg(strstr(err, "client.id") && strstr(err, "fenced"), "%s", err);
+	for (int i = 0; i < 5; i++) /* the other one takes over every partition */
+		expect_reply(call(c, "svc.echo", "after", NULL, 60000), 0, "after", false);
+	ck_assert(!atomic_load(&serving->done));
+	ck_assert_int_ge(calls, 1);
+	kreq_client_destroy(c);
+	kreq_test_server_stop(serving);
+}
+END_TEST
+
 /* server.dedup.max.bytes: the oldest stored results leave first (counted),
  * retries of their keys run again, recent ones are still answered from the
  * store, and the store stays within the limit. */
@@ -813,6 +846,7 @@ int main(void)
 	tcase_add_test(tc, test_light_batching);
 	tcase_add_test(tc, test_new_client_first_call);
 	tcase_add_test(tc, test_light_zero_batch_ms_sleeps);
+	tcase_add_test(tc, test_duplicate_client_id);
 	tcase_add_test(tc, test_dedup_memory_bound);
 	tcase_add_test(tc, test_concurrency_limit_and_listing);
 	tcase_add_test(tc, test_rate_limit);

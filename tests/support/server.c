@@ -1,5 +1,6 @@
 /* server.c — see server.h. */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +12,7 @@ static void *run_main(void *arg)
 {
 	kreq_test_running_t *rs = arg;
 	rs->rc = kreq_server_run(rs->s, rs->err, sizeof(rs->err));
+	atomic_store(&rs->done, true);
 	return NULL;
 }
 
@@ -34,6 +36,18 @@ void kreq_test_server_stop(kreq_test_running_t *rs)
 	ck_assert(!kreq_server_ready(rs->s));
 	kreq_server_destroy(rs->s);
 	free(rs);
+}
+
+int kreq_test_server_reap(kreq_test_running_t *rs, char *err, size_t err_size)
+{
+	ck_assert(atomic_load(&rs->done));
+	pthread_join(rs->t, NULL);
+	int rc = rs->rc;
+	if (err)
+		snprintf(err, err_size, "%s", rs->err);
+	kreq_server_destroy(rs->s);
+	free(rs);
+	return rc;
 }
 
 uint64_t kreq_test_server_metric(kreq_server_t *s, const char *series)

@@ -7,6 +7,9 @@
 #define KREQ_TEST_SERVER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kreq/server.h"
@@ -16,6 +19,7 @@ typedef struct kreq_test_running {
 	pthread_t t;
 	int rc; /* what kreq_server_run() returned */
 	char err[512];
+	atomic_bool done; /* kreq_server_run() has returned (rc, err are set) */
 } kreq_test_running_t;
 
 /* Runs s (handlers registered) on a new thread and waits, up to 60 s,
@@ -26,6 +30,11 @@ kreq_test_running_t *kreq_test_server_start(kreq_server_t *s);
 /* Stops it, checks run returned KREQ_OK and is no longer ready, destroys
  * the server. */
 void kreq_test_server_stop(kreq_test_running_t *rs);
+
+/* Joins a server whose run has returned on its own (done), destroys it
+ * and returns what run returned; err (if not NULL, err_size bytes) gets
+ * its message. */
+int kreq_test_server_reap(kreq_test_running_t *rs, char *err, size_t err_size);
 
 /* The value of the first metric sample whose text contains series
  * (e.g. "kreq_server_rebalances_total{" or "outcome=\"ok\"}"). */
