@@ -296,8 +296,10 @@ static void producer_reset(kreq_server_t *s)
 	atomic_fetch_add_explicit(&s->m.producer_resets, 1, memory_order_relaxed);
 	rd_kafka_destroy(s->producer);
 	s->producer = NULL;
-	if (producer_start(s) == 0)
+	if (producer_start(s) == 0) {
 		kreq__log(s->conf, 5, "server", "producer re-created after a fatal error");
+		kreq__kafka_warm(s, s->res_topic); /* reply topics: on their next request */
+	}
 }
 
 int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t partition,
