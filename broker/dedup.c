@@ -147,7 +147,11 @@ static void grow(kreq__dedup_t *d)
 static kreq__dd_entry_t *insert(kreq__dedup_t *d, const uint8_t *key, size_t key_len,
                                 const uint8_t digest[32])
 {
-	if (d->count >= d->nbuckets)
+	/* load <= 1/2: most lookups of a new key (the common case) end at an
+	 * empty bucket instead of missing the cache on a chained entry; at
+	 * 256 in flight the loop thread's CPU per call went 5.59-5.67 ->
+	 * 5.37-5.51 us (3 alternating pairs), for 8 more bytes per entry */
+	if (2 * d->count >= d->nbuckets)
 		grow(d);
 	kreq__dd_entry_t *e = calloc(1, sizeof(*e) + key_len);
 	if (!e)
