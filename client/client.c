@@ -270,12 +270,18 @@ static const uint8_t *blob_payload(const kreq__call_t *call)
 	return (const uint8_t *)blob_traceparent(call) + call->tp_len + 1;
 }
 
-/* "<prefix>.<service>.requests", service = method up to its last '.'. */
+/* "<prefix>.<service>.requests" for the first svc_len bytes of service. */
+static void service_topic(const kreq_client_t *c, const char *service, int svc_len, char *out,
+                          size_t size)
+{
+	snprintf(out, size, "%s.%.*s.requests", c->topic_prefix, svc_len, service);
+}
+
+/* The request topic of method's service (method up to its last '.'). */
 static void request_topic(const kreq_client_t *c, const char *method, char *out, size_t size)
 {
 	const char *dot = strrchr(method, '.');
-	int svc_len = dot ? (int)(dot - method) : (int)strlen(method);
-	snprintf(out, size, "%s.%.*s.requests", c->topic_prefix, svc_len, method);
+	service_topic(c, method, dot ? (int)(dot - method) : (int)strlen(method), out, size);
 }
 
 /*
@@ -295,10 +301,10 @@ static void request_topic(const kreq_client_t *c, const char *method, char *out,
  * retried while held is sent once.
  */
 
-/* Hands a sealed request to librdkafka, which takes buf and the caller's
- * reference on f (until the delivery report). On failure both are dropped. */
-/* Produces buf: owned (malloc'd, librdkafka frees it) or copied by
- * librdkafka into its message (a buffer on the caller's stack). */
+/* Hands a sealed request to librdkafka, which takes the caller's reference
+ * on f (until the delivery report) and buf: owned (malloc'd, librdkafka
+ * frees it) or copied into its message (a buffer on the caller's stack).
+ * On failure both are dropped. */
 static int produce_request(kreq_client_t *c, kreq_future_t *f, uint8_t *buf, size_t len, bool owned)
 {
 	kreq__call_t *call = call_of(f);
@@ -697,7 +703,7 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 void kreq__warm_service(kreq_client_t *c, const char *service)
 {
 	char topic[320];
-	snprintf(topic, sizeof(topic), "%s.%s.requests", c->topic_prefix, service);
+	service_topic(c, service, (int)strlen(service), topic, sizeof(topic));
 	if (kreq__topic_partitions(c->producer, topic, WARM_TIMEOUT_MS) < 0)
 		kreq__log(c->conf, 5, "client",
 		          "no metadata for %s yet: the first call may wait for librdkafka's own "

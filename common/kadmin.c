@@ -1,5 +1,6 @@
 /* kadmin.c — see kadmin.h. */
 #include <stdio.h>
+#include <string.h>
 
 #include "common/kadmin.h"
 
@@ -61,18 +62,16 @@ uint64_t kreq__warm_hash(const char *topic)
 bool kreq__warmset_has(const kreq__warmset_t *w, uint64_t h)
 {
 	for (size_t i = h % KREQ__WARM_SLOTS;; i = (i + 1) % KREQ__WARM_SLOTS) {
-		uint64_t v = atomic_load_explicit(&w->slot[i], memory_order_relaxed);
-		if (v == h)
+		if (w->slot[i] == h)
 			return true;
-		if (!v)
+		if (!w->slot[i])
 			return false;
 	}
 }
 
 void kreq__warmset_clear(kreq__warmset_t *w)
 {
-	for (size_t i = 0; i < KREQ__WARM_SLOTS; i++)
-		atomic_store_explicit(&w->slot[i], 0, memory_order_relaxed);
+	memset(w->slot, 0, sizeof(w->slot));
 	w->n = 0;
 }
 
@@ -83,9 +82,9 @@ bool kreq__warmset_add(kreq__warmset_t *w, uint64_t h)
 	if (w->n >= KREQ__WARM_SLOTS * 3 / 4)
 		kreq__warmset_clear(w);
 	size_t i = h % KREQ__WARM_SLOTS;
-	while (atomic_load_explicit(&w->slot[i], memory_order_relaxed))
+	while (w->slot[i])
 		i = (i + 1) % KREQ__WARM_SLOTS;
-	atomic_store_explicit(&w->slot[i], h, memory_order_relaxed);
+	w->slot[i] = h;
 	w->n++;
 	return true;
 }

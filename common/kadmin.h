@@ -5,7 +5,6 @@
 #ifndef KREQ_COMMON_KADMIN_H
 #define KREQ_COMMON_KADMIN_H
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -37,25 +36,27 @@ rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int pa
  * the topic's metadata once (kreq__topic_partitions on the producer, which
  * may let the broker auto-create it exactly as producing to it would)
  * makes the producer know it at once, and releases what was queued for it.
- * A warm set remembers which topics a producer was asked about, by 64-bit
- * hash (a collision only costs that topic the old delay); lookups are
- * lock-free, adds need one writer at a time (the caller's lock or thread).
+ * A worker meets reply topics one request at a time, so it keeps a warm
+ * set: which topics its producers were asked about, by 64-bit hash (a
+ * collision only costs that topic the old delay). A client warms each
+ * service once from its list of called services (client/health.c).
+ * One thread owns a set (the worker's loop thread).
  */
 #define KREQ__WARM_SLOTS 1024
 
 typedef struct kreq__warmset {
-	_Atomic uint64_t slot[KREQ__WARM_SLOTS]; /* 0 = empty */
+	uint64_t slot[KREQ__WARM_SLOTS]; /* open addressing; 0 = empty */
 	size_t n;
 } kreq__warmset_t;
 
 /* The set's key for topic (never 0). */
 uint64_t kreq__warm_hash(const char *topic);
-/* Whether h is in the set (any thread). */
+/* Whether h is in the set. */
 bool kreq__warmset_has(const kreq__warmset_t *w, uint64_t h);
 /* Adds h; false if it was there. Forgets everything first when 3/4 full
- * (warming again is harmless). One writer at a time. */
+ * (warming again is harmless). */
 bool kreq__warmset_add(kreq__warmset_t *w, uint64_t h);
-/* Empties the set (e.g. its producer was re-created). One writer. */
+/* Empties the set (e.g. its producer was re-created). */
 void kreq__warmset_clear(kreq__warmset_t *w);
 
 #endif
