@@ -1,7 +1,24 @@
-/* dedup.c — see dedup.h. */
+/*
+ * dedup.c — see dedup.h.
+ *
+ * Design note: why an open-addressed index with the hash beside the pointer.
+ * A busy worker's store holds hundreds of thousands of entries spread over
+ * hundreds of MB, so every lookup misses the cache and the TLB. Nearly all
+ * lookups are for a new key. With chained buckets the lookup read the
+ * bucket array and then, for the ~40% of keys whose bucket was taken,
+ * the chained entry: two misses. Here the slot holds the full 64-bit hash,
+ * so a lookup only reads an entry whose hash matches (in effect only a
+ * real hit), and a new key costs one read of the slot array. Linear
+ * probing at load <= 1/2 keeps probes within a cache line or two; removal
+ * shifts the following run back (no tombstones, so lookups never slow down
+ * with churn). A slot array of 2 MiB or more is asked for transparent huge
+ * pages, so its random reads stop walking page tables as well (at 256
+ * calls in flight the lookup was ~10% of the serving loop's time).
+ */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <sodium.h>
 
@@ -26,12 +43,29 @@ static uint64_t hash_of(const uint8_t *key, size_t len)
 	return h;
 }
 
+#define HUGE_PAGE ((size_t)2 << 20)
+
+/* A zeroed slot array; from 2 MiB on, aligned and advised to use huge
+ * pages (where the kernel does not, it is an ordinary allocation). */
+static kreq__dd_slot_t *slots_new(size_t n)
+{
+	size_t bytes = n * sizeof(kreq__dd_slot_t);
+	if (bytes < HUGE_PAGE)
+		return calloc(n, sizeof(kreq__dd_slot_t));
+	kreq__dd_slot_t *sl = aligned_alloc(HUGE_PAGE, bytes); /* a multiple of it */
+	if (sl) {
+		(void)madvise(sl, bytes, MADV_HUGEPAGE); /* advice only */
+		memset(sl, 0, bytes);
+	}
+	return sl;
+}
+
 int kreq__dedup_init(kreq__dedup_t *d)
 {
 	memset(d, 0, sizeof(*d));
-	d->nbuckets = 1024;
-	d->buckets = calloc(d->nbuckets, sizeof(*d->buckets));
-	return d->buckets ? KREQ_OK : KREQ_ENOMEM;
+	d->nslots = 1024;
+	d->slots = slots_new(d->nslots);
+	return d->slots ? KREQ_OK : KREQ_ENOMEM;
 }
 
 static void account(kreq__dedup_t *d, size_t add, size_t sub)
@@ -57,26 +91,49 @@ static void free_result(kreq__dedup_t *d, kreq__dd_entry_t *e)
 void kreq__dedup_clear(kreq__dedup_t *d)
 {
 	account(d, 0, d->bytes);
-	for (size_t i = 0; i < d->nbuckets && d->buckets; i++) {
-		kreq__dd_entry_t *e = d->buckets[i];
-		while (e) {
-			kreq__dd_entry_t *n = e->next;
+	for (size_t i = 0; i < d->nslots && d->slots; i++) {
+		kreq__dd_entry_t *e = d->slots[i].e;
+		if (e) {
 			free(e->payload);
 			free(e->error);
 			free(e);
-			e = n;
 		}
 	}
-	free(d->buckets);
+	free(d->slots);
 	memset(d, 0, sizeof(*d));
 }
 
-static kreq__dd_entry_t **slot_of(kreq__dedup_t *d, uint64_t h, const uint8_t *key, size_t len)
+void kreq__dedup_each(kreq__dedup_t *d, void (*fn)(kreq__dd_entry_t *e, void *arg), void *arg)
 {
-	kreq__dd_entry_t **pp = &d->buckets[h & (d->nbuckets - 1)];
-	while (*pp && !((*pp)->hash == h && (*pp)->key_len == len && !memcmp((*pp)->key, key, len)))
-		pp = &(*pp)->next;
-	return pp;
+	for (size_t i = 0; i < d->nslots; i++)
+		if (d->slots[i].e)
+			fn(d->slots[i].e, arg);
+}
+
+/* The slot holding key, or the empty slot that ends its probe run. */
+static size_t slot_of(const kreq__dedup_t *d, uint64_t h, const uint8_t *key, size_t len)
+{
+	size_t mask = d->nslots - 1, i = h & mask;
+	for (const kreq__dd_slot_t *sl; (sl = &d->slots[i])->e; i = (i + 1) & mask)
+		if (sl->hash == h && sl->e->key_len == len && !memcmp(sl->e->key, key, len))
+			break;
+	return i;
+}
+
+/* Empties slot i and moves back each later entry of its run that would
+ * otherwise no longer be reached from its home slot. */
+static void slot_clear(kreq__dedup_t *d, size_t i)
+{
+	size_t mask = d->nslots - 1;
+	for (size_t j = (i + 1) & mask; d->slots[j].e; j = (j + 1) & mask) {
+		size_t home = d->slots[j].hash & mask;
+		bool stays = i <= j ? (i < home && home <= j) : (i < home || home <= j);
+		if (!stays) {
+			d->slots[i] = d->slots[j];
+			i = j;
+		}
+	}
+	d->slots[i] = (kreq__dd_slot_t){0, NULL};
 }
 
 static void age_unlink(kreq__dedup_t *d, kreq__dd_entry_t *e)
@@ -97,8 +154,10 @@ static void age_unlink(kreq__dedup_t *d, kreq__dd_entry_t *e)
 
 void kreq__dedup_remove(kreq__dedup_t *d, kreq__dd_entry_t *e)
 {
-	kreq__dd_entry_t **pp = slot_of(d, e->hash, e->key, e->key_len);
-	*pp = e->next;
+	size_t mask = d->nslots - 1, i = e->hash & mask;
+	while (d->slots[i].e != e)
+		i = (i + 1) & mask;
+	slot_clear(d, i);
 	age_unlink(d, e);
 	free_result(d, e);
 	account(d, 0, sizeof(*e) + e->key_len);
@@ -108,62 +167,60 @@ void kreq__dedup_remove(kreq__dedup_t *d, kreq__dd_entry_t *e)
 
 kreq__dd_entry_t *kreq__dedup_find(kreq__dedup_t *d, const uint8_t *key, size_t key_len)
 {
-	return *slot_of(d, hash_of(key, key_len), key, key_len);
+	return d->slots[slot_of(d, hash_of(key, key_len), key, key_len)].e;
 }
 
 uint64_t kreq__dedup_prefetch(const kreq__dedup_t *d, const uint8_t *key, size_t key_len)
 {
 	uint64_t h = hash_of(key, key_len);
-	__builtin_prefetch(&d->buckets[h & (d->nbuckets - 1)]);
+	__builtin_prefetch(&d->slots[h & (d->nslots - 1)]);
 	return h;
 }
 
 kreq__dd_entry_t *kreq__dedup_find_hashed(kreq__dedup_t *d, uint64_t hash, const uint8_t *key,
                                           size_t key_len)
 {
-	return *slot_of(d, hash, key, key_len);
+	return d->slots[slot_of(d, hash, key, key_len)].e;
 }
 
-static void grow(kreq__dedup_t *d)
+static bool grow(kreq__dedup_t *d)
 {
-	size_t n = d->nbuckets * 2;
-	kreq__dd_entry_t **b = calloc(n, sizeof(*b));
-	if (!b)
-		return; /* keep the longer chains; still correct */
-	for (size_t i = 0; i < d->nbuckets; i++) {
-		kreq__dd_entry_t *e = d->buckets[i];
-		while (e) {
-			kreq__dd_entry_t *next = e->next;
-			e->next = b[e->hash & (n - 1)];
-			b[e->hash & (n - 1)] = e;
-			e = next;
-		}
+	size_t n = d->nslots * 2, mask = n - 1;
+	kreq__dd_slot_t *sl = slots_new(n);
+	if (!sl)
+		return false;
+	for (size_t i = 0; i < d->nslots; i++) {
+		if (!d->slots[i].e)
+			continue;
+		size_t j = d->slots[i].hash & mask;
+		while (sl[j].e)
+			j = (j + 1) & mask;
+		sl[j] = d->slots[i];
 	}
-	free(d->buckets);
-	d->buckets = b;
-	d->nbuckets = n;
+	free(d->slots);
+	d->slots = sl;
+	d->nslots = n;
+	return true;
 }
 
 static kreq__dd_entry_t *insert(kreq__dedup_t *d, const uint8_t *key, size_t key_len,
                                 const uint8_t digest[32])
 {
-	/* load <= 1/2: most lookups of a new key (the common case) end at an
-	 * empty bucket instead of missing the cache on a chained entry; at
-	 * 256 in flight the loop thread's CPU per call went 5.59-5.67 ->
-	 * 5.37-5.51 us (3 alternating pairs), for 8 more bytes per entry */
-	if (2 * d->count >= d->nbuckets)
-		grow(d);
+	/* load <= 1/2 keeps probe runs short; a table that cannot grow
+	 * refuses the entry rather than fill up (the caller redoes the record) */
+	if (2 * (d->count + 1) > d->nslots && !grow(d))
+		return NULL;
+	uint64_t h = hash_of(key, key_len);
+	size_t i = slot_of(d, h, key, key_len); /* the key is absent: an empty slot */
 	kreq__dd_entry_t *e = calloc(1, sizeof(*e) + key_len);
 	if (!e)
 		return NULL;
-	e->hash = hash_of(key, key_len);
+	e->hash = h;
 	e->key_len = (uint16_t)key_len;
 	memcpy(e->key, key, key_len);
 	memcpy(e->digest, digest, 32);
 	account(d, sizeof(*e) + key_len, 0);
-	kreq__dd_entry_t **head = &d->buckets[e->hash & (d->nbuckets - 1)];
-	e->next = *head;
-	*head = e;
+	d->slots[i] = (kreq__dd_slot_t){h, e};
 	d->count++;
 	return e;
 }

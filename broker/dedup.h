@@ -16,7 +16,7 @@
  * key is no longer deduplicated: the window is then shorter than the
  * retention, which the loop counts and logs.
  *
- * Why a private chained table rather than the client's table: this one is
+ * Why a private table rather than the client's table: this one is
  * touched by one thread only, holds variable-length keys and owns result
  * payloads; the client's is lock-sharded for fixed 16-byte ids.
  */
@@ -32,7 +32,6 @@
 typedef enum { KREQ__DD_RUNNING = 1, KREQ__DD_DONE = 2 } kreq__dd_state_t;
 
 typedef struct kreq__dd_entry {
-	struct kreq__dd_entry *next;                /* hash chain */
 	struct kreq__dd_entry *age_prev, *age_next; /* DONE entries, oldest first */
 	uint64_t hash;
 	uint16_t key_len;
@@ -49,9 +48,15 @@ typedef struct kreq__dd_entry {
 	uint8_t key[]; /* key_len bytes */
 } kreq__dd_entry_t;
 
+/* One slot of the open-addressed index: the entry and its key's hash. */
+typedef struct kreq__dd_slot {
+	uint64_t hash;
+	kreq__dd_entry_t *e; /* NULL: empty */
+} kreq__dd_slot_t;
+
 typedef struct kreq__dedup {
-	kreq__dd_entry_t **buckets;
-	size_t nbuckets, count;
+	kreq__dd_slot_t *slots; /* a power of two of them, at most half full */
+	size_t nslots, count;
 	kreq__dd_entry_t *oldest, *newest; /* DONE entries by insertion */
 	size_t bytes;                      /* footprint of every entry held */
 	size_t *shared;                    /* optional: also counted here */
@@ -65,7 +70,7 @@ void kreq__dedup_clear(kreq__dedup_t *d);
 
 kreq__dd_entry_t *kreq__dedup_find(kreq__dedup_t *d, const uint8_t *key, size_t key_len);
 
-/* The key's hash, with its bucket prefetched: a large store misses the
+/* The key's hash, with its slot prefetched: a large store misses the
  * cache on every lookup, so the loop starts the load early and does other
  * work (checks, the request digest) before kreq__dedup_find_hashed. */
 uint64_t kreq__dedup_prefetch(const kreq__dedup_t *d, const uint8_t *key, size_t key_len);
@@ -88,6 +93,8 @@ int kreq__dedup_set_done(kreq__dedup_t *d, kreq__dd_entry_t *e, const uint8_t *k
 void kreq__dedup_set_done_take(kreq__dedup_t *d, kreq__dd_entry_t *e, int32_t status,
                                uint8_t *payload, size_t len, char *error, int64_t expires_ms);
 
+/* Calls fn for every entry (fn must not add or remove entries). */
+void kreq__dedup_each(kreq__dedup_t *d, void (*fn)(kreq__dd_entry_t *e, void *arg), void *arg);
 /* Removes and frees e. */
 void kreq__dedup_remove(kreq__dedup_t *d, kreq__dd_entry_t *e);
 

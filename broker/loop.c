@@ -55,6 +55,14 @@ static kreq__part_t *part_new(kreq_server_t *s, int32_t id)
 	return pt;
 }
 
+static void cancel_running(kreq__dd_entry_t *e, void *arg)
+{
+	(void)arg;
+	if (e->state == KREQ__DD_RUNNING && e->running)
+		atomic_store_explicit(&((kreq_request_t *)e->running)->cancelled, true,
+		                      memory_order_release);
+}
+
 /* Drops a partition's state. Requests still running for it are flagged
  * cancelled; their completions will find no matching incarnation and be
  * discarded (their records are redone from the committed offset). */
@@ -63,11 +71,7 @@ static void part_drop(kreq_server_t *s, int32_t id)
 	kreq__part_t *pt = s->parts[id];
 	if (!pt)
 		return;
-	for (size_t i = 0; i < pt->dd.nbuckets; i++)
-		for (kreq__dd_entry_t *e = pt->dd.buckets[i]; e; e = e->next)
-			if (e->state == KREQ__DD_RUNNING && e->running)
-				atomic_store_explicit(&((kreq_request_t *)e->running)->cancelled,
-				                      true, memory_order_release);
+	kreq__dedup_each(&pt->dd, cancel_running, NULL);
 	kreq__dedup_clear(&pt->dd);
 	atomic_store_explicit(&s->m.dedup_bytes, s->dd_bytes, memory_order_relaxed);
 	kreq__offsets_clear(&pt->offs);

@@ -208,6 +208,62 @@ START_TEST(test_random_model)
 	for (int i = 0; i < N; i++)
 		n -= model[i] == 2;
 	ck_assert_uint_eq(dd.count, n);
+	for (int i = 0; i < N; i++) { /* the expiry's removals kept the rest reachable */
+		char idem[16];
+		snprintf(idem, sizeof(idem), "i%d", i);
+		uint8_t k[KREQ__DEDUP_KEY_MAX];
+		size_t kl = key_of(k, "kk", idem);
+		kreq__dd_entry_t *e = kreq__dedup_find(&dd, k, kl);
+		ck_assert_int_eq(e ? (int)e->state : 0, model[i] == 1 ? 1 : 0);
+	}
+	kreq__dedup_clear(&dd);
+}
+END_TEST
+
+static void count_entry(kreq__dd_entry_t *e, void *arg)
+{
+	(void)e;
+	(*(size_t *)arg)++;
+}
+
+/* A store past 2 MiB of slots (the huge-page path), then removals in an
+ * order that empties runs from the middle: every remaining key must still
+ * be found, every removed one must not, and each() visits exactly the rest. */
+START_TEST(test_large_index_and_removal)
+{
+	enum { N = 150000 };
+	kreq__dedup_t dd;
+	ck_assert_int_eq(kreq__dedup_init(&dd), KREQ_OK);
+	uint8_t k[KREQ__DEDUP_KEY_MAX];
+	char idem[16];
+	for (int i = 0; i < N; i++) {
+		snprintf(idem, sizeof(idem), "L%d", i);
+		size_t kl = key_of(k, "kk", idem);
+		ck_assert_ptr_nonnull(kreq__dedup_add_running(&dd, k, kl, D1, NULL));
+	}
+	ck_assert_uint_ge(dd.nslots * sizeof(*dd.slots), (size_t)2 << 20);
+	ck_assert_uint_le(2 * dd.count, dd.nslots);
+	for (int i = 0; i < N; i++) {
+		if (i % 3 == 0 || i % 7 == 0)
+			continue;
+		snprintf(idem, sizeof(idem), "L%d", i);
+		size_t kl = key_of(k, "kk", idem);
+		kreq__dd_entry_t *e = kreq__dedup_find(&dd, k, kl);
+		ck_assert_ptr_nonnull(e);
+		kreq__dedup_remove(&dd, e);
+	}
+	size_t left = 0, seen = 0;
+	for (int i = 0; i < N; i++) {
+		snprintf(idem, sizeof(idem), "L%d", i);
+		size_t kl = key_of(k, "kk", idem);
+		bool kept = i % 3 == 0 || i % 7 == 0;
+		kreq__dd_entry_t *e = kreq__dedup_find(&dd, k, kl);
+		ck_assert_msg(kept == (e != NULL), "key %d: kept %d found %d", i, kept, e != NULL);
+		left += kept;
+	}
+	ck_assert_uint_eq(dd.count, left);
+	kreq__dedup_each(&dd, count_entry, &seen);
+	ck_assert_uint_eq(seen, left);
 	kreq__dedup_clear(&dd);
 }
 END_TEST
@@ -248,6 +304,7 @@ int main(void)
 	tcase_add_test(tc, test_hashed_find_and_take);
 	tcase_add_test(tc, test_evict_oldest_and_shared_bytes);
 	tcase_add_test(tc, test_random_model);
+	tcase_add_test(tc, test_large_index_and_removal);
 	tcase_add_test(tc, test_offsets_out_of_order);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
