@@ -269,8 +269,8 @@ static int producer_start(kreq_server_t *s)
 	return 0;
 }
 
-/* Reply topics are warmed (common/kadmin.h) on first sight, before the
- * first reply is produced to them: one metadata round trip per topic and
+/* Output topics are warmed (common/kadmin.h) on first sight, before the
+ * first record is produced to them: one metadata round trip per topic and
  * producer, on the loop thread, bounded by KREQ__WARM_TIMEOUT_MS. */
 static void warm_one(kreq_server_t *s, rd_kafka_t *rk, const char *topic)
 {
@@ -281,17 +281,33 @@ static void warm_one(kreq_server_t *s, rd_kafka_t *rk, const char *topic)
 		          topic);
 }
 
-void kreq__kafka_warm(kreq_server_t *s, const char *topic)
+/* topic's entry in the table of output topics (broker/topics.h), added
+ * and warmed on first sight; NULL (logged) if it cannot be had. */
+static kreq__topic_t *out_topic(kreq_server_t *s, const char *topic)
 {
-	if (!kreq__warmset_add(&s->warm, kreq__warm_hash(topic)))
-		return;
+	kreq__topic_t *t = kreq__topics_find(&s->topics, topic);
+	if (t)
+		return t;
+	rd_kafka_t *const p[2] = {s->producer, s->batch_producer};
+	char why[512];
+	if (kreq__topics_add(&s->topics, topic, p, &t, why, sizeof(why))) {
+		kreq__log(s->conf, 3, "server", "%s", why);
+		return NULL;
+	}
 	warm_one(s, s->producer, topic);
 	warm_one(s, s->batch_producer, topic);
+	return t;
+}
+
+void kreq__kafka_warm(kreq_server_t *s, const char *topic)
+{
+	(void)out_topic(s, topic);
 }
 
 static void producer_reset(kreq_server_t *s)
 {
-	kreq__warmset_clear(&s->warm); /* the new producer knows no topic */
+	kreq__topics_clear(
+	    &s->topics); /* handles on the old producer; the new one knows no topic */
 	s->txn_open = false;
 	atomic_fetch_add_explicit(&s->m.producer_resets, 1, memory_order_relaxed);
 	rd_kafka_destroy(s->producer);
@@ -307,14 +323,16 @@ int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t
                         kreq__dr_t *opaque)
 {
 	rd_kafka_t *p = batch && s->batch_producer ? s->batch_producer : s->producer;
-	if (!p) {
+	kreq__topic_t *t = p ? out_topic(s, topic) : NULL;
+	if (!t) {
 		kreq__dr_free(s, opaque);
 		s->rewind_needed = true;
 		return KREQ_EKAFKA;
 	}
+	rd_kafka_topic_t *rkt = t->rkt[p == s->producer ? 0 : 1];
 	for (;;) {
 		rd_kafka_resp_err_t kerr = rd_kafka_producev(
-		    p, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+		    p, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(partition),
 		    RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE((void *)value, len),
 		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(opaque),
 		    RD_KAFKA_V_END);
@@ -629,6 +647,7 @@ void kreq__kafka_close(kreq_server_t *s)
 		rd_kafka_consumer_close(s->reader);
 		rd_kafka_destroy(s->reader);
 	}
+	kreq__topics_clear(&s->topics); /* handles first: they belong to the producers */
 	if (s->producer) {
 		rd_kafka_flush(s->producer, 5000);
 		rd_kafka_destroy(s->producer);

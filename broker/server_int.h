@@ -32,6 +32,7 @@
 #include "broker/dedup.h"
 #include "broker/offsets.h"
 #include "broker/smetrics.h"
+#include "broker/topics.h"
 #include "kreq/server.h"
 #include "common/kadmin.h"
 #include "proto/envelope.h"
@@ -157,7 +158,7 @@ struct kreq_server_s {
 	size_t dr_nfree;
 	uint8_t *seal_buf;       /* lim.envelope_max bytes: replies and results are
 	                            sealed here and copied by librdkafka */
-	kreq__warmset_t warm;    /* reply topics the producers were asked about */
+	kreq__topics_t topics;   /* output topics: producer handles (broker/topics.h) */
 	int64_t fenced_since_ms; /* kafka.c fenced_too_often(): window start */
 	int fenced_count;
 

@@ -36,27 +36,9 @@ rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int pa
  * the topic's metadata once (kreq__topic_partitions on the producer, which
  * may let the broker auto-create it exactly as producing to it would)
  * makes the producer know it at once, and releases what was queued for it.
- * A worker meets reply topics one request at a time, so it keeps a warm
- * set: which topics its producers were asked about, by 64-bit hash (a
- * collision only costs that topic the old delay). A client warms each
- * service once from its list of called services (client/health.c).
- * One thread owns a set (the worker's loop thread).
+ * A worker warms each output topic the first time it meets it (its table
+ * of producer handles, broker/topics.h); a client warms each service once
+ * from its list of called services (client/health.c).
  */
-#define KREQ__WARM_SLOTS 1024
-
-typedef struct kreq__warmset {
-	uint64_t slot[KREQ__WARM_SLOTS]; /* open addressing; 0 = empty */
-	size_t n;
-} kreq__warmset_t;
-
-/* The set's key for topic (never 0). */
-uint64_t kreq__warm_hash(const char *topic);
-/* Whether h is in the set. */
-bool kreq__warmset_has(const kreq__warmset_t *w, uint64_t h);
-/* Adds h; false if it was there. Forgets everything first when 3/4 full
- * (warming again is harmless). */
-bool kreq__warmset_add(kreq__warmset_t *w, uint64_t h);
-/* Empties the set (e.g. its producer was re-created). */
-void kreq__warmset_clear(kreq__warmset_t *w);
 
 #endif
