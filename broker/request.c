@@ -151,17 +151,21 @@ KREQ_API int kreq_request_reply(kreq_request_t *r, int32_t status, const void *p
 
 /* ---- pool --------------------------------------------------------------- */
 
-static void run_one(kreq_request_t *r)
+/* Runs r's handler. queued: r waited in the pool's queue, so it may have
+ * been cancelled or run out of budget meanwhile; an inline start follows
+ * the loop's own checks at once (same instant, nothing seen in between),
+ * so it neither checks again nor reads the clock again. */
+static void run_one(kreq_request_t *r, bool queued)
 {
 	kreq_server_t *s = r->srv;
-	int64_t now = kreq__mono_ns();
+	int64_t now = queued ? kreq__mono_ns() : r->consumed_ns;
 	kreq__hist_observe(&s->m.queue_time, (now - r->consumed_ns) / 1000);
-	if (atomic_load_explicit(&r->cancelled, memory_order_acquire)) {
+	if (queued && atomic_load_explicit(&r->cancelled, memory_order_acquire)) {
 		kreq_request_reply(r, KREQ_STATUS_CANCELLED, NULL, 0,
 		                   "cancelled before it started");
 		return;
 	}
-	if (r->op.u.req->deadline_ms - kreq__now_ms() < s->min_budget_ms) {
+	if (queued && r->op.u.req->deadline_ms - kreq__now_ms() < s->min_budget_ms) {
 		/* waited in the queue past its budget */
 		r->status = KREQ_STATUS_DEADLINE;
 		r->error = strdup("deadline exceeded before the work could start");
@@ -192,7 +196,7 @@ static void *pool_main(void *arg)
 			r->error = strdup("worker shutting down");
 			complete(r);
 		} else {
-			run_one(r);
+			run_one(r, true);
 		}
 		pthread_mutex_lock(&s->pool_lock);
 	}
@@ -250,7 +254,7 @@ void kreq__dispatch(kreq_server_t *s, kreq_request_t *r)
 	pthread_mutex_unlock(&s->ip_lock);
 	atomic_fetch_add_explicit(&s->in_progress, 1, memory_order_relaxed);
 	if (r->h->flags & KREQ_HANDLER_INLINE) {
-		run_one(r);
+		run_one(r, false);
 		return;
 	}
 	pthread_mutex_lock(&s->pool_lock);
