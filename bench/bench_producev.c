@@ -64,15 +64,15 @@ static double round_ns(rd_kafka_t *rk, char (*names)[64], rd_kafka_topic_t **rkt
 	for (int i = 0; i < n; i++) {
 		int k = i % ntopics;
 		rd_kafka_resp_err_t e =
-		    by_handle ? rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt[k]), RD_KAFKA_V_PARTITION(0),
-		                                  RD_KAFKA_V_KEY(v, 16), RD_KAFKA_V_VALUE(v, sizeof(v)),
-		                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-		                                  RD_KAFKA_V_END)
-		              : rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(names[k]),
-		                                  RD_KAFKA_V_PARTITION(0), RD_KAFKA_V_KEY(v, 16),
-		                                  RD_KAFKA_V_VALUE(v, sizeof(v)),
-		                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-		                                  RD_KAFKA_V_END);
+		    by_handle
+		        ? rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt[k]), RD_KAFKA_V_PARTITION(0),
+		                            RD_KAFKA_V_KEY(v, 16), RD_KAFKA_V_VALUE(v, sizeof(v)),
+		                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+		                            RD_KAFKA_V_END)
+		        : rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(names[k]), RD_KAFKA_V_PARTITION(0),
+		                            RD_KAFKA_V_KEY(v, 16), RD_KAFKA_V_VALUE(v, sizeof(v)),
+		                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+		                            RD_KAFKA_V_END);
 		if (e) {
 			fprintf(stderr, "producev: %s\n", rd_kafka_err2str(e));
 			exit(1);

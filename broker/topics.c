@@ -86,10 +86,9 @@ int kreq__topics_add(kreq__topics_t *t, const char *name, rd_kafka_t *const prod
 			err = KREQ_EKAFKA;
 	if (err) {
 		entry_free(&e);
-		return kreq__err(errstr, errstr_size, err, "no producer handle for topic %s: %s",
-		                 name,
-		                 err == KREQ_ENOMEM ? "out of memory"
-		                                    : rd_kafka_err2str(rd_kafka_last_error()));
+		return kreq__err(
+		    errstr, errstr_size, err, "no producer handle for topic %s: %s", name,
+		    err == KREQ_ENOMEM ? "out of memory" : rd_kafka_err2str(rd_kafka_last_error()));
 	}
 	size_t i = slot_of(t, e.hash, name);
 	t->slot[i] = e;
