@@ -306,8 +306,8 @@ void kreq__kafka_warm(kreq_server_t *s, const char *topic)
 
 static void producer_reset(kreq_server_t *s)
 {
-	kreq__topics_clear(
-	    &s->topics); /* handles on the old producer; the new one knows no topic */
+	/* the handles are the old producer's, and the new one knows no topic */
+	kreq__topics_clear(&s->topics);
 	s->txn_open = false;
 	atomic_fetch_add_explicit(&s->m.producer_resets, 1, memory_order_relaxed);
 	rd_kafka_destroy(s->producer);
