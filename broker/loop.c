@@ -387,7 +387,9 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 	                    .deadline_ms = q->deadline_ms,
 	                    .seq = seq};
 	memcpy(t.corr, q->correlation_id.data, KREQ__CORR_ID_BYTES);
-	snprintf(t.topic, sizeof(t.topic), "%s", q->reply_topic);
+	size_t tlen = strnlen(q->reply_topic, sizeof(t.topic) - 1); /* checked on decode */
+	memcpy(t.topic, q->reply_topic, tlen);
+	t.topic[tlen] = '\0';
 	const kreq__handler_t *h = handler_of(s, q->method);
 	if (!h) {
 		snprintf(why, sizeof(why), "unknown method %s", q->method);

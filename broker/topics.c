@@ -2,15 +2,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "broker/topics.h"
 #include "common/internal.h"
 #include "kreq/error.h"
 
-uint64_t kreq__topics_hash(const char *name)
+uint64_t kreq__topics_hash(uint64_t seed, const char *name)
 {
-	uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-	for (; *name; name++)
-		h = (h ^ (uint8_t)*name) * 1099511628211ULL;
+	size_t n = strlen(name);
+	uint64_t h = seed ^ (n * 0x9e3779b97f4a7c15ULL), w;
+	for (; n >= 8; n -= 8, name += 8) {
+		memcpy(&w, name, 8);
+		h = (h ^ w) * 0xbf58476d1ce4e5b9ULL;
+		h ^= h >> 29;
+	}
+	w = 0;
+	memcpy(&w, name, n);
+	h = (h ^ w) * 0x94d049bb133111ebULL; /* the tail, then a final mix */
+	h ^= h >> 32;
+	h *= 0xd6e8feb86659fd93ULL;
+	h ^= h >> 32;
 	return h ? h : 1;
 }
 
@@ -27,7 +39,7 @@ kreq__topic_t *kreq__topics_find(const kreq__topics_t *t, const char *name)
 {
 	if (!t->count)
 		return NULL;
-	size_t i = slot_of(t, kreq__topics_hash(name), name);
+	size_t i = slot_of(t, kreq__topics_hash(t->seed, name), name);
 	return t->slot[i].hash ? &t->slot[i] : NULL;
 }
 
@@ -45,7 +57,7 @@ void kreq__topics_clear(kreq__topics_t *t)
 		if (t->slot[i].hash)
 			entry_free(&t->slot[i]);
 	free(t->slot);
-	*t = (kreq__topics_t){.max = t->max};
+	*t = (kreq__topics_t){.max = t->max}; /* a new seed at the next add */
 }
 
 /* Room for one more at load <= 1/2. */
@@ -53,6 +65,8 @@ static int reserve(kreq__topics_t *t)
 {
 	if (t->count >= (t->max ? t->max : KREQ__TOPICS_MAX))
 		kreq__topics_clear(t);
+	if (!t->count) /* empty: no hash under the old seed is left */
+		randombytes_buf(&t->seed, sizeof(t->seed));
 	if (2 * (t->count + 1) <= t->nslots)
 		return KREQ_OK;
 	size_t n = t->nslots ? 2 * t->nslots : 64, mask = n - 1;
@@ -79,7 +93,7 @@ int kreq__topics_add(kreq__topics_t *t, const char *name, rd_kafka_t *const prod
 	if (reserve(t))
 		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory for topic %s",
 		                 name);
-	kreq__topic_t e = {kreq__topics_hash(name), strdup(name), {NULL, NULL}};
+	kreq__topic_t e = {kreq__topics_hash(t->seed, name), strdup(name), {NULL, NULL}};
 	int err = e.name ? KREQ_OK : KREQ_ENOMEM;
 	for (int k = 0; k < 2 && !err; k++)
 		if (producer[k] && !(e.rkt[k] = rd_kafka_topic_new(producer[k], name, NULL)))

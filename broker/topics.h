@@ -39,11 +39,14 @@ typedef struct kreq__topic {
 typedef struct kreq__topics {
 	kreq__topic_t *slot; /* open addressing, a power of two of them, <= 1/2 full */
 	size_t nslots, count;
-	size_t max; /* the bound; 0: KREQ__TOPICS_MAX (tests set a small one) */
+	uint64_t seed; /* of the hash: random, chosen at the first add */
+	size_t max;    /* the bound; 0: KREQ__TOPICS_MAX (tests set a small one) */
 } kreq__topics_t;
 
-/* The topic's hash (FNV-1a; never 0). */
-uint64_t kreq__topics_hash(const char *name);
+/* name's hash under seed (never 0). Eight bytes a step: the loop hashes
+ * two or three topic names per call. Seeded per table, so which reply
+ * topic names collide cannot be worked out in advance. */
+uint64_t kreq__topics_hash(uint64_t seed, const char *name);
 /* The entry for name, or NULL. */
 kreq__topic_t *kreq__topics_find(const kreq__topics_t *t, const char *name);
 /* Adds name (absent) with a handle on each non-NULL producer[i]: KREQ_OK

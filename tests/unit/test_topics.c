@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "broker/topics.h"
 #include "kreq/error.h"
 #include "testsupport.h"
@@ -42,9 +44,19 @@ static void check_entry(const kreq__topic_t *e, const char *name, bool two)
 
 START_TEST(test_hash_is_stable_and_nonzero)
 {
-	ck_assert_uint_eq(kreq__topics_hash("a.svc.requests"), kreq__topics_hash("a.svc.requests"));
-	ck_assert_uint_ne(kreq__topics_hash("a.svc.requests"), kreq__topics_hash("b.svc.requests"));
-	ck_assert_uint_ne(kreq__topics_hash(""), 0);
+	const char *a = "p.reply.client-0123456789abcdef", *b = "p.reply.client-0123456789abcdeg";
+	ck_assert_uint_eq(kreq__topics_hash(1, a), kreq__topics_hash(1, a));
+	ck_assert_uint_ne(kreq__topics_hash(1, a), kreq__topics_hash(1, b)); /* last byte */
+	ck_assert_uint_ne(kreq__topics_hash(1, a), kreq__topics_hash(2, a)); /* seed */
+	ck_assert_uint_ne(kreq__topics_hash(0, ""), 0);
+	/* every tail length 0-7 after whole words reaches the hash */
+	char s[24] = "0123456789abcdefghijklm";
+	for (int n = 16; n < 23; n++) {
+		char x[24], y[24];
+		memcpy(x, s, (size_t)n + 1), x[n + 1] = '\0';
+		memcpy(y, s, (size_t)n + 1), y[n + 1] = '\0', y[n] = 'Z';
+		ck_assert_uint_ne(kreq__topics_hash(7, x), kreq__topics_hash(7, y));
+	}
 }
 END_TEST
 
@@ -125,6 +137,8 @@ END_TEST
 
 int main(void)
 {
+	if (sodium_init() < 0)
+		return 2;
 	Suite *s = suite_create("topics");
 	TCase *tc = tcase_create("core");
 	tcase_set_timeout(tc, 60);
