@@ -299,11 +299,6 @@ static kreq__topic_t *out_topic(kreq_server_t *s, const char *topic)
 	return t;
 }
 
-void kreq__kafka_warm(kreq_server_t *s, const char *topic)
-{
-	(void)out_topic(s, topic);
-}
-
 static void producer_reset(kreq_server_t *s)
 {
 	/* the handles are the old producer's, and the new one knows no topic */
@@ -314,7 +309,7 @@ static void producer_reset(kreq_server_t *s)
 	s->producer = NULL;
 	if (producer_start(s) == 0) {
 		kreq__log(s->conf, 5, "server", "producer re-created after a fatal error");
-		kreq__kafka_warm(s, s->res_topic); /* reply topics: on their next request */
+		(void)out_topic(s, s->res_topic); /* reply topics: at their next reply */
 	}
 }
 
@@ -618,7 +613,7 @@ int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
 	    ensure_topics(s) ||
 	    !(s->consumer = make_handle(s, RD_KAFKA_CONSUMER, s->group, false, -1, rebalance_cb)))
 		return -1;
-	kreq__kafka_warm(s, s->res_topic); /* the first results leave at once too */
+	(void)out_topic(s, s->res_topic); /* warmed now: the first result leaves at once */
 	rd_kafka_poll_set_consumer(s->consumer);
 	s->cq = rd_kafka_queue_get_consumer(s->consumer);
 	static const uint64_t one = 1;

@@ -381,7 +381,6 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 		reject(s, KREQ__R_REPLY_TOPIC, m, why);
 		return true;
 	}
-	kreq__kafka_warm(s, q->reply_topic);
 	kreq__target_t t = {.partition = q->reply_partition,
 	                    .attempt = q->attempt,
 	                    .deadline_ms = q->deadline_ms,

@@ -213,9 +213,6 @@ void kreq__wake(kreq_server_t *s);
 int kreq__loop_run(kreq_server_t *s);
 
 /* kafka.c */
-/* Before the first reply to a reply topic (loop thread): makes the
- * producers look the topic up now (see kafka.c). */
-void kreq__kafka_warm(kreq_server_t *s, const char *topic);
 typedef void(kreq__rebalance_cb_t)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                    rd_kafka_topic_partition_list_t *parts, void *opaque);
 int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb);
