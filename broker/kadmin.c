@@ -64,6 +64,7 @@ static void serve(kreqd_admin_t *a, int fd)
 static void *admin_main(void *arg)
 {
 	kreqd_admin_t *a = arg;
+	pthread_setname_np(pthread_self(), "kreqd:admin");
 	struct pollfd p[2] = {{.fd = a->listen_fd, .events = POLLIN},
 	                      {.fd = a->stop_fd, .events = POLLIN}};
 	for (;;) {

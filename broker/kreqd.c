@@ -412,6 +412,7 @@ static void reload_keys(kreqd_t *k)
 static void *signal_main(void *arg)
 {
 	kreqd_t *k = arg;
+	pthread_setname_np(pthread_self(), "kreqd:signals");
 	sigset_t set;
 	signal_set(&set);
 	for (;;) {

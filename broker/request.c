@@ -180,6 +180,7 @@ static void run_one(kreq_request_t *r, bool queued)
 static void *pool_main(void *arg)
 {
 	kreq_server_t *s = arg;
+	pthread_setname_np(pthread_self(), "kreq:handler");
 	pthread_mutex_lock(&s->pool_lock);
 	for (;;) {
 		while (!s->pool_head && !s->pool_stop)

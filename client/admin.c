@@ -160,6 +160,7 @@ static void serve(kreq__admin_t *a, int fd)
 static void *admin_main(void *arg)
 {
 	kreq__admin_t *a = arg;
+	pthread_setname_np(pthread_self(), "kreq:admin");
 	struct pollfd p[2] = {{.fd = a->listen_fd, .events = POLLIN},
 	                      {.fd = a->stop_fd, .events = POLLIN}};
 	for (;;) {

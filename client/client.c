@@ -807,6 +807,7 @@ static int sleep_ms(kreq_client_t *c)
 static void *service_main(void *arg)
 {
 	kreq_client_t *c = arg;
+	pthread_setname_np(pthread_self(), "kreq:client");
 	struct pollfd pfd = {.fd = c->wake_fd, .events = POLLIN};
 	while (!atomic_load(&c->stopping)) {
 		int ms = sleep_ms(c);

@@ -149,6 +149,7 @@ static void record(kreq__health_t *h, const char *name, bool up)
 static void *health_main(void *arg)
 {
 	kreq__health_t *h = arg;
+	pthread_setname_np(pthread_self(), "kreq:health");
 	char name[KREQ__METHOD_MAX + 1];
 	pthread_mutex_lock(&h->mu);
 	while (!h->stop) {

@@ -7,12 +7,15 @@
  * KREQ_EUNAVAILABLE long before their deadlines and new calls are refused at
  * once; when a broker is back, calls are accepted again. Also checks that a
  * client works against the mock cluster at all (the embedded demo's setup)
- * and the admin socket and slow-request report.
+ * and the admin socket and slow-request report, and names its threads.
  */
 #include <check.h>
+#include <dirent.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <sodium.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -155,12 +158,37 @@ static void log_cb(void *opaque, int level, const char *fac, const char *msg)
 		atomic_fetch_add(&slow_lines, 1);
 }
 
+/* Whether a thread of this process is named name (/proc/self/task/N/comm). */
+static bool has_thread(const char *name)
+{
+	DIR *d = opendir("/proc/self/task");
+	ck_assert_ptr_nonnull(d);
+	bool found = false;
+	for (struct dirent *e; !found && (e = readdir(d));) {
+		char path[300], comm[32] = "";
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue; /* "." and "..", or a thread that just ended */
+		if (fgets(comm, sizeof(comm), f))
+			comm[strcspn(comm, "\n")] = 0;
+		fclose(f);
+		found = !strcmp(comm, name);
+	}
+	closedir(d);
+	return found;
+}
+
 START_TEST(test_admin_socket_and_slow_report)
 {
 	char path[64];
 	snprintf(path, sizeof(path), "/tmp/kreq-admin-%d.sock", (int)getpid());
 	const char *conf[] = {"admin.socket", path, "slow.report.in.flight", "3", NULL};
 	kreq_client_t *c = client(conf, log_cb);
+	/* the library's threads are named (top -H, perf, docs/threading.md) */
+	ck_assert(has_thread("kreq:client"));
+	ck_assert(has_thread("kreq:health"));
+	ck_assert(has_thread("kreq:admin"));
 	kreq_future_t *f[3];
 	kreq_call_opts_t *o = kreq_call_opts_new();
 	ck_assert_int_eq(kreq_call_opts_set_idempotency_key(o, "idem", 4), KREQ_OK);
