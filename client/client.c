@@ -807,7 +807,6 @@ static int sleep_ms(kreq_client_t *c)
 static void *service_main(void *arg)
 {
 	kreq_client_t *c = arg;
-	pthread_setname_np(pthread_self(), "kreq:client");
 	struct pollfd pfd = {.fd = c->wake_fd, .events = POLLIN};
 	while (!atomic_load(&c->stopping)) {
 		int ms = sleep_ms(c);
@@ -1058,6 +1057,8 @@ static int client_start(kreq_client_t *c, char *errstr, size_t errstr_size)
 		err = kreq__admin_start(c, admin, &c->admin, errstr, errstr_size);
 	if (!err && pthread_create(&c->thread, NULL, service_main, c) != 0)
 		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "cannot start service thread");
+	else if (!err)
+		pthread_setname_np(c->thread, "kreq:client");
 	int64_t check_ms = kreq__conf_int(c->conf, KREQ__P_SERVICE_CHECK_MS);
 	if (!err && !(c->health = kreq__health_start(c, check_ms))) {
 		atomic_store(&c->stopping, true); /* the service thread is running: stop it */
@@ -1124,11 +1125,6 @@ void kreq_client_destroy(kreq_client_t *c)
 
 /* ---- calls -------------------------------------------------------------- */
 
-static void call_fini(kreq_future_t *f)
-{
-	free(call_of(f)->blob);
-}
-
 static int call_cancel(kreq_future_t *f)
 {
 	kreq__call_t *call = call_of(f);
@@ -1150,7 +1146,15 @@ static bool method_valid(const char *m)
 	return n > 0;
 }
 
-/* Fills the call record; one allocation holds everything the call owns. */
+/* Bytes of the blob a call of these arguments keeps (see kreq__call_t). */
+static size_t blob_size(const char *method, size_t len, const kreq_call_opts_t *o)
+{
+	size_t idem = o && o->idem_len ? o->idem_len : 16, tp = o ? strlen(o->traceparent) : 0;
+	return strlen(method) + 1 + idem + tp + 1 + len;
+}
+
+/* Fills the call record and its blob, which follows it in the future's
+ * extra area: one allocation holds everything the call owns. */
 static int call_init(kreq_client_t *c, kreq__call_t *call, const char *method, const void *payload,
                      size_t len, const kreq_call_opts_t *o)
 {
@@ -1160,9 +1164,7 @@ static int call_init(kreq_client_t *c, kreq__call_t *call, const char *method, c
 	call->idem_len = (uint16_t)(o && o->idem_len ? o->idem_len : 16);
 	call->tp_len = (uint16_t)(o ? strlen(o->traceparent) : 0);
 	call->payload_len = (uint32_t)len;
-	call->blob = malloc((size_t)call->method_len + 1 + call->idem_len + call->tp_len + 1 + len);
-	if (!call->blob)
-		return KREQ_ENOMEM;
+	call->blob = (uint8_t *)(call + 1);
 	memcpy(call->blob, method, call->method_len + 1u);
 	memcpy((uint8_t *)blob_idem(call), o && o->idem_len ? o->idem : call->corr_id,
 	       call->idem_len);
@@ -1226,7 +1228,9 @@ int kreq_client_call(kreq_client_t *c, const char *method, const void *payload, 
 			count(&c->metrics.outcome[KREQ__OUT_BACKPRESSURE]);
 		return err;
 	}
-	kreq_future_t *f = kreq__future_new(sizeof(kreq__call_t), call_fini, call_cancel);
+	/* len is at most payload.max.bytes (check_call_args): no overflow */
+	kreq_future_t *f = kreq__future_new(sizeof(kreq__call_t) + blob_size(method, len, opts),
+	                                    NULL, call_cancel);
 	if (!f) {
 		release_slot(c);
 		return KREQ_ENOMEM;

@@ -17,7 +17,8 @@
 
 enum { KREQ__PHASE_WAIT = 0, KREQ__PHASE_BACKOFF = 1 };
 
-/* Per-call record, in the future's extra area (one allocation per call). */
+/* Per-call record, in the future's extra area, followed by its blob (one
+ * allocation per call). */
 typedef struct kreq__call {
 	kreq_client_t *client;
 	kreq__timer_node_t timer; /* the call's one timer: attempt timeout,
@@ -34,7 +35,8 @@ typedef struct kreq__call {
 	struct kreq__call *next_done; /* completion queue link */
 	uint16_t method_len, idem_len, tp_len;
 	uint32_t payload_len;
-	uint8_t *blob; /* method \0 | idempotency key | traceparent \0 | payload */
+	uint8_t *blob; /* method \0 | idempotency key | traceparent \0 | payload,
+	                  right after this record (same allocation) */
 } kreq__call_t;
 
 /* A sealed request held back while the service thread delivers replies. */
