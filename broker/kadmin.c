@@ -64,7 +64,6 @@ static void serve(kreqd_admin_t *a, int fd)
 static void *admin_main(void *arg)
 {
 	kreqd_admin_t *a = arg;
-	pthread_setname_np(pthread_self(), "kreqd:admin");
 	struct pollfd p[2] = {{.fd = a->listen_fd, .events = POLLIN},
 	                      {.fd = a->stop_fd, .events = POLLIN}};
 	for (;;) {
@@ -159,6 +158,8 @@ int kreqd_admin_start(const char *path, kreq_server_t *s, kreqd_admin_t **out, c
 		err = kreq__err(errstr, errstr_size, KREQ_EIO, "eventfd: %s", strerror(errno));
 	if (!err && pthread_create(&a->thread, NULL, admin_main, a) != 0)
 		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "cannot start the admin thread");
+	else if (!err)
+		pthread_setname_np(a->thread, "kreqd:admin");
 	if (err) {
 		release(a, bound);
 		return err;

@@ -412,7 +412,6 @@ static void reload_keys(kreqd_t *k)
 static void *signal_main(void *arg)
 {
 	kreqd_t *k = arg;
-	pthread_setname_np(pthread_self(), "kreqd:signals");
 	sigset_t set;
 	signal_set(&set);
 	for (;;) {
@@ -456,6 +455,7 @@ static int start_endpoints(kreqd_t *k)
 		snprintf(k->err, sizeof(k->err), "cannot start the signal thread");
 		return fail(k, EXIT_RUNTIME, "signals");
 	}
+	pthread_setname_np(k->sig_thread, "kreqd:signals");
 	k->sig_started = true;
 	return -1;
 }

@@ -794,8 +794,7 @@ int kreq__loop_run(kreq_server_t *s)
 	s->loop_thread = pthread_self();
 	atomic_store_explicit(&s->loop_running, true, memory_order_release);
 	s->light_commit_ns = s->housekeeping_ns = kreq__mono_ns();
-	if (kreq__kafka_start(s, on_rebalance) == 0) {
-		kreq__pool_start(s);
+	if (kreq__kafka_start(s, on_rebalance) == 0 && kreq__pool_start(s) == 0) {
 		kreq__log(s->conf, 6, "server", "serving %s (%s mode) as %s", s->req_topic,
 		          s->txn_mode ? "transactional" : "light", s->client_id);
 		bool more = false;

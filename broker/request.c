@@ -180,7 +180,6 @@ static void run_one(kreq_request_t *r, bool queued)
 static void *pool_main(void *arg)
 {
 	kreq_server_t *s = arg;
-	pthread_setname_np(pthread_self(), "kreq:handler");
 	pthread_mutex_lock(&s->pool_lock);
 	for (;;) {
 		while (!s->pool_head && !s->pool_stop)
@@ -220,12 +219,22 @@ void kreq__pool_drain(kreq_server_t *s)
 	}
 }
 
-void kreq__pool_start(kreq_server_t *s)
+int kreq__pool_start(kreq_server_t *s)
 {
 	s->pool_stop = false;
 	s->pool_started = true;
-	for (int i = 0; i < s->nthreads; i++)
-		pthread_create(&s->threads[i], NULL, pool_main, s);
+	for (int i = 0; i < s->nthreads; i++) {
+		int rc = pthread_create(&s->threads[i], NULL, pool_main, s);
+		if (rc) {
+			s->nthreads = i; /* the ones started are stopped and joined */
+			kreq__pool_stop(s);
+			kreq__loop_fatal(s, KREQ_ENOMEM, "cannot start handler thread %d: %s", i + 1,
+			                 strerror(rc));
+			return -1;
+		}
+		pthread_setname_np(s->threads[i], "kreq:handler");
+	}
+	return 0;
 }
 
 void kreq__pool_stop(kreq_server_t *s)

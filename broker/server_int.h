@@ -196,7 +196,9 @@ typedef struct kreq__dr {
 #define KREQ__RECYCLE_MAX 4096
 
 /* request.c */
-void kreq__pool_start(kreq_server_t *s);
+/* Starts server.handler.threads pool threads; on failure stops those
+ * started, fails the loop (kreq__loop_fatal) and returns -1. */
+int kreq__pool_start(kreq_server_t *s);
 void kreq__pool_stop(kreq_server_t *s);
 /* Completes every queued, not started request with status 9 (shutdown). */
 void kreq__pool_drain(kreq_server_t *s);

@@ -160,7 +160,6 @@ static void serve(kreq__admin_t *a, int fd)
 static void *admin_main(void *arg)
 {
 	kreq__admin_t *a = arg;
-	pthread_setname_np(pthread_self(), "kreq:admin");
 	struct pollfd p[2] = {{.fd = a->listen_fd, .events = POLLIN},
 	                      {.fd = a->stop_fd, .events = POLLIN}};
 	for (;;) {
@@ -219,6 +218,8 @@ int kreq__admin_start(kreq_client_t *c, const char *path, kreq__admin_t **out, c
 		err = kreq__err(errstr, errstr_size, KREQ_EIO, "eventfd: %s", strerror(errno));
 	if (!err && pthread_create(&a->thread, NULL, admin_main, a) != 0)
 		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "cannot start admin thread");
+	else if (!err)
+		pthread_setname_np(a->thread, "kreq:admin");
 	if (err) {
 		if (a->listen_fd >= 0) {
 			close(a->listen_fd);
