@@ -1,5 +1,7 @@
 /* health.c — see health.h. */
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -10,13 +12,16 @@
 #include "common/internal.h"
 
 #define MAX_SERVICES    1024
+#define INDEX_SLOTS     2048 /* power of two, twice MAX_SERVICES: short probes */
 #define LIST_TIMEOUT_MS 5000
 
 typedef struct svc {
 	char name[KREQ__METHOD_MAX + 1];
-	int64_t next_check_ms;
-	bool down;
-	bool warmed; /* its request topic was looked up (kreq__warm_service) */
+	size_t len;
+	uint32_t hash;
+	_Atomic bool down;     /* written by the health thread, read by callers */
+	int64_t next_check_ms; /* under mu */
+	bool warmed;           /* its request topic was looked up (kreq__warm_service); under mu */
 } svc_t;
 
 struct kreq__health {
@@ -26,7 +31,12 @@ struct kreq__health {
 	pthread_mutex_t mu;
 	pthread_cond_t cv; /* CLOCK_MONOTONIC */
 	bool stop;
-	size_t n;
+	size_t n;          /* under mu */
+	_Atomic bool full; /* n == MAX_SERVICES: new services go unchecked */
+	/* open-addressed index of svcs: 0 empty, else index + 1. A slot and
+	 * the entry it names are written once, under mu, entry first; readers
+	 * take no lock (acquire load of the slot). */
+	_Atomic uint16_t index[INDEX_SLOTS];
 	svc_t svcs[MAX_SERVICES];
 };
 
@@ -41,33 +51,65 @@ static size_t service_len(const char *method)
 	return dot ? (size_t)(dot - method) : strlen(method);
 }
 
-static svc_t *find(kreq__health_t *h, const char *name, size_t len)
+static uint32_t name_hash(const char *name, size_t len)
 {
-	for (size_t i = 0; i < h->n; i++)
-		if (strlen(h->svcs[i].name) == len && !memcmp(h->svcs[i].name, name, len))
-			return &h->svcs[i];
-	return NULL;
+	uint32_t x = 2166136261u; /* FNV-1a */
+	for (size_t i = 0; i < len; i++)
+		x = (x ^ (unsigned char)name[i]) * 16777619u;
+	return x;
+}
+
+/* The entry of service name[0..len), or NULL with *empty set to the slot
+ * where it would go. Lock-free; terminates because at most half the slots
+ * are ever used. */
+static svc_t *find(kreq__health_t *h, const char *name, size_t len, uint32_t hash, size_t *empty)
+{
+	for (size_t i = hash & (INDEX_SLOTS - 1);; i = (i + 1) & (INDEX_SLOTS - 1)) {
+		uint16_t v = atomic_load_explicit(&h->index[i], memory_order_acquire);
+		if (!v) {
+			*empty = i;
+			return NULL;
+		}
+		svc_t *s = &h->svcs[v - 1];
+		if (s->hash == hash && s->len == len && !memcmp(s->name, name, len))
+			return s;
+	}
+}
+
+/* Registers a new service and wakes the thread for its first check; NULL
+ * when the table is full (the service goes unchecked). */
+static svc_t *add(kreq__health_t *h, const char *name, size_t len, uint32_t hash)
+{
+	size_t slot;
+	pthread_mutex_lock(&h->mu);
+	svc_t *s = find(h, name, len, hash, &slot); /* again: another caller may have won */
+	if (!s && h->n < MAX_SERVICES) {
+		s = &h->svcs[h->n];
+		memcpy(s->name, name, len);
+		s->name[len] = '\0';
+		s->len = len;
+		s->hash = hash;
+		atomic_init(&s->down, false);
+		s->next_check_ms = 0;
+		s->warmed = false;
+		atomic_store_explicit(&h->index[slot], (uint16_t)(++h->n), memory_order_release);
+		atomic_store_explicit(&h->full, h->n == MAX_SERVICES, memory_order_relaxed);
+		pthread_cond_signal(&h->cv);
+	}
+	pthread_mutex_unlock(&h->mu);
+	return s;
 }
 
 bool kreq__health_admit(kreq__health_t *h, const char *method)
 {
 	if (!h)
 		return true;
-	size_t len = service_len(method);
-	pthread_mutex_lock(&h->mu);
-	svc_t *s = find(h, method, len);
-	if (!s && h->n < MAX_SERVICES) { /* beyond the cap services go unchecked */
-		s = &h->svcs[h->n++];
-		memcpy(s->name, method, len);
-		s->name[len] = '\0';
-		s->next_check_ms = 0;
-		s->down = false;
-		s->warmed = false;
-		pthread_cond_signal(&h->cv);
-	}
-	bool ok = !s || !s->down;
-	pthread_mutex_unlock(&h->mu);
-	return ok;
+	size_t len = service_len(method), slot;
+	uint32_t hash = name_hash(method, len);
+	svc_t *s = find(h, method, len, hash, &slot);
+	if (!s && !atomic_load_explicit(&h->full, memory_order_relaxed))
+		s = add(h, method, len, hash);
+	return !s || !atomic_load_explicit(&s->down, memory_order_relaxed);
 }
 
 /* true if the service's group has a member, or if Kafka could not say
@@ -124,15 +166,14 @@ static bool next_due(kreq__health_t *h, char *name, int64_t *wait_ms)
 	return false;
 }
 
-static void record(kreq__health_t *h, const char *name, bool up)
+void kreq__health_record(kreq__health_t *h, const char *name, bool up)
 {
 	kreq_client_t *c = h->c;
-	pthread_mutex_lock(&h->mu);
-	svc_t *s = find(h, name, strlen(name));
-	bool was_down = s && s->down;
-	if (s)
-		s->down = !up;
-	pthread_mutex_unlock(&h->mu);
+	size_t len = strlen(name), slot;
+	svc_t *s = find(h, name, len, name_hash(name, len), &slot);
+	if (!s)
+		return;
+	bool was_down = atomic_exchange_explicit(&s->down, !up, memory_order_relaxed);
 	if (!up) {
 		char msg[KREQ__METHOD_MAX + 160];
 		snprintf(msg, sizeof(msg),
@@ -149,7 +190,6 @@ static void record(kreq__health_t *h, const char *name, bool up)
 static void *health_main(void *arg)
 {
 	kreq__health_t *h = arg;
-	pthread_setname_np(pthread_self(), "kreq:health");
 	char name[KREQ__METHOD_MAX + 1];
 	pthread_mutex_lock(&h->mu);
 	while (!h->stop) {
@@ -170,7 +210,7 @@ static void *health_main(void *arg)
 			continue;
 		}
 		pthread_mutex_unlock(&h->mu);
-		record(h, name, served(h, name));
+		kreq__health_record(h, name, served(h, name));
 		pthread_mutex_lock(&h->mu);
 	}
 	pthread_mutex_unlock(&h->mu);
@@ -196,6 +236,7 @@ kreq__health_t *kreq__health_start(kreq_client_t *c, int64_t interval_ms)
 		free(h);
 		return NULL;
 	}
+	pthread_setname_np(h->thread, "kreq:health");
 	return h;
 }
 

@@ -10,7 +10,7 @@
  * new calls are refused at once, until a check finds a member again.
  *
  * The same thread, first, warms each new service's request topic
- * (kreq__warm_service, common/kadmin.h): without it the first call to a
+ * (kreq__warm_service, client/client_int.h): without it the first call to a
  * service waited up to a second for librdkafka to look the topic up. It
  * runs with service.check.ms = 0 too (then only warming).
  */
@@ -30,7 +30,16 @@ void kreq__health_stop(kreq__health_t *h);
 
 /* Called for every call: registers the method's service (waking the thread
  * for its first check) and returns false if the service is known to have no
- * worker. Cheap: a mutex-protected lookup in a short array. */
+ * worker. Takes no lock for a known service (a lock-free lookup in an
+ * open-addressed index); the first call of a new service takes the
+ * thread's mutex to register it. At most 1024 services are tracked; calls of
+ * further services are admitted unchecked. Any thread. */
 bool kreq__health_admit(kreq__health_t *h, const char *method);
+
+/* Records a check's result for service (the thread calls it after each
+ * check; tests call it directly): down fails the service's pending calls
+ * and refuses new ones, up admits them again. An unknown service is
+ * ignored. Any thread. */
+void kreq__health_record(kreq__health_t *h, const char *service, bool up);
 
 #endif

@@ -7,7 +7,8 @@
  * KREQ_EUNAVAILABLE long before their deadlines and new calls are refused at
  * once; when a broker is back, calls are accepted again. Also checks that a
  * client works against the mock cluster at all (the embedded demo's setup)
- * and the admin socket and slow-request report, and names its threads.
+ * and the admin socket and slow-request report, names its threads, and
+ * admits calls per service from a lock-free table.
  */
 #include <check.h>
 #include <dirent.h>
@@ -16,6 +17,7 @@
 #include <sodium.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -24,6 +26,7 @@
 
 #include "client/admin.h"
 #include "client/client_int.h"
+#include "client/health.h"
 #include "kreq/client.h"
 #include "kreq/error.h"
 #include "testsupport.h"
@@ -213,6 +216,64 @@ START_TEST(test_admin_socket_and_slow_report)
 }
 END_TEST
 
+/* Admits svc<from>.m .. svc<to - 1>.m; counts refusals. */
+typedef struct admit_run {
+	kreq__health_t *h;
+	int from, to;
+	int refused;
+} admit_run_t;
+
+static void *admit_range(void *arg)
+{
+	admit_run_t *r = arg;
+	char m[32];
+	for (int i = r->from; i < r->to; i++) {
+		snprintf(m, sizeof(m), "svc%d.m", i);
+		r->refused += !kreq__health_admit(r->h, m);
+	}
+	return NULL;
+}
+
+/* Every service a client calls is registered once (up to 1024; later ones
+ * go unchecked) and found again without a lock from any thread; a service
+ * found down refuses calls to all its methods until it is up again. */
+START_TEST(test_service_admission)
+{
+	const char *conf[] = {"service.check.ms", "0", NULL};
+	kreq_client_t *c = client(conf, NULL);
+	kreq__health_t *h = c->health;
+	admit_run_t all = {h, 0, 1100, 0};
+	admit_range(&all); /* svc0..svc1023 registered, in order; the rest not */
+	ck_assert_int_eq(all.refused, 0);
+	kreq__health_record(h, "svc7", false);
+	kreq__health_record(h, "svc1023", false);
+	kreq__health_record(h, "svc1024", false); /* beyond the cap: unknown, ignored */
+	ck_assert(!kreq__health_admit(h, "svc7.a"));
+	ck_assert(!kreq__health_admit(h, "svc7.other"));
+	ck_assert(!kreq__health_admit(h, "svc1023.x"));
+	ck_assert(kreq__health_admit(h, "svc1024.x"));
+	ck_assert(kreq__health_admit(h, "svc70.a"));
+	ck_assert(kreq__health_admit(h, "svc.a"));
+	kreq_future_t *f = NULL;
+	ck_assert_int_eq(kreq_client_call(c, "svc7.a", "x", 1, NULL, &f), KREQ_EUNAVAILABLE);
+	ck_assert_ptr_null(f);
+	kreq__health_record(h, "svc7", true);
+	ck_assert(kreq__health_admit(h, "svc7.a"));
+	/* readers on two threads while the table is full and one entry flips */
+	admit_run_t r[2] = {{h, 0, 1100, 0}, {h, 0, 1100, 0}};
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		ck_assert_int_eq(pthread_create(&t[i], NULL, admit_range, &r[i]), 0);
+	for (int i = 0; i < 50; i++)
+		kreq__health_record(h, "svc5", i % 2 == 1);
+	for (int i = 0; i < 2; i++)
+		ck_assert_int_eq(pthread_join(t[i], NULL), 0);
+	for (int i = 0; i < 2; i++) /* svc1023 stays down; svc5 was down at times */
+		ck_assert(r[i].refused >= 1 && r[i].refused <= 2);
+	kreq_client_destroy(c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("client_mock");
@@ -222,6 +283,7 @@ int main(void)
 	tcase_add_test(tc, test_fail_fast_when_kafka_unreachable);
 	tcase_add_test(tc, test_admin_socket_and_slow_report);
 	tcase_add_test(tc, test_signing_key_id_must_match);
+	tcase_add_test(tc, test_service_admission);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
