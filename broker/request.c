@@ -228,8 +228,8 @@ int kreq__pool_start(kreq_server_t *s)
 		if (rc) {
 			s->nthreads = i; /* the ones started are stopped and joined */
 			kreq__pool_stop(s);
-			kreq__loop_fatal(s, KREQ_ENOMEM, "cannot start handler thread %d: %s", i + 1,
-			                 strerror(rc));
+			kreq__loop_fatal(s, KREQ_ENOMEM, "cannot start handler thread %d: %s",
+			                 i + 1, strerror(rc));
 			return -1;
 		}
 		pthread_setname_np(s->threads[i], "kreq:handler");
