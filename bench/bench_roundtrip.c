@@ -34,7 +34,11 @@
  * (e.g. kafka.linger.ms=1), KREQ_BENCH_SERVER_CONF the same for the real
  * server; KREQ_BENCH_ONLY=256 runs only that load (for a profiler; any
  * other number runs that many calls in flight instead of 256: 1024 shows
- * whether a load is bound by latency or by CPU); KREQ_BENCH_STATS=file appends the librdkafka
+ * whether a load is bound by latency or by CPU); KREQ_BENCH_VERBOSE=1 prints
+ * every round's rates and CPU (the run-to-run spread of raw is large);
+ * KREQ_BENCH_RAW_CONF="name=value,..." sets librdkafka properties of the raw
+ * baseline's handles only (e.g. max.in.flight.requests.per.connection=1,
+ * kreq's producer setting); KREQ_BENCH_STATS=file appends the librdkafka
  * statistics of the bench's own handles, one JSON document a line. The run's topics
  * ("<prefix>.*") are deleted at the end.
  */
@@ -79,7 +83,28 @@ static int dump_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 	return 0;
 }
 
-static rd_kafka_t *handle(rd_kafka_type_t type, const char *group)
+/* Applies the librdkafka properties in environment variable var
+ * ("name=value,...") to c. */
+static void rdconf_from_env(rd_kafka_conf_t *c, const char *var)
+{
+	char err[512];
+	const char *extra = getenv(var);
+	char *dup = extra ? strdup(extra) : NULL, *save = NULL;
+	for (char *kv = dup ? strtok_r(dup, ",", &save) : NULL; kv;
+	     kv = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(kv, '=');
+		if (!eq)
+			die("KREQ_BENCH_RAW_CONF: name=value,...");
+		*eq = 0;
+		if (rd_kafka_conf_set(c, kv, eq + 1, err, sizeof(err)))
+			die(err);
+	}
+	free(dup);
+}
+
+/* A librdkafka handle with the benchmark's settings; raw: one of the raw
+ * baseline's (KREQ_BENCH_RAW_CONF applies). */
+static rd_kafka_t *handle(rd_kafka_type_t type, const char *group, bool raw)
 {
 	char err[512];
 	rd_kafka_conf_t *c = rd_kafka_conf_new();
@@ -111,6 +136,8 @@ static rd_kafka_t *handle(rd_kafka_type_t type, const char *group)
 		rd_kafka_conf_set(c, "statistics.interval.ms", "1000", err, sizeof(err));
 		rd_kafka_conf_set_stats_cb(c, dump_stats);
 	}
+	if (raw)
+		rdconf_from_env(c, "KREQ_BENCH_RAW_CONF");
 	rd_kafka_t *rk = rd_kafka_new(type, c, err, sizeof(err));
 	if (!rk)
 		die(err);
@@ -133,7 +160,7 @@ static void assign_end(rd_kafka_t *c, const char *topic)
 
 static void create_topic(const char *topic)
 {
-	rd_kafka_t *p = handle(RD_KAFKA_PRODUCER, NULL);
+	rd_kafka_t *p = handle(RD_KAFKA_PRODUCER, NULL, false);
 	rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, 1, -1, NULL, 0);
 	rd_kafka_queue_t *q = rd_kafka_queue_new(p);
 	rd_kafka_CreateTopics(p, &nt, 1, NULL, q);
@@ -151,7 +178,7 @@ static void create_topic(const char *topic)
  * runs do not fill the broker's disk. */
 static void delete_topics(void)
 {
-	rd_kafka_t *p = handle(RD_KAFKA_PRODUCER, NULL);
+	rd_kafka_t *p = handle(RD_KAFKA_PRODUCER, NULL, false);
 	const rd_kafka_metadata_t *md = NULL;
 	if (rd_kafka_metadata(p, 1, NULL, &md, 10000)) {
 		fprintf(stderr, "bench_roundtrip: cannot list topics to delete them\n");
@@ -282,7 +309,8 @@ static void *echo_main(void *arg)
 	echo_t *e = arg;
 	char group[200];
 	snprintf(group, sizeof(group), "%s-echo-%d", prefix, e->kreq);
-	rd_kafka_t *c = handle(RD_KAFKA_CONSUMER, group), *p = handle(RD_KAFKA_PRODUCER, NULL);
+	rd_kafka_t *c = handle(RD_KAFKA_CONSUMER, group, !e->kreq),
+	           *p = handle(RD_KAFKA_PRODUCER, NULL, !e->kreq);
 	rd_kafka_poll_set_consumer(c);
 	assign_end(c, e->in);
 	rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(c);
@@ -602,6 +630,9 @@ static double run_load(int what, raw_t *raw, kreq_client_t *cl, int window, doub
 	}
 }
 
+static const char *const load_name[] = {"raw", "kreq", "callbacks"};
+static bool verbose; /* KREQ_BENCH_VERBOSE: every round's figures */
+
 static void measure(raw_t *raw, kreq_client_t *cl, int window, double secs, int rounds,
                     load_t out[3])
 {
@@ -615,6 +646,9 @@ static void measure(raw_t *raw, kreq_client_t *cl, int window, double secs, int 
 			out[w].ratio[r] = rate / out[RAW].rate[r];
 			out[w].cpu[r] = calls > 0 ? (c1 - c0) * 1e6 / calls : 0;
 			out[w].broker[r] = calls > 0 ? (b1 - b0) * 1e6 / calls : 0;
+			if (verbose)
+				printf("  round %d %-9s %8.0f/s   cpu us %.1f   broker %.1f\n",
+				       r + 1, load_name[w], rate, out[w].cpu[r], out[w].broker[r]);
 		}
 	}
 }
@@ -625,6 +659,7 @@ int main(int argc, char **argv)
 	double secs = argc > 2 ? atof(argv[2]) : 5;
 	int rounds = argc > 3 ? atoi(argv[3]) : 1;
 	bootstrap = getenv("KREQ_TEST_BOOTSTRAP");
+	verbose = getenv("KREQ_BENCH_VERBOSE") != NULL;
 	if (!bootstrap || !*bootstrap || n < 10 || secs <= 0 || rounds < 1 || rounds > MAX_ROUNDS ||
 	    argc > 4) {
 		fprintf(stderr,
@@ -667,7 +702,8 @@ int main(int argc, char **argv)
 		srv = server_start(worker, kr, &srv_thread);
 	char group[200];
 	snprintf(group, sizeof(group), "%s-raw", prefix);
-	raw_t raw = {.p = handle(RD_KAFKA_PRODUCER, NULL), .c = handle(RD_KAFKA_CONSUMER, group)};
+	raw_t raw = {.p = handle(RD_KAFKA_PRODUCER, NULL, true),
+	             .c = handle(RD_KAFKA_CONSUMER, group, true)};
 	snprintf(raw.ping, sizeof(raw.ping), "%s", ping);
 	rd_kafka_poll_set_consumer(raw.c);
 	assign_end(raw.c, pong);
