@@ -83,9 +83,24 @@ static int dump_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 	return 0;
 }
 
-/* Applies the librdkafka properties in environment variable var
- * ("name=value,...") to c. */
-static void rdconf_from_env(rd_kafka_conf_t *c, const char *var)
+/* Sets one property on a configuration object; nonzero on error (err). */
+typedef int prop_set_t(void *conf, const char *name, const char *value, char *err, size_t err_size);
+
+static int set_kreq_prop(void *conf, const char *name, const char *value, char *err,
+                         size_t err_size)
+{
+	return kreq_conf_set(conf, name, value, err, err_size);
+}
+
+static int set_rdkafka_prop(void *conf, const char *name, const char *value, char *err,
+                            size_t err_size)
+{
+	return rd_kafka_conf_set(conf, name, value, err, err_size) != RD_KAFKA_CONF_OK;
+}
+
+/* Applies the properties in environment variable var ("name=value,...")
+ * with set; dies naming var or the property on error. */
+static void props_from_env(const char *var, prop_set_t *set, void *conf)
 {
 	char err[512];
 	const char *extra = getenv(var);
@@ -93,10 +108,12 @@ static void rdconf_from_env(rd_kafka_conf_t *c, const char *var)
 	for (char *kv = dup ? strtok_r(dup, ",", &save) : NULL; kv;
 	     kv = strtok_r(NULL, ",", &save)) {
 		char *eq = strchr(kv, '=');
-		if (!eq)
-			die("KREQ_BENCH_RAW_CONF: name=value,...");
+		if (!eq) {
+			snprintf(err, sizeof(err), "%s: name=value,...", var);
+			die(err);
+		}
 		*eq = 0;
-		if (rd_kafka_conf_set(c, kv, eq + 1, err, sizeof(err)))
+		if (set(conf, kv, eq + 1, err, sizeof(err)))
 			die(err);
 	}
 	free(dup);
@@ -137,7 +154,7 @@ static rd_kafka_t *handle(rd_kafka_type_t type, const char *group, bool raw)
 		rd_kafka_conf_set_stats_cb(c, dump_stats);
 	}
 	if (raw)
-		rdconf_from_env(c, "KREQ_BENCH_RAW_CONF");
+		props_from_env("KREQ_BENCH_RAW_CONF", set_rdkafka_prop, c);
 	rd_kafka_t *rk = rd_kafka_new(type, c, err, sizeof(err));
 	if (!rk)
 		die(err);
@@ -217,24 +234,6 @@ static void server_echo(kreq_request_t *r, void *opaque)
 	kreq_request_reply(r, 0, p, len, NULL);
 }
 
-/* Applies the properties in environment variable var ("name=value,..."). */
-static void conf_from_env(kreq_conf_t *conf, const char *var)
-{
-	char err[512];
-	const char *extra = getenv(var);
-	char *dup = extra ? strdup(extra) : NULL, *save = NULL;
-	for (char *kv = dup ? strtok_r(dup, ",", &save) : NULL; kv;
-	     kv = strtok_r(NULL, ",", &save)) {
-		char *eq = strchr(kv, '=');
-		if (!eq)
-			die("KREQ_BENCH_CONF / KREQ_BENCH_SERVER_CONF: name=value,...");
-		*eq = 0;
-		if (kreq_conf_set(conf, kv, eq + 1, err, sizeof(err)))
-			die(err);
-	}
-	free(dup);
-}
-
 static void *server_main(void *arg)
 {
 	char err[512];
@@ -253,7 +252,7 @@ static kreq_server_t *server_start(const char *mode, kreq_keyring_t *kr, pthread
 	    kreq_conf_set(conf, "server.mode", mode, err, sizeof(err)) ||
 	    kreq_conf_set(conf, "log.level", "4", err, sizeof(err)))
 		die(err);
-	conf_from_env(conf, "KREQ_BENCH_SERVER_CONF");
+	props_from_env("KREQ_BENCH_SERVER_CONF", set_kreq_prop, conf);
 	kreq_server_t *s = kreq_server_new(conf, kr, "bench", err, sizeof(err));
 	kreq_conf_destroy(conf);
 	if (!s || kreq_server_register(s, "bench.echo", server_echo, NULL, KREQ_HANDLER_INLINE))
@@ -580,7 +579,7 @@ static kreq_client_t *make_client(kreq_keyring_t *kr)
 	    kreq_conf_set(conf, "service.check.ms", "0", err, sizeof(err)) ||
 	    kreq_conf_set(conf, "client.id", "bench", err, sizeof(err)))
 		die(err);
-	conf_from_env(conf, "KREQ_BENCH_CONF");
+	props_from_env("KREQ_BENCH_CONF", set_kreq_prop, conf);
 	kreq_client_t *cl = kreq_client_new(conf, kr, err, sizeof(err));
 	kreq_conf_destroy(conf);
 	if (!cl)
