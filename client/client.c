@@ -637,17 +637,29 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 	kreq_future_release(f);
 }
 
+static void mark_down(kreq_client_t *c, int_fast64_t since, const char *why)
+{
+	int_fast64_t zero = 0;
+	if (atomic_compare_exchange_strong(&c->down_since_ms, &zero, since))
+		kreq__log(c->conf, 4, "client", "all Kafka brokers are down: %s", why);
+}
+
+/* "All brokers down" is decided here and in on_stats(), not by librdkafka's
+ * ALL_BROKERS_DOWN alone: librdkafka 2.10 and later no longer raise it when
+ * the only broker a client was connected to dies (its bootstrap entry stays
+ * counted as not down), so a transport error only marks a suspicion that
+ * the next statistics callback confirms (no broker UP) or clears. */
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
 	(void)rk;
 	kreq_client_t *c = opaque;
-	if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
-		int_fast64_t zero = 0;
-		if (atomic_compare_exchange_strong(&c->down_since_ms, &zero, mono_ms()))
-			kreq__log(c->conf, 4, "client", "all Kafka brokers are down: %s", reason);
-	} else if (err == RD_KAFKA_RESP_ERR__FATAL) {
+	int_fast64_t zero = 0;
+	if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+		mark_down(c, mono_ms(), reason);
+	else if (err == RD_KAFKA_RESP_ERR__TRANSPORT || err == RD_KAFKA_RESP_ERR__RESOLVE)
+		atomic_compare_exchange_strong(&c->suspect_since_ms, &zero, mono_ms());
+	else if (err == RD_KAFKA_RESP_ERR__FATAL)
 		kreq__log(c->conf, 3, "client", "fatal Kafka error: %s", reason);
-	}
 }
 
 static bool kafka_unavailable(kreq_client_t *c)
@@ -672,14 +684,18 @@ static void check_unavailable(kreq_client_t *c)
 		kreq__table_drain(c->table, fail_unavailable, c);
 }
 
-/* librdkafka statistics (statistics.interval.ms, 1 s by default here): any
- * broker connection in state UP means Kafka is reachable again, even when
- * no call is being made. */
+/* librdkafka statistics (statistics.interval.ms, 1 s by default here),
+ * read only while Kafka is suspected or known down: any broker connection
+ * (other than librdkafka's internal one) in state UP means Kafka is
+ * reachable, even when no call is being made; none UP confirms a suspicion
+ * from on_error(), dated from its first transport error. */
 static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 {
 	(void)rk;
 	kreq_client_t *c = opaque;
-	if (atomic_load(&c->down_since_ms) == 0)
+	int_fast64_t down = atomic_load(&c->down_since_ms);
+	int_fast64_t suspect = atomic_load(&c->suspect_since_ms);
+	if (down == 0 && suspect == 0)
 		return 0;
 	json_t *root = json_loadb(json, len, 0, NULL);
 	json_t *brokers = json_object_get(root, "brokers"), *b;
@@ -688,12 +704,17 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 	json_object_foreach(brokers, name, b)
 	{
 		const char *state = json_string_value(json_object_get(b, "state"));
-		up = up || (state && !strcmp(state, "UP"));
+		const char *source = json_string_value(json_object_get(b, "source"));
+		up = up ||
+		     (state && !strcmp(state, "UP") && !(source && !strcmp(source, "internal")));
 	}
 	json_decref(root);
-	if (up) {
+	atomic_store(&c->suspect_since_ms, 0);
+	if (up && down != 0) {
 		atomic_store(&c->down_since_ms, 0);
 		kreq__log(c->conf, 5, "client", "Kafka reachable again");
+	} else if (!up && suspect != 0) {
+		mark_down(c, suspect, "no broker connection is up");
 	}
 	return 0; /* librdkafka frees json */
 }

@@ -82,10 +82,11 @@ struct kreq_client_s {
 	kreq__held_t *held_spare; /* service thread: swapped with held on release */
 	size_t spare_cap;
 	pthread_t thread;
-	atomic_bool stopping;               /* service thread exit */
-	atomic_bool closing;                /* destroy begun: new calls fail with KREQ_ECLOSED */
-	atomic_int_fast64_t sleep_until_ms; /* service thread's planned wake-up */
-	atomic_int_fast64_t down_since_ms;  /* monotonic ms all brokers went down; 0 = up */
+	atomic_bool stopping;                 /* service thread exit */
+	atomic_bool closing;                  /* destroy begun: new calls fail with KREQ_ECLOSED */
+	atomic_int_fast64_t sleep_until_ms;   /* service thread's planned wake-up */
+	atomic_int_fast64_t down_since_ms;    /* monotonic ms all brokers went down; 0 = up */
+	atomic_int_fast64_t suspect_since_ms; /* first transport error not yet checked; 0 = none */
 
 	atomic_size_t in_flight;
 	atomic_int bp_waiters;

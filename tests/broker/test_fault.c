@@ -441,6 +441,99 @@ START_TEST(test_broker_restart_mid_load)
 }
 END_TEST
 
+/* Kafka dies under a client: what is pending fails with KREQ_EUNAVAILABLE
+ * once unavailable.after.ms has passed (not at its own 60 s deadline), new
+ * calls are refused at once, and the client notices by itself when Kafka is
+ * back. The client cannot rely on librdkafka's ALL_BROKERS_DOWN for this
+ * (librdkafka 2.10+ does not raise it when a client's only broker dies). */
+static int call_once(kreq_client_t *c, const char *key, kreq_future_t **f)
+{
+	kreq_call_opts_t *o = kreq_call_opts_new();
+	ck_assert_int_eq(kreq_call_opts_set_timeout(o, 60000), KREQ_OK);
+	ck_assert_int_eq(kreq_call_opts_set_idempotency_key(o, key, strlen(key)), KREQ_OK);
+	char payload[64];
+	snprintf(payload, sizeof(payload), "sleep:0|%s", key);
+	*f = NULL;
+	int rc = kreq_client_call(c, "svc.record", payload, strlen(payload), o, f);
+	kreq_call_opts_destroy(o);
+	return rc;
+}
+
+static void call_ok(kreq_client_t *c, const char *key)
+{
+	kreq_future_t *f;
+	ck_assert_int_eq(call_once(c, key, &f), KREQ_OK);
+	ck_assert_int_eq(kreq_future_wait(f, 70000), KREQ_OK);
+	ck_assert_msg(kreq_future_err(f) == KREQ_OK, "%s: %s", key, kreq_future_errstr(f));
+	ck_assert_int_eq(kreq_future_status(f), 0);
+	kreq_future_release(f);
+}
+
+/* true once a call is accepted again (and then waits for its reply) */
+static bool accepted_again(kreq_client_t *c)
+{
+	supervise(0);
+	kreq_future_t *f;
+	int rc = call_once(c, "ff-after", &f);
+	if (rc == KREQ_OK) {
+		ck_assert_int_eq(kreq_future_wait(f, 70000), KREQ_OK);
+		kreq_future_release(f);
+	} else {
+		ck_assert_msg(rc == KREQ_EUNAVAILABLE, "refused with %s", kreq_err_name(rc));
+	}
+	return rc == KREQ_OK;
+}
+
+START_TEST(test_client_fails_fast_when_kafka_dies)
+{
+	worker_spawn(0, "transactional");
+	char id[32], err[512];
+	snprintf(id, sizeof(id), "ff-%u", randombytes_uniform(1000000));
+	const char *kv[][2] = {{"kafka.bootstrap.servers", bootstrap},
+	                       {"topic.prefix", prefix},
+	                       {"client.id", id},
+	                       {"unavailable.after.ms", "2000"},
+	                       {"retry.attempt.timeout.ms", "3000"},
+	                       {"service.check.ms", "0"},
+	                       {"log.level", "3"}};
+	kreq_conf_t *conf = kreq_conf_new();
+	for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++)
+		ck_assert_int_eq(kreq_conf_set(conf, kv[i][0], kv[i][1], err, sizeof(err)),
+		                 KREQ_OK);
+	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
+	ck_assert_msg(c != NULL, "%s", err);
+	kreq_conf_destroy(conf);
+	call_ok(c, "ff-before");
+
+	ck_assert_int_eq(kafka_sh("kill-node", "1"), 0);
+	int64_t t0 = kreq_test_now_ms();
+	kreq_future_t *f;
+	int rc = call_once(c, "ff-during", &f);
+	if (rc == KREQ_OK) {
+		ck_assert_int_eq(kreq_future_wait(f, 70000), KREQ_OK);
+		ck_assert_msg(kreq_future_err(f) == KREQ_EUNAVAILABLE,
+		              "pending call ended with %s: %s", kreq_err_name(kreq_future_err(f)),
+		              kreq_future_errstr(f));
+		ck_assert_ptr_nonnull(strstr(kreq_future_errstr(f), "unavailable.after.ms"));
+		kreq_future_release(f);
+	} else {
+		ck_assert_int_eq(rc, KREQ_EUNAVAILABLE);
+	}
+	int64_t took = kreq_test_now_ms() - t0;
+	ck_assert_msg(took < 20000, "failing took %lld ms: the deadline, not fail-fast",
+	              (long long)took);
+	ck_assert_int_eq(call_once(c, "ff-refused", &f), KREQ_EUNAVAILABLE);
+	ck_assert_ptr_null(f);
+
+	ck_assert_int_eq(kafka_sh("start-node", "1"), 0);
+	KREQ_TEST_AWAIT(accepted_again(c), 90000);
+	call_ok(c, "ff-recovered");
+	kreq_client_destroy(c);
+	fprintf(stderr, "fail_fast: pending call failed %lld ms after the broker died\n",
+	        (long long)took);
+}
+END_TEST
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -456,6 +549,7 @@ int main(void)
 	tcase_add_checked_fixture(tb, setup_own_cluster, teardown_own_cluster);
 	tcase_set_timeout(tb, 600);
 	tcase_add_test(tb, test_broker_restart_mid_load);
+	tcase_add_test(tb, test_client_fails_fast_when_kafka_dies);
 	suite_add_tcase(s, tb);
 	return kreq_test_run_suite(s);
 }
