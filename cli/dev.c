@@ -5,8 +5,9 @@
  * Design: the same approach as tools/kreq-mockcluster (kept separate so that
  * tool's behaviour cannot change under it): the mock cluster lives inside a
  * librdkafka producer handle that has no bootstrap servers of its own; topics
- * given with --topic are created up front (librdkafka 2.0's mock cluster
- * does not serve CreateTopics), others are auto-created on first use. Prints
+ * given with --topic are created up front (the mock cluster does not serve
+ * CreateTopics, and with librdkafka newer than 2.0 it auto-creates a topic only
+ * when a producer asks for it, not for a consumer or kreq's admin). Prints
  *
  *     KREQ_MOCK_BOOTSTRAP=127.0.0.1:port[,...]
  *
@@ -56,8 +57,10 @@ static void usage(FILE *out)
 	        "\n"
 	        "  --brokers N        number of mock brokers (1..%d, default 1)\n"
 	        "  --topic NAME[:P]   create topic NAME with P partitions (1..%d, default\n"
-	        "                     1); repeatable, up to %d. Other topics are\n"
-	        "                     auto-created with 4 partitions on first use\n"
+	        "                     1); repeatable, up to %d. The mock serves no\n"
+	        "                     CreateTopics: other topics appear (4 partitions)\n"
+	        "                     only when a producer asks for them, so give a\n"
+	        "                     service's topics and each client's reply topic\n"
 	        "  -h, --help         show this help\n"
 	        "\n"
 	        "Exit status: 0 stopped by a signal, 1 cannot start, 2 usage.\n",

@@ -39,7 +39,10 @@ cleanup() {
 trap cleanup EXIT
 
 mkfifo "$work/mock.out"
-build/tools/kreq-mockcluster --brokers 1 >"$work/mock.out" &
+# The mock serves no CreateTopics: the service's topics (6 partitions, as
+# server.topic.partitions below) and kreq-demo's reply topic come up front.
+build/tools/kreq-mockcluster --brokers 1 --topic kreq.demo.requests:6 --topic kreq.demo.results:6 \
+  --topic kreq.reply.demo-client >"$work/mock.out" &
 pids+=($!)
 read -r -t 30 line <"$work/mock.out" || { echo "demo: mock cluster did not start" >&2; exit 1; }
 bootstrap=${line#KREQ_MOCK_BOOTSTRAP=}

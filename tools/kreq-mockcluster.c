@@ -11,9 +11,11 @@
  * on stdout (then flushes), and runs until SIGTERM/SIGINT, or until its stdin
  * reaches end-of-file when --stdin-lifetime is given (so a parent that dies
  * takes the cluster with it). It then destroys everything and exits 0.
- * Topics are auto-created (4 partitions) on first use; --topic NAME:N
- * creates one with N partitions up front (librdkafka 2.0's mock cluster does
- * not implement the CreateTopics admin request).
+ * --topic NAME:N creates a topic with N partitions up front. The mock
+ * cluster implements no CreateTopics admin request, and with librdkafka newer
+ * than 2.0 (2.12 tested) it auto-creates a missing topic (4 partitions) only when a producer
+ * asks for it: a kreq client's reply topic and kreqd's topics must be given
+ * with --topic.
  *
  * The mock cluster is NOT a proof of transactional or restart semantics (it
  * does not enforce read_committed); those are tested on a real broker.
@@ -62,8 +64,9 @@ static void usage(FILE *out, const char *prog)
 	        "\n"
 	        "  --brokers N        number of mock brokers (1..%d, default 1)\n"
 	        "  --topic NAME[:P]   create topic NAME with P partitions (1..%d,\n"
-	        "                     default 1); repeatable, up to %d topics. Other\n"
-	        "                     topics are auto-created with 4 partitions\n"
+	        "                     default 1); repeatable, up to %d topics. The mock\n"
+	        "                     serves no CreateTopics: other topics appear (4\n"
+	        "                     partitions) only when a producer asks for them\n"
 	        "  --stdin-lifetime   also stop when standard input is closed\n"
 	        "  -h, --help         show this help\n",
 	        prog, MAX_BROKERS, MAX_PARTITIONS, MAX_TOPICS);

@@ -90,6 +90,13 @@ static const char *mock_start(const char *topic, int partitions)
 	mc = rd_kafka_handle_mock_cluster(host);
 	ck_assert_ptr_nonnull(mc);
 	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, topic, partitions, 1), 0);
+	/* The mock cluster implements no CreateTopics (and with librdkafka newer
+	 * than 2.0 auto-creates only for a producer's Metadata request), so the reply
+	 * topics of the clients below (client.id cli-test, and cli-call for
+	 * `kreq call`) are created here, as an operator would on a broker that
+	 * does not let clients create topics. */
+	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.reply.cli-test", 1, 1), 0);
+	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.reply.cli-call", 1, 1), 0);
 	return rd_kafka_mock_cluster_bootstraps(mc);
 }
 
@@ -504,12 +511,12 @@ START_TEST(test_call_timeout)
 	kreq_keyring_release(make_key("k.key"));
 	const char *bs = mock_start("kreq.svc.requests", 1);
 	kreq_test_result_t r;
-	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"),
-	     "--timeout-ms", "1500", "svc.never", "hello", NULL);
+	kreq(&r, NULL, "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
+	     kreq_test_tmp("k.key"), "--timeout-ms", "1500", "svc.never", "hello", NULL);
 	KREQ_TEST_ASSERT_RUN(&r, 1, err, "timed out");
 	kreq_test_result_free(&r);
-	kreq(&r, "from stdin", "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"),
-	     "--timeout-ms", "1500", "--json", "svc.never", "-", NULL);
+	kreq(&r, "from stdin", "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
+	     kreq_test_tmp("k.key"), "--timeout-ms", "1500", "--json", "svc.never", "-", NULL);
 	ck_assert_int_eq(r.status, 1);
 	json_t *j = json_loads(r.out, 0, NULL);
 	ck_assert_msg(j != NULL, "not JSON: %s", r.out);
@@ -529,24 +536,26 @@ START_TEST(test_call_replies)
 	const char *bs = mock_start("kreq.svc.requests", 1);
 	responder_t *resp = responder_start(bs, "kreq.svc.requests", kr, 0);
 	kreq_test_result_t r;
-	kreq(&r, "{\"n\":1}", "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"), "-X",
-	     "service.check.ms=0", "--timeout-ms", "20000", "svc.echo", "-", NULL);
+	kreq(&r, "{\"n\":1}", "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
+	     kreq_test_tmp("k.key"), "-X", "service.check.ms=0", "--timeout-ms", "20000",
+	     "svc.echo", "-", NULL);
 	KREQ_TEST_ASSERT_RUN(&r, 0, out, "payload: {\"n\":1}");
 	ck_assert_ptr_nonnull(strstr(r.out, "status: 0"));
 	kreq_test_result_free(&r);
-	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"), "-X",
-	     "service.check.ms=0", "--json", "--idempotency-key", "op-7", "svc.fail", "x", NULL);
+	kreq(&r, NULL, "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
+	     kreq_test_tmp("k.key"), "-X", "service.check.ms=0", "--json", "--idempotency-key",
+	     "op-7", "svc.fail", "x", NULL);
 	ck_assert_msg(r.status == 3, "exit %d: %s %s", r.status, r.out, r.err);
 	json_t *j = json_loads(r.out, 0, NULL);
 	ck_assert_int_eq(json_integer_value(json_object_get(j, "status")), 101);
 	json_decref(j);
 	kreq_test_result_free(&r);
-	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"), "-X",
-	     "service.check.ms=0", "svc.rejected", NULL);
+	kreq(&r, NULL, "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
+	     kreq_test_tmp("k.key"), "-X", "service.check.ms=0", "svc.rejected", NULL);
 	KREQ_TEST_ASSERT_RUN(&r, 3, err, "EREJECTED");
 	kreq_test_result_free(&r);
-	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"), "-X",
-	     "no.such.property=1", "svc.echo", NULL);
+	kreq(&r, NULL, "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
+	     kreq_test_tmp("k.key"), "-X", "no.such.property=1", "svc.echo", NULL);
 	KREQ_TEST_ASSERT_RUN(&r, 2, err, "no.such.property");
 	kreq_test_result_free(&r);
 	responder_stop(resp);

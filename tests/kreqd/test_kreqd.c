@@ -536,6 +536,8 @@ static const char *mock_start(void)
 	ck_assert_ptr_nonnull(mc);
 	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.kdtest.requests", 2, 1), 0);
 	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.kdtest.results", 2, 1), 0);
+	/* no CreateTopics in the mock cluster: client_new()'s reply topic */
+	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.reply.kdtest-client", 1, 1), 0);
 	return rd_kafka_mock_cluster_bootstraps(mc);
 }
 

@@ -46,6 +46,11 @@ static void setup(void)
 	mc = rd_kafka_handle_mock_cluster(host);
 	ck_assert_ptr_nonnull(mc);
 	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.svc.requests", 2, 1), 0);
+	/* The mock cluster implements no CreateTopics (and with librdkafka newer than
+	 * 2.0 auto-creates only for a producer's Metadata request): the client's reply
+	 * topic is created here, as an operator would on a broker without
+	 * CreateTopics permission. */
+	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.reply.mock-client", 1, 1), 0);
 	kr = kreq_keyring_new();
 	uint8_t key[32];
 	randombytes_buf(key, sizeof(key));
@@ -123,6 +128,7 @@ START_TEST(test_signing_key_id_must_match)
 	ck_assert_int_eq(kreq_conf_set(conf, "kafka.bootstrap.servers",
 	                               rd_kafka_mock_cluster_bootstraps(mc), err, 512),
 	                 KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(conf, "client.id", "mock-client", err, 512), KREQ_OK);
 	ck_assert_int_eq(kreq_conf_set(conf, "signing.key.id", "other", err, 512), KREQ_OK);
 	err[0] = '\0';
 	ck_assert_ptr_null(kreq_client_new(conf, kr, err, sizeof(err)));
