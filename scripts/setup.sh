@@ -2,12 +2,16 @@
 # setup.sh — installs everything kreq needs on Debian 12, if missing.
 # Safe to run any number of times: it only calls apt-get when a package is
 # absent. Needs root (or sudo) the first time.
+#
+# librdkafka is not taken from Debian (2.0.2, see scripts/librdkafka.sh):
+# the last line of packages is what building it needs.
 set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config git
-  librdkafka-dev libprotobuf-c-dev protobuf-c-compiler uuid-dev libsodium-dev libssl-dev check
+  libprotobuf-c-dev protobuf-c-compiler uuid-dev libsodium-dev libssl-dev check
   clang libclang-rt-14-dev clang-format valgrind
+  curl libsasl2-dev zlib1g-dev libzstd-dev
   maven openjdk-17-jre-headless kcat
   python3 python3-cryptography libjansson-dev libmicrohttpd-dev docker-compose
 )

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # test.sh — THE test command (README Quickstart; .ci/run calls exactly this).
 #
-# On a fresh Debian 12 machine it installs what is missing, fetches Apache
-# Kafka's jars from Maven Central, starts a real single-node KRaft broker on
-# loopback, and runs, in order:
+# On a fresh Debian 12 machine it installs what is missing, builds librdkafka
+# (scripts/librdkafka.sh), fetches Apache Kafka's jars from Maven Central,
+# starts a real single-node KRaft broker on loopback, and runs, in order:
 #   1. format check (clang-format, checked-in style)
 #   2. release build with -Wall -Wextra -Werror, every CTest suite (unit + kafka),
 #      then the demo (scripts/demo.sh) end to end
@@ -29,6 +29,11 @@ has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 say "setup"
 scripts/setup.sh
 scripts/kafka.sh fetch
+# librdkafka 2.12.1 built from source (why: scripts/librdkafka.sh); every
+# build below finds it through pkg-config, every binary through its RPATH.
+RDKAFKA_PREFIX=$(scripts/librdkafka.sh)
+export PKG_CONFIG_PATH="$RDKAFKA_PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+echo "librdkafka: $(pkg-config --modversion rdkafka) from $RDKAFKA_PREFIX"
 
 configure_build() { # dir, extra cmake args...
   local dir=$1; shift

@@ -46,7 +46,7 @@ cmake --build "$work/app/build" >/dev/null
 LD_LIBRARY_PATH="$work/prefix/lib" "$work/app/build/app_shared"
 "$work/app/build/app_static"
 
-export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig"
+export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
 # shellcheck disable=SC2046
 cc $san -o "$work/app/pc" "$work/app/main.c" $(pkg-config --cflags --libs kreq)
 LD_LIBRARY_PATH="$work/prefix/lib" "$work/app/pc"
@@ -55,7 +55,8 @@ LD_LIBRARY_PATH="$work/prefix/lib" "$work/app/pc"
 # something users here can do)
 # shellcheck disable=SC2046
 cc $san -o "$work/app/pc_static" "$work/app/main.c" $(pkg-config --cflags kreq) \
-  "$work/prefix/lib/libkreq.a" $(pkg-config --libs rdkafka libprotobuf-c libsodium libcrypto uuid jansson) -lpthread
+  "$work/prefix/lib/libkreq.a" $(pkg-config --libs rdkafka libprotobuf-c libsodium libcrypto uuid jansson) -lpthread \
+  -Wl,-rpath,"$(pkg-config --variable=libdir rdkafka)"
 "$work/app/pc_static"
 # no internal symbol leaks from the shared library
 if nm -D --defined-only "$work/prefix/lib/libkreq.so" | awk '{print $3}' | grep -v '^kreq_' | grep -q .; then

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <librdkafka/rdkafka.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -265,6 +266,19 @@ static int metadata_counts(const char *bs, const char *topic, int *partitions)
 
 /* ---- tests ------------------------------------------------------------------- */
 
+/* The tests, the tool and kreq were built against one librdkafka (CI builds
+ * 2.12.1, scripts/librdkafka.sh); a binary that loads another one at run
+ * time (Debian's 2.0.2 is on the machine for kcat) would test something
+ * else, and the mock cluster's behaviour differs between them. */
+START_TEST(runtime_librdkafka_is_the_one_built_against)
+{
+	ck_assert_msg(rd_kafka_version() == RD_KAFKA_VERSION,
+	              "running with librdkafka %s (0x%08x) but built against 0x%08x",
+	              rd_kafka_version_str(), (unsigned)rd_kafka_version(),
+	              (unsigned)RD_KAFKA_VERSION);
+}
+END_TEST
+
 START_TEST(produce_and_consume_then_sigterm)
 {
 	struct tool t;
@@ -357,6 +371,7 @@ static Suite *mockcluster_suite(void)
 	Suite *s = suite_create("mockcluster");
 	TCase *tc = tcase_create("process");
 	tcase_set_timeout(tc, 50); /* below the CTest timeout: Check reports it */
+	tcase_add_test(tc, runtime_librdkafka_is_the_one_built_against);
 	tcase_add_test(tc, produce_and_consume_then_sigterm);
 	tcase_add_test(tc, three_brokers_then_sigint);
 	tcase_add_test(tc, stdin_eof_stops_the_cluster);

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# librdkafka.sh — builds the librdkafka kreq is tested and benchmarked with.
+#
+# Why: Debian 12 ships librdkafka 2.0.2, whose transactional producer keeps
+# its main thread busy-polling for ~1 ms around every AddPartitionsToTxn
+# (confluentinc/librdkafka#4671, fixed in 2.3.1): a transactional kreqd
+# spends ~3 ms of CPU per call at low load and gets ~40% fewer calls/s
+# (docs/PERFORMANCE.md, "Stop 12"). Only package registries are reachable
+# from CI, so the source comes from crates.io: the rdkafka-sys crate vendors
+# librdkafka's release tree unchanged. The archive's sha256 is pinned below.
+#
+# Build choices: a shared library (same ABI as Debian's, so kreq builds
+# against either), SSL, SASL (Cyrus), zlib and zstd on; lz4 built in; curl
+# off (only used for OIDC token fetching). C11 threads are OFF so that
+# librdkafka starts its threads with pthread_create(), which ThreadSanitizer
+# intercepts (glibc's thrd_create() is not intercepted, and TSan crashes in
+# threads it did not see start): with this build the TSan stage can run the
+# suites that create librdkafka handles.
+#
+# Usage:
+#   scripts/librdkafka.sh
+#       Fetch, verify, build and install into the cache (skipped when already
+#       there); print exactly one line on stdout: the install prefix. Use it as
+#         export PKG_CONFIG_PATH="$(scripts/librdkafka.sh)/lib/pkgconfig"
+#       Binaries built against it find it through their RPATH (CMake).
+#
+# Environment:
+#   KREQ_KAFKA_CACHE   cache root (default $HOME/.cache/kreq), shared with kafka.sh
+#   KREQ_JOBS          parallel build jobs (default 2)
+#
+# Needs: curl, tar, cmake, a C/C++ compiler, libssl-dev, libsasl2-dev,
+# zlib1g-dev, libzstd-dev (scripts/setup.sh installs them).
+set -euo pipefail
+
+readonly VERSION="2.12.1"
+readonly CRATE="rdkafka-sys-4.10.0+$VERSION"
+readonly URL="https://static.crates.io/crates/rdkafka-sys/$CRATE.crate"
+readonly SHA256="e234cf318915c1059d4921ef7f75616b5219b10b46e9f3a511a15eb4b56a3f77"
+readonly CACHE_ROOT="${KREQ_KAFKA_CACHE:-${HOME:-/tmp}/.cache/kreq}"
+readonly PREFIX="$CACHE_ROOT/librdkafka-$VERSION"
+readonly JOBS="${KREQ_JOBS:-2}"
+
+log() { printf 'librdkafka.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+build() {
+  local work="$CACHE_ROOT/.librdkafka-$VERSION.build"
+  rm -rf "$work" && mkdir -p "$work"
+  log "fetching $URL"
+  curl -fsSL --retry 3 -o "$work/src.crate" "$URL" || die "download of $URL failed"
+  local got
+  got=$(sha256sum "$work/src.crate" | cut -d' ' -f1)
+  [[ "$got" == "$SHA256" ]] || die "$CRATE.crate: sha256 $got, expected $SHA256"
+  tar -xzf "$work/src.crate" -C "$work"
+  local src="$work/$CRATE/librdkafka"
+  [[ -f "$src/CMakeLists.txt" ]] || die "$CRATE.crate has no librdkafka/CMakeLists.txt"
+  log "building librdkafka $VERSION into $PREFIX (a few minutes, once)"
+  cmake -S "$src" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_INSTALL_PREFIX="$PREFIX" -DCMAKE_INSTALL_LIBDIR=lib \
+    -DRDKAFKA_BUILD_STATIC=OFF -DRDKAFKA_BUILD_EXAMPLES=OFF -DRDKAFKA_BUILD_TESTS=OFF \
+    -DWITH_SSL=ON -DWITH_SASL=ON -DWITH_ZLIB=ON -DWITH_ZSTD=ON -DWITH_CURL=OFF \
+    -DENABLE_LZ4_EXT=OFF -DWITH_C11THREADS=OFF >"$work/cmake.log" 2>&1 ||
+    { tail -n 30 "$work/cmake.log" >&2; die "configuring librdkafka failed"; }
+  grep -q '#define WITH_C11THREADS 0' "$work/build/generated/config.h" ||
+    die "librdkafka configured with C11 threads; TSan needs pthread_create"
+  cmake --build "$work/build" -j"$JOBS" >"$work/build.log" 2>&1 ||
+    { tail -n 30 "$work/build.log" >&2; die "building librdkafka failed"; }
+  rm -rf "$PREFIX"
+  cmake --install "$work/build" >/dev/null
+  touch "$PREFIX/.complete"
+  rm -rf "$work"
+}
+
+mkdir -p "$CACHE_ROOT"
+# Serialise concurrent builds; re-check under the lock.
+exec 9>"$CACHE_ROOT/.librdkafka-$VERSION.lock"
+flock 9
+[[ -f "$PREFIX/.complete" ]] || build
+[[ -f "$PREFIX/lib/pkgconfig/rdkafka.pc" ]] || die "$PREFIX has no lib/pkgconfig/rdkafka.pc"
+echo "$PREFIX"
