@@ -196,6 +196,7 @@ static bool level0_event(const kreq__wheel_t *w, uint64_t *dist)
  * or a non-empty slot cascades); false if no node is in the levels. */
 static bool next_event(const kreq__wheel_t *w, uint64_t *dist)
 {
+	*dist = UINT64_MAX; /* unread while !any; set for gcc -O3's flow analysis */
 	bool any = level0_event(w, dist);
 	for (unsigned l = 1; l < LEVELS; l++) {
 		uint64_t d;
