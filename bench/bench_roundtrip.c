@@ -162,12 +162,23 @@ static rd_kafka_t *handle(rd_kafka_type_t type, const char *group, bool raw)
 }
 
 /* Assigns partition 0 at its current end, read first, so nothing produced
- * after this returns is missed (OFFSET_END would be resolved later). */
+ * after this returns is missed (OFFSET_END would be resolved later). A topic
+ * just created may have no leader yet (librdkafka 2.12 answers at once with
+ * an error then, 2.0 waited): asks again for up to 15 s. */
 static void assign_end(rd_kafka_t *c, const char *topic)
 {
 	int64_t lo, hi;
-	if (rd_kafka_query_watermark_offsets(c, topic, 0, &lo, &hi, 15000))
-		die("query_watermark_offsets");
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	rd_kafka_resp_err_t kerr;
+	while ((kerr = rd_kafka_query_watermark_offsets(c, topic, 0, &lo, &hi, 5000))) {
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if (t.tv_sec - t0.tv_sec > 15) {
+			fprintf(stderr, "bench_roundtrip: %s: %s\n", topic, rd_kafka_err2str(kerr));
+			die("query_watermark_offsets");
+		}
+		nanosleep(&(struct timespec){.tv_nsec = 50000000}, NULL);
+	}
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
 	rd_kafka_topic_partition_list_add(l, topic, 0)->offset = hi;
 	if (rd_kafka_assign(c, l))
