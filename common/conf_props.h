@@ -161,7 +161,7 @@
 	  "Java-compatible partitioning by idempotency key: retries land on one partition")        \
 	X("enable.idempotence", "false",                                                           \
 	  "a request duplicated by a producer retry is absorbed by the worker's dedup store; "     \
-	  "librdkafka 2.0's idempotent producer busy-polls while 5 requests are in flight")        \
+	  "librdkafka's idempotent producer polls in a loop while 5 messages are in flight")       \
 	X("max.in.flight.requests.per.connection", "1",                                            \
 	  "no reordering on retry; requests queued meanwhile go out as one batch")                 \
 	X("statistics.interval.ms", "1000",                                                        \
@@ -187,7 +187,7 @@
 	  "required by transactions; server.mode=light sets false (duplicates are harmless "       \
 	  "there)")                                                                                \
 	X("max.in.flight.requests.per.connection", "1",                                            \
-	  "librdkafka 2.0's idempotent producer busy-polls while 5 requests are in flight; "       \
+	  "librdkafka's idempotent producer polls in a loop while 5 messages are in flight; "      \
 	  "with one, replies queued meanwhile go out as one batch")                                \
 	X("transaction.timeout.ms", "10000",                                                       \
 	  "a crashed worker's open transaction blocks readers of its partitions (and the "         \
