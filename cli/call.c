@@ -9,6 +9,13 @@
  * signals are blocked before the client starts its threads and read from a
  * signalfd while waiting).
  *
+ * Its client is named kreq-cli-<pid>-<random> and its reply topic, created
+ * by the client, is deleted again when the call is over: otherwise every
+ * invocation would leave a topic behind on the cluster. A client named with
+ * -X client.id or given -X reply.topic uses a topic the user chose, which
+ * is kept. Deleting is best effort (5 s; a failure is a warning and does
+ * not change the exit status).
+ *
  * Exit status: 0 reply with status 0; 3 reply with a non-zero status or
  * KREQ_EREJECTED; 1 any other failure (timed out, unavailable, cancelled,
  * cannot start the client); 2 bad arguments.
@@ -19,7 +26,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "cli/cli.h"
+#include "common/kadmin.h"
 #include "kreq/client.h"
 #include "kreq/error.h"
 
@@ -27,6 +37,7 @@
 #define MAX_CONF    64
 #define PAYLOAD_MAX (256u << 20)
 #define WAIT_MS     200
+#define DELETE_MS   5000
 
 struct call_opts {
 	const char *bootstrap, *keyfile, *idem, *prefix, *method, *payload_arg;
@@ -208,10 +219,9 @@ static int conf_set(kreq_conf_t *conf, const char *name, const char *value)
 	return CLI_EXIT_OK;
 }
 
-static int build_conf(const struct call_opts *o, kreq_conf_t *conf)
+static int build_conf(const struct call_opts *o, const char *id, kreq_conf_t *conf)
 {
-	char id[64], start[32];
-	snprintf(id, sizeof(id), "kreq-cli-%ld", (long)getpid());
+	char start[32];
 	long st = o->timeout_ms < 100 ? 100 : o->timeout_ms > 600000 ? 600000 : o->timeout_ms;
 	snprintf(start, sizeof(start), "%ld", st);
 	int rc = conf_set(conf, "kafka.bootstrap.servers", o->bootstrap);
@@ -234,12 +244,28 @@ static int build_conf(const struct call_opts *o, kreq_conf_t *conf)
 	return rc;
 }
 
-static int new_client(const struct call_opts *o, kreq_keyring_t *kr, kreq_client_t **out)
+/* The reply topic the client will create for itself, into topic (size
+ * bytes), or "" when the user chose the client's name or its topic. */
+static void own_reply_topic(kreq_conf_t *conf, const char *id, char *topic, size_t size)
+{
+	char got_id[256] = "", reply[256] = "", prefix[256] = "";
+	size_t n1 = sizeof(got_id), n2 = sizeof(reply), n3 = sizeof(prefix);
+	*topic = '\0';
+	if (kreq_conf_get(conf, "client.id", got_id, &n1) == KREQ_OK && !strcmp(got_id, id) &&
+	    kreq_conf_get(conf, "reply.topic", reply, &n2) == KREQ_OK && !*reply &&
+	    kreq_conf_get(conf, "topic.prefix", prefix, &n3) == KREQ_OK)
+		snprintf(topic, size, "%s.reply.%s", prefix, id);
+}
+
+static int new_client(const struct call_opts *o, kreq_keyring_t *kr, const char *id,
+                      char *own_topic, size_t own_size, kreq_client_t **out)
 {
 	kreq_conf_t *conf = kreq_conf_new();
 	if (conf == NULL)
 		return cli_fail(CLI_EXIT_FAIL, SUB, "out of memory");
-	int rc = build_conf(o, conf);
+	int rc = build_conf(o, id, conf);
+	if (rc == CLI_EXIT_OK)
+		own_reply_topic(conf, id, own_topic, own_size);
 	char sid[128] = "";
 	size_t sid_size = sizeof(sid);
 	/* --conf signing.key.id=ID picks the signing key among the key file's */
@@ -391,10 +417,46 @@ static int report_text(const struct call_opts *o, kreq_future_t *f)
 	return exit_code(f);
 }
 
+/* Deletes the client's own reply topic with the Kafka settings the client
+ * had (--bootstrap, then every -X kafka.*). */
+static void delete_reply_topic(const struct call_opts *o, const char *topic)
+{
+	char err[512];
+	rd_kafka_conf_t *rc = rd_kafka_conf_new();
+	rd_kafka_conf_res_t res =
+	    rd_kafka_conf_set(rc, "bootstrap.servers", o->bootstrap, err, sizeof(err));
+	if (res == RD_KAFKA_CONF_OK)
+		res = rd_kafka_conf_set(rc, "log_level", "2", err, sizeof(err));
+	for (size_t i = 0; res == RD_KAFKA_CONF_OK && i < o->n_conf; i++) {
+		if (strncmp(o->conf[i], "kafka.", 6) != 0)
+			continue;
+		char name[256];
+		size_t n = strcspn(o->conf[i], "=");
+		snprintf(name, sizeof(name), "%.*s", (int)(n - 6), o->conf[i] + 6);
+		res = rd_kafka_conf_set(rc, name, o->conf[i] + n + 1, err, sizeof(err));
+	}
+	rd_kafka_t *rk =
+	    res == RD_KAFKA_CONF_OK ? rd_kafka_new(RD_KAFKA_PRODUCER, rc, err, sizeof(err)) : NULL;
+	if (rk == NULL) {
+		rd_kafka_conf_destroy(rc);
+		fprintf(stderr, "kreq call: warning: reply topic %s not deleted: %s\n", topic, err);
+		return;
+	}
+	rd_kafka_resp_err_t kerr = kreq__topic_delete(rk, topic, DELETE_MS);
+	if (kerr)
+		fprintf(stderr, "kreq call: warning: reply topic %s not deleted: %s\n", topic,
+		        rd_kafka_err2str(kerr));
+	rd_kafka_destroy(rk);
+}
+
 static int call(const struct call_opts *o, kreq_keyring_t *kr, const struct payload *p, int sigfd)
 {
 	kreq_client_t *c = NULL;
-	int rc = new_client(o, kr, &c);
+	char id[64], own_topic[512] = "";
+	if (sodium_init() < 0)
+		return cli_fail(CLI_EXIT_FAIL, SUB, "libsodium cannot be initialised");
+	snprintf(id, sizeof(id), "kreq-cli-%ld-%08x", (long)getpid(), randombytes_random());
+	int rc = new_client(o, kr, id, own_topic, sizeof(own_topic), &c);
 	kreq_future_t *f = NULL;
 	if (rc == CLI_EXIT_OK)
 		rc = submit(o, c, p, &f);
@@ -403,7 +465,11 @@ static int call(const struct call_opts *o, kreq_keyring_t *kr, const struct payl
 		rc = o->json ? report_json(o, f) : report_text(o, f);
 		kreq_future_release(f);
 	}
-	kreq_client_destroy(c);
+	if (c != NULL) {
+		kreq_client_destroy(c);
+		if (*own_topic)
+			delete_reply_topic(o, own_topic);
+	}
 	return rc;
 }
 

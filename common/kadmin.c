@@ -20,6 +20,34 @@ int kreq__topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms)
 	return n;
 }
 
+/* Waits for the one topic result of a CreateTopics or DeleteTopics request
+ * sent to q. */
+static rd_kafka_resp_err_t topic_result(rd_kafka_queue_t *q, int timeout_ms, bool create)
+{
+	rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms + 1000);
+	rd_kafka_resp_err_t kerr = ev ? rd_kafka_event_error(ev) : RD_KAFKA_RESP_ERR__TIMED_OUT;
+	if (ev && !kerr) {
+		size_t n = 0;
+		const rd_kafka_topic_result_t **tr =
+		    create ? rd_kafka_CreateTopics_result_topics(
+		                 rd_kafka_event_CreateTopics_result(ev), &n)
+		           : rd_kafka_DeleteTopics_result_topics(
+		                 rd_kafka_event_DeleteTopics_result(ev), &n);
+		kerr = n == 1 ? rd_kafka_topic_result_error(tr[0]) : RD_KAFKA_RESP_ERR__FAIL;
+	}
+	if (ev)
+		rd_kafka_event_destroy(ev);
+	return kerr;
+}
+
+static rd_kafka_AdminOptions_t *admin_options(rd_kafka_t *rk, int timeout_ms)
+{
+	rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_ANY);
+	rd_kafka_AdminOptions_set_request_timeout(ao, timeout_ms, NULL, 0);
+	rd_kafka_AdminOptions_set_operation_timeout(ao, timeout_ms, NULL, 0);
+	return ao;
+}
+
 rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int partitions,
                                        int replication_factor, const char *const *configs,
                                        int timeout_ms, char *why, size_t why_size)
@@ -31,22 +59,24 @@ rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int pa
 	for (; configs && *configs; configs += 2)
 		rd_kafka_NewTopic_set_config(nt, configs[0], configs[1]);
 	rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-	rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_ANY);
-	rd_kafka_AdminOptions_set_request_timeout(ao, timeout_ms, NULL, 0);
-	rd_kafka_AdminOptions_set_operation_timeout(ao, timeout_ms, NULL, 0);
+	rd_kafka_AdminOptions_t *ao = admin_options(rk, timeout_ms);
 	rd_kafka_CreateTopics(rk, &nt, 1, ao, q);
-	rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms + 1000);
-	rd_kafka_resp_err_t kerr = ev ? rd_kafka_event_error(ev) : RD_KAFKA_RESP_ERR__TIMED_OUT;
-	if (ev && !kerr) {
-		size_t n = 0;
-		const rd_kafka_topic_result_t **tr =
-		    rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
-		kerr = n == 1 ? rd_kafka_topic_result_error(tr[0]) : RD_KAFKA_RESP_ERR__FAIL;
-	}
-	if (ev)
-		rd_kafka_event_destroy(ev);
+	rd_kafka_resp_err_t kerr = topic_result(q, timeout_ms, true);
 	rd_kafka_AdminOptions_destroy(ao);
 	rd_kafka_queue_destroy(q);
 	rd_kafka_NewTopic_destroy(nt);
 	return kerr == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS ? RD_KAFKA_RESP_ERR_NO_ERROR : kerr;
+}
+
+rd_kafka_resp_err_t kreq__topic_delete(rd_kafka_t *rk, const char *topic, int timeout_ms)
+{
+	rd_kafka_DeleteTopic_t *dt = rd_kafka_DeleteTopic_new(topic);
+	rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+	rd_kafka_AdminOptions_t *ao = admin_options(rk, timeout_ms);
+	rd_kafka_DeleteTopics(rk, &dt, 1, ao, q);
+	rd_kafka_resp_err_t kerr = topic_result(q, timeout_ms, false);
+	rd_kafka_AdminOptions_destroy(ao);
+	rd_kafka_queue_destroy(q);
+	rd_kafka_DeleteTopic_destroy(dt);
+	return kerr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ? RD_KAFKA_RESP_ERR_NO_ERROR : kerr;
 }

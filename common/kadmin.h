@@ -1,5 +1,5 @@
 /*
- * kadmin.h — the two topic-administration steps both the client (its reply
+ * kadmin.h — the topic-administration steps the client (its reply
  * topic) and the server (requests and results topics) need.
  */
 #ifndef KREQ_COMMON_KADMIN_H
@@ -27,6 +27,10 @@ int kreq__topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms);
 rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int partitions,
                                        int replication_factor, const char *const *configs,
                                        int timeout_ms, char *why, size_t why_size);
+
+/* Deletes topic through the Admin API; a topic that does not exist is not
+ * an error. Returns as kreq__topic_create (without INVALID_ARG). */
+rd_kafka_resp_err_t kreq__topic_delete(rd_kafka_t *rk, const char *topic, int timeout_ms);
 
 /*
  * Warming. librdkafka 2.0 looks up a topic a producer has not produced to

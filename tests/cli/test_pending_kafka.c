@@ -576,6 +576,55 @@ START_TEST(test_records_in_the_topics)
 }
 END_TEST
 
+/* ---- kreq call leaves no reply topic of its own behind -------------------------------- */
+
+/* Topics whose names start with head, per a fresh metadata request. */
+static int topics_with(const char *head)
+{
+	char err[512];
+	rd_kafka_t *rk =
+	    rd_kafka_new(RD_KAFKA_PRODUCER, kreq_test_conf_new(bootstrap, NULL), err, sizeof(err));
+	ck_assert_msg(rk != NULL, "%s", err);
+	const rd_kafka_metadata_t *md = NULL;
+	ck_assert_int_eq(rd_kafka_metadata(rk, 1, NULL, &md, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+	int n = 0;
+	for (int i = 0; i < md->topic_cnt; i++)
+		n += !strncmp(md->topics[i].topic, head, strlen(head));
+	rd_kafka_metadata_destroy(md);
+	rd_kafka_destroy(rk);
+	return n;
+}
+
+START_TEST(test_call_deletes_its_reply_topic)
+{
+	atomic_store(&release_calls, 1); /* h_wait answers at once */
+	char topic[160], own[160], chosen[160];
+	snprintf(topic, sizeof(topic), "%s.svc.requests", prefix);
+	kreq_test_create_topic(bootstrap, topic, 1, 30000);
+	kreq_test_running_t *w = server_start();
+	snprintf(own, sizeof(own), "%s.reply.kreq-cli-", prefix);
+	kreq_test_result_t r;
+	for (int i = 0; i < 2; i++) {
+		kreq(&r, "call", "--bootstrap", bootstrap, "--keyfile", keyfile, "--prefix", prefix,
+		     "--timeout-ms", "30000", "svc.wait", "hello", NULL);
+		KREQ_TEST_ASSERT_RUN(&r, 0, out, "payload: hello");
+		ck_assert_str_eq(r.err, "");
+		kreq_test_result_free(&r);
+	}
+	/* DeleteTopics has answered; brokers' metadata follows within moments */
+	KREQ_TEST_AWAIT(topics_with(own) == 0, 15000);
+	/* a client named by the user keeps its topic: it may be reused */
+	kreq(&r, "call", "-X", "client.id=pk-cli", "--bootstrap", bootstrap, "--keyfile", keyfile,
+	     "--prefix", prefix, "--timeout-ms", "30000", "svc.wait", "again", NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "payload: again");
+	kreq_test_result_free(&r);
+	snprintf(chosen, sizeof(chosen), "%s.reply.pk-cli", prefix);
+	ck_assert_int_eq(topics_with(chosen), 1);
+	kreq_test_server_stop(w);
+	atomic_store(&release_calls, 0);
+}
+END_TEST
+
 /* ---- usage, unreachable Kafka, missing topic, bad key file ------------------------------ */
 
 START_TEST(test_usage_errors)
@@ -643,6 +692,7 @@ int main(void)
 	tcase_add_test(tc, test_unreachable_and_missing);
 	tcase_add_test(tc, test_records_in_the_topics);
 	tcase_add_test(tc, test_outstanding_until_committed);
+	tcase_add_test(tc, test_call_deletes_its_reply_topic);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
