@@ -445,7 +445,7 @@ END_TEST
  * once unavailable.after.ms has passed (not at its own 60 s deadline), new
  * calls are refused at once, and the client notices by itself when Kafka is
  * back. The client cannot rely on librdkafka's ALL_BROKERS_DOWN for this
- * (librdkafka 2.10+ does not raise it when a client's only broker dies). */
+ * (librdkafka 2.12.1 did not raise it when a client's only broker died). */
 static int call_once(kreq_client_t *c, const char *key, kreq_future_t **f)
 {
 	kreq_call_opts_t *o = kreq_call_opts_new();
