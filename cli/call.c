@@ -29,6 +29,7 @@
 #include <sodium.h>
 
 #include "cli/cli.h"
+#include "common/conf.h"
 #include "common/kadmin.h"
 #include "kreq/client.h"
 #include "kreq/error.h"
@@ -244,28 +245,22 @@ static int build_conf(const struct call_opts *o, const char *id, kreq_conf_t *co
 	return rc;
 }
 
-/* The reply topic the client will create for itself, into topic (size
- * bytes), or "" when the user chose the client's name or its topic. */
-static void own_reply_topic(kreq_conf_t *conf, const char *id, char *topic, size_t size)
+/* True, with the reply topic the client created for itself in topic (size
+ * bytes), unless the user chose the client's name or its topic. */
+static bool own_reply_topic(const kreq_conf_t *conf, const char *id, char *topic, size_t size)
 {
-	char got_id[256] = "", reply[256] = "", prefix[256] = "";
-	size_t n1 = sizeof(got_id), n2 = sizeof(reply), n3 = sizeof(prefix);
-	*topic = '\0';
-	if (kreq_conf_get(conf, "client.id", got_id, &n1) == KREQ_OK && !strcmp(got_id, id) &&
-	    kreq_conf_get(conf, "reply.topic", reply, &n2) == KREQ_OK && !*reply &&
-	    kreq_conf_get(conf, "topic.prefix", prefix, &n3) == KREQ_OK)
-		snprintf(topic, size, "%s.reply.%s", prefix, id);
+	if (strcmp(kreq__conf_str(conf, KREQ__P_CLIENT_ID), id) != 0 ||
+	    *kreq__conf_str(conf, KREQ__P_REPLY_TOPIC) != '\0')
+		return false;
+	snprintf(topic, size, "%s.reply.%s", kreq__conf_str(conf, KREQ__P_TOPIC_PREFIX), id);
+	return true;
 }
 
+/* Fills conf (the caller's) and starts the client on it. */
 static int new_client(const struct call_opts *o, kreq_keyring_t *kr, const char *id,
-                      char *own_topic, size_t own_size, kreq_client_t **out)
+                      kreq_conf_t *conf, kreq_client_t **out)
 {
-	kreq_conf_t *conf = kreq_conf_new();
-	if (conf == NULL)
-		return cli_fail(CLI_EXIT_FAIL, SUB, "out of memory");
 	int rc = build_conf(o, id, conf);
-	if (rc == CLI_EXIT_OK)
-		own_reply_topic(conf, id, own_topic, own_size);
 	char sid[128] = "";
 	size_t sid_size = sizeof(sid);
 	/* --conf signing.key.id=ID picks the signing key among the key file's */
@@ -285,7 +280,6 @@ static int new_client(const struct call_opts *o, kreq_keyring_t *kr, const char 
 			rc = cli_fail(CLI_EXIT_FAIL, SUB, "cannot start a kreq client on %s: %s",
 			              o->bootstrap, err);
 	}
-	kreq_conf_destroy(conf);
 	return rc;
 }
 
@@ -418,25 +412,14 @@ static int report_text(const struct call_opts *o, kreq_future_t *f)
 }
 
 /* Deletes the client's own reply topic with the Kafka settings the client
- * had (--bootstrap, then every -X kafka.*). */
-static void delete_reply_topic(const struct call_opts *o, const char *topic)
+ * had (its conf's kafka.* properties). */
+static void delete_reply_topic(const kreq_conf_t *conf, const char *topic)
 {
 	char err[512];
 	rd_kafka_conf_t *rc = rd_kafka_conf_new();
-	rd_kafka_conf_res_t res =
-	    rd_kafka_conf_set(rc, "bootstrap.servers", o->bootstrap, err, sizeof(err));
-	if (res == RD_KAFKA_CONF_OK)
-		res = rd_kafka_conf_set(rc, "log_level", "2", err, sizeof(err));
-	for (size_t i = 0; res == RD_KAFKA_CONF_OK && i < o->n_conf; i++) {
-		if (strncmp(o->conf[i], "kafka.", 6) != 0)
-			continue;
-		char name[256];
-		size_t n = strcspn(o->conf[i], "=");
-		snprintf(name, sizeof(name), "%.*s", (int)(n - 6), o->conf[i] + 6);
-		res = rd_kafka_conf_set(rc, name, o->conf[i] + n + 1, err, sizeof(err));
-	}
-	rd_kafka_t *rk =
-	    res == RD_KAFKA_CONF_OK ? rd_kafka_new(RD_KAFKA_PRODUCER, rc, err, sizeof(err)) : NULL;
+	rd_kafka_t *rk = kreq__conf_kafka_apply(conf, rc, err, sizeof(err)) == KREQ_OK
+	                     ? rd_kafka_new(RD_KAFKA_PRODUCER, rc, err, sizeof(err))
+	                     : NULL;
 	if (rk == NULL) {
 		rd_kafka_conf_destroy(rc);
 		fprintf(stderr, "kreq call: warning: reply topic %s not deleted: %s\n", topic, err);
@@ -452,11 +435,14 @@ static void delete_reply_topic(const struct call_opts *o, const char *topic)
 static int call(const struct call_opts *o, kreq_keyring_t *kr, const struct payload *p, int sigfd)
 {
 	kreq_client_t *c = NULL;
-	char id[64], own_topic[512] = "";
+	char id[64], own_topic[512];
 	if (sodium_init() < 0)
 		return cli_fail(CLI_EXIT_FAIL, SUB, "libsodium cannot be initialised");
 	snprintf(id, sizeof(id), "kreq-cli-%ld-%08x", (long)getpid(), randombytes_random());
-	int rc = new_client(o, kr, id, own_topic, sizeof(own_topic), &c);
+	kreq_conf_t *conf = kreq_conf_new();
+	if (conf == NULL)
+		return cli_fail(CLI_EXIT_FAIL, SUB, "out of memory");
+	int rc = new_client(o, kr, id, conf, &c);
 	kreq_future_t *f = NULL;
 	if (rc == CLI_EXIT_OK)
 		rc = submit(o, c, p, &f);
@@ -467,9 +453,10 @@ static int call(const struct call_opts *o, kreq_keyring_t *kr, const struct payl
 	}
 	if (c != NULL) {
 		kreq_client_destroy(c);
-		if (*own_topic)
-			delete_reply_topic(o, own_topic);
+		if (own_reply_topic(conf, id, own_topic, sizeof(own_topic)))
+			delete_reply_topic(conf, own_topic);
 	}
+	kreq_conf_destroy(conf);
 	return rc;
 }
 

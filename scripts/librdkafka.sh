@@ -16,7 +16,8 @@
 # intercepts (glibc's thrd_create() is not). HAVE_ATOMICS_{32,64}_ATOMIC are
 # defined by hand: librdkafka's CMake build (unlike its ./configure) never
 # sets them, and then rd_atomic32_set()/rd_atomic64_set() compile to plain
-# stores (rdatomic.h, "FIXME"), which TSan rightly reports as races.
+# stores (rdatomic.h's last fallback branch), which TSan rightly reports as
+# races.
 #
 # Flavour "tsan" is the same library built with -fsanitize=thread, for the
 # TSan stage: TSan must see librdkafka's own atomics and locks, or every
