@@ -11,7 +11,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libprotobuf-c-dev protobuf-c-compiler uuid-dev libsodium-dev libssl-dev check
   clang libclang-rt-14-dev clang-format valgrind
-  curl libsasl2-dev zlib1g-dev libzstd-dev
+  ca-certificates curl libcurl4-openssl-dev libsasl2-dev zlib1g-dev libzstd-dev debootstrap
   maven openjdk-17-jre-headless kcat
   python3 python3-cryptography libjansson-dev libmicrohttpd-dev docker-compose
 )
