@@ -231,11 +231,13 @@ kreq__dr_t *kreq__dr_new(kreq_server_t *s);
 void kreq__dr_free(kreq_server_t *s, kreq__dr_t *dr);
 int kreq__txn_begin(kreq_server_t *s);
 int kreq__txn_commit(kreq_server_t *s);
-int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n);
 /* Evicts the oldest stored results, pt's first, while the worker is over
  * server.dedup.max.bytes (loop thread). */
 void kreq__dedup_bound(kreq_server_t *s, kreq__part_t *pt);
 void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* rebuild.c */
+int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n);
 
 #endif
