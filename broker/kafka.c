@@ -214,13 +214,9 @@ static int ensure_topics(kreq_server_t *s)
 		    (nres = await_topic(s, s->res_topic)) <= 0)
 			return -1;
 	}
-	if (nres != nreq) {
-		kreq__loop_fatal(s, KREQ_ECONF,
-		                 "results topic %s has %d partitions but requests topic %s has %d: "
-		                 "they must be co-partitioned",
-		                 s->res_topic, nres, s->req_topic, nreq);
+	/* exists, compacted, long enough retention, co-partitioned (rebuild.c) */
+	if (kreq__results_topic_check(s, nreq))
 		return -1;
-	}
 	s->nparts = nreq;
 	s->parts = calloc((size_t)nreq, sizeof(*s->parts));
 	if (!s->parts) {

@@ -527,6 +527,8 @@ static int assign_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t 
 		fresh[n++] = s->parts[p];
 	}
 	int err = kreq__rebuild(s, fresh, n);
+	for (int i = 0; err && i < n; i++) /* incomplete dedup stores serve nothing */
+		part_drop(s, fresh[i]->id);
 	free(fresh);
 	return err;
 }
@@ -626,7 +628,7 @@ static void rewind_all(kreq_server_t *s)
 		if (s->paused)
 			rd_kafka_resume_partitions(s->consumer, l);
 		s->paused = false;
-	} else if (!s->fatal) {
+	} else if (!s->fatal && !atomic_load(&s->stop)) {
 		kreq__loop_fatal(s, KREQ_EKAFKA, "cannot read committed offsets to rewind");
 	}
 	rd_kafka_topic_partition_list_destroy(l);

@@ -75,6 +75,12 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 		                 "signing.key.id is %s but the keyring signs with %s "
 		                 "(kreq_keyring_set_signing_key())",
 		                 want, have);
+	const char *signers = kreq__conf_str(c, KREQ__P_SERVER_RESULT_SIGNERS);
+	if (*signers && !kreq__signer_listed(signers, have))
+		return kreq__err(errstr, errstr_size, KREQ_ECONF,
+		                 "server.result.signers (%s) does not list the signing key %s: the "
+		                 "worker's own results would be ignored by the dedup rebuild",
+		                 signers, have);
 	size_t bs_size = 0;
 	if (kreq_conf_get(c, "kafka.bootstrap.servers", NULL, &bs_size) == KREQ_ENOENT)
 		return kreq__err(errstr, errstr_size, KREQ_ECONF,
@@ -213,6 +219,9 @@ KREQ_API int kreq_server_set_keyring(kreq_server_t *s, kreq_keyring_t *kr)
 {
 	if (!s || !kr || !kreq_keyring_signing_key(kr))
 		return KREQ_EINVAL;
+	const char *signers = kreq__conf_str(s->conf, KREQ__P_SERVER_RESULT_SIGNERS);
+	if (*signers && !kreq__signer_listed(signers, kreq_keyring_signing_key(kr)))
+		return KREQ_ECONF; /* its results would be ignored by the next rebuild */
 	pthread_mutex_lock(&s->kr_lock);
 	kreq_keyring_t *old = s->kr_next;
 	s->kr_next = kreq_keyring_retain(kr);

@@ -238,6 +238,16 @@ void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* rebuild.c */
+/* Loads parts' stored results from the results topic (after checking the
+ * topic): KREQ_OK; KREQ_ECANCELED when kreq_server_stop() interrupted it
+ * (not fatal); else the loop failed (kreq__loop_fatal). Unless KREQ_OK the
+ * caller must not serve parts: their dedup stores are incomplete. */
 int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n);
+/* The results topic exists, is compacted, keeps results at least
+ * server.dedup.retention.ms and has nreq partitions: KREQ_OK, or the loop
+ * failed with the reason (KREQ_ECONF; KREQ_EKAFKA if Kafka did not answer). */
+int kreq__results_topic_check(kreq_server_t *s, int nreq);
+/* key_id is one of the comma-separated ids of list (server.result.signers). */
+bool kreq__signer_listed(const char *list, const char *key_id);
 
 #endif

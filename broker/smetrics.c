@@ -96,6 +96,10 @@ void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_pr
 	counter(out, "kreq_server_results_loaded_total",
 	        "Stored results read from the results topic while rebuilding.",
 	        load(&m->results_loaded), l);
+	counter(out, "kreq_server_results_ignored_total",
+	        "Results in the results topic the rebuild ignored because their signing key is "
+	        "not in server.result.signers.",
+	        load(&m->results_ignored), l);
 	counter(out, "kreq_server_produce_errors_total", "Records Kafka failed to accept.",
 	        load(&m->produce_errors), l);
 	counter(out, "kreq_server_replies_batched_total",

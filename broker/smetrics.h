@@ -65,6 +65,7 @@ typedef struct kreq__server_metrics {
 	atomic_uint_fast64_t replies_batched; /* light: replies on the batching producer */
 	atomic_uint_fast64_t dedup_evicted;   /* results dropped before their retention */
 	atomic_uint_fast64_t dedup_bytes;     /* gauge: memory held by stored results */
+	atomic_uint_fast64_t results_ignored; /* rebuild: Results of other signers */
 	kreq__hist_t handler_time;            /* handler start to reply */
 	kreq__hist_t queue_time;              /* consumed to handler start */
 	kreq__hist_t commit_time;             /* send_offsets + commit_transaction */

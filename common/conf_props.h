@@ -149,7 +149,20 @@
 	  "handler executions with it).")                                                          \
 	X(LOG_LEVEL, "log.level", INT, "6", 0, 7,                                                  \
 	  "Most verbose syslog level logged (3 error, 4 warning, 6 info, 7 debug). Logs go to "    \
-	  "stderr unless kreq_conf_set_log_cb() sets a callback.")
+	  "stderr unless kreq_conf_set_log_cb() sets a callback.")                                 \
+	X(SERVER_RESULT_SIGNERS, "server.result.signers", STR, "", 0, 4096,                        \
+	  "Comma-separated key ids whose Results the dedup rebuild accepts from the results "      \
+	  "topic; Results signed by any other key (a tenant's, say) are counted "                  \
+	  "(kreq_server_results_ignored_total) and ignored. Must include the signing key. Empty: " \
+	  "the keyring's signing key only. When rotating the workers' signing key, list the old "  \
+	  "and the new id (and keep the old key in the key file) for server.dedup.retention.ms "   \
+	  "(docs/operations.md).")                                                                 \
+	X(SERVER_RESULTS_TOPIC_CHECK, "server.results.topic.check", BOOL, "true", 0, 0,            \
+	  "Check the results topic's cleanup.policy (must include compact) and retention.ms (at "  \
+	  "least server.dedup.retention.ms, or -1) at start and on every assignment, through "     \
+	  "DescribeConfigs; a wrong one stops the worker. false skips these two checks, for "      \
+	  "librdkafka's mock cluster, which serves no DescribeConfigs (the demo); never in "       \
+	  "production. That the topic exists and is co-partitioned is always checked.")
 
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by
@@ -191,7 +204,10 @@
 	  "with one, replies queued meanwhile go out as one batch")                                \
 	X("transaction.timeout.ms", "10000",                                                       \
 	  "a crashed worker's open transaction blocks readers of its partitions (and the "         \
-	  "dedup rebuild of whoever takes them over) for at most this long")
+	  "dedup rebuild of whoever takes them over) for at most this long")                       \
+	X("allow.auto.create.topics", "false",                                                     \
+	  "the worker creates its topics itself; a deleted results topic must not come back with " \
+	  "the Kafka broker's defaults (one partition, not compacted)")
 
 #define KREQ__KAFKA_SERVER_CONSUMER_DEFAULTS(X)                                                    \
 	X("isolation.level", "read_committed", "results and requests of committed transactions")   \
@@ -202,6 +218,7 @@
 	X("heartbeat.interval.ms", "500", "idem")                                                  \
 	X("partition.assignment.strategy", "range", "eager rebalancing: see docs/operations.md")   \
 	X("fetch.wait.max.ms", "100", "bounded fetch wait (data still returns at once)")           \
-	X("socket.nagle.disable", "true", "no Nagle delay")
+	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
+	X("allow.auto.create.topics", "false", "idem: reading a topic never creates it")
 
 #endif

@@ -1,5 +1,6 @@
 /* kadmin.c — see kadmin.h. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/kadmin.h"
@@ -79,4 +80,55 @@ rd_kafka_resp_err_t kreq__topic_delete(rd_kafka_t *rk, const char *topic, int ti
 	rd_kafka_queue_destroy(q);
 	rd_kafka_DeleteTopic_destroy(dt);
 	return kerr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ? RD_KAFKA_RESP_ERR_NO_ERROR : kerr;
+}
+
+/* Copies the entries named in names out of the one resource of a
+ * DescribeConfigs result. */
+static rd_kafka_resp_err_t config_values(rd_kafka_event_t *ev, const char *const *names,
+                                         char **values)
+{
+	size_t n = 0, nc = 0;
+	const rd_kafka_ConfigResource_t **rs = rd_kafka_DescribeConfigs_result_resources(
+	    rd_kafka_event_DescribeConfigs_result(ev), &n);
+	if (n != 1)
+		return RD_KAFKA_RESP_ERR__FAIL;
+	rd_kafka_resp_err_t kerr = rd_kafka_ConfigResource_error(rs[0]);
+	if (kerr)
+		return kerr;
+	const rd_kafka_ConfigEntry_t **ce = rd_kafka_ConfigResource_configs(rs[0], &nc);
+	for (size_t i = 0; i < nc; i++)
+		for (size_t j = 0; names[j]; j++)
+			if (!values[j] && !strcmp(rd_kafka_ConfigEntry_name(ce[i]), names[j])) {
+				const char *v = rd_kafka_ConfigEntry_value(ce[i]);
+				if (!(values[j] = strdup(v ? v : "")))
+					return RD_KAFKA_RESP_ERR__FAIL; /* out of memory */
+			}
+	return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+rd_kafka_resp_err_t kreq__topic_configs(rd_kafka_t *rk, const char *topic, const char *const *names,
+                                        char **values, int timeout_ms)
+{
+	size_t count = 0;
+	while (names[count])
+		values[count++] = NULL;
+	rd_kafka_ConfigResource_t *res =
+	    rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic);
+	rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+	rd_kafka_AdminOptions_t *ao = admin_options(rk, timeout_ms);
+	rd_kafka_DescribeConfigs(rk, &res, 1, ao, q);
+	rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms + 1000);
+	rd_kafka_resp_err_t kerr = ev ? rd_kafka_event_error(ev) : RD_KAFKA_RESP_ERR__TIMED_OUT;
+	if (ev && !kerr)
+		kerr = config_values(ev, names, values);
+	if (ev)
+		rd_kafka_event_destroy(ev);
+	rd_kafka_AdminOptions_destroy(ao);
+	rd_kafka_queue_destroy(q);
+	rd_kafka_ConfigResource_destroy(res);
+	for (size_t j = 0; kerr && j < count; j++) {
+		free(values[j]);
+		values[j] = NULL;
+	}
+	return kerr;
 }

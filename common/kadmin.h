@@ -32,6 +32,14 @@ rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int pa
  * an error. Returns as kreq__topic_create (without INVALID_ARG). */
 rd_kafka_resp_err_t kreq__topic_delete(rd_kafka_t *rk, const char *topic, int timeout_ms);
 
+/* Reads topic's configuration (DescribeConfigs): values[i] gets a copy
+ * (free()) of the value of names[i] (NULL-terminated list), NULL where the
+ * topic has no such entry. Returns RD_KAFKA_RESP_ERR_NO_ERROR,
+ * RD_KAFKA_RESP_ERR__TIMED_OUT, RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART (no
+ * such topic) or Kafka's error; on error every values[i] is NULL. */
+rd_kafka_resp_err_t kreq__topic_configs(rd_kafka_t *rk, const char *topic, const char *const *names,
+                                        char **values, int timeout_ms);
+
 /*
  * Warming. librdkafka 2.0 looks up a topic a producer has not produced to
  * before only on its once-a-second scan of unknown topics

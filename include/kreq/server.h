@@ -92,9 +92,12 @@ KREQ_API int kreq_server_register(kreq_server_t *s, const char *method, kreq_han
  *  (their results are committed; what is still running then is abandoned,
  *  uncommitted, for another worker to redo), commits and leaves the group.
  *  Returns KREQ_OK after a clean stop, or the error that ended the loop
- *  (errstr names it): KREQ_EKAFKA, KREQ_ECONF (e.g. topics not
- *  co-partitioned, or fenced 3 times within a minute: another live worker
- *  has the same client.id), KREQ_ESTATE (already ran). Call once. */
+ *  (errstr names it): KREQ_EKAFKA, KREQ_ECONF (e.g. the results topic is
+ *  missing (deleted while serving), not compacted, keeps results shorter
+ *  than server.dedup.retention.ms or is not co-partitioned with the
+ *  requests topic, checked at start and on every assignment; or fenced 3
+ *  times within a minute: another live worker has the same client.id),
+ *  KREQ_ESTATE (already ran). Call once. */
 KREQ_API int kreq_server_run(kreq_server_t *s, char *errstr, size_t errstr_size);
 
 /** Asks the loop to stop. Async-signal-safe (writes an eventfd); any
@@ -106,7 +109,10 @@ KREQ_API void kreq_server_stop(kreq_server_t *s);
 
 /** Replaces the keyring used to verify requests and sign replies (e.g. on
  *  SIGHUP): takes a reference on kr and releases the old one once no request
- *  uses it. kr must have a signing key. Any thread. KREQ_OK, KREQ_EINVAL. */
+ *  uses it. kr must have a signing key. Any thread. KREQ_OK, KREQ_EINVAL,
+ *  KREQ_ECONF (server.result.signers is set and does not list kr's signing
+ *  key: the worker's new results would be ignored by the dedup rebuild;
+ *  nothing is replaced). */
 KREQ_API int kreq_server_set_keyring(kreq_server_t *s, kreq_keyring_t *kr);
 
 /** Prometheus text exposition of the server's metrics in a new malloc'd
