@@ -23,9 +23,10 @@
  *    request, rd_kafka_query_watermark_offsets(), would follow the reader's
  *    isolation level and return the LSO again) and reads until an
  *    end-of-partition event says the reader's position reached it. The
- *    position advances over commit/abort markers and aborted data, and the
- *    event carries it (m->offset, librdkafka 2.12.1 and 2.0.2), so an
- *    aborted transaction ends the wait as a committed one does. Bounded by
+ *    event carries the position (m->offset), which moves over commit and
+ *    abort markers and over aborted records, so an aborted transaction ends
+ *    the wait as a committed one does (both measured with librdkafka
+ *    2.12.1 in tests/broker/test_rebuild.c). Bounded by
  *    server.dedup.rebuild.timeout.ms, with an error naming the partition.
  *  - Only the worker's own signatures. The keyring also holds the tenants'
  *    request keys; a Result signed by one of them (written to the results

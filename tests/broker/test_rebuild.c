@@ -201,10 +201,9 @@ static void seal_result(kreq_keyring_t *signer, const char *request_key_id, cons
 static rd_kafka_t *producer_new(const char *txn_id)
 {
 	char err[512];
-	rd_kafka_conf_t *rc =
-	    txn_id ? kreq_test_conf_new(bootstrap, "transactional.id", txn_id,
-	                                "transaction.timeout.ms", "120000", NULL)
-	           : kreq_test_conf_new(bootstrap, NULL);
+	rd_kafka_conf_t *rc = txn_id ? kreq_test_conf_new(bootstrap, "transactional.id", txn_id,
+	                                                  "transaction.timeout.ms", "120000", NULL)
+	                             : kreq_test_conf_new(bootstrap, NULL);
 	rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, rc, err, sizeof(err));
 	ck_assert_msg(p != NULL, "%s", err);
 	return p;
@@ -212,11 +211,10 @@ static rd_kafka_t *producer_new(const char *txn_id)
 
 static void produce(rd_kafka_t *p, const char *idem, const uint8_t *buf, size_t len)
 {
-	ck_assert_int_eq(rd_kafka_producev(p, RD_KAFKA_V_TOPIC(res_topic), RD_KAFKA_V_PARTITION(0),
-	                                   RD_KAFKA_V_KEY(idem, strlen(idem)),
-	                                   RD_KAFKA_V_VALUE((void *)buf, len),
-	                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-	                                   RD_KAFKA_V_END),
+	ck_assert_int_eq(rd_kafka_producev(
+	                     p, RD_KAFKA_V_TOPIC(res_topic), RD_KAFKA_V_PARTITION(0),
+	                     RD_KAFKA_V_KEY(idem, strlen(idem)), RD_KAFKA_V_VALUE((void *)buf, len),
+	                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
 	                 RD_KAFKA_RESP_ERR_NO_ERROR);
 	ck_assert_int_eq(rd_kafka_flush(p, 15000), RD_KAFKA_RESP_ERR_NO_ERROR);
 }
@@ -290,8 +288,8 @@ START_TEST(test_signer_list)
 	ck_assert(!kreq__signer_listed("k0,t1", "k1"));
 
 	/* the worker's own signing key must be a result signer */
-	kreq_conf_t *conf = base_conf("w1", (const char *const[]){"server.result.signers", "k0,t1",
-	                                                          NULL});
+	kreq_conf_t *conf =
+	    base_conf("w1", (const char *const[]){"server.result.signers", "k0,t1", NULL});
 	char err[512] = "";
 	ck_assert_ptr_null(kreq_server_new(conf, kr, "svc", err, sizeof(err)));
 	ck_assert_msg(strstr(err, "server.result.signers (k0,t1) does not list the signing key k1"),
@@ -358,6 +356,29 @@ START_TEST(test_waits_for_open_transaction)
 }
 END_TEST
 
+/* The open transaction is aborted instead: the rebuild ends (the reader's
+ * position moves over the aborted record and the abort marker) and the
+ * retry runs the handler, its result never having been committed. */
+START_TEST(test_aborted_transaction_ends_wait)
+{
+	create_topics("1");
+	rd_kafka_t *p = open_txn_with_result("gone-1", "gone");
+	struct launch l = {.s = server_new("w1", NULL)};
+	pthread_t t;
+	ck_assert_int_eq(pthread_create(&t, NULL, start_main, &l), 0);
+	KREQ_TEST_AWAIT(log_has("a transaction is open up to"), 60000);
+	ck_assert(!atomic_load(&l.started));
+	txn_ok(rd_kafka_abort_transaction(p, 30000), "abort_transaction");
+	pthread_join(t, NULL); /* served within kreq_test_server_start's 60 s */
+	rd_kafka_destroy(p);
+	kreq_client_t *c = client_new(kr);
+	ck_assert(!call_echo(c, "gone", "gone-1"));
+	ck_assert_int_eq(atomic_load(&executions), 1);
+	kreq_client_destroy(c);
+	kreq_test_server_stop(l.rs);
+}
+END_TEST
+
 /* A transaction that stays open past server.dedup.rebuild.timeout.ms ends
  * the run with an error naming the partition and the open transaction. */
 START_TEST(test_open_transaction_times_out)
@@ -402,8 +423,8 @@ static void last_result_signer(char *key_id, size_t size)
 			continue;
 		bool eof = m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF;
 		kreq__opened_t o;
-		if (!m->err && kreq__envelope_open(kr, &lim, kreq__now_ms(), m->payload, m->len,
-		                                   &o, err, sizeof(err)) == KREQ_OK) {
+		if (!m->err && kreq__envelope_open(kr, &lim, kreq__now_ms(), m->payload, m->len, &o,
+		                                   err, sizeof(err)) == KREQ_OK) {
 			snprintf(key_id, size, "%s", o.key_id);
 			kreq__opened_clear(&o);
 		}
@@ -477,8 +498,10 @@ static void results_topic_refused(const char *const *configs, const char *want)
 START_TEST(test_results_topic_not_compacted)
 {
 	char want[300];
-	snprintf(want, sizeof(want), "results topic %s has cleanup.policy=delete: it must include "
-	         "compact", res_topic);
+	snprintf(want, sizeof(want),
+	         "results topic %s has cleanup.policy=delete: it must include "
+	         "compact",
+	         res_topic);
 	results_topic_refused((const char *const[]){"cleanup.policy", "delete", NULL}, want);
 }
 END_TEST
@@ -486,11 +509,13 @@ END_TEST
 START_TEST(test_results_topic_short_retention)
 {
 	char want[300];
-	snprintf(want, sizeof(want), "results topic %s has retention.ms=60000, shorter than "
-	         "server.dedup.retention.ms=604800000", res_topic);
-	results_topic_refused(
-	    (const char *const[]){"cleanup.policy", "compact,delete", "retention.ms", "60000", NULL},
-	    want);
+	snprintf(want, sizeof(want),
+	         "results topic %s has retention.ms=60000, shorter than "
+	         "server.dedup.retention.ms=604800000",
+	         res_topic);
+	results_topic_refused((const char *const[]){"cleanup.policy", "compact,delete",
+	                                            "retention.ms", "60000", NULL},
+	                      want);
 }
 END_TEST
 
@@ -551,8 +576,8 @@ static int partitions_of(const char *topic)
 {
 	char err[512];
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER,
-	                              kreq_test_conf_new(bootstrap, "group.id", "inspect", NULL), err,
-	                              sizeof(err));
+	                              kreq_test_conf_new(bootstrap, "group.id", "inspect", NULL),
+	                              err, sizeof(err));
 	ck_assert_ptr_nonnull(rk);
 	int n = kreq__topic_partitions(rk, topic, 10000);
 	rd_kafka_destroy(rk);
@@ -572,8 +597,8 @@ START_TEST(test_results_topic_deleted_while_serving)
 	kreq_client_t *c = client_new(ckr);
 	ck_assert(!call_echo(c, "one", "del-1"));
 	char err[512];
-	rd_kafka_t *admin = rd_kafka_new(RD_KAFKA_PRODUCER, kreq_test_conf_new(bootstrap, NULL),
-	                                 err, sizeof(err));
+	rd_kafka_t *admin =
+	    rd_kafka_new(RD_KAFKA_PRODUCER, kreq_test_conf_new(bootstrap, NULL), err, sizeof(err));
 	ck_assert_ptr_nonnull(admin);
 	ck_assert_int_eq(kreq__topic_delete(admin, res_topic, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
 	rd_kafka_destroy(admin);
@@ -640,7 +665,8 @@ START_TEST(test_sigterm_during_rebuild)
 	txn_ok(rd_kafka_abort_transaction(txn, 30000), "abort_transaction");
 	rd_kafka_destroy(txn);
 	ck_assert_msg(r.status == 0 && took < 3000 + 2000,
-	              "exit %d after %lld ms (grace 3000 ms)\n%s", r.status, (long long)took, r.err);
+	              "exit %d after %lld ms (grace 3000 ms)\n%s", r.status, (long long)took,
+	              r.err);
 	kreq_test_result_free(&r);
 	kreq_test_tmp_remove();
 }
@@ -654,6 +680,7 @@ int main(void)
 	tcase_set_timeout(tc, 240);
 	tcase_add_test(tc, test_signer_list);
 	tcase_add_test(tc, test_waits_for_open_transaction);
+	tcase_add_test(tc, test_aborted_transaction_ends_wait);
 	tcase_add_test(tc, test_open_transaction_times_out);
 	tcase_add_test(tc, test_foreign_signer_ignored);
 	tcase_add_test(tc, test_results_topic_not_compacted);
