@@ -114,7 +114,8 @@ static void usage(FILE *out)
 	      "  1  runtime error: Kafka unreachable or failing, an endpoint could not\n"
 	      "     be opened, out of memory\n"
 	      "  2  usage or configuration error: bad option, unreadable or invalid\n"
-	      "     configuration, key file or plugin\n",
+	      "     configuration, key file or plugin, a missing or misconfigured\n"
+	      "     results topic\n",
 	      out);
 }
 
