@@ -209,13 +209,14 @@ static int ensure_topics(kreq_server_t *s)
 			return -1;
 	}
 	int nres = kreq__topic_partitions(s->reader, s->res_topic, 5000);
-	if (nres == 0) {
+	bool created = nres == 0;
+	if (created) {
 		if (create_topic(s, s->res_topic, nreq, true) ||
 		    (nres = await_topic(s, s->res_topic)) <= 0)
 			return -1;
 	}
 	/* exists, compacted, long enough retention, co-partitioned (rebuild.c) */
-	if (kreq__results_topic_check(s, nreq))
+	if (kreq__results_topic_check(s, nreq, created))
 		return -1;
 	s->nparts = nreq;
 	s->parts = calloc((size_t)nreq, sizeof(*s->parts));

@@ -585,7 +585,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		assign_parts(s, l);
 		rd_kafka_assign(rk, l);
 		s->paused = false;
-		atomic_store_explicit(&s->ready, !s->fatal, memory_order_release);
+		atomic_store_explicit(&s->ready, !s->fatal && !atomic_load(&s->stop),
+		                      memory_order_release);
 		/* counted once serving: rebalances_total >= 1 implies ready */
 		atomic_fetch_add_explicit(&s->m.rebalances, 1, memory_order_relaxed);
 		return;

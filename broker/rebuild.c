@@ -48,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "broker/server_int.h"
 #include "common/conf.h"
@@ -92,12 +93,18 @@ static bool retention_ok(const char *value, int64_t want)
 }
 
 /* The configuration of the results topic, when it is wrong: the error
- * (loop_fatal'ed) or KREQ_OK. */
-static int config_check(kreq_server_t *s, int tmo)
+ * (loop_fatal'ed) or KREQ_OK. created: retry while the Kafka broker asked
+ * does not know the new topic yet (metadata propagates between brokers). */
+static int config_check(kreq_server_t *s, int tmo, bool created)
 {
 	static const char *const names[] = {"cleanup.policy", "retention.ms", NULL};
 	char *v[2] = {NULL, NULL};
-	rd_kafka_resp_err_t kerr = kreq__topic_configs(s->reader, s->res_topic, names, v, tmo);
+	int64_t until = kreq__mono_ns() + tmo * 1000000LL;
+	rd_kafka_resp_err_t kerr;
+	while ((kerr = kreq__topic_configs(s->reader, s->res_topic, names, v, tmo)) ==
+	           RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART &&
+	       created && kreq__mono_ns() < until && !atomic_load(&s->stop))
+		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL); /* backoff */
 	int err = KREQ_ECONF;
 	if (kerr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
 		kreq__loop_fatal(s, err,
@@ -128,11 +135,11 @@ static int config_check(kreq_server_t *s, int tmo)
 	return err;
 }
 
-int kreq__results_topic_check(kreq_server_t *s, int nreq)
+int kreq__results_topic_check(kreq_server_t *s, int nreq, bool created)
 {
 	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
 	int err = kreq__conf_bool(s->conf, KREQ__P_SERVER_RESULTS_TOPIC_CHECK)
-	              ? config_check(s, tmo)
+	              ? config_check(s, tmo, created)
 	              : KREQ_OK;
 	if (err)
 		return err;
@@ -323,7 +330,7 @@ int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n)
 {
 	if (n == 0)
 		return KREQ_OK;
-	int err = kreq__results_topic_check(s, s->nparts);
+	int err = kreq__results_topic_check(s, s->nparts, false);
 	if (err)
 		return err;
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);

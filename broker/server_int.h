@@ -245,8 +245,10 @@ void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
 int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n);
 /* The results topic exists, is compacted, keeps results at least
  * server.dedup.retention.ms and has nreq partitions: KREQ_OK, or the loop
- * failed with the reason (KREQ_ECONF; KREQ_EKAFKA if Kafka did not answer). */
-int kreq__results_topic_check(kreq_server_t *s, int nreq);
+ * failed with the reason (KREQ_ECONF; KREQ_EKAFKA if Kafka did not answer).
+ * created: the worker has just created it, so a Kafka broker that does not
+ * know it yet is waited for (up to server.start.timeout.ms). */
+int kreq__results_topic_check(kreq_server_t *s, int nreq, bool created);
 /* key_id is one of the comma-separated ids of list (server.result.signers). */
 bool kreq__signer_listed(const char *list, const char *key_id);
 
