@@ -54,12 +54,19 @@ typedef struct kreq__dd_slot {
 	kreq__dd_entry_t *e; /* NULL: empty */
 } kreq__dd_slot_t;
 
+/* No entry sits further than this many slots from its home (dedup.c). */
+#define KREQ__DD_PROBE_MAX      128
+#define KREQ__DD_HASH_KEY_BYTES 16
+
 typedef struct kreq__dedup {
 	kreq__dd_slot_t *slots; /* a power of two of them, at most half full */
 	size_t nslots, count;
-	kreq__dd_entry_t *oldest, *newest; /* DONE entries by insertion */
-	size_t bytes;                      /* footprint of every entry held */
-	size_t *shared;                    /* optional: also counted here */
+	uint8_t hkey[KREQ__DD_HASH_KEY_BYTES]; /* this table's random SipHash key */
+	uint64_t rekeys;                       /* times a probe run forced a new key */
+	uint64_t refused;                      /* inserts refused: no slot within the bound */
+	kreq__dd_entry_t *oldest, *newest;     /* DONE entries by insertion */
+	size_t bytes;                          /* footprint of every entry held */
+	size_t *shared;                        /* optional: also counted here */
 } kreq__dedup_t;
 
 /* Builds the record key into key (KREQ__DEDUP_KEY_MAX bytes); its length. */
@@ -92,6 +99,10 @@ int kreq__dedup_set_done(kreq__dedup_t *d, kreq__dd_entry_t *e, const uint8_t *k
  * len bytes, or NULL) and error (malloc'd or NULL): no copy. */
 void kreq__dedup_set_done_take(kreq__dedup_t *d, kreq__dd_entry_t *e, int32_t status,
                                uint8_t *payload, size_t len, char *error, int64_t expires_ms);
+
+/* Test hook: re-hashes the index under key (a chosen key lets a test build
+ * keys that collide under it). */
+void kreq__dedup_set_hash_key(kreq__dedup_t *d, const uint8_t key[KREQ__DD_HASH_KEY_BYTES]);
 
 /* Calls fn for every entry (fn must not add or remove entries). */
 void kreq__dedup_each(kreq__dedup_t *d, void (*fn)(kreq__dd_entry_t *e, void *arg), void *arg);
