@@ -298,7 +298,7 @@ void kreq__request_free(kreq_request_t *r)
 	if (r->ip_next)
 		r->ip_next->ip_prev = r->ip_prev;
 	pthread_mutex_unlock(&s->ip_lock);
-	atomic_fetch_sub_explicit(&s->in_progress, 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&s->in_progress, 1 + (size_t)r->njoiners, memory_order_relaxed);
 	for (kreq__target_t *t = r->joiners, *n; t; t = n) {
 		n = t->next;
 		free(t);

@@ -66,6 +66,7 @@ struct kreq_request_s {
 	uint64_t incarnation;
 	kreq__target_t self;     /* reply target of this record */
 	kreq__target_t *joiners; /* duplicates waiting for this result (loop) */
+	uint32_t njoiners;       /* how many (each also counted in in_progress) */
 	kreq__dd_entry_t *dd;    /* its RUNNING dedup entry (loop; valid in its incarnation) */
 	uint8_t ddkey[KREQ__DEDUP_KEY_MAX];
 	uint16_t ddkey_len;

@@ -23,7 +23,8 @@
 	X(UNKNOWN_METHOD, "unknown_method") /* no handler */                                       \
 	X(DENIED, "denied")                 /* key not allowed this method */                      \
 	X(RATE_LIMITED, "rate_limited")     /* key over server.rate.limit.per.key */               \
-	X(SHUTTING_DOWN, "shutting_down")   /* not started before shutdown */
+	X(SHUTTING_DOWN, "shutting_down")   /* not started before shutdown */                      \
+	X(REFUSED, "refused")               /* reply_partition not on the reply topic */
 
 /* Why a record was dropped without running anything. */
 #define KREQ__REJECTS(X)                                                                           \
@@ -36,7 +37,11 @@
 	X(FUTURE, "future")                                                                        \
 	X(KIND, "kind")               /* a reply or result on the request topic */                 \
 	X(REPLY_TOPIC, "reply_topic") /* reply topic not on server.reply.topic.allow */            \
-	X(OTHER, "other")
+	X(OTHER, "other")                                                                          \
+	X(WRONG_PARTITION, "wrong_partition") /* not on its idempotency key's partition */         \
+	X(WRONG_SERVICE, "wrong_service")     /* signed for another service */                     \
+	X(DUPLICATE, "duplicate")             /* replay of a running request's correlation id */   \
+	X(JOIN_LIMIT, "join_limit") /* replay past KREQ__JOINERS_MAX or server.max.in.flight */
 
 typedef enum {
 #define KREQ__H_ENUM(id, name) KREQ__H_##id,
