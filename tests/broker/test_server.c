@@ -79,6 +79,21 @@ static void h_slow(kreq_request_t *r, void *opaque)
 	kreq_request_reply(r, 0, p, len, NULL);
 }
 
+/* Runs until the test opens the gate (bounded: 60 s), then echoes. */
+static atomic_bool gate_open;
+
+static void h_gate(kreq_request_t *r, void *opaque)
+{
+	(void)opaque;
+	atomic_fetch_add(&executions, 1);
+	int64_t until = kreq_test_now_ms() + 60000;
+	while (!atomic_load(&gate_open) && kreq_test_now_ms() < until)
+		kreq_test_poll_pause();
+	size_t len;
+	const void *p = kreq_request_payload(r, &len);
+	kreq_request_reply(r, 0, p, len, NULL);
+}
+
 /* ---- a server on its own thread ----------------------------------------- */
 
 static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
@@ -107,6 +122,7 @@ static kreq_test_running_t *server_start(const char *worker_id, const char *cons
 	                 KREQ_OK);
 	ck_assert_int_eq(kreq_server_register(s, "svc.fail", h_fail, NULL, 0), KREQ_OK);
 	ck_assert_int_eq(kreq_server_register(s, "svc.slow", h_slow, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_server_register(s, "svc.gate", h_gate, NULL, 0), KREQ_OK);
 	return kreq_test_server_start(s);
 }
 
@@ -186,6 +202,7 @@ static void setup(void)
 	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
 	atomic_store(&executions, 0);
 	atomic_store(&cancelled_seen, 0);
+	atomic_store(&gate_open, false);
 }
 
 static void teardown(void)
@@ -830,6 +847,162 @@ START_TEST(test_topics_created)
 }
 END_TEST
 
+/* ---- replays of a running request (issue 16 items 7 and 13) ------------- */
+
+/* A sealed svc.gate request with correlation id corr and idempotency key
+ * idem, replying to (reply_topic, rp). */
+static void seal_gate(const uint8_t corr[16], const char *idem, const char *reply_topic, int32_t rp,
+                      uint8_t **buf, size_t *len)
+{
+	int64_t now = (int64_t)time(NULL) * 1000;
+	Kreq__Request q = KREQ__REQUEST__INIT;
+	q.correlation_id = (ProtobufCBinaryData){16, (uint8_t *)corr};
+	q.idempotency_key = (ProtobufCBinaryData){strlen(idem), (uint8_t *)idem};
+	q.method = "svc.gate";
+	q.payload = (ProtobufCBinaryData){4, (uint8_t *)"gate"};
+	q.reply_topic = (char *)reply_topic;
+	q.reply_partition = rp;
+	q.issued_at_ms = now;
+	q.deadline_ms = now + 120000;
+	q.attempt = 1;
+	q.client_id = "raw";
+	kreq__limits_t lim = {1 << 20, 1 << 20, 30000};
+	char err[256];
+	ck_assert_int_eq(
+	    kreq__envelope_seal(kr, &lim, KREQ__KIND_REQUEST, &q.base, buf, len, err, sizeof(err)),
+	    KREQ_OK);
+}
+
+/* Produces n copies of buf to partition 0 of the request topic, then flushes. */
+static void raw_send_n(rd_kafka_t *p, const void *buf, size_t len, int n)
+{
+	for (int i = 0; i < n; i++) {
+		rd_kafka_resp_err_t e;
+		while (
+		    (e = rd_kafka_producev(p, RD_KAFKA_V_TOPIC(req_topic), RD_KAFKA_V_PARTITION(0),
+		                           RD_KAFKA_V_VALUE((void *)buf, len),
+		                           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+		                           RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+			rd_kafka_poll(p, 10);
+		ck_assert_int_eq(e, RD_KAFKA_RESP_ERR_NO_ERROR);
+	}
+	ck_assert_int_eq(rd_kafka_flush(p, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+/* Counts the committed replies on (topic, partition) whose key (the
+ * correlation id) is corr, and those whose key starts with tag, up to the
+ * partition's end (read_committed: what the worker committed). */
+static void count_replies(const char *topic, int32_t partition, const uint8_t corr[16], uint8_t tag,
+                          int *to_corr, int *to_tag)
+{
+	char err[512];
+	rd_kafka_conf_t *rc =
+	    kreq_test_conf_new(bootstrap, "group.id", "count-replies", "isolation.level",
+	                       "read_committed", "enable.partition.eof", "true", NULL);
+	rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, rc, err, sizeof(err));
+	ck_assert_msg(c != NULL, "%s", err);
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(l, topic, partition)->offset = RD_KAFKA_OFFSET_BEGINNING;
+	ck_assert_int_eq(rd_kafka_assign(c, l), RD_KAFKA_RESP_ERR_NO_ERROR);
+	rd_kafka_topic_partition_list_destroy(l);
+	*to_corr = *to_tag = 0;
+	int64_t until = kreq_test_now_ms() + 60000;
+	bool eof = false;
+	while (!eof && kreq_test_now_ms() < until) {
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 100);
+		if (!m)
+			continue;
+		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+			eof = true;
+		else if (!m->err && m->key_len == 16 && !memcmp(m->key, corr, 16))
+			(*to_corr)++;
+		else if (!m->err && m->key_len == 16 && ((const uint8_t *)m->key)[0] == tag)
+			(*to_tag)++;
+		rd_kafka_message_destroy(m);
+	}
+	ck_assert_msg(eof, "the reply topic was not read to its end");
+	rd_kafka_consumer_close(c);
+	rd_kafka_destroy(c);
+}
+
+/* 10k byte-for-byte replays of a running request's record get no reply of
+ * their own (its correlation id is answered once, when it finishes), and
+ * 100 replays under other correlation ids join it only up to the bound
+ * (16): the rest are dropped and counted, nothing grows without bound.
+ * Before: every replay joined (10,001 replies to the one correlation id,
+ * 71 MB for 200k replays in the issue). */
+START_TEST(test_replays_of_running_request_bounded)
+{
+	static const char *const extra[] = {"server.topic.partitions", "1", NULL};
+	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_client_t *c = client_new(NULL);
+	int32_t rp;
+	const char *reply_topic = kreq_client_reply_topic(c, &rp);
+	rd_kafka_t *p = raw_producer();
+	uint8_t corr[16], *buf;
+	size_t len;
+	randombytes_buf(corr, sizeof(corr));
+	corr[0] = 0xAA;
+	seal_gate(corr, "victim", reply_topic, rp, &buf, &len);
+	raw_send_n(p, buf, len, 1);
+	KREQ_TEST_AWAIT(atomic_load(&executions) == 1, 30000); /* running, held at the gate */
+	raw_send_n(p, buf, len, 10000);
+	free(buf);
+	for (int i = 0; i < 100; i++) { /* the same request under other correlation ids */
+		uint8_t other[16];
+		randombytes_buf(other, sizeof(other));
+		other[0] = 0xBB;
+		seal_gate(other, "victim", reply_topic, rp, &buf, &len);
+		raw_send_n(p, buf, len, 1);
+		free(buf);
+	}
+	/* one partition: once this call is answered every replay was consumed */
+	expect_reply(call(c, "svc.echo", "after", NULL, 60000), 0, "after", false);
+	size_t in_flight = kreq_server_in_flight(w->s);
+	ck_assert_msg(in_flight <= 1 + 16, "%zu requests and joiners in flight", in_flight);
+	atomic_store(&gate_open, true);
+	KREQ_TEST_AWAIT(handled(w->s, "ok") == 2, 60000);
+	KREQ_TEST_AWAIT(kreq_server_in_flight(w->s) == 0, 30000);
+	int to_corr = 0, to_joiners = 0;
+	count_replies(reply_topic, rp, corr, 0xBB, &to_corr, &to_joiners);
+	ck_assert_msg(to_corr == 1, "%d replies to the replayed correlation id", to_corr);
+	ck_assert_int_eq(to_joiners, 16);
+	ck_assert_int_eq(atomic_load(&executions), 2); /* the gate once, the echo once */
+	ck_assert_uint_eq(handled(w->s, "joined"), 16);
+	ck_assert_uint_eq(rejected(w->s, "duplicate"), 10000);
+	ck_assert_uint_eq(rejected(w->s, "join_limit"), 100 - 16);
+	rd_kafka_destroy(p);
+	kreq_client_destroy(c);
+	kreq_test_server_stop(w);
+}
+END_TEST
+
+/* Rate limiting comes after dedup: 20 retries of a stored result (and
+ * so, dedup hits) leave the key's bucket alone, so the next new call still
+ * runs. Before, the retries drained the bucket (server.rate.limit.per.key
+ * 2: the retries beyond the first got "overloaded", and so did the new
+ * call). */
+START_TEST(test_rate_limit_after_dedup)
+{
+	static const char *const extra[] = {"server.rate.limit.per.key", "2", NULL};
+	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_client_t *c = client_new(NULL);
+	expect_reply(call(c, "svc.echo", "r", "rated", 30000), 0, "r", false);
+	enum { N = 20 };
+	kreq_future_t *f[N];
+	for (int i = 0; i < N; i++)
+		f[i] = call(c, "svc.echo", "r", "rated", 30000);
+	for (int i = 0; i < N; i++)
+		expect_reply(f[i], 0, "r", true);
+	expect_reply(call(c, "svc.echo", "fresh", NULL, 30000), 0, "fresh", false);
+	ck_assert_uint_eq(handled(w->s, "rate_limited"), 0);
+	ck_assert_uint_eq(handled(w->s, "dedup"), N);
+	ck_assert_int_eq(atomic_load(&executions), 2);
+	kreq_client_destroy(c);
+	kreq_test_server_stop(w);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("server");
@@ -856,5 +1029,12 @@ int main(void)
 	tcase_add_test(tc, test_rate_limit);
 	tcase_add_test(tc, test_keyring_replaced_while_serving);
 	suite_add_tcase(s, tc);
+	/* issue 16: replays and tenants cannot exhaust the worker (CK_RUN_CASE=bounds) */
+	TCase *tb = tcase_create("bounds");
+	tcase_add_checked_fixture(tb, setup, teardown);
+	tcase_set_timeout(tb, 180);
+	tcase_add_test(tb, test_replays_of_running_request_bounded);
+	tcase_add_test(tb, test_rate_limit_after_dedup);
+	suite_add_tcase(s, tb);
 	return kreq_test_run_suite(s);
 }

@@ -40,22 +40,55 @@ static kreq__facts_t runs(void)
  * LATER check, so its expected outcome shows it is checked first. */
 typedef void (*breaker_t)(kreq__facts_t *f);
 
-static void b_verify(kreq__facts_t *f) { f->verified = false; }
-static void b_cancel(kreq__facts_t *f) { f->kind = KREQ__KIND_CANCEL; }
-static void b_kind(kreq__facts_t *f) { f->kind = KREQ__KIND_REPLY; }
-static void b_partition(kreq__facts_t *f) { f->partition_ok = false; }
-static void b_service(kreq__facts_t *f) { f->service_ok = false; }
-static void b_topic(kreq__facts_t *f) { f->reply_topic_ok = false; }
-static void b_rpart(kreq__facts_t *f) { f->reply_partition_ok = false; }
-static void b_handler(kreq__facts_t *f) { f->handler_found = false; }
-static void b_acl(kreq__facts_t *f) { f->key_permitted = false; }
+static void b_verify(kreq__facts_t *f)
+{
+	f->verified = false;
+}
+static void b_cancel(kreq__facts_t *f)
+{
+	f->kind = KREQ__KIND_CANCEL;
+}
+static void b_kind(kreq__facts_t *f)
+{
+	f->kind = KREQ__KIND_REPLY;
+}
+static void b_partition(kreq__facts_t *f)
+{
+	f->partition_ok = false;
+}
+static void b_service(kreq__facts_t *f)
+{
+	f->service_ok = false;
+}
+static void b_topic(kreq__facts_t *f)
+{
+	f->reply_topic_ok = false;
+}
+static void b_rpart(kreq__facts_t *f)
+{
+	f->reply_partition_ok = false;
+}
+static void b_handler(kreq__facts_t *f)
+{
+	f->handler_found = false;
+}
+static void b_acl(kreq__facts_t *f)
+{
+	f->key_permitted = false;
+}
 static void b_conflict(kreq__facts_t *f)
 {
 	f->found = KREQ__FOUND_RUNNING;
 	f->digest_match = false;
 }
-static void b_rate(kreq__facts_t *f) { f->tokens = 0.5; }
-static void b_budget(kreq__facts_t *f) { f->budget_ms = 0; }
+static void b_rate(kreq__facts_t *f)
+{
+	f->tokens = 0.5;
+}
+static void b_budget(kreq__facts_t *f)
+{
+	f->budget_ms = 0;
+}
 
 typedef struct row {
 	breaker_t brk;
@@ -126,24 +159,24 @@ static const ddrow_t DEDUP[] = {
      KREQ_STATUS_CONFLICT},
     /* running: joins, even at the last free joiner slot */
     {KREQ__FOUND_RUNNING, true, false, 0, 0, KREQ__ACT_JOIN, KREQ__WHY_JOINED, 0},
-    {KREQ__FOUND_RUNNING, true, false, KREQ__JOINERS_MAX - 1, 255, KREQ__ACT_JOIN,
-     KREQ__WHY_JOINED, 0},
+    {KREQ__FOUND_RUNNING, true, false, KREQ__JOINERS_MAX - 1, 255, KREQ__ACT_JOIN, KREQ__WHY_JOINED,
+     0},
     /* the same correlation id already gets the reply: answered once */
     {KREQ__FOUND_RUNNING, true, true, 0, 0, KREQ__ACT_DROP, KREQ__WHY_DUPLICATE, 0},
     /* duplicate before the bounds: it is the more precise count */
-    {KREQ__FOUND_RUNNING, true, true, KREQ__JOINERS_MAX, 256, KREQ__ACT_DROP,
-     KREQ__WHY_DUPLICATE, 0},
+    {KREQ__FOUND_RUNNING, true, true, KREQ__JOINERS_MAX, 256, KREQ__ACT_DROP, KREQ__WHY_DUPLICATE,
+     0},
     /* bounded joiners */
-    {KREQ__FOUND_RUNNING, true, false, KREQ__JOINERS_MAX, 0, KREQ__ACT_DROP,
-     KREQ__WHY_JOINERS_FULL, 0},
+    {KREQ__FOUND_RUNNING, true, false, KREQ__JOINERS_MAX, 0, KREQ__ACT_DROP, KREQ__WHY_JOINERS_FULL,
+     0},
     {KREQ__FOUND_RUNNING, true, false, KREQ__JOINERS_MAX, 256, KREQ__ACT_DROP,
      KREQ__WHY_JOINERS_FULL, 0},
     /* joiners count against server.max.in.flight */
     {KREQ__FOUND_RUNNING, true, false, 0, 256, KREQ__ACT_DROP, KREQ__WHY_IN_FLIGHT_FULL, 0},
     {KREQ__FOUND_RUNNING, true, false, 0, 300, KREQ__ACT_DROP, KREQ__WHY_IN_FLIGHT_FULL, 0},
     /* conflict before everything else about a running entry */
-    {KREQ__FOUND_RUNNING, false, true, KREQ__JOINERS_MAX, 256, KREQ__ACT_ANSWER,
-     KREQ__WHY_CONFLICT, KREQ_STATUS_CONFLICT},
+    {KREQ__FOUND_RUNNING, false, true, KREQ__JOINERS_MAX, 256, KREQ__ACT_ANSWER, KREQ__WHY_CONFLICT,
+     KREQ_STATUS_CONFLICT},
 };
 
 START_TEST(test_dedup_branches)
