@@ -61,9 +61,9 @@ typedef enum {
 	KREQ__WHY_DENIED,
 	KREQ__WHY_CONFLICT,
 	KREQ__WHY_STORED,
-	KREQ__WHY_DUPLICATE,     /* running: this correlation id already gets the reply */
-	KREQ__WHY_JOINERS_FULL,  /* running: KREQ__JOINERS_MAX joiners already */
-	KREQ__WHY_IN_FLIGHT_FULL,/* running: the worker is at server.max.in.flight */
+	KREQ__WHY_DUPLICATE,      /* running: this correlation id already gets the reply */
+	KREQ__WHY_JOINERS_FULL,   /* running: KREQ__JOINERS_MAX joiners already */
+	KREQ__WHY_IN_FLIGHT_FULL, /* running: the worker is at server.max.in.flight */
 	KREQ__WHY_JOINED,
 	KREQ__WHY_RATE_LIMITED,
 	KREQ__WHY_DEADLINE,

@@ -88,12 +88,93 @@ int kreq__dedup_init(kreq__dedup_t *d)
 	return d->slots ? KREQ_OK : KREQ_ENOMEM;
 }
 
-static void account(kreq__dedup_t *d, size_t add, size_t sub)
+static void account(kreq__dedup_t *d, kreq__dd_entry_t *e, size_t add, size_t sub)
 {
 	d->bytes = d->bytes + add - sub;
 	if (d->shared)
 		*d->shared = *d->shared + add - sub;
+	if (e->tenant)
+		e->tenant->bytes = e->tenant->bytes + add - sub;
 }
+
+/* ---- tenants ------------------------------------------------------------ */
+
+/* The tenant of a record key (u8 len || key_id || ...), created if new. */
+static kreq__dd_tenant_t *tenant_of(kreq__dd_tenants_t *r, const uint8_t *key)
+{
+	kreq__dd_tenant_t **pp = &r->head, *t;
+	for (; (t = *pp); pp = &t->next)
+		if (t->id_len == key[0] && !memcmp(t->id, key + 1, key[0]))
+			break;
+	if (t) {
+		*pp = t->next; /* to the front: the next lookup is likely the same key */
+	} else {
+		if (!(t = calloc(1, sizeof(*t) + key[0])))
+			return NULL;
+		t->id_len = key[0];
+		memcpy(t->id, key + 1, key[0]);
+		r->count++;
+	}
+	t->next = r->head;
+	r->head = t;
+	return t;
+}
+
+void kreq__dd_tenants_sweep(kreq__dd_tenants_t *r)
+{
+	for (kreq__dd_tenant_t **pp = &r->head, *t; (t = *pp);) {
+		if (t->entries) {
+			pp = &t->next;
+			continue;
+		}
+		*pp = t->next;
+		free(t);
+		r->count--;
+	}
+}
+
+/* e's list in its tenant: the DONE one or the GHOST one. */
+static kreq__dd_entry_t **t_list(kreq__dd_entry_t *e, kreq__dd_entry_t ***newest)
+{
+	kreq__dd_tenant_t *t = e->tenant;
+	bool ghost = e->state == KREQ__DD_GHOST;
+	*newest = ghost ? &t->g_newest : &t->newest;
+	return ghost ? &t->g_oldest : &t->oldest;
+}
+
+static void t_unlink(kreq__dd_entry_t *e)
+{
+	if (!e->tenant || !e->aged)
+		return;
+	kreq__dd_entry_t **newest, **oldest = t_list(e, &newest);
+	if (e->t_prev)
+		e->t_prev->t_next = e->t_next;
+	else
+		*oldest = e->t_next;
+	if (e->t_next)
+		e->t_next->t_prev = e->t_prev;
+	else
+		*newest = e->t_prev;
+	e->t_prev = e->t_next = NULL;
+}
+
+/* Appends e (DONE or GHOST, aged) to its tenant's list. */
+static void t_link(kreq__dd_entry_t *e)
+{
+	if (!e->tenant)
+		return;
+	kreq__dd_entry_t **newest, **oldest = t_list(e, &newest);
+	e->t_next = NULL;
+	e->t_prev = *newest;
+	if (*newest)
+		(*newest)->t_next = e;
+	else
+		*oldest = e;
+	*newest = e;
+}
+
+/* Unlinks e from its tenant and uncounts its whole footprint. */
+static void t_detach(kreq__dedup_t *d, kreq__dd_entry_t *e);
 
 static size_t result_bytes(const kreq__dd_entry_t *e)
 {
@@ -102,18 +183,27 @@ static size_t result_bytes(const kreq__dd_entry_t *e)
 
 static void free_result(kreq__dedup_t *d, kreq__dd_entry_t *e)
 {
-	account(d, 0, result_bytes(e));
+	account(d, e, 0, result_bytes(e));
 	free(e->payload);
 	free(e->error);
 	e->payload = NULL, e->error = NULL, e->len = 0;
 }
 
+static void t_detach(kreq__dedup_t *d, kreq__dd_entry_t *e)
+{
+	t_unlink(e);
+	account(d, e, 0, sizeof(*e) + e->key_len + result_bytes(e));
+	if (e->tenant)
+		e->tenant->entries--;
+	e->tenant = NULL;
+}
+
 void kreq__dedup_clear(kreq__dedup_t *d)
 {
-	account(d, 0, d->bytes);
 	for (size_t i = 0; i < d->nslots && d->slots; i++) {
 		kreq__dd_entry_t *e = d->slots[i].e;
 		if (e) {
+			t_detach(d, e);
 			free(e->payload);
 			free(e->error);
 			free(e);
@@ -197,9 +287,10 @@ void kreq__dedup_remove(kreq__dedup_t *d, kreq__dd_entry_t *e)
 	while (d->slots[i].e != e)
 		i = (i + 1) & mask;
 	slot_clear(d, i);
+	t_detach(d, e);
 	age_unlink(d, e);
-	free_result(d, e);
-	account(d, 0, sizeof(*e) + e->key_len);
+	free(e->payload);
+	free(e->error);
 	free(e);
 	d->count--;
 }
@@ -304,14 +395,20 @@ static kreq__dd_entry_t *insert(kreq__dedup_t *d, const uint8_t *key, size_t key
 		d->refused++;
 		return NULL;
 	}
-	kreq__dd_entry_t *e = calloc(1, sizeof(*e) + key_len);
+	kreq__dd_tenant_t *t = d->tenants ? tenant_of(d->tenants, key) : NULL;
+	kreq__dd_entry_t *e = (!d->tenants || t) ? calloc(1, sizeof(*e) + key_len) : NULL;
 	if (!e)
 		return NULL;
+	e->tenant = t;
+	if (t)
+		t->entries++;
+	e->owner = d;
+	e->res_offset = -1;
 	e->hash = h;
 	e->key_len = (uint16_t)key_len;
 	memcpy(e->key, key, key_len);
 	memcpy(e->digest, digest, 32);
-	account(d, sizeof(*e) + key_len, 0);
+	account(d, e, sizeof(*e) + key_len, 0);
 	d->slots[i] = (kreq__dd_slot_t){h, e};
 	d->count++;
 	return e;
@@ -331,6 +428,7 @@ kreq__dd_entry_t *kreq__dedup_add_running(kreq__dedup_t *d, const uint8_t *key, 
 void kreq__dedup_set_done_take(kreq__dedup_t *d, kreq__dd_entry_t *e, int32_t status,
                                uint8_t *payload, size_t len, char *error, int64_t expires_ms)
 {
+	t_unlink(e);
 	age_unlink(d, e);
 	free_result(d, e);
 	if (error && !*error) {
@@ -347,7 +445,9 @@ void kreq__dedup_set_done_take(kreq__dedup_t *d, kreq__dd_entry_t *e, int32_t st
 	e->error = error;
 	e->len = len;
 	e->aged = true;
-	account(d, result_bytes(e), 0);
+	e->res_offset = -1; /* a new result: its record's offset comes later */
+	account(d, e, result_bytes(e), 0);
+	t_link(e);
 	e->age_prev = d->newest;
 	if (d->newest)
 		d->newest->age_next = e;
@@ -397,4 +497,35 @@ bool kreq__dedup_evict_oldest(kreq__dedup_t *d, int64_t *expires_ms)
 	*expires_ms = d->oldest->expires_ms;
 	kreq__dedup_remove(d, d->oldest);
 	return true;
+}
+
+void kreq__dedup_ghost(kreq__dedup_t *d, kreq__dd_entry_t *e)
+{
+	t_unlink(e);
+	free_result(d, e);
+	e->state = KREQ__DD_GHOST;
+	t_link(e);
+}
+
+bool kreq__dd_tenant_evict(kreq__dd_tenant_t *t, bool *removed, int64_t *expires_ms)
+{
+	kreq__dd_entry_t *e = t->oldest ? t->oldest : t->g_oldest;
+	if (!e)
+		return false;
+	*expires_ms = e->expires_ms;
+	*removed = e->state == KREQ__DD_GHOST || e->res_offset < 0 || !result_bytes(e);
+	if (*removed)
+		kreq__dedup_remove(e->owner, e);
+	else
+		kreq__dedup_ghost(e->owner, e);
+	return true;
+}
+
+kreq__dd_tenant_t *kreq__dd_tenants_biggest(kreq__dd_tenants_t *r)
+{
+	kreq__dd_tenant_t *big = NULL;
+	for (kreq__dd_tenant_t *t = r->head; t; t = t->next)
+		if ((t->oldest || t->g_oldest) && (!big || t->bytes > big->bytes))
+			big = t;
+	return big;
 }

@@ -44,6 +44,7 @@ static kreq__part_t *part_new(kreq_server_t *s, int32_t id)
 		return NULL;
 	}
 	pt->dd.shared = &s->dd_bytes;
+	pt->dd.tenants = &s->dd_tenants;
 	pt->id = id;
 	pt->incarnation = ++s->next_incarnation;
 	pt->committed = -1;
@@ -68,38 +69,83 @@ static void part_drop(kreq_server_t *s, int32_t id)
 		return;
 	kreq__dedup_each(&pt->dd, cancel_running, NULL);
 	kreq__dedup_clear(&pt->dd);
+	kreq__dd_tenants_sweep(&s->dd_tenants);
 	atomic_store_explicit(&s->m.dedup_bytes, s->dd_bytes, memory_order_relaxed);
 	kreq__offsets_clear(&pt->offs);
 	free(pt);
 	s->parts[id] = NULL;
 }
 
+/* Tallies what kreq__dedup_bound made room with. */
+typedef struct room {
+	uint64_t ghosted, removed;
+	int64_t earliest; /* expiry of the earliest removed entry */
+} room_t;
+
+static bool make_room(kreq__dd_tenant_t *t, room_t *r)
+{
+	bool removed;
+	int64_t expires;
+	if (!kreq__dd_tenant_evict(t, &removed, &expires))
+		return false;
+	if (!removed) {
+		r->ghosted++;
+	} else {
+		r->removed++;
+		if (expires < r->earliest)
+			r->earliest = expires;
+	}
+	return true;
+}
+
+/* Design note: one tenant must not shorten another's dedup window. Each
+ * key id's stored results are budgeted (server.dedup.key.max.bytes): a key
+ * over it makes room among its own results only. The worker's total
+ * (server.dedup.max.bytes) is a cap on top, and room is made in the key
+ * holding the most, so a small tenant's results stay while a big one
+ * floods. Making room first turns the oldest result into a ghost (key,
+ * digest, expiry and its Result's offset: a retry reads the result back
+ * from the results topic, the handler does not run again); only ghosts, or
+ * results whose offset is not known yet, leave entirely. */
 void kreq__dedup_bound(kreq_server_t *s, kreq__part_t *pt)
 {
-	int64_t now = kreq__now_ms(), expires = 0, earliest = INT64_MAX;
-	uint64_t n = 0;
-	for (int32_t p = -1; p < s->nparts && s->dd_bytes > s->dd_max_bytes; p++) {
-		kreq__part_t *victim = p < 0 ? pt : s->parts[p];
-		while (victim && s->dd_bytes > s->dd_max_bytes &&
-		       kreq__dedup_evict_oldest(&victim->dd, &expires)) {
-			n++;
-			if (expires < earliest)
-				earliest = expires;
-		}
-	}
+	(void)pt;
+	room_t r = {0, 0, INT64_MAX};
+	if (s->dd_key_max_bytes)
+		for (kreq__dd_tenant_t *t = s->dd_tenants.head; t; t = t->next)
+			while (t->bytes > s->dd_key_max_bytes && make_room(t, &r))
+				;
+	kreq__dd_tenant_t *big;
+	while (s->dd_bytes > s->dd_max_bytes && (big = kreq__dd_tenants_biggest(&s->dd_tenants)) &&
+	       make_room(big, &r))
+		;
 	atomic_store_explicit(&s->m.dedup_bytes, s->dd_bytes, memory_order_relaxed);
-	if (!n)
+	atomic_fetch_add_explicit(&s->m.dedup_ghosted, r.ghosted, memory_order_relaxed);
+	if (!r.removed)
 		return;
-	atomic_fetch_add_explicit(&s->m.dedup_evicted, n, memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->m.dedup_evicted, r.removed, memory_order_relaxed);
 	int64_t now_ns = kreq__mono_ns();
 	if (s->dd_warned_ns && now_ns - s->dd_warned_ns < 60 * 1000000000LL)
 		return;
 	s->dd_warned_ns = now_ns;
 	kreq__log(s->conf, 4, "server",
-	          "server.dedup.max.bytes (%zu) reached: stored results are dropped %lld s before "
-	          "their retention ends, and retries of their keys will run again; raise the limit "
-	          "or lower server.dedup.retention.ms (logged at most once a minute)",
-	          s->dd_max_bytes, (long long)((earliest - now) / 1000));
+	          "dedup memory (server.dedup.max.bytes %zu, server.dedup.key.max.bytes %zu) is "
+	          "full even of findable records: stored results are forgotten %lld s before "
+	          "their retention ends, and retries of their keys will run again; raise the "
+	          "limits or lower server.dedup.retention.ms (logged at most once a minute)",
+	          s->dd_max_bytes, s->dd_key_max_bytes,
+	          (long long)((r.earliest - kreq__now_ms()) / 1000));
+}
+
+void kreq__result_delivered(kreq_server_t *s, const rd_kafka_message_t *m)
+{
+	if (!m->key || strcmp(rd_kafka_topic_name(m->rkt), s->res_topic))
+		return;
+	kreq__part_t *pt =
+	    m->partition >= 0 && m->partition < s->nparts ? s->parts[m->partition] : NULL;
+	kreq__dd_entry_t *e = pt ? kreq__dedup_find(&pt->dd, m->key, m->key_len) : NULL;
+	if (e && e->state == KREQ__DD_DONE && e->res_offset < 0)
+		e->res_offset = m->offset;
 }
 
 static kreq__part_t *part_get(kreq_server_t *s, int32_t id)
@@ -397,7 +443,7 @@ static void request_facts(kreq_server_t *s, kreq__part_t *pt, const kreq__opened
 	f->handler_found = c->h != NULL;
 	f->key_permitted = kreq_keyring_check_method(s->kr, o->key_id, q->method) == KREQ_OK;
 	c->e = kreq__dedup_find_hashed(&pt->dd, c->hash, c->key, c->klen);
-	if (c->e && c->e->state == KREQ__DD_DONE && c->e->expires_ms <= now) {
+	if (c->e && c->e->state != KREQ__DD_RUNNING && c->e->expires_ms <= now) {
 		kreq__dedup_remove(&pt->dd, c->e);
 		c->e = NULL;
 	}
@@ -405,7 +451,8 @@ static void request_facts(kreq_server_t *s, kreq__part_t *pt, const kreq__opened
 		kreq__request_digest(q, c->digest);
 		c->digested = true;
 		f->digest_match = sodium_memcmp(c->e->digest, c->digest, 32) == 0;
-		f->found = c->e->state == KREQ__DD_DONE ? KREQ__FOUND_DONE : KREQ__FOUND_RUNNING;
+		/* a ghost is a stored result too (read back when served) */
+		f->found = c->e->state == KREQ__DD_RUNNING ? KREQ__FOUND_RUNNING : KREQ__FOUND_DONE;
 	}
 	if (f->found == KREQ__FOUND_RUNNING) {
 		const kreq_request_t *r = c->e->running;
@@ -542,6 +589,31 @@ static void drop_request(kreq_server_t *s, const rd_kafka_message_t *m, const kr
 	}
 }
 
+/* Serves a stored result that left memory: read back from the results
+ * topic. If it cannot be read, the caller is told to retry (overloaded):
+ * running the handler again is what the ghost exists to prevent. */
+static bool serve_ghost(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
+                        const Kreq__Request *q, const kreq__dd_entry_t *e, int64_t now)
+{
+	kreq__opened_t o;
+	char why[256];
+	if (kreq__ghost_read(s, pt->id, e->res_offset, e->key, e->key_len, &o, why, sizeof(why))) {
+		atomic_fetch_add_explicit(&s->m.ghost_read_failures, 1, memory_order_relaxed);
+		kreq__log(s->conf, 4, "server", "reading back a stored result of %s [%d]: %s",
+		          s->res_topic, (int)pt->id, why);
+		answer(s, pt, t, q, KREQ__H_RATE_LIMITED, KREQ_STATUS_OVERLOADED,
+		       "the stored result could not be read back: retry later");
+		return true;
+	}
+	const Kreq__Result *r = o.u.result;
+	atomic_fetch_add_explicit(&s->m.ghost_reads, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->m.handled[KREQ__H_DEDUP], 1, memory_order_relaxed);
+	send_reply(s, pt, t, &q->idempotency_key, r->status, r->payload.data, r->payload.len,
+	           r->error, true, now);
+	kreq__opened_clear(&o);
+	return true;
+}
+
 /* Executes kreq__decide()'s decision for a verified Request. Returns true
  * when the record is finished now (its offset may pass once the
  * transaction commits), false when a handler will finish it. */
@@ -575,6 +647,8 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 		return true;
 	}
 	case KREQ__ACT_SERVE:
+		if (c.e->state == KREQ__DD_GHOST)
+			return serve_ghost(s, pt, &t, q, c.e, now);
 		atomic_fetch_add_explicit(&s->m.handled[KREQ__H_DEDUP], 1, memory_order_relaxed);
 		send_reply(s, pt, &t, &q->idempotency_key, c.e->status, c.e->payload, c.e->len,
 		           c.e->error, true, now);
@@ -868,6 +942,7 @@ static void housekeeping(kreq_server_t *s, int64_t now_ns)
 	for (int32_t p = 0; p < s->nparts; p++)
 		if (s->parts[p])
 			kreq__dedup_expire(&s->parts[p]->dd, now);
+	kreq__dd_tenants_sweep(&s->dd_tenants);
 }
 
 static void step(kreq_server_t *s, bool fetch, bool *more)

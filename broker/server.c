@@ -82,6 +82,7 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 	kreq__limits_from_conf(&s->lim, c);
 	s->retention_ms = kreq__conf_int(c, KREQ__P_SERVER_DEDUP_RETENTION_MS);
 	s->dd_max_bytes = (size_t)kreq__conf_int(c, KREQ__P_SERVER_DEDUP_MAX_BYTES);
+	s->dd_key_max_bytes = (size_t)kreq__conf_int(c, KREQ__P_SERVER_DEDUP_KEY_MAX_BYTES);
 	s->min_budget_ms = kreq__conf_int(c, KREQ__P_SERVER_MIN_BUDGET_MS);
 	s->grace_ms = kreq__conf_int(c, KREQ__P_SERVER_SHUTDOWN_GRACE_MS);
 	s->batch_ms = kreq__conf_int(c, KREQ__P_SERVER_TXN_BATCH_MS);

@@ -114,6 +114,8 @@ struct kreq_server_s {
 	size_t dd_max_bytes; /* server.dedup.max.bytes */
 	size_t dd_bytes;     /* loop thread: footprint of every partition's store */
 	int64_t dd_warned_ns;
+	size_t dd_key_max_bytes;       /* server.dedup.key.max.bytes, 0: none */
+	kreq__dd_tenants_t dd_tenants; /* loop thread: dedup bytes per key id */
 
 	/* keyring: the loop uses kr; set_keyring leaves the next one in kr_next */
 	pthread_mutex_t kr_lock;
@@ -236,6 +238,15 @@ int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n);
 /* Evicts the oldest stored results, pt's first, while the worker is over
  * server.dedup.max.bytes (loop thread). */
 void kreq__dedup_bound(kreq_server_t *s, kreq__part_t *pt);
+/* A delivery report: records the offset of a Result for its dedup entry
+ * (what a retry reads back once the result left memory). Loop thread. */
+void kreq__result_delivered(kreq_server_t *s, const rd_kafka_message_t *m);
+/* ghost.c: reads back the Result at offset of results partition p whose
+ * record key is key (an entry that left memory); KREQ_OK and *out (a
+ * verified Result, kreq__opened_clear it) or an error with why. Blocks
+ * the loop thread for one fetch (at most KREQ__GHOST_READ_MS). */
+int kreq__ghost_read(kreq_server_t *s, int32_t p, int64_t offset, const uint8_t *key,
+                     size_t key_len, kreq__opened_t *out, char *why, size_t why_size);
 void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

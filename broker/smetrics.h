@@ -67,13 +67,16 @@ typedef struct kreq__server_metrics {
 	atomic_uint_fast64_t producer_resets; /* fatal errors: producer re-created */
 	atomic_uint_fast64_t results_loaded;  /* results read while rebuilding */
 	atomic_uint_fast64_t produce_errors;
-	atomic_uint_fast64_t replies_batched; /* light: replies on the batching producer */
-	atomic_uint_fast64_t dedup_evicted;   /* results dropped before their retention */
-	atomic_uint_fast64_t dedup_bytes;     /* gauge: memory held by stored results */
-	kreq__hist_t handler_time;            /* handler start to reply */
-	kreq__hist_t queue_time;              /* consumed to handler start */
-	kreq__hist_t commit_time;             /* send_offsets + commit_transaction */
-	kreq__hist_t batch_size;              /* results per transaction, observed x100 */
+	atomic_uint_fast64_t replies_batched;     /* light: replies on the batching producer */
+	atomic_uint_fast64_t dedup_evicted;       /* results dropped before their retention */
+	atomic_uint_fast64_t dedup_bytes;         /* gauge: memory held by stored results */
+	atomic_uint_fast64_t dedup_ghosted;       /* results left memory, still findable in Kafka */
+	atomic_uint_fast64_t ghost_reads;         /* retries served by reading a result back */
+	atomic_uint_fast64_t ghost_read_failures; /* ... that could not be read back */
+	kreq__hist_t handler_time;                /* handler start to reply */
+	kreq__hist_t queue_time;                  /* consumed to handler start */
+	kreq__hist_t commit_time;                 /* send_offsets + commit_transaction */
+	kreq__hist_t batch_size;                  /* results per transaction, observed x100 */
 } kreq__server_metrics_t;
 
 /* Reject reason for an envelope error code. */

@@ -124,9 +124,11 @@
 	  "when the worker creates it). Keep verification keys at least this long.")               \
 	X(SERVER_DEDUP_MAX_BYTES, "server.dedup.max.bytes", INT, "268435456", 1048576,             \
 	  1099511627776,                                                                           \
-	  "Memory a worker spends on stored results (all its partitions). Beyond it the oldest "   \
-	  "results are dropped before their retention ends, and retries of those keys run "        \
-	  "again: kreq_server_dedup_evicted_total counts them and the worker logs a warning.")     \
+	  "Memory a worker spends on stored results (all its partitions). Beyond it the key id "   \
+	  "holding the most makes room (server.dedup.key.max.bytes says how). Only when even "     \
+	  "their small findable records do not fit does a key stop deduplicating before its "      \
+	  "retention ends: kreq_server_dedup_evicted_total counts those and the worker logs a "    \
+	  "warning.")                                                                              \
 	X(SERVER_REBUILD_TIMEOUT_MS, "server.dedup.rebuild.timeout.ms", INT, "60000", 1000,        \
 	  86400000, "Longest a worker reads a results partition when it is assigned.")             \
 	X(SERVER_TOPIC_PARTITIONS, "server.topic.partitions", INT, "6", 1, 100000,                 \
@@ -149,7 +151,14 @@
 	  "handler executions with it).")                                                          \
 	X(LOG_LEVEL, "log.level", INT, "6", 0, 7,                                                  \
 	  "Most verbose syslog level logged (3 error, 4 warning, 6 info, 7 debug). Logs go to "    \
-	  "stderr unless kreq_conf_set_log_cb() sets a callback.")
+	  "stderr unless kreq_conf_set_log_cb() sets a callback.")                                 \
+	X(SERVER_DEDUP_KEY_MAX_BYTES, "server.dedup.key.max.bytes", INT, "0", 0, 1099511627776,    \
+	  "Memory the stored results of one signing key id may hold on a worker (all its "         \
+	  "partitions); 0: no per-key budget. A key over it makes room among its own results "     \
+	  "only, oldest first, and server.dedup.max.bytes makes room in the key holding the "      \
+	  "most. A result leaving memory stays findable (key, digest, expiry and its offset in "   \
+	  "the results topic, about 200 bytes, counted in the budgets): a retry reads it back "    \
+	  "from the results topic and the handler does not run again.")
 
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by

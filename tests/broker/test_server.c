@@ -189,15 +189,16 @@ static uint64_t rejected(kreq_server_t *s, const char *reason)
 
 /* ---- fixture ------------------------------------------------------------ */
 
+static uint8_t k1_secret[32]; /* the worker's signing key (tenant keyrings verify with it) */
+
 static void setup(void)
 {
 	bootstrap = kreq_test_bootstrap();
 	kreq_test_topic_name(prefix, sizeof(prefix), "srv");
 	snprintf(req_topic, sizeof(req_topic), "%s.svc.requests", prefix);
 	kr = kreq_keyring_new();
-	uint8_t key[32];
-	randombytes_buf(key, sizeof(key));
-	ck_assert_int_eq(kreq_keyring_add(kr, "k1", KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0),
+	randombytes_buf(k1_secret, sizeof(k1_secret));
+	ck_assert_int_eq(kreq_keyring_add(kr, "k1", KREQ_KEY_HMAC_SHA256, k1_secret, 32, NULL, 0),
 	                 KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
 	atomic_store(&executions, 0);
@@ -621,9 +622,9 @@ START_TEST(test_duplicate_client_id)
 }
 END_TEST
 
-/* server.dedup.max.bytes: the oldest stored results leave first (counted),
- * retries of their keys run again, recent ones are still answered from the
- * store, and the store stays within the limit. */
+/* server.dedup.max.bytes: the oldest stored results leave memory first
+ * (counted), the store stays within the limit, and retries of keys whose
+ * results left are read back from the results topic: nothing runs again. */
 START_TEST(test_dedup_memory_bound)
 {
 	static const char *const extra[] = {"server.dedup.max.bytes", "1048576", NULL};
@@ -639,17 +640,19 @@ START_TEST(test_dedup_memory_bound)
 		expect_reply(call(c, "svc.echo", payload, key, 30000), 0, payload, false);
 	}
 	ck_assert_int_eq(atomic_load(&executions), N);
-	uint64_t evicted = kreq_test_server_metric(w->s, "kreq_server_dedup_evicted_total{");
-	ck_assert_uint_ge(evicted, N - 1048576 / SIZE);
+	uint64_t ghosted = kreq_test_server_metric(w->s, "kreq_server_dedup_ghosted_total{");
+	ck_assert_uint_ge(ghosted, N - 1048576 / SIZE);
 	ck_assert_uint_le(kreq_test_server_metric(w->s, "kreq_server_dedup_bytes{"), 1048576);
 	/* the newest result is still stored */
 	snprintf(key, sizeof(key), "big-%d", N - 1);
 	expect_reply(call(c, "svc.echo", payload, key, 30000), 0, payload, true);
 	ck_assert_int_eq(atomic_load(&executions), N);
-	/* the oldest was dropped: its retry runs again */
+	/* the oldest left memory: its retry is read back, not run again */
 	memset(payload, 'a', SIZE);
-	expect_reply(call(c, "svc.echo", payload, "big-0", 30000), 0, payload, false);
-	ck_assert_int_eq(atomic_load(&executions), N + 1);
+	expect_reply(call(c, "svc.echo", payload, "big-0", 30000), 0, payload, true);
+	ck_assert_int_eq(atomic_load(&executions), N);
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_dedup_read_back_total{"), 1);
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_dedup_evicted_total{"), 0);
 	free(payload);
 	kreq_client_destroy(c);
 	kreq_test_server_stop(w);
@@ -1003,6 +1006,121 @@ START_TEST(test_rate_limit_after_dedup)
 }
 END_TEST
 
+/* ---- tenants and the dedup memory budget (issue 16 item 4) -------------- */
+
+/* Adds tenant key "ka" (limited to svc.echo) to the worker's keyring and
+ * returns a client keyring that signs with it and knows k1 (which signs
+ * the worker's replies). */
+static kreq_keyring_t *tenant_a_keyring(void)
+{
+	uint8_t secret[32];
+	randombytes_buf(secret, sizeof(secret));
+	ck_assert_int_eq(kreq_keyring_add(kr, "ka", KREQ_KEY_HMAC_SHA256, secret, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_methods(kr, "ka", "svc.echo"), KREQ_OK);
+	kreq_keyring_t *a = kreq_keyring_new();
+	ck_assert_int_eq(kreq_keyring_add(a, "ka", KREQ_KEY_HMAC_SHA256, secret, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_add(a, "k1", KREQ_KEY_HMAC_SHA256, k1_secret, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(a, "ka"), KREQ_OK);
+	return a;
+}
+
+static kreq_client_t *client_with(kreq_keyring_t *with)
+{
+	kreq_keyring_t *saved = kr;
+	kr = with;
+	kreq_client_t *c = client_new(NULL);
+	kr = saved;
+	return c;
+}
+
+enum { BIG = 400000 };
+
+/* Tenant A's n calls of BIG bytes, keys a-0 .. a-(n-1), each one running. */
+static void tenant_a_fills(kreq_client_t *a, int n, char *payload)
+{
+	char key[32];
+	for (int i = 0; i < n; i++) {
+		memset(payload, 'a' + i, BIG);
+		payload[BIG] = 0;
+		snprintf(key, sizeof(key), "a-%d", i);
+		expect_reply(call(a, "svc.echo", payload, key, 60000), 0, payload, false);
+	}
+}
+
+/* The issue's case: with server.dedup.max.bytes 4 MiB, tenant A (a key
+ * limited to svc.echo) makes 12 calls of 400 KB; tenant B's earlier result
+ * must still be served to B's retry, and A's own oldest result, pushed out
+ * of memory, is read back from the results topic: neither runs again.
+ * Before: eviction was global and oldest first, B's result went first and
+ * B's retry ran the handler again. */
+START_TEST(test_tenant_cannot_evict_another)
+{
+	static const char *const extra[] = {"server.dedup.max.bytes", "4194304", NULL};
+	kreq_keyring_t *akr = tenant_a_keyring();
+	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_client_t *b = client_new(NULL), *a = client_with(akr);
+	expect_reply(call(b, "svc.echo", "b's result", "b-1", 30000), 0, "b's result", false);
+	char *payload = malloc(BIG + 1);
+	tenant_a_fills(a, 12, payload);
+	ck_assert_int_eq(atomic_load(&executions), 13);
+	ck_assert_uint_le(kreq_test_server_metric(w->s, "kreq_server_dedup_bytes{"), 4194304);
+	/* B's retry: still stored */
+	expect_reply(call(b, "svc.echo", "b's result", "b-1", 30000), 0, "b's result", true);
+	ck_assert_int_eq(atomic_load(&executions), 13);
+	/* A's oldest left memory but not the results topic */
+	memset(payload, 'a', BIG);
+	expect_reply(call(a, "svc.echo", payload, "a-0", 60000), 0, payload, true);
+	ck_assert_int_eq(atomic_load(&executions), 13);
+	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_dedup_ghosted_total{"), 1);
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_dedup_read_back_total{"), 1);
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_dedup_evicted_total{"), 0);
+	free(payload);
+	kreq_client_destroy(a);
+	kreq_client_destroy(b);
+	kreq_test_server_stop(w);
+	kreq_keyring_release(akr);
+}
+END_TEST
+
+/* server.dedup.key.max.bytes: a key over its budget makes room among its
+ * own results only (ghosts), long before the worker's total is reached;
+ * its retries are read back, also after a restart (the rebuild records
+ * each result's offset). */
+START_TEST(test_key_budget_and_read_back_after_restart)
+{
+	static const char *const extra[] = {"server.dedup.key.max.bytes", "1048576", NULL};
+	kreq_keyring_t *akr = tenant_a_keyring();
+	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_client_t *a = client_with(akr);
+	char *payload = malloc(BIG + 1);
+	tenant_a_fills(a, 4, payload);
+	memset(payload, 'a', BIG);
+	expect_reply(call(a, "svc.echo", payload, "a-0", 60000), 0, payload, true);
+	ck_assert_int_eq(atomic_load(&executions), 4);
+	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_dedup_ghosted_total{"), 2);
+	ck_assert_uint_le(kreq_test_server_metric(w->s, "kreq_server_dedup_bytes{"), 1048576);
+	kreq_test_server_stop(w);
+
+	w = server_start("w2", extra);
+	for (int i = 0; i < 4; i++) { /* ghosts and results alike */
+		char key[16];
+		snprintf(key, sizeof(key), "a-%d", i);
+		memset(payload, 'a' + i, BIG);
+		expect_reply(call(a, "svc.echo", payload, key, 60000), 0, payload, true);
+	}
+	ck_assert_int_eq(atomic_load(&executions), 4);
+	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_dedup_ghosted_total{"), 2);
+	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_dedup_read_back_total{"), 2);
+	free(payload);
+	kreq_client_destroy(a);
+	kreq_test_server_stop(w);
+	kreq_keyring_release(akr);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("server");
@@ -1035,6 +1153,8 @@ int main(void)
 	tcase_set_timeout(tb, 180);
 	tcase_add_test(tb, test_replays_of_running_request_bounded);
 	tcase_add_test(tb, test_rate_limit_after_dedup);
+	tcase_add_test(tb, test_tenant_cannot_evict_another);
+	tcase_add_test(tb, test_key_budget_and_read_back_after_restart);
 	suite_add_tcase(s, tb);
 	return kreq_test_run_suite(s);
 }

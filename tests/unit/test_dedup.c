@@ -435,6 +435,103 @@ START_TEST(test_lookup_cost)
 }
 END_TEST
 
+/* ---- tenants: per key id accounting and ghosts (issue 16 item 4) -------- */
+
+/* Two stores (two partitions) sharing one tenant registry: each key id's
+ * bytes span both; a tenant's eviction takes its own oldest result only,
+ * turning it into a GHOST when its Result's offset is known (key, digest
+ * and expiry stay, the result leaves), removing it otherwise; ghosts go
+ * last; the biggest tenant is the global victim; empty tenants are swept. */
+START_TEST(test_tenants_and_ghosts)
+{
+	kreq__dd_tenants_t reg = {0};
+	size_t shared = 0;
+	kreq__dedup_t p0, p1;
+	ck_assert_int_eq(kreq__dedup_init(&p0), KREQ_OK);
+	ck_assert_int_eq(kreq__dedup_init(&p1), KREQ_OK);
+	p0.tenants = p1.tenants = &reg;
+	p0.shared = p1.shared = &shared;
+	uint8_t k[6][KREQ__DEDUP_KEY_MAX];
+	size_t kl[6];
+	const char *idem[6] = {"a1", "a2", "a3", "b1", "b2", "a4"};
+	for (int i = 0; i < 6; i++) {
+		kl[i] = key_of(k[i], i < 3 || i == 5 ? "tenant-a" : "tenant-b", idem[i]);
+		kreq__dedup_t *d = i % 2 ? &p1 : &p0;
+		ck_assert_int_eq(kreq__dedup_set_done(d, NULL, k[i], kl[i], D1, 0, "0123456789", 10,
+		                                      NULL, 1000 + i),
+		                 KREQ_OK);
+		kreq__dd_entry_t *e = kreq__dedup_find(d, k[i], kl[i]);
+		ck_assert_int_eq(e->res_offset, -1);
+		if (i != 1)
+			e->res_offset = 100 + i; /* a2's offset is unknown */
+	}
+	ck_assert_uint_eq(reg.count, 2);
+	kreq__dd_tenant_t *a = NULL, *b = NULL;
+	for (kreq__dd_tenant_t *t = reg.head; t; t = t->next)
+		*(t->id_len == 8 && !memcmp(t->id, "tenant-a", 8) ? &a : &b) = t;
+	ck_assert(a && b);
+	ck_assert_uint_eq(a->entries, 4);
+	ck_assert_uint_eq(b->entries, 2);
+	ck_assert_uint_eq(a->bytes, FOOT(kl[0]) + FOOT(kl[1]) + FOOT(kl[2]) + FOOT(kl[5]) + 40);
+	ck_assert_uint_eq(a->bytes + b->bytes, shared);
+	ck_assert_uint_eq(shared, p0.bytes + p1.bytes);
+	ck_assert_ptr_eq(kreq__dd_tenants_biggest(&reg), a);
+	bool removed;
+	int64_t exp;
+	/* a1 (offset known) -> ghost: findable, digest kept, result gone */
+	ck_assert(kreq__dd_tenant_evict(a, &removed, &exp));
+	ck_assert(!removed);
+	ck_assert_int_eq(exp, 1000);
+	kreq__dd_entry_t *e = kreq__dedup_find(&p0, k[0], kl[0]);
+	ck_assert_ptr_nonnull(e);
+	ck_assert_int_eq(e->state, KREQ__DD_GHOST);
+	ck_assert_int_eq(e->res_offset, 100);
+	ck_assert(!memcmp(e->digest, D1, 32));
+	ck_assert_ptr_null(e->payload);
+	ck_assert_uint_eq(a->bytes, FOOT(kl[0]) + FOOT(kl[1]) + FOOT(kl[2]) + FOOT(kl[5]) + 30);
+	/* a2 (offset unknown) -> removed */
+	ck_assert(kreq__dd_tenant_evict(a, &removed, &exp));
+	ck_assert(removed);
+	ck_assert_ptr_null(kreq__dedup_find(&p1, k[1], kl[1]));
+	ck_assert_uint_eq(a->entries, 3);
+	/* b untouched by a's evictions */
+	ck_assert_uint_eq(b->entries, 2);
+	ck_assert_int_eq(kreq__dedup_find(&p1, k[3], kl[3])->state, KREQ__DD_DONE);
+	/* a3, a4 -> ghosts; then the ghosts go, oldest first */
+	ck_assert(kreq__dd_tenant_evict(a, &removed, &exp) && !removed);
+	ck_assert(kreq__dd_tenant_evict(a, &removed, &exp) && !removed);
+	ck_assert_int_eq(exp, 1005);
+	ck_assert_ptr_null(a->oldest);
+	ck_assert(kreq__dd_tenant_evict(a, &removed, &exp) && removed);
+	ck_assert_int_eq(exp, 1000); /* a1's ghost */
+	ck_assert_ptr_null(kreq__dedup_find(&p0, k[0], kl[0]));
+	/* a ghost replaced by a new result (the rebuild) is DONE again */
+	e = kreq__dedup_find(&p0, k[2], kl[2]);
+	ck_assert_int_eq(e->state, KREQ__DD_GHOST);
+	ck_assert_int_eq(kreq__dedup_set_done(&p0, NULL, k[2], kl[2], D2, 0, "xy", 2, NULL, 3000),
+	                 KREQ_OK);
+	ck_assert_int_eq(e->state, KREQ__DD_DONE);
+	ck_assert_ptr_eq(a->oldest, e);
+	ck_assert_uint_eq(a->bytes, FOOT(kl[2]) + FOOT(kl[5]) + 2);
+	/* expiry removes ghosts too */
+	ck_assert_uint_eq(kreq__dedup_expire(&p1, 1005), 2); /* b1 and a4's ghost */
+	ck_assert_uint_eq(a->entries, 1);
+	ck_assert_uint_eq(b->entries, 1);
+	ck_assert_ptr_eq(kreq__dd_tenants_biggest(&reg), b); /* b2's 10 bytes > a3's 2 */
+	kreq__dd_tenants_sweep(&reg);                        /* nobody empty yet */
+	ck_assert_uint_eq(reg.count, 2);
+	/* clearing a store uncounts its entries from their tenants */
+	kreq__dedup_clear(&p0);
+	ck_assert_uint_eq(a->entries + b->entries, 0);
+	ck_assert_uint_eq(a->bytes + b->bytes, 0);
+	kreq__dd_tenants_sweep(&reg);
+	ck_assert_uint_eq(reg.count, 0);
+	ck_assert_ptr_null(reg.head);
+	kreq__dedup_clear(&p1);
+	ck_assert_uint_eq(shared, 0);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("dedup");
@@ -446,6 +543,7 @@ int main(void)
 	tcase_add_test(tc, test_random_model);
 	tcase_add_test(tc, test_large_index_and_removal);
 	tcase_add_test(tc, test_offsets_out_of_order);
+	tcase_add_test(tc, test_tenants_and_ghosts);
 	tcase_add_test(tc, test_colliding_keys_stay_linear);
 	tcase_add_test(tc, test_hash_key_is_random);
 	tcase_add_test(tc, test_lookup_cost);
