@@ -10,11 +10,14 @@
  * and one that never restarted answer alike.
  *
  * Bounded: every entry's footprint (struct, key, stored payload and error)
- * is counted in `bytes` and, when set, also in *shared (all partitions of
- * a worker), so the loop can evict the oldest DONE entries once the worker
- * is over server.dedup.max.bytes (kreq__dedup_evict_oldest). An evicted
- * key is no longer deduplicated: the window is then shorter than the
- * retention, which the loop counts and logs.
+ * is counted in `bytes`, when set also in *shared (all partitions of a
+ * worker) and in its key id's tenant (*tenants: one tenant spans all the
+ * worker's partitions and lists its DONE and GHOST entries by age), so the
+ * loop can make room per key id (kreq__dd_tenant_evict): a DONE entry whose
+ * Result's offset is known becomes a GHOST (the result is read back from
+ * the results topic on a hit); a GHOST or an entry without a known offset
+ * is removed, and its key is then no longer deduplicated (the window is
+ * shorter than the retention, which the loop counts and logs).
  *
  * Why a private table rather than the client's table: this one is
  * touched by one thread only, holds variable-length keys and owns result

@@ -235,8 +235,10 @@ void kreq__dr_free(kreq_server_t *s, kreq__dr_t *dr);
 int kreq__txn_begin(kreq_server_t *s);
 int kreq__txn_commit(kreq_server_t *s);
 int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n);
-/* Evicts the oldest stored results, pt's first, while the worker is over
- * server.dedup.max.bytes (loop thread). */
+/* Makes room in the dedup stores (loop thread): each key id over
+ * server.dedup.key.max.bytes among its own results, then, while the
+ * worker is over server.dedup.max.bytes, in the key id holding the most
+ * (results become ghosts first: loop.c). pt is unused. */
 void kreq__dedup_bound(kreq_server_t *s, kreq__part_t *pt);
 /* A delivery report: records the offset of a Result for its dedup entry
  * (what a retry reads back once the result left memory). Loop thread. */
