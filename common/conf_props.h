@@ -85,7 +85,8 @@
 	X(SERVER_HANDLER_THREADS, "server.handler.threads", INT, "4", 1, 1024,                     \
 	  "Threads that run handlers not registered as inline.")                                   \
 	X(SERVER_MAX_IN_FLIGHT, "server.max.in.flight", INT, "1000", 1, 1000000,                   \
-	  "Most requests a worker has in progress at once; at the limit it pauses fetching.")      \
+	  "Most requests a worker has in progress at once, counting duplicates waiting on a "      \
+	  "running one (at most 16 each); at the limit it pauses fetching.")                       \
 	X(SERVER_MIN_BUDGET_MS, "server.min.budget.ms", INT, "1", 0, 3600000,                      \
 	  "A request with less than this left before its deadline is not started (status 2).")     \
 	X(SERVER_START_TIMEOUT_MS, "server.start.timeout.ms", INT, "30000", 1000, 600000,          \

@@ -120,7 +120,8 @@ KREQ_API int kreq_server_metrics_text(kreq_server_t *s, char **text);
  *  thread. KREQ_OK, KREQ_EINVAL, KREQ_ENOMEM. */
 KREQ_API int kreq_server_in_progress_json(kreq_server_t *s, char **json);
 
-/** Number of requests in progress (dispatched, not yet replied). */
+/** Number of requests in progress (dispatched, not yet replied), counting
+ *  the duplicates waiting on a running one (what server.max.in.flight bounds). */
 KREQ_API size_t kreq_server_in_flight(const kreq_server_t *s);
 
 /** True while the loop serves: it runs, its producer is ready and the
