@@ -149,7 +149,13 @@
 	  "handler executions with it).")                                                          \
 	X(LOG_LEVEL, "log.level", INT, "6", 0, 7,                                                  \
 	  "Most verbose syslog level logged (3 error, 4 warning, 6 info, 7 debug). Logs go to "    \
-	  "stderr unless kreq_conf_set_log_cb() sets a callback.")
+	  "stderr unless kreq_conf_set_log_cb() sets a callback.")                                 \
+	X(SERVER_HANDLER_GRACE_MS, "server.handler.grace.ms", INT, "1000", 0, 3600000,             \
+	  "How long past a request's deadline its handler may still reply. Then the worker "       \
+	  "answers status 2 (\"handler did not finish before the deadline\"), stores that as the " \
+	  "result (a retry gets the same answer; the work is not run again), frees the request's " \
+	  "place in server.max.in.flight and its offset, flags it cancelled and refuses the "      \
+	  "handler's late reply (KREQ_ESTATE).")
 
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by
