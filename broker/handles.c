@@ -104,7 +104,8 @@ void kreq__handles_give(const uint32_t *ids, size_t n)
 		slot_t *sl = slot_at(ids[i]);
 		uint64_t w = atomic_load_explicit(&sl->word, memory_order_relaxed);
 		uint64_t gen = ((w >> ST_BITS) + 1) & GEN_MASK;
-		atomic_store_explicit(&sl->word, gen << ST_BITS | KREQ__SL_FREE, memory_order_release);
+		atomic_store_explicit(&sl->word, gen << ST_BITS | KREQ__SL_FREE,
+		                      memory_order_release);
 		free_ids[nfree++] = ids[i];
 	}
 	pthread_mutex_unlock(&lock);

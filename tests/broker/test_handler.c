@@ -179,8 +179,8 @@ static bool committed_to_end(void)
 	rd_kafka_topic_partition_list_add(l, req_topic, 0);
 	bool done = rd_kafka_query_watermark_offsets(rk, req_topic, 0, &lo, &hi, 10000) ==
 	                RD_KAFKA_RESP_ERR_NO_ERROR &&
-	            rd_kafka_committed(rk, l, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-	            hi > 0 && l->elems[0].offset == hi;
+	            rd_kafka_committed(rk, l, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR && hi > 0 &&
+	            l->elems[0].offset == hi;
 	rd_kafka_topic_partition_list_destroy(l);
 	rd_kafka_destroy(rk);
 	return done;
@@ -290,8 +290,7 @@ START_TEST(test_never_replying_handler)
 	ck_assert_int_eq(kreq_request_reply(h, 0, "late", 4, NULL), KREQ_ESTATE);
 	ck_assert_ptr_null(kreq_request_method(h));
 	ck_assert_int_eq(kreq_request_reply(h, 0, "later", 5, NULL), KREQ_ESTATE);
-	ck_assert_uint_eq(
-	    kreq_test_server_metric(w->s, "kreq_server_late_replies_total{"), 1);
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_late_replies_total{"), 1);
 	kreq_test_server_stop(w);
 
 	/* a new worker: nothing of the partition is redone */
