@@ -293,6 +293,7 @@ static void expire_overdue(kreq_server_t *s)
 		          s->req_topic, (int)r->partition, (long long)r->offset,
 		          r->op.u.req->method, started ? "did not finish" : "did not start",
 		          (long long)s->handler_grace_ms);
+		kreq__request_retire(r); /* first: outcome counted means retired */
 		if (pt && pt->incarnation == r->incarnation && !s->draining_abandon) {
 			r->status = KREQ_STATUS_DEADLINE;
 			r->error =
@@ -300,11 +301,8 @@ static void expire_overdue(kreq_server_t *s)
 			                   : "deadline exceeded before the work could start");
 			settle(s, pt, r, started ? KREQ__H_OVERDUE : KREQ__H_DEADLINE, started,
 			       now);
-			kreq__request_retire(r);
 			kreq__dedup_bound(s, pt);
-		} else {
-			kreq__request_retire(r); /* stale: the record will be redone */
-		}
+		} /* else stale: the record will be redone */
 	}
 }
 
