@@ -166,6 +166,21 @@ static uint64_t handled(kreq_server_t *s, const char *outcome)
 	return kreq_test_server_metric(s, series);
 }
 
+/* kreq_client_late_replies_total of c: verified replies that came after
+ * their call settled. */
+static uint64_t client_late_replies(kreq_client_t *c)
+{
+	char *text = NULL;
+	ck_assert_int_eq(kreq_client_metrics_text(c, &text), KREQ_OK);
+	const char *at = strstr(text, "\nkreq_client_late_replies_total{");
+	unsigned long long v = 0;
+	ck_assert_ptr_nonnull(at);
+	at = strchr(at, '}');
+	ck_assert_int_eq(sscanf(at + 1, " %llu", &v), 1);
+	free(text);
+	return v;
+}
+
 /* Whether the group's committed offset of partition 0 has reached the end
  * of the requests topic (every record there is finished for good). */
 static bool committed_to_end(void)
@@ -278,6 +293,9 @@ START_TEST(test_never_replying_handler)
 	ck_assert_msg(kreq_test_now_ms() - t0 < 5000, "answered %lld ms after the timeout",
 	              (long long)(kreq_test_now_ms() - t0));
 	KREQ_TEST_AWAIT(kreq_server_in_flight(w->s) == 0, 30000);
+	/* the status-2 answer reached the caller's reply topic (its call had
+	 * settled with the client's own timeout, so the reply counts as late) */
+	KREQ_TEST_AWAIT(client_late_replies(c) == 1, 30000);
 	/* the commit point moved past the stuck request and the later ones */
 	KREQ_TEST_AWAIT(committed_to_end(), 30000);
 	/* a retry is answered from the stored result: status 2, no new run */
