@@ -250,25 +250,15 @@ static kreq__handled_t outcome_of(const kreq_request_t *r)
 	return r->status == 0 ? KREQ__H_OK : KREQ__H_ERROR_STATUS;
 }
 
-static void apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
+/* Sends r's result (status, payload, error) to r and to the duplicates that
+ * joined it, stores it when `store` (the handler ran), and lets their
+ * offsets pass; counts outcome o. */
+static void settle(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, kreq__handled_t o,
+                   bool store, int64_t now)
 {
-	kreq__part_t *pt = part_get(s, r->partition);
-	if (r->started_ns)
-		kreq__hist_observe(&s->m.handler_time, (kreq__mono_ns() - r->started_ns) / 1000);
-	if (!pt || pt->incarnation != r->incarnation || s->draining_abandon) {
-		kreq__request_free(r); /* stale: the record will be redone */
-		return;
-	}
 	/* same incarnation: its RUNNING entry is still there (only a DONE
 	 * entry expires or is evicted; dropping the state changes incarnation) */
 	kreq__dd_entry_t *e = r->dd;
-	if (s->draining && !r->started_ns && r->status == KREQ_STATUS_SHUTTING_DOWN) {
-		/* not started before shutdown: left for the next owner, uncommitted */
-		kreq__dedup_remove(&pt->dd, e);
-		kreq__request_free(r);
-		return;
-	}
-	kreq__handled_t o = outcome_of(r);
 	atomic_fetch_add_explicit(&s->m.handled[o], 1, memory_order_relaxed);
 	const Kreq__Request *q = r->op.u.req;
 	/* the reply first: in light mode it then leaves before the result */
@@ -276,7 +266,7 @@ static void apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
 	           false, now);
 	const uint8_t *payload = r->payload;
 	const char *error = r->error;
-	if (r->started_ns && r->status != KREQ_STATUS_CANCELLED) {
+	if (store) {
 		int64_t expires = now + s->retention_ms;
 		store_result(s, pt, r, now, expires);
 		/* the stored result takes the reply's buffers; joiners read them there */
@@ -288,13 +278,73 @@ static void apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
 		kreq__dedup_remove(&pt->dd, e);
 	}
 	slot_complete(pt, r->self.seq);
-	for (kreq__target_t *t = r->joiners; t; t = t->next) {
+	for (kreq__target_t *t = r->joiners, *n; t; t = n) {
+		n = t->next;
 		send_reply(s, pt, t, &q->idempotency_key, r->status, payload, r->len, error, true,
 		           now);
 		slot_complete(pt, t->seq);
+		free(t);
 	}
+	r->joiners = NULL;
+}
+
+static void apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
+{
+	if (r->zombie) { /* abandoned and answered: its handler let go at last */
+		kreq__request_free(r);
+		return;
+	}
+	kreq__part_t *pt = part_get(s, r->partition);
+	if (r->started_ns)
+		kreq__hist_observe(&s->m.handler_time, (kreq__mono_ns() - r->started_ns) / 1000);
+	if (!pt || pt->incarnation != r->incarnation || s->draining_abandon) {
+		kreq__request_free(r); /* stale: the record will be redone */
+		return;
+	}
+	if (s->draining && !r->started_ns && r->status == KREQ_STATUS_SHUTTING_DOWN) {
+		/* not started before shutdown: left for the next owner, uncommitted */
+		kreq__dedup_remove(&pt->dd, r->dd);
+		kreq__request_free(r);
+		return;
+	}
+	settle(s, pt, r, outcome_of(r), r->started_ns && r->status != KREQ_STATUS_CANCELLED, now);
 	kreq__request_free(r);
 	kreq__dedup_bound(s, pt); /* last: it may evict what was just stored */
+}
+
+/* Requests past their deadline + server.handler.grace.ms whose handler has
+ * not replied: answered with status 2 now. A handler that had started gets
+ * that answer stored as its result, like any other, so a retry is served
+ * status 2 and the work never runs a second time while the first run may
+ * still be going on (its late reply is refused). The request is retired:
+ * its in-flight place and its record's offset are free; its structure
+ * stays with the handler until that lets go (request.c). */
+static void expire_overdue(kreq_server_t *s)
+{
+	int64_t now = kreq__now_ms();
+	kreq_request_t *r;
+	while ((r = kreq__overdue_pop(s, now))) {
+		bool started;
+		if (!kreq__request_abandon(r, &started))
+			continue; /* it replied meanwhile: its completion is on the list */
+		kreq__part_t *pt = part_get(s, r->partition);
+		kreq__log(s->conf, 4, "server",
+		          "%s [%d] offset %lld: handler of %s %s by its deadline + "
+		          "server.handler.grace.ms (%lld ms): answered status 2",
+		          s->req_topic, (int)r->partition, (long long)r->offset,
+		          r->op.u.req->method, started ? "did not finish" : "did not start",
+		          (long long)s->handler_grace_ms);
+		kreq__request_retire(r); /* first: outcome counted means retired */
+		if (pt && pt->incarnation == r->incarnation && !s->draining_abandon) {
+			r->status = KREQ_STATUS_DEADLINE;
+			r->error =
+			    strdup(started ? "handler did not finish before the deadline"
+			                   : "deadline exceeded before the work could start");
+			settle(s, pt, r, started ? KREQ__H_OVERDUE : KREQ__H_DEADLINE, started,
+			       now);
+			kreq__dedup_bound(s, pt);
+		} /* else stale: the record will be redone */
+	}
 }
 
 /* Whether the list r holds at least n requests (counts no further). */
@@ -493,7 +543,8 @@ static bool dispatch(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
 	kreq_request_t *r = kreq__request_new(s);
 	kreq__dd_entry_t *e;
 	if (!r || !(e = kreq__dedup_add_running(&pt->dd, c->key, c->klen, c->digest, r))) {
-		free(r);
+		if (r)
+			kreq__request_free(r);
 		return false;
 	}
 	if (c->b)
@@ -767,6 +818,7 @@ static void finish_in_flight(kreq_server_t *s)
 	while (!s->fatal && atomic_load(&s->in_progress) > 0 && kreq__mono_ns() < until) {
 		block(s, 20);
 		process_completions(s);
+		expire_overdue(s);
 	}
 	settle_outputs(s);
 	if (atomic_load(&s->in_progress) > 0)
@@ -852,10 +904,19 @@ static void set_paused(kreq_server_t *s, bool pause)
 static void flow_control(kreq_server_t *s)
 {
 	size_t n = atomic_load_explicit(&s->in_progress, memory_order_relaxed);
-	if (!s->paused && n >= s->max_in_flight)
+	bool room = kreq__request_room(s);
+	if (!s->paused && !room) {
 		set_paused(s, true);
-	else if (s->paused && n <= s->max_in_flight * 3 / 4)
+		if (n < s->max_in_flight) /* out of slots: abandoned handlers hold them */
+			kreq__log(
+			    s->conf, 3, "server",
+			    "%zu handler(s) answered at their deadline have still not returned "
+			    "(server.handler.grace.ms): the worker takes no new requests until "
+			    "they do",
+			    s->nslots - s->slot_nfree - n);
+	} else if (s->paused && room && n <= s->max_in_flight * 3 / 4) {
 		set_paused(s, false);
+	}
 }
 
 /* ---- the loop ----------------------------------------------------------- */
@@ -890,7 +951,7 @@ static bool consume(kreq_server_t *s, int max)
 		/* at the limit, stop taking records: flow_control() pauses the
 		 * partitions, which drops what was prefetched and refetches it from
 		 * the consumed position on resume */
-		if (atomic_load_explicit(&s->in_progress, memory_order_relaxed) >= s->max_in_flight)
+		if (!kreq__request_room(s))
 			break;
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, 0);
 		if (!m)
@@ -930,6 +991,9 @@ static int wait_ms(kreq_server_t *s, int64_t now_ns)
 		left = s->batch_ms - (now_ns - s->light_commit_ns) / 1000000;
 	} /* light with server.txn.batch.ms=0: offsets go at every step, and
 	     an idle loop sleeps like any other (a zero timeout made it spin) */
+	int64_t overdue = kreq__overdue_next_ms(s, kreq__now_ms());
+	if (overdue < left)
+		left = overdue;
 	return left < 0 ? 0 : left > 1000 ? 1000 : (int)left;
 }
 
@@ -957,6 +1021,7 @@ static void step(kreq_server_t *s, bool fetch, bool *more)
 	if (s->batch_producer)
 		rd_kafka_poll(s->batch_producer, 0);
 	process_completions(s);
+	expire_overdue(s);
 	if (s->rewind_needed && !s->fatal)
 		rewind_all(s);
 	if (fetch)

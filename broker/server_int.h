@@ -2,14 +2,21 @@
  * server_int.h — the server's internals, shared by the broker/ sources (never
  * installed).
  *
- * Ownership of a request (kreq_request_t):
+ * Ownership of a request (struct kreq_request_s, the internal structure;
+ * handlers never see a pointer to it, only a generation-checked handle of
+ * the same C type, broker/handles.h):
  *   - created by the loop thread for a request record that is to run;
- *   - from dispatch until kreq_request_reply() it belongs to the handler
- *     (the loop only reads it: the cancelled flag, the admin listing under
- *     ip_lock);
- *   - kreq_request_reply() puts it on the completion list; from then on it
- *     belongs to the loop, which applies the result and frees it.
- * No reference count is needed: there is exactly one owner at any time.
+ *   - from dispatch until the handler side lets go (its reply, or the pool
+ *     finishing it unstarted) it belongs to the handler side (the loop only
+ *     reads it: the cancelled flag, the admin listing under ip_lock);
+ *   - the reply puts it on the completion list; from then on it belongs to
+ *     the loop, which applies the result and frees it;
+ *   - past its deadline plus server.handler.grace.ms the loop may abandon
+ *     it (slot CAS RUNNING -> ABANDONED): the loop answers status 2, stores
+ *     that result, frees the in-flight place and the commit point ("retires"
+ *     it), but the structure stays the handler's until its late reply
+ *     (refused) sends it back through the completion list to be freed.
+ * No reference count is needed: the slot's state says who owns it.
  * The dedup entry's `running` pointer is a loop-side borrowed pointer,
  * cleared when the partition state is dropped (rebalance, abort).
  *
@@ -81,6 +88,14 @@ struct kreq_request_s {
 	char *error;
 	struct kreq_request_s *next;              /* pool queue / completion list */
 	struct kreq_request_s *ip_prev, *ip_next; /* in-progress list (ip_lock) */
+	/* handle (handles.h): slot index and generation, fixed at dispatch */
+	uint32_t slot;
+	uint64_t gen;
+	kreq_request_t *handle;
+	int64_t overdue_ms; /* deadline + server.handler.grace.ms (wall clock) */
+	size_t heap_idx;    /* in s->overdue (loop); SIZE_MAX when not in it */
+	bool retired;       /* in-flight place and listing given up (loop) */
+	bool zombie;        /* abandoned: freed when its late reply comes (loop) */
 };
 
 typedef struct kreq__part {
@@ -186,6 +201,17 @@ struct kreq_server_s {
 	atomic_size_t in_progress;
 
 	kreq__server_metrics_t m;
+
+	/* handler deadlines (request.c, loop thread): the slots this server
+	 * took from the handle table, those free, and a min-heap of running
+	 * requests by overdue_ms. At most 2 * max_in_flight slots: requests in
+	 * flight plus as many abandoned ones whose handler has not let go. */
+	int64_t handler_grace_ms; /* server.handler.grace.ms */
+	uint32_t *slot_ids;       /* [0, slot_nfree) free, the rest in use */
+	size_t nslots, slot_nfree, slot_max;
+	kreq_request_t **overdue;
+	size_t noverdue, overdue_cap;
+	int64_t stuck_warned_ns;
 };
 
 /* Delivery-report opaque of an output in light mode. */
@@ -207,9 +233,27 @@ void kreq__pool_stop(kreq_server_t *s);
 void kreq__pool_drain(kreq_server_t *s);
 void kreq__dispatch(kreq_server_t *s, kreq_request_t *r);
 kreq_request_t *kreq__completions_take(kreq_server_t *s);
-/* A zeroed request, recycled when possible (loop thread, or after it). */
+/* A zeroed request, recycled when possible (loop thread, or after it), with
+ * a handle slot; NULL when out of memory or out of slots. */
 kreq_request_t *kreq__request_new(kreq_server_t *s);
 void kreq__request_free(kreq_request_t *r);
+/* Whether a new request can be dispatched now: fewer than
+ * server.max.in.flight in progress and a handle slot free (loop thread). */
+bool kreq__request_room(kreq_server_t *s);
+/* Gives up r's in-flight place, listing entry and deadline tracking
+ * (idempotent; kreq__request_free does it too). Loop thread. */
+void kreq__request_retire(kreq_request_t *r);
+/* The running request whose deadline + grace passed first, if it passed
+ * by now_ms (wall clock), removed from tracking; else NULL. Loop thread. */
+kreq_request_t *kreq__overdue_pop(kreq_server_t *s, int64_t now_ms);
+/* Milliseconds until the next request becomes overdue (INT64_MAX: none). */
+int64_t kreq__overdue_next_ms(const kreq_server_t *s, int64_t now_ms);
+/* Abandons r (loop thread): true if the loop won it from the handler side
+ * (then *started says whether its handler had started), false if the
+ * handler replied first (its completion is on its way). */
+bool kreq__request_abandon(kreq_request_t *r, bool *started);
+/* Frees the deadline heap and gives the handle slots back (destroy). */
+void kreq__handles_release(kreq_server_t *s);
 /* Frees the recycled requests and delivery records (kreq_server_destroy). */
 void kreq__recycled_free(kreq_server_t *s);
 void kreq__wake(kreq_server_t *s);

@@ -113,6 +113,10 @@ void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_pr
 	counter(out, "kreq_server_dedup_read_back_failures_total",
 	        "Stored results that could not be read back (answered overloaded: retry later).",
 	        load(&m->ghost_read_failures), l);
+	counter(out, "kreq_server_late_replies_total",
+	        "Handler replies refused because the worker had already answered the request "
+	        "with status 2 at its deadline + server.handler.grace.ms.",
+	        load(&m->late_replies), l);
 	kreq__hist_render(out, "kreq_server_handler_seconds", "Handler start to reply.",
 	                  &m->handler_time, l, 1e6);
 	kreq__hist_render(out, "kreq_server_queue_seconds", "Request consumed to handler start.",

@@ -24,7 +24,8 @@
 	X(DENIED, "denied")                 /* key not allowed this method */                      \
 	X(RATE_LIMITED, "rate_limited")     /* key over server.rate.limit.per.key */               \
 	X(SHUTTING_DOWN, "shutting_down")   /* not started before shutdown */                      \
-	X(REFUSED, "refused")               /* reply_partition not on the reply topic */
+	X(REFUSED, "refused")               /* reply_partition not on the reply topic */           \
+	X(OVERDUE, "overdue")               /* handler not done by deadline + grace: status 2 */
 
 /* Why a record was dropped without running anything. */
 #define KREQ__REJECTS(X)                                                                           \
@@ -77,6 +78,7 @@ typedef struct kreq__server_metrics {
 	kreq__hist_t queue_time;                  /* consumed to handler start */
 	kreq__hist_t commit_time;                 /* send_offsets + commit_transaction */
 	kreq__hist_t batch_size;                  /* results per transaction, observed x100 */
+	atomic_uint_fast64_t late_replies; /* replies refused: request answered at its deadline */
 } kreq__server_metrics_t;
 
 /* Reject reason for an envelope error code. */

@@ -159,7 +159,13 @@
 	  "only, oldest first, and server.dedup.max.bytes makes room in the key holding the "      \
 	  "most. A result leaving memory stays findable (key, digest, expiry and its offset in "   \
 	  "the results topic, about 200 bytes, counted in the budgets): a retry reads it back "    \
-	  "from the results topic and the handler does not run again.")
+	  "from the results topic and the handler does not run again.")                            \
+	X(SERVER_HANDLER_GRACE_MS, "server.handler.grace.ms", INT, "1000", 0, 3600000,             \
+	  "How long past a request's deadline its handler may still reply. Then the worker "       \
+	  "answers status 2 (\"handler did not finish before the deadline\"), stores that as the " \
+	  "result (a retry gets the same answer; the work is not run again), frees the request's " \
+	  "place in server.max.in.flight and its offset, flags it cancelled and refuses the "      \
+	  "handler's late reply (KREQ_ESTATE).")
 
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by
