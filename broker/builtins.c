@@ -6,11 +6,11 @@
  * blocking ones (sleep, record) run on the server's handler pool and sleep
  * in short slices so a cancel (kreq_request_cancelled(): a Cancel message,
  * or the server abandoning the request at the end of its shutdown grace)
- * is noticed within 10 ms. `record` writes its whole line with ONE write(2)
- * on an O_APPEND descriptor: concurrent handlers (and several kreqd
- * processes sharing the file) never interleave lines, and the line is in
- * the kernel the moment write() returns, so a kill -9 afterwards loses
- * nothing; tests count executions by counting lines.
+ * is noticed within 10 ms, and stop at the request's deadline: they reply
+ * status 2 then instead of sleeping on for a caller who gave up. `record` writes its whole line
+ * with ONE write(2) on an O_APPEND descriptor: concurrent handlers (and several kreqd processes
+ * sharing the file) never interleave lines, and the line is in the kernel the moment write()
+ * returns, so a kill -9 afterwards loses nothing; tests count executions by counting lines.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -78,32 +78,45 @@ static int64_t mono_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Sleeps ms in slices; true if it slept all of it, false once cancelled. */
-static bool sleep_unless_cancelled(kreq_request_t *r, long ms)
+enum { SLEPT, CANCELLED, DEADLINE };
+
+/* Sleeps ms in slices, stopping early once cancelled or once the request's
+ * deadline passed (nobody waits for the answer any more). */
+static int sleep_within(kreq_request_t *r, long ms)
 {
 	int64_t end = mono_ns() + (int64_t)ms * 1000000;
-	while (!kreq_request_cancelled(r)) {
+	for (;;) {
+		if (kreq_request_cancelled(r))
+			return CANCELLED;
 		int64_t left = end - mono_ns();
 		if (left <= 0)
-			return true;
+			return SLEPT;
+		int64_t budget = kreq_request_remaining_ms(r) * 1000000;
+		if (budget <= 0)
+			return DEADLINE;
+		if (budget < left)
+			left = budget;
 		struct timespec d = {0, left < SLICE_NS ? (long)left : SLICE_NS};
 		nanosleep(&d, NULL);
 	}
-	return false;
 }
 
-/* Sleeps, then echoes the payload or replies "cancelled". */
+/* Sleeps, then echoes the payload, or replies "cancelled" (status 3) or
+ * "deadline" (status 2) when it stopped early. */
 static void sleep_then_echo(kreq_request_t *r, const char *who, long ms)
 {
 	int64_t start = mono_ns();
-	if (sleep_unless_cancelled(r, ms)) {
+	int how = sleep_within(r, ms);
+	if (how == SLEPT) {
 		echo_payload(r);
 		return;
 	}
 	char msg[128];
-	snprintf(msg, sizeof(msg), "%s: cancelled after %lld of %ld ms", who,
+	snprintf(msg, sizeof(msg), "%s: %s after %lld of %ld ms", who,
+	         how == CANCELLED ? "cancelled" : "deadline reached",
 	         (long long)((mono_ns() - start) / 1000000), ms);
-	kreq_request_reply(r, KREQ_STATUS_CANCELLED, NULL, 0, msg);
+	kreq_request_reply(r, how == CANCELLED ? KREQ_STATUS_CANCELLED : KREQ_STATUS_DEADLINE, NULL,
+	                   0, msg);
 }
 
 /* ---- the handlers ------------------------------------------------------- */

@@ -14,6 +14,20 @@
  * with churn). A slot array of 2 MiB or more is asked for transparent huge
  * pages, so its random reads stop walking page tables as well (at 256
  * calls in flight the lookup was ~10% of the serving loop's time).
+ *
+ * Why a random key per table and a probe bound: idempotency keys are chosen
+ * by callers. With a fixed (public) SipHash key anyone can compute keys
+ * whose hashes share their low bits; linear probing then builds one run as
+ * long as the table and every insert walks it (150k such results made a
+ * rebuild quadratic and past its timeout). Each table draws its own key
+ * (randombytes_buf), so colliding keys cannot be computed from outside, and
+ * no entry ever sits more than KREQ__DD_PROBE_MAX slots past its home: an
+ * insert that would is refused by the index, which re-keys itself (new
+ * random key, same size, then double the size) and tries again, so even a
+ * leaked key costs one O(n) rehash, never O(n^2). Lookups stop after
+ * KREQ__DD_PROBE_MAX slots too. Backward-shift removal only moves entries
+ * closer to home, so it keeps the bound. At load <= 1/2 a run of 128 is
+ * about e^-25 likely per insert: random keys never pay the rehash.
  */
 #include <stdbool.h>
 #include <stdlib.h>
@@ -25,7 +39,7 @@
 #include "broker/dedup.h"
 #include "kreq/error.h"
 
-static const unsigned char hash_key[crypto_shorthash_KEYBYTES] = "kreq-dedup-key!";
+_Static_assert(KREQ__DD_HASH_KEY_BYTES == crypto_shorthash_KEYBYTES, "SipHash key size");
 
 size_t kreq__dedup_key(uint8_t *key, const char *key_id, const uint8_t *idem, size_t idem_len)
 {
@@ -36,11 +50,16 @@ size_t kreq__dedup_key(uint8_t *key, const char *key_id, const uint8_t *idem, si
 	return 1 + id_len + idem_len;
 }
 
-static uint64_t hash_of(const uint8_t *key, size_t len)
+static uint64_t hash_with(const uint8_t *hkey, const uint8_t *key, size_t len)
 {
 	uint64_t h;
-	crypto_shorthash((unsigned char *)&h, key, len, hash_key);
+	crypto_shorthash((unsigned char *)&h, key, len, hkey);
 	return h;
+}
+
+static uint64_t hash_of(const kreq__dedup_t *d, const uint8_t *key, size_t len)
+{
+	return hash_with(d->hkey, key, len);
 }
 
 #define HUGE_PAGE ((size_t)2 << 20)
@@ -64,16 +83,98 @@ int kreq__dedup_init(kreq__dedup_t *d)
 {
 	memset(d, 0, sizeof(*d));
 	d->nslots = 1024;
+	randombytes_buf(d->hkey, sizeof(d->hkey));
 	d->slots = slots_new(d->nslots);
 	return d->slots ? KREQ_OK : KREQ_ENOMEM;
 }
 
-static void account(kreq__dedup_t *d, size_t add, size_t sub)
+static void account(kreq__dedup_t *d, kreq__dd_entry_t *e, size_t add, size_t sub)
 {
 	d->bytes = d->bytes + add - sub;
 	if (d->shared)
 		*d->shared = *d->shared + add - sub;
+	if (e->tenant)
+		e->tenant->bytes = e->tenant->bytes + add - sub;
 }
+
+/* ---- tenants ------------------------------------------------------------ */
+
+/* The tenant of a record key (u8 len || key_id || ...), created if new. */
+static kreq__dd_tenant_t *tenant_of(kreq__dd_tenants_t *r, const uint8_t *key)
+{
+	kreq__dd_tenant_t **pp = &r->head, *t;
+	for (; (t = *pp); pp = &t->next)
+		if (t->id_len == key[0] && !memcmp(t->id, key + 1, key[0]))
+			break;
+	if (t) {
+		*pp = t->next; /* to the front: the next lookup is likely the same key */
+	} else {
+		if (!(t = calloc(1, sizeof(*t) + key[0])))
+			return NULL;
+		t->id_len = key[0];
+		memcpy(t->id, key + 1, key[0]);
+		r->count++;
+	}
+	t->next = r->head;
+	r->head = t;
+	return t;
+}
+
+void kreq__dd_tenants_sweep(kreq__dd_tenants_t *r)
+{
+	for (kreq__dd_tenant_t **pp = &r->head, *t; (t = *pp);) {
+		if (t->entries) {
+			pp = &t->next;
+			continue;
+		}
+		*pp = t->next;
+		free(t);
+		r->count--;
+	}
+}
+
+/* e's list in its tenant: the DONE one or the GHOST one. */
+static kreq__dd_entry_t **t_list(kreq__dd_entry_t *e, kreq__dd_entry_t ***newest)
+{
+	kreq__dd_tenant_t *t = e->tenant;
+	bool ghost = e->state == KREQ__DD_GHOST;
+	*newest = ghost ? &t->g_newest : &t->newest;
+	return ghost ? &t->g_oldest : &t->oldest;
+}
+
+static void t_unlink(kreq__dd_entry_t *e)
+{
+	if (!e->tenant || !e->aged)
+		return;
+	kreq__dd_entry_t **newest, **oldest = t_list(e, &newest);
+	if (e->t_prev)
+		e->t_prev->t_next = e->t_next;
+	else
+		*oldest = e->t_next;
+	if (e->t_next)
+		e->t_next->t_prev = e->t_prev;
+	else
+		*newest = e->t_prev;
+	e->t_prev = e->t_next = NULL;
+}
+
+/* Appends e (DONE or GHOST, aged) to its tenant's list. */
+static void t_link(kreq__dd_entry_t *e)
+{
+	if (!e->tenant)
+		return;
+	kreq__dd_entry_t **newest, **oldest = t_list(e, &newest);
+	e->t_next = NULL;
+	e->t_prev = *newest;
+	if (*newest)
+		(*newest)->t_next = e;
+	else
+		*oldest = e;
+	*newest = e;
+}
+
+/* Unlinks e from its tenant and uncounts its whole footprint. */
+static void t_detach(kreq__dedup_t *d, kreq__dd_entry_t *e);
 
 static size_t result_bytes(const kreq__dd_entry_t *e)
 {
@@ -82,18 +183,27 @@ static size_t result_bytes(const kreq__dd_entry_t *e)
 
 static void free_result(kreq__dedup_t *d, kreq__dd_entry_t *e)
 {
-	account(d, 0, result_bytes(e));
+	account(d, e, 0, result_bytes(e));
 	free(e->payload);
 	free(e->error);
 	e->payload = NULL, e->error = NULL, e->len = 0;
 }
 
+static void t_detach(kreq__dedup_t *d, kreq__dd_entry_t *e)
+{
+	t_unlink(e);
+	account(d, e, 0, sizeof(*e) + e->key_len + result_bytes(e));
+	if (e->tenant)
+		e->tenant->entries--;
+	e->tenant = NULL;
+}
+
 void kreq__dedup_clear(kreq__dedup_t *d)
 {
-	account(d, 0, d->bytes);
 	for (size_t i = 0; i < d->nslots && d->slots; i++) {
 		kreq__dd_entry_t *e = d->slots[i].e;
 		if (e) {
+			t_detach(d, e);
 			free(e->payload);
 			free(e->error);
 			free(e);
@@ -110,14 +220,33 @@ void kreq__dedup_each(kreq__dedup_t *d, void (*fn)(kreq__dd_entry_t *e, void *ar
 			fn(d->slots[i].e, arg);
 }
 
-/* The slot holding key, or the empty slot that ends its probe run. */
+#define NO_SLOT SIZE_MAX
+
+/* The slot holding key, or the empty slot that ends its probe run; NO_SLOT
+ * when neither is within KREQ__DD_PROBE_MAX slots of its home (the key is
+ * then absent: no entry lives further out). */
 static size_t slot_of(const kreq__dedup_t *d, uint64_t h, const uint8_t *key, size_t len)
 {
 	size_t mask = d->nslots - 1, i = h & mask;
-	for (const kreq__dd_slot_t *sl; (sl = &d->slots[i])->e; i = (i + 1) & mask)
-		if (sl->hash == h && sl->e->key_len == len && !memcmp(sl->e->key, key, len))
-			break;
-	return i;
+	for (unsigned n = 0; n < KREQ__DD_PROBE_MAX; n++, i = (i + 1) & mask) {
+		const kreq__dd_slot_t *sl = &d->slots[i];
+		if (!sl->e ||
+		    (sl->hash == h && sl->e->key_len == len && !memcmp(sl->e->key, key, len)))
+			return i;
+	}
+	return NO_SLOT;
+}
+
+/* Puts (h, e) into the first free slot of sl (n slots) within the bound. */
+static bool place(kreq__dd_slot_t *sl, size_t n, uint64_t h, kreq__dd_entry_t *e)
+{
+	size_t mask = n - 1, i = h & mask;
+	for (unsigned k = 0; k < KREQ__DD_PROBE_MAX; k++, i = (i + 1) & mask)
+		if (!sl[i].e) {
+			sl[i] = (kreq__dd_slot_t){h, e};
+			return true;
+		}
+	return false;
 }
 
 /* Empties slot i and moves back each later entry of its run that would
@@ -158,49 +287,99 @@ void kreq__dedup_remove(kreq__dedup_t *d, kreq__dd_entry_t *e)
 	while (d->slots[i].e != e)
 		i = (i + 1) & mask;
 	slot_clear(d, i);
+	t_detach(d, e);
 	age_unlink(d, e);
-	free_result(d, e);
-	account(d, 0, sizeof(*e) + e->key_len);
+	free(e->payload);
+	free(e->error);
 	free(e);
 	d->count--;
-}
-
-kreq__dd_entry_t *kreq__dedup_find(kreq__dedup_t *d, const uint8_t *key, size_t key_len)
-{
-	return d->slots[slot_of(d, hash_of(key, key_len), key, key_len)].e;
-}
-
-uint64_t kreq__dedup_prefetch(const kreq__dedup_t *d, const uint8_t *key, size_t key_len)
-{
-	uint64_t h = hash_of(key, key_len);
-	__builtin_prefetch(&d->slots[h & (d->nslots - 1)]);
-	return h;
 }
 
 kreq__dd_entry_t *kreq__dedup_find_hashed(kreq__dedup_t *d, uint64_t hash, const uint8_t *key,
                                           size_t key_len)
 {
-	return d->slots[slot_of(d, hash, key, key_len)].e;
+	size_t i = slot_of(d, hash, key, key_len);
+	return i == NO_SLOT ? NULL : d->slots[i].e;
 }
 
-static bool grow(kreq__dedup_t *d)
+kreq__dd_entry_t *kreq__dedup_find(kreq__dedup_t *d, const uint8_t *key, size_t key_len)
 {
-	size_t n = d->nslots * 2, mask = n - 1;
+	return kreq__dedup_find_hashed(d, hash_of(d, key, key_len), key, key_len);
+}
+
+uint64_t kreq__dedup_prefetch(const kreq__dedup_t *d, const uint8_t *key, size_t key_len)
+{
+	uint64_t h = hash_of(d, key, key_len);
+	__builtin_prefetch(&d->slots[h & (d->nslots - 1)]);
+	return h;
+}
+
+/* Moves every entry into a new array of n slots: with the stored hashes
+ * when hkey is NULL, else re-hashed under hkey (which then becomes the
+ * table's). False (the table unchanged) on ENOMEM or when an entry would
+ * land past the probe bound. */
+static bool reindex(kreq__dedup_t *d, size_t n, const uint8_t *hkey)
+{
 	kreq__dd_slot_t *sl = slots_new(n);
 	if (!sl)
 		return false;
 	for (size_t i = 0; i < d->nslots; i++) {
-		if (!d->slots[i].e)
+		kreq__dd_entry_t *e = d->slots[i].e;
+		if (!e)
 			continue;
-		size_t j = d->slots[i].hash & mask;
-		while (sl[j].e)
-			j = (j + 1) & mask;
-		sl[j] = d->slots[i];
+		uint64_t h = hkey ? hash_with(hkey, e->key, e->key_len) : d->slots[i].hash;
+		if (!place(sl, n, h, e)) {
+			free(sl);
+			return false;
+		}
 	}
 	free(d->slots);
 	d->slots = sl;
 	d->nslots = n;
+	if (hkey) {
+		memcpy(d->hkey, hkey, sizeof(d->hkey));
+		for (size_t i = 0; i < n; i++)
+			if (sl[i].e)
+				sl[i].e->hash = sl[i].hash;
+	}
 	return true;
+}
+
+/* A new random key and the index rebuilt under it, at n slots. */
+static bool rekey(kreq__dedup_t *d, size_t n)
+{
+	uint8_t k[KREQ__DD_HASH_KEY_BYTES];
+	randombytes_buf(k, sizeof(k));
+	if (!reindex(d, n, k))
+		return false;
+	d->rekeys++;
+	return true;
+}
+
+static bool grow(kreq__dedup_t *d)
+{
+	return reindex(d, d->nslots * 2, NULL) || rekey(d, d->nslots * 2);
+}
+
+void kreq__dedup_set_hash_key(kreq__dedup_t *d, const uint8_t key[KREQ__DD_HASH_KEY_BYTES])
+{
+	if (!reindex(d, d->nslots, key)) /* only a broken test gets here */
+		abort();
+}
+
+/* The free slot for a new key of hash *h (updated if the table re-keys),
+ * or NO_SLOT: the probe run is too long, so the index re-keys (same size,
+ * then twice the size) until the key has a slot within the bound. */
+static size_t free_slot(kreq__dedup_t *d, uint64_t *h, const uint8_t *key, size_t len)
+{
+	size_t i = slot_of(d, *h, key, len);
+	for (int attempt = 0; i == NO_SLOT && attempt < 4; attempt++) {
+		if (!rekey(d, attempt < 2 ? d->nslots : d->nslots * 2))
+			continue;
+		*h = hash_of(d, key, len);
+		i = slot_of(d, *h, key, len);
+	}
+	return i;
 }
 
 static kreq__dd_entry_t *insert(kreq__dedup_t *d, const uint8_t *key, size_t key_len,
@@ -210,16 +389,26 @@ static kreq__dd_entry_t *insert(kreq__dedup_t *d, const uint8_t *key, size_t key
 	 * refuses the entry rather than fill up (the caller redoes the record) */
 	if (2 * (d->count + 1) > d->nslots && !grow(d))
 		return NULL;
-	uint64_t h = hash_of(key, key_len);
-	size_t i = slot_of(d, h, key, key_len); /* the key is absent: an empty slot */
-	kreq__dd_entry_t *e = calloc(1, sizeof(*e) + key_len);
+	uint64_t h = hash_of(d, key, key_len);
+	size_t i = free_slot(d, &h, key, key_len); /* the key is absent: an empty slot */
+	if (i == NO_SLOT) {
+		d->refused++;
+		return NULL;
+	}
+	kreq__dd_tenant_t *t = d->tenants ? tenant_of(d->tenants, key) : NULL;
+	kreq__dd_entry_t *e = (!d->tenants || t) ? calloc(1, sizeof(*e) + key_len) : NULL;
 	if (!e)
 		return NULL;
+	e->tenant = t;
+	if (t)
+		t->entries++;
+	e->owner = d;
+	e->res_offset = -1;
 	e->hash = h;
 	e->key_len = (uint16_t)key_len;
 	memcpy(e->key, key, key_len);
 	memcpy(e->digest, digest, 32);
-	account(d, sizeof(*e) + key_len, 0);
+	account(d, e, sizeof(*e) + key_len, 0);
 	d->slots[i] = (kreq__dd_slot_t){h, e};
 	d->count++;
 	return e;
@@ -239,6 +428,7 @@ kreq__dd_entry_t *kreq__dedup_add_running(kreq__dedup_t *d, const uint8_t *key, 
 void kreq__dedup_set_done_take(kreq__dedup_t *d, kreq__dd_entry_t *e, int32_t status,
                                uint8_t *payload, size_t len, char *error, int64_t expires_ms)
 {
+	t_unlink(e);
 	age_unlink(d, e);
 	free_result(d, e);
 	if (error && !*error) {
@@ -255,7 +445,9 @@ void kreq__dedup_set_done_take(kreq__dedup_t *d, kreq__dd_entry_t *e, int32_t st
 	e->error = error;
 	e->len = len;
 	e->aged = true;
-	account(d, result_bytes(e), 0);
+	e->res_offset = -1; /* a new result: its record's offset comes later */
+	account(d, e, result_bytes(e), 0);
+	t_link(e);
 	e->age_prev = d->newest;
 	if (d->newest)
 		d->newest->age_next = e;
@@ -305,4 +497,35 @@ bool kreq__dedup_evict_oldest(kreq__dedup_t *d, int64_t *expires_ms)
 	*expires_ms = d->oldest->expires_ms;
 	kreq__dedup_remove(d, d->oldest);
 	return true;
+}
+
+void kreq__dedup_ghost(kreq__dedup_t *d, kreq__dd_entry_t *e)
+{
+	t_unlink(e);
+	free_result(d, e);
+	e->state = KREQ__DD_GHOST;
+	t_link(e);
+}
+
+bool kreq__dd_tenant_evict(kreq__dd_tenant_t *t, bool *removed, int64_t *expires_ms)
+{
+	kreq__dd_entry_t *e = t->oldest ? t->oldest : t->g_oldest;
+	if (!e)
+		return false;
+	*expires_ms = e->expires_ms;
+	*removed = e->state == KREQ__DD_GHOST || e->res_offset < 0 || !result_bytes(e);
+	if (*removed)
+		kreq__dedup_remove(e->owner, e);
+	else
+		kreq__dedup_ghost(e->owner, e);
+	return true;
+}
+
+kreq__dd_tenant_t *kreq__dd_tenants_biggest(kreq__dd_tenants_t *r)
+{
+	kreq__dd_tenant_t *big = NULL;
+	for (kreq__dd_tenant_t *t = r->head; t; t = t->next)
+		if ((t->oldest || t->g_oldest) && (!big || t->bytes > big->bytes))
+			big = t;
+	return big;
 }

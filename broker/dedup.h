@@ -10,11 +10,14 @@
  * and one that never restarted answer alike.
  *
  * Bounded: every entry's footprint (struct, key, stored payload and error)
- * is counted in `bytes` and, when set, also in *shared (all partitions of
- * a worker), so the loop can evict the oldest DONE entries once the worker
- * is over server.dedup.max.bytes (kreq__dedup_evict_oldest). An evicted
- * key is no longer deduplicated: the window is then shorter than the
- * retention, which the loop counts and logs.
+ * is counted in `bytes`, when set also in *shared (all partitions of a
+ * worker) and in its key id's tenant (*tenants: one tenant spans all the
+ * worker's partitions and lists its DONE and GHOST entries by age), so the
+ * loop can make room per key id (kreq__dd_tenant_evict): a DONE entry whose
+ * Result's offset is known becomes a GHOST (the result is read back from
+ * the results topic on a hit); a GHOST or an entry without a known offset
+ * is removed, and its key is then no longer deduplicated (the window is
+ * shorter than the retention, which the loop counts and logs).
  *
  * Why a private table rather than the client's table: this one is
  * touched by one thread only, holds variable-length keys and owns result
@@ -29,10 +32,20 @@
 
 #define KREQ__DEDUP_KEY_MAX (1 + 64 + 255)
 
-typedef enum { KREQ__DD_RUNNING = 1, KREQ__DD_DONE = 2 } kreq__dd_state_t;
+/* GHOST: a DONE entry whose result left memory (its tenant was over its
+ * budget) but stays findable: key, digest, expiry and the offset of its
+ * Result record in the results topic, where the worker reads it again. */
+typedef enum { KREQ__DD_RUNNING = 1, KREQ__DD_DONE = 2, KREQ__DD_GHOST = 3 } kreq__dd_state_t;
+
+struct kreq__dd_tenant;
+struct kreq__dedup;
 
 typedef struct kreq__dd_entry {
-	struct kreq__dd_entry *age_prev, *age_next; /* DONE entries, oldest first */
+	struct kreq__dd_entry *age_prev, *age_next; /* DONE and GHOST entries, oldest first */
+	struct kreq__dd_entry *t_prev, *t_next;     /* its tenant's DONE (or GHOST) list */
+	struct kreq__dd_tenant *tenant;             /* NULL without a registry */
+	struct kreq__dedup *owner;                  /* the store holding it */
+	int64_t res_offset; /* its Result record's offset in the results topic, -1 unknown */
 	uint64_t hash;
 	uint16_t key_len;
 	bool aged; /* on the age list (DONE) */
@@ -54,12 +67,39 @@ typedef struct kreq__dd_slot {
 	kreq__dd_entry_t *e; /* NULL: empty */
 } kreq__dd_slot_t;
 
+/* No entry sits further than this many slots from its home (dedup.c). */
+#define KREQ__DD_PROBE_MAX      128
+#define KREQ__DD_HASH_KEY_BYTES 16
+
+/* Everything one signing key id holds, over all partitions of a worker
+ * (server.dedup.key.max.bytes budgets it). Freed once empty by
+ * kreq__dd_tenants_sweep. */
+typedef struct kreq__dd_tenant {
+	struct kreq__dd_tenant *next;
+	size_t bytes;                          /* footprint of its entries */
+	size_t entries;                        /* how many */
+	kreq__dd_entry_t *oldest, *newest;     /* its DONE entries by age */
+	kreq__dd_entry_t *g_oldest, *g_newest; /* its GHOST entries by age */
+	uint8_t id_len;
+	uint8_t id[]; /* the key id (id_len bytes) */
+} kreq__dd_tenant_t;
+
+/* The tenants of a worker's stores (loop thread); zero-initialised. */
+typedef struct kreq__dd_tenants {
+	kreq__dd_tenant_t *head; /* most recently used first */
+	size_t count;
+} kreq__dd_tenants_t;
+
 typedef struct kreq__dedup {
 	kreq__dd_slot_t *slots; /* a power of two of them, at most half full */
 	size_t nslots, count;
-	kreq__dd_entry_t *oldest, *newest; /* DONE entries by insertion */
-	size_t bytes;                      /* footprint of every entry held */
-	size_t *shared;                    /* optional: also counted here */
+	uint8_t hkey[KREQ__DD_HASH_KEY_BYTES]; /* this table's random SipHash key */
+	uint64_t rekeys;                       /* times a probe run forced a new key */
+	uint64_t refused;                      /* inserts refused: no slot within the bound */
+	kreq__dd_entry_t *oldest, *newest;     /* DONE entries by insertion */
+	size_t bytes;                          /* footprint of every entry held */
+	size_t *shared;                        /* optional: also counted here */
+	kreq__dd_tenants_t *tenants;           /* optional: entries accounted per key id */
 } kreq__dedup_t;
 
 /* Builds the record key into key (KREQ__DEDUP_KEY_MAX bytes); its length. */
@@ -93,6 +133,10 @@ int kreq__dedup_set_done(kreq__dedup_t *d, kreq__dd_entry_t *e, const uint8_t *k
 void kreq__dedup_set_done_take(kreq__dedup_t *d, kreq__dd_entry_t *e, int32_t status,
                                uint8_t *payload, size_t len, char *error, int64_t expires_ms);
 
+/* Test hook: re-hashes the index under key (a chosen key lets a test build
+ * keys that collide under it). */
+void kreq__dedup_set_hash_key(kreq__dedup_t *d, const uint8_t key[KREQ__DD_HASH_KEY_BYTES]);
+
 /* Calls fn for every entry (fn must not add or remove entries). */
 void kreq__dedup_each(kreq__dedup_t *d, void (*fn)(kreq__dd_entry_t *e, void *arg), void *arg);
 /* Removes and frees e. */
@@ -104,5 +148,23 @@ size_t kreq__dedup_expire(kreq__dedup_t *d, int64_t now_ms);
 /* Removes the oldest DONE entry; false if there is none. *expires_ms gets
  * its expiry (how early it left). */
 bool kreq__dedup_evict_oldest(kreq__dedup_t *d, int64_t *expires_ms);
+
+/* DONE -> GHOST: frees e's result (the Result record at e->res_offset
+ * still holds it); e stays findable until it expires or is removed. */
+void kreq__dedup_ghost(kreq__dedup_t *d, kreq__dd_entry_t *e);
+
+/* Makes room in tenant t: its oldest DONE entry becomes a GHOST when its
+ * Result's offset is known (else it is removed), or, without DONE entries,
+ * its oldest GHOST is removed. False if t holds only RUNNING entries.
+ * *removed tells whether an entry left entirely (its key no longer
+ * deduplicates), *expires_ms its expiry. */
+bool kreq__dd_tenant_evict(kreq__dd_tenant_t *t, bool *removed, int64_t *expires_ms);
+
+/* The tenant holding the most bytes that kreq__dd_tenant_evict can shrink;
+ * NULL if none. */
+kreq__dd_tenant_t *kreq__dd_tenants_biggest(kreq__dd_tenants_t *r);
+
+/* Frees the tenants that hold no entry. */
+void kreq__dd_tenants_sweep(kreq__dd_tenants_t *r);
 
 #endif

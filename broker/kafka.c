@@ -69,6 +69,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 	(void)rk;
 	kreq_server_t *s = opaque;
 	kreq__dr_t *dr = m->_private;
+	if (!m->err && (!dr || (dr->partition < s->nparts && s->parts[dr->partition] &&
+	                        s->parts[dr->partition]->incarnation == dr->incarnation)))
+		kreq__result_delivered(s, m);
 	if (!dr)
 		return;
 	if (m->err) {
@@ -145,7 +148,7 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 	rd_kafka_conf_set_opaque(rc, s);
 	rd_kafka_conf_set_log_cb(rc, on_log);
 	rd_kafka_conf_set_error_cb(rc, on_error);
-	if (producer && !txn)
+	if (producer) /* transactional too: the offsets of Results (kreq__result_delivered) */
 		rd_kafka_conf_set_dr_msg_cb(rc, on_delivery);
 	if (rebalance_cb)
 		rd_kafka_conf_set_rebalance_cb(rc, rebalance_cb);

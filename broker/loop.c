@@ -8,17 +8,11 @@
  * thread-safe to interleave. Keeping all of it on one thread makes those
  * decisions sequential without locks; only handlers run elsewhere.
  *
- * For every record (docs/broker-design.md has the full rationale):
- *   1. verify (envelope_open: size, signature, key, skew, deadline); a
- *      record that does not verify is counted and dropped: its reply topic
- *      is not trusted, so nothing is written for it;
- *   2. Cancel -> flag the running request (or the queued one, which then
- *      never starts);
- *   3. reply topic on the allow-list, else dropped and counted;
- *   4. handler exists (status 1), key may call the method (5), rate (7);
- *   5. dedup: stored result -> served again (from_dedup), same key running
- *      -> joins it, same key with another request -> status 6;
- *   6. budget left (2), then the handler runs.
+ * For every record the loop gathers facts (envelope_open, the dedup
+ * store, the key's rate bucket, ...) and executes what the pure function
+ * kreq__decide() makes of them: drop, cancel, answer, serve the stored
+ * result, join the running request, or dispatch. The rules and their
+ * order are in broker/decide.h (docs/broker-design.md has the rationale).
  * Outputs (replies, result records) go into the open transaction; the
  * record's offset becomes committable once they are in it (offsets.h).
  */
@@ -32,6 +26,7 @@
 
 #include <sodium.h>
 
+#include "broker/decide.h"
 #include "broker/server_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
@@ -49,6 +44,7 @@ static kreq__part_t *part_new(kreq_server_t *s, int32_t id)
 		return NULL;
 	}
 	pt->dd.shared = &s->dd_bytes;
+	pt->dd.tenants = &s->dd_tenants;
 	pt->id = id;
 	pt->incarnation = ++s->next_incarnation;
 	pt->committed = -1;
@@ -73,38 +69,83 @@ static void part_drop(kreq_server_t *s, int32_t id)
 		return;
 	kreq__dedup_each(&pt->dd, cancel_running, NULL);
 	kreq__dedup_clear(&pt->dd);
+	kreq__dd_tenants_sweep(&s->dd_tenants);
 	atomic_store_explicit(&s->m.dedup_bytes, s->dd_bytes, memory_order_relaxed);
 	kreq__offsets_clear(&pt->offs);
 	free(pt);
 	s->parts[id] = NULL;
 }
 
+/* Tallies what kreq__dedup_bound made room with. */
+typedef struct room {
+	uint64_t ghosted, removed;
+	int64_t earliest; /* expiry of the earliest removed entry */
+} room_t;
+
+static bool make_room(kreq__dd_tenant_t *t, room_t *r)
+{
+	bool removed;
+	int64_t expires;
+	if (!kreq__dd_tenant_evict(t, &removed, &expires))
+		return false;
+	if (!removed) {
+		r->ghosted++;
+	} else {
+		r->removed++;
+		if (expires < r->earliest)
+			r->earliest = expires;
+	}
+	return true;
+}
+
+/* Design note: one tenant must not shorten another's dedup window. Each
+ * key id's stored results are budgeted (server.dedup.key.max.bytes): a key
+ * over it makes room among its own results only. The worker's total
+ * (server.dedup.max.bytes) is a cap on top, and room is made in the key
+ * holding the most, so a small tenant's results stay while a big one
+ * floods. Making room first turns the oldest result into a ghost (key,
+ * digest, expiry and its Result's offset: a retry reads the result back
+ * from the results topic, the handler does not run again); only ghosts, or
+ * results whose offset is not known yet, leave entirely. */
 void kreq__dedup_bound(kreq_server_t *s, kreq__part_t *pt)
 {
-	int64_t now = kreq__now_ms(), expires = 0, earliest = INT64_MAX;
-	uint64_t n = 0;
-	for (int32_t p = -1; p < s->nparts && s->dd_bytes > s->dd_max_bytes; p++) {
-		kreq__part_t *victim = p < 0 ? pt : s->parts[p];
-		while (victim && s->dd_bytes > s->dd_max_bytes &&
-		       kreq__dedup_evict_oldest(&victim->dd, &expires)) {
-			n++;
-			if (expires < earliest)
-				earliest = expires;
-		}
-	}
+	(void)pt;
+	room_t r = {0, 0, INT64_MAX};
+	if (s->dd_key_max_bytes)
+		for (kreq__dd_tenant_t *t = s->dd_tenants.head; t; t = t->next)
+			while (t->bytes > s->dd_key_max_bytes && make_room(t, &r))
+				;
+	kreq__dd_tenant_t *big;
+	while (s->dd_bytes > s->dd_max_bytes && (big = kreq__dd_tenants_biggest(&s->dd_tenants)) &&
+	       make_room(big, &r))
+		;
 	atomic_store_explicit(&s->m.dedup_bytes, s->dd_bytes, memory_order_relaxed);
-	if (!n)
+	atomic_fetch_add_explicit(&s->m.dedup_ghosted, r.ghosted, memory_order_relaxed);
+	if (!r.removed)
 		return;
-	atomic_fetch_add_explicit(&s->m.dedup_evicted, n, memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->m.dedup_evicted, r.removed, memory_order_relaxed);
 	int64_t now_ns = kreq__mono_ns();
 	if (s->dd_warned_ns && now_ns - s->dd_warned_ns < 60 * 1000000000LL)
 		return;
 	s->dd_warned_ns = now_ns;
 	kreq__log(s->conf, 4, "server",
-	          "server.dedup.max.bytes (%zu) reached: stored results are dropped %lld s before "
-	          "their retention ends, and retries of their keys will run again; raise the limit "
-	          "or lower server.dedup.retention.ms (logged at most once a minute)",
-	          s->dd_max_bytes, (long long)((earliest - now) / 1000));
+	          "dedup memory (server.dedup.max.bytes %zu, server.dedup.key.max.bytes %zu) is "
+	          "full even of findable records: stored results are forgotten %lld s before "
+	          "their retention ends, and retries of their keys will run again; raise the "
+	          "limits or lower server.dedup.retention.ms (logged at most once a minute)",
+	          s->dd_max_bytes, s->dd_key_max_bytes,
+	          (long long)((r.earliest - kreq__now_ms()) / 1000));
+}
+
+void kreq__result_delivered(kreq_server_t *s, const rd_kafka_message_t *m)
+{
+	if (!m->key || strcmp(rd_kafka_topic_name(m->rkt), s->res_topic))
+		return;
+	kreq__part_t *pt =
+	    m->partition >= 0 && m->partition < s->nparts ? s->parts[m->partition] : NULL;
+	kreq__dd_entry_t *e = pt ? kreq__dedup_find(&pt->dd, m->key, m->key_len) : NULL;
+	if (e && e->state == KREQ__DD_DONE && e->res_offset < 0)
+		e->res_offset = m->offset;
 }
 
 static kreq__part_t *part_get(kreq_server_t *s, int32_t id)
@@ -209,25 +250,15 @@ static kreq__handled_t outcome_of(const kreq_request_t *r)
 	return r->status == 0 ? KREQ__H_OK : KREQ__H_ERROR_STATUS;
 }
 
-static void apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
+/* Sends r's result (status, payload, error) to r and to the duplicates that
+ * joined it, stores it when `store` (the handler ran), and lets their
+ * offsets pass; counts outcome o. */
+static void settle(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, kreq__handled_t o,
+                   bool store, int64_t now)
 {
-	kreq__part_t *pt = part_get(s, r->partition);
-	if (r->started_ns)
-		kreq__hist_observe(&s->m.handler_time, (kreq__mono_ns() - r->started_ns) / 1000);
-	if (!pt || pt->incarnation != r->incarnation || s->draining_abandon) {
-		kreq__request_free(r); /* stale: the record will be redone */
-		return;
-	}
 	/* same incarnation: its RUNNING entry is still there (only a DONE
 	 * entry expires or is evicted; dropping the state changes incarnation) */
 	kreq__dd_entry_t *e = r->dd;
-	if (s->draining && !r->started_ns && r->status == KREQ_STATUS_SHUTTING_DOWN) {
-		/* not started before shutdown: left for the next owner, uncommitted */
-		kreq__dedup_remove(&pt->dd, e);
-		kreq__request_free(r);
-		return;
-	}
-	kreq__handled_t o = outcome_of(r);
 	atomic_fetch_add_explicit(&s->m.handled[o], 1, memory_order_relaxed);
 	const Kreq__Request *q = r->op.u.req;
 	/* the reply first: in light mode it then leaves before the result */
@@ -235,7 +266,7 @@ static void apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
 	           false, now);
 	const uint8_t *payload = r->payload;
 	const char *error = r->error;
-	if (r->started_ns && r->status != KREQ_STATUS_CANCELLED) {
+	if (store) {
 		int64_t expires = now + s->retention_ms;
 		store_result(s, pt, r, now, expires);
 		/* the stored result takes the reply's buffers; joiners read them there */
@@ -247,13 +278,73 @@ static void apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
 		kreq__dedup_remove(&pt->dd, e);
 	}
 	slot_complete(pt, r->self.seq);
-	for (kreq__target_t *t = r->joiners; t; t = t->next) {
+	for (kreq__target_t *t = r->joiners, *n; t; t = n) {
+		n = t->next;
 		send_reply(s, pt, t, &q->idempotency_key, r->status, payload, r->len, error, true,
 		           now);
 		slot_complete(pt, t->seq);
+		free(t);
 	}
+	r->joiners = NULL;
+}
+
+static void apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
+{
+	if (r->zombie) { /* abandoned and answered: its handler let go at last */
+		kreq__request_free(r);
+		return;
+	}
+	kreq__part_t *pt = part_get(s, r->partition);
+	if (r->started_ns)
+		kreq__hist_observe(&s->m.handler_time, (kreq__mono_ns() - r->started_ns) / 1000);
+	if (!pt || pt->incarnation != r->incarnation || s->draining_abandon) {
+		kreq__request_free(r); /* stale: the record will be redone */
+		return;
+	}
+	if (s->draining && !r->started_ns && r->status == KREQ_STATUS_SHUTTING_DOWN) {
+		/* not started before shutdown: left for the next owner, uncommitted */
+		kreq__dedup_remove(&pt->dd, r->dd);
+		kreq__request_free(r);
+		return;
+	}
+	settle(s, pt, r, outcome_of(r), r->started_ns && r->status != KREQ_STATUS_CANCELLED, now);
 	kreq__request_free(r);
 	kreq__dedup_bound(s, pt); /* last: it may evict what was just stored */
+}
+
+/* Requests past their deadline + server.handler.grace.ms whose handler has
+ * not replied: answered with status 2 now. A handler that had started gets
+ * that answer stored as its result, like any other, so a retry is served
+ * status 2 and the work never runs a second time while the first run may
+ * still be going on (its late reply is refused). The request is retired:
+ * its in-flight place and its record's offset are free; its structure
+ * stays with the handler until that lets go (request.c). */
+static void expire_overdue(kreq_server_t *s)
+{
+	int64_t now = kreq__now_ms();
+	kreq_request_t *r;
+	while ((r = kreq__overdue_pop(s, now))) {
+		bool started;
+		if (!kreq__request_abandon(r, &started))
+			continue; /* it replied meanwhile: its completion is on the list */
+		kreq__part_t *pt = part_get(s, r->partition);
+		kreq__log(s->conf, 4, "server",
+		          "%s [%d] offset %lld: handler of %s %s by its deadline + "
+		          "server.handler.grace.ms (%lld ms): answered status 2",
+		          s->req_topic, (int)r->partition, (long long)r->offset,
+		          r->op.u.req->method, started ? "did not finish" : "did not start",
+		          (long long)s->handler_grace_ms);
+		kreq__request_retire(r); /* first: outcome counted means retired */
+		if (pt && pt->incarnation == r->incarnation && !s->draining_abandon) {
+			r->status = KREQ_STATUS_DEADLINE;
+			r->error =
+			    strdup(started ? "handler did not finish before the deadline"
+			                   : "deadline exceeded before the work could start");
+			settle(s, pt, r, started ? KREQ__H_OVERDUE : KREQ__H_DEADLINE, started,
+			       now);
+			kreq__dedup_bound(s, pt);
+		} /* else stale: the record will be redone */
+	}
 }
 
 /* Whether the list r holds at least n requests (counts no further). */
@@ -302,17 +393,20 @@ static const kreq__handler_t *handler_of(const kreq_server_t *s, const char *met
 	return NULL;
 }
 
-static bool rate_limited(kreq_server_t *s, const char *key_id)
+/* The key's token bucket refilled to now (server.rate.limit.per.key), or
+ * NULL when there is no limit or no memory for a new bucket. Reading it
+ * takes nothing: a token is taken only when a handler is dispatched. */
+static kreq__bucket_t *bucket_of(kreq_server_t *s, const char *key_id)
 {
 	if (s->rate <= 0)
-		return false;
+		return NULL;
 	kreq__bucket_t *b = s->buckets;
 	while (b && strcmp(b->key_id, key_id))
 		b = b->next;
 	int64_t now = kreq__mono_ns();
 	if (!b) {
 		if (!(b = calloc(1, sizeof(*b))))
-			return true;
+			return NULL;
 		snprintf(b->key_id, sizeof(b->key_id), "%s", key_id);
 		b->tokens = (double)s->rate;
 		b->last_ns = now;
@@ -323,10 +417,7 @@ static bool rate_limited(kreq_server_t *s, const char *key_id)
 	if (b->tokens > (double)s->rate)
 		b->tokens = (double)s->rate;
 	b->last_ns = now;
-	if (b->tokens < 1.0)
-		return true;
-	b->tokens -= 1.0;
-	return false;
+	return b;
 }
 
 static void reject(kreq_server_t *s, kreq__reject_t why, const rd_kafka_message_t *m,
@@ -363,22 +454,230 @@ static void answer(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
 	send_reply(s, pt, t, &q->idempotency_key, status, NULL, 0, error, false, kreq__now_ms());
 }
 
-/* Returns true when the record is finished now (its offset may pass once
- * the transaction commits), false when a handler will finish it. */
+/* What handle_request learns about a Request while gathering its facts. */
+typedef struct req_ctx {
+	uint8_t key[KREQ__DEDUP_KEY_MAX];
+	size_t klen;
+	uint64_t hash;
+	uint8_t digest[32];
+	bool digested;
+	kreq__dd_entry_t *e;
+	const kreq__handler_t *h;
+	kreq__bucket_t *b;
+} req_ctx_t;
+
+/* Whether corr already gets r's reply (r itself or one of its joiners). */
+static bool corr_waiting(const kreq_request_t *r, const uint8_t *corr)
+{
+	if (!memcmp(r->self.corr, corr, KREQ__CORR_ID_BYTES))
+		return true;
+	for (const kreq__target_t *t = r->joiners; t; t = t->next)
+		if (!memcmp(t->corr, corr, KREQ__CORR_ID_BYTES))
+			return true;
+	return false;
+}
+
+/* The facts kreq__decide() needs about a verified Request (broker/decide.h).
+ * Side effect: an expired stored result for the key is removed. */
+static void request_facts(kreq_server_t *s, kreq__part_t *pt, const kreq__opened_t *o, int64_t now,
+                          req_ctx_t *c, kreq__facts_t *f)
+{
+	const Kreq__Request *q = o->u.req;
+	c->klen =
+	    kreq__dedup_key(c->key, o->key_id, q->idempotency_key.data, q->idempotency_key.len);
+	c->hash = kreq__dedup_prefetch(&pt->dd, c->key, c->klen); /* loads during the checks */
+	/* computed by the protocol/reply-topic checks */
+	f->partition_ok = f->service_ok = f->reply_partition_ok = true;
+	f->reply_topic_ok = reply_topic_allowed(s, q->reply_topic);
+	c->h = handler_of(s, q->method);
+	f->handler_found = c->h != NULL;
+	f->key_permitted = kreq_keyring_check_method(s->kr, o->key_id, q->method) == KREQ_OK;
+	c->e = kreq__dedup_find_hashed(&pt->dd, c->hash, c->key, c->klen);
+	if (c->e && c->e->state != KREQ__DD_RUNNING && c->e->expires_ms <= now) {
+		kreq__dedup_remove(&pt->dd, c->e);
+		c->e = NULL;
+	}
+	if (c->e) {
+		kreq__request_digest(q, c->digest);
+		c->digested = true;
+		f->digest_match = sodium_memcmp(c->e->digest, c->digest, 32) == 0;
+		/* a ghost is a stored result too (read back when served) */
+		f->found = c->e->state == KREQ__DD_RUNNING ? KREQ__FOUND_RUNNING : KREQ__FOUND_DONE;
+	}
+	if (f->found == KREQ__FOUND_RUNNING) {
+		const kreq_request_t *r = c->e->running;
+		f->corr_waiting = corr_waiting(r, q->correlation_id.data);
+		f->joiners = r->njoiners;
+	}
+	f->in_flight = atomic_load_explicit(&s->in_progress, memory_order_relaxed);
+	f->max_in_flight = s->max_in_flight;
+	c->b = bucket_of(s, o->key_id);
+	f->rate_limit_on = s->rate > 0;
+	f->tokens = c->b ? c->b->tokens : 0.0;
+	f->budget_ms = q->deadline_ms - now;
+	f->min_budget_ms = s->min_budget_ms;
+}
+
+/* Adds t to the running request of entry e (counted in flight). */
+static bool join(kreq_server_t *s, kreq__dd_entry_t *e, const kreq__target_t *t)
+{
+	kreq_request_t *r = e->running;
+	kreq__target_t *j = malloc(sizeof(*j));
+	if (!j)
+		return false;
+	*j = *t;
+	j->next = r->joiners;
+	r->joiners = j;
+	r->njoiners++;
+	atomic_fetch_add_explicit(&s->in_progress, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->m.handled[KREQ__H_JOINED], 1, memory_order_relaxed);
+	return true;
+}
+
+/* A new RUNNING entry and its request, handed to the pool. */
+static bool dispatch(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
+                     const rd_kafka_message_t *m, const kreq__target_t *t, req_ctx_t *c)
+{
+	if (!c->digested)
+		kreq__request_digest(o->u.req, c->digest);
+	kreq_request_t *r = kreq__request_new(s);
+	kreq__dd_entry_t *e;
+	if (!r || !(e = kreq__dedup_add_running(&pt->dd, c->key, c->klen, c->digest, r))) {
+		if (r)
+			kreq__request_free(r);
+		return false;
+	}
+	if (c->b)
+		c->b->tokens -= 1.0;
+	r->srv = s;
+	r->op = *o;
+	memset(o, 0, sizeof(*o)); /* moved */
+	r->h = c->h;
+	r->partition = pt->id;
+	r->offset = m->offset;
+	r->incarnation = pt->incarnation;
+	r->self = *t;
+	r->dd = e;
+	memcpy(r->ddkey, c->key, c->klen);
+	r->ddkey_len = (uint16_t)c->klen;
+	memcpy(r->digest, c->digest, 32);
+	r->consumed_ns = kreq__mono_ns();
+	kreq__dispatch(s, r);
+	return true;
+}
+
+/* The reply text of an ANSWER. */
+static void answer_text(const kreq__opened_t *o, kreq__why_t why, char *buf, size_t n)
+{
+	const Kreq__Request *q = o->u.req;
+	switch (why) {
+	case KREQ__WHY_REPLY_PARTITION:
+		snprintf(buf, n, "reply partition %d does not exist on %s", (int)q->reply_partition,
+		         q->reply_topic);
+		break;
+	case KREQ__WHY_UNKNOWN_METHOD:
+		snprintf(buf, n, "unknown method %s", q->method);
+		break;
+	case KREQ__WHY_DENIED:
+		snprintf(buf, n, "method %s is not permitted for key %s", q->method, o->key_id);
+		break;
+	case KREQ__WHY_CONFLICT:
+		snprintf(buf, n, "idempotency key reused with a different request");
+		break;
+	case KREQ__WHY_RATE_LIMITED:
+		snprintf(buf, n, "key %s is over server.rate.limit.per.key", o->key_id);
+		break;
+	default: /* KREQ__WHY_DEADLINE */
+		snprintf(buf, n, "deadline exceeded before the work could start");
+	}
+}
+
+static kreq__handled_t outcome_of_why(kreq__why_t why)
+{
+	switch (why) {
+	case KREQ__WHY_REPLY_PARTITION:
+		return KREQ__H_REFUSED;
+	case KREQ__WHY_UNKNOWN_METHOD:
+		return KREQ__H_UNKNOWN_METHOD;
+	case KREQ__WHY_DENIED:
+		return KREQ__H_DENIED;
+	case KREQ__WHY_CONFLICT:
+		return KREQ__H_CONFLICT;
+	case KREQ__WHY_RATE_LIMITED:
+		return KREQ__H_RATE_LIMITED;
+	default:
+		return KREQ__H_DEADLINE;
+	}
+}
+
+/* Drops a verified Request (decide.h steps 3, 4 and 8): counted; logged
+ * except replays of a running request, which an attacker can repeat at
+ * will (a log line each would be the amplification). */
+static void drop_request(kreq_server_t *s, const rd_kafka_message_t *m, const kreq__opened_t *o,
+                         kreq__why_t why)
+{
+	char text[512];
+	switch (why) {
+	case KREQ__WHY_WRONG_PARTITION:
+		reject(s, KREQ__R_WRONG_PARTITION, m, "not on its idempotency key's partition");
+		break;
+	case KREQ__WHY_WRONG_SERVICE:
+		reject(s, KREQ__R_WRONG_SERVICE, m, "addressed to another service");
+		break;
+	case KREQ__WHY_REPLY_TOPIC:
+		snprintf(text, sizeof(text),
+		         "reply topic %s is not allowed by server.reply.topic.allow",
+		         o->u.req->reply_topic);
+		reject(s, KREQ__R_REPLY_TOPIC, m, text);
+		break;
+	case KREQ__WHY_DUPLICATE:
+		atomic_fetch_add_explicit(&s->m.rejected[KREQ__R_DUPLICATE], 1,
+		                          memory_order_relaxed);
+		break;
+	default: /* joiners full, or the worker at server.max.in.flight */
+		atomic_fetch_add_explicit(&s->m.rejected[KREQ__R_JOIN_LIMIT], 1,
+		                          memory_order_relaxed);
+	}
+}
+
+/* Serves a stored result that left memory: read back from the results
+ * topic. If it cannot be read, the caller is told to retry (overloaded):
+ * running the handler again is what the ghost exists to prevent. */
+static bool serve_ghost(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
+                        const Kreq__Request *q, const kreq__dd_entry_t *e, int64_t now)
+{
+	kreq__opened_t o;
+	char why[256];
+	if (kreq__ghost_read(s, pt->id, e->res_offset, e->key, e->key_len, &o, why, sizeof(why))) {
+		atomic_fetch_add_explicit(&s->m.ghost_read_failures, 1, memory_order_relaxed);
+		kreq__log(s->conf, 4, "server", "reading back a stored result of %s [%d]: %s",
+		          s->res_topic, (int)pt->id, why);
+		answer(s, pt, t, q, KREQ__H_RATE_LIMITED, KREQ_STATUS_OVERLOADED,
+		       "the stored result could not be read back: retry later");
+		return true;
+	}
+	const Kreq__Result *r = o.u.result;
+	atomic_fetch_add_explicit(&s->m.ghost_reads, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->m.handled[KREQ__H_DEDUP], 1, memory_order_relaxed);
+	send_reply(s, pt, t, &q->idempotency_key, r->status, r->payload.data, r->payload.len,
+	           r->error, true, now);
+	kreq__opened_clear(&o);
+	return true;
+}
+
+/* Executes kreq__decide()'s decision for a verified Request. Returns true
+ * when the record is finished now (its offset may pass once the
+ * transaction commits), false when a handler will finish it. */
 static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
                            const rd_kafka_message_t *m, uint64_t seq, int64_t now)
 {
 	const Kreq__Request *q = o->u.req;
-	char why[512];
-	uint8_t key[KREQ__DEDUP_KEY_MAX], digest[32];
-	size_t klen =
-	    kreq__dedup_key(key, o->key_id, q->idempotency_key.data, q->idempotency_key.len);
-	uint64_t hash = kreq__dedup_prefetch(&pt->dd, key, klen); /* loads during the checks */
-	if (!reply_topic_allowed(s, q->reply_topic)) {
-		snprintf(why, sizeof(why),
-		         "reply topic %s is not allowed by server.reply.topic.allow",
-		         q->reply_topic);
-		reject(s, KREQ__R_REPLY_TOPIC, m, why);
+	req_ctx_t c = {0};
+	kreq__facts_t f = {.verified = true, .kind = KREQ__KIND_REQUEST};
+	request_facts(s, pt, o, now, &c, &f);
+	kreq__decision_t d = kreq__decide(&f);
+	if (d.action == KREQ__ACT_DROP) {
+		drop_request(s, m, o, d.why);
 		return true;
 	}
 	kreq__target_t t = {.partition = q->reply_partition,
@@ -389,79 +688,31 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 	size_t tlen = strnlen(q->reply_topic, sizeof(t.topic) - 1); /* checked on decode */
 	memcpy(t.topic, q->reply_topic, tlen);
 	t.topic[tlen] = '\0';
-	const kreq__handler_t *h = handler_of(s, q->method);
-	if (!h) {
-		snprintf(why, sizeof(why), "unknown method %s", q->method);
-		answer(s, pt, &t, q, KREQ__H_UNKNOWN_METHOD, KREQ_STATUS_UNKNOWN_METHOD, why);
+	switch (d.action) {
+	case KREQ__ACT_ANSWER: {
+		char why[512];
+		answer_text(o, d.why, why, sizeof(why));
+		if (d.why == KREQ__WHY_REPLY_PARTITION) /* that partition does not exist */
+			t.partition = RD_KAFKA_PARTITION_UA;
+		answer(s, pt, &t, q, outcome_of_why(d.why), d.status, why);
 		return true;
 	}
-	if (kreq_keyring_check_method(s->kr, o->key_id, q->method) != KREQ_OK) {
-		snprintf(why, sizeof(why), "method %s is not permitted for key %s", q->method,
-		         o->key_id);
-		answer(s, pt, &t, q, KREQ__H_DENIED, KREQ_STATUS_DENIED, why);
-		return true;
-	}
-	if (rate_limited(s, o->key_id)) {
-		snprintf(why, sizeof(why), "key %s is over server.rate.limit.per.key", o->key_id);
-		answer(s, pt, &t, q, KREQ__H_RATE_LIMITED, KREQ_STATUS_OVERLOADED, why);
-		return true;
-	}
-	kreq__request_digest(q, digest);
-	kreq__dd_entry_t *e = kreq__dedup_find_hashed(&pt->dd, hash, key, klen);
-	if (e && e->state == KREQ__DD_DONE && e->expires_ms <= now) {
-		kreq__dedup_remove(&pt->dd, e);
-		e = NULL;
-	}
-	if (e && sodium_memcmp(e->digest, digest, 32) != 0) {
-		answer(s, pt, &t, q, KREQ__H_CONFLICT, KREQ_STATUS_CONFLICT,
-		       "idempotency key reused with a different request");
-		return true;
-	}
-	if (e && e->state == KREQ__DD_DONE) {
+	case KREQ__ACT_SERVE:
+		if (c.e->state == KREQ__DD_GHOST)
+			return serve_ghost(s, pt, &t, q, c.e, now);
 		atomic_fetch_add_explicit(&s->m.handled[KREQ__H_DEDUP], 1, memory_order_relaxed);
-		send_reply(s, pt, &t, &q->idempotency_key, e->status, e->payload, e->len, e->error,
-		           true, now);
+		send_reply(s, pt, &t, &q->idempotency_key, c.e->status, c.e->payload, c.e->len,
+		           c.e->error, true, now);
 		return true;
-	}
-	if (e) { /* running: join it */
-		kreq_request_t *r = e->running;
-		kreq__target_t *j = malloc(sizeof(*j));
-		if (!j) {
-			s->rewind_needed = true;
-			return false;
-		}
-		*j = t;
-		j->next = r->joiners;
-		r->joiners = j;
-		atomic_fetch_add_explicit(&s->m.handled[KREQ__H_JOINED], 1, memory_order_relaxed);
+	case KREQ__ACT_JOIN:
+		if (!join(s, c.e, &t))
+			s->rewind_needed = true; /* out of memory: redo the record later */
+		return false;
+	default: /* KREQ__ACT_DISPATCH */
+		if (!dispatch(s, pt, o, m, &t, &c))
+			s->rewind_needed = true; /* out of memory: redo the record later */
 		return false;
 	}
-	if (q->deadline_ms - now < s->min_budget_ms) {
-		answer(s, pt, &t, q, KREQ__H_DEADLINE, KREQ_STATUS_DEADLINE,
-		       "deadline exceeded before the work could start");
-		return true;
-	}
-	kreq_request_t *r = kreq__request_new(s);
-	if (!r || !(e = kreq__dedup_add_running(&pt->dd, key, klen, digest, r))) {
-		free(r);
-		s->rewind_needed = true; /* out of memory: redo the record later */
-		return false;
-	}
-	r->srv = s;
-	r->op = *o;
-	memset(o, 0, sizeof(*o)); /* moved */
-	r->h = h;
-	r->partition = pt->id;
-	r->offset = m->offset;
-	r->incarnation = pt->incarnation;
-	r->self = t;
-	r->dd = e;
-	memcpy(r->ddkey, key, klen);
-	r->ddkey_len = (uint16_t)klen;
-	memcpy(r->digest, digest, 32);
-	r->consumed_ns = kreq__mono_ns();
-	kreq__dispatch(s, r);
-	return false;
 }
 
 static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
@@ -487,14 +738,18 @@ static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
 	int err =
 	    kreq__envelope_open(s->kr, &s->lim, now, m->payload, m->len, &o, why, sizeof(why));
 	bool done = true;
-	if (err)
-		reject(s, kreq__reject_of(err), m, why);
-	else if (o.kind == KREQ__KIND_CANCEL)
-		handle_cancel(s, pt, &o);
-	else if (o.kind != KREQ__KIND_REQUEST)
-		reject(s, KREQ__R_KIND, m, "not a request or cancel");
-	else
+	kreq__facts_t f = {.verified = err == KREQ_OK, .kind = err ? 0 : (int)o.kind};
+	if (f.verified && o.kind == KREQ__KIND_REQUEST) {
 		done = handle_request(s, pt, &o, m, seq, now);
+	} else {
+		kreq__decision_t d = kreq__decide(&f);
+		if (d.action == KREQ__ACT_CANCEL)
+			handle_cancel(s, pt, &o);
+		else if (d.why == KREQ__WHY_NOT_VERIFIED)
+			reject(s, kreq__reject_of(err), m, why);
+		else
+			reject(s, KREQ__R_KIND, m, "not a request or cancel");
+	}
 	kreq__opened_clear(&o);
 	if (done)
 		slot_complete(pt, seq);
@@ -565,6 +820,7 @@ static void finish_in_flight(kreq_server_t *s)
 	while (!s->fatal && atomic_load(&s->in_progress) > 0 && kreq__mono_ns() < until) {
 		block(s, 20);
 		process_completions(s);
+		expire_overdue(s);
 	}
 	settle_outputs(s);
 	if (atomic_load(&s->in_progress) > 0)
@@ -651,10 +907,19 @@ static void set_paused(kreq_server_t *s, bool pause)
 static void flow_control(kreq_server_t *s)
 {
 	size_t n = atomic_load_explicit(&s->in_progress, memory_order_relaxed);
-	if (!s->paused && n >= s->max_in_flight)
+	bool room = kreq__request_room(s);
+	if (!s->paused && !room) {
 		set_paused(s, true);
-	else if (s->paused && n <= s->max_in_flight * 3 / 4)
+		if (n < s->max_in_flight) /* out of slots: abandoned handlers hold them */
+			kreq__log(
+			    s->conf, 3, "server",
+			    "%zu handler(s) answered at their deadline have still not returned "
+			    "(server.handler.grace.ms): the worker takes no new requests until "
+			    "they do",
+			    s->nslots - s->slot_nfree - n);
+	} else if (s->paused && room && n <= s->max_in_flight * 3 / 4) {
 		set_paused(s, false);
+	}
 }
 
 /* ---- the loop ----------------------------------------------------------- */
@@ -689,7 +954,7 @@ static bool consume(kreq_server_t *s, int max)
 		/* at the limit, stop taking records: flow_control() pauses the
 		 * partitions, which drops what was prefetched and refetches it from
 		 * the consumed position on resume */
-		if (atomic_load_explicit(&s->in_progress, memory_order_relaxed) >= s->max_in_flight)
+		if (!kreq__request_room(s))
 			break;
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, 0);
 		if (!m)
@@ -729,6 +994,9 @@ static int wait_ms(kreq_server_t *s, int64_t now_ns)
 		left = s->batch_ms - (now_ns - s->light_commit_ns) / 1000000;
 	} /* light with server.txn.batch.ms=0: offsets go at every step, and
 	     an idle loop sleeps like any other (a zero timeout made it spin) */
+	int64_t overdue = kreq__overdue_next_ms(s, kreq__now_ms());
+	if (overdue < left)
+		left = overdue;
 	return left < 0 ? 0 : left > 1000 ? 1000 : (int)left;
 }
 
@@ -741,6 +1009,7 @@ static void housekeeping(kreq_server_t *s, int64_t now_ns)
 	for (int32_t p = 0; p < s->nparts; p++)
 		if (s->parts[p])
 			kreq__dedup_expire(&s->parts[p]->dd, now);
+	kreq__dd_tenants_sweep(&s->dd_tenants);
 }
 
 static void step(kreq_server_t *s, bool fetch, bool *more)
@@ -755,6 +1024,7 @@ static void step(kreq_server_t *s, bool fetch, bool *more)
 	if (s->batch_producer)
 		rd_kafka_poll(s->batch_producer, 0);
 	process_completions(s);
+	expire_overdue(s);
 	if (s->rewind_needed && !s->fatal)
 		rewind_all(s);
 	if (fetch)

@@ -72,8 +72,7 @@ bool kreq__signer_listed(const char *list, const char *key_id)
 	return false;
 }
 
-/* Whether Results signed by key_id may be served from dedup. */
-static bool signer_ok(const kreq_server_t *s, const char *key_id)
+bool kreq__result_signer_ok(const kreq_server_t *s, const char *key_id)
 {
 	const char *list = kreq__conf_str(s->conf, KREQ__P_SERVER_RESULT_SIGNERS);
 	if (*list)
@@ -189,7 +188,7 @@ static void load_result(kreq_server_t *s, kreq__part_t *pt, const rd_kafka_messa
 		          s->res_topic, pt->id, (long long)m->offset, why);
 		return;
 	}
-	if (!signer_ok(s, o.key_id)) {
+	if (!kreq__result_signer_ok(s, o.key_id)) {
 		atomic_fetch_add_explicit(&s->m.results_ignored, 1, memory_order_relaxed);
 		if (st->foreign++ == 0) {
 			snprintf(st->first_key, sizeof(st->first_key), "%s", o.key_id);
@@ -204,8 +203,10 @@ static void load_result(kreq_server_t *s, kreq__part_t *pt, const rd_kafka_messa
 	size_t klen = kreq__dedup_key(key, r->request_key_id, r->idempotency_key.data,
 	                              r->idempotency_key.len);
 	if (kreq__dedup_set_done(&pt->dd, NULL, key, klen, r->request_digest.data, r->status,
-	                         r->payload.data, r->payload.len, r->error, r->deadline_ms) == 0)
+	                         r->payload.data, r->payload.len, r->error, r->deadline_ms) == 0) {
 		atomic_fetch_add_explicit(&s->m.results_loaded, 1, memory_order_relaxed);
+		kreq__dedup_find(&pt->dd, key, klen)->res_offset = m->offset; /* to read it back */
+	}
 	kreq__dedup_bound(s, pt);
 	kreq__opened_clear(&o);
 }

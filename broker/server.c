@@ -88,6 +88,7 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 	kreq__limits_from_conf(&s->lim, c);
 	s->retention_ms = kreq__conf_int(c, KREQ__P_SERVER_DEDUP_RETENTION_MS);
 	s->dd_max_bytes = (size_t)kreq__conf_int(c, KREQ__P_SERVER_DEDUP_MAX_BYTES);
+	s->dd_key_max_bytes = (size_t)kreq__conf_int(c, KREQ__P_SERVER_DEDUP_KEY_MAX_BYTES);
 	s->min_budget_ms = kreq__conf_int(c, KREQ__P_SERVER_MIN_BUDGET_MS);
 	s->grace_ms = kreq__conf_int(c, KREQ__P_SERVER_SHUTDOWN_GRACE_MS);
 	s->batch_ms = kreq__conf_int(c, KREQ__P_SERVER_TXN_BATCH_MS);
@@ -97,6 +98,8 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 	s->batch_max = (uint64_t)kreq__conf_int(c, KREQ__P_SERVER_TXN_BATCH_MAX);
 	s->rate = kreq__conf_int(c, KREQ__P_SERVER_RATE_LIMIT);
 	s->max_in_flight = (size_t)kreq__conf_int(c, KREQ__P_SERVER_MAX_IN_FLIGHT);
+	s->slot_max = 2 * s->max_in_flight; /* in flight + abandoned, not yet let go */
+	s->handler_grace_ms = kreq__conf_int(c, KREQ__P_SERVER_HANDLER_GRACE_MS);
 	s->nthreads = (int)kreq__conf_int(c, KREQ__P_SERVER_HANDLER_THREADS);
 	const char *prefix = kreq__conf_str(c, KREQ__P_TOPIC_PREFIX);
 	s->client_id = strdup(kreq__conf_str(c, KREQ__P_CLIENT_ID));
@@ -345,6 +348,7 @@ KREQ_API void kreq_server_destroy(kreq_server_t *s)
 		kreq__request_free(r);
 	}
 	kreq__recycled_free(s);
+	kreq__handles_release(s);
 	free(s->seal_buf);
 	for (size_t i = 0; i < s->nhandlers; i++)
 		free(s->handlers[i].method);

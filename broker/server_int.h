@@ -2,14 +2,21 @@
  * server_int.h — the server's internals, shared by the broker/ sources (never
  * installed).
  *
- * Ownership of a request (kreq_request_t):
+ * Ownership of a request (struct kreq_request_s, the internal structure;
+ * handlers never see a pointer to it, only a generation-checked handle of
+ * the same C type, broker/handles.h):
  *   - created by the loop thread for a request record that is to run;
- *   - from dispatch until kreq_request_reply() it belongs to the handler
- *     (the loop only reads it: the cancelled flag, the admin listing under
- *     ip_lock);
- *   - kreq_request_reply() puts it on the completion list; from then on it
- *     belongs to the loop, which applies the result and frees it.
- * No reference count is needed: there is exactly one owner at any time.
+ *   - from dispatch until the handler side lets go (its reply, or the pool
+ *     finishing it unstarted) it belongs to the handler side (the loop only
+ *     reads it: the cancelled flag, the admin listing under ip_lock);
+ *   - the reply puts it on the completion list; from then on it belongs to
+ *     the loop, which applies the result and frees it;
+ *   - past its deadline plus server.handler.grace.ms the loop may abandon
+ *     it (slot CAS RUNNING -> ABANDONED): the loop answers status 2, stores
+ *     that result, frees the in-flight place and the commit point ("retires"
+ *     it), but the structure stays the handler's until its late reply
+ *     (refused) sends it back through the completion list to be freed.
+ * No reference count is needed: the slot's state says who owns it.
  * The dedup entry's `running` pointer is a loop-side borrowed pointer,
  * cleared when the partition state is dropped (rebalance, abort).
  *
@@ -66,6 +73,7 @@ struct kreq_request_s {
 	uint64_t incarnation;
 	kreq__target_t self;     /* reply target of this record */
 	kreq__target_t *joiners; /* duplicates waiting for this result (loop) */
+	uint32_t njoiners;       /* how many (each also counted in in_progress) */
 	kreq__dd_entry_t *dd;    /* its RUNNING dedup entry (loop; valid in its incarnation) */
 	uint8_t ddkey[KREQ__DEDUP_KEY_MAX];
 	uint16_t ddkey_len;
@@ -80,6 +88,14 @@ struct kreq_request_s {
 	char *error;
 	struct kreq_request_s *next;              /* pool queue / completion list */
 	struct kreq_request_s *ip_prev, *ip_next; /* in-progress list (ip_lock) */
+	/* handle (handles.h): slot index and generation, fixed at dispatch */
+	uint32_t slot;
+	uint64_t gen;
+	kreq_request_t *handle;
+	int64_t overdue_ms; /* deadline + server.handler.grace.ms (wall clock) */
+	size_t heap_idx;    /* in s->overdue (loop); SIZE_MAX when not in it */
+	bool retired;       /* in-flight place and listing given up (loop) */
+	bool zombie;        /* abandoned: freed when its late reply comes (loop) */
 };
 
 typedef struct kreq__part {
@@ -113,6 +129,8 @@ struct kreq_server_s {
 	size_t dd_max_bytes; /* server.dedup.max.bytes */
 	size_t dd_bytes;     /* loop thread: footprint of every partition's store */
 	int64_t dd_warned_ns;
+	size_t dd_key_max_bytes;       /* server.dedup.key.max.bytes, 0: none */
+	kreq__dd_tenants_t dd_tenants; /* loop thread: dedup bytes per key id */
 
 	/* keyring: the loop uses kr; set_keyring leaves the next one in kr_next */
 	pthread_mutex_t kr_lock;
@@ -183,6 +201,17 @@ struct kreq_server_s {
 	atomic_size_t in_progress;
 
 	kreq__server_metrics_t m;
+
+	/* handler deadlines (request.c, loop thread): the slots this server
+	 * took from the handle table, those free, and a min-heap of running
+	 * requests by overdue_ms. At most 2 * max_in_flight slots: requests in
+	 * flight plus as many abandoned ones whose handler has not let go. */
+	int64_t handler_grace_ms; /* server.handler.grace.ms */
+	uint32_t *slot_ids;       /* [0, slot_nfree) free, the rest in use */
+	size_t nslots, slot_nfree, slot_max;
+	kreq_request_t **overdue;
+	size_t noverdue, overdue_cap;
+	int64_t stuck_warned_ns;
 };
 
 /* Delivery-report opaque of an output in light mode. */
@@ -204,9 +233,27 @@ void kreq__pool_stop(kreq_server_t *s);
 void kreq__pool_drain(kreq_server_t *s);
 void kreq__dispatch(kreq_server_t *s, kreq_request_t *r);
 kreq_request_t *kreq__completions_take(kreq_server_t *s);
-/* A zeroed request, recycled when possible (loop thread, or after it). */
+/* A zeroed request, recycled when possible (loop thread, or after it), with
+ * a handle slot; NULL when out of memory or out of slots. */
 kreq_request_t *kreq__request_new(kreq_server_t *s);
 void kreq__request_free(kreq_request_t *r);
+/* Whether a new request can be dispatched now: fewer than
+ * server.max.in.flight in progress and a handle slot free (loop thread). */
+bool kreq__request_room(kreq_server_t *s);
+/* Gives up r's in-flight place, listing entry and deadline tracking
+ * (idempotent; kreq__request_free does it too). Loop thread. */
+void kreq__request_retire(kreq_request_t *r);
+/* The running request whose deadline + grace passed first, if it passed
+ * by now_ms (wall clock), removed from tracking; else NULL. Loop thread. */
+kreq_request_t *kreq__overdue_pop(kreq_server_t *s, int64_t now_ms);
+/* Milliseconds until the next request becomes overdue (INT64_MAX: none). */
+int64_t kreq__overdue_next_ms(const kreq_server_t *s, int64_t now_ms);
+/* Abandons r (loop thread): true if the loop won it from the handler side
+ * (then *started says whether its handler had started), false if the
+ * handler replied first (its completion is on its way). */
+bool kreq__request_abandon(kreq_request_t *r, bool *started);
+/* Frees the deadline heap and gives the handle slots back (destroy). */
+void kreq__handles_release(kreq_server_t *s);
 /* Frees the recycled requests and delivery records (kreq_server_destroy). */
 void kreq__recycled_free(kreq_server_t *s);
 void kreq__wake(kreq_server_t *s);
@@ -231,9 +278,20 @@ kreq__dr_t *kreq__dr_new(kreq_server_t *s);
 void kreq__dr_free(kreq_server_t *s, kreq__dr_t *dr);
 int kreq__txn_begin(kreq_server_t *s);
 int kreq__txn_commit(kreq_server_t *s);
-/* Evicts the oldest stored results, pt's first, while the worker is over
- * server.dedup.max.bytes (loop thread). */
+/* Makes room in the dedup stores (loop thread): each key id over
+ * server.dedup.key.max.bytes among its own results, then, while the
+ * worker is over server.dedup.max.bytes, in the key id holding the most
+ * (results become ghosts first: loop.c). pt is unused. */
 void kreq__dedup_bound(kreq_server_t *s, kreq__part_t *pt);
+/* A delivery report: records the offset of a Result for its dedup entry
+ * (what a retry reads back once the result left memory). Loop thread. */
+void kreq__result_delivered(kreq_server_t *s, const rd_kafka_message_t *m);
+/* ghost.c: reads back the Result at offset of results partition p whose
+ * record key is key (an entry that left memory); KREQ_OK and *out (a
+ * verified Result, kreq__opened_clear it) or an error with why. Blocks
+ * the loop thread for one fetch (at most KREQ__GHOST_READ_MS). */
+int kreq__ghost_read(kreq_server_t *s, int32_t p, int64_t offset, const uint8_t *key,
+                     size_t key_len, kreq__opened_t *out, char *why, size_t why_size);
 void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -251,5 +309,8 @@ int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n);
 int kreq__results_topic_check(kreq_server_t *s, int nreq, bool created);
 /* key_id is one of the comma-separated ids of list (server.result.signers). */
 bool kreq__signer_listed(const char *list, const char *key_id);
+/* Whether a Result signed by key_id may be served from dedup: it is in
+ * server.result.signers (default: the keyring's signing key). */
+bool kreq__result_signer_ok(const kreq_server_t *s, const char *key_id);
 
 #endif

@@ -74,8 +74,8 @@ void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_pr
 	        "Requests answered from the deduplication store without running the handler.",
 	        load(&m->handled[KREQ__H_DEDUP]) + load(&m->handled[KREQ__H_JOINED]), l);
 	counter(out, "kreq_server_dedup_evicted_total",
-	        "Stored results dropped before their retention because the worker reached "
-	        "server.dedup.max.bytes (retries of those keys run again).",
+	        "Stored results dropped entirely before their retention (no longer findable: "
+	        "retries of those keys run again).",
 	        load(&m->dedup_evicted), l);
 	fprintf(out,
 	        "# HELP kreq_server_dedup_bytes Memory held by the deduplication store.\n"
@@ -106,6 +106,21 @@ void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_pr
 	        "Light mode: replies sent through the batching producer because at least "
 	        "server.batch.threshold results were applied together.",
 	        load(&m->replies_batched), l);
+	counter(
+	    out, "kreq_server_dedup_ghosted_total",
+	    "Stored results that left memory (their key over server.dedup.key.max.bytes, or "
+	    "the biggest key at server.dedup.max.bytes) but stay findable in the results topic.",
+	    load(&m->dedup_ghosted), l);
+	counter(out, "kreq_server_dedup_read_back_total",
+	        "Retries answered by reading their stored result back from the results topic.",
+	        load(&m->ghost_reads), l);
+	counter(out, "kreq_server_dedup_read_back_failures_total",
+	        "Stored results that could not be read back (answered overloaded: retry later).",
+	        load(&m->ghost_read_failures), l);
+	counter(out, "kreq_server_late_replies_total",
+	        "Handler replies refused because the worker had already answered the request "
+	        "with status 2 at its deadline + server.handler.grace.ms.",
+	        load(&m->late_replies), l);
 	kreq__hist_render(out, "kreq_server_handler_seconds", "Handler start to reply.",
 	                  &m->handler_time, l, 1e6);
 	kreq__hist_render(out, "kreq_server_queue_seconds", "Request consumed to handler start.",

@@ -23,7 +23,9 @@
 	X(UNKNOWN_METHOD, "unknown_method") /* no handler */                                       \
 	X(DENIED, "denied")                 /* key not allowed this method */                      \
 	X(RATE_LIMITED, "rate_limited")     /* key over server.rate.limit.per.key */               \
-	X(SHUTTING_DOWN, "shutting_down")   /* not started before shutdown */
+	X(SHUTTING_DOWN, "shutting_down")   /* not started before shutdown */                      \
+	X(REFUSED, "refused")               /* reply_partition not on the reply topic */           \
+	X(OVERDUE, "overdue")               /* handler not done by deadline + grace: status 2 */
 
 /* Why a record was dropped without running anything. */
 #define KREQ__REJECTS(X)                                                                           \
@@ -36,7 +38,11 @@
 	X(FUTURE, "future")                                                                        \
 	X(KIND, "kind")               /* a reply or result on the request topic */                 \
 	X(REPLY_TOPIC, "reply_topic") /* reply topic not on server.reply.topic.allow */            \
-	X(OTHER, "other")
+	X(OTHER, "other")                                                                          \
+	X(WRONG_PARTITION, "wrong_partition") /* not on its idempotency key's partition */         \
+	X(WRONG_SERVICE, "wrong_service")     /* signed for another service */                     \
+	X(DUPLICATE, "duplicate")             /* replay of a running request's correlation id */   \
+	X(JOIN_LIMIT, "join_limit") /* replay past KREQ__JOINERS_MAX or server.max.in.flight */
 
 typedef enum {
 #define KREQ__H_ENUM(id, name) KREQ__H_##id,
@@ -62,14 +68,18 @@ typedef struct kreq__server_metrics {
 	atomic_uint_fast64_t producer_resets; /* fatal errors: producer re-created */
 	atomic_uint_fast64_t results_loaded;  /* results read while rebuilding */
 	atomic_uint_fast64_t produce_errors;
-	atomic_uint_fast64_t replies_batched; /* light: replies on the batching producer */
-	atomic_uint_fast64_t dedup_evicted;   /* results dropped before their retention */
-	atomic_uint_fast64_t dedup_bytes;     /* gauge: memory held by stored results */
+	atomic_uint_fast64_t replies_batched;     /* light: replies on the batching producer */
+	atomic_uint_fast64_t dedup_evicted;       /* results dropped before their retention */
+	atomic_uint_fast64_t dedup_bytes;         /* gauge: memory held by stored results */
+	atomic_uint_fast64_t dedup_ghosted;       /* results left memory, still findable in Kafka */
+	atomic_uint_fast64_t ghost_reads;         /* retries served by reading a result back */
+	atomic_uint_fast64_t ghost_read_failures; /* ... that could not be read back */
+	kreq__hist_t handler_time;                /* handler start to reply */
+	kreq__hist_t queue_time;                  /* consumed to handler start */
+	kreq__hist_t commit_time;                 /* send_offsets + commit_transaction */
+	kreq__hist_t batch_size;                  /* results per transaction, observed x100 */
+	atomic_uint_fast64_t late_replies; /* replies refused: request answered at its deadline */
 	atomic_uint_fast64_t results_ignored; /* rebuild: Results of other signers */
-	kreq__hist_t handler_time;            /* handler start to reply */
-	kreq__hist_t queue_time;              /* consumed to handler start */
-	kreq__hist_t commit_time;             /* send_offsets + commit_transaction */
-	kreq__hist_t batch_size;              /* results per transaction, observed x100 */
 } kreq__server_metrics_t;
 
 /* Reject reason for an envelope error code. */

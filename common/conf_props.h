@@ -85,7 +85,8 @@
 	X(SERVER_HANDLER_THREADS, "server.handler.threads", INT, "4", 1, 1024,                     \
 	  "Threads that run handlers not registered as inline.")                                   \
 	X(SERVER_MAX_IN_FLIGHT, "server.max.in.flight", INT, "1000", 1, 1000000,                   \
-	  "Most requests a worker has in progress at once; at the limit it pauses fetching.")      \
+	  "Most requests a worker has in progress at once, counting duplicates waiting on a "      \
+	  "running one (at most 16 each); at the limit it pauses fetching.")                       \
 	X(SERVER_MIN_BUDGET_MS, "server.min.budget.ms", INT, "1", 0, 3600000,                      \
 	  "A request with less than this left before its deadline is not started (status 2).")     \
 	X(SERVER_START_TIMEOUT_MS, "server.start.timeout.ms", INT, "30000", 1000, 600000,          \
@@ -124,9 +125,11 @@
 	  "when the worker creates it). Keep verification keys at least this long.")               \
 	X(SERVER_DEDUP_MAX_BYTES, "server.dedup.max.bytes", INT, "268435456", 1048576,             \
 	  1099511627776,                                                                           \
-	  "Memory a worker spends on stored results (all its partitions). Beyond it the oldest "   \
-	  "results are dropped before their retention ends, and retries of those keys run "        \
-	  "again: kreq_server_dedup_evicted_total counts them and the worker logs a warning.")     \
+	  "Memory a worker spends on stored results (all its partitions). Beyond it the key id "   \
+	  "holding the most makes room (server.dedup.key.max.bytes says how). Only when even "     \
+	  "their small findable records do not fit does a key stop deduplicating before its "      \
+	  "retention ends: kreq_server_dedup_evicted_total counts those and the worker logs a "    \
+	  "warning.")                                                                              \
 	X(SERVER_REBUILD_TIMEOUT_MS, "server.dedup.rebuild.timeout.ms", INT, "60000", 1000,        \
 	  86400000, "Longest a worker reads a results partition when it is assigned.")             \
 	X(SERVER_TOPIC_PARTITIONS, "server.topic.partitions", INT, "6", 1, 100000,                 \
@@ -150,6 +153,19 @@
 	X(LOG_LEVEL, "log.level", INT, "6", 0, 7,                                                  \
 	  "Most verbose syslog level logged (3 error, 4 warning, 6 info, 7 debug). Logs go to "    \
 	  "stderr unless kreq_conf_set_log_cb() sets a callback.")                                 \
+	X(SERVER_DEDUP_KEY_MAX_BYTES, "server.dedup.key.max.bytes", INT, "0", 0, 1099511627776,    \
+	  "Memory the stored results of one signing key id may hold on a worker (all its "         \
+	  "partitions); 0: no per-key budget. A key over it makes room among its own results "     \
+	  "only, oldest first, and server.dedup.max.bytes makes room in the key holding the "      \
+	  "most. A result leaving memory stays findable (key, digest, expiry and its offset in "   \
+	  "the results topic, about 200 bytes, counted in the budgets): a retry reads it back "    \
+	  "from the results topic and the handler does not run again.")                            \
+	X(SERVER_HANDLER_GRACE_MS, "server.handler.grace.ms", INT, "1000", 0, 3600000,             \
+	  "How long past a request's deadline its handler may still reply. Then the worker "       \
+	  "answers status 2 (\"handler did not finish before the deadline\"), stores that as the " \
+	  "result (a retry gets the same answer; the work is not run again), frees the request's " \
+	  "place in server.max.in.flight and its offset, flags it cancelled and refuses the "      \
+	  "handler's late reply (KREQ_ESTATE).")                                                   \
 	X(SERVER_RESULT_SIGNERS, "server.result.signers", STR, "", 0, 4096,                        \
 	  "Comma-separated key ids whose Results the dedup rebuild accepts from the results "      \
 	  "topic; Results signed by any other key (a tenant's, say) are counted "                  \

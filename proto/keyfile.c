@@ -10,6 +10,21 @@
  *
  * Why the permission check is on the open file descriptor (fstat, not stat):
  * a check on the path could be raced by a rename between check and read.
+ *
+ * What is refused before a byte is parsed (read_file):
+ *   - anything but a regular file. The open is non-blocking, so a FIFO (or
+ *     a device) planted at the path is refused at once instead of blocking
+ *     the worker's start or its SIGHUP reload for ever;
+ *   - a file owned by anyone but the effective user or root, or writable by
+ *     group or others: whoever can write the file chooses the keys that the
+ *     worker trusts (a public key is as sensitive to tampering as a secret);
+ *   - more than 1 MiB, a file that changes size while it is read, and any
+ *     NUL byte (the parser works on C strings: a NUL used to end the file
+ *     silently there, loading only the keys before it).
+ * Symbolic links are followed on purpose: secret stores (Kubernetes secret
+ * volumes, configuration management) publish key files through links that
+ * are swapped atomically on rotation. The checks above apply to the file
+ * finally opened, through its descriptor, so a link cannot lead past them.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -119,47 +134,87 @@ static int parse_line(parse_ctx_t *c, kreq_keyring_t *kr, char *line)
 	return bad_line(c, "unknown directive (key, signing)");
 }
 
+/* The file behind fd may be used as a key file: a regular file of at most
+ * KEYFILE_MAX_BYTES, owned by the effective user or root, not writable by
+ * group or others. *private_mode: not accessible by group or others. */
+static int check_file(int fd, const char *path, struct stat *st, bool *private_mode, char *errstr,
+                      size_t errstr_size)
+{
+	if (fstat(fd, st) != 0)
+		return kreq__err(errstr, errstr_size, KREQ_EIO, "%s: %s", path, strerror(errno));
+	if (!S_ISREG(st->st_mode))
+		return kreq__err(errstr, errstr_size, KREQ_EKEYFILE,
+		                 "%s: not a regular file (a FIFO, device, socket or directory is "
+		                 "never read as a key file)",
+		                 path);
+	if (st->st_uid != geteuid() && st->st_uid != 0)
+		return kreq__err(errstr, errstr_size, KREQ_EKEYPERM,
+		                 "%s: owned by uid %u, not by the effective user (uid %u) or root: "
+		                 "its owner could choose the keys this process trusts",
+		                 path, (unsigned)st->st_uid, (unsigned)geteuid());
+	if (st->st_mode & 022)
+		return kreq__err(errstr, errstr_size, KREQ_EKEYPERM,
+		                 "%s: writable by group or others (chmod go-w): they could choose "
+		                 "the keys this process trusts",
+		                 path);
+	if ((uint64_t)st->st_size > KEYFILE_MAX_BYTES)
+		return kreq__err(errstr, errstr_size, KREQ_EKEYFILE, "%s: larger than %u bytes",
+		                 path, KEYFILE_MAX_BYTES);
+	*private_mode = (st->st_mode & 077) == 0;
+	return KREQ_OK;
+}
+
+/* Reads exactly size bytes and then end of file into buf: 0, 1 if the file
+ * holds fewer or more (it changed while being read), -1 (errno) if read
+ * failed. */
+static int read_exact(int fd, char *buf, size_t size)
+{
+	size_t got = 0;
+	for (;;) {
+		char extra;
+		char *to = got < size ? buf + got : &extra;
+		ssize_t n = read(fd, to, got < size ? size - got : 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0)
+			return got == size ? 0 : 1;
+		if (got == size)
+			return 1; /* grew */
+		got += (size_t)n;
+	}
+}
+
 static int read_file(const char *path, char **buf, bool *private_mode, char *errstr,
                      size_t errstr_size)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	if (fd < 0)
 		return kreq__err(errstr, errstr_size, KREQ_EIO, "%s: %s", path, strerror(errno));
 	struct stat st;
-	int err = KREQ_OK;
-	if (fstat(fd, &st) != 0)
-		err = kreq__err(errstr, errstr_size, KREQ_EIO, "%s: %s", path, strerror(errno));
-	else if (!S_ISREG(st.st_mode))
-		err = kreq__err(errstr, errstr_size, KREQ_EKEYFILE, "%s: not a regular file", path);
-	else if ((size_t)st.st_size > KEYFILE_MAX_BYTES)
-		err = kreq__err(errstr, errstr_size, KREQ_EKEYFILE, "%s: larger than %u bytes",
-		                path, KEYFILE_MAX_BYTES);
-	if (err) {
-		close(fd);
-		return err;
-	}
-	*private_mode = (st.st_mode & 077) == 0;
-	*buf = sodium_malloc((size_t)st.st_size + 1);
-	if (!*buf) {
-		close(fd);
-		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
-	}
-	size_t got = 0;
-	while (got < (size_t)st.st_size) {
-		ssize_t n = read(fd, *buf + got, (size_t)st.st_size - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		got += (size_t)n;
+	int err = check_file(fd, path, &st, private_mode, errstr, errstr_size);
+	size_t size = (size_t)st.st_size;
+	if (!err && !(*buf = sodium_malloc(size + 1)))
+		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
+	int rc = err ? 0 : read_exact(fd, *buf, size);
+	if (rc) {
+		err = kreq__err(errstr, errstr_size, rc < 0 ? KREQ_EIO : KREQ_EKEYFILE, "%s: %s",
+		                path, rc < 0 ? strerror(errno) : "changed size while being read");
+		sodium_free(*buf);
 	}
 	close(fd);
-	(*buf)[got] = '\0';
-	if (got != (size_t)st.st_size) {
+	if (err)
+		return err;
+	(*buf)[size] = '\0';
+	const char *nul = memchr(*buf, '\0', size);
+	if (nul) {
+		err = kreq__err(errstr, errstr_size, KREQ_EKEYFILE,
+		                "%s: holds a NUL byte at offset %zu (a key file is text)", path,
+		                (size_t)(nul - *buf));
 		sodium_free(*buf);
-		return kreq__err(errstr, errstr_size, KREQ_EIO, "%s: short read", path);
 	}
-	return KREQ_OK;
+	return err;
 }
 
 static int parse_all(parse_ctx_t *c, kreq_keyring_t *kr, char *buf)

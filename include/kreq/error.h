@@ -33,7 +33,7 @@
 	X(EEXPIRED, -14, "deadline has passed")                                                    \
 	X(EFUTURE, -15, "issued in the future beyond the allowed clock skew")                      \
 	X(EKEYFILE, -16, "invalid key file")                                                       \
-	X(EKEYPERM, -17, "key file holds secrets but is readable by group or others")              \
+	X(EKEYPERM, -17, "key file has an unsafe owner or permissions")                            \
 	X(ENOSIGNKEY, -18, "key cannot sign (public key only or no signing key set)")              \
 	X(ECONF, -19, "invalid configuration")                                                     \
 	X(ENOENT, -20, "not found")                                                                \

@@ -95,11 +95,14 @@ KREQ_API int kreq_keyring_key_type(const kreq_keyring_t *kr, const char *key_id)
 KREQ_API size_t kreq_keyring_count(const kreq_keyring_t *kr);
 
 /** Adds every key of a key file (format in docs/protocol.md) and applies its
- *  `signing` line. Refuses a file holding secret keys that is readable or
- *  writable by group or others (KREQ_EKEYPERM), a file that is not a regular
- *  file or larger than 1 MiB (KREQ_EKEYFILE), and any malformed line
- *  (KREQ_EKEYFILE; errstr gives path and line number, never key bytes).
- *  All or nothing: on error the keyring is unchanged.
+ *  `signing` line. Refuses a file owned by anyone but the effective user or
+ *  root, or writable by group or others, or holding secret keys and
+ *  readable by group or others (KREQ_EKEYPERM); a file that is not a
+ *  regular file (a FIFO is refused at once, never waited on), larger than
+ *  1 MiB, changing while read, holding a NUL byte (KREQ_EKEYFILE), and any
+ *  malformed line (KREQ_EKEYFILE; errstr gives path and line number, never
+ *  key bytes). Symbolic links are followed; the checks apply to the file
+ *  opened. All or nothing: on error the keyring is unchanged.
  *  Returns KREQ_OK, KREQ_EINVAL, KREQ_EIO, KREQ_EKEYPERM, KREQ_EKEYFILE,
  *  KREQ_EEXIST or KREQ_ENOMEM. */
 KREQ_API int kreq_keyring_load_file(kreq_keyring_t *kr, const char *path, char *errstr,

@@ -27,8 +27,31 @@
  *     handler.
  *
  * Ownership: the server copies conf and takes a reference on the keyring.
- * A kreq_request_t belongs to the handler from the handler's call until the
- * handler's kreq_request_reply() returns; the library frees it after that.
+ * The kreq_request_t * a handler receives is an opaque HANDLE, not a
+ * pointer to memory: it names a slot and a generation, and every
+ * kreq_request_* function checks both. It is live from the handler's call
+ * until its kreq_request_reply() (the first one). After that the handle is
+ * stale for good: kreq_request_reply() returns KREQ_ESTATE and touches
+ * nothing, accessors return NULL / 0, kreq_request_cancelled() returns
+ * true; a stale handle can never reach another request, whatever the
+ * worker does with the slot.
+ *
+ * Deadlines: a request whose handler has not replied by its deadline plus
+ * server.handler.grace.ms is answered by the worker with status 2
+ * (KREQ_STATUS_DEADLINE, "handler did not finish before the deadline"),
+ * which is stored as the request's result like any other (a retry gets
+ * status 2 too: the handler may still be running, so running it again
+ * could do the work twice). The request is flagged cancelled, its place in
+ * server.max.in.flight and its offset are freed, and the handler's late
+ * reply returns KREQ_ESTATE. Its accessors keep working until that late
+ * reply: a handler that stops on kreq_request_cancelled() and replies is
+ * always safe. A handler that never replies keeps its request's memory
+ * (not its place) until it does; the worker stops taking requests once as
+ * many such requests as server.max.in.flight wait for their handlers.
+ *
+ * Accessors and kreq_request_reply() may be called from any thread, but a
+ * handler must not call an accessor concurrently with (or after) its own
+ * reply: strings and buffers returned are valid only until it replies.
  */
 #ifndef KREQ_SERVER_H
 #define KREQ_SERVER_H
@@ -126,7 +149,8 @@ KREQ_API int kreq_server_metrics_text(kreq_server_t *s, char **text);
  *  thread. KREQ_OK, KREQ_EINVAL, KREQ_ENOMEM. */
 KREQ_API int kreq_server_in_progress_json(kreq_server_t *s, char **json);
 
-/** Number of requests in progress (dispatched, not yet replied). */
+/** Number of requests in progress (dispatched, not yet replied), counting
+ *  the duplicates waiting on a running one (what server.max.in.flight bounds). */
 KREQ_API size_t kreq_server_in_flight(const kreq_server_t *s);
 
 /** True while the loop serves: it runs, its producer is ready and the
@@ -183,16 +207,24 @@ KREQ_API int64_t kreq_request_deadline_ms(const kreq_request_t *r);
 /** Milliseconds left until the deadline (negative once passed). */
 KREQ_API int64_t kreq_request_remaining_ms(const kreq_request_t *r);
 
-/** True once the caller cancelled the request (a Cancel message arrived) or
- *  the server is abandoning it (shutdown grace expired). Any thread. */
+/** True once the caller cancelled the request (a Cancel message arrived),
+ *  the server is abandoning it (shutdown grace expired, partition moved
+ *  away, or its deadline + server.handler.grace.ms passed: the worker has
+ *  answered status 2), or the handle is no longer live. Any thread. */
 KREQ_API bool kreq_request_cancelled(const kreq_request_t *r);
 
-/** Replies: status 0 or >= KREQ_STATUS_USER_MIN (or KREQ_STATUS_CANCELLED),
- *  payload copied (NULL if len is 0), error text (NULL or a message of at
- *  most 4096 bytes, copied) for non-zero statuses. Exactly once per request,
- *  from any thread; r is invalid once this returns, whatever it returns.
- *  KREQ_OK, KREQ_EINVAL (bad status or oversize payload: the caller gets
- *  status 8 instead), KREQ_ENOMEM (the caller gets status 8 if possible). */
+/** Replies: status 0 or >= KREQ_STATUS_USER_MIN (or KREQ_STATUS_CANCELLED,
+ *  or KREQ_STATUS_DEADLINE from a handler that gave up because
+ *  kreq_request_remaining_ms() ran out), payload copied (NULL if len is 0),
+ *  error text (NULL or a message of at most 4096 bytes, copied) for
+ *  non-zero statuses. Once per request, from any thread; r is stale once
+ *  this returns, whatever it returns. KREQ_OK, KREQ_EINVAL (r is not a
+ *  request handle; or bad status or oversize payload: the caller gets
+ *  status 8 instead), KREQ_ENOMEM (the caller gets status 8 if possible),
+ *  KREQ_ESTATE (the reply is refused and goes nowhere: r was already
+ *  replied to, or the worker answered it with status 2 at its deadline +
+ *  server.handler.grace.ms; the latter is logged and counted in
+ *  kreq_server_late_replies_total). */
 KREQ_API int kreq_request_reply(kreq_request_t *r, int32_t status, const void *payload, size_t len,
                                 const char *error);
 

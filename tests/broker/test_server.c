@@ -79,6 +79,21 @@ static void h_slow(kreq_request_t *r, void *opaque)
 	kreq_request_reply(r, 0, p, len, NULL);
 }
 
+/* Runs until the test opens the gate (bounded: 60 s), then echoes. */
+static atomic_bool gate_open;
+
+static void h_gate(kreq_request_t *r, void *opaque)
+{
+	(void)opaque;
+	atomic_fetch_add(&executions, 1);
+	int64_t until = kreq_test_now_ms() + 60000;
+	while (!atomic_load(&gate_open) && kreq_test_now_ms() < until)
+		kreq_test_poll_pause();
+	size_t len;
+	const void *p = kreq_request_payload(r, &len);
+	kreq_request_reply(r, 0, p, len, NULL);
+}
+
 /* ---- a server on its own thread ----------------------------------------- */
 
 static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
@@ -107,6 +122,7 @@ static kreq_test_running_t *server_start(const char *worker_id, const char *cons
 	                 KREQ_OK);
 	ck_assert_int_eq(kreq_server_register(s, "svc.fail", h_fail, NULL, 0), KREQ_OK);
 	ck_assert_int_eq(kreq_server_register(s, "svc.slow", h_slow, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_server_register(s, "svc.gate", h_gate, NULL, 0), KREQ_OK);
 	return kreq_test_server_start(s);
 }
 
@@ -173,19 +189,21 @@ static uint64_t rejected(kreq_server_t *s, const char *reason)
 
 /* ---- fixture ------------------------------------------------------------ */
 
+static uint8_t k1_secret[32]; /* the worker's signing key (tenant keyrings verify with it) */
+
 static void setup(void)
 {
 	bootstrap = kreq_test_bootstrap();
 	kreq_test_topic_name(prefix, sizeof(prefix), "srv");
 	snprintf(req_topic, sizeof(req_topic), "%s.svc.requests", prefix);
 	kr = kreq_keyring_new();
-	uint8_t key[32];
-	randombytes_buf(key, sizeof(key));
-	ck_assert_int_eq(kreq_keyring_add(kr, "k1", KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0),
+	randombytes_buf(k1_secret, sizeof(k1_secret));
+	ck_assert_int_eq(kreq_keyring_add(kr, "k1", KREQ_KEY_HMAC_SHA256, k1_secret, 32, NULL, 0),
 	                 KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
 	atomic_store(&executions, 0);
 	atomic_store(&cancelled_seen, 0);
+	atomic_store(&gate_open, false);
 }
 
 static void teardown(void)
@@ -430,9 +448,13 @@ START_TEST(test_bad_records_and_replay)
 	ck_assert_uint_eq(rejected(w->s, "expired"), 1);
 	ck_assert_uint_eq(rejected(w->s, "reply_topic"), 1);
 	ck_assert_uint_eq(rejected(w->s, "bad_signature") + rejected(w->s, "malformed"), 2);
-	/* served from the store, or joined to the first if that one was still in
-	 * progress: either way the handler ran once */
-	KREQ_TEST_AWAIT(kreq_test_server_metric(w->s, "kreq_server_dedup_hits_total{") == 1, 30000);
+	/* served from the store, or, if the first was still in progress, dropped
+	 * (its correlation id already gets that reply): either way the handler
+	 * ran once */
+	KREQ_TEST_AWAIT(kreq_test_server_metric(w->s, "kreq_server_dedup_hits_total{") +
+	                        rejected(w->s, "duplicate") ==
+	                    1,
+	                30000);
 	ck_assert_uint_eq(handled(w->s, "ok"), 1);
 	ck_assert_int_eq(atomic_load(&executions), 1);
 	rd_kafka_destroy(p);
@@ -600,9 +622,9 @@ START_TEST(test_duplicate_client_id)
 }
 END_TEST
 
-/* server.dedup.max.bytes: the oldest stored results leave first (counted),
- * retries of their keys run again, recent ones are still answered from the
- * store, and the store stays within the limit. */
+/* server.dedup.max.bytes: the oldest stored results leave memory first
+ * (counted), the store stays within the limit, and retries of keys whose
+ * results left are read back from the results topic: nothing runs again. */
 START_TEST(test_dedup_memory_bound)
 {
 	static const char *const extra[] = {"server.dedup.max.bytes", "1048576", NULL};
@@ -618,17 +640,19 @@ START_TEST(test_dedup_memory_bound)
 		expect_reply(call(c, "svc.echo", payload, key, 30000), 0, payload, false);
 	}
 	ck_assert_int_eq(atomic_load(&executions), N);
-	uint64_t evicted = kreq_test_server_metric(w->s, "kreq_server_dedup_evicted_total{");
-	ck_assert_uint_ge(evicted, N - 1048576 / SIZE);
+	uint64_t ghosted = kreq_test_server_metric(w->s, "kreq_server_dedup_ghosted_total{");
+	ck_assert_uint_ge(ghosted, N - 1048576 / SIZE);
 	ck_assert_uint_le(kreq_test_server_metric(w->s, "kreq_server_dedup_bytes{"), 1048576);
 	/* the newest result is still stored */
 	snprintf(key, sizeof(key), "big-%d", N - 1);
 	expect_reply(call(c, "svc.echo", payload, key, 30000), 0, payload, true);
 	ck_assert_int_eq(atomic_load(&executions), N);
-	/* the oldest was dropped: its retry runs again */
+	/* the oldest left memory: its retry is read back, not run again */
 	memset(payload, 'a', SIZE);
-	expect_reply(call(c, "svc.echo", payload, "big-0", 30000), 0, payload, false);
-	ck_assert_int_eq(atomic_load(&executions), N + 1);
+	expect_reply(call(c, "svc.echo", payload, "big-0", 30000), 0, payload, true);
+	ck_assert_int_eq(atomic_load(&executions), N);
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_dedup_read_back_total{"), 1);
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_dedup_evicted_total{"), 0);
 	free(payload);
 	kreq_client_destroy(c);
 	kreq_test_server_stop(w);
@@ -826,6 +850,277 @@ START_TEST(test_topics_created)
 }
 END_TEST
 
+/* ---- replays of a running request (issue 16 items 7 and 13) ------------- */
+
+/* A sealed svc.gate request with correlation id corr and idempotency key
+ * idem, replying to (reply_topic, rp). */
+static void seal_gate(const uint8_t corr[16], const char *idem, const char *reply_topic, int32_t rp,
+                      uint8_t **buf, size_t *len)
+{
+	int64_t now = (int64_t)time(NULL) * 1000;
+	Kreq__Request q = KREQ__REQUEST__INIT;
+	q.correlation_id = (ProtobufCBinaryData){16, (uint8_t *)corr};
+	q.idempotency_key = (ProtobufCBinaryData){strlen(idem), (uint8_t *)idem};
+	q.method = "svc.gate";
+	q.payload = (ProtobufCBinaryData){4, (uint8_t *)"gate"};
+	q.reply_topic = (char *)reply_topic;
+	q.reply_partition = rp;
+	q.issued_at_ms = now;
+	q.deadline_ms = now + 120000;
+	q.attempt = 1;
+	q.client_id = "raw";
+	kreq__limits_t lim = {1 << 20, 1 << 20, 30000};
+	char err[256];
+	ck_assert_int_eq(
+	    kreq__envelope_seal(kr, &lim, KREQ__KIND_REQUEST, &q.base, buf, len, err, sizeof(err)),
+	    KREQ_OK);
+}
+
+/* Produces n copies of buf to partition 0 of the request topic, then flushes. */
+static void raw_send_n(rd_kafka_t *p, const void *buf, size_t len, int n)
+{
+	for (int i = 0; i < n; i++) {
+		rd_kafka_resp_err_t e;
+		while (
+		    (e = rd_kafka_producev(p, RD_KAFKA_V_TOPIC(req_topic), RD_KAFKA_V_PARTITION(0),
+		                           RD_KAFKA_V_VALUE((void *)buf, len),
+		                           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+		                           RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+			rd_kafka_poll(p, 10);
+		ck_assert_int_eq(e, RD_KAFKA_RESP_ERR_NO_ERROR);
+	}
+	ck_assert_int_eq(rd_kafka_flush(p, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+/* Counts the committed replies on (topic, partition) whose key (the
+ * correlation id) is corr, and those whose key starts with tag, up to the
+ * partition's end (read_committed: what the worker committed). */
+static void count_replies(const char *topic, int32_t partition, const uint8_t corr[16], uint8_t tag,
+                          int *to_corr, int *to_tag)
+{
+	char err[512];
+	rd_kafka_conf_t *rc =
+	    kreq_test_conf_new(bootstrap, "group.id", "count-replies", "isolation.level",
+	                       "read_committed", "enable.partition.eof", "true", NULL);
+	rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, rc, err, sizeof(err));
+	ck_assert_msg(c != NULL, "%s", err);
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(l, topic, partition)->offset = RD_KAFKA_OFFSET_BEGINNING;
+	ck_assert_int_eq(rd_kafka_assign(c, l), RD_KAFKA_RESP_ERR_NO_ERROR);
+	rd_kafka_topic_partition_list_destroy(l);
+	*to_corr = *to_tag = 0;
+	int64_t until = kreq_test_now_ms() + 60000;
+	bool eof = false;
+	while (!eof && kreq_test_now_ms() < until) {
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 100);
+		if (!m)
+			continue;
+		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+			eof = true;
+		else if (!m->err && m->key_len == 16 && !memcmp(m->key, corr, 16))
+			(*to_corr)++;
+		else if (!m->err && m->key_len == 16 && ((const uint8_t *)m->key)[0] == tag)
+			(*to_tag)++;
+		rd_kafka_message_destroy(m);
+	}
+	ck_assert_msg(eof, "the reply topic was not read to its end");
+	rd_kafka_consumer_close(c);
+	rd_kafka_destroy(c);
+}
+
+/* 10k byte-for-byte replays of a running request's record get no reply of
+ * their own (its correlation id is answered once, when it finishes), and
+ * 100 replays under other correlation ids join it only up to the bound
+ * (16): the rest are dropped and counted, nothing grows without bound.
+ * Before: every replay joined (10,001 replies to the one correlation id,
+ * 71 MB for 200k replays in the issue). */
+START_TEST(test_replays_of_running_request_bounded)
+{
+	static const char *const extra[] = {"server.topic.partitions", "1", NULL};
+	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_client_t *c = client_new(NULL);
+	int32_t rp;
+	const char *reply_topic = kreq_client_reply_topic(c, &rp);
+	rd_kafka_t *p = raw_producer();
+	uint8_t corr[16], *buf;
+	size_t len;
+	randombytes_buf(corr, sizeof(corr));
+	corr[0] = 0xAA;
+	seal_gate(corr, "victim", reply_topic, rp, &buf, &len);
+	raw_send_n(p, buf, len, 1);
+	KREQ_TEST_AWAIT(atomic_load(&executions) == 1, 30000); /* running, held at the gate */
+	raw_send_n(p, buf, len, 10000);
+	free(buf);
+	for (int i = 0; i < 100; i++) { /* the same request under other correlation ids */
+		uint8_t other[16];
+		randombytes_buf(other, sizeof(other));
+		other[0] = 0xBB;
+		seal_gate(other, "victim", reply_topic, rp, &buf, &len);
+		raw_send_n(p, buf, len, 1);
+		free(buf);
+	}
+	/* one partition: once this call is answered every replay was consumed */
+	expect_reply(call(c, "svc.echo", "after", NULL, 60000), 0, "after", false);
+	size_t in_flight = kreq_server_in_flight(w->s);
+	ck_assert_msg(in_flight <= 1 + 16, "%zu requests and joiners in flight", in_flight);
+	atomic_store(&gate_open, true);
+	KREQ_TEST_AWAIT(handled(w->s, "ok") == 2, 60000);
+	KREQ_TEST_AWAIT(kreq_server_in_flight(w->s) == 0, 30000);
+	int to_corr = 0, to_joiners = 0;
+	count_replies(reply_topic, rp, corr, 0xBB, &to_corr, &to_joiners);
+	ck_assert_msg(to_corr == 1, "%d replies to the replayed correlation id", to_corr);
+	ck_assert_int_eq(to_joiners, 16);
+	ck_assert_int_eq(atomic_load(&executions), 2); /* the gate once, the echo once */
+	ck_assert_uint_eq(handled(w->s, "joined"), 16);
+	ck_assert_uint_eq(rejected(w->s, "duplicate"), 10000);
+	ck_assert_uint_eq(rejected(w->s, "join_limit"), 100 - 16);
+	rd_kafka_destroy(p);
+	kreq_client_destroy(c);
+	kreq_test_server_stop(w);
+}
+END_TEST
+
+/* Rate limiting comes after dedup: 20 retries of a stored result (and
+ * so, dedup hits) leave the key's bucket alone, so the next new call still
+ * runs. Before, the retries drained the bucket (server.rate.limit.per.key
+ * 2: the retries beyond the first got "overloaded", and so did the new
+ * call). */
+START_TEST(test_rate_limit_after_dedup)
+{
+	static const char *const extra[] = {"server.rate.limit.per.key", "2", NULL};
+	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_client_t *c = client_new(NULL);
+	expect_reply(call(c, "svc.echo", "r", "rated", 30000), 0, "r", false);
+	enum { N = 20 };
+	kreq_future_t *f[N];
+	for (int i = 0; i < N; i++)
+		f[i] = call(c, "svc.echo", "r", "rated", 30000);
+	for (int i = 0; i < N; i++)
+		expect_reply(f[i], 0, "r", true);
+	expect_reply(call(c, "svc.echo", "fresh", NULL, 30000), 0, "fresh", false);
+	ck_assert_uint_eq(handled(w->s, "rate_limited"), 0);
+	ck_assert_uint_eq(handled(w->s, "dedup"), N);
+	ck_assert_int_eq(atomic_load(&executions), 2);
+	kreq_client_destroy(c);
+	kreq_test_server_stop(w);
+}
+END_TEST
+
+/* ---- tenants and the dedup memory budget (issue 16 item 4) -------------- */
+
+/* Adds tenant key "ka" (limited to svc.echo) to the worker's keyring and
+ * returns a client keyring that signs with it and knows k1 (which signs
+ * the worker's replies). */
+static kreq_keyring_t *tenant_a_keyring(void)
+{
+	uint8_t secret[32];
+	randombytes_buf(secret, sizeof(secret));
+	ck_assert_int_eq(kreq_keyring_add(kr, "ka", KREQ_KEY_HMAC_SHA256, secret, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_methods(kr, "ka", "svc.echo"), KREQ_OK);
+	kreq_keyring_t *a = kreq_keyring_new();
+	ck_assert_int_eq(kreq_keyring_add(a, "ka", KREQ_KEY_HMAC_SHA256, secret, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_add(a, "k1", KREQ_KEY_HMAC_SHA256, k1_secret, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(a, "ka"), KREQ_OK);
+	return a;
+}
+
+static kreq_client_t *client_with(kreq_keyring_t *with)
+{
+	kreq_keyring_t *saved = kr;
+	kr = with;
+	kreq_client_t *c = client_new(NULL);
+	kr = saved;
+	return c;
+}
+
+enum { BIG = 400000 };
+
+/* Tenant A's n calls of BIG bytes, keys a-0 .. a-(n-1), each one running. */
+static void tenant_a_fills(kreq_client_t *a, int n, char *payload)
+{
+	char key[32];
+	for (int i = 0; i < n; i++) {
+		memset(payload, 'a' + i, BIG);
+		payload[BIG] = 0;
+		snprintf(key, sizeof(key), "a-%d", i);
+		expect_reply(call(a, "svc.echo", payload, key, 60000), 0, payload, false);
+	}
+}
+
+/* The issue's case: with server.dedup.max.bytes 4 MiB, tenant A (a key
+ * limited to svc.echo) makes 12 calls of 400 KB; tenant B's earlier result
+ * must still be served to B's retry, and A's own oldest result, pushed out
+ * of memory, is read back from the results topic: neither runs again.
+ * Before: eviction was global and oldest first, B's result went first and
+ * B's retry ran the handler again. */
+START_TEST(test_tenant_cannot_evict_another)
+{
+	static const char *const extra[] = {"server.dedup.max.bytes", "4194304", NULL};
+	kreq_keyring_t *akr = tenant_a_keyring();
+	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_client_t *b = client_new(NULL), *a = client_with(akr);
+	expect_reply(call(b, "svc.echo", "b's result", "b-1", 30000), 0, "b's result", false);
+	char *payload = malloc(BIG + 1);
+	tenant_a_fills(a, 12, payload);
+	ck_assert_int_eq(atomic_load(&executions), 13);
+	ck_assert_uint_le(kreq_test_server_metric(w->s, "kreq_server_dedup_bytes{"), 4194304);
+	/* B's retry: still stored */
+	expect_reply(call(b, "svc.echo", "b's result", "b-1", 30000), 0, "b's result", true);
+	ck_assert_int_eq(atomic_load(&executions), 13);
+	/* A's oldest left memory but not the results topic */
+	memset(payload, 'a', BIG);
+	expect_reply(call(a, "svc.echo", payload, "a-0", 60000), 0, payload, true);
+	ck_assert_int_eq(atomic_load(&executions), 13);
+	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_dedup_ghosted_total{"), 1);
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_dedup_read_back_total{"), 1);
+	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_dedup_evicted_total{"), 0);
+	free(payload);
+	kreq_client_destroy(a);
+	kreq_client_destroy(b);
+	kreq_test_server_stop(w);
+	kreq_keyring_release(akr);
+}
+END_TEST
+
+/* server.dedup.key.max.bytes: a key over its budget makes room among its
+ * own results only (ghosts), long before the worker's total is reached;
+ * its retries are read back, also after a restart (the rebuild records
+ * each result's offset). */
+START_TEST(test_key_budget_and_read_back_after_restart)
+{
+	static const char *const extra[] = {"server.dedup.key.max.bytes", "1048576", NULL};
+	kreq_keyring_t *akr = tenant_a_keyring();
+	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_client_t *a = client_with(akr);
+	char *payload = malloc(BIG + 1);
+	tenant_a_fills(a, 4, payload);
+	memset(payload, 'a', BIG);
+	expect_reply(call(a, "svc.echo", payload, "a-0", 60000), 0, payload, true);
+	ck_assert_int_eq(atomic_load(&executions), 4);
+	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_dedup_ghosted_total{"), 2);
+	ck_assert_uint_le(kreq_test_server_metric(w->s, "kreq_server_dedup_bytes{"), 1048576);
+	kreq_test_server_stop(w);
+
+	w = server_start("w2", extra);
+	for (int i = 0; i < 4; i++) { /* ghosts and results alike */
+		char key[16];
+		snprintf(key, sizeof(key), "a-%d", i);
+		memset(payload, 'a' + i, BIG);
+		expect_reply(call(a, "svc.echo", payload, key, 60000), 0, payload, true);
+	}
+	ck_assert_int_eq(atomic_load(&executions), 4);
+	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_dedup_ghosted_total{"), 2);
+	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_dedup_read_back_total{"), 2);
+	free(payload);
+	kreq_client_destroy(a);
+	kreq_test_server_stop(w);
+	kreq_keyring_release(akr);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("server");
@@ -852,5 +1147,14 @@ int main(void)
 	tcase_add_test(tc, test_rate_limit);
 	tcase_add_test(tc, test_keyring_replaced_while_serving);
 	suite_add_tcase(s, tc);
+	/* issue 16: replays and tenants cannot exhaust the worker (CK_RUN_CASE=bounds) */
+	TCase *tb = tcase_create("bounds");
+	tcase_add_checked_fixture(tb, setup, teardown);
+	tcase_set_timeout(tb, 180);
+	tcase_add_test(tb, test_replays_of_running_request_bounded);
+	tcase_add_test(tb, test_rate_limit_after_dedup);
+	tcase_add_test(tb, test_tenant_cannot_evict_another);
+	tcase_add_test(tb, test_key_budget_and_read_back_after_restart);
+	suite_add_tcase(s, tb);
 	return kreq_test_run_suite(s);
 }

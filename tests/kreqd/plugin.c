@@ -3,9 +3,12 @@
  * (tests/kreqd/CMakeLists.txt):
  *
  *   KDTEST_GOOD      registers kdtest.hello (inline, replies "hello from a
- *                    plugin") and kdtest.slow (pool, replies "done"); init
- *                    and fini append "init"/"fini" lines to the file named
- *                    by $KDTEST_PLUGIN_LOG, so a test sees both ran
+ *                    plugin"), kdtest.slow (pool, replies "done") and
+ *                    kdtest.twice (pool, replies "first", then again with
+ *                    the same handle and logs what that second reply
+ *                    returned: "twice: second reply -24" is KREQ_ESTATE);
+ *                    init and fini append "init"/"fini" lines to the file
+ *                    named by $KDTEST_PLUGIN_LOG, so a test sees both ran
  *   KDTEST_BAD_ABI   exports kreq_plugin_v1 with abi_version 99
  *   KDTEST_NO_SYMBOL exports its structure under another name
  *   KDTEST_INIT_FAIL init registers both, then fails with KREQ_ECONF and a
@@ -44,12 +47,25 @@ static void slow(kreq_request_t *r, void *opaque)
 	kreq_request_reply(r, KREQ_STATUS_OK, "done", 4, NULL);
 }
 
+/* A buggy handler: replies twice. The second reply must be refused. */
+static void twice(kreq_request_t *r, void *opaque)
+{
+	(void)opaque;
+	kreq_request_reply(r, KREQ_STATUS_OK, "first", 5, NULL);
+	int rc = kreq_request_reply(r, KREQ_STATUS_OK, "second", 6, NULL);
+	char line[64];
+	snprintf(line, sizeof(line), "twice: second reply %d\n", rc);
+	note(line);
+}
+
 static int init(kreq_server_t *s, char *errstr, size_t errstr_size)
 {
 	note("init\n");
 	int err = kreq_server_register(s, "kdtest.hello", hello, NULL, KREQ_HANDLER_INLINE);
 	if (!err)
 		err = kreq_server_register(s, "kdtest.slow", slow, NULL, 0);
+	if (!err)
+		err = kreq_server_register(s, "kdtest.twice", twice, NULL, 0);
 #ifdef KDTEST_INIT_FAIL
 	if (!err) { /* fails after registering, as a real plugin might */
 		snprintf(errstr, errstr_size, "the test plugin refuses to start");

@@ -296,7 +296,7 @@ START_TEST(test_check_lists_methods)
 	    "results topic    kreq.kdtest.results",
 	    "transactional.id kreq.kdtest.kdtest-1",
 	    "signing key k1",
-	    "methods          6",
+	    "methods          7",
 	    "kdtest.echo",
 	    "kdtest.sleep",
 	    "kdtest.fail",
@@ -304,6 +304,7 @@ START_TEST(test_check_lists_methods)
 	    "kdtest.hello",
 	    "plugin kdtest (" KDTEST_PLUGIN_GOOD ")",
 	    "kdtest.slow",
+	    "kdtest.twice",
 	    "http://127.0.0.1:9464/metrics",
 	    "admin socket     disabled",
 	};
@@ -608,6 +609,49 @@ static void check_builtins(kreq_client_t *c)
 	free(rec);
 }
 
+/* The sleep built-in stops at the request's deadline: the caller's retry
+ * (same idempotency key) is answered at once with the stored status 2
+ * instead of joining a sleep that went on for 30 s. */
+static void check_sleep_deadline(kreq_client_t *c)
+{
+	kreq_call_opts_t *o = kreq_call_opts_new();
+	kreq_call_opts_set_timeout(o, 1000);
+	kreq_call_opts_set_idempotency_key(o, "sleepy", 6);
+	kreq_future_t *f = NULL;
+	int err = kreq_client_call_wait(c, "kdtest.sleep", "30000", 5, o, &f);
+	ck_assert_msg(err == KREQ_ETIMEDOUT, "first call: %s", kreq_err_name(err));
+	kreq_future_release(f);
+	kreq_call_opts_set_timeout(o, 15000);
+	int64_t t0 = kreq_test_now_ms();
+	err = kreq_client_call_wait(c, "kdtest.sleep", "30000", 5, o, &f);
+	kreq_call_opts_destroy(o);
+	ck_assert_msg(err == KREQ_EREJECTED && kreq_future_status(f) == KREQ_STATUS_DEADLINE &&
+	                  strstr(kreq_future_errstr(f), "deadline reached"),
+	              "retry: %s, status %d: %s", kreq_err_name(err), kreq_future_status(f),
+	              kreq_future_errstr(f));
+	ck_assert_int_lt(kreq_test_now_ms() - t0, 10000);
+	kreq_future_release(f);
+}
+
+/* A plugin handler replying twice: the caller gets the first reply, the
+ * second kreq_request_reply() returns KREQ_ESTATE (-24), nothing crashes. */
+static bool twice_logged(void *arg)
+{
+	(void)arg;
+	char *log = read_file(kreq_test_tmp("plugin.log"));
+	bool found = log && strstr(log, "twice: second reply -24\n");
+	free(log);
+	return found;
+}
+
+static void check_reply_twice(kreq_client_t *c)
+{
+	expect_call(c, "kdtest.twice", "", "twice-1", 0, "first", NULL);
+	ck_assert_msg(kreq_test_wait_until(twice_logged, NULL, 10000),
+	              "the second reply was not refused with KREQ_ESTATE");
+	expect_call(c, "kdtest.echo", "after", NULL, 0, "after", NULL);
+}
+
 /* A running sleep is cancelled by the caller: the handler notices and the
  * request leaves the in-progress list long before its 30 s. */
 static void check_cancel(kreq_test_proc_t *p, kreq_client_t *c)
@@ -710,12 +754,14 @@ START_TEST(test_serving)
 	ck_assert_msg(!strstr(h, "outcome=\"ok\"} 0\n"), "no ok outcome counted: %s", h);
 	free(h);
 	check_cancel(&p, c);
+	check_sleep_deadline(c);
+	check_reply_twice(c);
 	check_reload(&p, c);
 	check_graceful_stop(&p, c, port);
 	kreq_client_destroy(c);
 	rd_kafka_destroy(host);
 	char *log = read_file(kreq_test_tmp("plugin.log"));
-	ck_assert_str_eq(log ? log : "(none)", "init\nfini\n");
+	ck_assert_str_eq(log ? log : "(none)", "init\ntwice: second reply -24\nfini\n");
 	free(log);
 	ck_assert_msg(access(kreq_test_tmp("adm"), F_OK) != 0, "admin socket left behind");
 	kreq_test_tmp_remove();

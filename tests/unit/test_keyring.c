@@ -267,6 +267,81 @@ START_TEST(test_load_file_not_regular_or_missing)
 }
 END_TEST
 
+/* A FIFO at the key file's path is refused at once: the open used to block
+ * until something wrote to it (a worker's start or SIGHUP hung for ever). */
+START_TEST(test_load_file_fifo)
+{
+	const char *p = path_in("fifo");
+	ck_assert_int_eq(mkfifo(p, 0600), 0);
+	kreq_keyring_t *kr = kreq_keyring_new();
+	int64_t t0 = kreq_test_now_ms();
+	ck_assert_int_eq(kreq_keyring_load_file(kr, p, errstr, sizeof(errstr)), KREQ_EKEYFILE);
+	ck_assert_int_lt(kreq_test_now_ms() - t0, 1000);
+	ck_assert_msg(strstr(errstr, "not a regular file"), "%s", errstr);
+	ck_assert_uint_eq(kreq_keyring_count(kr), 0);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+/* A NUL byte used to end the file silently: the keys before it loaded, the
+ * ones after it were ignored, and the load succeeded. */
+START_TEST(test_load_file_nul_byte)
+{
+	static const char text[] = "kreq-keyring 1\nkey a hmac-sha256 " K32_B64 "\n"
+	                           "\0key b hmac-sha256 " K32_B64 "\nsigning b\n";
+	const char *p = path_in("nul");
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, text, sizeof(text) - 1), (ssize_t)sizeof(text) - 1);
+	close(fd);
+	kreq_keyring_t *kr = kreq_keyring_new();
+	ck_assert_int_eq(kreq_keyring_load_file(kr, p, errstr, sizeof(errstr)), KREQ_EKEYFILE);
+	ck_assert_msg(strstr(errstr, "NUL byte at offset 78"), "%s", errstr);
+	ck_assert_ptr_null(strstr(errstr, K32_B64));
+	ck_assert_uint_eq(kreq_keyring_count(kr), 0); /* all or nothing */
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+/* Whoever may write a key file chooses the keys a process trusts: a file
+ * owned by another user (not root), or writable by group or others, is
+ * refused, public keys included. */
+START_TEST(test_load_file_owner_and_writers)
+{
+	uint8_t pk[32], sk[64];
+	crypto_sign_keypair(pk, sk);
+	char b64[64], text[160];
+	sodium_bin2base64(b64, sizeof(b64), pk, 32, sodium_base64_VARIANT_ORIGINAL);
+	snprintf(text, sizeof(text), "kreq-keyring 1\nkey pub ed25519-public %s\n", b64);
+	kreq_keyring_t *kr = kreq_keyring_new();
+	const mode_t writable[] = {0664, 0646, 0620, 0602};
+	for (size_t i = 0; i < sizeof(writable) / sizeof(writable[0]); i++) {
+		const char *p = write_file("w", writable[i], text);
+		ck_assert_int_eq(kreq_keyring_load_file(kr, p, errstr, sizeof(errstr)),
+		                 KREQ_EKEYPERM);
+		ck_assert_msg(strstr(errstr, "writable by group or others"), "%s", errstr);
+		unlink(p);
+	}
+	const char *p = write_file("o", 0644, text);
+	/* as root (the test machine), hand the file to another user; as
+	 * anyone else chown fails, which is what the check relies on */
+	int rc = chown(p, 4242, 4242);
+	if (geteuid() == 0) {
+		ck_assert_int_eq(rc, 0);
+		ck_assert_int_eq(kreq_keyring_load_file(kr, p, errstr, sizeof(errstr)),
+		                 KREQ_EKEYPERM);
+		ck_assert_msg(strstr(errstr, "owned by uid 4242"), "%s", errstr);
+		ck_assert_int_eq(chown(p, 0, 0), 0); /* root's own: fine */
+	} else {
+		ck_assert_int_ne(rc, 0);
+	}
+	ck_assert_uint_eq(kreq_keyring_count(kr), 0);
+	ck_assert_int_eq(kreq_keyring_load_file(kr, p, errstr, sizeof(errstr)), KREQ_OK);
+	ck_assert_uint_eq(kreq_keyring_count(kr), 1);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
 START_TEST(test_generate_file)
 {
 	const char *sec = path_in("gen.key");
@@ -321,6 +396,9 @@ int main(void)
 	tcase_add_loop_test(tc, test_load_file_malformed, 0,
 	                    (int)(sizeof(bad_files) / sizeof(bad_files[0])));
 	tcase_add_test(tc, test_load_file_not_regular_or_missing);
+	tcase_add_test(tc, test_load_file_fifo);
+	tcase_add_test(tc, test_load_file_nul_byte);
+	tcase_add_test(tc, test_load_file_owner_and_writers);
 	tcase_add_test(tc, test_generate_file);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
