@@ -17,9 +17,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-echo "demo: building (log: build/demo-build.log)"
+# the same librdkafka (2.12.1, built once into ~/.cache/kreq) as the tests;
+# why not Debian's: scripts/librdkafka.sh
 mkdir -p build
-if ! { cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
+echo "demo: building librdkafka (once) and kreq (log: build/demo-build.log)"
+if ! { RDKAFKA_PREFIX=$(scripts/librdkafka.sh) &&
+       export PKG_CONFIG_PATH="$RDKAFKA_PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}" &&
+       cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
        cmake --build build -j2 --target kreq-mockcluster kreq-demo kreqd kreq-cli; } \
        >build/demo-build.log 2>&1; then
   tail -n 40 build/demo-build.log >&2
