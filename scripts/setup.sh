@@ -4,14 +4,16 @@
 # absent. Needs root (or sudo) the first time.
 #
 # librdkafka is not taken from Debian (2.0.2, see scripts/librdkafka.sh):
-# the last line of packages is what building it needs.
+# the fourth line of packages is what fetching (cargo-web: a cargo that
+# reads the registry's sparse index; it provides /usr/bin/cargo) and
+# building it needs.
 set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config git
   libprotobuf-c-dev protobuf-c-compiler uuid-dev libsodium-dev libssl-dev check
   clang libclang-rt-14-dev clang-format valgrind
-  ca-certificates curl libcurl4-openssl-dev libsasl2-dev zlib1g-dev libzstd-dev debootstrap
+  ca-certificates curl cargo-web libcurl4-openssl-dev libsasl2-dev zlib1g-dev libzstd-dev debootstrap
   maven openjdk-17-jre-headless kcat
   python3 python3-cryptography libjansson-dev libmicrohttpd-dev docker-compose
 )
