@@ -366,11 +366,15 @@ static int report_json(const struct call_opts *o, kreq_future_t *f)
 	json_t *payload = err == KREQ_OK ? payload_json(f, &enc) : json_null();
 	size_t len = 0;
 	kreq_future_payload(f, &len);
-	json_t *j =
-	    json_pack("{s:s, s:i, s:s, s:o, s:s?, s:I, s:b, s:o}", "method", o->method, "status",
-	              (int)kreq_future_status(f), "status_name", status_name(kreq_future_status(f)),
-	              "payload", payload, "payload_encoding", enc, "payload_bytes", (json_int_t)len,
-	              "from_dedup", (int)kreq_future_from_dedup(f), "error", errj);
+	/* the handler's error text of a reply with a non-zero status */
+	const char *text = err == KREQ_OK && kreq_future_status(f) != 0 && *kreq_future_errstr(f)
+	                       ? kreq_future_errstr(f)
+	                       : NULL;
+	json_t *j = json_pack(
+	    "{s:s, s:i, s:s, s:o, s:s?, s:I, s:b, s:o, s:s?}", "method", o->method, "status",
+	    (int)kreq_future_status(f), "status_name", status_name(kreq_future_status(f)),
+	    "payload", payload, "payload_encoding", enc, "payload_bytes", (json_int_t)len,
+	    "from_dedup", (int)kreq_future_from_dedup(f), "error", errj, "error_text", text);
 	int rc = cli_print_json(SUB, j);
 	return rc == CLI_EXIT_OK ? exit_code(f) : rc;
 }

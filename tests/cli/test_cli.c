@@ -548,6 +548,10 @@ START_TEST(test_call_replies)
 	ck_assert_msg(r.status == 3, "exit %d: %s %s", r.status, r.out, r.err);
 	json_t *j = json_loads(r.out, 0, NULL);
 	ck_assert_int_eq(json_integer_value(json_object_get(j, "status")), 101);
+	/* the handler's error text, as the text output prints it */
+	ck_assert_msg(json_is_string(json_object_get(j, "error_text")), "%s", r.out);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "error_text")), "handler failed");
+	ck_assert(json_is_null(json_object_get(j, "error")));
 	json_decref(j);
 	kreq_test_result_free(&r);
 	kreq(&r, NULL, "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
