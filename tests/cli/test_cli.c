@@ -558,6 +558,19 @@ START_TEST(test_call_replies)
 	     kreq_test_tmp("k.key"), "-X", "service.check.ms=0", "svc.rejected", NULL);
 	KREQ_TEST_ASSERT_RUN(&r, 3, err, "EREJECTED");
 	kreq_test_result_free(&r);
+	/* Unnamed, the client makes its own reply topic. The mock cluster
+	 * (kreq dev) names no controller and serves no CreateTopics: the client
+	 * has it auto-created instead of waiting out client.start.timeout.ms
+	 * (15 s) and blaming kafka.bootstrap.servers; kreq call says plainly
+	 * that the topic cannot be deleted there. */
+	int64_t t0 = kreq_test_now_ms();
+	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"), "-X",
+	     "service.check.ms=0", "svc.echo", "unnamed", NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "payload: unnamed");
+	ck_assert_msg(strstr(r.err, "cannot delete topics") != NULL, "%s", r.err);
+	ck_assert_msg(kreq_test_now_ms() - t0 < 10000, "took %lld ms",
+	              (long long)(kreq_test_now_ms() - t0));
+	kreq_test_result_free(&r);
 	kreq(&r, NULL, "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
 	     kreq_test_tmp("k.key"), "-X", "no.such.property=1", "svc.echo", NULL);
 	KREQ_TEST_ASSERT_RUN(&r, 2, err, "no.such.property");
