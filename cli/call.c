@@ -444,6 +444,39 @@ static void delete_reply_topic(const kreq_conf_t *conf, const char *topic)
 	rd_kafka_destroy(rk);
 }
 
+/* A call that timed out may have had no worker. A client fails such calls
+ * fast ("no worker serves ...") only where Kafka lists the service's
+ * consumer group; librdkafka's mock cluster (kreq dev) serves no
+ * ListGroups, so there the call waits out its deadline: say so plainly. */
+static void note_unknown_workers(const kreq_conf_t *conf, const char *method)
+{
+	char err[512], group[600];
+	const char *dot = strrchr(method, '.');
+	int service_len = dot ? (int)(dot - method) : (int)strlen(method);
+	snprintf(group, sizeof(group), "%s.%.*s", kreq__conf_str(conf, KREQ__P_TOPIC_PREFIX),
+	         service_len, method);
+	rd_kafka_conf_t *rc = rd_kafka_conf_new();
+	rd_kafka_t *rk = kreq__conf_kafka_apply(conf, rc, err, sizeof(err)) == KREQ_OK
+	                     ? rd_kafka_new(RD_KAFKA_PRODUCER, rc, err, sizeof(err))
+	                     : NULL;
+	if (rk == NULL) {
+		rd_kafka_conf_destroy(rc);
+		return;
+	}
+	const struct rd_kafka_group_list *gl = NULL;
+	if (rd_kafka_list_groups(rk, group, &gl, DELETE_MS) ==
+	    RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE)
+		fprintf(stderr,
+		        "kreq call: note: this Kafka cluster cannot tell whether a worker serves "
+		        "%.*s (it answers no ListGroups, as librdkafka's mock cluster), so a call "
+		        "with no worker waits out its deadline here instead of failing at once "
+		        "with \"no worker serves\"\n",
+		        service_len, method);
+	if (gl != NULL)
+		rd_kafka_group_list_destroy(gl);
+	rd_kafka_destroy(rk);
+}
+
 static int call(const struct call_opts *o, kreq_keyring_t *kr, const struct payload *p, int sigfd)
 {
 	kreq_client_t *c = NULL;
@@ -461,6 +494,8 @@ static int call(const struct call_opts *o, kreq_keyring_t *kr, const struct payl
 	if (rc == CLI_EXIT_OK) {
 		await(f, sigfd);
 		rc = o->json ? report_json(o, f) : report_text(o, f);
+		if (kreq_future_err(f) == KREQ_ETIMEDOUT)
+			note_unknown_workers(conf, o->method);
 		kreq_future_release(f);
 	}
 	if (c != NULL) {

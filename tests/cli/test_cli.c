@@ -568,6 +568,9 @@ START_TEST(test_call_timeout)
 	kreq(&r, NULL, "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
 	     kreq_test_tmp("k.key"), "--timeout-ms", "1500", "svc.never", "hello", NULL);
 	KREQ_TEST_ASSERT_RUN(&r, 1, err, "timed out");
+	/* the mock (kreq dev) cannot list consumer groups: no fail-fast, said plainly */
+	ck_assert_msg(strstr(r.err, "cannot tell whether a worker serves svc") != NULL, "%s",
+	              r.err);
 	kreq_test_result_free(&r);
 	kreq(&r, "from stdin", "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
 	     kreq_test_tmp("k.key"), "--timeout-ms", "1500", "--json", "svc.never", "-", NULL);
