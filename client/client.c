@@ -714,7 +714,7 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 		atomic_store(&c->down_since_ms, 0);
 		kreq__log(c->conf, 5, "client", "Kafka reachable again");
 	} else if (!up && suspect != 0) {
-		mark_down(c, suspect, "no broker connection is up");
+		mark_down(c, suspect, "no Kafka broker connection is up");
 	}
 	return 0; /* librdkafka frees json */
 }
