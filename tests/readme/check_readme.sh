@@ -45,6 +45,6 @@ for f in "${snippets[@]}"; do
     cat "$work/$name.err" >&2
     exit 1
   fi
-  echo "check_readme: README.md $name compiles ($(head -c 60 <(grep -m1 -E 'main|KREQ_PLUGIN_EXPORT' "$f")))"
+  echo "check_readme: README.md $name compiles ($(head -c 60 <(grep -m1 -E '^int main\(|KREQ_PLUGIN_EXPORT' "$f")))"
 done
 echo "check_readme: OK (${#snippets[@]} snippets)"
