@@ -714,7 +714,7 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 		atomic_store(&c->down_since_ms, 0);
 		kreq__log(c->conf, 5, "client", "Kafka reachable again");
 	} else if (!up && suspect != 0) {
-		mark_down(c, suspect, "no broker connection is up");
+		mark_down(c, suspect, "no Kafka broker connection is up");
 	}
 	return 0; /* librdkafka frees json */
 }
@@ -919,6 +919,25 @@ static int create_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, si
 	return KREQ_OK;
 }
 
+/* A cluster whose metadata names no controller (librdkafka's mock cluster,
+ * `kreq dev`) serves no CreateTopics: asking would only time out, and the
+ * timeout would read as "Kafka did not answer" although it did. There the
+ * reply topic is made the way such a cluster allows, by asking for it as a
+ * producer (auto-creation, as warming does: common/kadmin.h). Returns the
+ * partition count, or 0 if the topic still does not exist. */
+static int reply_topic_without_controller(kreq_client_t *c, int timeout_ms, char *errstr,
+                                          size_t errstr_size)
+{
+	int n = kreq__topic_partitions(c->producer, c->reply_topic, timeout_ms);
+	if (n <= 0)
+		kreq__err(errstr, errstr_size, KREQ_EKAFKA,
+		          "reply topic %s does not exist, and this Kafka cluster can neither "
+		          "create it (its metadata names no controller, as librdkafka's mock "
+		          "cluster) nor auto-created it: create it up front (kreq dev --topic %s)",
+		          c->reply_topic, c->reply_topic);
+	return n < 0 ? 0 : n;
+}
+
 static int ensure_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, size_t errstr_size)
 {
 	int n = kreq__topic_partitions(c->consumer, c->reply_topic, timeout_ms);
@@ -927,6 +946,9 @@ static int ensure_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, si
 		                 "Kafka did not answer within %d ms (is kafka.bootstrap.servers "
 		                 "right?)",
 		                 timeout_ms);
+	if (n == 0 && kreq__topic_admin_served(c->consumer, timeout_ms) == 0 &&
+	    (n = reply_topic_without_controller(c, timeout_ms, errstr, errstr_size)) == 0)
+		return KREQ_EKAFKA;
 	if (n == 0)
 		return create_reply_topic(c, timeout_ms, errstr, errstr_size);
 	if (n <= c->reply_partition)
