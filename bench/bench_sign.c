@@ -52,6 +52,7 @@ static void setup(bctx_t *b, kreq_key_type_t type)
 	r.correlation_id = (ProtobufCBinaryData){16, corr};
 	r.idempotency_key = (ProtobufCBinaryData){16, corr};
 	r.method = "bench.echo";
+	r.service = "bench";
 	r.payload = (ProtobufCBinaryData){sizeof(payload), payload};
 	r.reply_topic = "kreq.reply.bench";
 	r.issued_at_ms = kreq__now_ms();

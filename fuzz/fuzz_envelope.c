@@ -64,7 +64,7 @@ static void sign_and_open(uint32_t kind, const uint8_t *body, size_t len)
 	uint8_t sig[64];
 	size_t slen = kreq__sign(k, kind, body, len, sig);
 	Kreq__Envelope env = KREQ__ENVELOPE__INIT;
-	env.version = 1;
+	env.version = KREQ__PROTO_VERSION;
 	env.key_id = (char *)k->id;
 	env.kind = kind;
 	env.body = (ProtobufCBinaryData){len, (uint8_t *)body};
