@@ -35,6 +35,7 @@
 #include "broker/server_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
+#include "common/partition.h"
 
 /* ---- partition state ---------------------------------------------------- */
 
@@ -354,6 +355,64 @@ static void handle_cancel(kreq_server_t *s, kreq__part_t *pt, const kreq__opened
 	}
 }
 
+/* ---- where a request may be served (docs/protocol.md section 5) ---------- */
+
+/* Signed for this service: a request replayed into another service's topic
+ * is dropped, never answered ("unknown method" would fail the caller). */
+static bool service_ok(const kreq_server_t *s, const Kreq__Request *q)
+{
+	return !strcmp(q->service, s->service);
+}
+
+/* On the partition its idempotency key maps to (the client's murmur2):
+ * dedup state is per partition, so a replay onto another one would run
+ * again. */
+static bool partition_ok(const kreq_server_t *s, const rd_kafka_message_t *m,
+                         const Kreq__Request *q)
+{
+	return kreq__partition_of(q->idempotency_key.data, q->idempotency_key.len, s->nparts) ==
+	       m->partition;
+}
+
+/* The receiver's own bound on the replay window, whatever the signer
+ * asked: KREQ__R_COUNT when inside it. */
+static kreq__reject_t outside_window(const kreq_server_t *s, const Kreq__Request *q, int64_t now)
+{
+	if (q->deadline_ms - now > s->max_deadline_ms + s->lim.skew_ms)
+		return KREQ__R_DEADLINE_TOO_FAR;
+	if (now - q->issued_at_ms > s->max_age_ms + s->lim.skew_ms)
+		return KREQ__R_TOO_OLD;
+	return KREQ__R_COUNT;
+}
+
+/* Drops (counts, logs) a request that must not be served here; true if
+ * it did. */
+static bool misdirected(kreq_server_t *s, const rd_kafka_message_t *m, const Kreq__Request *q,
+                        int64_t now)
+{
+	char why[512];
+	kreq__reject_t r = outside_window(s, q, now);
+	int32_t want =
+	    kreq__partition_of(q->idempotency_key.data, q->idempotency_key.len, s->nparts);
+	if (r == KREQ__R_DEADLINE_TOO_FAR) {
+		snprintf(why, sizeof(why), "deadline %lld ms away exceeds server.max.deadline.ms",
+		         (long long)(q->deadline_ms - now));
+	} else if (r == KREQ__R_TOO_OLD) {
+		snprintf(why, sizeof(why), "issued %lld ms ago exceeds server.max.request.age.ms",
+		         (long long)(now - q->issued_at_ms));
+	} else if (!service_ok(s, q)) {
+		r = KREQ__R_SERVICE;
+		snprintf(why, sizeof(why), "signed for service %s, not %s", q->service, s->service);
+	} else if (!partition_ok(s, m, q)) {
+		r = KREQ__R_PARTITION;
+		snprintf(why, sizeof(why), "its idempotency key maps to partition %d", (int)want);
+	} else {
+		return false;
+	}
+	reject(s, r, m, why);
+	return true;
+}
+
 /* Answers without running anything; counts the outcome. */
 static void answer(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
                    const Kreq__Request *q, kreq__handled_t outcome, int32_t status,
@@ -374,6 +433,8 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 	size_t klen =
 	    kreq__dedup_key(key, o->key_id, q->idempotency_key.data, q->idempotency_key.len);
 	uint64_t hash = kreq__dedup_prefetch(&pt->dd, key, klen); /* loads during the checks */
+	if (misdirected(s, m, q, now))
+		return true;
 	if (!reply_topic_allowed(s, q->reply_topic)) {
 		snprintf(why, sizeof(why),
 		         "reply topic %s is not allowed by server.reply.topic.allow",

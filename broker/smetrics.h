@@ -36,7 +36,11 @@
 	X(FUTURE, "future")                                                                        \
 	X(KIND, "kind")               /* a reply or result on the request topic */                 \
 	X(REPLY_TOPIC, "reply_topic") /* reply topic not on server.reply.topic.allow */            \
-	X(OTHER, "other")
+	X(OTHER, "other")                                                                          \
+	X(PARTITION, "partition") /* not on the partition its idempotency key maps to */           \
+	X(SERVICE, "service")     /* signed for another service */                                 \
+	X(DEADLINE_TOO_FAR, "deadline_too_far") /* beyond server.max.deadline.ms */                \
+	X(TOO_OLD, "too_old")                   /* issued before server.max.request.age.ms */
 
 typedef enum {
 #define KREQ__H_ENUM(id, name) KREQ__H_##id,
