@@ -332,7 +332,7 @@ static bool varint_in_range(ProtobufCType t, uint64_t v)
 static const char *body_wire_check(const ProtobufCMessageDescriptor *d, const uint8_t *buf,
                                    size_t len, int depth)
 {
-	wire_t w = {buf, buf + len};
+	wire_t w = {buf, len ? buf + len : buf}; /* an absent body is NULL */
 	uint64_t seen = 0;
 	uint8_t count[64] = {0};
 	if (depth > 2 || d->n_fields > 64)
@@ -654,7 +654,8 @@ static int check_envelope(vctx_t *v, const kreq_keyring_t *kr, const kreq__env_v
 		                 KREQ__PROTO_VERSION);
 	if (!descriptor_for(env->kind))
 		return bad(v, "unknown message kind");
-	if (env->key_id_len > KREQ_KEY_ID_MAX || memchr(env->key_id, 0, env->key_id_len) ||
+	if (env->key_id_len == 0 || env->key_id_len > KREQ_KEY_ID_MAX ||
+	    memchr(env->key_id, 0, env->key_id_len) ||
 	    !kreq__key_id_valid((const char *)env->key_id, env->key_id_len))
 		return bad(v, "invalid key id");
 	memcpy(key_id, env->key_id, env->key_id_len);

@@ -566,6 +566,19 @@ START_TEST(test_envelope_strict)
 		              cases[i].what, errstr);
 		ck_assert_ptr_nonnull(strstr(errstr, "malformed envelope"));
 	}
+	/* fields that are absent: no key id, no body (found by fuzz_envelope:
+	 * both used to reach memchr/pointer arithmetic with NULL) */
+	Kreq__Envelope env = KREQ__ENVELOPE__INIT;
+	env.version = 2;
+	env.kind = KREQ__KIND_REQUEST;
+	env.signature = (ProtobufCBinaryData){2, (uint8_t *)"xy"};
+	uint8_t small[64];
+	size_t n = kreq__envelope__pack(&env, small);
+	ck_assert_int_eq(open_at(kr, NOW, small, n), KREQ_EMALFORMED);
+	ck_assert_ptr_nonnull(strstr(errstr, "key id"));
+	env.key_id = "k1";
+	n = kreq__envelope__pack(&env, small);
+	ck_assert_int_eq(open_at(kr, NOW, small, n), KREQ_EBADSIG);
 	/* the decoder alone: views into the buffer, nothing copied */
 	kreq__env_view_t v;
 	ck_assert_int_eq(kreq__envelope_parse(buf, len, &v, errstr, sizeof(errstr)), KREQ_OK);
@@ -628,6 +641,10 @@ START_TEST(test_body_strict)
 	seal_body(kr, 2, KREQ__KIND_REQUEST, body, blen, &buf, &len);
 	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EMALFORMED);
 	ck_assert_ptr_nonnull(strstr(errstr, "NUL"));
+	free(buf);
+	/* an empty body, correctly signed: decodes to defaults, refused */
+	seal_body(kr, 2, KREQ__KIND_REQUEST, NULL, 0, &buf, &len);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EMALFORMED);
 	free(buf);
 	/* 33 metadata entries: refused before protobuf-c builds the array */
 	Kreq__MetadataEntry ents[33], *ptrs[33];
