@@ -66,7 +66,8 @@ static void setup(bctx_t *b, kreq_key_type_t type)
 	size_t blen = protobuf_c_message_get_packed_size(&b->req.base);
 	uint8_t body[512];
 	protobuf_c_message_pack(&b->req.base, body);
-	size_t hl = kreq__sig_header(b->msg, 1, "bench", 5, KREQ__KIND_REQUEST, blen);
+	size_t hl =
+	    kreq__sig_header(b->msg, KREQ__PROTO_VERSION, "bench", 5, KREQ__KIND_REQUEST, blen);
 	memcpy(b->msg + hl, body, blen);
 	b->msg_len = hl + blen;
 	kreq__sign(b->key, KREQ__KIND_REQUEST, body, blen, b->sig);
