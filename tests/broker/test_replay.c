@@ -6,8 +6,9 @@
  *     partitions its idempotency key does not map to are dropped, counted;
  *   - a pending request replayed into another service's topic is dropped
  *     and counted there, never answered (the caller's call stays pending);
- *   - a deadline further out than server.max.deadline.ms (INT64_MAX) and a
- *     request issued a year ago are dropped and counted;
+ *   - a deadline further out than server.max.deadline.ms (INT64_MAX), a
+ *     request issued a year ago and a version 1 request are dropped and
+ *     counted;
  * and the configuration checks that go with them (no broker needed).
  */
 #include <check.h>
@@ -141,6 +142,37 @@ static void seal_request(const char *idem, const char *reply_topic, int64_t issu
 	ck_assert_int_eq(
 	    kreq__envelope_seal(kr, &lim, KREQ__KIND_REQUEST, &q.base, buf, len, err, sizeof(err)),
 	    KREQ_OK);
+}
+
+/* The same request as a version 1 client would send it: no service, the
+ * version 1 signature prefix. */
+static void seal_request_v1(const char *idem, const char *reply_topic, uint8_t **buf, size_t *len)
+{
+	uint8_t corr[16], body[512], sig[32], hdr[KREQ__SIG_HDR_MAX];
+	randombytes_buf(corr, sizeof(corr));
+	int64_t now = kreq__now_ms();
+	Kreq__Request q = KREQ__REQUEST__INIT;
+	q.correlation_id = (ProtobufCBinaryData){16, corr};
+	q.idempotency_key = (ProtobufCBinaryData){strlen(idem), (uint8_t *)idem};
+	q.method = "svc.echo";
+	q.payload = (ProtobufCBinaryData){3, (uint8_t *)"raw"};
+	q.reply_topic = (char *)reply_topic;
+	q.issued_at_ms = now;
+	q.deadline_ms = now + 60000;
+	q.attempt = 1;
+	size_t blen = protobuf_c_message_pack(&q.base, body);
+	const kreq__key_t *k = kreq__keyring_signer(kr);
+	size_t hlen = kreq__sig_header(hdr, 1, k->id, k->id_len, KREQ__KIND_REQUEST, blen);
+	kreq__hmac(k->hmac, hdr, hlen, body, blen, sig);
+	Kreq__Envelope env = KREQ__ENVELOPE__INIT;
+	env.version = 1;
+	env.key_id = (char *)k->id;
+	env.kind = KREQ__KIND_REQUEST;
+	env.body = (ProtobufCBinaryData){blen, body};
+	env.signature = (ProtobufCBinaryData){sizeof(sig), sig};
+	*len = kreq__envelope__get_packed_size(&env);
+	*buf = malloc(*len);
+	kreq__envelope__pack(&env, *buf);
 }
 
 /* Sum of the committed offsets of group on topic's n partitions. */
@@ -322,16 +354,21 @@ START_TEST(test_replay_window_bounds)
 	seal_request("year-old", reply_topic, now - 365LL * 86400000, now + 60000, &buf, &len);
 	raw_send(p, req_topic, RD_KAFKA_PARTITION_UA, "year-old", 8, buf, len);
 	free(buf);
+	/* a version 1 request (no signed service): refused, counted */
+	seal_request_v1("version-1", reply_topic, &buf, &len);
+	raw_send(p, req_topic, RD_KAFKA_PARTITION_UA, "version-1", 9, buf, len);
+	free(buf);
 	/* a request inside the window runs */
 	seal_request("in-window", reply_topic, now, now + 60000, &buf, &len);
 	raw_send(p, req_topic, RD_KAFKA_PARTITION_UA, "in-window", 9, buf, len);
 	free(buf);
 	char group[200];
 	snprintf(group, sizeof(group), "%s.svc", prefix);
-	KREQ_TEST_AWAIT(committed_sum(group, req_topic, 3) == 3, 60000);
+	KREQ_TEST_AWAIT(committed_sum(group, req_topic, 3) == 4, 60000);
 	int runs = atomic_load(&executions);
 	ck_assert_int_eq(runs, 1);
 	ck_assert_uint_eq(handled(w->s, "ok"), 1);
+	ck_assert_uint_eq(rejected(w->s, "version"), 1);
 	ck_assert_uint_eq(rejected(w->s, "deadline_too_far"), 1);
 	ck_assert_uint_eq(rejected(w->s, "too_old"), 1);
 	rd_kafka_destroy(p);
