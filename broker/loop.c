@@ -392,8 +392,6 @@ static bool misdirected(kreq_server_t *s, const rd_kafka_message_t *m, const Kre
 {
 	char why[512];
 	kreq__reject_t r = outside_window(s, q, now);
-	int32_t want =
-	    kreq__partition_of(q->idempotency_key.data, q->idempotency_key.len, s->nparts);
 	if (r == KREQ__R_DEADLINE_TOO_FAR) {
 		snprintf(why, sizeof(why), "deadline %lld ms away exceeds server.max.deadline.ms",
 		         (long long)(q->deadline_ms - now));
@@ -405,7 +403,9 @@ static bool misdirected(kreq_server_t *s, const rd_kafka_message_t *m, const Kre
 		snprintf(why, sizeof(why), "signed for service %s, not %s", q->service, s->service);
 	} else if (!partition_ok(s, m, q)) {
 		r = KREQ__R_PARTITION;
-		snprintf(why, sizeof(why), "its idempotency key maps to partition %d", (int)want);
+		snprintf(why, sizeof(why), "its idempotency key maps to partition %d",
+		         (int)kreq__partition_of(q->idempotency_key.data, q->idempotency_key.len,
+		                                 s->nparts));
 	} else {
 		return false;
 	}
