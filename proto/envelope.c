@@ -325,6 +325,15 @@ static bool varint_in_range(ProtobufCType t, uint64_t v)
 	}
 }
 
+/* Field number num of d: kreq.proto numbers fields densely from 1, in
+ * order, so the index is the number (checked); the general lookup else. */
+static const ProtobufCFieldDescriptor *field_of(const ProtobufCMessageDescriptor *d, uint64_t num)
+{
+	if (num >= 1 && num <= d->n_fields && d->fields[num - 1].id == num)
+		return &d->fields[num - 1];
+	return num <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(d, (unsigned)num) : NULL;
+}
+
 /* Every field of the encoded message d known to d, singular fields at most
  * once, repeated ones at most KREQ__METADATA_MAX times, integers in range,
  * strings without NUL bytes; nested messages likewise (depth 2 at most).
@@ -343,10 +352,7 @@ static const char *body_wire_check(const ProtobufCMessageDescriptor *d, const ui
 		size_t n;
 		if (!wire_varint(&w, &tag))
 			return "truncated field key";
-		const ProtobufCFieldDescriptor *f =
-		    tag >> 3 <= UINT32_MAX
-		        ? protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3))
-		        : NULL;
+		const ProtobufCFieldDescriptor *f = field_of(d, tag >> 3);
 		if (!f)
 			return "unknown field";
 		if ((int)(tag & 7) != wire_type_of(f->type))
