@@ -25,7 +25,8 @@
  * - Few allocations: protobuf-c allocates every string and bytes field
  *   separately, a dozen mallocs per message that a busy worker pays on
  *   every record. The body is decoded into a bump arena instead (one heap
- *   block the opened message owns); an arena that runs out falls back to malloc for the rest, so no
+ *   block the opened message owns; the envelope itself is not copied at
+ *   all); an arena that runs out falls back to malloc for the rest, so no
  *   input size is refused for it. Sealing packs the body on the stack when
  *   it is small and can write the envelope into the caller's buffer.
  */
