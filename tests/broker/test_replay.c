@@ -296,6 +296,9 @@ START_TEST(test_replay_into_other_service)
 	kreq_call_opts_t *o = kreq_call_opts_new();
 	ck_assert_int_eq(kreq_call_opts_set_timeout(o, 120000), KREQ_OK);
 	kreq_future_t *f = NULL;
+	/* a method whose service no worker can have is refused at once */
+	ck_assert_int_eq(kreq_client_call(c, "a/b.echo", "x", 1, o, &f), KREQ_EINVAL);
+	ck_assert_int_eq(kreq_client_call(c, ".echo", "x", 1, o, &f), KREQ_EINVAL);
 	ck_assert_int_eq(kreq_client_call(c, "other.echo", "x", 1, o, &f), KREQ_OK);
 	kreq_call_opts_destroy(o);
 	/* capture it */
