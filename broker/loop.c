@@ -14,7 +14,10 @@
  *      is not trusted, so nothing is written for it;
  *   2. Cancel -> flag the running request (or the queued one, which then
  *      never starts);
- *   3. reply topic on the allow-list, else dropped and counted;
+ *   3. inside the worker's replay window (server.max.deadline.ms,
+ *      server.max.request.age.ms), signed for this service, on the
+ *      partition its idempotency key maps to, reply topic on the
+ *      allow-list; else dropped and counted, never answered;
  *   4. handler exists (status 1), key may call the method (5), rate (7);
  *   5. dedup: stored result -> served again (from_dedup), same key running
  *      -> joins it, same key with another request -> status 6;
