@@ -869,8 +869,9 @@ static int open_unverified(const struct kview *v, int64_t now_ms, const uint8_t 
 	const ProtobufCMessageDescriptor *d = body_descriptor(env->kind);
 	size_t id_len = strlen(env->key_id);
 	int err = KREQ_OK;
-	if (env->version != KREQ__PROTO_VERSION)
-		err = KREQ_EVERSION;
+	if (env->version != KREQ__PROTO_VERSION &&
+	    !(env->version == KREQ__PROTO_RESULT_V1 && env->kind == KREQ__KIND_RESULT))
+		err = KREQ_EVERSION; /* as kreq__envelope_open: v1 Results still count */
 	else if (d == NULL || !kreq__key_id_valid(env->key_id, id_len))
 		err = KREQ_EMALFORMED;
 	else if ((out->u.msg = protobuf_c_message_unpack(d, NULL, env->body.len, env->body.data)) ==

@@ -165,7 +165,18 @@
 	  "answers status 2 (\"handler did not finish before the deadline\"), stores that as the " \
 	  "result (a retry gets the same answer; the work is not run again), frees the request's " \
 	  "place in server.max.in.flight and its offset, flags it cancelled and refuses the "      \
-	  "handler's late reply (KREQ_ESTATE).")
+	  "handler's late reply (KREQ_ESTATE).")                                                   \
+	X(SERVER_MAX_DEADLINE_MS, "server.max.deadline.ms", INT, "86400000", 1000, 315360000000,   \
+	  "A worker drops (counts, never runs or answers) a request whose deadline is further "    \
+	  "than this plus clock.skew.ms from now: the signer cannot stretch the replay window. "   \
+	  "The default is the longest request.timeout.ms a client accepts. "                       \
+	  "server.dedup.retention.ms must be at least this plus server.max.request.age.ms.")       \
+	X(SERVER_MAX_REQUEST_AGE_MS, "server.max.request.age.ms", INT, "86400000", 1000,           \
+	  315360000000,                                                                            \
+	  "A worker drops (counts, never runs or answers) a request issued longer ago than this "  \
+	  "plus clock.skew.ms, whatever its deadline. Each attempt carries its own issue time, "   \
+	  "never older than its timeout while its deadline is ahead, so the default (the "         \
+	  "longest request.timeout.ms) drops only requests no kreq client sends.")
 
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by

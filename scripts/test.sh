@@ -14,7 +14,8 @@
 #   4. ASan+UBSan build, every suite
 #   5. TSan build (librdkafka instrumented too), every suite
 #   6. valgrind over the unit suites
-#   7. the libFuzzer target for decode+verify, briefly, from the seed corpus
+#   7. every libFuzzer target (envelope, signed Results, key file, config),
+#      sharing KREQ_FUZZ_SECONDS, each from its seed corpus
 # and stops the broker on exit, also on failure. Safe to run twice.
 #
 # Environment: KREQ_FUZZ_SECONDS (default 60), KREQ_TEST_STAGES (default
@@ -131,12 +132,19 @@ if has_stage valgrind; then
 fi
 
 if has_stage fuzz; then
-  say "fuzz decode+verify for ${FUZZ_SECONDS}s"
+  # every libFuzzer target gets an equal share of KREQ_FUZZ_SECONDS, from
+  # its seed corpus fuzz/corpus/<target> (fuzz/make_corpus.py writes them)
+  FUZZ_TARGETS=(envelope result keyfile conf)
+  SHARE=$(( FUZZ_SECONDS / ${#FUZZ_TARGETS[@]} )); [ "$SHARE" -ge 1 ] || SHARE=1
+  say "fuzz ${FUZZ_TARGETS[*]} for ${SHARE}s each (${FUZZ_SECONDS}s in all)"
   CC=clang configure_build build-fuzz -DKREQ_BUILD_FUZZ=ON -DKREQ_SANITIZE=address \
     -DKREQ_BUILD_TESTS=OFF -DKREQ_BUILD_BENCH=OFF
-  rm -rf build-fuzz/corpus && mkdir -p build-fuzz/corpus
-  build-fuzz/fuzz/fuzz_envelope -max_total_time="$FUZZ_SECONDS" -max_len=4096 \
-    -print_final_stats=1 build-fuzz/corpus fuzz/corpus 2>&1 | tail -n 12
+  for t in "${FUZZ_TARGETS[@]}"; do
+    rm -rf "build-fuzz/corpus-$t" && mkdir -p "build-fuzz/corpus-$t"
+    echo "-- fuzz_$t"
+    build-fuzz/fuzz/fuzz_$t -max_total_time="$SHARE" -max_len=4096 \
+      -print_final_stats=1 "build-fuzz/corpus-$t" "fuzz/corpus/$t" 2>&1 | tail -n 12
+  done
 fi
 
 say "all stages passed: $STAGES"

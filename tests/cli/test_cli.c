@@ -285,6 +285,7 @@ static uint8_t *seal_request(kreq_keyring_t *kr, int64_t deadline_ms, size_t *le
 	q.correlation_id = (ProtobufCBinaryData){16, corr};
 	q.idempotency_key = (ProtobufCBinaryData){16, corr};
 	q.method = "svc.echo";
+	q.service = "svc";
 	q.payload = (ProtobufCBinaryData){2, (uint8_t *)"hi"};
 	q.reply_topic = "kreq.reply.test";
 	q.issued_at_ms = kreq__now_ms() - 2000;
