@@ -871,6 +871,7 @@ static void seal_gate(const uint8_t corr[16], const char *idem, const char *repl
 	q.correlation_id = (ProtobufCBinaryData){16, (uint8_t *)corr};
 	q.idempotency_key = (ProtobufCBinaryData){strlen(idem), (uint8_t *)idem};
 	q.method = "svc.gate";
+	q.service = "svc";
 	q.payload = (ProtobufCBinaryData){4, (uint8_t *)"gate"};
 	q.reply_topic = (char *)reply_topic;
 	q.reply_partition = rp;
