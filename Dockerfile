@@ -1,36 +1,35 @@
 # kreq container image: kreqd (the worker daemon), kreq (the command line)
-# and libkreq, on Debian 12 with Debian packages only.
+# and libkreq, on Debian 12, with librdkafka 2.12.1 built from source like
+# the tests use (why not Debian's 2.0.2: scripts/librdkafka.sh).
 #
 #   docker build -t kreq:local .
 #   docker run --rm kreq:local --help
 #
-# Stage 1 builds and installs kreq into /out; stage 2 holds the run-time
-# libraries and what was installed, and runs as an unprivileged user.
+# Stage 1 installs Debian packages and builds through the same scripts as
+# CI's fresh-root stage, which runs these very steps on a brand-new minimal
+# Debian 12 (scripts/freshroot.sh): setup.sh in its build profile, then
+# librdkafka.sh and build-install.sh. Stage 2 holds the run-time libraries
+# (setup.sh in its runtime profile), the built librdkafka and what was
+# installed, and runs as an unprivileged user.
 # docker-compose.yml uses this image for the kreqd replicas and the demo
 # client; docs/operations.md explains configuration and keys.
 
 FROM debian:bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends \
-      build-essential cmake ninja-build pkg-config \
-      librdkafka-dev libprotobuf-c-dev protobuf-c-compiler uuid-dev libsodium-dev libssl-dev \
-      libjansson-dev libmicrohttpd-dev \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# librdkafka is built where the binaries' RPATH points and the runtime
+# stage copies it from: /opt/kreq/librdkafka-<version>
+ENV KREQ_KAFKA_CACHE=/opt/kreq
+COPY scripts/setup.sh scripts/librdkafka.sh scripts/
+COPY scripts/librdkafka/ scripts/librdkafka/
+RUN scripts/setup.sh --build && rm -rf /var/lib/apt/lists/*
+RUN scripts/librdkafka.sh
 COPY . .
-RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DKREQ_BUILD_TESTS=OFF -DKREQ_BUILD_BENCH=OFF \
- && cmake --build /build \
- && DESTDIR=/out cmake --install /build --prefix /usr/local \
- && install -D -m 0644 /build/examples/hello_plugin.so \
-      /out/usr/local/lib/kreq/plugins/hello_plugin.so
+RUN scripts/build-install.sh /out
 
 FROM debian:bookworm-slim AS runtime
-RUN apt-get update \
- && apt-get install -y --no-install-recommends \
-      librdkafka1 libprotobuf-c1 libuuid1 libsodium23 libssl3 libjansson4 libmicrohttpd12 \
-      ca-certificates curl \
- && rm -rf /var/lib/apt/lists/*
+COPY scripts/setup.sh /tmp/setup.sh
+RUN /tmp/setup.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/setup.sh
+COPY --from=build /opt/kreq/ /opt/kreq/
 COPY --from=build /out/usr/local/ /usr/local/
 COPY deploy/kreqd.conf /etc/kreq/kreqd.conf
 RUN ldconfig \

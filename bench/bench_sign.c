@@ -52,6 +52,7 @@ static void setup(bctx_t *b, kreq_key_type_t type)
 	r.correlation_id = (ProtobufCBinaryData){16, corr};
 	r.idempotency_key = (ProtobufCBinaryData){16, corr};
 	r.method = "bench.echo";
+	r.service = "bench";
 	r.payload = (ProtobufCBinaryData){sizeof(payload), payload};
 	r.reply_topic = "kreq.reply.bench";
 	r.issued_at_ms = kreq__now_ms();
@@ -65,7 +66,8 @@ static void setup(bctx_t *b, kreq_key_type_t type)
 	size_t blen = protobuf_c_message_get_packed_size(&b->req.base);
 	uint8_t body[512];
 	protobuf_c_message_pack(&b->req.base, body);
-	size_t hl = kreq__sig_header(b->msg, 1, "bench", 5, KREQ__KIND_REQUEST, blen);
+	size_t hl =
+	    kreq__sig_header(b->msg, KREQ__PROTO_VERSION, "bench", 5, KREQ__KIND_REQUEST, blen);
 	memcpy(b->msg + hl, body, blen);
 	b->msg_len = hl + blen;
 	kreq__sign(b->key, KREQ__KIND_REQUEST, body, blen, b->sig);

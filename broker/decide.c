@@ -44,6 +44,10 @@ kreq__decision_t kreq__decide(const kreq__facts_t *f)
 		return act(KREQ__ACT_CANCEL, KREQ__WHY_CANCEL, 0);
 	if (f->kind != KREQ__KIND_REQUEST)
 		return drop(KREQ__WHY_KIND);
+	if (f->deadline_too_far)
+		return drop(KREQ__WHY_DEADLINE_TOO_FAR);
+	if (f->too_old)
+		return drop(KREQ__WHY_TOO_OLD);
 	if (!f->partition_ok)
 		return drop(KREQ__WHY_WRONG_PARTITION);
 	if (!f->service_ok)
@@ -86,6 +90,8 @@ const char *kreq__why_name(kreq__why_t why)
 	    [KREQ__WHY_RATE_LIMITED] = "rate_limited",
 	    [KREQ__WHY_DEADLINE] = "deadline",
 	    [KREQ__WHY_RUN] = "run",
+	    [KREQ__WHY_DEADLINE_TOO_FAR] = "deadline_too_far",
+	    [KREQ__WHY_TOO_OLD] = "too_old",
 	};
-	return why > 0 && why <= KREQ__WHY_RUN ? names[why] : "?";
+	return why > 0 && why <= KREQ__WHY_TOO_OLD ? names[why] : "?";
 }

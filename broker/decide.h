@@ -13,7 +13,9 @@
  * The order of the checks (first match wins):
  *   1. not verified                      -> DROP (the reply topic is not trusted)
  *   2. Cancel                            -> CANCEL; other non-Request -> DROP
- *   3. wrong partition / wrong service   -> DROP (a replay moved elsewhere: never answered)
+ *   3. outside the replay window         -> DROP (deadline beyond server.max.deadline.ms,
+ *                                           issued before server.max.request.age.ms)
+ *      wrong partition / wrong service   -> DROP (a replay moved elsewhere: never answered)
  *   4. reply topic not allowed           -> DROP
  *   5. reply partition not on the topic  -> ANSWER refused (4)
  *   6. no handler                        -> ANSWER unknown method (1)
@@ -67,7 +69,9 @@ typedef enum {
 	KREQ__WHY_JOINED,
 	KREQ__WHY_RATE_LIMITED,
 	KREQ__WHY_DEADLINE,
-	KREQ__WHY_RUN
+	KREQ__WHY_RUN,
+	KREQ__WHY_DEADLINE_TOO_FAR, /* deadline beyond server.max.deadline.ms from now */
+	KREQ__WHY_TOO_OLD           /* issued before server.max.request.age.ms */
 } kreq__why_t;
 
 /* What the dedup store holds for the record's key. */
@@ -83,6 +87,8 @@ typedef enum {
 typedef struct kreq__facts {
 	bool verified;           /* the envelope opened (size, signature, key, skew, deadline) */
 	int kind;                /* KREQ__KIND_* of the verified envelope */
+	bool deadline_too_far;   /* deadline beyond server.max.deadline.ms (+ skew) from now */
+	bool too_old;            /* issued before server.max.request.age.ms (+ skew) */
 	bool partition_ok;       /* on the partition its idempotency key maps to */
 	bool service_ok;         /* the signed destination is this worker's service */
 	bool reply_topic_ok;     /* on server.reply.topic.allow */

@@ -11,7 +11,10 @@
  * For every record the loop gathers facts (envelope_open, the dedup
  * store, the key's rate bucket, ...) and executes what the pure function
  * kreq__decide() makes of them: drop, cancel, answer, serve the stored
- * result, join the running request, or dispatch. The rules and their
+ * result, join the running request, or dispatch. A request outside the
+ * worker's replay window (server.max.deadline.ms, server.max.request.age.ms),
+ * signed for another service or off its idempotency key's partition is
+ * dropped and counted, never answered. The rules and their
  * order are in broker/decide.h (docs/broker-design.md has the rationale).
  * Outputs (replies, result records) go into the open transaction; the
  * record's offset becomes committable once they are in it (offsets.h).
@@ -30,6 +33,7 @@
 #include "broker/server_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
+#include "common/partition.h"
 
 /* ---- partition state ---------------------------------------------------- */
 
@@ -445,6 +449,36 @@ static void handle_cancel(kreq_server_t *s, kreq__part_t *pt, const kreq__opened
 	}
 }
 
+/* ---- where a request may be served (docs/protocol.md section 5) ---------- */
+
+/* Signed for this service: a request replayed into another service's topic
+ * is dropped, never answered ("unknown method" would fail the caller). */
+static bool service_ok(const kreq_server_t *s, const Kreq__Request *q)
+{
+	return !strcmp(q->service, s->service);
+}
+
+/* On the partition its idempotency key maps to (the client's murmur2):
+ * dedup state is per partition, so a replay onto another one would run
+ * again. */
+static bool partition_ok(const kreq_server_t *s, const rd_kafka_message_t *m,
+                         const Kreq__Request *q)
+{
+	return kreq__partition_of(q->idempotency_key.data, q->idempotency_key.len, s->nparts) ==
+	       m->partition;
+}
+
+/* The receiver's own bound on the replay window, whatever the signer
+ * asked: KREQ__R_COUNT when inside it. */
+static kreq__reject_t outside_window(const kreq_server_t *s, const Kreq__Request *q, int64_t now)
+{
+	if (q->deadline_ms - now > s->max_deadline_ms + s->lim.skew_ms)
+		return KREQ__R_DEADLINE_TOO_FAR;
+	if (now - q->issued_at_ms > s->max_age_ms + s->lim.skew_ms)
+		return KREQ__R_TOO_OLD;
+	return KREQ__R_COUNT;
+}
+
 /* Answers without running anything; counts the outcome. */
 static void answer(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
                    const Kreq__Request *q, kreq__handled_t outcome, int32_t status,
@@ -479,15 +513,20 @@ static bool corr_waiting(const kreq_request_t *r, const uint8_t *corr)
 
 /* The facts kreq__decide() needs about a verified Request (broker/decide.h).
  * Side effect: an expired stored result for the key is removed. */
-static void request_facts(kreq_server_t *s, kreq__part_t *pt, const kreq__opened_t *o, int64_t now,
-                          req_ctx_t *c, kreq__facts_t *f)
+static void request_facts(kreq_server_t *s, kreq__part_t *pt, const kreq__opened_t *o,
+                          const rd_kafka_message_t *m, int64_t now, req_ctx_t *c, kreq__facts_t *f)
 {
 	const Kreq__Request *q = o->u.req;
 	c->klen =
 	    kreq__dedup_key(c->key, o->key_id, q->idempotency_key.data, q->idempotency_key.len);
 	c->hash = kreq__dedup_prefetch(&pt->dd, c->key, c->klen); /* loads during the checks */
-	/* computed by the protocol/reply-topic checks */
-	f->partition_ok = f->service_ok = f->reply_partition_ok = true;
+	kreq__reject_t window = outside_window(s, q, now);
+	f->deadline_too_far = window == KREQ__R_DEADLINE_TOO_FAR;
+	f->too_old = window == KREQ__R_TOO_OLD;
+	f->service_ok = service_ok(s, q);
+	f->partition_ok = partition_ok(s, m, q);
+	/* computed by the reply-topic checks */
+	f->reply_partition_ok = true;
 	f->reply_topic_ok = reply_topic_allowed(s, q->reply_topic);
 	c->h = handler_of(s, q->method);
 	f->handler_found = c->h != NULL;
@@ -614,15 +653,31 @@ static kreq__handled_t outcome_of_why(kreq__why_t why)
  * except replays of a running request, which an attacker can repeat at
  * will (a log line each would be the amplification). */
 static void drop_request(kreq_server_t *s, const rd_kafka_message_t *m, const kreq__opened_t *o,
-                         kreq__why_t why)
+                         kreq__why_t why, int64_t now)
 {
+	const Kreq__Request *q = o->u.req;
 	char text[512];
 	switch (why) {
+	case KREQ__WHY_DEADLINE_TOO_FAR:
+		snprintf(text, sizeof(text), "deadline %lld ms away exceeds server.max.deadline.ms",
+		         (long long)(q->deadline_ms - now));
+		reject(s, KREQ__R_DEADLINE_TOO_FAR, m, text);
+		break;
+	case KREQ__WHY_TOO_OLD:
+		snprintf(text, sizeof(text), "issued %lld ms ago exceeds server.max.request.age.ms",
+		         (long long)(now - q->issued_at_ms));
+		reject(s, KREQ__R_TOO_OLD, m, text);
+		break;
 	case KREQ__WHY_WRONG_PARTITION:
-		reject(s, KREQ__R_WRONG_PARTITION, m, "not on its idempotency key's partition");
+		snprintf(text, sizeof(text), "its idempotency key maps to partition %d",
+		         (int)kreq__partition_of(q->idempotency_key.data, q->idempotency_key.len,
+		                                 s->nparts));
+		reject(s, KREQ__R_PARTITION, m, text);
 		break;
 	case KREQ__WHY_WRONG_SERVICE:
-		reject(s, KREQ__R_WRONG_SERVICE, m, "addressed to another service");
+		snprintf(text, sizeof(text), "signed for service %s, not %s", q->service,
+		         s->service);
+		reject(s, KREQ__R_SERVICE, m, text);
 		break;
 	case KREQ__WHY_REPLY_TOPIC:
 		snprintf(text, sizeof(text),
@@ -674,10 +729,10 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 	const Kreq__Request *q = o->u.req;
 	req_ctx_t c = {0};
 	kreq__facts_t f = {.verified = true, .kind = KREQ__KIND_REQUEST};
-	request_facts(s, pt, o, now, &c, &f);
+	request_facts(s, pt, o, m, now, &c, &f);
 	kreq__decision_t d = kreq__decide(&f);
 	if (d.action == KREQ__ACT_DROP) {
-		drop_request(s, m, o, d.why);
+		drop_request(s, m, o, d.why, now);
 		return true;
 	}
 	kreq__target_t t = {.partition = q->reply_partition,

@@ -87,6 +87,16 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 		                 "kafka.bootstrap.servers is not set");
 	kreq__limits_from_conf(&s->lim, c);
 	s->retention_ms = kreq__conf_int(c, KREQ__P_SERVER_DEDUP_RETENTION_MS);
+	s->max_deadline_ms = kreq__conf_int(c, KREQ__P_SERVER_MAX_DEADLINE_MS);
+	s->max_age_ms = kreq__conf_int(c, KREQ__P_SERVER_MAX_REQUEST_AGE_MS);
+	if (s->retention_ms < s->max_deadline_ms + s->max_age_ms)
+		return kreq__err(
+		    errstr, errstr_size, KREQ_ECONF,
+		    "server.dedup.retention.ms (%lld) must be at least "
+		    "server.max.deadline.ms (%lld) + server.max.request.age.ms (%lld): "
+		    "a replay accepted after its stored result expired would run again",
+		    (long long)s->retention_ms, (long long)s->max_deadline_ms,
+		    (long long)s->max_age_ms);
 	s->dd_max_bytes = (size_t)kreq__conf_int(c, KREQ__P_SERVER_DEDUP_MAX_BYTES);
 	s->dd_key_max_bytes = (size_t)kreq__conf_int(c, KREQ__P_SERVER_DEDUP_KEY_MAX_BYTES);
 	s->min_budget_ms = kreq__conf_int(c, KREQ__P_SERVER_MIN_BUDGET_MS);

@@ -124,6 +124,7 @@ struct kreq_server_s {
 	kreq__limits_t lim;
 	bool txn_mode;
 	int64_t retention_ms, min_budget_ms, grace_ms, batch_ms, rate;
+	int64_t max_deadline_ms, max_age_ms; /* the replay window (loop.c outside_window) */
 	uint64_t batch_max;
 	size_t max_in_flight;
 	size_t dd_max_bytes; /* server.dedup.max.bytes */
@@ -174,10 +175,11 @@ struct kreq_server_s {
 	size_t rq_nfree;
 	struct kreq__dr *dr_free;
 	size_t dr_nfree;
-	uint8_t *seal_buf;       /* lim.envelope_max bytes: replies and results are
-	                            sealed here and copied by librdkafka */
-	kreq__topics_t topics;   /* output topics: producer handles (broker/topics.h) */
-	int64_t fenced_since_ms; /* kafka.c fenced_too_often(): window start */
+	uint8_t *seal_buf;          /* lim.envelope_max bytes: replies and results are
+	                               sealed here and copied by librdkafka */
+	kreq__topics_t topics;      /* output topics: producer handles (broker/topics.h) */
+	int64_t fenced_since_ms;    /* kafka.c fenced_too_often(): window start */
+	bool results_check_skipped; /* rebuild.c: "not checked" logged (mock cluster) */
 	int fenced_count;
 
 	/* handler pool */

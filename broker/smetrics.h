@@ -39,9 +39,11 @@
 	X(KIND, "kind")               /* a reply or result on the request topic */                 \
 	X(REPLY_TOPIC, "reply_topic") /* reply topic not on server.reply.topic.allow */            \
 	X(OTHER, "other")                                                                          \
-	X(WRONG_PARTITION, "wrong_partition") /* not on its idempotency key's partition */         \
-	X(WRONG_SERVICE, "wrong_service")     /* signed for another service */                     \
-	X(DUPLICATE, "duplicate")             /* replay of a running request's correlation id */   \
+	X(PARTITION, "partition") /* not on the partition its idempotency key maps to */           \
+	X(SERVICE, "service")     /* signed for another service */                                 \
+	X(DEADLINE_TOO_FAR, "deadline_too_far") /* beyond server.max.deadline.ms */                \
+	X(TOO_OLD, "too_old")                   /* issued before server.max.request.age.ms */      \
+	X(DUPLICATE, "duplicate")               /* replay of a running request's correlation id */ \
 	X(JOIN_LIMIT, "join_limit") /* replay past KREQ__JOINERS_MAX or server.max.in.flight */
 
 typedef enum {

@@ -366,11 +366,15 @@ static int report_json(const struct call_opts *o, kreq_future_t *f)
 	json_t *payload = err == KREQ_OK ? payload_json(f, &enc) : json_null();
 	size_t len = 0;
 	kreq_future_payload(f, &len);
-	json_t *j =
-	    json_pack("{s:s, s:i, s:s, s:o, s:s?, s:I, s:b, s:o}", "method", o->method, "status",
-	              (int)kreq_future_status(f), "status_name", status_name(kreq_future_status(f)),
-	              "payload", payload, "payload_encoding", enc, "payload_bytes", (json_int_t)len,
-	              "from_dedup", (int)kreq_future_from_dedup(f), "error", errj);
+	/* the handler's error text of a reply with a non-zero status */
+	const char *text = err == KREQ_OK && kreq_future_status(f) != 0 && *kreq_future_errstr(f)
+	                       ? kreq_future_errstr(f)
+	                       : NULL;
+	json_t *j = json_pack(
+	    "{s:s, s:i, s:s, s:o, s:s?, s:I, s:b, s:o, s:s?}", "method", o->method, "status",
+	    (int)kreq_future_status(f), "status_name", status_name(kreq_future_status(f)),
+	    "payload", payload, "payload_encoding", enc, "payload_bytes", (json_int_t)len,
+	    "from_dedup", (int)kreq_future_from_dedup(f), "error", errj, "error_text", text);
 	int rc = cli_print_json(SUB, j);
 	return rc == CLI_EXIT_OK ? exit_code(f) : rc;
 }
@@ -425,10 +429,51 @@ static void delete_reply_topic(const kreq_conf_t *conf, const char *topic)
 		fprintf(stderr, "kreq call: warning: reply topic %s not deleted: %s\n", topic, err);
 		return;
 	}
+	if (kreq__topic_admin_served(rk, DELETE_MS) == 0) {
+		fprintf(stderr,
+		        "kreq call: note: reply topic %s stays: this Kafka cluster cannot delete "
+		        "topics (its metadata names no controller, as librdkafka's mock cluster)\n",
+		        topic);
+		rd_kafka_destroy(rk);
+		return;
+	}
 	rd_kafka_resp_err_t kerr = kreq__topic_delete(rk, topic, DELETE_MS);
 	if (kerr)
 		fprintf(stderr, "kreq call: warning: reply topic %s not deleted: %s\n", topic,
 		        rd_kafka_err2str(kerr));
+	rd_kafka_destroy(rk);
+}
+
+/* A call that timed out may have had no worker. A client fails such calls
+ * fast ("no worker serves ...") only where Kafka lists the service's
+ * consumer group; librdkafka's mock cluster (kreq dev) serves no
+ * ListGroups, so there the call waits out its deadline: say so plainly. */
+static void note_unknown_workers(const kreq_conf_t *conf, const char *method)
+{
+	char err[512], group[600];
+	const char *dot = strrchr(method, '.');
+	int service_len = dot ? (int)(dot - method) : (int)strlen(method);
+	snprintf(group, sizeof(group), "%s.%.*s", kreq__conf_str(conf, KREQ__P_TOPIC_PREFIX),
+	         service_len, method);
+	rd_kafka_conf_t *rc = rd_kafka_conf_new();
+	rd_kafka_t *rk = kreq__conf_kafka_apply(conf, rc, err, sizeof(err)) == KREQ_OK
+	                     ? rd_kafka_new(RD_KAFKA_PRODUCER, rc, err, sizeof(err))
+	                     : NULL;
+	if (rk == NULL) {
+		rd_kafka_conf_destroy(rc);
+		return;
+	}
+	const struct rd_kafka_group_list *gl = NULL;
+	if (rd_kafka_list_groups(rk, group, &gl, DELETE_MS) ==
+	    RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE)
+		fprintf(stderr,
+		        "kreq call: note: this Kafka cluster cannot tell whether a worker serves "
+		        "%.*s (it answers no ListGroups, as librdkafka's mock cluster), so a call "
+		        "with no worker waits out its deadline here instead of failing at once "
+		        "with \"no worker serves\"\n",
+		        service_len, method);
+	if (gl != NULL)
+		rd_kafka_group_list_destroy(gl);
 	rd_kafka_destroy(rk);
 }
 
@@ -449,6 +494,8 @@ static int call(const struct call_opts *o, kreq_keyring_t *kr, const struct payl
 	if (rc == CLI_EXIT_OK) {
 		await(f, sigfd);
 		rc = o->json ? report_json(o, f) : report_text(o, f);
+		if (kreq_future_err(f) == KREQ_ETIMEDOUT)
+			note_unknown_workers(conf, o->method);
 		kreq_future_release(f);
 	}
 	if (c != NULL) {

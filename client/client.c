@@ -277,11 +277,17 @@ static void service_topic(const kreq_client_t *c, const char *service, int svc_l
 	snprintf(out, size, "%s.%.*s.requests", c->topic_prefix, svc_len, service);
 }
 
-/* The request topic of method's service (method up to its last '.'). */
-static void request_topic(const kreq_client_t *c, const char *method, char *out, size_t size)
+/* Length of method's service: the method up to its last '.'. */
+static size_t service_len(const char *method)
 {
 	const char *dot = strrchr(method, '.');
-	service_topic(c, method, dot ? (int)(dot - method) : (int)strlen(method), out, size);
+	return dot ? (size_t)(dot - method) : strlen(method);
+}
+
+/* The request topic of method's service. */
+static void request_topic(const kreq_client_t *c, const char *method, char *out, size_t size)
+{
+	service_topic(c, method, (int)service_len(method), out, size);
 }
 
 /*
@@ -350,6 +356,12 @@ static int send_request(kreq_client_t *c, kreq_future_t *f)
 	r.correlation_id = (ProtobufCBinaryData){16, call->corr_id};
 	r.idempotency_key = (ProtobufCBinaryData){call->idem_len, (uint8_t *)blob_idem(call)};
 	r.method = (char *)blob_method(call);
+	/* signed destination: a replay into another service's topic is dropped */
+	char service[KREQ__SERVICE_MAX + 1];
+	size_t svc_len = service_len(r.method); /* <= KREQ__SERVICE_MAX: method_valid() */
+	memcpy(service, r.method, svc_len);
+	service[svc_len] = '\0';
+	r.service = service;
 	r.payload = (ProtobufCBinaryData){call->payload_len, (uint8_t *)blob_payload(call)};
 	r.reply_topic = c->reply_topic;
 	r.reply_partition = c->reply_partition;
@@ -714,7 +726,7 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 		atomic_store(&c->down_since_ms, 0);
 		kreq__log(c->conf, 5, "client", "Kafka reachable again");
 	} else if (!up && suspect != 0) {
-		mark_down(c, suspect, "no broker connection is up");
+		mark_down(c, suspect, "no Kafka broker connection is up");
 	}
 	return 0; /* librdkafka frees json */
 }
@@ -866,6 +878,23 @@ static const char *const producer_defaults[] = {KREQ__KAFKA_PRODUCER_DEFAULTS(KR
 static const char *const consumer_defaults[] = {KREQ__KAFKA_CONSUMER_DEFAULTS(KREQ__KV) NULL};
 #undef KREQ__KV
 
+/* Workers drop a request that is not on the partition its idempotency key
+ * maps to with Kafka's murmur2 (docs/protocol.md section 7), so the
+ * producer's partitioner is not the user's to change. */
+static int check_partitioner(const kreq_client_t *c, char *errstr, size_t errstr_size)
+{
+	char v[64] = "";
+	size_t n = sizeof(v);
+	int err = kreq_conf_get(c->conf, "kafka.partitioner", v, &n);
+	if (err == KREQ_ENOENT || (!err && (!strcmp(v, "murmur2_random") || !strcmp(v, "murmur2"))))
+		return KREQ_OK;
+	return kreq__err(errstr, errstr_size, KREQ_ECONF,
+	                 "kafka.partitioner=%s: requests must be partitioned by Kafka's murmur2 of "
+	                 "their idempotency key (workers drop a request on any other partition); "
+	                 "remove the setting",
+	                 err ? "(too long)" : v);
+}
+
 static rd_kafka_t *make_handle(kreq_client_t *c, rd_kafka_type_t type, char *errstr,
                                size_t errstr_size)
 {
@@ -919,6 +948,25 @@ static int create_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, si
 	return KREQ_OK;
 }
 
+/* A cluster whose metadata names no controller (librdkafka's mock cluster,
+ * `kreq dev`) serves no CreateTopics: asking would only time out, and the
+ * timeout would read as "Kafka did not answer" although it did. There the
+ * reply topic is made the way such a cluster allows, by asking for it as a
+ * producer (auto-creation, as warming does: common/kadmin.h). Returns the
+ * partition count, or 0 if the topic still does not exist. */
+static int reply_topic_without_controller(kreq_client_t *c, int timeout_ms, char *errstr,
+                                          size_t errstr_size)
+{
+	int n = kreq__topic_partitions(c->producer, c->reply_topic, timeout_ms);
+	if (n <= 0)
+		kreq__err(errstr, errstr_size, KREQ_EKAFKA,
+		          "reply topic %s does not exist, and this Kafka cluster can neither "
+		          "create it (its metadata names no controller, as librdkafka's mock "
+		          "cluster) nor auto-created it: create it up front (kreq dev --topic %s)",
+		          c->reply_topic, c->reply_topic);
+	return n < 0 ? 0 : n;
+}
+
 static int ensure_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, size_t errstr_size)
 {
 	int n = kreq__topic_partitions(c->consumer, c->reply_topic, timeout_ms);
@@ -927,6 +975,9 @@ static int ensure_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, si
 		                 "Kafka did not answer within %d ms (is kafka.bootstrap.servers "
 		                 "right?)",
 		                 timeout_ms);
+	if (n == 0 && kreq__topic_admin_served(c->consumer, timeout_ms) == 0 &&
+	    (n = reply_topic_without_controller(c, timeout_ms, errstr, errstr_size)) == 0)
+		return KREQ_EKAFKA;
 	if (n == 0)
 		return create_reply_topic(c, timeout_ms, errstr, errstr_size);
 	if (n <= c->reply_partition)
@@ -1064,6 +1115,8 @@ static int client_start(kreq_client_t *c, char *errstr, size_t errstr_size)
 	if (c->wake_fd < 0 || c->done_fd < 0 || !c->table || !c->wheel)
 		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of resources: %s",
 		                 strerror(errno));
+	if (check_partitioner(c, errstr, errstr_size))
+		return KREQ_ECONF;
 	c->producer = make_handle(c, RD_KAFKA_PRODUCER, errstr, errstr_size);
 	if (!c->producer)
 		return KREQ_ECONF;
@@ -1157,6 +1210,8 @@ static int call_cancel(kreq_future_t *f)
 	return KREQ_OK;
 }
 
+/* 1..255 printable ASCII characters whose service (up to the last '.') is
+ * a possible service name: 1..200 of [A-Za-z0-9._-]. */
 static bool method_valid(const char *m)
 {
 	size_t n = 0;
@@ -1164,7 +1219,10 @@ static bool method_valid(const char *m)
 		if (n >= KREQ__METHOD_MAX || (unsigned char)m[n] <= ' ' ||
 		    (unsigned char)m[n] >= 0x7f)
 			return false;
-	return n > 0;
+	size_t svc = service_len(m);
+	return n > 0 && svc >= 1 && svc <= KREQ__SERVICE_MAX &&
+	       strspn(m, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") >=
+	           svc;
 }
 
 /* Bytes of the blob a call of these arguments keeps (see kreq__call_t). */

@@ -300,14 +300,10 @@ static int load_line(kreq_conf_t *conf, char *line, const char *path, int lineno
 	return KREQ_OK;
 }
 
-int kreq_conf_load_file(kreq_conf_t *conf, const char *path, char *errstr, size_t errstr_size)
+/* Reads "name = value" lines from f (named path in messages). */
+static int load_stream(kreq_conf_t *conf, FILE *f, const char *path, char *errstr,
+                       size_t errstr_size)
 {
-	if (!conf || !path)
-		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
-		                 "kreq_conf_load_file: conf and path must not be NULL");
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return kreq__err(errstr, errstr_size, KREQ_EIO, "%s: %s", path, strerror(errno));
 	char line[8192];
 	int lineno = 0, err = KREQ_OK;
 	while (!err && fgets(line, sizeof(line), f)) {
@@ -321,6 +317,31 @@ int kreq_conf_load_file(kreq_conf_t *conf, const char *path, char *errstr, size_
 	}
 	if (!err && ferror(f))
 		err = kreq__err(errstr, errstr_size, KREQ_EIO, "%s: read error", path);
+	return err;
+}
+
+int kreq_conf_load_file(kreq_conf_t *conf, const char *path, char *errstr, size_t errstr_size)
+{
+	if (!conf || !path)
+		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
+		                 "kreq_conf_load_file: conf and path must not be NULL");
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return kreq__err(errstr, errstr_size, KREQ_EIO, "%s: %s", path, strerror(errno));
+	int err = load_stream(conf, f, path, errstr, errstr_size);
+	fclose(f);
+	return err;
+}
+
+int kreq__conf_load_text(kreq_conf_t *conf, const char *name, const char *text, size_t len,
+                         char *errstr, size_t errstr_size)
+{
+	if (len == 0)
+		return KREQ_OK;
+	FILE *f = fmemopen((void *)text, len, "r");
+	if (!f)
+		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
+	int err = load_stream(conf, f, name, errstr, errstr_size);
 	fclose(f);
 	return err;
 }

@@ -31,6 +31,11 @@ int kreq__conf_kafka_apply(const kreq_conf_t *conf, rd_kafka_conf_t *rk_conf, ch
 void kreq__log(const kreq_conf_t *conf, int level, const char *fac, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* kreq_conf_load_file() on len bytes of text in memory, named name in
+ * messages (the config parser's fuzz target uses it). */
+int kreq__conf_load_text(kreq_conf_t *conf, const char *name, const char *text, size_t len,
+                         char *errstr, size_t errstr_size);
+
 /* Writes docs/CONFIGURATION.md's content, generated from the table. */
 void kreq__conf_markdown(FILE *out);
 

@@ -166,19 +166,24 @@
 	  "result (a retry gets the same answer; the work is not run again), frees the request's " \
 	  "place in server.max.in.flight and its offset, flags it cancelled and refuses the "      \
 	  "handler's late reply (KREQ_ESTATE).")                                                   \
+	X(SERVER_MAX_DEADLINE_MS, "server.max.deadline.ms", INT, "86400000", 1000, 315360000000,   \
+	  "A worker drops (counts, never runs or answers) a request whose deadline is further "    \
+	  "than this plus clock.skew.ms from now: the signer cannot stretch the replay window. "   \
+	  "The default is the longest request.timeout.ms a client accepts. "                       \
+	  "server.dedup.retention.ms must be at least this plus server.max.request.age.ms.")       \
+	X(SERVER_MAX_REQUEST_AGE_MS, "server.max.request.age.ms", INT, "86400000", 1000,           \
+	  315360000000,                                                                            \
+	  "A worker drops (counts, never runs or answers) a request issued longer ago than this "  \
+	  "plus clock.skew.ms, whatever its deadline. Each attempt carries its own issue time, "   \
+	  "never older than its timeout while its deadline is ahead, so the default (the "         \
+	  "longest request.timeout.ms) drops only requests no kreq client sends.")                 \
 	X(SERVER_RESULT_SIGNERS, "server.result.signers", STR, "", 0, 4096,                        \
 	  "Comma-separated key ids whose Results the dedup rebuild accepts from the results "      \
 	  "topic; Results signed by any other key (a tenant's, say) are counted "                  \
 	  "(kreq_server_results_ignored_total) and ignored. Must include the signing key. Empty: " \
 	  "the keyring's signing key only. When rotating the workers' signing key, list the old "  \
 	  "and the new id (and keep the old key in the key file) for server.dedup.retention.ms "   \
-	  "(docs/operations.md).")                                                                 \
-	X(SERVER_RESULTS_TOPIC_CHECK, "server.results.topic.check", BOOL, "true", 0, 0,            \
-	  "Check the results topic's cleanup.policy (must include compact) and retention.ms (at "  \
-	  "least server.dedup.retention.ms, or -1) at start and on every assignment, through "     \
-	  "DescribeConfigs; a wrong one stops the worker. false skips these two checks, for "      \
-	  "librdkafka's mock cluster, which serves no DescribeConfigs (the demo); never in "       \
-	  "production. That the topic exists and is co-partitioned is always checked.")
+	  "(docs/operations.md).")
 
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by

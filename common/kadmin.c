@@ -132,3 +132,16 @@ rd_kafka_resp_err_t kreq__topic_configs(rd_kafka_t *rk, const char *topic, const
 	}
 	return kerr;
 }
+
+int kreq__topic_admin_served(rd_kafka_t *rk, int timeout_ms)
+{
+	const struct rd_kafka_metadata *md = NULL;
+	if (rd_kafka_metadata(rk, 0, NULL, &md, timeout_ms) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return -1;
+	int32_t ctl = rd_kafka_controllerid(rk, 0);
+	int served = 0;
+	for (int i = 0; i < md->broker_cnt; i++)
+		served |= md->brokers[i].id == ctl;
+	rd_kafka_metadata_destroy(md);
+	return served;
+}

@@ -28,6 +28,13 @@ rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int pa
                                        int replication_factor, const char *const *configs,
                                        int timeout_ms, char *why, size_t why_size);
 
+/* Whether the cluster can serve CreateTopics and DeleteTopics: 1 if its
+ * metadata names a controller among its brokers, 0 if not (librdkafka's
+ * mock cluster, `kreq dev`, names broker 0 of brokers 1..N: an admin
+ * request there waits for a controller until it times out), -1 if Kafka
+ * did not answer within timeout_ms. */
+int kreq__topic_admin_served(rd_kafka_t *rk, int timeout_ms);
+
 /* Deletes topic through the Admin API; a topic that does not exist is not
  * an error. Returns as kreq__topic_create (without INVALID_ARG). */
 rd_kafka_resp_err_t kreq__topic_delete(rd_kafka_t *rk, const char *topic, int timeout_ms);

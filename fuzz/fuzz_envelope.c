@@ -8,13 +8,16 @@
  *   odd:  the rest is a message body, signed with a key the receiver trusts
  *         and then opened, so the fuzzer also reaches the body decoder and
  *         the field validation (input from a peer that holds a valid key);
- *         bits 1-2 pick the kind (0..3, 0 being invalid).
+ *         bits 1-3 pick the kind (1 Request .. 4 Result; 0, 5-7 invalid),
+ *         bit 4 signs it as protocol version 1 instead of 2.
  * Both must only ever return a kreq error code; crashes, leaks, undefined
  * behaviour and accepting a body that breaks the rules are bugs.
  * The keys are the docs/protocol.md test-vector keys, so the seed corpus
- * (fuzz/corpus) holds envelopes that verify.
+ * (fuzz/corpus/envelope, written by fuzz/make_corpus.py) holds envelopes
+ * and bodies of every kind that verify.
  */
 #include <sodium.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +25,7 @@
 #include "proto/envelope.h"
 
 static kreq_keyring_t *kr;
+static bool verbose; /* KREQ_FUZZ_VERBOSE: print each verdict (checking seeds) */
 static const kreq__limits_t lim = {
     .envelope_max = 1 << 16, .payload_max = 1 << 15, .skew_ms = 30000};
 #define NOW 1767225570000LL
@@ -39,6 +43,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		seed[i] = (uint8_t)(0x20 + i);
 	}
 	crypto_sign_seed_keypair(pk, sk, seed);
+	verbose = getenv("KREQ_FUZZ_VERBOSE") != NULL;
 	kr = kreq_keyring_new();
 	if (!kr || kreq_keyring_add(kr, "test-hmac-1", KREQ_KEY_HMAC_SHA256, hk, 32, NULL, 0) ||
 	    kreq_keyring_add(kr, "test-ed25519-1", KREQ_KEY_ED25519, sk, 64, NULL, 0) ||
@@ -50,7 +55,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 static void open_and_check(const uint8_t *buf, size_t len)
 {
 	kreq__opened_t o;
-	int err = kreq__envelope_open(kr, &lim, NOW, buf, len, &o, NULL, 0);
+	char why[256] = "";
+	int err = kreq__envelope_open(kr, &lim, NOW, buf, len, &o, why, sizeof(why));
+	if (verbose)
+		fprintf(stderr, "verdict: %s %s\n", kreq_err_name(err), why);
 	if (err > 0 || (err == KREQ_OK) != (o.u.msg != NULL))
 		abort();
 	if (err == KREQ_OK)
@@ -58,13 +66,15 @@ static void open_and_check(const uint8_t *buf, size_t len)
 }
 
 /* Signs data as a body of the given kind and opens the resulting envelope. */
-static void sign_and_open(uint32_t kind, const uint8_t *body, size_t len)
+static void sign_and_open(uint32_t version, uint32_t kind, const uint8_t *body, size_t len)
 {
 	const kreq__key_t *k = kreq__keyring_signer(kr);
-	uint8_t sig[64];
-	size_t slen = kreq__sign(k, kind, body, len, sig);
+	uint8_t sig[64], hdr[KREQ__SIG_HDR_MAX];
+	size_t hlen = kreq__sig_header(hdr, version, k->id, k->id_len, kind, len);
+	kreq__hmac(k->hmac, hdr, hlen, body, len, sig);
+	size_t slen = 32;
 	Kreq__Envelope env = KREQ__ENVELOPE__INIT;
-	env.version = 1;
+	env.version = version;
 	env.key_id = (char *)k->id;
 	env.kind = kind;
 	env.body = (ProtobufCBinaryData){len, (uint8_t *)body};
@@ -81,7 +91,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	if (data[0] & 1)
-		sign_and_open((data[0] >> 1) & 3, data + 1, size - 1);
+		sign_and_open(data[0] & 0x10 ? 1 : KREQ__PROTO_VERSION, (data[0] >> 1) & 7,
+		              data + 1, size - 1);
 	else
 		open_and_check(data + 1, size - 1);
 	return 0;

@@ -6,6 +6,17 @@
  *   kept as opaque bytes and the signature is checked over those exact bytes
  *   before the body is decoded, so unauthenticated input only ever reaches
  *   the (small, fuzzed) envelope decoder.
+ * - That decoder is hand-written (kreq__envelope_parse), not protobuf-c's:
+ *   protobuf-c keeps every unknown field it meets, one allocation each, so
+ *   a 1 MiB envelope of two-byte unknown fields cost ~45 MB and 40-70 ms
+ *   before any signature was checked (docs/PERFORMANCE.md has the figures).
+ *   Ours knows five fields, refuses anything else at the first byte that
+ *   shows it, and points into the record instead of copying.
+ * - Strict bodies: a verified body is walked once (body_wire_check) before
+ *   protobuf-c decodes it, and unknown fields, repeated singular fields,
+ *   wrong wire types, out-of-range integers and strings holding a NUL byte
+ *   are refused: one signed message has exactly one meaning (a method
+ *   "a\0b" would otherwise be read as "a").
  * - Domain separation: the signed bytes start with a fixed tag and bind the
  *   version, key id and kind, each length-prefixed, so a signature made for
  *   one kind or key can never be replayed as another.
@@ -13,9 +24,9 @@
  *   variable-length body field has a documented maximum.
  * - Few allocations: protobuf-c allocates every string and bytes field
  *   separately, a dozen mallocs per message that a busy worker pays on
- *   every record. Decoding goes through a bump arena instead (the envelope
- *   into one on the stack, the body into one heap block the opened message
- *   owns); an arena that runs out falls back to malloc for the rest, so no
+ *   every record. The body is decoded into a bump arena instead (one heap
+ *   block the opened message owns; the envelope itself is not copied at
+ *   all); an arena that runs out falls back to malloc for the rest, so no
  *   input size is refused for it. Sealing packs the body on the stack when
  *   it is small and can write the envelope into the caller's buffer.
  */
@@ -33,7 +44,6 @@
 
 #define ED25519_STACK_MAX 4096
 #define BODY_STACK_MAX    4096 /* bodies packed on the stack when sealing */
-#define ENV_ARENA_STACK   4096 /* envelopes decoded on the stack when opening */
 
 /* ---- bump arena for protobuf-c ------------------------------------------- */
 
@@ -193,6 +203,184 @@ int kreq__verify(const kreq__key_t *k, uint32_t version, uint32_t kind, const ui
 	return rc == 0 ? KREQ_OK : KREQ_EBADSIG;
 }
 
+/* ---- wire reading (envelope and body checks) ----------------------------- */
+
+typedef struct wire {
+	const uint8_t *p, *end;
+} wire_t;
+
+/* A minimally encoded varint of at most 10 bytes. */
+static bool wire_varint(wire_t *w, uint64_t *v)
+{
+	uint64_t x = 0;
+	for (unsigned i = 0; i < 10 && w->p < w->end; i++) {
+		uint8_t b = *w->p++;
+		if (i == 9 && b > 1)
+			return false; /* more than 64 bits */
+		x |= (uint64_t)(b & 0x7f) << (7 * i);
+		if (!(b & 0x80)) {
+			*v = x;
+			return i == 0 || b != 0; /* no trailing zero groups */
+		}
+	}
+	return false;
+}
+
+/* A length-delimited field's bytes; false if they run past the end. */
+static bool wire_bytes(wire_t *w, const uint8_t **data, size_t *len)
+{
+	uint64_t n;
+	if (!wire_varint(w, &n) || n > (uint64_t)(w->end - w->p))
+		return false;
+	*data = w->p;
+	*len = (size_t)n;
+	w->p += n;
+	return true;
+}
+
+/* ---- the envelope decoder ------------------------------------------------ */
+
+int kreq__envelope_parse(const uint8_t *buf, size_t len, kreq__env_view_t *out, char *errstr,
+                         size_t errstr_size)
+{
+	static const uint8_t wire_type[6] = {0, 0, 2, 0, 2, 2}; /* by field number */
+	wire_t w = {buf, buf + len};
+	unsigned seen = 0;
+	memset(out, 0, sizeof(*out));
+	while (w.p < w.end) {
+		uint64_t tag, v;
+		const uint8_t *data = NULL;
+		size_t n = 0;
+		if (!wire_varint(&w, &tag))
+			return kreq__err(errstr, errstr_size, KREQ_EMALFORMED,
+			                 "malformed envelope: truncated field key");
+		uint64_t field = tag >> 3;
+		if (field < 1 || field > 5)
+			return kreq__err(errstr, errstr_size, KREQ_EMALFORMED,
+			                 "malformed envelope: unknown field %llu",
+			                 (unsigned long long)field);
+		if ((tag & 7) != wire_type[field])
+			return kreq__err(errstr, errstr_size, KREQ_EMALFORMED,
+			                 "malformed envelope: field %d has wire type %d",
+			                 (int)field, (int)(tag & 7));
+		if (seen & (1u << field))
+			return kreq__err(errstr, errstr_size, KREQ_EMALFORMED,
+			                 "malformed envelope: field %d repeated", (int)field);
+		seen |= 1u << field;
+		bool ok = wire_type[field] == 0 ? wire_varint(&w, &v) && v <= UINT32_MAX
+		                                : wire_bytes(&w, &data, &n);
+		if (!ok)
+			return kreq__err(errstr, errstr_size, KREQ_EMALFORMED,
+			                 "malformed envelope: field %d truncated or out of range",
+			                 (int)field);
+		switch (field) {
+		case 1:
+			out->version = (uint32_t)v;
+			break;
+		case 2:
+			out->key_id = data, out->key_id_len = n;
+			break;
+		case 3:
+			out->kind = (uint32_t)v;
+			break;
+		case 4:
+			out->body = data, out->body_len = n;
+			break;
+		default:
+			out->sig = data, out->sig_len = n;
+		}
+	}
+	return KREQ_OK;
+}
+
+/* ---- strict body check (after verification) ---------------------------- */
+
+static int wire_type_of(ProtobufCType t)
+{
+	switch (t) {
+	case PROTOBUF_C_TYPE_INT32:
+	case PROTOBUF_C_TYPE_INT64:
+	case PROTOBUF_C_TYPE_UINT32:
+	case PROTOBUF_C_TYPE_BOOL:
+		return 0;
+	case PROTOBUF_C_TYPE_STRING:
+	case PROTOBUF_C_TYPE_BYTES:
+	case PROTOBUF_C_TYPE_MESSAGE:
+		return 2;
+	default:
+		return -1; /* not used by kreq.proto */
+	}
+}
+
+static bool varint_in_range(ProtobufCType t, uint64_t v)
+{
+	switch (t) {
+	case PROTOBUF_C_TYPE_INT32: /* negative values are sign-extended to 64 bits */
+		return (int64_t)v >= INT32_MIN && (int64_t)v <= INT32_MAX;
+	case PROTOBUF_C_TYPE_UINT32:
+		return v <= UINT32_MAX;
+	case PROTOBUF_C_TYPE_BOOL:
+		return v <= 1;
+	default:
+		return true;
+	}
+}
+
+/* Field number num of d: kreq.proto numbers fields densely from 1, in
+ * order, so the index is the number (checked); the general lookup else. */
+static const ProtobufCFieldDescriptor *field_of(const ProtobufCMessageDescriptor *d, uint64_t num)
+{
+	if (num >= 1 && num <= d->n_fields && d->fields[num - 1].id == num)
+		return &d->fields[num - 1];
+	return num <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(d, (unsigned)num) : NULL;
+}
+
+/* Every field of the encoded message d known to d, singular fields at most
+ * once, repeated ones at most KREQ__METADATA_MAX times, integers in range,
+ * strings without NUL bytes; nested messages likewise (depth 2 at most).
+ * Returns NULL, or what is wrong. */
+static const char *body_wire_check(const ProtobufCMessageDescriptor *d, const uint8_t *buf,
+                                   size_t len, int depth)
+{
+	wire_t w = {buf, len ? buf + len : buf}; /* an absent body is NULL */
+	uint64_t seen = 0;
+	uint8_t count[64] = {0};
+	if (depth > 2 || d->n_fields > 64)
+		return "nested too deeply";
+	while (w.p < w.end) {
+		uint64_t tag, v;
+		const uint8_t *data;
+		size_t n;
+		if (!wire_varint(&w, &tag))
+			return "truncated field key";
+		const ProtobufCFieldDescriptor *f = field_of(d, tag >> 3);
+		if (!f)
+			return "unknown field";
+		if ((int)(tag & 7) != wire_type_of(f->type))
+			return "field of the wrong wire type";
+		size_t i = (size_t)(f - d->fields);
+		if (f->label == PROTOBUF_C_LABEL_REPEATED ? ++count[i] > KREQ__METADATA_MAX
+		                                          : (seen >> i) & 1)
+			return "field repeated";
+		seen |= (uint64_t)1 << i;
+		if (wire_type_of(f->type) == 0) {
+			if (!wire_varint(&w, &v) || !varint_in_range(f->type, v))
+				return "integer truncated or out of range";
+			continue;
+		}
+		if (!wire_bytes(&w, &data, &n))
+			return "field truncated";
+		if (f->type == PROTOBUF_C_TYPE_STRING && memchr(data, 0, n))
+			return "string with a NUL byte";
+		if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+			const char *why = body_wire_check(f->descriptor, data, n, depth + 1);
+			if (why)
+				return why;
+		}
+	}
+	return NULL;
+}
+
 /* ---- body validation (shared by seal and open) ------------------------- */
 
 typedef struct vctx {
@@ -221,6 +409,13 @@ static bool topic_valid(const char *s)
 	if (n == 0 || n > KREQ__TOPIC_MAX || !strcmp(s, ".") || !strcmp(s, ".."))
 		return false;
 	return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
+}
+
+static bool service_valid(const char *s)
+{
+	size_t n = strlen(s);
+	return n >= 1 && n <= KREQ__SERVICE_MAX &&
+	       strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
 }
 
 static int check_payload(vctx_t *v, size_t len)
@@ -262,6 +457,8 @@ static int validate_request(vctx_t *v, const Kreq__Request *r)
 		return bad(v, "idempotency_key must be 1..255 bytes");
 	if (!printable(r->method, 1, KREQ__METHOD_MAX))
 		return bad(v, "method must be 1..255 printable ASCII characters");
+	if (!service_valid(r->service))
+		return bad(v, "service must be 1..200 characters of [A-Za-z0-9._-]");
 	if (!topic_valid(r->reply_topic))
 		return bad(v, "reply_topic is not a valid Kafka topic name");
 	if (r->reply_partition < 0)
@@ -446,35 +643,57 @@ static int check_clock(vctx_t *v, const kreq__opened_t *o, int64_t now_ms)
 	return KREQ_OK;
 }
 
-static int open_envelope(vctx_t *v, const kreq_keyring_t *kr, int64_t now_ms,
-                         const Kreq__Envelope *env, kreq__opened_t *out)
+/* Version 2 for everything; a Result of version 1 (its body did not
+ * change) is still accepted so stored results survive the upgrade. */
+static bool version_ok(uint32_t version, uint32_t kind)
 {
-	if (env->version != KREQ__PROTO_VERSION)
+	return version == KREQ__PROTO_VERSION ||
+	       (version == KREQ__PROTO_RESULT_V1 && kind == KREQ__KIND_RESULT);
+}
+
+/* Steps 3-6 of docs/protocol.md section 5: version, kind, key, signature. */
+static int check_envelope(vctx_t *v, const kreq_keyring_t *kr, const kreq__env_view_t *env,
+                          char *key_id)
+{
+	if (!version_ok(env->version, env->kind))
 		return kreq__err(v->errstr, v->errstr_size, KREQ_EVERSION,
 		                 "protocol version %u (this build speaks %d)", env->version,
 		                 KREQ__PROTO_VERSION);
 	if (!descriptor_for(env->kind))
 		return bad(v, "unknown message kind");
-	size_t id_len = strlen(env->key_id);
-	if (!kreq__key_id_valid(env->key_id, id_len))
+	if (env->key_id_len == 0 || env->key_id_len > KREQ_KEY_ID_MAX ||
+	    memchr(env->key_id, 0, env->key_id_len) ||
+	    !kreq__key_id_valid((const char *)env->key_id, env->key_id_len))
 		return bad(v, "invalid key id");
-	const kreq__key_t *k = kreq__keyring_find(kr, env->key_id, id_len);
+	memcpy(key_id, env->key_id, env->key_id_len);
+	key_id[env->key_id_len] = '\0';
+	const kreq__key_t *k = kreq__keyring_find(kr, key_id, env->key_id_len);
 	if (!k)
 		return kreq__err(v->errstr, v->errstr_size, KREQ_EUNKNOWNKEY, "unknown key id %s",
-		                 env->key_id);
-	int err = kreq__verify(k, env->version, env->kind, env->body.data, env->body.len,
-	                       env->signature.data, env->signature.len);
+		                 key_id);
+	int err = kreq__verify(k, env->version, env->kind, env->body, env->body_len, env->sig,
+	                       env->sig_len);
 	if (err)
 		return kreq__err(v->errstr, v->errstr_size, err,
-		                 "signature does not verify with key %s", env->key_id);
+		                 "signature does not verify with key %s", key_id);
+	return KREQ_OK;
+}
+
+/* Steps 7-10: the verified body, decoded strictly, validated, on time. */
+static int open_body(vctx_t *v, const kreq__env_view_t *env, int64_t now_ms, kreq__opened_t *out)
+{
+	const ProtobufCMessageDescriptor *d = descriptor_for(env->kind);
+	const char *why = body_wire_check(d, env->body, env->body_len, 0);
+	if (why)
+		return kreq__err(v->errstr, v->errstr_size, KREQ_EMALFORMED,
+		                 "malformed message: body does not decode strictly: %s", why);
 	/* room for every field's copy plus the structs (a body with more
 	 * fields than that falls back to malloc for the rest) */
-	arena_t *a = arena_new(env->body.len + 1024);
+	arena_t *a = arena_new(env->body_len + 1024);
 	if (!a)
 		return kreq__err(v->errstr, v->errstr_size, KREQ_ENOMEM, "out of memory");
 	ProtobufCAllocator pa = {arena_alloc, arena_free, a};
-	ProtobufCMessage *m = protobuf_c_message_unpack(descriptor_for(env->kind), &pa,
-	                                                env->body.len, env->body.data);
+	ProtobufCMessage *m = protobuf_c_message_unpack(d, &pa, env->body_len, env->body);
 	if (!m) {
 		arena_destroy(a);
 		return bad(v, "body does not decode");
@@ -482,12 +701,9 @@ static int open_envelope(vctx_t *v, const kreq_keyring_t *kr, int64_t now_ms,
 	out->kind = (kreq__kind_t)env->kind;
 	out->u.msg = m;
 	out->arena = a;
-	memcpy(out->key_id, env->key_id, id_len + 1);
-	err = validate(v, env->kind, m);
+	int err = validate(v, env->kind, m);
 	if (!err)
 		err = check_clock(v, out, now_ms);
-	if (err)
-		kreq__opened_clear(out);
 	return err;
 }
 
@@ -496,6 +712,7 @@ int kreq__envelope_open(const kreq_keyring_t *kr, const kreq__limits_t *lim, int
                         size_t errstr_size)
 {
 	vctx_t v = {lim, errstr, errstr_size};
+	kreq__env_view_t env;
 	memset(out, 0, sizeof(*out));
 	if (!buf || len == 0)
 		return bad(&v, "empty input");
@@ -503,13 +720,13 @@ int kreq__envelope_open(const kreq_keyring_t *kr, const kreq__limits_t *lim, int
 		return kreq__err(errstr, errstr_size, KREQ_EOVERSIZE,
 		                 "envelope of %zu bytes exceeds envelope.max.bytes (%zu)", len,
 		                 lim->envelope_max);
-	max_align_t space[ENV_ARENA_STACK / sizeof(max_align_t)];
-	arena_t a = {(uint8_t *)space, 0, sizeof(space), NULL};
-	ProtobufCAllocator pa = {arena_alloc, arena_free, &a};
-	Kreq__Envelope *env = kreq__envelope__unpack(&pa, len, buf);
-	int err = env ? open_envelope(&v, kr, now_ms, env, out)
-	              : bad(&v, "not a kreq envelope (protobuf decoding failed)");
-	arena_release(&a); /* env lived in it */
+	int err = kreq__envelope_parse(buf, len, &env, errstr, errstr_size);
+	if (!err)
+		err = check_envelope(&v, kr, &env, out->key_id);
+	if (!err)
+		err = open_body(&v, &env, now_ms, out);
+	if (err)
+		kreq__opened_clear(out);
 	return err;
 }
 

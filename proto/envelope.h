@@ -17,7 +17,7 @@
 #include "kreq/keyring.h"
 #include "proto/keyring_int.h"
 
-#define KREQ__PROTO_VERSION 1
+#define KREQ__PROTO_VERSION 2
 #define KREQ__SIG_TAG       "kreq-envelope-v1" /* followed by one 0x00 byte */
 #define KREQ__SIG_HDR_MAX   (sizeof(KREQ__SIG_TAG) + 4 + 1 + KREQ_KEY_ID_MAX + 4 + 8)
 #define KREQ__CORR_ID_BYTES 16
@@ -28,6 +28,11 @@
 #define KREQ__META_KEY_MAX  64
 #define KREQ__META_VAL_MAX  1024
 #define KREQ__ERROR_MAX     4096
+
+/* Request.service: 1..200 of [A-Za-z0-9._-] (a worker's service name). */
+#define KREQ__SERVICE_MAX 200
+/* Results of version 1 (their body did not change) are still accepted. */
+#define KREQ__PROTO_RESULT_V1 1
 
 typedef enum kreq__kind {
 	KREQ__KIND_REQUEST = 1,
@@ -62,6 +67,24 @@ typedef struct kreq__opened {
 	} u;
 	void *arena;
 } kreq__opened_t;
+
+/* An envelope as it sits in a record: pointers into the record's bytes,
+ * nothing allocated. */
+typedef struct kreq__env_view {
+	uint32_t version, kind;
+	const uint8_t *key_id, *body, *sig;
+	size_t key_id_len, body_len, sig_len;
+} kreq__env_view_t;
+
+/* The envelope decoder (docs/protocol.md section 2): the five fields, each
+ * at most once, with its own wire type, minimal varints, lengths inside
+ * buf; anything else (an unknown or repeated field, a wrong wire type, a
+ * truncated field) is KREQ_EMALFORMED with errstr naming it. Allocates
+ * nothing and reads every byte at most once, so the worst input costs what
+ * a normal one of its size does. Does not check values (version, kind, key
+ * id): kreq__envelope_open does. */
+int kreq__envelope_parse(const uint8_t *buf, size_t len, kreq__env_view_t *out, char *errstr,
+                         size_t errstr_size);
 
 /* Validates body, encodes it, signs it with the keyring's signing key and
  * encodes the envelope into a new malloc'd buffer (*out, *out_len; caller

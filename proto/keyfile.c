@@ -128,6 +128,9 @@ static int parse_line(parse_ctx_t *c, kreq_keyring_t *kr, char *line)
 	if (!strcmp(tok[0], "signing")) {
 		if (ntok != 2 || !kreq__key_id_valid(tok[1], strlen(tok[1])))
 			return bad_line(c, "expected: signing <key id>");
+		if (c->signing[0]) /* one signer: never "whichever line came last" */
+			return bad_line(c,
+			                "a second signing line (a key file names one signing key)");
 		memcpy(c->signing, tok[1], strlen(tok[1]) + 1);
 		return KREQ_OK;
 	}
@@ -350,5 +353,26 @@ int kreq_keyring_generate_file(const char *path, const char *public_path, const 
 		if (err)
 			unlink(path);
 	}
+	return err;
+}
+
+int kreq__keyfile_parse(kreq_keyring_t *kr, const char *name, const char *text, size_t len,
+                        bool private_mode, char *errstr, size_t errstr_size)
+{
+	char *buf = sodium_malloc(len + 1);
+	kreq_keyring_t *scratch = buf ? kreq_keyring_new() : NULL;
+	if (!scratch) {
+		if (buf)
+			sodium_free(buf);
+		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
+	}
+	memcpy(buf, text, len);
+	buf[len] = '\0';
+	parse_ctx_t c = {.path = name, .errstr = errstr, .errstr_size = errstr_size};
+	int err = parse_into(&c, scratch, buf, private_mode);
+	sodium_free(buf);
+	if (!err)
+		err = kreq__keyring_merge(kr, scratch, errstr, errstr_size);
+	kreq_keyring_release(scratch);
 	return err;
 }

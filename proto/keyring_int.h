@@ -28,6 +28,13 @@ const kreq__key_t *kreq__keyring_signer(const kreq_keyring_t *kr);
  * KREQ_EOVERSIZE if dst would overflow. src is left empty. */
 int kreq__keyring_merge(kreq_keyring_t *dst, kreq_keyring_t *src, char *errstr, size_t errstr_size);
 
+/* Parses the key file text (len bytes; it ends at its first NUL, as a file
+ * read by kreq_keyring_load_file does) as if read from the file name, with
+ * private_mode saying whether that file is private to its owner, and merges
+ * it into kr: all or nothing, as kreq_keyring_load_file. For the fuzzer. */
+int kreq__keyfile_parse(kreq_keyring_t *kr, const char *name, const char *text, size_t len,
+                        bool private_mode, char *errstr, size_t errstr_size);
+
 /* true if id is a valid key id (length and alphabet). */
 bool kreq__key_id_valid(const char *id, size_t len);
 

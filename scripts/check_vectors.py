@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Independent check of docs/protocol.md's test vectors.
 
-Re-derives the signed prefix, the HMAC-SHA-256 and Ed25519 signatures and the
-envelope framing from the doc's own inputs with Python's hmac module and the
+Re-derives the signed prefix (protocol version 2), the HMAC-SHA-256 and
+Ed25519 signatures and the envelope framing from the doc's own inputs, and
+decodes the Request body with its own wire reader (the signed destination
+service, field 12, must be the method up to its last '.') with Python's hmac module and the
 `cryptography` package (OpenSSL), sharing no code with kreq's C
 implementation. Run by CTest (test_vectors_independent).
 """
@@ -43,6 +45,33 @@ def varint(n):
             return bytes(b)
 
 
+def read_varint(b, i):
+    n = shift = 0
+    while True:
+        byte = b[i]
+        i += 1
+        n |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return n, i
+
+
+def fields(b):
+    """{field number: [values]} of a protobuf message (varint and bytes only)."""
+    out, i = {}, 0
+    while i < len(b):
+        tag, i = read_varint(b, i)
+        if tag & 7 == 0:
+            v, i = read_varint(b, i)
+        elif tag & 7 == 2:
+            n, i = read_varint(b, i)
+            v, i = b[i:i + n], i + n
+        else:
+            raise AssertionError(f"unexpected wire type {tag & 7}")
+        out.setdefault(tag >> 3, []).append(v)
+    return out
+
+
 def field(num, wire, payload):
     if wire == 0:
         return varint(num << 3) + varint(payload)
@@ -52,7 +81,8 @@ def field(num, wire, payload):
 def check(v):
     body = bytes.fromhex(v["body"])
     kid = v["key-id"].encode()
-    prefix = b"kreq-envelope-v1\x00" + struct.pack(">IB", 1, len(kid)) + kid + struct.pack(">IQ", 1, len(body))
+    version = 2
+    prefix = b"kreq-envelope-v1\x00" + struct.pack(">IB", version, len(kid)) + kid + struct.pack(">IQ", 1, len(body))
     assert prefix.hex() == v["signed-prefix"], f"{v['vector']}: signed-prefix differs"
     signed = prefix + body
     if "hmac-key" in v:
@@ -64,9 +94,13 @@ def check(v):
             assert pub.hex() == v["ed25519-public-key"], f"{v['vector']}: public key differs"
         sig = sk.sign(signed)
     assert sig.hex() == v["signature"], f"{v['vector']}: signature differs"
-    env = field(1, 0, 1) + field(2, 2, kid) + field(3, 0, 1) + field(4, 2, body) + field(5, 2, sig)
+    env = field(1, 0, version) + field(2, 2, kid) + field(3, 0, 1) + field(4, 2, body) + field(5, 2, sig)
     assert env.hex() == v["envelope"], f"{v['vector']}: envelope differs"
-    assert b"billing.charge" in body and b"order-42" in body
+    req = fields(body)
+    method, service = req[3][0].decode(), req[12][0].decode()
+    assert method == "billing.charge" and req[2] == [b"order-42"], f"{v['vector']}: body differs"
+    assert service == method.rsplit(".", 1)[0] == "billing", f"{v['vector']}: service {service}"
+    assert all(len(vals) == 1 for f, vals in req.items() if f != 11), "repeated field"
     print(f"ok {v['vector']}")
 
 

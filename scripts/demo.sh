@@ -17,9 +17,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-echo "demo: building (log: build/demo-build.log)"
+# the same librdkafka (2.12.1, built once into ~/.cache/kreq) as the tests;
+# why not Debian's: scripts/librdkafka.sh
 mkdir -p build
-if ! { cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
+echo "demo: building librdkafka (once) and kreq (log: build/demo-build.log)"
+if ! { RDKAFKA_PREFIX=$(scripts/librdkafka.sh) &&
+       export PKG_CONFIG_PATH="$RDKAFKA_PREFIX/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}" &&
+       cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
        cmake --build build -j2 --target kreq-mockcluster kreq-demo kreqd kreq-cli; } \
        >build/demo-build.log 2>&1; then
   tail -n 40 build/demo-build.log >&2
@@ -42,9 +46,10 @@ mkfifo "$work/mock.out"
 # The mock serves no CreateTopics: the service's topics (6 partitions, as
 # server.topic.partitions below) and kreq-demo's reply topic come up front.
 build/tools/kreq-mockcluster --brokers 1 --topic kreq.demo.requests:6 --topic kreq.demo.results:6 \
-  --topic kreq.reply.demo-client >"$work/mock.out" &
+  --topic kreq.reply.demo-client >"$work/mock.out" 2>"$work/mock.err" &
 pids+=($!)
-read -r -t 30 line <"$work/mock.out" || { echo "demo: mock cluster did not start" >&2; exit 1; }
+read -r -t 30 line <"$work/mock.out" ||
+  { cat "$work/mock.err" >&2; echo "demo: mock cluster did not start" >&2; exit 1; }
 bootstrap=${line#KREQ_MOCK_BOOTSTRAP=}
 echo "embedded Kafka-protocol cluster at $bootstrap"
 
@@ -63,9 +68,6 @@ kafka.bootstrap.servers = $bootstrap
 keyring.file = $work/demo.key
 kreqd.builtins = echo, sleep, fail
 server.topic.partitions = 6
-# the mock cluster serves no DescribeConfigs: skip the results topic's
-# cleanup.policy/retention.ms check (never in production)
-server.results.topic.check = false
 kreqd.metrics.port = $port
 admin.socket = $work/kreqd-$n.sock
 log.level = 5
@@ -103,13 +105,14 @@ build/tools/kreq-demo --bootstrap "$bootstrap" --keyfile "$work/demo.key" \
   --admin-socket "$work/client.sock" --kreq "$KREQ"
 
 echo
-echo "what each replica did (kreq_server_handled_total):"
+echo "what each replica did (kreq_server_handled_total by outcome, transactions):"
+handled() { # n outcome
+  metric "$1" 'kreq_server_handled_total{service="demo",worker="kreqd-'"$1"'",outcome="'"$2"'"}'
+}
 for n in 1 2; do
-  printf '  kreqd-%s: ok %s, error status %s, dedup %s, cancelled %s, transactions %s\n' "$n" \
-    "$(metric "$n" 'kreq_server_handled_total{service="demo",worker="kreqd-'"$n"'",outcome="ok"}')" \
-    "$(metric "$n" 'kreq_server_handled_total{service="demo",worker="kreqd-'"$n"'",outcome="error_status"}')" \
-    "$(metric "$n" 'kreq_server_handled_total{service="demo",worker="kreqd-'"$n"'",outcome="dedup"}')" \
-    "$(metric "$n" 'kreq_server_handled_total{service="demo",worker="kreqd-'"$n"'",outcome="cancelled"}')" \
+  printf '  kreqd-%s: ok %s, error status %s, dedup %s, conflict %s, cancelled %s, transactions %s\n' \
+    "$n" "$(handled "$n" ok)" "$(handled "$n" error_status)" "$(handled "$n" dedup)" \
+    "$(handled "$n" conflict)" "$(handled "$n" cancelled)" \
     "$(metric "$n" 'kreq_server_txn_commits_total{')"
 done
 

@@ -5,9 +5,18 @@
 # its main thread busy-polling for ~1 ms around every AddPartitionsToTxn
 # (confluentinc/librdkafka#4671, fixed in 2.3.1): a transactional kreqd
 # spends ~3 ms of CPU per call at low load and gets ~40% fewer calls/s
-# (docs/PERFORMANCE.md, "Stop 12"). Only package registries are reachable
-# from CI, so the source comes from crates.io: the rdkafka-sys crate vendors
-# librdkafka's release tree unchanged. The archive's sha256 is pinned below.
+# (docs/PERFORMANCE.md). Only package registries are reachable from CI, and
+# only through their own clients, so the source comes from Rust's package
+# registry: the rdkafka-sys crate vendors librdkafka's release tree
+# unchanged. `cargo fetch` downloads it through a throw-away manifest
+# (scripts/librdkafka/Cargo.toml, which pins rdkafka-sys's exact version)
+# into a fresh CARGO_HOME; the archive is then checked against the sha256
+# pinned below and its librdkafka/ directory is built. No address is written
+# here, nor a Cargo.lock (cargo writes its registry's address into one):
+# cargo knows its registry, and the one archive that is used is pinned by its
+# sha256 here; the other crates cargo downloads on the way are never used. Debian 12's own `cargo` package
+# (0.66) cannot read the registry's sparse index; `cargo-web` (1.96, in
+# bookworm, installs /usr/bin/cargo) can, and scripts/setup.sh installs it.
 #
 # Build choices: a shared library (same ABI as Debian's, so kreq builds
 # against either), SSL, SASL (Cyrus), zlib and zstd on; lz4 built in; curl
@@ -35,13 +44,16 @@
 #   KREQ_KAFKA_CACHE   cache root (default $HOME/.cache/kreq), shared with kafka.sh
 #   KREQ_JOBS          parallel build jobs (default 2)
 #
-# Needs: curl, tar, cmake, a C/C++ compiler, libssl-dev, libsasl2-dev,
-# zlib1g-dev, libzstd-dev (scripts/setup.sh installs them).
+# Needs: cargo (1.78 or later: sparse index), tar, cmake, a
+# C/C++ compiler, libssl-dev, libsasl2-dev, zlib1g-dev, libzstd-dev and
+# libcurl4-openssl-dev (2.12.1's rdkafka_conf.c includes curl/curl.h even
+# with WITH_CURL=OFF); scripts/setup.sh installs them.
 set -euo pipefail
 
 readonly VERSION="2.12.1"
 readonly CRATE="rdkafka-sys-4.10.0+$VERSION"
-readonly URL="https://static.crates.io/crates/rdkafka-sys/$CRATE.crate"
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly MANIFEST_DIR="$SCRIPT_DIR/librdkafka"
 readonly SHA256="e234cf318915c1059d4921ef7f75616b5219b10b46e9f3a511a15eb4b56a3f77"
 readonly CACHE_ROOT="${KREQ_KAFKA_CACHE:-${HOME:-/tmp}/.cache/kreq}"
 readonly FLAVOUR="${1:-release}"
@@ -65,11 +77,33 @@ readonly STAMP="$CRATE ${OPTIONS[*]}"
 log() { printf 'librdkafka.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# fetch WORK: download $CRATE.crate with cargo into WORK/src.crate.
+fetch() {
+  local work=$1 cargo_ver
+  command -v cargo >/dev/null ||
+    die "cargo not found: run scripts/setup.sh (Debian 12 package cargo-web)"
+  cargo_ver=$(cargo --version 2>/dev/null | awk '{ print $2 }')
+  [[ "$(printf '%s\n' 1.78.0 "$cargo_ver" | sort -V | head -n1)" == 1.78.0 ]] ||
+    die "cargo $cargo_ver is too old (needs 1.78+: sparse index);" \
+      "on Debian 12 install cargo-web instead of cargo (scripts/setup.sh does)"
+  # A copy of the manifest (cargo may write next to it) and a CARGO_HOME of
+  # its own: the user's cargo set-up is neither used nor touched.
+  mkdir -p "$work/manifest" "$work/cargo"
+  cp "$MANIFEST_DIR/Cargo.toml" "$work/manifest/"
+  : >"$work/manifest/lib.rs"
+  log "fetching $CRATE with cargo $cargo_ver"
+  CARGO_HOME="$work/cargo" cargo fetch --manifest-path "$work/manifest/Cargo.toml" \
+    >"$work/cargo.log" 2>&1 || { tail -n 20 "$work/cargo.log" >&2; die "cargo fetch failed"; }
+  local crates=("$work"/cargo/registry/cache/*/"$CRATE.crate")
+  [[ -f "${crates[0]}" ]] || die "cargo fetch left no $CRATE.crate in $work/cargo/registry/cache"
+  mv "${crates[0]}" "$work/src.crate"
+  rm -rf "$work/cargo"
+}
+
 build() {
   local work="$CACHE_ROOT/.librdkafka-$VERSION-$FLAVOUR.build"
   rm -rf "$work" && mkdir -p "$work"
-  log "fetching $URL"
-  curl -fsSL --retry 3 -o "$work/src.crate" "$URL" || die "download of $URL failed"
+  fetch "$work"
   local got
   got=$(sha256sum "$work/src.crate" | cut -d' ' -f1)
   [[ "$got" == "$SHA256" ]] || die "$CRATE.crate: sha256 $got, expected $SHA256"

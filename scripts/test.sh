@@ -5,20 +5,27 @@
 # (scripts/librdkafka.sh), fetches Apache Kafka's jars from Maven Central,
 # starts a real single-node KRaft broker on loopback, and runs, in order:
 #   1. format check (clang-format, checked-in style)
-#   2. release build with -Wall -Wextra -Werror, every CTest suite (unit + kafka),
+#   2. fresh root (scripts/freshroot.sh): on a brand-new minimal Debian 12
+#      (debootstrap) with a clean clone, the demo and this script's set-up,
+#      format check, release build and unit suites: fails when the set-up
+#      misses anything a new user's machine needs
+#   3. release build with -Wall -Wextra -Werror, every CTest suite (unit + kafka),
 #      then the demo (scripts/demo.sh) end to end
-#   3. ASan+UBSan build, every suite
-#   4. TSan build (librdkafka instrumented too), every suite
-#   5. valgrind over the unit suites
-#   6. the libFuzzer target for decode+verify, briefly, from the seed corpus
+#   4. ASan+UBSan build, every suite
+#   5. TSan build (librdkafka instrumented too), every suite
+#   6. valgrind over the unit suites
+#   7. every libFuzzer target (envelope, signed Results, key file, config),
+#      sharing KREQ_FUZZ_SECONDS, each from its seed corpus
 # and stops the broker on exit, also on failure. Safe to run twice.
 #
 # Environment: KREQ_FUZZ_SECONDS (default 60), KREQ_TEST_STAGES (default
-# "format release demo asan tsan valgrind fuzz") to run a subset while developing.
+# "format freshroot release demo asan tsan valgrind fuzz") to run a subset
+# while developing; stage "unit" (not in the default: "release" covers it)
+# is the release build with the unit suites only, no Kafka broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-STAGES=${KREQ_TEST_STAGES:-"format release demo asan tsan valgrind fuzz"}
+STAGES=${KREQ_TEST_STAGES:-"format freshroot release demo asan tsan valgrind fuzz"}
 FUZZ_SECONDS=${KREQ_FUZZ_SECONDS:-60}
 JOBS=2
 KAFKA_DIR="$ROOT/build/kafka-test"
@@ -58,6 +65,12 @@ if has_stage format; then
   scripts/format.sh --check
 fi
 
+if has_stage freshroot; then
+  say "fresh root (scripts/freshroot.sh: a new minimal Debian 12 runs the README's commands)"
+  scripts/freshroot.sh
+  PASSED=$((PASSED + 1))
+fi
+
 if has_stage release || has_stage asan || has_stage tsan; then
   say "start Apache Kafka (KRaft, 127.0.0.1)"
   mkdir -p build
@@ -70,6 +83,12 @@ if has_stage release; then
   say "release build (-Werror) + all suites"
   configure_build build
   run_ctest build
+fi
+
+if has_stage unit && ! has_stage release; then
+  say "release build (-Werror) + unit suites"
+  configure_build build
+  run_ctest build -L unit
 fi
 
 if has_stage demo; then
@@ -113,12 +132,19 @@ if has_stage valgrind; then
 fi
 
 if has_stage fuzz; then
-  say "fuzz decode+verify for ${FUZZ_SECONDS}s"
+  # every libFuzzer target gets an equal share of KREQ_FUZZ_SECONDS, from
+  # its seed corpus fuzz/corpus/<target> (fuzz/make_corpus.py writes them)
+  FUZZ_TARGETS=(envelope result keyfile conf)
+  SHARE=$(( FUZZ_SECONDS / ${#FUZZ_TARGETS[@]} )); [ "$SHARE" -ge 1 ] || SHARE=1
+  say "fuzz ${FUZZ_TARGETS[*]} for ${SHARE}s each (${FUZZ_SECONDS}s in all)"
   CC=clang configure_build build-fuzz -DKREQ_BUILD_FUZZ=ON -DKREQ_SANITIZE=address \
     -DKREQ_BUILD_TESTS=OFF -DKREQ_BUILD_BENCH=OFF
-  rm -rf build-fuzz/corpus && mkdir -p build-fuzz/corpus
-  build-fuzz/fuzz/fuzz_envelope -max_total_time="$FUZZ_SECONDS" -max_len=4096 \
-    -print_final_stats=1 build-fuzz/corpus fuzz/corpus 2>&1 | tail -n 12
+  for t in "${FUZZ_TARGETS[@]}"; do
+    rm -rf "build-fuzz/corpus-$t" && mkdir -p "build-fuzz/corpus-$t"
+    echo "-- fuzz_$t"
+    build-fuzz/fuzz/fuzz_$t -max_total_time="$SHARE" -max_len=4096 \
+      -print_final_stats=1 "build-fuzz/corpus-$t" "fuzz/corpus/$t" 2>&1 | tail -n 12
+  done
 fi
 
 say "all stages passed: $STAGES"

@@ -21,7 +21,7 @@
 	X(ENOMEM, -2, "out of memory")                                                             \
 	X(ETIMEDOUT, -3, "timed out")                                                              \
 	X(ECANCELED, -4, "cancelled")                                                              \
-	X(EREJECTED, -5, "rejected by the broker")                                                 \
+	X(EREJECTED, -5, "rejected by the worker")                                                 \
 	X(EUNAVAILABLE, -6, "service unavailable")                                                 \
 	X(EBACKPRESSURE, -7, "too many calls in flight")                                           \
 	X(ECLOSED, -8, "closed")                                                                   \

@@ -351,7 +351,7 @@ END_TEST
 static rd_kafka_t *raw_producer(void)
 {
 	char err[512];
-	rd_kafka_conf_t *rc = kreq_test_conf_new(bootstrap, NULL);
+	rd_kafka_conf_t *rc = kreq_test_conf_new(bootstrap, "partitioner", "murmur2_random", NULL);
 	rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, rc, err, sizeof(err));
 	ck_assert_msg(p != NULL, "%s", err);
 	return p;
@@ -359,11 +359,12 @@ static rd_kafka_t *raw_producer(void)
 
 static void raw_send(rd_kafka_t *p, const void *buf, size_t len)
 {
-	ck_assert_int_eq(rd_kafka_producev(p, RD_KAFKA_V_TOPIC(req_topic), RD_KAFKA_V_PARTITION(0),
-	                                   RD_KAFKA_V_VALUE((void *)buf, len),
-	                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-	                                   RD_KAFKA_V_END),
-	                 RD_KAFKA_RESP_ERR_NO_ERROR);
+	/* keyed like seal_request's records: on the partition workers expect */
+	ck_assert_int_eq(
+	    rd_kafka_producev(p, RD_KAFKA_V_TOPIC(req_topic), RD_KAFKA_V_KEY("raw1", 4),
+	                      RD_KAFKA_V_VALUE((void *)buf, len),
+	                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+	    RD_KAFKA_RESP_ERR_NO_ERROR);
 	ck_assert_int_eq(rd_kafka_flush(p, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
 }
 
@@ -376,6 +377,7 @@ static void seal_request(kreq_keyring_t *with, const char *reply_topic, int64_t 
 	q.correlation_id = (ProtobufCBinaryData){16, (uint8_t *)corr};
 	q.idempotency_key = (ProtobufCBinaryData){4, (uint8_t *)"raw1"};
 	q.method = "svc.echo";
+	q.service = "svc";
 	q.payload = (ProtobufCBinaryData){3, (uint8_t *)"raw"};
 	q.reply_topic = (char *)reply_topic;
 	q.reply_partition = 0;
@@ -829,8 +831,15 @@ static char *topic_config(rd_kafka_t *rk, const char *topic, const char *name)
  * broker's defaults). */
 START_TEST(test_topics_created)
 {
-	static const char *const extra[] = {"server.topic.partitions", "3",
-	                                    "server.dedup.retention.ms", "3600000", NULL};
+	static const char *const extra[] = {"server.topic.partitions",
+	                                    "3",
+	                                    "server.dedup.retention.ms",
+	                                    "3600000",
+	                                    "server.max.deadline.ms",
+	                                    "1800000",
+	                                    "server.max.request.age.ms",
+	                                    "1800000",
+	                                    NULL};
 	kreq_test_running_t *w = server_start("w1", extra);
 	char err[512], res_topic[200];
 	rd_kafka_conf_t *rc = kreq_test_conf_new(bootstrap, "group.id", "inspect", NULL);
@@ -862,6 +871,7 @@ static void seal_gate(const uint8_t corr[16], const char *idem, const char *repl
 	q.correlation_id = (ProtobufCBinaryData){16, (uint8_t *)corr};
 	q.idempotency_key = (ProtobufCBinaryData){strlen(idem), (uint8_t *)idem};
 	q.method = "svc.gate";
+	q.service = "svc";
 	q.payload = (ProtobufCBinaryData){4, (uint8_t *)"gate"};
 	q.reply_topic = (char *)reply_topic;
 	q.reply_partition = rp;

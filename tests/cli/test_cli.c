@@ -33,6 +33,7 @@
 #include "kreq/error.h"
 #include "proto/envelope.h"
 #include "proc.h"
+#include "server.h"
 #include "testsupport.h"
 
 #ifndef KREQ_CLI_PATH
@@ -284,6 +285,7 @@ static uint8_t *seal_request(kreq_keyring_t *kr, int64_t deadline_ms, size_t *le
 	q.correlation_id = (ProtobufCBinaryData){16, corr};
 	q.idempotency_key = (ProtobufCBinaryData){16, corr};
 	q.method = "svc.echo";
+	q.service = "svc";
 	q.payload = (ProtobufCBinaryData){2, (uint8_t *)"hi"};
 	q.reply_topic = "kreq.reply.test";
 	q.issued_at_ms = kreq__now_ms() - 2000;
@@ -503,6 +505,59 @@ START_TEST(test_pending_and_stats)
 }
 END_TEST
 
+/* ---- pending --bootstrap on the mock cluster (kreq dev) -------------------------- */
+
+static void h_echo(kreq_request_t *r, void *opaque)
+{
+	(void)opaque;
+	size_t len;
+	const void *p = kreq_request_payload(r, &len);
+	kreq_request_reply(r, 0, p, len, NULL);
+}
+
+/* The mock cluster answers every lookup of an offset by time with "none":
+ * `kreq pending --bootstrap` then read no results and listed answered
+ * requests as waiting. A real kreq server answers a call here; pending
+ * must not list it. */
+START_TEST(test_pending_bootstrap_answered)
+{
+	tmpdir = kreq_test_tmp_create("kreq-cli-test");
+	kreq_keyring_t *kr = make_key("k.key");
+	const char *bs = mock_start("kreq.svc.requests", 1);
+	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.svc.results", 1, 1), 0);
+	kreq_conf_t *conf = kreq_conf_new();
+	char err[512];
+	const char *kv[][2] = {{"kafka.bootstrap.servers", bs},
+	                       {"client.id", "cli-worker"},
+	                       {"server.topic.partitions", "1"},
+	                       {"log.level", "3"}};
+	for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++)
+		ck_assert_msg(kreq_conf_set(conf, kv[i][0], kv[i][1], err, sizeof(err)) == KREQ_OK,
+		              "%s: %s", kv[i][0], err);
+	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_conf_destroy(conf);
+	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, 0), KREQ_OK);
+	kreq_test_running_t *w = kreq_test_server_start(s);
+	kreq_client_t *c = live_client(bs, kr, kreq_test_tmp("client.sock"));
+	kreq_future_t *f = call_never(c, "svc.echo", "answered-1");
+	ck_assert_int_eq(kreq_future_wait(f, 30000), KREQ_OK);
+	ck_assert_int_eq(kreq_future_err(f), KREQ_OK);
+	kreq_future_release(f);
+	kreq_test_result_t r;
+	kreq(&r, NULL, "pending", "--bootstrap", bs, "--service", "svc", "--keyring",
+	     kreq_test_tmp("k.key"), NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "0 outstanding (0 waiting, 0 cancelled)");
+	ck_assert_msg(strstr(r.out, "answered-1") == NULL, "%s", r.out);
+	kreq_test_result_free(&r);
+	kreq_client_destroy(c);
+	kreq_test_server_stop(w);
+	mock_stop();
+	kreq_keyring_release(kr);
+	kreq_test_tmp_remove();
+}
+END_TEST
+
 /* ---- call ------------------------------------------------------------------------ */
 
 START_TEST(test_call_timeout)
@@ -514,6 +569,9 @@ START_TEST(test_call_timeout)
 	kreq(&r, NULL, "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
 	     kreq_test_tmp("k.key"), "--timeout-ms", "1500", "svc.never", "hello", NULL);
 	KREQ_TEST_ASSERT_RUN(&r, 1, err, "timed out");
+	/* the mock (kreq dev) cannot list consumer groups: no fail-fast, said plainly */
+	ck_assert_msg(strstr(r.err, "cannot tell whether a worker serves svc") != NULL, "%s",
+	              r.err);
 	kreq_test_result_free(&r);
 	kreq(&r, "from stdin", "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
 	     kreq_test_tmp("k.key"), "--timeout-ms", "1500", "--json", "svc.never", "-", NULL);
@@ -548,11 +606,28 @@ START_TEST(test_call_replies)
 	ck_assert_msg(r.status == 3, "exit %d: %s %s", r.status, r.out, r.err);
 	json_t *j = json_loads(r.out, 0, NULL);
 	ck_assert_int_eq(json_integer_value(json_object_get(j, "status")), 101);
+	/* the handler's error text, as the text output prints it */
+	ck_assert_msg(json_is_string(json_object_get(j, "error_text")), "%s", r.out);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "error_text")), "handler failed");
+	ck_assert(json_is_null(json_object_get(j, "error")));
 	json_decref(j);
 	kreq_test_result_free(&r);
 	kreq(&r, NULL, "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
 	     kreq_test_tmp("k.key"), "-X", "service.check.ms=0", "svc.rejected", NULL);
 	KREQ_TEST_ASSERT_RUN(&r, 3, err, "EREJECTED");
+	kreq_test_result_free(&r);
+	/* Unnamed, the client makes its own reply topic. The mock cluster
+	 * (kreq dev) names no controller and serves no CreateTopics: the client
+	 * has it auto-created instead of waiting out client.start.timeout.ms
+	 * (15 s) and blaming kafka.bootstrap.servers; kreq call says plainly
+	 * that the topic cannot be deleted there. */
+	int64_t t0 = kreq_test_now_ms();
+	kreq(&r, NULL, "call", "--bootstrap", bs, "--keyfile", kreq_test_tmp("k.key"), "-X",
+	     "service.check.ms=0", "svc.echo", "unnamed", NULL);
+	KREQ_TEST_ASSERT_RUN(&r, 0, out, "payload: unnamed");
+	ck_assert_msg(strstr(r.err, "cannot delete topics") != NULL, "%s", r.err);
+	ck_assert_msg(kreq_test_now_ms() - t0 < 10000, "took %lld ms",
+	              (long long)(kreq_test_now_ms() - t0));
 	kreq_test_result_free(&r);
 	kreq(&r, NULL, "call", "-X", "client.id=cli-call", "--bootstrap", bs, "--keyfile",
 	     kreq_test_tmp("k.key"), "-X", "no.such.property=1", "svc.echo", NULL);
@@ -605,6 +680,7 @@ static Suite *cli_suite(void)
 	tcase_add_test(tc, test_unreachable_broker);
 	tcase_add_test(tc, test_tail);
 	tcase_add_test(tc, test_pending_and_stats);
+	tcase_add_test(tc, test_pending_bootstrap_answered);
 	tcase_add_test(tc, test_call_timeout);
 	tcase_add_test(tc, test_call_replies);
 	tcase_add_test(tc, test_dev);

@@ -395,6 +395,7 @@ static void send_request(kreq_keyring_t *with, uint8_t tag, const char *idem, co
 	q.correlation_id = (ProtobufCBinaryData){16, corr};
 	q.idempotency_key = (ProtobufCBinaryData){strlen(idem), (uint8_t *)idem};
 	q.method = "svc.echo";
+	q.service = "svc";
 	q.payload = (ProtobufCBinaryData){strlen(payload), (uint8_t *)payload};
 	q.reply_topic = "kreq.reply.pk-test";
 	q.issued_at_ms = kreq__now_ms() - 1000 * attempt;

@@ -2,8 +2,11 @@
 # check_deploy.sh SOURCE_DIR [KREQD] — the deployment files are valid:
 #   - docker-compose.yml passes `docker-compose config -q` (always checked:
 #     without docker-compose this test FAILS; scripts/setup.sh installs it);
-#   - the Dockerfile builds only from Debian images and installs only with
-#     apt-get (no other package manager, no downloads);
+#   - the Dockerfile builds only from Debian images, installs and builds
+#     through the scripts CI's fresh-root stage proves on a new Debian 12
+#     (setup.sh --build / --runtime, librdkafka.sh, build-install.sh; so the
+#     image carries the librdkafka the tests use, not Debian's), and
+#     downloads nothing by itself (no package manager but those scripts');
 #   - deploy/kreqd.service passes `systemd-analyze verify` where
 #     systemd-analyze exists (its ExecStart pointed at KREQD, the kreqd just
 #     built, since the installed path need not exist here).
@@ -49,9 +52,16 @@ if grep -nE '\b(pip3?|npm|yarn|gem|cargo|go (get|install)|apk|yum|dnf|snap|wget)
   "$dockerfile" | grep -v '^[0-9]*:[[:space:]]*#' | grep -v 'HEALTHCHECK\|CMD curl'; then
   fail "Dockerfile: installs or downloads something other than Debian packages (lines above)"
 fi
-grep -q 'apt-get install' "$dockerfile" || fail "Dockerfile: no apt-get install"
+for want in "scripts/setup.sh --build" "setup.sh --runtime" "RUN scripts/librdkafka.sh" \
+  "RUN scripts/build-install.sh" "ENV KREQ_KAFKA_CACHE=/opt/kreq" "COPY --from=build /opt/kreq/ /opt/kreq/"; do
+  grep -v '^[[:space:]]*#' "$dockerfile" | grep -qF -- "$want" ||
+    fail "Dockerfile: lacks '$want' (the steps scripts/freshroot.sh proves)"
+done
+if grep -nE '^[^#]*(apt-get|librdkafka-dev|librdkafka1)' "$dockerfile"; then
+  fail "Dockerfile: installs packages itself (lines above) instead of through scripts/setup.sh"
+fi
 grep -qE '^[[:space:]]*USER[[:space:]]+[^r0]' "$dockerfile" || fail "Dockerfile: runtime stage does not switch to a non-root USER"
-echo "check_deploy: Dockerfile uses Debian images and apt only"
+echo "check_deploy: Dockerfile uses Debian images and installs through scripts/setup.sh"
 
 # ---- systemd unit ---------------------------------------------------------
 unit="$src/deploy/kreqd.service"

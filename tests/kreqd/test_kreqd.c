@@ -729,7 +729,6 @@ START_TEST(test_serving)
 	snprintf(extra, sizeof(extra),
 	         "kafka.bootstrap.servers = %s\n"
 	         "server.mode = light\n"
-	         "server.results.topic.check = false\n" /* the mock: no DescribeConfigs */
 	         "kreqd.builtins = echo,sleep,fail,record\n"
 	         "kreqd.record.file = %s\n"
 	         "kreqd.plugins = %s\n"

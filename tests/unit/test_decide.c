@@ -52,6 +52,14 @@ static void b_kind(kreq__facts_t *f)
 {
 	f->kind = KREQ__KIND_REPLY;
 }
+static void b_too_far(kreq__facts_t *f)
+{
+	f->deadline_too_far = true;
+}
+static void b_too_old(kreq__facts_t *f)
+{
+	f->too_old = true;
+}
 static void b_partition(kreq__facts_t *f)
 {
 	f->partition_ok = false;
@@ -101,6 +109,8 @@ static const row_t ORDER[] = {
     {b_verify, KREQ__ACT_DROP, KREQ__WHY_NOT_VERIFIED, 0},
     {b_cancel, KREQ__ACT_CANCEL, KREQ__WHY_CANCEL, 0},
     {b_kind, KREQ__ACT_DROP, KREQ__WHY_KIND, 0},
+    {b_too_far, KREQ__ACT_DROP, KREQ__WHY_DEADLINE_TOO_FAR, 0},
+    {b_too_old, KREQ__ACT_DROP, KREQ__WHY_TOO_OLD, 0},
     {b_partition, KREQ__ACT_DROP, KREQ__WHY_WRONG_PARTITION, 0},
     {b_service, KREQ__ACT_DROP, KREQ__WHY_WRONG_SERVICE, 0},
     {b_topic, KREQ__ACT_DROP, KREQ__WHY_REPLY_TOPIC, 0},

@@ -46,6 +46,7 @@ static Kreq__Request request(void)
 	r.correlation_id = (ProtobufCBinaryData){16, corr};
 	r.idempotency_key = (ProtobufCBinaryData){16, corr};
 	r.method = "echo";
+	r.service = "echo";
 	r.payload = (ProtobufCBinaryData){5, (uint8_t *)"hello"};
 	r.reply_topic = "kreq.reply.test";
 	r.reply_partition = 3;
@@ -447,19 +448,218 @@ START_TEST(test_version_and_kind)
 	kreq_keyring_t *kr = keyring_of(KREQ_KEY_HMAC_SHA256);
 	uint8_t *buf;
 	size_t len;
-	seal_raw(kr, 1, KREQ__KIND_REQUEST, &buf, &len);
+	seal_raw(kr, 2, KREQ__KIND_REQUEST, &buf, &len);
 	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_OK); /* the raw path is right */
 	free(buf);
-	seal_raw(kr, 2, KREQ__KIND_REQUEST, &buf, &len);
+	/* version 1 (no signed destination) and 3 are refused */
+	seal_raw(kr, 1, KREQ__KIND_REQUEST, &buf, &len);
 	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EVERSION);
-	ck_assert_ptr_nonnull(strstr(errstr, "version 2"));
+	ck_assert_ptr_nonnull(strstr(errstr, "version 1"));
 	free(buf);
-	seal_raw(kr, 1, 9, &buf, &len);
+	seal_raw(kr, 3, KREQ__KIND_REQUEST, &buf, &len);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EVERSION);
+	ck_assert_ptr_nonnull(strstr(errstr, "version 3"));
+	free(buf);
+	seal_raw(kr, 2, 9, &buf, &len);
 	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EMALFORMED);
 	free(buf);
 	/* a request body signed as a reply: kind is bound, body must match it */
-	seal_raw(kr, 1, KREQ__KIND_REPLY, &buf, &len);
+	seal_raw(kr, 2, KREQ__KIND_REPLY, &buf, &len);
 	ck_assert_int_ne(open_at(kr, NOW, buf, len), KREQ_OK);
+	free(buf);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+/* Signs body (any bytes) as kind with kr's signer, version v. */
+static void seal_body(const kreq_keyring_t *kr, uint32_t v, uint32_t kind, const uint8_t *body,
+                      size_t blen, uint8_t **out, size_t *out_len)
+{
+	const kreq__key_t *k = kreq__keyring_signer(kr);
+	uint8_t sig[64], hdr[KREQ__SIG_HDR_MAX];
+	size_t hl = kreq__sig_header(hdr, v, k->id, k->id_len, kind, blen);
+	crypto_auth_hmacsha256_state st;
+	crypto_auth_hmacsha256_init(&st, k->material, 32);
+	crypto_auth_hmacsha256_update(&st, hdr, hl);
+	crypto_auth_hmacsha256_update(&st, body, blen);
+	crypto_auth_hmacsha256_final(&st, sig);
+	Kreq__Envelope env = KREQ__ENVELOPE__INIT;
+	env.version = v;
+	env.key_id = (char *)k->id;
+	env.kind = kind;
+	env.body = (ProtobufCBinaryData){blen, (uint8_t *)body};
+	env.signature = (ProtobufCBinaryData){32, sig};
+	*out_len = kreq__envelope__get_packed_size(&env);
+	*out = malloc(*out_len);
+	kreq__envelope__pack(&env, *out);
+}
+
+/* Results did not change in version 2: a version 1 Result (stored before
+ * an upgrade) still opens, so stored results survive it. */
+START_TEST(test_v1_result_accepted)
+{
+	kreq_keyring_t *kr = keyring_of(KREQ_KEY_HMAC_SHA256);
+	uint8_t digest[32] = {1};
+	Kreq__Result rs = KREQ__RESULT__INIT;
+	rs.request_digest = (ProtobufCBinaryData){32, digest};
+	rs.idempotency_key = (ProtobufCBinaryData){3, (uint8_t *)"abc"};
+	rs.request_key_id = "k1";
+	rs.method = "svc.echo";
+	rs.issued_at_ms = NOW;
+	rs.deadline_ms = NOW + 1000;
+	uint8_t body[256], *buf;
+	size_t blen = protobuf_c_message_pack(&rs.base, body), len;
+	for (uint32_t v = 1; v <= 2; v++) {
+		seal_body(kr, v, KREQ__KIND_RESULT, body, blen, &buf, &len);
+		ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_OK);
+		free(buf);
+	}
+	seal_body(kr, 3, KREQ__KIND_RESULT, body, blen, &buf, &len);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EVERSION);
+	free(buf);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+/* The envelope decoder refuses, before any key lookup, what protobuf-c
+ * would have accepted: unknown fields, repeated fields, wrong wire types,
+ * non-minimal varints, out-of-range values. */
+START_TEST(test_envelope_strict)
+{
+	kreq_keyring_t *kr = keyring_of(KREQ_KEY_HMAC_SHA256);
+	Kreq__Request r = request();
+	uint8_t *buf;
+	size_t len;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_OK);
+	ck_assert_int_eq(buf[0], 0x08); /* field 1, varint: version */
+	ck_assert_int_eq(buf[1], 0x02);
+	uint8_t *m = malloc(len + 16);
+	static const struct {
+		const char *what;
+		uint8_t bytes[12];
+		size_t n;
+		bool append; /* after the envelope, else in place of its first 2 bytes */
+	} cases[] = {
+	    {"unknown field 6 appended", {0x30, 0x00}, 2, true},
+	    {"unknown field 15 appended", {0x7a, 0x00}, 2, true},
+	    {"unknown field 16 (two-byte key)", {0x80, 0x01, 0x00}, 3, true},
+	    {"version repeated", {0x08, 0x02}, 2, true},
+	    {"signature repeated", {0x2a, 0x00}, 2, true},
+	    {"version as bytes", {0x0a, 0x01, 0x02}, 3, false},
+	    {"version as a non-minimal varint", {0x08, 0x82, 0x00}, 3, false},
+	    {"version above 32 bits", {0x08, 0x80, 0x80, 0x80, 0x80, 0x10}, 6, false},
+	    {"field 0", {0x00, 0x02}, 2, false},
+	    {"fixed64 wire type", {0x09, 1, 2, 3, 4, 5, 6, 7, 8}, 9, false},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		size_t n;
+		if (cases[i].append) {
+			memcpy(m, buf, len);
+			memcpy(m + len, cases[i].bytes, cases[i].n);
+			n = len + cases[i].n;
+		} else {
+			memcpy(m, cases[i].bytes, cases[i].n);
+			memcpy(m + cases[i].n, buf + 2, len - 2);
+			n = len - 2 + cases[i].n;
+		}
+		ck_assert_msg(open_at(kr, NOW, m, n) == KREQ_EMALFORMED, "%s: accepted (%s)",
+		              cases[i].what, errstr);
+		ck_assert_ptr_nonnull(strstr(errstr, "malformed envelope"));
+	}
+	/* fields that are absent: no key id, no body (found by fuzz_envelope:
+	 * both used to reach memchr/pointer arithmetic with NULL) */
+	Kreq__Envelope env = KREQ__ENVELOPE__INIT;
+	env.version = 2;
+	env.kind = KREQ__KIND_REQUEST;
+	env.signature = (ProtobufCBinaryData){2, (uint8_t *)"xy"};
+	uint8_t small[64];
+	size_t n = kreq__envelope__pack(&env, small);
+	ck_assert_int_eq(open_at(kr, NOW, small, n), KREQ_EMALFORMED);
+	ck_assert_ptr_nonnull(strstr(errstr, "key id"));
+	env.key_id = "k1";
+	n = kreq__envelope__pack(&env, small);
+	ck_assert_int_eq(open_at(kr, NOW, small, n), KREQ_EBADSIG);
+	/* the decoder alone: views into the buffer, nothing copied */
+	kreq__env_view_t v;
+	ck_assert_int_eq(kreq__envelope_parse(buf, len, &v, errstr, sizeof(errstr)), KREQ_OK);
+	ck_assert_uint_eq(v.version, 2);
+	ck_assert_uint_eq(v.kind, KREQ__KIND_REQUEST);
+	ck_assert_uint_eq(v.key_id_len, 2);
+	ck_assert_mem_eq(v.key_id, "k1", 2);
+	ck_assert_uint_eq(v.sig_len, 32);
+	ck_assert(v.body > buf && v.sig + v.sig_len == buf + len);
+	free(m);
+	free(buf);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+/* A verified body is held to one meaning: unknown fields, a repeated
+ * singular field, a wrong wire type, an out-of-range integer, more than 32
+ * metadata entries and strings with a NUL byte are refused although the
+ * signature is good. */
+START_TEST(test_body_strict)
+{
+	kreq_keyring_t *kr = keyring_of(KREQ_KEY_HMAC_SHA256);
+	Kreq__Request r = request();
+	uint8_t body[4096], *buf;
+	size_t blen = protobuf_c_message_pack(&r.base, body), len;
+	seal_body(kr, 2, KREQ__KIND_REQUEST, body, blen, &buf, &len);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_OK); /* as is: fine */
+	free(buf);
+	static const struct {
+		const char *what;
+		uint8_t bytes[16];
+		size_t n;
+	} extra[] = {
+	    {"unknown field 13", {0x68, 0x01}, 2},
+	    {"unknown field 100", {0xa0, 0x06, 0x01}, 3},
+	    {"attempt repeated", {0x48, 0x02}, 2},
+	    {"method repeated", {0x1a, 0x01, 'x'}, 3},
+	    {"attempt as bytes", {0x4a, 0x01, 0x02}, 3},
+	    {"attempt above 32 bits", {0x48, 0x80, 0x80, 0x80, 0x80, 0x10}, 6},
+	    {"metadata entry with an unknown field", {0x5a, 0x02, 0x18, 0x01}, 4},
+	    {"metadata value with a NUL", {0x5a, 0x07, 0x0a, 0x01, 'k', 0x12, 0x02, 'a', 0}, 9},
+	};
+	for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++) {
+		memcpy(body + blen, extra[i].bytes, extra[i].n);
+		seal_body(kr, 2, KREQ__KIND_REQUEST, body, blen + extra[i].n, &buf, &len);
+		ck_assert_msg(open_at(kr, NOW, buf, len) == KREQ_EMALFORMED, "%s: accepted",
+		              extra[i].what);
+		ck_assert_ptr_nonnull(strstr(errstr, "strictly"));
+		free(buf);
+	}
+	/* a method "echo\0x" was read as "echo" */
+	r.method = "echo";
+	blen = protobuf_c_message_pack(&r.base, body);
+	uint8_t *meth = memmem(body, blen,
+	                       "\x1a\x04"
+	                       "echo",
+	                       6);
+	ck_assert_ptr_nonnull(meth);
+	meth[5] = 0; /* "ech\0" */
+	seal_body(kr, 2, KREQ__KIND_REQUEST, body, blen, &buf, &len);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EMALFORMED);
+	ck_assert_ptr_nonnull(strstr(errstr, "NUL"));
+	free(buf);
+	/* an empty body, correctly signed: decodes to defaults, refused */
+	seal_body(kr, 2, KREQ__KIND_REQUEST, NULL, 0, &buf, &len);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EMALFORMED);
+	free(buf);
+	/* 33 metadata entries: refused before protobuf-c builds the array */
+	Kreq__MetadataEntry ents[33], *ptrs[33];
+	for (int i = 0; i < 33; i++) {
+		ents[i] = (Kreq__MetadataEntry)KREQ__METADATA_ENTRY__INIT;
+		ents[i].key = "k";
+		ptrs[i] = &ents[i];
+	}
+	r = request();
+	r.metadata = ptrs;
+	r.n_metadata = 33;
+	blen = protobuf_c_message_pack(&r.base, body);
+	seal_body(kr, 2, KREQ__KIND_REQUEST, body, blen, &buf, &len);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EMALFORMED);
+	ck_assert_ptr_nonnull(strstr(errstr, "repeated"));
 	free(buf);
 	kreq_keyring_release(kr);
 }
@@ -496,6 +696,13 @@ START_TEST(test_seal_validates_fields)
 	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
 	r = request();
 	r.n_metadata = 33;
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
+	/* the destination service: 1..200 of [A-Za-z0-9._-], required */
+	r = request();
+	r.service = "";
+	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
+	ck_assert_ptr_nonnull(strstr(errstr, "service"));
+	r.service = "a/b";
 	ck_assert_int_eq(seal_request(kr, &r, &buf, &len), KREQ_EMALFORMED);
 	kreq_keyring_release(kr);
 }
@@ -588,6 +795,9 @@ int main(void)
 	tcase_add_loop_test(tc, test_oversize, 0, 2);
 	tcase_add_loop_test(tc, test_random_garbage, 0, 2);
 	tcase_add_test(tc, test_version_and_kind);
+	tcase_add_test(tc, test_v1_result_accepted);
+	tcase_add_test(tc, test_envelope_strict);
+	tcase_add_test(tc, test_body_strict);
 	tcase_add_test(tc, test_seal_validates_fields);
 	tcase_add_test(tc, test_protocol_doc_vectors);
 	tcase_add_test(tc, test_hmac_rfc4231);

@@ -26,9 +26,15 @@ END_TEST
 START_TEST(test_messages_and_names)
 {
 	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
-		ck_assert_str_ne(kreq_strerror(codes[i]), "unknown error");
+		const char *msg = kreq_strerror(codes[i]);
+		ck_assert_str_ne(msg, "unknown error");
 		ck_assert_str_ne(kreq_err_name(codes[i]), "UNKNOWN");
+		/* kreqd is "the worker"; a bare "broker" reads as Kafka's */
+		const char *b = strstr(msg, "broker");
+		ck_assert_msg(b == NULL || (b - msg >= 6 && !strncmp(b - 6, "Kafka ", 6)),
+		              "%s: '%s' says broker", kreq_err_name(codes[i]), msg);
 	}
+	ck_assert_str_eq(kreq_strerror(KREQ_EREJECTED), "rejected by the worker");
 	ck_assert_str_eq(kreq_strerror(KREQ_ETIMEDOUT), "timed out");
 	ck_assert_str_eq(kreq_err_name(KREQ_ETIMEDOUT), "ETIMEDOUT");
 	ck_assert_str_eq(kreq_err_name(KREQ_OK), "OK");

@@ -223,6 +223,9 @@ static const struct {
     {"kreq-keyring 1\nkey h hmac-sha256 " K32_B64 "\nsigning other\n", "not in the file"},
     {"kreq-keyring 1\nkey h hmac-sha256 " K32_B64 "\nkey h hmac-sha256 " K32_B64 "\n",
      "already present"},
+    {"kreq-keyring 1\nkey h hmac-sha256 " K32_B64 "\nkey g hmac-sha256 " K32_B64
+     "\nsigning h\nsigning g\n",
+     "second signing line"},
 };
 
 START_TEST(test_load_file_malformed)

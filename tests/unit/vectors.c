@@ -49,6 +49,7 @@ static Kreq__Request vec_request(void)
 	r.correlation_id = (ProtobufCBinaryData){16, corr};
 	r.idempotency_key = (ProtobufCBinaryData){8, (uint8_t *)"order-42"};
 	r.method = "billing.charge";
+	r.service = "billing";
 	r.payload = (ProtobufCBinaryData){14, (uint8_t *)"{\"amount\":100}"};
 	r.reply_topic = "kreq.reply.client-a";
 	r.reply_partition = 0;
@@ -99,7 +100,8 @@ static void write_vector(FILE *out, int which)
 	uint8_t body[1024], hdr[KREQ__SIG_HDR_MAX], sig[64];
 	NEED(blen <= sizeof(body));
 	protobuf_c_message_pack(&r.base, body);
-	size_t hl = kreq__sig_header(hdr, 1, k->id, k->id_len, KREQ__KIND_REQUEST, blen);
+	size_t hl =
+	    kreq__sig_header(hdr, KREQ__PROTO_VERSION, k->id, k->id_len, KREQ__KIND_REQUEST, blen);
 	size_t sl = kreq__sign(k, KREQ__KIND_REQUEST, body, blen, sig);
 	uint8_t *env;
 	size_t elen;
