@@ -131,7 +131,10 @@
 	  "retention ends: kreq_server_dedup_evicted_total counts those and the worker logs a "    \
 	  "warning.")                                                                              \
 	X(SERVER_REBUILD_TIMEOUT_MS, "server.dedup.rebuild.timeout.ms", INT, "60000", 1000,        \
-	  86400000, "Longest a worker reads a results partition when it is assigned.")             \
+	  86400000,                                                                                \
+	  "Longest a worker's dedup rebuild may take when partitions are assigned, waiting for "   \
+	  "transactions open on the results topic when it started included; past it the worker "   \
+	  "stops (kreqd exits 1) naming the partition.")                                           \
 	X(SERVER_TOPIC_PARTITIONS, "server.topic.partitions", INT, "6", 1, 100000,                 \
 	  "Partitions of the requests and results topics when the worker creates them.")           \
 	X(SERVER_TOPIC_REPLICATION, "server.topic.replication.factor", INT, "-1", -1, 32,          \
