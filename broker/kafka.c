@@ -62,8 +62,9 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	kreq__log(s->conf, 4, "kafka", "%s: %s", rd_kafka_err2name(err), reason);
 }
 
-/* Delivery report (light mode): the output is secured (or the partition
- * must be redone). The message opaque is a kreq__dr_t. */
+/* Delivery report: the output is secured (light mode: its offset slot
+ * may pass) or failed (the record that asked is noted, the transaction
+ * aborted, the partition redone). The message opaque is a kreq__dr_t. */
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
 	(void)rk;
@@ -71,18 +72,54 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 	kreq__dr_t *dr = m->_private;
 	if (!dr)
 		return;
-	if (m->err) {
-		atomic_fetch_add_explicit(&s->m.produce_errors, 1, memory_order_relaxed);
-		kreq__log(s->conf, 4, "server", "delivery to %s failed: %s; rewinding",
-		          rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
-		s->rewind_needed = true;
-	} else if (dr->partition < s->nparts && s->parts[dr->partition] &&
+	if (m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+	    m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
+		/* purged by an abort (its transaction is gone already), or by
+		 * closing: the fault, if any, was noted for what failed first */
+	} else if (m->err) {
+		kreq__output_failed(s, dr->partition, dr->offset, m->err,
+		                    rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
+	} else if (dr->counted && dr->partition < s->nparts && s->parts[dr->partition] &&
 	           s->parts[dr->partition]->incarnation == dr->incarnation) {
 		kreq__off_slot_t *sl = kreq__offsets_slot(&s->parts[dr->partition]->offs, dr->seq);
 		if (sl && sl->pending)
 			sl->pending--;
 	}
 	kreq__dr_free(s, dr);
+}
+
+static kreq__fault_kind_t fault_kind(const kreq_server_t *s, rd_kafka_resp_err_t kerr,
+                                     const char *topic)
+{
+	switch (kerr) {
+	case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+	case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+	case RD_KAFKA_RESP_ERR_NO_ERROR: /* sealing: over envelope.max.bytes */
+		return KREQ__FAULT_TOO_LARGE;
+	case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+	case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+	case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+		return topic && strcmp(topic, s->res_topic) ? KREQ__FAULT_REPLY_TO
+		                                            : KREQ__FAULT_OTHER;
+	default:
+		return KREQ__FAULT_OTHER;
+	}
+}
+
+void kreq__output_failed(kreq_server_t *s, int32_t partition, int64_t offset,
+                         rd_kafka_resp_err_t kerr, const char *topic, const char *why)
+{
+	atomic_fetch_add_explicit(&s->m.produce_errors, 1, memory_order_relaxed);
+	kreq__fault_kind_t kind = fault_kind(s, kerr, topic);
+	kreq__log(s->conf, 4, "server",
+	          "output to %s for record %s [%d] offset %lld failed: %s; %s", topic ? topic : "?",
+	          s->req_topic, (int)partition, (long long)offset, why,
+	          s->txn_mode ? "aborting the transaction" : "rewinding");
+	kreq__faults_note(&s->faults, partition, offset, kind, why);
+	if (kind == KREQ__FAULT_REPLY_TO && topic)
+		kreq__topics_forget(&s->topics, topic); /* checked again when redone */
+	s->txn_failed = s->txn_mode;
+	s->rewind_needed = true; /* the open transaction cannot commit this */
 }
 
 kreq__dr_t *kreq__dr_new(kreq_server_t *s)
@@ -118,6 +155,10 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 	for (const char *const *kv = producer ? producer_defaults : consumer_defaults; !err && *kv;
 	     kv += 2)
 		err = set_kv(rc, kv[0], kv[1], why, sizeof(why));
+	char mmax[24]; /* room for payload.max.bytes plus overhead (proto/envelope.h) */
+	snprintf(mmax, sizeof(mmax), "%lld", (long long)kreq__limits_message_max(s->conf));
+	if (!err && producer)
+		err = set_kv(rc, "message.max.bytes", mmax, why, sizeof(why));
 	if (!err && group)
 		err = set_kv(rc, "group.id", group, why, sizeof(why));
 	if (!err && producer && txn)
@@ -145,7 +186,7 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 	rd_kafka_conf_set_opaque(rc, s);
 	rd_kafka_conf_set_log_cb(rc, on_log);
 	rd_kafka_conf_set_error_cb(rc, on_error);
-	if (producer && !txn)
+	if (producer) /* transactional too: a failed output names its record */
 		rd_kafka_conf_set_dr_msg_cb(rc, on_delivery);
 	if (rebalance_cb)
 		rd_kafka_conf_set_rebalance_cb(rc, rebalance_cb);
@@ -271,14 +312,19 @@ static int producer_start(kreq_server_t *s)
 
 /* Output topics are warmed (common/kadmin.h) on first sight, before the
  * first record is produced to them: one metadata round trip per topic and
- * producer, on the loop thread, bounded by KREQ__WARM_TIMEOUT_MS. */
-static void warm_one(kreq_server_t *s, rd_kafka_t *rk, const char *topic)
+ * producer, on the loop thread, bounded by KREQ__WARM_TIMEOUT_MS. The
+ * answer is also the topic's partition count, cached in its entry (the
+ * producers never let the Kafka broker auto-create a topic: a missing one
+ * reads 0). */
+static int warm_one(kreq_server_t *s, rd_kafka_t *rk, const char *topic)
 {
-	if (rk && kreq__topic_partitions(rk, topic, KREQ__WARM_TIMEOUT_MS) < 0)
+	int n = rk ? kreq__topic_partitions(rk, topic, KREQ__WARM_TIMEOUT_MS) : -1;
+	if (rk && n < 0)
 		kreq__log(s->conf, 5, "server",
 		          "no metadata for reply topic %s yet: its first reply may wait for "
 		          "the producer's own lookup",
 		          topic);
+	return n;
 }
 
 /* topic's entry in the table of output topics (broker/topics.h), added
@@ -294,9 +340,21 @@ static kreq__topic_t *out_topic(kreq_server_t *s, const char *topic)
 		kreq__log(s->conf, 3, "server", "%s", why);
 		return NULL;
 	}
-	warm_one(s, s->producer, topic);
-	warm_one(s, s->batch_producer, topic);
+	int n = warm_one(s, s->producer, topic), nb = warm_one(s, s->batch_producer, topic);
+	kreq__topics_set_partitions(t, n >= 0 ? n : nb, kreq__mono_ns());
 	return t;
+}
+
+int kreq__topic_partitions_cached(kreq_server_t *s, const char *topic, int32_t partition)
+{
+	kreq__topic_t *t = s->producer ? out_topic(s, topic) : NULL;
+	if (!t)
+		return -1;
+	int64_t now = kreq__mono_ns();
+	if (kreq__topics_recheck_due(t, partition, now))
+		kreq__topics_set_partitions(
+		    t, kreq__topic_partitions(s->producer, topic, KREQ__WARM_TIMEOUT_MS), now);
+	return t->partitions;
 }
 
 static void producer_reset(kreq_server_t *s)
@@ -319,31 +377,26 @@ int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t
 {
 	rd_kafka_t *p = batch && s->batch_producer ? s->batch_producer : s->producer;
 	kreq__topic_t *t = p ? out_topic(s, topic) : NULL;
-	if (!t) {
-		kreq__dr_free(s, opaque);
-		s->rewind_needed = true;
-		return KREQ_EKAFKA;
-	}
-	rd_kafka_topic_t *rkt = t->rkt[p == s->producer ? 0 : 1];
-	for (;;) {
-		rd_kafka_resp_err_t kerr = rd_kafka_producev(
-		    p, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(partition),
-		    RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE((void *)value, len),
-		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(opaque),
-		    RD_KAFKA_V_END);
+	rd_kafka_resp_err_t kerr = RD_KAFKA_RESP_ERR__FAIL;
+	for (; t;) {
+		kerr = rd_kafka_producev(
+		    p, RD_KAFKA_V_RKT(t->rkt[p == s->producer ? 0 : 1]),
+		    RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_KEY(key, key_len),
+		    RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+		    RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
 		if (!kerr)
 			return KREQ_OK;
-		if (kerr == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-			rd_kafka_poll(p, 10);
-			continue;
-		}
-		atomic_fetch_add_explicit(&s->m.produce_errors, 1, memory_order_relaxed);
-		kreq__log(s->conf, 4, "server", "producing to %s [%d]: %s", topic, partition,
-		          rd_kafka_err2str(kerr));
-		kreq__dr_free(s, opaque);
-		s->rewind_needed = true; /* the open transaction cannot commit this */
-		return KREQ_EKAFKA;
+		if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+			break;
+		rd_kafka_poll(p, 10);
 	}
+	char why[256];
+	snprintf(why, sizeof(why), "producing to %s [%d]: %s", topic, partition,
+	         t ? rd_kafka_err2str(kerr) : "no producer handle");
+	kreq__output_failed(s, opaque ? opaque->partition : -1, opaque ? opaque->offset : -1, kerr,
+	                    topic, why);
+	kreq__dr_free(s, opaque);
+	return KREQ_EKAFKA;
 }
 
 /* ---- transactions ------------------------------------------------------- */
@@ -403,6 +456,28 @@ static void txn_fail(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
 	}
 	rd_kafka_error_destroy(e);
 	s->txn_open = false;
+	s->txn_failed = false;
+	s->rewind_needed = true;
+}
+
+void kreq__txn_abort(kreq_server_t *s, const char *why)
+{
+	if (!s->txn_mode || !s->txn_open || !s->producer) {
+		s->txn_failed = false;
+		return;
+	}
+	kreq__log(s->conf, 5, "server", "aborting the open transaction: %s", why);
+	atomic_fetch_add_explicit(&s->m.txn_aborts, 1, memory_order_relaxed);
+	rd_kafka_error_t *e = rd_kafka_abort_transaction(s->producer, KREQ__TXN_TIMEOUT_MS);
+	if (e) {
+		kreq__log(s->conf, 4, "server", "abort_transaction: %s", rd_kafka_error_string(e));
+		bool fatal = rd_kafka_error_is_fatal(e);
+		rd_kafka_error_destroy(e);
+		if (fatal)
+			producer_reset(s);
+	}
+	s->txn_open = false;
+	s->txn_failed = false;
 	s->rewind_needed = true;
 }
 
@@ -418,6 +493,7 @@ int kreq__txn_begin(kreq_server_t *s)
 		return KREQ_EKAFKA;
 	}
 	s->txn_open = true;
+	s->txn_failed = false;
 	s->txn_start_ns = kreq__mono_ns();
 	s->txn_results = 0;
 	return KREQ_OK;
@@ -444,6 +520,7 @@ static void offsets_committed(kreq_server_t *s, const rd_kafka_topic_partition_l
 		kreq__part_t *pt = s->parts[l->elems[i].partition];
 		if (pt)
 			pt->committed = l->elems[i].offset;
+		kreq__faults_committed(&s->faults, l->elems[i].partition, l->elems[i].offset);
 	}
 }
 
@@ -490,6 +567,10 @@ int kreq__txn_commit(kreq_server_t *s)
 	}
 	if (!s->txn_open || !s->producer)
 		return KREQ_OK;
+	if (s->txn_failed) { /* an output is missing from it: never commit */
+		kreq__txn_abort(s, "an output of it failed");
+		return KREQ_EKAFKA;
+	}
 	int64_t t0 = kreq__mono_ns();
 	rd_kafka_topic_partition_list_t *l = offsets_to_commit(s);
 	rd_kafka_error_t *e = send_and_commit(s, l);

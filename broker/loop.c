@@ -114,17 +114,41 @@ static kreq__part_t *part_get(kreq_server_t *s, int32_t id)
 
 /* ---- producing replies and results --------------------------------------- */
 
+/* The delivery record of an output of the record in slot seq: it names
+ * the record if the output fails (faults.h); in light mode the slot also
+ * waits for its delivery. */
 static kreq__dr_t *dr_opaque(kreq_server_t *s, kreq__part_t *pt, uint64_t seq)
 {
-	if (s->txn_mode)
-		return NULL;
 	kreq__off_slot_t *sl = kreq__offsets_slot(&pt->offs, seq);
 	kreq__dr_t *dr = sl ? kreq__dr_new(s) : NULL;
 	if (!dr)
 		return NULL;
-	*dr = (kreq__dr_t){NULL, pt->id, pt->incarnation, seq};
-	sl->pending++;
+	*dr = (kreq__dr_t){NULL, pt->id, pt->incarnation, seq, sl->offset, !s->txn_mode};
+	if (!s->txn_mode)
+		sl->pending++;
 	return dr;
+}
+
+static int64_t offset_of(kreq__part_t *pt, uint64_t seq)
+{
+	kreq__off_slot_t *sl = kreq__offsets_slot(&pt->offs, seq);
+	return sl ? sl->offset : -1;
+}
+
+/* A reply that cannot go anywhere: counted, logged at most every 10 s. */
+static void reply_dropped(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t)
+{
+	uint64_t n = atomic_fetch_add_explicit(&s->m.reply_topic_missing, 1, memory_order_relaxed);
+	int64_t now = kreq__mono_ns();
+	if (s->reply_missing_log_ns && now - s->reply_missing_log_ns < 10 * 1000000000LL)
+		return;
+	s->reply_missing_log_ns = now;
+	kreq__log(s->conf, 4, "server",
+	          "reply topic %s does not exist: the reply to record %s [%d] offset %lld is not "
+	          "sent (its result is stored; %llu such replies so far; logged at most every "
+	          "10 s)",
+	          t->topic, s->req_topic, (int)pt->id, (long long)offset_of(pt, t->seq),
+	          (unsigned long long)n + 1);
 }
 
 /* Seals and produces one reply to t, issued at now (ms). */
@@ -132,6 +156,10 @@ static void send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t 
                        const ProtobufCBinaryData *idem, int32_t status, const void *payload,
                        size_t len, const char *error, bool from_dedup, int64_t now)
 {
+	if (t->no_reply) {
+		reply_dropped(s, pt, t);
+		return;
+	}
 	if (kreq__txn_begin(s))
 		return;
 	Kreq__Reply rp = KREQ__REPLY__INIT;
@@ -148,8 +176,11 @@ static void send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t 
 	char why[256];
 	int err = kreq__envelope_seal_to(s->kr, &s->lim, KREQ__KIND_REPLY, &rp.base, s->seal_buf,
 	                                 s->lim.envelope_max, &blen, why, sizeof(why));
-	if (err) {
-		kreq__log(s->conf, 3, "server", "cannot seal a reply: %s", why);
+	if (err) { /* the record is redone, or answered: faults.h */
+		kreq__output_failed(s, pt->id, offset_of(pt, t->seq),
+		                    err == KREQ_EOVERSIZE ? RD_KAFKA_RESP_ERR_NO_ERROR
+		                                          : RD_KAFKA_RESP_ERR__FAIL,
+		                    t->topic, why);
 		return;
 	}
 	if (kreq__kafka_produce(s, t->topic, s->batching, t->partition, t->corr, sizeof(t->corr),
@@ -180,9 +211,11 @@ static void store_result(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, 
 		return;
 	int err = kreq__envelope_seal_to(s->kr, &s->lim, KREQ__KIND_RESULT, &rs.base, s->seal_buf,
 	                                 s->lim.envelope_max, &blen, why, sizeof(why));
-	if (err) {
-		kreq__log(s->conf, 3, "server", "cannot seal a result: %s", why);
-		s->rewind_needed = true; /* never commit an offset without its result */
+	if (err) { /* never commit an offset without its result */
+		kreq__output_failed(s, pt->id, r->offset,
+		                    err == KREQ_EOVERSIZE ? RD_KAFKA_RESP_ERR_NO_ERROR
+		                                          : RD_KAFKA_RESP_ERR__FAIL,
+		                    s->res_topic, why);
 		return;
 	}
 	kreq__kafka_produce(s, s->res_topic, true, pt->id, r->ddkey, r->ddkey_len, s->seal_buf,
@@ -206,6 +239,8 @@ static kreq__handled_t outcome_of(const kreq_request_t *r)
 		                                            : KREQ__H_SHUTTING_DOWN;
 	if (r->status == KREQ_STATUS_CANCELLED)
 		return KREQ__H_CANCELLED;
+	if (r->status == KREQ_STATUS_TOO_LARGE)
+		return KREQ__H_TOO_LARGE;
 	return r->status == 0 ? KREQ__H_OK : KREQ__H_ERROR_STATUS;
 }
 
@@ -294,6 +329,19 @@ static bool reply_topic_allowed(const kreq_server_t *s, const char *topic)
 	return false;
 }
 
+/* Whether a reply can go to partition of topic, per the topic's cached
+ * metadata (broker/topics.h). Unknown (Kafka did not answer) counts as
+ * ok: a produce that then fails is a fault of the record (faults.h). */
+typedef enum { KREQ__RP_OK, KREQ__RP_BAD_PARTITION, KREQ__RP_TOPIC_MISSING } kreq__rp_t;
+
+static kreq__rp_t reply_partition_valid(kreq_server_t *s, const char *topic, int32_t partition)
+{
+	int n = kreq__topic_partitions_cached(s, topic, partition);
+	return n == 0                    ? KREQ__RP_TOPIC_MISSING
+	       : n > 0 && partition >= n ? KREQ__RP_BAD_PARTITION
+	                                 : KREQ__RP_OK;
+}
+
 static const kreq__handler_t *handler_of(const kreq_server_t *s, const char *method)
 {
 	for (size_t i = 0; i < s->nhandlers; i++)
@@ -363,6 +411,26 @@ static void answer(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
 	send_reply(s, pt, t, &q->idempotency_key, status, NULL, 0, error, false, kreq__now_ms());
 }
 
+/* Runs r's handler, unless an earlier pass found r's output too large for
+ * Kafka (faults.h): then r is answered with status KREQ_STATUS_TOO_LARGE,
+ * stored like a handler's error, without running the handler again. */
+static void dispatch_or_refuse(kreq_server_t *s, kreq_request_t *r)
+{
+	const kreq__fault_t *f = kreq__faults_find(&s->faults, r->partition, r->offset);
+	if (!f || f->kind != KREQ__FAULT_TOO_LARGE || !kreq__faults_exhausted(f)) {
+		kreq__dispatch(s, r);
+		return;
+	}
+	char msg[KREQ__FAULT_WHY + 96];
+	snprintf(msg, sizeof(msg), "the reply or result of this request is too large for Kafka: %s",
+	         f->why);
+	atomic_fetch_add_explicit(&s->in_progress, 1, memory_order_relaxed); /* as dispatched */
+	r->started_ns = kreq__mono_ns(); /* answered as if run: the error is stored */
+	r->status = KREQ_STATUS_TOO_LARGE;
+	r->error = strdup(msg);
+	apply_completion(s, r, kreq__now_ms());
+}
+
 /* Returns true when the record is finished now (its offset may pass once
  * the transaction commits), false when a handler will finish it. */
 static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
@@ -381,7 +449,16 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 		reject(s, KREQ__R_REPLY_TOPIC, m, why);
 		return true;
 	}
+	kreq__rp_t rp = reply_partition_valid(s, q->reply_topic, q->reply_partition);
+	if (rp == KREQ__RP_BAD_PARTITION) {
+		snprintf(why, sizeof(why),
+		         "reply partition %d is not a partition of reply topic %s",
+		         (int)q->reply_partition, q->reply_topic);
+		reject(s, KREQ__R_REPLY_PARTITION, m, why);
+		return true;
+	}
 	kreq__target_t t = {.partition = q->reply_partition,
+	                    .no_reply = rp == KREQ__RP_TOPIC_MISSING,
 	                    .attempt = q->attempt,
 	                    .deadline_ms = q->deadline_ms,
 	                    .seq = seq};
@@ -460,7 +537,7 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 	r->ddkey_len = (uint16_t)klen;
 	memcpy(r->digest, digest, 32);
 	r->consumed_ns = kreq__mono_ns();
-	kreq__dispatch(s, r);
+	dispatch_or_refuse(s, r);
 	return false;
 }
 
@@ -481,6 +558,15 @@ static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
 	}
 	if (s->txn_mode && kreq__txn_begin(s))
 		return;
+	const kreq__fault_t *f = kreq__faults_find(&s->faults, m->partition, m->offset);
+	if (f && f->rewinds >= KREQ__REWIND_MAX) { /* no more rewinds for it */
+		char msg[KREQ__FAULT_WHY + 64];
+		snprintf(msg, sizeof(msg), "made the worker rewind %u times (last: %s)", f->rewinds,
+		         f->why);
+		reject(s, KREQ__R_REWINDS, m, msg);
+		slot_complete(pt, seq);
+		return;
+	}
 	kreq__opened_t o;
 	char why[256];
 	int64_t now = kreq__now_ms();
@@ -605,7 +691,11 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
  * committed and continue from the committed offsets. */
 static void rewind_all(kreq_server_t *s)
 {
+	/* first: nothing of the dropped state may commit (faults.h) */
+	kreq__txn_abort(s, "rewinding to the committed offsets");
 	s->rewind_needed = false;
+	kreq__faults_rewound(&s->faults);
+	atomic_fetch_add_explicit(&s->m.rewinds, 1, memory_order_relaxed);
 	rd_kafka_topic_partition_list_t *l = NULL;
 	if (rd_kafka_assignment(s->consumer, &l) || !l)
 		return;

@@ -23,7 +23,8 @@
 	X(UNKNOWN_METHOD, "unknown_method") /* no handler */                                       \
 	X(DENIED, "denied")                 /* key not allowed this method */                      \
 	X(RATE_LIMITED, "rate_limited")     /* key over server.rate.limit.per.key */               \
-	X(SHUTTING_DOWN, "shutting_down")   /* not started before shutdown */
+	X(SHUTTING_DOWN, "shutting_down")   /* not started before shutdown */                      \
+	X(TOO_LARGE, "too_large")           /* its reply or result was too large for Kafka */
 
 /* Why a record was dropped without running anything. */
 #define KREQ__REJECTS(X)                                                                           \
@@ -36,7 +37,9 @@
 	X(FUTURE, "future")                                                                        \
 	X(KIND, "kind")               /* a reply or result on the request topic */                 \
 	X(REPLY_TOPIC, "reply_topic") /* reply topic not on server.reply.topic.allow */            \
-	X(OTHER, "other")
+	X(OTHER, "other")                                                                          \
+	X(REPLY_PARTITION, "reply_partition") /* beyond the reply topic's partitions */            \
+	X(REWINDS, "rewinds") /* made the worker rewind KREQ__REWIND_MAX times (faults.h) */
 
 typedef enum {
 #define KREQ__H_ENUM(id, name) KREQ__H_##id,
@@ -62,13 +65,15 @@ typedef struct kreq__server_metrics {
 	atomic_uint_fast64_t producer_resets; /* fatal errors: producer re-created */
 	atomic_uint_fast64_t results_loaded;  /* results read while rebuilding */
 	atomic_uint_fast64_t produce_errors;
-	atomic_uint_fast64_t replies_batched; /* light: replies on the batching producer */
-	atomic_uint_fast64_t dedup_evicted;   /* results dropped before their retention */
-	atomic_uint_fast64_t dedup_bytes;     /* gauge: memory held by stored results */
-	kreq__hist_t handler_time;            /* handler start to reply */
-	kreq__hist_t queue_time;              /* consumed to handler start */
-	kreq__hist_t commit_time;             /* send_offsets + commit_transaction */
-	kreq__hist_t batch_size;              /* results per transaction, observed x100 */
+	atomic_uint_fast64_t replies_batched;     /* light: replies on the batching producer */
+	atomic_uint_fast64_t dedup_evicted;       /* results dropped before their retention */
+	atomic_uint_fast64_t dedup_bytes;         /* gauge: memory held by stored results */
+	kreq__hist_t handler_time;                /* handler start to reply */
+	kreq__hist_t queue_time;                  /* consumed to handler start */
+	kreq__hist_t commit_time;                 /* send_offsets + commit_transaction */
+	kreq__hist_t batch_size;                  /* results per transaction, observed x100 */
+	atomic_uint_fast64_t rewinds;             /* rewinds to the committed offsets */
+	atomic_uint_fast64_t reply_topic_missing; /* replies not sent: no such topic */
 } kreq__server_metrics_t;
 
 /* Reject reason for an envelope error code. */
