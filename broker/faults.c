@@ -19,8 +19,7 @@ static kreq__fault_t *find(kreq__faults_t *f, int32_t partition, int64_t offset)
 	return NULL;
 }
 
-const kreq__fault_t *kreq__faults_find(const kreq__faults_t *f, int32_t partition,
-                                       int64_t offset)
+const kreq__fault_t *kreq__faults_find(const kreq__faults_t *f, int32_t partition, int64_t offset)
 {
 	return find((kreq__faults_t *)f, partition, offset);
 }

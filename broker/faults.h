@@ -26,9 +26,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define KREQ__FAULTS_MAX  64
-#define KREQ__REWIND_MAX  3 /* rewinds one record may cause */
-#define KREQ__FAULT_WHY   160
+#define KREQ__FAULTS_MAX 64
+#define KREQ__REWIND_MAX 3 /* rewinds one record may cause */
+#define KREQ__FAULT_WHY  160
 
 typedef enum {
 	KREQ__FAULT_OTHER,     /* any other failed output */
@@ -38,9 +38,9 @@ typedef enum {
 
 typedef struct kreq__fault {
 	int32_t partition;
-	int64_t offset;     /* -1: empty entry */
-	uint32_t rewinds;   /* rewinds this record caused */
-	uint64_t pass;      /* the rewind pass that last counted it */
+	int64_t offset;   /* -1: empty entry */
+	uint32_t rewinds; /* rewinds this record caused */
+	uint64_t pass;    /* the rewind pass that last counted it */
 	kreq__fault_kind_t kind;
 	char why[KREQ__FAULT_WHY];
 } kreq__fault_t;
@@ -61,8 +61,7 @@ void kreq__faults_note(kreq__faults_t *f, int32_t partition, int64_t offset,
                        kreq__fault_kind_t kind, const char *why);
 
 /* The entry of (partition, offset), or NULL. */
-const kreq__fault_t *kreq__faults_find(const kreq__faults_t *f, int32_t partition,
-                                       int64_t offset);
+const kreq__fault_t *kreq__faults_find(const kreq__faults_t *f, int32_t partition, int64_t offset);
 
 /* The rewind for the failures noted so far has happened: later failures
  * count as another rewind. */

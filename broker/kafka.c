@@ -118,7 +118,7 @@ void kreq__output_failed(kreq_server_t *s, int32_t partition, int64_t offset,
 	kreq__faults_note(&s->faults, partition, offset, kind, why);
 	if (kind == KREQ__FAULT_REPLY_TO && topic)
 		kreq__topics_forget(&s->topics, topic); /* checked again when redone */
-	s->txn_failed = s->txn_mode;
+	s->txn_failed = s->txn_mode && s->txn_open;
 	s->rewind_needed = true; /* the open transaction cannot commit this */
 }
 
@@ -366,7 +366,7 @@ static void producer_reset(kreq_server_t *s)
 	rd_kafka_destroy(s->producer);
 	s->producer = NULL;
 	if (producer_start(s) == 0) {
-		kreq__log(s->conf, 5, "server", "producer re-created after a fatal error");
+		kreq__log(s->conf, 5, "server", "producer re-created");
 		(void)out_topic(s, s->res_topic); /* reply topics: at their next reply */
 	}
 }
@@ -433,6 +433,40 @@ static bool fenced_too_often(kreq_server_t *s)
 	return true;
 }
 
+/* Ends the open transaction without committing it. First the queued
+ * delivery reports are served: a failed one names the record at fault
+ * (faults.h) and marks the transaction failed. After a failed output the
+ * producer is re-created instead of aborting: librdkafka keeps the failed
+ * message's sequence number, and the abort then hung (30 s, "retry call
+ * to resume") or the next transaction failed as well ("skipped sequence
+ * numbers", or its messages timed out waiting for an epoch bump), taking
+ * innocent requests with it (measured with a reply over its topic's
+ * max.message.bytes). The new producer's init_transactions() aborts the
+ * old one's transaction (same transactional.id). Otherwise the abort is
+ * retried while librdkafka says it may be resumed, and a failed abort
+ * also re-creates the producer. */
+static void abort_open(kreq_server_t *s)
+{
+	rd_kafka_poll(s->producer, 0);
+	if (s->txn_failed) {
+		producer_reset(s);
+		return;
+	}
+	rd_kafka_error_t *ae = NULL;
+	for (int attempt = 0; attempt < 3; attempt++) {
+		if (ae)
+			rd_kafka_error_destroy(ae);
+		ae = rd_kafka_abort_transaction(s->producer, KREQ__TXN_TIMEOUT_MS);
+		if (!ae || !rd_kafka_error_is_retriable(ae))
+			break;
+	}
+	if (ae) {
+		kreq__log(s->conf, 4, "server", "abort_transaction: %s", rd_kafka_error_string(ae));
+		rd_kafka_error_destroy(ae);
+		producer_reset(s);
+	}
+}
+
 static void txn_fail(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
 {
 	kreq__log(s->conf, 4, "server", "%s: %s%s", what, rd_kafka_error_string(e),
@@ -443,16 +477,7 @@ static void txn_fail(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
 	} else if (rd_kafka_error_is_fatal(e)) {
 		producer_reset(s);
 	} else {
-		rd_kafka_error_t *ae =
-		    rd_kafka_abort_transaction(s->producer, KREQ__TXN_TIMEOUT_MS);
-		if (ae) {
-			kreq__log(s->conf, 4, "server", "abort_transaction: %s",
-			          rd_kafka_error_string(ae));
-			bool fatal = rd_kafka_error_is_fatal(ae);
-			rd_kafka_error_destroy(ae);
-			if (fatal)
-				producer_reset(s);
-		}
+		abort_open(s);
 	}
 	rd_kafka_error_destroy(e);
 	s->txn_open = false;
@@ -468,14 +493,7 @@ void kreq__txn_abort(kreq_server_t *s, const char *why)
 	}
 	kreq__log(s->conf, 5, "server", "aborting the open transaction: %s", why);
 	atomic_fetch_add_explicit(&s->m.txn_aborts, 1, memory_order_relaxed);
-	rd_kafka_error_t *e = rd_kafka_abort_transaction(s->producer, KREQ__TXN_TIMEOUT_MS);
-	if (e) {
-		kreq__log(s->conf, 4, "server", "abort_transaction: %s", rd_kafka_error_string(e));
-		bool fatal = rd_kafka_error_is_fatal(e);
-		rd_kafka_error_destroy(e);
-		if (fatal)
-			producer_reset(s);
-	}
+	abort_open(s);
 	s->txn_open = false;
 	s->txn_failed = false;
 	s->rewind_needed = true;

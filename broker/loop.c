@@ -556,6 +556,11 @@ static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
 		s->rewind_needed = true;
 		return;
 	}
+	/* a record that made the worker rewind gets a transaction of its own:
+	 * if it fails again, it takes no other request's work with it */
+	bool isolate = s->txn_mode && kreq__faults_find(&s->faults, m->partition, m->offset);
+	if (isolate && (kreq__txn_commit(s) || s->rewind_needed))
+		return;
 	if (s->txn_mode && kreq__txn_begin(s))
 		return;
 	const kreq__fault_t *f = kreq__faults_find(&s->faults, m->partition, m->offset);
@@ -565,6 +570,8 @@ static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
 		         f->why);
 		reject(s, KREQ__R_REWINDS, m, msg);
 		slot_complete(pt, seq);
+		if (isolate)
+			kreq__txn_commit(s);
 		return;
 	}
 	kreq__opened_t o;
@@ -584,6 +591,8 @@ static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
 	kreq__opened_clear(&o);
 	if (done)
 		slot_complete(pt, seq);
+	if (isolate) /* its answer, if it was answered at once */
+		kreq__txn_commit(s);
 }
 
 /* ---- rebalance, rewind, pause ------------------------------------------- */
@@ -783,7 +792,7 @@ static bool consume(kreq_server_t *s, int max)
 			break;
 		handle_record(s, m);
 		rd_kafka_message_destroy(m);
-		more = !s->fatal;
+		more = !s->fatal && !s->rewind_needed; /* what follows would be redone */
 	}
 	if (n)
 		s->last_record_ns = kreq__mono_ns();
