@@ -42,9 +42,14 @@
 #include "kreq/client.h"
 #include "kreq/error.h"
 #include "kreq/server.h"
+#include "proc.h"
 #include "proto/envelope.h"
 #include "server.h"
 #include "testsupport.h"
+
+#ifndef KREQ_CLI_PATH
+#error "KREQ_CLI_PATH must name the kreq binary"
+#endif
 
 static const char *bootstrap;
 static char prefix[64], req_topic[160], res_topic[160];
@@ -498,6 +503,41 @@ START_TEST(test_no_topic_auto_creation)
 }
 END_TEST
 
+/* ---- `kreq call` with a payload of payload.max.bytes ------------------- */
+
+START_TEST(test_cli_full_size_call)
+{
+	const char *dir = kreq_test_tmp_create("kreq-txf-test");
+	char keyfile[256], err[256];
+	snprintf(keyfile, sizeof(keyfile), "%s/svc.key", dir);
+	ck_assert_int_eq(kreq_keyring_generate_file(keyfile, NULL, "cli-key", KREQ_KEY_HMAC_SHA256,
+	                                            err, sizeof(err)),
+	                 KREQ_OK);
+	kreq_keyring_release(kr); /* the worker verifies with the CLI's key */
+	kr = kreq_keyring_new();
+	ck_assert_int_eq(kreq_keyring_load_file(kr, keyfile, err, sizeof(err)), KREQ_OK);
+	kreq_test_running_t *w = worker_start();
+	char *big = malloc(1000001);
+	memset(big, 'p', 1000000);
+	big[1000000] = '\0';
+	const char *const args[] = {
+	    "call",   "--bootstrap",       bootstrap,  "--keyfile",    keyfile, "--prefix", prefix,
+	    "--json", "--idempotency-key", "cli-full", "--timeout-ms", "60000", "svc.rec",  "-",
+	    NULL};
+	kreq_test_result_t r;
+	kreq_test_run(&r, KREQ_CLI_PATH, args, big, 120000);
+	free(big);
+	ck_assert_msg(r.status == 0, "exit %d\nstderr: %s", r.status, r.err);
+	ck_assert_ptr_nonnull(strstr(r.out, "\"payload_bytes\":1000000"));
+	kreq_test_result_free(&r);
+	ck_assert_int_eq(runs("cli-full"), 1);
+	ck_assert_int_eq(committed(res_topic, "cli-full"), 1);
+	check_worker(w->s);
+	kreq_test_server_stop(w);
+	kreq_test_tmp_remove();
+}
+END_TEST
+
 /* ---- a record that keeps failing: bounded rewinds ------------------------ */
 
 /* Its reply topic takes records of at most 150 bytes (room for the
@@ -546,6 +586,7 @@ int main(void)
 	tcase_add_test(tc, test_reply_topic_deleted);
 	tcase_add_test(tc, test_no_topic_auto_creation);
 	tcase_add_test(tc, test_rewinds_bounded);
+	tcase_add_test(tc, test_cli_full_size_call);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
