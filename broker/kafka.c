@@ -62,24 +62,52 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	kreq__log(s->conf, 4, "kafka", "%s: %s", rd_kafka_err2name(err), reason);
 }
 
-/* Delivery report: the output is secured (light mode: its offset slot
- * may pass) or failed (the record that asked is noted, the transaction
- * aborted, the partition redone). The message opaque is a kreq__dr_t. */
+/* A transactional output's delivery-report opaque: no allocation, the
+ * request record it belongs to packed into the pointer's bits (offset + 1
+ * above 20 bits of partition; NULL when unknown). The transactional
+ * producer reports failures only (delivery.report.only.error): a
+ * successful output costs nothing more than before. */
+#define KREQ__TXN_PART_BITS 20
+
+static void *txn_opaque(int32_t partition, int64_t offset)
+{
+	if (partition < 0 || partition >= (1 << KREQ__TXN_PART_BITS) || offset < 0 ||
+	    offset >= (INT64_C(1) << (63 - KREQ__TXN_PART_BITS)))
+		return NULL;
+	return (void *)(uintptr_t)(((uint64_t)(offset + 1) << KREQ__TXN_PART_BITS) |
+	                           (uint64_t)partition);
+}
+
+static void txn_origin(const void *opaque, int32_t *partition, int64_t *offset)
+{
+	uint64_t v = (uint64_t)(uintptr_t)opaque;
+	*partition = v ? (int32_t)(v & ((1u << KREQ__TXN_PART_BITS) - 1)) : -1;
+	*offset = v ? (int64_t)(v >> KREQ__TXN_PART_BITS) - 1 : -1;
+}
+
+/* Delivery report. Light mode: the output is secured (its offset slot may
+ * pass; the opaque is a kreq__dr_t) or failed. Transactional mode: only
+ * failures. A failure names the request record it belongs to (faults.h),
+ * fails the open transaction and rewinds. */
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
 	(void)rk;
 	kreq_server_t *s = opaque;
-	kreq__dr_t *dr = m->_private;
-	if (!dr)
-		return;
+	kreq__dr_t *dr = s->txn_mode ? NULL : m->_private;
+	int32_t partition = -1;
+	int64_t offset = -1;
+	if (s->txn_mode)
+		txn_origin(m->_private, &partition, &offset);
+	else if (dr)
+		partition = dr->partition, offset = dr->offset;
 	if (m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
 	    m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
 		/* purged by an abort (its transaction is gone already), or by
 		 * closing: the fault, if any, was noted for what failed first */
 	} else if (m->err) {
-		kreq__output_failed(s, dr->partition, dr->offset, m->err,
-		                    rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
-	} else if (dr->counted && dr->partition < s->nparts && s->parts[dr->partition] &&
+		kreq__output_failed(s, partition, offset, m->err, rd_kafka_topic_name(m->rkt),
+		                    rd_kafka_err2str(m->err));
+	} else if (dr && dr->partition < s->nparts && s->parts[dr->partition] &&
 	           s->parts[dr->partition]->incarnation == dr->incarnation) {
 		kreq__off_slot_t *sl = kreq__offsets_slot(&s->parts[dr->partition]->offs, dr->seq);
 		if (sl && sl->pending)
@@ -163,6 +191,8 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 		err = set_kv(rc, "group.id", group, why, sizeof(why));
 	if (!err && producer && txn)
 		err = set_kv(rc, "transactional.id", s->txn_id, why, sizeof(why));
+	if (!err && producer && txn) /* failures name their record: on_delivery */
+		err = set_kv(rc, "delivery.report.only.error", "true", why, sizeof(why));
 	/* light mode is at-least-once: a reply or result duplicated by a retry
 	 * is harmless (the client drops it, compaction keeps one), and
 	 * librdkafka 2.0's idempotent producer busy-polls under load */
@@ -373,7 +403,7 @@ static void producer_reset(kreq_server_t *s)
 
 int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t partition,
                         const void *key, size_t key_len, const uint8_t *value, size_t len,
-                        kreq__dr_t *opaque)
+                        kreq__dr_t *opaque, int32_t rec_partition, int64_t rec_offset)
 {
 	rd_kafka_t *p = batch && s->batch_producer ? s->batch_producer : s->producer;
 	kreq__topic_t *t = p ? out_topic(s, topic) : NULL;
@@ -383,7 +413,9 @@ int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t
 		    p, RD_KAFKA_V_RKT(t->rkt[p == s->producer ? 0 : 1]),
 		    RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_KEY(key, key_len),
 		    RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-		    RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+		    RD_KAFKA_V_OPAQUE(s->txn_mode ? txn_opaque(rec_partition, rec_offset)
+		                                  : (void *)opaque),
+		    RD_KAFKA_V_END);
 		if (!kerr)
 			return KREQ_OK;
 		if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL)
@@ -393,8 +425,7 @@ int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t
 	char why[256];
 	snprintf(why, sizeof(why), "producing to %s [%d]: %s", topic, partition,
 	         t ? rd_kafka_err2str(kerr) : "no producer handle");
-	kreq__output_failed(s, opaque ? opaque->partition : -1, opaque ? opaque->offset : -1, kerr,
-	                    topic, why);
+	kreq__output_failed(s, rec_partition, rec_offset, kerr, topic, why);
 	kreq__dr_free(s, opaque);
 	return KREQ_EKAFKA;
 }

@@ -114,18 +114,16 @@ static kreq__part_t *part_get(kreq_server_t *s, int32_t id)
 
 /* ---- producing replies and results --------------------------------------- */
 
-/* The delivery record of an output of the record in slot seq: it names
- * the record if the output fails (faults.h); in light mode the slot also
- * waits for its delivery. */
 static kreq__dr_t *dr_opaque(kreq_server_t *s, kreq__part_t *pt, uint64_t seq)
 {
+	if (s->txn_mode)
+		return NULL;
 	kreq__off_slot_t *sl = kreq__offsets_slot(&pt->offs, seq);
 	kreq__dr_t *dr = sl ? kreq__dr_new(s) : NULL;
 	if (!dr)
 		return NULL;
-	*dr = (kreq__dr_t){NULL, pt->id, pt->incarnation, seq, sl->offset, !s->txn_mode};
-	if (!s->txn_mode)
-		sl->pending++;
+	*dr = (kreq__dr_t){NULL, pt->id, pt->incarnation, seq, sl->offset};
+	sl->pending++;
 	return dr;
 }
 
@@ -184,7 +182,8 @@ static void send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t 
 		return;
 	}
 	if (kreq__kafka_produce(s, t->topic, s->batching, t->partition, t->corr, sizeof(t->corr),
-	                        s->seal_buf, blen, dr_opaque(s, pt, t->seq)) != KREQ_OK)
+	                        s->seal_buf, blen, dr_opaque(s, pt, t->seq), pt->id,
+	                        offset_of(pt, t->seq)) != KREQ_OK)
 		return;
 	s->txn_results++;
 	if (s->batching)
@@ -219,7 +218,7 @@ static void store_result(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, 
 		return;
 	}
 	kreq__kafka_produce(s, s->res_topic, true, pt->id, r->ddkey, r->ddkey_len, s->seal_buf,
-	                    blen, dr_opaque(s, pt, r->self.seq));
+	                    blen, dr_opaque(s, pt, r->self.seq), pt->id, r->offset);
 }
 
 static void slot_complete(kreq__part_t *pt, uint64_t seq)

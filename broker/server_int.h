@@ -198,7 +198,6 @@ typedef struct kreq__dr {
 	int32_t partition;
 	uint64_t incarnation, seq;
 	int64_t offset; /* of the request record whose output this is */
-	bool counted;   /* light mode: its offset slot counts it as pending */
 } kreq__dr_t;
 
 /* How many freed requests / delivery records the loop keeps for reuse. */
@@ -229,12 +228,14 @@ typedef void(kreq__rebalance_cb_t)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb);
 void kreq__kafka_close(kreq_server_t *s);
 /* Produces a copy of value (librdkafka copies it into its message, one
- * allocation); opaque (a kreq__dr_t or NULL) passes to the delivery report,
- * or is recycled on failure. batch: through batch_producer when there is
- * one (light mode), else the producer. */
+ * allocation); opaque (a kreq__dr_t or NULL, light mode) passes to the
+ * delivery report, or is recycled on failure. batch: through
+ * batch_producer when there is one (light mode), else the producer.
+ * (rec_partition, rec_offset) is the request record the output belongs
+ * to: named when it fails (faults.h). */
 int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t partition,
                         const void *key, size_t key_len, const uint8_t *value, size_t len,
-                        kreq__dr_t *opaque);
+                        kreq__dr_t *opaque, int32_t rec_partition, int64_t rec_offset);
 /* The partition count of output topic (0: it does not exist; -1: Kafka did
  * not say), cached per topic (broker/topics.h) and read again when it
  * would refuse partition and is old enough. */

@@ -97,8 +97,8 @@ START_TEST(test_size_limits)
 	ck_assert_int_eq(check(defaults, why, sizeof(why)), KREQ_OK);
 	kreq_conf_t *c = kreq_conf_new();
 	/* the producers' message.max.bytes has room for a full payload */
-	ck_assert_int_eq(kreq__limits_message_max(c), 1000000 + KREQ__ENVELOPE_OVERHEAD_MAX +
-	                                                  KREQ__RECORD_OVERHEAD_MAX);
+	ck_assert_int_eq(kreq__limits_message_max(c),
+	                 1000000 + KREQ__ENVELOPE_OVERHEAD_MAX + KREQ__RECORD_OVERHEAD_MAX);
 	kreq_conf_destroy(c);
 	/* a user's kafka.message.max.bytes below it is refused, naming both */
 	static const char *const small[] = {"kafka.message.max.bytes", "1000000", NULL};
