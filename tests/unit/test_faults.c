@@ -8,7 +8,10 @@
 #include <string.h>
 
 #include "broker/faults.h"
+#include "kreq/client.h"
 #include "kreq/conf.h"
+#include "kreq/keyring.h"
+#include "kreq/server.h"
 #include "kreq/error.h"
 #include "proto/envelope.h"
 #include "testsupport.h"
@@ -117,6 +120,30 @@ START_TEST(test_size_limits)
 }
 END_TEST
 
+/* kreq_server_new() and kreq_client_new() refuse a kafka.message.max.bytes
+ * that a full payload would not fit, before connecting anywhere. */
+START_TEST(test_new_refuses_small_message_max)
+{
+	kreq_keyring_t *kr = kreq_keyring_new();
+	uint8_t key[32] = {1};
+	ck_assert_int_eq(kreq_keyring_add(kr, "k1", KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
+	kreq_conf_t *c = kreq_conf_new();
+	char why[512] = "";
+	ck_assert_int_eq(kreq_conf_set(c, "kafka.bootstrap.servers", "127.0.0.1:1", why, 512),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(c, "kafka.message.max.bytes", "1000000", why, 512), KREQ_OK);
+	ck_assert_ptr_null(kreq_server_new(c, kr, "svc", why, sizeof(why)));
+	ck_assert_ptr_nonnull(strstr(why, "kafka.message.max.bytes (1000000) is too small"));
+	why[0] = '\0';
+	ck_assert_ptr_null(kreq_client_new(c, kr, why, sizeof(why)));
+	ck_assert_ptr_nonnull(strstr(why, "kafka.message.max.bytes (1000000) is too small"));
+	kreq_conf_destroy(c);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("faults");
@@ -125,6 +152,7 @@ int main(void)
 	tcase_add_test(tc, test_too_large_is_final_at_once);
 	tcase_add_test(tc, test_committed_and_full);
 	tcase_add_test(tc, test_size_limits);
+	tcase_add_test(tc, test_new_refuses_small_message_max);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
