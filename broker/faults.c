@@ -13,6 +13,8 @@ void kreq__faults_init(kreq__faults_t *f)
 
 static kreq__fault_t *find(kreq__faults_t *f, int32_t partition, int64_t offset)
 {
+	if (!f->used) /* every record the loop consumes asks */
+		return NULL;
 	for (int i = 0; i < KREQ__FAULTS_MAX; i++)
 		if (f->e[i].offset == offset && f->e[i].partition == partition && offset >= 0)
 			return &f->e[i];
@@ -34,7 +36,9 @@ void kreq__faults_note(kreq__faults_t *f, int32_t partition, int64_t offset,
 		for (int i = 0; i < KREQ__FAULTS_MAX && !e; i++)
 			if (f->e[i].offset < 0)
 				e = &f->e[i];
-		if (!e) { /* full: forget the oldest */
+		if (e)
+			f->used++;
+		else { /* full: forget the oldest */
 			e = &f->e[f->next];
 			f->next = (f->next + 1) % KREQ__FAULTS_MAX;
 		}
@@ -60,8 +64,10 @@ void kreq__faults_committed(kreq__faults_t *f, int32_t partition, int64_t offset
 {
 	for (int i = 0; i < KREQ__FAULTS_MAX; i++)
 		if (f->e[i].partition == partition && f->e[i].offset >= 0 &&
-		    f->e[i].offset < offset)
+		    f->e[i].offset < offset) {
 			f->e[i].offset = -1;
+			f->used--;
+		}
 }
 
 bool kreq__faults_exhausted(const kreq__fault_t *e)

@@ -48,6 +48,7 @@ typedef struct kreq__fault {
 typedef struct kreq__faults {
 	kreq__fault_t e[KREQ__FAULTS_MAX];
 	uint32_t next; /* the entry replaced next when the table is full */
+	uint32_t used; /* entries in use: 0 (the usual case) makes a lookup free */
 	uint64_t pass; /* current rewind pass: bumped by kreq__faults_rewound */
 	bool noted;    /* a record failed since the last rewind */
 } kreq__faults_t;

@@ -4,6 +4,7 @@
  * producers' message.max.bytes (proto/envelope.h kreq__limits_check).
  */
 #include <check.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,7 +67,9 @@ START_TEST(test_committed_and_full)
 	kreq__faults_note(&f, 0, 10, KREQ__FAULT_OTHER, "a");
 	kreq__faults_note(&f, 0, 20, KREQ__FAULT_OTHER, "b");
 	kreq__faults_note(&f, 1, 10, KREQ__FAULT_OTHER, "c");
+	ck_assert_uint_eq(f.used, 3);
 	kreq__faults_committed(&f, 0, 15); /* committed past offset 10 of partition 0 */
+	ck_assert_uint_eq(f.used, 2);
 	ck_assert_ptr_null(kreq__faults_find(&f, 0, 10));
 	ck_assert_ptr_nonnull(kreq__faults_find(&f, 0, 20));
 	ck_assert_ptr_nonnull(kreq__faults_find(&f, 1, 10));
@@ -78,6 +81,12 @@ START_TEST(test_committed_and_full)
 		n += f.e[i].offset >= 0;
 	ck_assert_int_eq(n, KREQ__FAULTS_MAX);
 	ck_assert_ptr_nonnull(kreq__faults_find(&f, 3, 100 + 2 * KREQ__FAULTS_MAX - 1));
+	ck_assert_uint_eq(f.used, KREQ__FAULTS_MAX);
+	kreq__faults_committed(&f, 3, INT64_MAX);
+	kreq__faults_committed(&f, 0, INT64_MAX);
+	kreq__faults_committed(&f, 1, INT64_MAX);
+	ck_assert_uint_eq(f.used, 0);
+	ck_assert_ptr_null(kreq__faults_find(&f, 3, 100 + 2 * KREQ__FAULTS_MAX - 1));
 }
 END_TEST
 
