@@ -214,9 +214,10 @@ static void raw_send(const uint8_t *buf, size_t len)
 	rd_kafka_destroy(p);
 }
 
-/* A request for svc.rec, payload "x", signed with the test key (as the
+/* A request for method, payload "x", signed with the test key (as the
  * client would send it with idempotency key idem), to reply_topic. */
-static void send_request(const char *idem, const char *reply_topic, int32_t reply_partition)
+static void send_call(const char *method, const char *idem, const char *reply_topic,
+                      int32_t reply_partition)
 {
 	uint8_t corr[16];
 	randombytes_buf(corr, sizeof(corr));
@@ -224,7 +225,7 @@ static void send_request(const char *idem, const char *reply_topic, int32_t repl
 	Kreq__Request q = KREQ__REQUEST__INIT;
 	q.correlation_id = (ProtobufCBinaryData){16, corr};
 	q.idempotency_key = (ProtobufCBinaryData){strlen(idem), (uint8_t *)idem};
-	q.method = "svc.rec";
+	q.method = (char *)method;
 	q.payload = (ProtobufCBinaryData){1, (uint8_t *)"x"};
 	q.reply_topic = (char *)reply_topic;
 	q.reply_partition = reply_partition;
@@ -241,6 +242,11 @@ static void send_request(const char *idem, const char *reply_topic, int32_t repl
 	                 KREQ_OK);
 	raw_send(buf, len);
 	free(buf);
+}
+
+static void send_request(const char *idem, const char *reply_topic, int32_t reply_partition)
+{
+	send_call("svc.rec", idem, reply_topic, reply_partition);
 }
 
 /* Committed records of partition 0 of topic whose envelope (a Reply or a
@@ -367,6 +373,7 @@ START_TEST(test_bad_reply_partition)
 	int32_t rp;
 	const char *reply_topic = kreq_client_reply_topic(c, &rp);
 	send_request("bad", reply_topic, 7);
+	send_call("svc.nosuch", "bad-method", reply_topic, 7); /* would be answered "unknown" */
 	expect(call(c, "svc.rec", "x", 1, "good"), 0, 1, false);
 	/* one partition, in order: the bad record was handled before this */
 	KREQ_TEST_AWAIT(committed(res_topic, "good") == 1, 30000);
@@ -375,7 +382,8 @@ START_TEST(test_bad_reply_partition)
 	ck_assert_int_eq(committed(reply_topic, "good"), 1);
 	ck_assert_int_eq(committed(res_topic, "bad"), 0);
 	ck_assert_uint_eq(metric0(w->s, "kreq_server_produce_errors_total{"), 0);
-	ck_assert_uint_eq(metric0(w->s, "reason=\"reply_partition\"}"), 1);
+	ck_assert_uint_eq(metric0(w->s, "reason=\"reply_partition\"}"), 2);
+	ck_assert_uint_eq(metric0(w->s, "outcome=\"unknown_method\"}"), 0);
 	check_worker(w->s);
 	kreq_client_destroy(c);
 	kreq_test_server_stop(w);
