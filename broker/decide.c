@@ -55,7 +55,7 @@ kreq__decision_t kreq__decide(const kreq__facts_t *f)
 	if (!f->reply_topic_ok)
 		return drop(KREQ__WHY_REPLY_TOPIC);
 	if (!f->reply_partition_ok)
-		return answer(KREQ__WHY_REPLY_PARTITION, KREQ_STATUS_REFUSED);
+		return drop(KREQ__WHY_REPLY_PARTITION);
 	if (!f->handler_found)
 		return answer(KREQ__WHY_UNKNOWN_METHOD, KREQ_STATUS_UNKNOWN_METHOD);
 	if (!f->key_permitted)

@@ -17,7 +17,7 @@
  *                                           issued before server.max.request.age.ms)
  *      wrong partition / wrong service   -> DROP (a replay moved elsewhere: never answered)
  *   4. reply topic not allowed           -> DROP
- *   5. reply partition not on the topic  -> ANSWER refused (4)
+ *   5. reply partition not on the topic  -> DROP (no partition to answer on)
  *   6. no handler                        -> ANSWER unknown method (1)
  *   7. key may not call the method       -> ANSWER denied (5)
  *   8. dedup: same key, other request    -> ANSWER conflict (6)

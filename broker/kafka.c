@@ -62,30 +62,96 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	kreq__log(s->conf, 4, "kafka", "%s: %s", rd_kafka_err2name(err), reason);
 }
 
-/* Delivery report (light mode): the output is secured (or the partition
- * must be redone). The message opaque is a kreq__dr_t. */
+/* A transactional output's delivery-report opaque: no allocation, the
+ * request record it belongs to packed into the pointer's bits (offset + 1
+ * above 20 bits of partition; NULL when unknown). A failure names its
+ * record (faults.h); a success of a Result gives its offset to the dedup
+ * entry, which a retry reads back once the result left memory (ghost.c). */
+#define KREQ__TXN_PART_BITS 20
+
+static void *txn_opaque(int32_t partition, int64_t offset)
+{
+	if (partition < 0 || partition >= (1 << KREQ__TXN_PART_BITS) || offset < 0 ||
+	    offset >= (INT64_C(1) << (63 - KREQ__TXN_PART_BITS)))
+		return NULL;
+	return (void *)(uintptr_t)(((uint64_t)(offset + 1) << KREQ__TXN_PART_BITS) |
+	                           (uint64_t)partition);
+}
+
+static void txn_origin(const void *opaque, int32_t *partition, int64_t *offset)
+{
+	uint64_t v = (uint64_t)(uintptr_t)opaque;
+	*partition = v ? (int32_t)(v & ((1u << KREQ__TXN_PART_BITS) - 1)) : -1;
+	*offset = v ? (int64_t)(v >> KREQ__TXN_PART_BITS) - 1 : -1;
+}
+
+/* Delivery report. Light mode: the output is secured (its offset slot may
+ * pass; the opaque is a kreq__dr_t) or failed. Both modes: a delivered
+ * Result's offset is recorded. A failure names the request record it belongs to (faults.h),
+ * fails the open transaction and rewinds. */
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
 	(void)rk;
 	kreq_server_t *s = opaque;
-	kreq__dr_t *dr = m->_private;
-	if (!m->err && (!dr || (dr->partition < s->nparts && s->parts[dr->partition] &&
-	                        s->parts[dr->partition]->incarnation == dr->incarnation)))
-		kreq__result_delivered(s, m);
-	if (!dr)
-		return;
-	if (m->err) {
-		atomic_fetch_add_explicit(&s->m.produce_errors, 1, memory_order_relaxed);
-		kreq__log(s->conf, 4, "server", "delivery to %s failed: %s; rewinding",
-		          rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
-		s->rewind_needed = true;
-	} else if (dr->partition < s->nparts && s->parts[dr->partition] &&
-	           s->parts[dr->partition]->incarnation == dr->incarnation) {
+	kreq__dr_t *dr = s->txn_mode ? NULL : m->_private;
+	int32_t partition = -1;
+	int64_t offset = -1;
+	if (s->txn_mode)
+		txn_origin(m->_private, &partition, &offset);
+	else if (dr)
+		partition = dr->partition, offset = dr->offset;
+	bool current = !dr || (dr->partition < s->nparts && s->parts[dr->partition] &&
+	                       s->parts[dr->partition]->incarnation == dr->incarnation);
+	if (m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+	    m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
+		/* purged by an abort (its transaction is gone already), or by
+		 * closing: the fault, if any, was noted for what failed first */
+	} else if (m->err) {
+		kreq__output_failed(s, partition, offset, m->err, rd_kafka_topic_name(m->rkt),
+		                    rd_kafka_err2str(m->err));
+	} else if (current) {
+		kreq__result_delivered(s, m); /* a Result's offset, for read-back */
+	}
+	if (!m->err && dr && current) {
 		kreq__off_slot_t *sl = kreq__offsets_slot(&s->parts[dr->partition]->offs, dr->seq);
 		if (sl && sl->pending)
 			sl->pending--;
 	}
 	kreq__dr_free(s, dr);
+}
+
+static kreq__fault_kind_t fault_kind(const kreq_server_t *s, rd_kafka_resp_err_t kerr,
+                                     const char *topic)
+{
+	switch (kerr) {
+	case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+	case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+	case RD_KAFKA_RESP_ERR_NO_ERROR: /* sealing: over envelope.max.bytes */
+		return KREQ__FAULT_TOO_LARGE;
+	case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+	case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+	case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+		return topic && strcmp(topic, s->res_topic) ? KREQ__FAULT_REPLY_TO
+		                                            : KREQ__FAULT_OTHER;
+	default:
+		return KREQ__FAULT_OTHER;
+	}
+}
+
+void kreq__output_failed(kreq_server_t *s, int32_t partition, int64_t offset,
+                         rd_kafka_resp_err_t kerr, const char *topic, const char *why)
+{
+	atomic_fetch_add_explicit(&s->m.produce_errors, 1, memory_order_relaxed);
+	kreq__fault_kind_t kind = fault_kind(s, kerr, topic);
+	kreq__log(s->conf, 4, "server",
+	          "output to %s for record %s [%d] offset %lld failed: %s; %s", topic ? topic : "?",
+	          s->req_topic, (int)partition, (long long)offset, why,
+	          s->txn_mode ? "aborting the transaction" : "rewinding");
+	kreq__faults_note(&s->faults, partition, offset, kind, why);
+	if (kind == KREQ__FAULT_REPLY_TO && topic)
+		kreq__topics_forget(&s->topics, topic); /* checked again when redone */
+	s->txn_failed = s->txn_mode && s->txn_open;
+	s->rewind_needed = true; /* the open transaction cannot commit this */
 }
 
 kreq__dr_t *kreq__dr_new(kreq_server_t *s)
@@ -121,6 +187,10 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 	for (const char *const *kv = producer ? producer_defaults : consumer_defaults; !err && *kv;
 	     kv += 2)
 		err = set_kv(rc, kv[0], kv[1], why, sizeof(why));
+	char mmax[24]; /* room for payload.max.bytes plus overhead (proto/envelope.h) */
+	snprintf(mmax, sizeof(mmax), "%lld", (long long)kreq__limits_message_max(s->conf));
+	if (!err && producer)
+		err = set_kv(rc, "message.max.bytes", mmax, why, sizeof(why));
 	if (!err && group)
 		err = set_kv(rc, "group.id", group, why, sizeof(why));
 	if (!err && producer && txn)
@@ -148,7 +218,9 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 	rd_kafka_conf_set_opaque(rc, s);
 	rd_kafka_conf_set_log_cb(rc, on_log);
 	rd_kafka_conf_set_error_cb(rc, on_error);
-	if (producer) /* transactional too: the offsets of Results (kreq__result_delivered) */
+	/* transactional too: a failed output names its record, a delivered
+	 * Result records its offset (kreq__result_delivered) */
+	if (producer)
 		rd_kafka_conf_set_dr_msg_cb(rc, on_delivery);
 	if (rebalance_cb)
 		rd_kafka_conf_set_rebalance_cb(rc, rebalance_cb);
@@ -271,14 +343,19 @@ static int producer_start(kreq_server_t *s)
 
 /* Output topics are warmed (common/kadmin.h) on first sight, before the
  * first record is produced to them: one metadata round trip per topic and
- * producer, on the loop thread, bounded by KREQ__WARM_TIMEOUT_MS. */
-static void warm_one(kreq_server_t *s, rd_kafka_t *rk, const char *topic)
+ * producer, on the loop thread, bounded by KREQ__WARM_TIMEOUT_MS. The
+ * answer is also the topic's partition count, cached in its entry (the
+ * producers never let the Kafka broker auto-create a topic: a missing one
+ * reads 0). */
+static int warm_one(kreq_server_t *s, rd_kafka_t *rk, const char *topic)
 {
-	if (rk && kreq__topic_partitions(rk, topic, KREQ__WARM_TIMEOUT_MS) < 0)
+	int n = rk ? kreq__topic_partitions(rk, topic, KREQ__WARM_TIMEOUT_MS) : -1;
+	if (rk && n < 0)
 		kreq__log(s->conf, 5, "server",
 		          "no metadata for reply topic %s yet: its first reply may wait for "
 		          "the producer's own lookup",
 		          topic);
+	return n;
 }
 
 /* topic's entry in the table of output topics (broker/topics.h), added
@@ -294,9 +371,21 @@ static kreq__topic_t *out_topic(kreq_server_t *s, const char *topic)
 		kreq__log(s->conf, 3, "server", "%s", why);
 		return NULL;
 	}
-	warm_one(s, s->producer, topic);
-	warm_one(s, s->batch_producer, topic);
+	int n = warm_one(s, s->producer, topic), nb = warm_one(s, s->batch_producer, topic);
+	kreq__topics_set_partitions(t, n >= 0 ? n : nb, kreq__mono_ns());
 	return t;
+}
+
+int kreq__topic_partitions_cached(kreq_server_t *s, const char *topic, int32_t partition)
+{
+	kreq__topic_t *t = s->producer ? out_topic(s, topic) : NULL;
+	if (!t)
+		return -1;
+	int64_t now = kreq__mono_ns();
+	if (kreq__topics_recheck_due(t, partition, now))
+		kreq__topics_set_partitions(
+		    t, kreq__topic_partitions(s->producer, topic, KREQ__WARM_TIMEOUT_MS), now);
+	return t->partitions;
 }
 
 static void producer_reset(kreq_server_t *s)
@@ -308,42 +397,38 @@ static void producer_reset(kreq_server_t *s)
 	rd_kafka_destroy(s->producer);
 	s->producer = NULL;
 	if (producer_start(s) == 0) {
-		kreq__log(s->conf, 5, "server", "producer re-created after a fatal error");
+		kreq__log(s->conf, 5, "server", "producer re-created");
 		(void)out_topic(s, s->res_topic); /* reply topics: at their next reply */
 	}
 }
 
 int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t partition,
                         const void *key, size_t key_len, const uint8_t *value, size_t len,
-                        kreq__dr_t *opaque)
+                        kreq__dr_t *opaque, int32_t rec_partition, int64_t rec_offset)
 {
 	rd_kafka_t *p = batch && s->batch_producer ? s->batch_producer : s->producer;
 	kreq__topic_t *t = p ? out_topic(s, topic) : NULL;
-	if (!t) {
-		kreq__dr_free(s, opaque);
-		s->rewind_needed = true;
-		return KREQ_EKAFKA;
-	}
-	rd_kafka_topic_t *rkt = t->rkt[p == s->producer ? 0 : 1];
-	for (;;) {
-		rd_kafka_resp_err_t kerr = rd_kafka_producev(
-		    p, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(partition),
-		    RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE((void *)value, len),
-		    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(opaque),
+	rd_kafka_resp_err_t kerr = RD_KAFKA_RESP_ERR__FAIL;
+	for (; t;) {
+		kerr = rd_kafka_producev(
+		    p, RD_KAFKA_V_RKT(t->rkt[p == s->producer ? 0 : 1]),
+		    RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_KEY(key, key_len),
+		    RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+		    RD_KAFKA_V_OPAQUE(s->txn_mode ? txn_opaque(rec_partition, rec_offset)
+		                                  : (void *)opaque),
 		    RD_KAFKA_V_END);
 		if (!kerr)
 			return KREQ_OK;
-		if (kerr == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-			rd_kafka_poll(p, 10);
-			continue;
-		}
-		atomic_fetch_add_explicit(&s->m.produce_errors, 1, memory_order_relaxed);
-		kreq__log(s->conf, 4, "server", "producing to %s [%d]: %s", topic, partition,
-		          rd_kafka_err2str(kerr));
-		kreq__dr_free(s, opaque);
-		s->rewind_needed = true; /* the open transaction cannot commit this */
-		return KREQ_EKAFKA;
+		if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+			break;
+		rd_kafka_poll(p, 10);
 	}
+	char why[256];
+	snprintf(why, sizeof(why), "producing to %s [%d]: %s", topic, partition,
+	         t ? rd_kafka_err2str(kerr) : "no producer handle");
+	kreq__output_failed(s, rec_partition, rec_offset, kerr, topic, why);
+	kreq__dr_free(s, opaque);
+	return KREQ_EKAFKA;
 }
 
 /* ---- transactions ------------------------------------------------------- */
@@ -380,6 +465,40 @@ static bool fenced_too_often(kreq_server_t *s)
 	return true;
 }
 
+/* Ends the open transaction without committing it. First the queued
+ * delivery reports are served: a failed one names the record at fault
+ * (faults.h) and marks the transaction failed. After a failed output the
+ * producer is re-created instead of aborting: librdkafka keeps the failed
+ * message's sequence number, and the abort then hung (30 s, "retry call
+ * to resume") or the next transaction failed as well ("skipped sequence
+ * numbers", or its messages timed out waiting for an epoch bump), taking
+ * innocent requests with it (measured with a reply over its topic's
+ * max.message.bytes). The new producer's init_transactions() aborts the
+ * old one's transaction (same transactional.id). Otherwise the abort is
+ * retried while librdkafka says it may be resumed, and a failed abort
+ * also re-creates the producer. */
+static void abort_open(kreq_server_t *s)
+{
+	rd_kafka_poll(s->producer, 0);
+	if (s->txn_failed) {
+		producer_reset(s);
+		return;
+	}
+	rd_kafka_error_t *ae = NULL;
+	for (int attempt = 0; attempt < 3; attempt++) {
+		if (ae)
+			rd_kafka_error_destroy(ae);
+		ae = rd_kafka_abort_transaction(s->producer, KREQ__TXN_TIMEOUT_MS);
+		if (!ae || !rd_kafka_error_is_retriable(ae))
+			break;
+	}
+	if (ae) {
+		kreq__log(s->conf, 4, "server", "abort_transaction: %s", rd_kafka_error_string(ae));
+		rd_kafka_error_destroy(ae);
+		producer_reset(s);
+	}
+}
+
 static void txn_fail(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
 {
 	kreq__log(s->conf, 4, "server", "%s: %s%s", what, rd_kafka_error_string(e),
@@ -390,19 +509,25 @@ static void txn_fail(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
 	} else if (rd_kafka_error_is_fatal(e)) {
 		producer_reset(s);
 	} else {
-		rd_kafka_error_t *ae =
-		    rd_kafka_abort_transaction(s->producer, KREQ__TXN_TIMEOUT_MS);
-		if (ae) {
-			kreq__log(s->conf, 4, "server", "abort_transaction: %s",
-			          rd_kafka_error_string(ae));
-			bool fatal = rd_kafka_error_is_fatal(ae);
-			rd_kafka_error_destroy(ae);
-			if (fatal)
-				producer_reset(s);
-		}
+		abort_open(s);
 	}
 	rd_kafka_error_destroy(e);
 	s->txn_open = false;
+	s->txn_failed = false;
+	s->rewind_needed = true;
+}
+
+void kreq__txn_abort(kreq_server_t *s, const char *why)
+{
+	if (!s->txn_mode || !s->txn_open || !s->producer) {
+		s->txn_failed = false;
+		return;
+	}
+	kreq__log(s->conf, 5, "server", "aborting the open transaction: %s", why);
+	atomic_fetch_add_explicit(&s->m.txn_aborts, 1, memory_order_relaxed);
+	abort_open(s);
+	s->txn_open = false;
+	s->txn_failed = false;
 	s->rewind_needed = true;
 }
 
@@ -418,6 +543,7 @@ int kreq__txn_begin(kreq_server_t *s)
 		return KREQ_EKAFKA;
 	}
 	s->txn_open = true;
+	s->txn_failed = false;
 	s->txn_start_ns = kreq__mono_ns();
 	s->txn_results = 0;
 	return KREQ_OK;
@@ -444,6 +570,7 @@ static void offsets_committed(kreq_server_t *s, const rd_kafka_topic_partition_l
 		kreq__part_t *pt = s->parts[l->elems[i].partition];
 		if (pt)
 			pt->committed = l->elems[i].offset;
+		kreq__faults_committed(&s->faults, l->elems[i].partition, l->elems[i].offset);
 	}
 }
 
@@ -490,6 +617,10 @@ int kreq__txn_commit(kreq_server_t *s)
 	}
 	if (!s->txn_open || !s->producer)
 		return KREQ_OK;
+	if (s->txn_failed) { /* an output is missing from it: never commit */
+		kreq__txn_abort(s, "an output of it failed");
+		return KREQ_EKAFKA;
+	}
 	int64_t t0 = kreq__mono_ns();
 	rd_kafka_topic_partition_list_t *l = offsets_to_commit(s);
 	rd_kafka_error_t *e = send_and_commit(s, l);

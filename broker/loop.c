@@ -167,9 +167,31 @@ static kreq__dr_t *dr_opaque(kreq_server_t *s, kreq__part_t *pt, uint64_t seq)
 	kreq__dr_t *dr = sl ? kreq__dr_new(s) : NULL;
 	if (!dr)
 		return NULL;
-	*dr = (kreq__dr_t){NULL, pt->id, pt->incarnation, seq};
+	*dr = (kreq__dr_t){NULL, pt->id, pt->incarnation, seq, sl->offset};
 	sl->pending++;
 	return dr;
+}
+
+static int64_t offset_of(kreq__part_t *pt, uint64_t seq)
+{
+	kreq__off_slot_t *sl = kreq__offsets_slot(&pt->offs, seq);
+	return sl ? sl->offset : -1;
+}
+
+/* A reply that cannot go anywhere: counted, logged at most every 10 s. */
+static void reply_dropped(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t)
+{
+	uint64_t n = atomic_fetch_add_explicit(&s->m.reply_topic_missing, 1, memory_order_relaxed);
+	int64_t now = kreq__mono_ns();
+	if (s->reply_missing_log_ns && now - s->reply_missing_log_ns < 10 * 1000000000LL)
+		return;
+	s->reply_missing_log_ns = now;
+	kreq__log(s->conf, 4, "server",
+	          "reply topic %s does not exist: the reply to record %s [%d] offset %lld is not "
+	          "sent (its result is stored; %llu such replies so far; logged at most every "
+	          "10 s)",
+	          t->topic, s->req_topic, (int)pt->id, (long long)offset_of(pt, t->seq),
+	          (unsigned long long)n + 1);
 }
 
 /* Seals and produces one reply to t, issued at now (ms). */
@@ -177,6 +199,10 @@ static void send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t 
                        const ProtobufCBinaryData *idem, int32_t status, const void *payload,
                        size_t len, const char *error, bool from_dedup, int64_t now)
 {
+	if (t->no_reply) {
+		reply_dropped(s, pt, t);
+		return;
+	}
 	if (kreq__txn_begin(s))
 		return;
 	Kreq__Reply rp = KREQ__REPLY__INIT;
@@ -193,12 +219,16 @@ static void send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t 
 	char why[256];
 	int err = kreq__envelope_seal_to(s->kr, &s->lim, KREQ__KIND_REPLY, &rp.base, s->seal_buf,
 	                                 s->lim.envelope_max, &blen, why, sizeof(why));
-	if (err) {
-		kreq__log(s->conf, 3, "server", "cannot seal a reply: %s", why);
+	if (err) { /* the record is redone, or answered: faults.h */
+		kreq__output_failed(s, pt->id, offset_of(pt, t->seq),
+		                    err == KREQ_EOVERSIZE ? RD_KAFKA_RESP_ERR_NO_ERROR
+		                                          : RD_KAFKA_RESP_ERR__FAIL,
+		                    t->topic, why);
 		return;
 	}
 	if (kreq__kafka_produce(s, t->topic, s->batching, t->partition, t->corr, sizeof(t->corr),
-	                        s->seal_buf, blen, dr_opaque(s, pt, t->seq)) != KREQ_OK)
+	                        s->seal_buf, blen, dr_opaque(s, pt, t->seq), pt->id,
+	                        offset_of(pt, t->seq)) != KREQ_OK)
 		return;
 	s->txn_results++;
 	if (s->batching)
@@ -225,13 +255,15 @@ static void store_result(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, 
 		return;
 	int err = kreq__envelope_seal_to(s->kr, &s->lim, KREQ__KIND_RESULT, &rs.base, s->seal_buf,
 	                                 s->lim.envelope_max, &blen, why, sizeof(why));
-	if (err) {
-		kreq__log(s->conf, 3, "server", "cannot seal a result: %s", why);
-		s->rewind_needed = true; /* never commit an offset without its result */
+	if (err) { /* never commit an offset without its result */
+		kreq__output_failed(s, pt->id, r->offset,
+		                    err == KREQ_EOVERSIZE ? RD_KAFKA_RESP_ERR_NO_ERROR
+		                                          : RD_KAFKA_RESP_ERR__FAIL,
+		                    s->res_topic, why);
 		return;
 	}
 	kreq__kafka_produce(s, s->res_topic, true, pt->id, r->ddkey, r->ddkey_len, s->seal_buf,
-	                    blen, dr_opaque(s, pt, r->self.seq));
+	                    blen, dr_opaque(s, pt, r->self.seq), pt->id, r->offset);
 }
 
 static void slot_complete(kreq__part_t *pt, uint64_t seq)
@@ -251,6 +283,8 @@ static kreq__handled_t outcome_of(const kreq_request_t *r)
 		                                            : KREQ__H_SHUTTING_DOWN;
 	if (r->status == KREQ_STATUS_CANCELLED)
 		return KREQ__H_CANCELLED;
+	if (r->status == KREQ_STATUS_TOO_LARGE)
+		return KREQ__H_TOO_LARGE;
 	return r->status == 0 ? KREQ__H_OK : KREQ__H_ERROR_STATUS;
 }
 
@@ -389,6 +423,19 @@ static bool reply_topic_allowed(const kreq_server_t *s, const char *topic)
 	return false;
 }
 
+/* Whether a reply can go to partition of topic, per the topic's cached
+ * metadata (broker/topics.h). Unknown (Kafka did not answer) counts as
+ * ok: a produce that then fails is a fault of the record (faults.h). */
+typedef enum { KREQ__RP_OK, KREQ__RP_BAD_PARTITION, KREQ__RP_TOPIC_MISSING } kreq__rp_t;
+
+static kreq__rp_t reply_partition_valid(kreq_server_t *s, const char *topic, int32_t partition)
+{
+	int n = kreq__topic_partitions_cached(s, topic, partition);
+	return n == 0                    ? KREQ__RP_TOPIC_MISSING
+	       : n > 0 && partition >= n ? KREQ__RP_BAD_PARTITION
+	                                 : KREQ__RP_OK;
+}
+
 static const kreq__handler_t *handler_of(const kreq_server_t *s, const char *method)
 {
 	for (size_t i = 0; i < s->nhandlers; i++)
@@ -488,6 +535,26 @@ static void answer(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
 	send_reply(s, pt, t, &q->idempotency_key, status, NULL, 0, error, false, kreq__now_ms());
 }
 
+/* Runs r's handler, unless an earlier pass found r's output too large for
+ * Kafka (faults.h): then r is answered with status KREQ_STATUS_TOO_LARGE,
+ * stored like a handler's error, without running the handler again. */
+static void dispatch_or_refuse(kreq_server_t *s, kreq_request_t *r)
+{
+	const kreq__fault_t *f = kreq__faults_find(&s->faults, r->partition, r->offset);
+	if (!f || f->kind != KREQ__FAULT_TOO_LARGE || !kreq__faults_exhausted(f)) {
+		kreq__dispatch(s, r);
+		return;
+	}
+	char msg[KREQ__FAULT_WHY + 96];
+	snprintf(msg, sizeof(msg), "the reply or result of this request is too large for Kafka: %s",
+	         f->why);
+	/* never dispatched: r holds no in-flight place (r->retired), nothing to give back */
+	r->started_ns = kreq__mono_ns(); /* answered as if run: the error is stored */
+	r->status = KREQ_STATUS_TOO_LARGE;
+	r->error = strdup(msg);
+	apply_completion(s, r, kreq__now_ms());
+}
+
 /* What handle_request learns about a Request while gathering its facts. */
 typedef struct req_ctx {
 	uint8_t key[KREQ__DEDUP_KEY_MAX];
@@ -498,6 +565,7 @@ typedef struct req_ctx {
 	kreq__dd_entry_t *e;
 	const kreq__handler_t *h;
 	kreq__bucket_t *b;
+	kreq__rp_t rp; /* the reply topic's state (reply_partition_valid) */
 } req_ctx_t;
 
 /* Whether corr already gets r's reply (r itself or one of its joiners). */
@@ -525,9 +593,12 @@ static void request_facts(kreq_server_t *s, kreq__part_t *pt, const kreq__opened
 	f->too_old = window == KREQ__R_TOO_OLD;
 	f->service_ok = service_ok(s, q);
 	f->partition_ok = partition_ok(s, m, q);
-	/* computed by the reply-topic checks */
-	f->reply_partition_ok = true;
 	f->reply_topic_ok = reply_topic_allowed(s, q->reply_topic);
+	/* only an allowed topic is looked up: the worker never asks Kafka
+	 * about (or makes it create) a topic a request merely names */
+	c->rp = f->reply_topic_ok ? reply_partition_valid(s, q->reply_topic, q->reply_partition)
+	                          : KREQ__RP_OK;
+	f->reply_partition_ok = c->rp != KREQ__RP_BAD_PARTITION;
 	c->h = handler_of(s, q->method);
 	f->handler_found = c->h != NULL;
 	f->key_permitted = kreq_keyring_check_method(s->kr, o->key_id, q->method) == KREQ_OK;
@@ -601,7 +672,7 @@ static bool dispatch(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
 	r->ddkey_len = (uint16_t)c->klen;
 	memcpy(r->digest, c->digest, 32);
 	r->consumed_ns = kreq__mono_ns();
-	kreq__dispatch(s, r);
+	dispatch_or_refuse(s, r);
 	return true;
 }
 
@@ -610,10 +681,6 @@ static void answer_text(const kreq__opened_t *o, kreq__why_t why, char *buf, siz
 {
 	const Kreq__Request *q = o->u.req;
 	switch (why) {
-	case KREQ__WHY_REPLY_PARTITION:
-		snprintf(buf, n, "reply partition %d does not exist on %s", (int)q->reply_partition,
-		         q->reply_topic);
-		break;
 	case KREQ__WHY_UNKNOWN_METHOD:
 		snprintf(buf, n, "unknown method %s", q->method);
 		break;
@@ -634,8 +701,6 @@ static void answer_text(const kreq__opened_t *o, kreq__why_t why, char *buf, siz
 static kreq__handled_t outcome_of_why(kreq__why_t why)
 {
 	switch (why) {
-	case KREQ__WHY_REPLY_PARTITION:
-		return KREQ__H_REFUSED;
 	case KREQ__WHY_UNKNOWN_METHOD:
 		return KREQ__H_UNKNOWN_METHOD;
 	case KREQ__WHY_DENIED:
@@ -684,6 +749,12 @@ static void drop_request(kreq_server_t *s, const rd_kafka_message_t *m, const kr
 		         "reply topic %s is not allowed by server.reply.topic.allow",
 		         o->u.req->reply_topic);
 		reject(s, KREQ__R_REPLY_TOPIC, m, text);
+		break;
+	case KREQ__WHY_REPLY_PARTITION:
+		snprintf(text, sizeof(text),
+		         "reply partition %d is not a partition of reply topic %s",
+		         (int)q->reply_partition, q->reply_topic);
+		reject(s, KREQ__R_REPLY_PARTITION, m, text);
 		break;
 	case KREQ__WHY_DUPLICATE:
 		atomic_fetch_add_explicit(&s->m.rejected[KREQ__R_DUPLICATE], 1,
@@ -736,6 +807,7 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 		return true;
 	}
 	kreq__target_t t = {.partition = q->reply_partition,
+	                    .no_reply = c.rp == KREQ__RP_TOPIC_MISSING,
 	                    .attempt = q->attempt,
 	                    .deadline_ms = q->deadline_ms,
 	                    .seq = seq};
@@ -747,8 +819,6 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 	case KREQ__ACT_ANSWER: {
 		char why[512];
 		answer_text(o, d.why, why, sizeof(why));
-		if (d.why == KREQ__WHY_REPLY_PARTITION) /* that partition does not exist */
-			t.partition = RD_KAFKA_PARTITION_UA;
 		answer(s, pt, &t, q, outcome_of_why(d.why), d.status, why);
 		return true;
 	}
@@ -785,8 +855,24 @@ static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
 		s->rewind_needed = true;
 		return;
 	}
+	/* a record that made the worker rewind gets a transaction of its own:
+	 * if it fails again, it takes no other request's work with it */
+	bool isolate = s->txn_mode && kreq__faults_find(&s->faults, m->partition, m->offset);
+	if (isolate && (kreq__txn_commit(s) || s->rewind_needed))
+		return;
 	if (s->txn_mode && kreq__txn_begin(s))
 		return;
+	const kreq__fault_t *fault = kreq__faults_find(&s->faults, m->partition, m->offset);
+	if (fault && fault->rewinds >= KREQ__REWIND_MAX) { /* no more rewinds for it */
+		char msg[KREQ__FAULT_WHY + 64];
+		snprintf(msg, sizeof(msg), "made the worker rewind %u times (last: %s)",
+		         fault->rewinds, fault->why);
+		reject(s, KREQ__R_REWINDS, m, msg);
+		slot_complete(pt, seq);
+		if (isolate)
+			kreq__txn_commit(s);
+		return;
+	}
 	kreq__opened_t o;
 	char why[256];
 	int64_t now = kreq__now_ms();
@@ -808,6 +894,8 @@ static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
 	kreq__opened_clear(&o);
 	if (done)
 		slot_complete(pt, seq);
+	if (isolate) /* its answer, if it was answered at once */
+		kreq__txn_commit(s);
 }
 
 /* ---- rebalance, rewind, pause ------------------------------------------- */
@@ -919,7 +1007,11 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
  * committed and continue from the committed offsets. */
 static void rewind_all(kreq_server_t *s)
 {
+	/* first: nothing of the dropped state may commit (faults.h) */
+	kreq__txn_abort(s, "rewinding to the committed offsets");
 	s->rewind_needed = false;
+	kreq__faults_rewound(&s->faults);
+	atomic_fetch_add_explicit(&s->m.rewinds, 1, memory_order_relaxed);
 	rd_kafka_topic_partition_list_t *l = NULL;
 	if (rd_kafka_assignment(s->consumer, &l) || !l)
 		return;
@@ -1016,7 +1108,7 @@ static bool consume(kreq_server_t *s, int max)
 			break;
 		handle_record(s, m);
 		rd_kafka_message_destroy(m);
-		more = !s->fatal;
+		more = !s->fatal && !s->rewind_needed; /* what follows would be redone */
 	}
 	if (n)
 		s->last_record_ns = kreq__mono_ns();

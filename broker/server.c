@@ -86,6 +86,9 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 		return kreq__err(errstr, errstr_size, KREQ_ECONF,
 		                 "kafka.bootstrap.servers is not set");
 	kreq__limits_from_conf(&s->lim, c);
+	int err = kreq__limits_check(c, errstr, errstr_size);
+	if (err)
+		return err;
 	s->retention_ms = kreq__conf_int(c, KREQ__P_SERVER_DEDUP_RETENTION_MS);
 	s->max_deadline_ms = kreq__conf_int(c, KREQ__P_SERVER_MAX_DEADLINE_MS);
 	s->max_age_ms = kreq__conf_int(c, KREQ__P_SERVER_MAX_REQUEST_AGE_MS);
@@ -147,6 +150,7 @@ KREQ_API kreq_server_t *kreq_server_new(const kreq_conf_t *conf, kreq_keyring_t 
 		kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 		return NULL;
 	}
+	kreq__faults_init(&s->faults);
 	pthread_mutex_init(&s->kr_lock, NULL);
 	pthread_mutex_init(&s->pool_lock, NULL);
 	pthread_cond_init(&s->pool_cv, NULL);

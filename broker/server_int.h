@@ -37,6 +37,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "broker/dedup.h"
+#include "broker/faults.h"
 #include "broker/offsets.h"
 #include "broker/smetrics.h"
 #include "broker/topics.h"
@@ -59,7 +60,8 @@ typedef struct kreq__target {
 	int32_t partition;
 	uint32_t attempt;
 	int64_t deadline_ms;
-	uint64_t seq; /* offset slot of the record that asked */
+	uint64_t seq;  /* offset slot of the record that asked */
+	bool no_reply; /* its reply topic does not exist: nothing is sent */
 } kreq__target_t;
 
 typedef enum { KREQ__RQ_QUEUED, KREQ__RQ_RUNNING, KREQ__RQ_REPLIED } kreq__rq_state_t;
@@ -181,6 +183,11 @@ struct kreq_server_s {
 	int64_t fenced_since_ms;    /* kafka.c fenced_too_often(): window start */
 	bool results_check_skipped; /* rebuild.c: "not checked" logged (mock cluster) */
 	int fenced_count;
+	/* a produce or seal failed since the transaction began: it is aborted,
+	 * never committed (kafka.c kreq__txn_commit, loop.c rewind_all) */
+	bool txn_failed;
+	kreq__faults_t faults;        /* records that made the worker rewind (faults.h) */
+	int64_t reply_missing_log_ns; /* last "reply topic does not exist" log line */
 
 	/* handler pool */
 	pthread_t *threads;
@@ -221,6 +228,7 @@ typedef struct kreq__dr {
 	struct kreq__dr *next; /* free list */
 	int32_t partition;
 	uint64_t incarnation, seq;
+	int64_t offset; /* of the request record whose output this is */
 } kreq__dr_t;
 
 /* How many freed requests / delivery records the loop keeps for reuse. */
@@ -269,17 +277,32 @@ typedef void(kreq__rebalance_cb_t)(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb);
 void kreq__kafka_close(kreq_server_t *s);
 /* Produces a copy of value (librdkafka copies it into its message, one
- * allocation); opaque (a kreq__dr_t or NULL) passes to the delivery report,
- * or is recycled on failure. batch: through batch_producer when there is
- * one (light mode), else the producer. */
+ * allocation); opaque (a kreq__dr_t or NULL, light mode) passes to the
+ * delivery report, or is recycled on failure. batch: through
+ * batch_producer when there is one (light mode), else the producer.
+ * (rec_partition, rec_offset) is the request record the output belongs
+ * to: named when it fails (faults.h). */
 int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t partition,
                         const void *key, size_t key_len, const uint8_t *value, size_t len,
-                        kreq__dr_t *opaque);
+                        kreq__dr_t *opaque, int32_t rec_partition, int64_t rec_offset);
+/* The partition count of output topic (0: it does not exist; -1: Kafka did
+ * not say), cached per topic (broker/topics.h) and read again when it
+ * would refuse partition and is old enough. */
+int kreq__topic_partitions_cached(kreq_server_t *s, const char *topic, int32_t partition);
 /* A delivery record from the loop's free list (or malloc); NULL on ENOMEM. */
 kreq__dr_t *kreq__dr_new(kreq_server_t *s);
 void kreq__dr_free(kreq_server_t *s, kreq__dr_t *dr);
 int kreq__txn_begin(kreq_server_t *s);
+/* Commits the open transaction, or aborts it (and flags a rewind) when an
+ * output of it failed (s->txn_failed). */
 int kreq__txn_commit(kreq_server_t *s);
+/* Aborts the open transaction, if any (before a rewind). */
+void kreq__txn_abort(kreq_server_t *s, const char *why);
+/* An output of the record at (partition, offset) failed (kafka error kerr,
+ * or a seal failure when kerr is 0): noted in s->faults, the transaction
+ * marked failed and a rewind flagged. */
+void kreq__output_failed(kreq_server_t *s, int32_t partition, int64_t offset,
+                         rd_kafka_resp_err_t kerr, const char *topic, const char *why);
 /* Makes room in the dedup stores (loop thread): each key id over
  * server.dedup.key.max.bytes among its own results, then, while the
  * worker is over server.dedup.max.bytes, in the key id holding the most

@@ -121,6 +121,14 @@ void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_pr
 	        "Handler replies refused because the worker had already answered the request "
 	        "with status 2 at its deadline + server.handler.grace.ms.",
 	        load(&m->late_replies), l);
+	counter(out, "kreq_server_rewinds_total",
+	        "Rewinds to the committed offsets (after an aborted transaction or a failed "
+	        "delivery).",
+	        load(&m->rewinds), l);
+	counter(out, "kreq_server_reply_topic_missing_total",
+	        "Replies not sent because their reply topic does not exist (the result and the "
+	        "offset still commit: a retry from a new reply topic is a dedup hit).",
+	        load(&m->reply_topic_missing), l);
 	kreq__hist_render(out, "kreq_server_handler_seconds", "Handler start to reply.",
 	                  &m->handler_time, l, 1e6);
 	kreq__hist_render(out, "kreq_server_queue_seconds", "Request consumed to handler start.",

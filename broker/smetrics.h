@@ -24,8 +24,8 @@
 	X(DENIED, "denied")                 /* key not allowed this method */                      \
 	X(RATE_LIMITED, "rate_limited")     /* key over server.rate.limit.per.key */               \
 	X(SHUTTING_DOWN, "shutting_down")   /* not started before shutdown */                      \
-	X(REFUSED, "refused")               /* reply_partition not on the reply topic */           \
-	X(OVERDUE, "overdue")               /* handler not done by deadline + grace: status 2 */
+	X(OVERDUE, "overdue")               /* handler not done by deadline + grace: status 2 */   \
+	X(TOO_LARGE, "too_large")           /* its reply or result was too large for Kafka */
 
 /* Why a record was dropped without running anything. */
 #define KREQ__REJECTS(X)                                                                           \
@@ -44,7 +44,9 @@
 	X(DEADLINE_TOO_FAR, "deadline_too_far") /* beyond server.max.deadline.ms */                \
 	X(TOO_OLD, "too_old")                   /* issued before server.max.request.age.ms */      \
 	X(DUPLICATE, "duplicate")               /* replay of a running request's correlation id */ \
-	X(JOIN_LIMIT, "join_limit") /* replay past KREQ__JOINERS_MAX or server.max.in.flight */
+	X(JOIN_LIMIT, "join_limit") /* replay past KREQ__JOINERS_MAX or server.max.in.flight */    \
+	X(REPLY_PARTITION, "reply_partition") /* beyond the reply topic's partitions */            \
+	X(REWINDS, "rewinds") /* made the worker rewind KREQ__REWIND_MAX times (faults.h) */
 
 typedef enum {
 #define KREQ__H_ENUM(id, name) KREQ__H_##id,
@@ -81,7 +83,9 @@ typedef struct kreq__server_metrics {
 	kreq__hist_t commit_time;                 /* send_offsets + commit_transaction */
 	kreq__hist_t batch_size;                  /* results per transaction, observed x100 */
 	atomic_uint_fast64_t late_replies; /* replies refused: request answered at its deadline */
-	atomic_uint_fast64_t results_ignored; /* rebuild: Results of other signers */
+	atomic_uint_fast64_t results_ignored;     /* rebuild: Results of other signers */
+	atomic_uint_fast64_t rewinds;             /* rewinds to the committed offsets */
+	atomic_uint_fast64_t reply_topic_missing; /* replies not sent: no such topic */
 } kreq__server_metrics_t;
 
 /* Reject reason for an envelope error code. */

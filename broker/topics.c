@@ -93,7 +93,7 @@ int kreq__topics_add(kreq__topics_t *t, const char *name, rd_kafka_t *const prod
 	if (reserve(t))
 		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory for topic %s",
 		                 name);
-	kreq__topic_t e = {kreq__topics_hash(t->seed, name), strdup(name), {NULL, NULL}};
+	kreq__topic_t e = {kreq__topics_hash(t->seed, name), strdup(name), {NULL, NULL}, -1, 0};
 	int err = e.name ? KREQ_OK : KREQ_ENOMEM;
 	for (int k = 0; k < 2 && !err; k++)
 		if (producer[k] && !(e.rkt[k] = rd_kafka_topic_new(producer[k], name, NULL)))
@@ -109,4 +109,23 @@ int kreq__topics_add(kreq__topics_t *t, const char *name, rd_kafka_t *const prod
 	t->count++;
 	*out = &t->slot[i];
 	return KREQ_OK;
+}
+
+void kreq__topics_set_partitions(kreq__topic_t *e, int n, int64_t now_ns)
+{
+	e->partitions = n < 0 ? -1 : n;
+	e->checked_ns = now_ns;
+}
+
+bool kreq__topics_recheck_due(const kreq__topic_t *e, int32_t partition, int64_t now_ns)
+{
+	return (e->partitions <= 0 || partition >= e->partitions) &&
+	       now_ns - e->checked_ns >= KREQ__TOPIC_RECHECK_NS;
+}
+
+void kreq__topics_forget(kreq__topics_t *t, const char *name)
+{
+	kreq__topic_t *e = kreq__topics_find(t, name);
+	if (e)
+		*e = (kreq__topic_t){e->hash, e->name, {e->rkt[0], e->rkt[1]}, -1, 0};
 }

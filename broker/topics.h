@@ -23,6 +23,7 @@
  */
 #ifndef KREQ_BROKER_TOPICS_H
 #define KREQ_BROKER_TOPICS_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,6 +35,8 @@ typedef struct kreq__topic {
 	uint64_t hash; /* of name; 0 = empty slot */
 	char *name;
 	rd_kafka_topic_t *rkt[2]; /* on producer[0] and [1]; NULL where there is none */
+	int32_t partitions;       /* per the last metadata: 0 missing, -1 unknown */
+	int64_t checked_ns;       /* when partitions was read (monotonic) */
 } kreq__topic_t;
 
 typedef struct kreq__topics {
@@ -54,6 +57,21 @@ kreq__topic_t *kreq__topics_find(const kreq__topics_t *t, const char *name);
  * A table at its bound is cleared first. */
 int kreq__topics_add(kreq__topics_t *t, const char *name, rd_kafka_t *const producer[2],
                      kreq__topic_t **out, char *errstr, size_t errstr_size);
+/* Partition counts. A reply names a partition of its topic; the worker
+ * checks it against the count cached here (read with the topic's warming
+ * metadata request). A count that would refuse the reply (missing topic,
+ * partition beyond it) or that is unknown is read again at most every
+ * KREQ__TOPIC_RECHECK_NS, so a topic created or grown later is noticed and
+ * a stream of bad requests costs at most one metadata request a second
+ * per topic. */
+#define KREQ__TOPIC_RECHECK_NS 1000000000LL
+/* Records n (from metadata: > 0 partitions, 0 missing, < 0 no answer). */
+void kreq__topics_set_partitions(kreq__topic_t *e, int n, int64_t now_ns);
+/* Whether e's count is unknown or refuses partition, and was read long
+ * enough ago to be read again. */
+bool kreq__topics_recheck_due(const kreq__topic_t *e, int32_t partition, int64_t now_ns);
+/* Marks name's count unknown (a produce to it failed: read it again). */
+void kreq__topics_forget(kreq__topics_t *t, const char *name);
 /* Releases every handle and the table's memory; the table is then empty
  * and usable again (its bound stays). */
 void kreq__topics_clear(kreq__topics_t *t);

@@ -302,6 +302,11 @@ static int submit(const struct call_opts *o, kreq_client_t *c, const struct payl
 		                       "the call to %s was refused: %s (check the method name "
 		                       "and the payload size)",
 		                       o->method, kreq_strerror(err));
+	if (err == KREQ_EOVERSIZE)
+		return cli_usage_error(SUB,
+		                       "the payload of %zu bytes is larger than payload.max.bytes "
+		                       "(set it with -X payload.max.bytes=N)",
+		                       p->len);
 	if (err != KREQ_OK)
 		return cli_fail(CLI_EXIT_FAIL, SUB, "cannot call %s: %s (%s)", o->method,
 		                kreq_strerror(err), kreq_err_name(err));

@@ -902,6 +902,11 @@ static rd_kafka_t *make_handle(kreq_client_t *c, rd_kafka_type_t type, char *err
 	char why[512] = "";
 	bool producer = type == RD_KAFKA_PRODUCER;
 	int err = set_all(rc, producer ? producer_defaults : consumer_defaults, why, sizeof(why));
+	char mmax[24]; /* room for payload.max.bytes plus overhead (proto/envelope.h) */
+	snprintf(mmax, sizeof(mmax), "%lld", (long long)kreq__limits_message_max(c->conf));
+	if (!err && producer)
+		err = rd_kafka_conf_set(rc, "message.max.bytes", mmax, why, sizeof(why)) !=
+		      RD_KAFKA_CONF_OK;
 	if (!err && !producer) {
 		char gid[400];
 		snprintf(gid, sizeof(gid), "%s.reply.%s", c->topic_prefix, c->client_id);
@@ -1030,6 +1035,9 @@ static int read_conf(kreq_client_t *c, char *errstr, size_t errstr_size)
 		                 "(kreq_keyring_set_signing_key())",
 		                 want, have);
 	kreq__limits_from_conf(&c->lim, cf);
+	int err = kreq__limits_check(cf, errstr, errstr_size);
+	if (err)
+		return err;
 	snprintf(c->client_id, sizeof(c->client_id), "%s", kreq__conf_str(cf, KREQ__P_CLIENT_ID));
 	snprintf(c->topic_prefix, sizeof(c->topic_prefix), "%s",
 	         kreq__conf_str(cf, KREQ__P_TOPIC_PREFIX));
@@ -1265,8 +1273,13 @@ static int check_call_args(kreq_client_t *c, const char *method, const void *pay
 {
 	if (!c || !method || !futp || (len && !payload) || !method_valid(method))
 		return KREQ_EINVAL;
-	if (len > c->lim.payload_max)
+	if (len > c->lim.payload_max) { /* refused before sending: it could never arrive */
+		kreq__log(
+		    c->conf, 4, "client",
+		    "call to %s refused: payload of %zu bytes exceeds payload.max.bytes (%zu)",
+		    method, len, c->lim.payload_max);
 		return KREQ_EOVERSIZE;
+	}
 	if (atomic_load(&c->closing))
 		return KREQ_ECLOSED;
 	if (kafka_unavailable(c) || !kreq__health_admit(c->health, method))

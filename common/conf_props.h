@@ -24,7 +24,10 @@
 	  "Largest encoded envelope accepted or produced, in bytes. Larger input is refused "      \
 	  "with KREQ_EOVERSIZE before it is parsed.")                                              \
 	X(PAYLOAD_MAX_BYTES, "payload.max.bytes", INT, "1000000", 0, 268435456,                    \
-	  "Largest request or reply payload accepted or produced, in bytes.")                      \
+	  "Largest request or reply payload accepted or produced, in bytes. Plus 40960 bytes of "  \
+	  "envelope overhead it must fit envelope.max.bytes; kreq's producers set librdkafka's "   \
+	  "message.max.bytes to it plus 41984 (a smaller kafka.message.max.bytes is refused), "    \
+	  "and the Kafka broker's max.message.bytes must be as large (docs/operations.md).")       \
 	X(CLOCK_SKEW_MS, "clock.skew.ms", INT, "30000", 0, 3600000,                                \
 	  "Allowed clock difference between hosts, in milliseconds: a message whose issued-at "    \
 	  "time is further in the future than this is refused with KREQ_EFUTURE.")                 \
@@ -230,8 +233,11 @@
 	  "a crashed worker's open transaction blocks readers of its partitions (and the "         \
 	  "dedup rebuild of whoever takes them over) for at most this long")                       \
 	X("allow.auto.create.topics", "false",                                                     \
-	  "the worker creates its topics itself; a deleted results topic must not come back with " \
-	  "the Kafka broker's defaults (one partition, not compacted)")
+	  "a worker never creates a topic by writing to it: a deleted results topic must not "     \
+	  "come "                                                                                  \
+	  "back with the Kafka broker's defaults (one partition, not compacted), and a reply to "  \
+	  "a "                                                                                     \
+	  "reply topic that does not exist is counted and not sent")
 
 #define KREQ__KAFKA_SERVER_CONSUMER_DEFAULTS(X)                                                    \
 	X("isolation.level", "read_committed", "results and requests of committed transactions")   \

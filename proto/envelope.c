@@ -114,6 +114,41 @@ void kreq__limits_from_conf(kreq__limits_t *lim, const kreq_conf_t *conf)
 	lim->skew_ms = kreq__conf_int(conf, KREQ__P_CLOCK_SKEW_MS);
 }
 
+int64_t kreq__limits_message_max(const kreq_conf_t *conf)
+{
+	int64_t need = kreq__conf_int(conf, KREQ__P_PAYLOAD_MAX_BYTES) +
+	               KREQ__ENVELOPE_OVERHEAD_MAX + KREQ__RECORD_OVERHEAD_MAX;
+	return need < 1000000 ? 1000000 : need; /* never below librdkafka's default */
+}
+
+int kreq__limits_check(const kreq_conf_t *conf, char *errstr, size_t errstr_size)
+{
+	int64_t payload = kreq__conf_int(conf, KREQ__P_PAYLOAD_MAX_BYTES);
+	int64_t envelope = kreq__conf_int(conf, KREQ__P_ENVELOPE_MAX_BYTES);
+	if (payload + KREQ__ENVELOPE_OVERHEAD_MAX > envelope)
+		return kreq__err(errstr, errstr_size, KREQ_ECONF,
+		                 "payload.max.bytes (%lld) plus the envelope overhead (%d) exceeds "
+		                 "envelope.max.bytes (%lld): raise envelope.max.bytes to at least "
+		                 "%lld or lower payload.max.bytes",
+		                 (long long)payload, KREQ__ENVELOPE_OVERHEAD_MAX,
+		                 (long long)envelope,
+		                 (long long)(payload + KREQ__ENVELOPE_OVERHEAD_MAX));
+	char v[32];
+	size_t n = sizeof(v);
+	if (kreq_conf_get(conf, "kafka.message.max.bytes", v, &n) != KREQ_OK)
+		return KREQ_OK; /* kreq sets kreq__limits_message_max() */
+	int64_t need = payload + KREQ__ENVELOPE_OVERHEAD_MAX + KREQ__RECORD_OVERHEAD_MAX;
+	if (strtoll(v, NULL, 10) < need)
+		return kreq__err(errstr, errstr_size, KREQ_ECONF,
+		                 "kafka.message.max.bytes (%s) is too small for payload.max.bytes "
+		                 "(%lld) plus the envelope and record overhead (%d): set it to at "
+		                 "least %lld, or lower payload.max.bytes",
+		                 v, (long long)payload,
+		                 KREQ__ENVELOPE_OVERHEAD_MAX + KREQ__RECORD_OVERHEAD_MAX,
+		                 (long long)need);
+	return KREQ_OK;
+}
+
 static uint8_t *put_be(uint8_t *p, uint64_t v, int bytes)
 {
 	for (int i = bytes - 1; i >= 0; i--)

@@ -50,6 +50,26 @@ typedef struct kreq__limits {
 
 void kreq__limits_from_conf(kreq__limits_t *lim, const kreq_conf_t *conf);
 
+/* Size limits, made consistent (docs/operations.md, "Message sizes"):
+ *   payload.max.bytes + KREQ__ENVELOPE_OVERHEAD_MAX <= envelope.max.bytes
+ *   envelope + KREQ__RECORD_OVERHEAD_MAX <= the producers' message.max.bytes
+ * so whatever payload kreq accepts, its envelope can be sealed and
+ * librdkafka accepts the record. KREQ__ENVELOPE_OVERHEAD_MAX bounds what an
+ * envelope adds around its payload: a Request with 32 metadata entries of
+ * 1 KiB and every string at its maximum is ~36.4 KB; a Reply or Result
+ * with a 4096-byte error text < 5 KB. KREQ__RECORD_OVERHEAD_MAX bounds a
+ * Kafka record's key (at most KREQ__DEDUP_KEY_MAX, 320 bytes) and framing. */
+#define KREQ__ENVELOPE_OVERHEAD_MAX 40960
+#define KREQ__RECORD_OVERHEAD_MAX   1024
+
+/* The message.max.bytes kreq's producers need for conf's payload.max.bytes
+ * (set before the user's kafka. properties). */
+int64_t kreq__limits_message_max(const kreq_conf_t *conf);
+
+/* Checks the rule above for conf, including a kafka.message.max.bytes the
+ * user set: KREQ_OK or KREQ_ECONF with errstr naming the properties. */
+int kreq__limits_check(const kreq_conf_t *conf, char *errstr, size_t errstr_size);
+
 /* A verified, decoded message. Owns the decoded body: with arena set, the
  * body lives in that one block (kreq__envelope_open decodes into it, so a
  * decode costs one allocation instead of one per field); without, it was

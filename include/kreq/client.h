@@ -63,9 +63,10 @@ KREQ_API void kreq_client_destroy(kreq_client_t *c);
 /** Calls method with payload (copied; may be NULL if len is 0). opts may be
  *  NULL for defaults. On KREQ_OK *futp holds a new future (the caller's
  *  reference). Errors (no future, no callback): KREQ_EINVAL (bad argument:
- *  method name, payload too large, options), KREQ_EBACKPRESSURE,
- *  KREQ_EUNAVAILABLE, KREQ_ECLOSED (client being destroyed), KREQ_ENOMEM,
- *  KREQ_EOVERSIZE. */
+ *  method name, options), KREQ_EOVERSIZE (payload over payload.max.bytes:
+ *  refused before anything is sent, and logged with both sizes),
+ *  KREQ_EBACKPRESSURE, KREQ_EUNAVAILABLE, KREQ_ECLOSED (client being
+ *  destroyed), KREQ_ENOMEM. */
 KREQ_API int kreq_client_call(kreq_client_t *c, const char *method, const void *payload, size_t len,
                               const kreq_call_opts_t *opts, kreq_future_t **futp);
 

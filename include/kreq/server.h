@@ -80,7 +80,12 @@ typedef struct kreq_request_s kreq_request_t;
 #define KREQ_STATUS_OVERLOADED     7
 #define KREQ_STATUS_HANDLER_FAILED 8
 #define KREQ_STATUS_SHUTTING_DOWN  9
-#define KREQ_STATUS_USER_MIN       100
+/* 10 is reserved ("poison"). 11: the handler ran but its reply or result
+ * was too large for Kafka (a Kafka broker's max.message.bytes, or
+ * envelope.max.bytes); stored like a handler error, so a retry gets the
+ * same answer without running the handler again (docs/protocol.md 4.5). */
+#define KREQ_STATUS_TOO_LARGE 11
+#define KREQ_STATUS_USER_MIN  100
 
 /** A handler: called once per request to run (never for a dedup hit, a
  *  joined duplicate or a refused request). It must call kreq_request_reply()

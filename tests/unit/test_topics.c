@@ -135,6 +135,41 @@ START_TEST(test_bound_starts_over)
 }
 END_TEST
 
+/* The cached partition count: read again only when it would refuse (or
+ * is unknown) and at most every KREQ__TOPIC_RECHECK_NS; forgotten after a
+ * failed produce. */
+START_TEST(test_partition_count_cache)
+{
+	rd_kafka_t *p[2] = {producer_new(), NULL};
+	kreq__topics_t t = {0};
+	kreq__topic_t *e = NULL;
+	char why[256];
+	ck_assert_int_eq(kreq__topics_add(&t, "p.reply.a", p, &e, why, sizeof(why)), KREQ_OK);
+	ck_assert_int_eq(e->partitions, -1); /* not read yet */
+	int64_t now = 5 * KREQ__TOPIC_RECHECK_NS;
+	kreq__topics_set_partitions(e, 3, now);
+	ck_assert_int_eq(e->partitions, 3);
+	ck_assert(!kreq__topics_recheck_due(e, 2, now + 10 * KREQ__TOPIC_RECHECK_NS)); /* fits */
+	ck_assert(!kreq__topics_recheck_due(e, 7, now + KREQ__TOPIC_RECHECK_NS - 1));
+	ck_assert(kreq__topics_recheck_due(e, 7, now + KREQ__TOPIC_RECHECK_NS));
+	kreq__topics_set_partitions(e, 0, now); /* missing */
+	ck_assert(!kreq__topics_recheck_due(e, 0, now + 1));
+	ck_assert(kreq__topics_recheck_due(e, 0, now + KREQ__TOPIC_RECHECK_NS));
+	kreq__topics_set_partitions(e, -5, now); /* no answer */
+	ck_assert_int_eq(e->partitions, -1);
+	kreq__topics_set_partitions(e, 3, now);
+	kreq__topics_forget(&t, "p.reply.a");
+	e = kreq__topics_find(&t, "p.reply.a");
+	ck_assert_ptr_nonnull(e); /* the handle stays */
+	ck_assert_ptr_nonnull(e->rkt[0]);
+	ck_assert_int_eq(e->partitions, -1);
+	ck_assert(kreq__topics_recheck_due(e, 0, now));
+	kreq__topics_forget(&t, "p.reply.unknown"); /* no entry: nothing */
+	kreq__topics_clear(&t);
+	rd_kafka_destroy(p[0]);
+}
+END_TEST
+
 int main(void)
 {
 	if (sodium_init() < 0)
@@ -146,6 +181,7 @@ int main(void)
 	tcase_add_test(tc, test_add_find_through_growth);
 	tcase_add_test(tc, test_one_producer_and_refused_name);
 	tcase_add_test(tc, test_bound_starts_over);
+	tcase_add_test(tc, test_partition_count_cache);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
