@@ -226,6 +226,7 @@ static void send_call(const char *method, const char *idem, const char *reply_to
 	q.correlation_id = (ProtobufCBinaryData){16, corr};
 	q.idempotency_key = (ProtobufCBinaryData){strlen(idem), (uint8_t *)idem};
 	q.method = (char *)method;
+	q.service = "svc"; /* every method here is svc's (protocol v2 signs it) */
 	q.payload = (ProtobufCBinaryData){1, (uint8_t *)"x"};
 	q.reply_topic = (char *)reply_topic;
 	q.reply_partition = reply_partition;
