@@ -512,8 +512,13 @@ bool kreq__dd_tenant_evict(kreq__dd_tenant_t *t, bool *removed, int64_t *expires
 	kreq__dd_entry_t *e = t->oldest ? t->oldest : t->g_oldest;
 	if (!e)
 		return false;
+	/* a result whose Result record has no known offset yet (its delivery
+	 * report has not come) could not be found again: it stays, over the
+	 * budget for a moment, and room is made once the offset is known */
+	if (e->state == KREQ__DD_DONE && e->res_offset < 0)
+		return false;
 	*expires_ms = e->expires_ms;
-	*removed = e->state == KREQ__DD_GHOST || e->res_offset < 0 || !result_bytes(e);
+	*removed = e->state == KREQ__DD_GHOST;
 	if (*removed)
 		kreq__dedup_remove(e->owner, e);
 	else

@@ -120,6 +120,36 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 	kreq__dr_free(s, dr);
 }
 
+/* A failure of Kafka rather than of the record (unreachable, timed out,
+ * leadership moving, fenced): it rewinds, but does not count against the
+ * record (faults.h), or a Kafka outage would make valid requests dropped. */
+static bool transient(rd_kafka_resp_err_t kerr)
+{
+	switch (kerr) {
+	case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+	case RD_KAFKA_RESP_ERR__TIMED_OUT:
+	case RD_KAFKA_RESP_ERR__TRANSPORT:
+	case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+	case RD_KAFKA_RESP_ERR__FENCED:
+	case RD_KAFKA_RESP_ERR__STATE:
+	case RD_KAFKA_RESP_ERR__DESTROY:
+	case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+	case RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION:
+	case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS:
+	case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND:
+	case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+	case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+	case RD_KAFKA_RESP_ERR_PRODUCER_FENCED:
+	case RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH:
+	case RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS:
+	case RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE:
+	case RD_KAFKA_RESP_ERR_NOT_COORDINATOR:
+		return true;
+	default:
+		return false;
+	}
+}
+
 static kreq__fault_kind_t fault_kind(const kreq_server_t *s, rd_kafka_resp_err_t kerr,
                                      const char *topic)
 {
@@ -147,7 +177,8 @@ void kreq__output_failed(kreq_server_t *s, int32_t partition, int64_t offset,
 	          "output to %s for record %s [%d] offset %lld failed: %s; %s", topic ? topic : "?",
 	          s->req_topic, (int)partition, (long long)offset, why,
 	          s->txn_mode ? "aborting the transaction" : "rewinding");
-	kreq__faults_note(&s->faults, partition, offset, kind, why);
+	if (!transient(kerr))
+		kreq__faults_note(&s->faults, partition, offset, kind, why);
 	if (kind == KREQ__FAULT_REPLY_TO && topic)
 		kreq__topics_forget(&s->topics, topic); /* checked again when redone */
 	s->txn_failed = s->txn_mode && s->txn_open;
@@ -526,6 +557,10 @@ void kreq__txn_abort(kreq_server_t *s, const char *why)
 	kreq__log(s->conf, 5, "server", "aborting the open transaction: %s", why);
 	atomic_fetch_add_explicit(&s->m.txn_aborts, 1, memory_order_relaxed);
 	abort_open(s);
+	/* reports of the aborted transaction's outputs are served now, on the
+	 * state they belong to, not after the rewind on its successor's */
+	if (s->producer)
+		rd_kafka_poll(s->producer, 0);
 	s->txn_open = false;
 	s->txn_failed = false;
 	s->rewind_needed = true;
@@ -535,7 +570,7 @@ int kreq__txn_begin(kreq_server_t *s)
 {
 	if (!s->txn_mode || s->txn_open)
 		return KREQ_OK;
-	if (!s->producer)
+	if (!s->producer || s->rewind_needed) /* nothing is written until the rewind */
 		return KREQ_EKAFKA;
 	rd_kafka_error_t *e = rd_kafka_begin_transaction(s->producer);
 	if (e) {
@@ -619,6 +654,10 @@ int kreq__txn_commit(kreq_server_t *s)
 		return KREQ_OK;
 	if (s->txn_failed) { /* an output is missing from it: never commit */
 		kreq__txn_abort(s, "an output of it failed");
+		return KREQ_EKAFKA;
+	}
+	if (s->rewind_needed) { /* what it holds is redone from the committed offsets */
+		kreq__txn_abort(s, "a rewind is pending");
 		return KREQ_EKAFKA;
 	}
 	int64_t t0 = kreq__mono_ns();

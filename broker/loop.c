@@ -148,8 +148,10 @@ void kreq__result_delivered(kreq_server_t *s, const rd_kafka_message_t *m)
 	kreq__part_t *pt =
 	    m->partition >= 0 && m->partition < s->nparts ? s->parts[m->partition] : NULL;
 	kreq__dd_entry_t *e = pt ? kreq__dedup_find(&pt->dd, m->key, m->key_len) : NULL;
-	if (e && e->state == KREQ__DD_DONE && e->res_offset < 0)
+	if (e && e->state == KREQ__DD_DONE && e->res_offset < 0) {
 		e->res_offset = m->offset;
+		s->dd_bound_due = true; /* it may leave memory now: step() makes room */
+	}
 }
 
 static kreq__part_t *part_get(kreq_server_t *s, int32_t id)
@@ -345,8 +347,15 @@ static void apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
 		kreq__request_free(r);
 		return;
 	}
+	/* a record that made the worker rewind settles in a transaction of its
+	 * own (faults.h): if it fails again, nothing else is redone with it */
+	bool isolate = s->txn_mode && kreq__faults_find(&s->faults, r->partition, r->offset);
+	if (isolate)
+		kreq__txn_commit(s);
 	settle(s, pt, r, outcome_of(r), r->started_ns && r->status != KREQ_STATUS_CANCELLED, now);
 	kreq__request_free(r);
+	if (isolate)
+		kreq__txn_commit(s);
 	kreq__dedup_bound(s, pt); /* last: it may evict what was just stored */
 }
 
@@ -378,8 +387,14 @@ static void expire_overdue(kreq_server_t *s)
 			r->error =
 			    strdup(started ? "handler did not finish before the deadline"
 			                   : "deadline exceeded before the work could start");
+			bool isolate =
+			    s->txn_mode && kreq__faults_find(&s->faults, r->partition, r->offset);
+			if (isolate) /* as in apply_completion */
+				kreq__txn_commit(s);
 			settle(s, pt, r, started ? KREQ__H_OVERDUE : KREQ__H_DEADLINE, started,
 			       now);
+			if (isolate)
+				kreq__txn_commit(s);
 			kreq__dedup_bound(s, pt);
 		} /* else stale: the record will be redone */
 	}
@@ -594,10 +609,14 @@ static void request_facts(kreq_server_t *s, kreq__part_t *pt, const kreq__opened
 	f->service_ok = service_ok(s, q);
 	f->partition_ok = partition_ok(s, m, q);
 	f->reply_topic_ok = reply_topic_allowed(s, q->reply_topic);
-	/* only an allowed topic is looked up: the worker never asks Kafka
-	 * about (or makes it create) a topic a request merely names */
-	c->rp = f->reply_topic_ok ? reply_partition_valid(s, q->reply_topic, q->reply_partition)
-	                          : KREQ__RP_OK;
+	/* only a request that is not dropped anyway, with an allowed reply
+	 * topic, costs a lookup: the worker never asks Kafka about (or makes it
+	 * create) a topic a request merely names, and a stream of replays of
+	 * old requests costs no round trips */
+	bool droppable = f->deadline_too_far || f->too_old || !f->partition_ok || !f->service_ok ||
+	                 !f->reply_topic_ok; /* decide.h: dropped before the reply partition */
+	c->rp =
+	    droppable ? KREQ__RP_OK : reply_partition_valid(s, q->reply_topic, q->reply_partition);
 	f->reply_partition_ok = c->rp != KREQ__RP_BAD_PARTITION;
 	c->h = handler_of(s, q->method);
 	f->handler_found = c->h != NULL;
@@ -1101,7 +1120,7 @@ static bool consume(kreq_server_t *s, int max)
 		/* at the limit, stop taking records: flow_control() pauses the
 		 * partitions, which drops what was prefetched and refetches it from
 		 * the consumed position on resume */
-		if (!kreq__request_room(s))
+		if (!kreq__request_room(s) || s->rewind_needed)
 			break;
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, 0);
 		if (!m)
@@ -1172,6 +1191,10 @@ static void step(kreq_server_t *s, bool fetch, bool *more)
 		rd_kafka_poll(s->batch_producer, 0);
 	process_completions(s);
 	expire_overdue(s);
+	if (s->dd_bound_due) { /* not from the delivery report: a settle may be under way */
+		s->dd_bound_due = false;
+		kreq__dedup_bound(s, NULL);
+	}
 	if (s->rewind_needed && !s->fatal)
 		rewind_all(s);
 	if (fetch)

@@ -186,6 +186,7 @@ struct kreq_server_s {
 	/* a produce or seal failed since the transaction began: it is aborted,
 	 * never committed (kafka.c kreq__txn_commit, loop.c rewind_all) */
 	bool txn_failed;
+	bool dd_bound_due;            /* a stored result's offset became known: kreq__dedup_bound */
 	kreq__faults_t faults;        /* records that made the worker rewind (faults.h) */
 	int64_t reply_missing_log_ns; /* last "reply topic does not exist" log line */
 
