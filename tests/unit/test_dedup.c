@@ -332,6 +332,18 @@ static uint8_t *colliding_keys(void)
 	return keys;
 }
 
+/* NCOLL ordinary keys (consecutive counters): the baseline. */
+static uint8_t *plain_keys(void)
+{
+	uint8_t *keys = malloc((size_t)NCOLL * KEYLEN), k[KREQ__DEDUP_KEY_MAX];
+	ck_assert_ptr_nonnull(keys);
+	for (uint64_t ctr = 0; ctr < NCOLL; ctr++) {
+		kreq__dedup_key(k, "t", (const uint8_t *)&ctr, sizeof(ctr));
+		memcpy(keys + (size_t)ctr * KEYLEN, k, KEYLEN);
+	}
+	return keys;
+}
+
 /* The rebuild's path: one DONE entry per key; seconds taken. */
 static double insert_all(kreq__dedup_t *dd, const uint8_t *keys)
 {
@@ -343,15 +355,24 @@ static double insert_all(kreq__dedup_t *dd, const uint8_t *keys)
 	return secs() - t0;
 }
 
-/* 100k keys chosen to collide under the old fixed key go in well under a
- * second: with the table's own random key they do not collide at all, and
- * even a table told to use the old key (as if it had leaked) re-keys itself
- * when a probe run passes the bound instead of going quadratic. Before,
- * the fixed-key index took 10.1 s for the same keys. */
+/* 100k keys chosen to collide under the old fixed key go in as fast as
+ * 100k ordinary keys (0.11-0.13 s in a release build): with the table's
+ * own random key they do not collide at all, and even a table told to use
+ * the old key (as if it had leaked) re-keys itself when a probe run passes
+ * the bound instead of going quadratic. Before, the fixed-key index took
+ * 10.1 s for the same keys, about 100x the ordinary ones. The check is a
+ * ratio to the ordinary keys inserted in the same run (it holds under
+ * valgrind too); the probe bound below is the structural guarantee. */
 START_TEST(test_colliding_keys_stay_linear)
 {
-	uint8_t *keys = colliding_keys();
+	uint8_t *plain = plain_keys();
 	kreq__dedup_t dd;
+	ck_assert_int_eq(kreq__dedup_init(&dd), KREQ_OK);
+	double t_base = insert_all(&dd, plain);
+	kreq__dedup_clear(&dd);
+	free(plain);
+
+	uint8_t *keys = colliding_keys();
 	ck_assert_int_eq(kreq__dedup_init(&dd), KREQ_OK);
 	double t_rand = insert_all(&dd, keys);
 	ck_assert_uint_eq(dd.count, NCOLL);
@@ -373,9 +394,10 @@ START_TEST(test_colliding_keys_stay_linear)
 			ck_assert_uint_lt((i - (dd.slots[i].hash & mask)) & mask,
 			                  KREQ__DD_PROBE_MAX);
 	printf("100k keys colliding under the old key: %.3f s (random key), %.3f s (old key "
-	       "given, %llu re-key(s))\n",
-	       t_rand, t_old, (unsigned long long)dd.rekeys);
-	ck_assert_msg(t_rand < 1.0 && t_old < 1.0, "took %.3f s / %.3f s", t_rand, t_old);
+	       "given, %llu re-key(s)); 100k ordinary keys: %.3f s\n",
+	       t_rand, t_old, (unsigned long long)dd.rekeys, t_base);
+	ck_assert_msg(t_rand < 5 * t_base + 0.05 && t_old < 5 * t_base + 0.05,
+	              "took %.3f s / %.3f s, ordinary keys %.3f s", t_rand, t_old, t_base);
 	kreq__dedup_clear(&dd);
 	free(keys);
 }
