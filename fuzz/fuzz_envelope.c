@@ -8,7 +8,7 @@
  *   odd:  the rest is a message body, signed with a key the receiver trusts
  *         and then opened, so the fuzzer also reaches the body decoder and
  *         the field validation (input from a peer that holds a valid key);
- *         bits 1-3 pick the kind (1 Request .. 4 Result; 0, 5-7 invalid),
+ *         bits 1-3 pick the kind (1 Request .. 6 Attempt; 0 and 7 invalid),
  *         bit 4 signs it as protocol version 1 instead of 2.
  * Both must only ever return a kreq error code; crashes, leaks, undefined
  * behaviour and accepting a body that breaks the rules are bugs.

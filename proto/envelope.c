@@ -547,6 +547,63 @@ static int validate_result(vctx_t *v, const Kreq__Result *r)
 	return err ? err : check_payload(v, r->payload.len);
 }
 
+static int validate_attempt(vctx_t *v, const Kreq__Attempt *a)
+{
+	if (a->idempotency_key.len == 0 || a->idempotency_key.len > KREQ__IDEM_KEY_MAX)
+		return bad(v, "attempt: idempotency_key must be 1..255 bytes");
+	if (!kreq__key_id_valid(a->request_key_id, strlen(a->request_key_id)))
+		return bad(v, "attempt: request_key_id is not a valid key id");
+	if (a->number < 1)
+		return bad(v, "attempt: number must be at least 1");
+	if (strlen(a->worker) > KREQ__WORKER_ID_MAX)
+		return bad(v, "attempt: worker longer than 255 bytes");
+	if (a->started_at_ms <= 0)
+		return bad(v, "attempt: started_at_ms must be positive");
+	if (a->ended_at_ms != 0 && a->ended_at_ms < a->started_at_ms)
+		return bad(v, "attempt: ended_at_ms is before started_at_ms");
+	if (a->request_offset < 0 || a->request_partition < 0)
+		return bad(v, "attempt: request_offset and request_partition must not be negative");
+	return KREQ_OK;
+}
+
+static int validate_dead(vctx_t *v, const Kreq__DeadLetter *d)
+{
+	if (d->request.len == 0 || d->request.len > v->lim->envelope_max)
+		return bad(v, "request must be 1..envelope.max.bytes bytes");
+	if (!topic_valid(d->request_topic))
+		return bad(v, "request_topic is not a valid Kafka topic name");
+	if (d->request_offset < 0 || d->request_partition < 0)
+		return bad(v, "request_offset and request_partition must not be negative");
+	if (!kreq__key_id_valid(d->request_key_id, strlen(d->request_key_id)))
+		return bad(v, "request_key_id is not a valid key id");
+	if (d->idempotency_key.len == 0 || d->idempotency_key.len > KREQ__IDEM_KEY_MAX)
+		return bad(v, "idempotency_key must be 1..255 bytes");
+	if (d->correlation_id.len != KREQ__CORR_ID_BYTES)
+		return bad(v, "correlation_id must be 16 bytes");
+	if (!printable(d->method, 1, KREQ__METHOD_MAX))
+		return bad(v, "method must be 1..255 printable ASCII characters");
+	if (strlen(d->reason) > KREQ__ERROR_MAX)
+		return bad(v, "reason longer than 4096 bytes");
+	if (d->n_attempts > KREQ__ATTEMPTS_MAX)
+		return bad(v, "more than 32 attempts");
+	if (d->dead_at_ms <= 0)
+		return bad(v, "dead_at_ms must be positive");
+	if (strlen(d->worker) > KREQ__WORKER_ID_MAX)
+		return bad(v, "worker longer than 255 bytes");
+	for (size_t i = 0; i < d->n_attempts; i++) {
+		int err = validate_attempt(v, d->attempts[i]);
+		if (err)
+			return err;
+	}
+	return KREQ_OK;
+}
+
+/* The largest envelope of a kind: a DeadLetter holds a whole request. */
+static size_t kind_max(const kreq__limits_t *lim, uint32_t kind)
+{
+	return lim->envelope_max + (kind == KREQ__KIND_DEAD ? KREQ__DEAD_OVERHEAD_MAX : 0);
+}
+
 static const ProtobufCMessageDescriptor *descriptor_for(uint32_t kind)
 {
 	switch (kind) {
@@ -558,6 +615,10 @@ static const ProtobufCMessageDescriptor *descriptor_for(uint32_t kind)
 		return &kreq__cancel__descriptor;
 	case KREQ__KIND_RESULT:
 		return &kreq__result__descriptor;
+	case KREQ__KIND_DEAD:
+		return &kreq__dead_letter__descriptor;
+	case KREQ__KIND_ATTEMPT:
+		return &kreq__attempt__descriptor;
 	}
 	return NULL;
 }
@@ -573,6 +634,10 @@ static int validate(vctx_t *v, uint32_t kind, const ProtobufCMessage *m)
 		return validate_reply(v, (const Kreq__Reply *)m);
 	case KREQ__KIND_RESULT:
 		return validate_result(v, (const Kreq__Result *)m);
+	case KREQ__KIND_DEAD:
+		return validate_dead(v, (const Kreq__DeadLetter *)m);
+	case KREQ__KIND_ATTEMPT:
+		return validate_attempt(v, (const Kreq__Attempt *)m);
 	default:
 		return validate_cancel(v, (const Kreq__Cancel *)m);
 	}
@@ -593,6 +658,8 @@ static void times_of(const kreq__opened_t *o, int64_t *issued, int64_t *deadline
 	case KREQ__KIND_RESULT:
 		*issued = o->u.result->issued_at_ms, *deadline = o->u.result->deadline_ms;
 		break;
+	default: /* DeadLetter, Attempt: no clock check (check_clock) */
+		break;
 	}
 }
 
@@ -612,11 +679,10 @@ static int seal(const kreq_keyring_t *kr, const kreq__limits_t *lim, kreq__kind_
 	int err = validate(&v, kind, body);
 	if (err)
 		return err;
-	size_t blen = protobuf_c_message_get_packed_size(body);
-	if (blen > lim->envelope_max)
+	size_t blen = protobuf_c_message_get_packed_size(body), emax = kind_max(lim, kind);
+	if (blen > emax)
 		return kreq__err(errstr, errstr_size, KREQ_EOVERSIZE,
-		                 "body of %zu bytes exceeds envelope.max.bytes (%zu)", blen,
-		                 lim->envelope_max);
+		                 "body of %zu bytes exceeds envelope.max.bytes (%zu)", blen, emax);
 	uint8_t stack[BODY_STACK_MAX], sig[crypto_sign_BYTES];
 	uint8_t *bbuf = blen <= sizeof(stack) ? stack : malloc(blen);
 	if (!bbuf)
@@ -630,14 +696,14 @@ static int seal(const kreq_keyring_t *kr, const kreq__limits_t *lim, kreq__kind_
 	env.body = (ProtobufCBinaryData){blen, bbuf};
 	env.signature = (ProtobufCBinaryData){slen, sig};
 	size_t elen = kreq__envelope__get_packed_size(&env);
-	size_t limit = dst && cap < lim->envelope_max ? cap : lim->envelope_max;
+	size_t limit = dst && cap < emax ? cap : emax;
 	uint8_t *ebuf = NULL;
 	if (!slen)
 		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	else if (elen > limit)
-		err = kreq__err(
-		    errstr, errstr_size, KREQ_EOVERSIZE, "envelope of %zu bytes exceeds %s (%zu)",
-		    elen, limit == lim->envelope_max ? "envelope.max.bytes" : "the buffer", limit);
+		err = kreq__err(errstr, errstr_size, KREQ_EOVERSIZE,
+		                "envelope of %zu bytes exceeds %s (%zu)", elen,
+		                limit == emax ? "envelope.max.bytes" : "the buffer", limit);
 	else if (!(ebuf = dst ? dst : malloc(elen)))
 		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	else
@@ -667,6 +733,8 @@ int kreq__envelope_seal_to(const kreq_keyring_t *kr, const kreq__limits_t *lim, 
 static int check_clock(vctx_t *v, const kreq__opened_t *o, int64_t now_ms)
 {
 	int64_t issued = 0, deadline = 0;
+	if (o->kind == KREQ__KIND_DEAD || o->kind == KREQ__KIND_ATTEMPT)
+		return KREQ_OK; /* records of history: their topics' retention bounds them */
 	times_of(o, &issued, &deadline);
 	if (issued > now_ms + v->lim->skew_ms)
 		return kreq__err(v->errstr, v->errstr_size, KREQ_EFUTURE,
@@ -751,11 +819,15 @@ int kreq__envelope_open(const kreq_keyring_t *kr, const kreq__limits_t *lim, int
 	memset(out, 0, sizeof(*out));
 	if (!buf || len == 0)
 		return bad(&v, "empty input");
-	if (len > lim->envelope_max)
+	if (len > kind_max(lim, KREQ__KIND_DEAD))
 		return kreq__err(errstr, errstr_size, KREQ_EOVERSIZE,
 		                 "envelope of %zu bytes exceeds envelope.max.bytes (%zu)", len,
 		                 lim->envelope_max);
 	int err = kreq__envelope_parse(buf, len, &env, errstr, errstr_size);
+	if (!err && len > kind_max(lim, env.kind))
+		err = kreq__err(errstr, errstr_size, KREQ_EOVERSIZE,
+		                "envelope of %zu bytes exceeds envelope.max.bytes (%zu)", len,
+		                kind_max(lim, env.kind));
 	if (!err)
 		err = check_envelope(&v, kr, &env, out->key_id);
 	if (!err)

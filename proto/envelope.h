@@ -39,7 +39,16 @@ typedef enum kreq__kind {
 	KREQ__KIND_REPLY = 2,
 	KREQ__KIND_CANCEL = 3,
 	KREQ__KIND_RESULT = 4,
+	KREQ__KIND_DEAD = 5,    /* DeadLetter, in <prefix>.<service>.dead */
+	KREQ__KIND_ATTEMPT = 6, /* Attempt, in <prefix>.<service>.attempts */
 } kreq__kind_t;
+
+/* A DeadLetter carries at most this many attempts, and its envelope may be
+ * up to KREQ__DEAD_OVERHEAD_MAX bytes larger than envelope.max.bytes (it
+ * holds a whole request envelope plus the attempt history). */
+#define KREQ__ATTEMPTS_MAX      32
+#define KREQ__DEAD_OVERHEAD_MAX 49152
+#define KREQ__WORKER_ID_MAX     255
 
 /* Bounds applied while decoding (and encoding). */
 typedef struct kreq__limits {
@@ -84,6 +93,8 @@ typedef struct kreq__opened {
 		Kreq__Reply *reply;
 		Kreq__Cancel *cancel;
 		Kreq__Result *result;
+		Kreq__DeadLetter *dead;
+		Kreq__Attempt *attempt;
 	} u;
 	void *arena;
 } kreq__opened_t;
@@ -121,7 +132,9 @@ int kreq__envelope_seal_to(const kreq_keyring_t *kr, const kreq__limits_t *lim, 
                            const ProtobufCMessage *body, uint8_t *dst, size_t cap, size_t *out_len,
                            char *errstr, size_t errstr_size);
 
-/* Decodes and verifies buf at time now_ms. On KREQ_OK *out holds the
+/* Decodes and verifies buf at time now_ms. DeadLetters and Attempts are
+ * records of history, not live messages: no clock check applies to them
+ * (their topics' retention bounds their life). On KREQ_OK *out holds the
  * message (free with kreq__opened_clear()); on error *out is empty and the
  * code says why: KREQ_EOVERSIZE, KREQ_EMALFORMED, KREQ_EVERSION,
  * KREQ_EUNKNOWNKEY, KREQ_EBADSIG, KREQ_EEXPIRED, KREQ_EFUTURE, KREQ_ENOMEM.

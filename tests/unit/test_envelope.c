@@ -712,6 +712,228 @@ END_TEST
 
 #include "proto/sha256.h"
 
+/* ---- DeadLetter (kind 5) and Attempt (kind 6) ---------------------------- */
+
+static Kreq__Attempt attempt_of(uint32_t number, int64_t started, int64_t ended)
+{
+	Kreq__Attempt a = KREQ__ATTEMPT__INIT;
+	a.idempotency_key = (ProtobufCBinaryData){16, corr};
+	a.request_key_id = "k1";
+	a.number = number;
+	a.worker = "kreqd-a";
+	a.started_at_ms = started;
+	a.ended_at_ms = ended;
+	a.request_offset = 41;
+	a.request_partition = 2;
+	return a;
+}
+
+/* An Attempt seals and opens to the same fields, long after its start (no
+ * clock check: a record of history), with both key types. */
+START_TEST(test_roundtrip_attempt)
+{
+	kreq_keyring_t *kr = keyring_of(types[_i]);
+	Kreq__Attempt a = attempt_of(3, NOW - 86400000, 0);
+	uint8_t *buf;
+	size_t len;
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_ATTEMPT, &a.base, &buf, &len,
+	                                     errstr, sizeof(errstr)),
+	                 KREQ_OK);
+	kreq__opened_t o;
+	ck_assert_int_eq(kreq__envelope_open(kr, &lim, NOW + 86400000LL * 30, buf, len, &o, errstr,
+	                                     sizeof(errstr)),
+	                 KREQ_OK);
+	ck_assert_int_eq(o.kind, KREQ__KIND_ATTEMPT);
+	ck_assert_str_eq(o.key_id, "k1");
+	const Kreq__Attempt *g = o.u.attempt;
+	ck_assert_mem_eq(g->idempotency_key.data, corr, 16);
+	ck_assert_str_eq(g->request_key_id, "k1");
+	ck_assert_uint_eq(g->number, 3);
+	ck_assert_str_eq(g->worker, "kreqd-a");
+	ck_assert_int_eq(g->started_at_ms, NOW - 86400000);
+	ck_assert_int_eq(g->ended_at_ms, 0);
+	ck_assert_int_eq(g->request_offset, 41);
+	ck_assert_int_eq(g->request_partition, 2);
+	kreq__opened_clear(&o);
+	/* every single-byte change is refused */
+	for (size_t i = 0; i < len; i++) {
+		buf[i] ^= 0x01;
+		ck_assert_int_ne(open_at(kr, NOW, buf, len), KREQ_OK);
+		buf[i] ^= 0x01;
+	}
+	free(buf);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+START_TEST(test_roundtrip_dead_letter)
+{
+	kreq_keyring_t *kr = keyring_of(types[_i]);
+	Kreq__Request r = request();
+	uint8_t *req, *buf;
+	size_t req_len, len;
+	ck_assert_int_eq(seal_request(kr, &r, &req, &req_len), KREQ_OK);
+	Kreq__Attempt at[3];
+	Kreq__Attempt *ap[3];
+	for (int i = 0; i < 3; i++) {
+		at[i] = attempt_of((uint32_t)i + 1, NOW - 3000 + i * 1000, 0);
+		ap[i] = &at[i];
+	}
+	Kreq__DeadLetter d = KREQ__DEAD_LETTER__INIT;
+	d.request = (ProtobufCBinaryData){req_len, req};
+	d.request_topic = "kreq.echo.requests";
+	d.request_partition = 2;
+	d.request_offset = 41;
+	d.request_key_id = "k1";
+	d.idempotency_key = (ProtobufCBinaryData){16, corr};
+	d.correlation_id = (ProtobufCBinaryData){16, corr};
+	d.method = "echo";
+	d.status = 10;
+	d.reason = "the handler started 3 times without finishing";
+	d.attempts = ap;
+	d.n_attempts = 3;
+	d.dead_at_ms = NOW;
+	d.worker = "kreqd-b";
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_DEAD, &d.base, &buf, &len, errstr,
+	                                     sizeof(errstr)),
+	                 KREQ_OK);
+	kreq__opened_t o;
+	ck_assert_int_eq(kreq__envelope_open(kr, &lim, NOW + 86400000LL * 365, buf, len, &o, errstr,
+	                                     sizeof(errstr)),
+	                 KREQ_OK);
+	ck_assert_int_eq(o.kind, KREQ__KIND_DEAD);
+	const Kreq__DeadLetter *g = o.u.dead;
+	ck_assert_uint_eq(g->request.len, req_len);
+	ck_assert_mem_eq(g->request.data, req, req_len);
+	ck_assert_str_eq(g->request_topic, "kreq.echo.requests");
+	ck_assert_int_eq(g->request_partition, 2);
+	ck_assert_int_eq(g->request_offset, 41);
+	ck_assert_str_eq(g->request_key_id, "k1");
+	ck_assert_mem_eq(g->idempotency_key.data, corr, 16);
+	ck_assert_mem_eq(g->correlation_id.data, corr, 16);
+	ck_assert_str_eq(g->method, "echo");
+	ck_assert_int_eq(g->status, 10);
+	ck_assert_str_eq(g->reason, d.reason);
+	ck_assert_uint_eq(g->n_attempts, 3);
+	for (int i = 0; i < 3; i++) {
+		ck_assert_uint_eq(g->attempts[i]->number, (uint32_t)i + 1);
+		ck_assert_int_eq(g->attempts[i]->started_at_ms, NOW - 3000 + i * 1000);
+	}
+	ck_assert_int_eq(g->dead_at_ms, NOW);
+	ck_assert_str_eq(g->worker, "kreqd-b");
+	/* the request inside still opens as itself */
+	kreq__opened_t q;
+	ck_assert_int_eq(kreq__envelope_open(kr, &lim, NOW, g->request.data, g->request.len, &q,
+	                                     errstr, sizeof(errstr)),
+	                 KREQ_OK);
+	ck_assert_int_eq(q.kind, KREQ__KIND_REQUEST);
+	kreq__opened_clear(&q);
+	kreq__opened_clear(&o);
+	/* tampering anywhere is refused (stride keeps the test quick) */
+	for (size_t i = 0; i < len; i += 7) {
+		buf[i] ^= 0x20;
+		ck_assert_int_ne(open_at(kr, NOW, buf, len), KREQ_OK);
+		buf[i] ^= 0x20;
+	}
+	/* a DeadLetter signed by a key the reader does not hold */
+	kreq_keyring_t *other = keyring_of(KREQ_KEY_HMAC_SHA256);
+	ck_assert_int_eq(open_at(other, NOW, buf, len), KREQ_EBADSIG);
+	kreq_keyring_release(other);
+	free(buf);
+	/* a DeadLetter may hold a request of envelope.max.bytes */
+	uint8_t *big = calloc(1, lim.envelope_max);
+	memcpy(big, req, req_len);
+	d.request = (ProtobufCBinaryData){lim.envelope_max, big};
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_DEAD, &d.base, &buf, &len, errstr,
+	                                     sizeof(errstr)),
+	                 KREQ_OK);
+	ck_assert_uint_gt(len, lim.envelope_max);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_OK);
+	free(buf);
+	free(big);
+	free(req);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
+/* Invalid fields are refused when sealing, with errstr naming them; a
+ * body of one kind signed as the other is refused when opening. */
+START_TEST(test_dead_and_attempt_validated)
+{
+	kreq_keyring_t *kr = keyring_of(KREQ_KEY_HMAC_SHA256);
+	uint8_t *buf = NULL;
+	size_t len;
+	Kreq__Attempt a = attempt_of(0, NOW, 0);
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_ATTEMPT, &a.base, &buf, &len,
+	                                     errstr, sizeof(errstr)),
+	                 KREQ_EMALFORMED);
+	ck_assert_ptr_nonnull(strstr(errstr, "number"));
+	a = attempt_of(1, NOW, NOW - 1);
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_ATTEMPT, &a.base, &buf, &len,
+	                                     errstr, sizeof(errstr)),
+	                 KREQ_EMALFORMED);
+	ck_assert_ptr_nonnull(strstr(errstr, "ended_at_ms"));
+	a = attempt_of(1, NOW, 0);
+	a.request_key_id = "bad key";
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_ATTEMPT, &a.base, &buf, &len,
+	                                     errstr, sizeof(errstr)),
+	                 KREQ_EMALFORMED);
+	ck_assert_ptr_nonnull(strstr(errstr, "request_key_id"));
+	/* a DeadLetter with no request, or more than 32 attempts */
+	Kreq__DeadLetter d = KREQ__DEAD_LETTER__INIT;
+	d.request_topic = "kreq.echo.requests";
+	d.request_key_id = "k1";
+	d.idempotency_key = (ProtobufCBinaryData){16, corr};
+	d.correlation_id = (ProtobufCBinaryData){16, corr};
+	d.method = "echo";
+	d.status = 10;
+	d.dead_at_ms = NOW;
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_DEAD, &d.base, &buf, &len, errstr,
+	                                     sizeof(errstr)),
+	                 KREQ_EMALFORMED);
+	ck_assert_ptr_nonnull(strstr(errstr, "request"));
+	d.request = (ProtobufCBinaryData){4, (uint8_t *)"abcd"};
+	Kreq__Attempt many[KREQ__ATTEMPTS_MAX + 1], *mp[KREQ__ATTEMPTS_MAX + 1];
+	for (int i = 0; i <= KREQ__ATTEMPTS_MAX; i++) {
+		many[i] = attempt_of((uint32_t)i + 1, NOW, 0);
+		mp[i] = &many[i];
+	}
+	d.attempts = mp;
+	d.n_attempts = KREQ__ATTEMPTS_MAX + 1;
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_DEAD, &d.base, &buf, &len, errstr,
+	                                     sizeof(errstr)),
+	                 KREQ_EMALFORMED);
+	ck_assert_ptr_nonnull(strstr(errstr, "32 attempts"));
+	d.n_attempts = KREQ__ATTEMPTS_MAX;
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_DEAD, &d.base, &buf, &len, errstr,
+	                                     sizeof(errstr)),
+	                 KREQ_OK);
+	free(buf);
+	/* a nested attempt is validated too */
+	many[5].started_at_ms = 0;
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_DEAD, &d.base, &buf, &len, errstr,
+	                                     sizeof(errstr)),
+	                 KREQ_EMALFORMED);
+	ck_assert_ptr_nonnull(strstr(errstr, "started_at_ms"));
+	/* an Attempt body signed as a DeadLetter, and as a Result */
+	a = attempt_of(1, NOW, 0);
+	size_t blen = protobuf_c_message_get_packed_size(&a.base);
+	uint8_t body[1024];
+	protobuf_c_message_pack(&a.base, body);
+	seal_body(kr, 2, KREQ__KIND_DEAD, body, blen, &buf, &len);
+	ck_assert_int_ne(open_at(kr, NOW, buf, len), KREQ_OK);
+	free(buf);
+	seal_body(kr, 2, KREQ__KIND_ATTEMPT, body, blen, &buf, &len);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_OK);
+	free(buf);
+	/* version 1 is for Results only */
+	seal_body(kr, 1, KREQ__KIND_ATTEMPT, body, blen, &buf, &len);
+	ck_assert_int_eq(open_at(kr, NOW, buf, len), KREQ_EVERSION);
+	free(buf);
+	kreq_keyring_release(kr);
+}
+END_TEST
+
 START_TEST(test_hmac_rfc4231)
 {
 	/* RFC 4231 test case 2 (a key shorter than the block) */
@@ -802,6 +1024,9 @@ int main(void)
 	tcase_add_test(tc, test_protocol_doc_vectors);
 	tcase_add_test(tc, test_hmac_rfc4231);
 	tcase_add_test(tc, test_hmac_matches_libsodium);
+	tcase_add_loop_test(tc, test_roundtrip_attempt, 0, 2);
+	tcase_add_loop_test(tc, test_roundtrip_dead_letter, 0, 2);
+	tcase_add_test(tc, test_dead_and_attempt_validated);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
