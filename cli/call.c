@@ -34,24 +34,12 @@
 #include "kreq/client.h"
 #include "kreq/error.h"
 
-#define SUB         "call"
-#define MAX_CONF    64
+/* "call", or the subcommand that runs a call through cli_call_run */
+static const char *sub_name = "call";
+#define SUB         sub_name
 #define PAYLOAD_MAX (256u << 20)
 #define WAIT_MS     200
 #define DELETE_MS   5000
-
-struct call_opts {
-	const char *bootstrap, *keyfile, *idem, *prefix, *method, *payload_arg;
-	long timeout_ms;
-	bool json;
-	size_t n_conf;
-	const char *conf[MAX_CONF]; /* "name=value" */
-};
-
-struct payload {
-	uint8_t *data;
-	size_t len;
-};
 
 static void usage(FILE *out)
 {
@@ -93,7 +81,7 @@ static bool method_valid(const char *m)
 	return true;
 }
 
-static int parse_opt(int c, char **argv, struct call_opts *o)
+static int parse_opt(int c, char **argv, struct cli_call_opts *o)
 {
 	switch (c) {
 	case 'b':
@@ -117,9 +105,9 @@ static int parse_opt(int c, char **argv, struct call_opts *o)
 			    SUB, "--timeout-ms needs 1..86400000 milliseconds, not '%s'", optarg);
 		return -1;
 	case 'X':
-		if (strchr(optarg, '=') == NULL || o->n_conf == MAX_CONF)
+		if (strchr(optarg, '=') == NULL || o->n_conf == CLI_CALL_MAX_CONF)
 			return cli_usage_error(SUB, "-X needs NAME=VALUE (at most %d), not '%s'",
-			                       MAX_CONF, optarg);
+			                       CLI_CALL_MAX_CONF, optarg);
 		o->conf[o->n_conf++] = optarg;
 		return -1;
 	case 'h':
@@ -130,7 +118,7 @@ static int parse_opt(int c, char **argv, struct call_opts *o)
 	}
 }
 
-static int parse(int argc, char **argv, struct call_opts *o)
+static int parse(int argc, char **argv, struct cli_call_opts *o)
 {
 	static const struct option opts[] = {{"bootstrap", required_argument, NULL, 'b'},
 	                                     {"keyfile", required_argument, NULL, 'k'},
@@ -165,7 +153,7 @@ static int parse(int argc, char **argv, struct call_opts *o)
 
 /* ---- payload ---------------------------------------------------------------- */
 
-static int read_stdin(struct payload *p)
+static int read_stdin(struct cli_payload *p)
 {
 	size_t cap = 4096;
 	p->data = malloc(cap);
@@ -194,7 +182,7 @@ static int read_stdin(struct payload *p)
 	}
 }
 
-static int get_payload(const struct call_opts *o, struct payload *p)
+static int get_payload(const struct cli_call_opts *o, struct cli_payload *p)
 {
 	if (o->payload_arg != NULL && strcmp(o->payload_arg, "-") == 0)
 		return read_stdin(p);
@@ -220,7 +208,7 @@ static int conf_set(kreq_conf_t *conf, const char *name, const char *value)
 	return CLI_EXIT_OK;
 }
 
-static int build_conf(const struct call_opts *o, const char *id, kreq_conf_t *conf)
+static int build_conf(const struct cli_call_opts *o, const char *id, kreq_conf_t *conf)
 {
 	char start[32];
 	long st = o->timeout_ms < 100 ? 100 : o->timeout_ms > 600000 ? 600000 : o->timeout_ms;
@@ -257,7 +245,7 @@ static bool own_reply_topic(const kreq_conf_t *conf, const char *id, char *topic
 }
 
 /* Fills conf (the caller's) and starts the client on it. */
-static int new_client(const struct call_opts *o, kreq_keyring_t *kr, const char *id,
+static int new_client(const struct cli_call_opts *o, kreq_keyring_t *kr, const char *id,
                       kreq_conf_t *conf, kreq_client_t **out)
 {
 	int rc = build_conf(o, id, conf);
@@ -285,7 +273,7 @@ static int new_client(const struct call_opts *o, kreq_keyring_t *kr, const char 
 
 /* ---- the call ----------------------------------------------------------------- */
 
-static int submit(const struct call_opts *o, kreq_client_t *c, const struct payload *p,
+static int submit(const struct cli_call_opts *o, kreq_client_t *c, const struct cli_payload *p,
                   kreq_future_t **f)
 {
 	kreq_call_opts_t *co = kreq_call_opts_new();
@@ -295,6 +283,11 @@ static int submit(const struct call_opts *o, kreq_client_t *c, const struct payl
 		kreq_call_opts_set_timeout(co, o->timeout_ms);
 	if (o->idem != NULL)
 		kreq_call_opts_set_idempotency_key(co, o->idem, strlen(o->idem));
+	if (o->traceparent != NULL && kreq_call_opts_set_traceparent(co, o->traceparent) != KREQ_OK)
+		fprintf(stderr,
+		        "kreq %s: note: traceparent '%s' is not valid W3C trace context: "
+		        "not sent\n",
+		        SUB, o->traceparent);
 	int err = kreq_client_call(c, o->method, p->data, p->len, co, f);
 	kreq_call_opts_destroy(co);
 	if (err == KREQ_EINVAL)
@@ -318,10 +311,10 @@ static void await(kreq_future_t *f, int sigfd)
 {
 	while (kreq_future_wait(f, WAIT_MS) == KREQ_ETIMEDOUT)
 		if (cli_signalled(sigfd) && kreq_future_cancel(f) == KREQ_OK)
-			fprintf(stderr, "kreq call: interrupted, call cancelled\n");
+			fprintf(stderr, "kreq %s: interrupted, call cancelled\n", SUB);
 }
 
-static const char *status_name(int32_t s)
+const char *cli_status_name(int32_t s)
 {
 	static const char *const names[] = {"ok",
 	                                    "unknown method",
@@ -332,7 +325,8 @@ static const char *status_name(int32_t s)
 	                                    "idempotency key reused",
 	                                    "rate limited or overloaded",
 	                                    "handler failed",
-	                                    "worker shutting down"};
+	                                    "worker shutting down",
+	                                    "poison"};
 	if (s >= 0 && s < (int32_t)(sizeof(names) / sizeof(names[0])))
 		return names[s];
 	return s >= 100 ? "handler status" : "reserved";
@@ -360,7 +354,7 @@ static json_t *payload_json(kreq_future_t *f, const char **encoding)
 	return j;
 }
 
-static int report_json(const struct call_opts *o, kreq_future_t *f)
+static int report_json(const struct cli_call_opts *o, kreq_future_t *f)
 {
 	int err = kreq_future_err(f);
 	json_t *errj = json_null();
@@ -377,9 +371,11 @@ static int report_json(const struct call_opts *o, kreq_future_t *f)
 	                       : NULL;
 	json_t *j = json_pack(
 	    "{s:s, s:i, s:s, s:o, s:s?, s:I, s:b, s:o, s:s?}", "method", o->method, "status",
-	    (int)kreq_future_status(f), "status_name", status_name(kreq_future_status(f)),
+	    (int)kreq_future_status(f), "status_name", cli_status_name(kreq_future_status(f)),
 	    "payload", payload, "payload_encoding", enc, "payload_bytes", (json_int_t)len,
 	    "from_dedup", (int)kreq_future_from_dedup(f), "error", errj, "error_text", text);
+	if (j != NULL && o->json_extra != NULL)
+		json_object_update(j, o->json_extra);
 	int rc = cli_print_json(SUB, j);
 	return rc == CLI_EXIT_OK ? exit_code(f) : rc;
 }
@@ -399,7 +395,7 @@ static void print_payload(kreq_future_t *f)
 	}
 }
 
-static int report_text(const struct call_opts *o, kreq_future_t *f)
+static int report_text(const struct cli_call_opts *o, kreq_future_t *f)
 {
 	int err = kreq_future_err(f);
 	int32_t st = kreq_future_status(f);
@@ -408,15 +404,15 @@ static int report_text(const struct call_opts *o, kreq_future_t *f)
 		                kreq_strerror(err), kreq_err_name(err), kreq_future_errstr(f));
 	if (err == KREQ_EREJECTED)
 		return cli_fail(CLI_EXIT_REMOTE, SUB, "%s: %s (EREJECTED), status %d (%s): %s",
-		                o->method, kreq_strerror(err), (int)st, status_name(st),
+		                o->method, kreq_strerror(err), (int)st, cli_status_name(st),
 		                kreq_future_errstr(f));
-	printf("status: %d (%s)%s\n", (int)st, status_name(st),
+	printf("status: %d (%s)%s\n", (int)st, cli_status_name(st),
 	       kreq_future_from_dedup(f) ? ", from the deduplication store" : "");
 	if (st != 0 && *kreq_future_errstr(f) != '\0')
 		printf("error: %s\n", kreq_future_errstr(f));
 	print_payload(f);
 	if (st != 0)
-		fprintf(stderr, "kreq call: %s answered with status %d\n", o->method, (int)st);
+		fprintf(stderr, "kreq %s: %s answered with status %d\n", SUB, o->method, (int)st);
 	return exit_code(f);
 }
 
@@ -431,20 +427,21 @@ static void delete_reply_topic(const kreq_conf_t *conf, const char *topic)
 	                     : NULL;
 	if (rk == NULL) {
 		rd_kafka_conf_destroy(rc);
-		fprintf(stderr, "kreq call: warning: reply topic %s not deleted: %s\n", topic, err);
+		fprintf(stderr, "kreq %s: warning: reply topic %s not deleted: %s\n", SUB, topic,
+		        err);
 		return;
 	}
 	if (kreq__topic_admin_served(rk, DELETE_MS) == 0) {
 		fprintf(stderr,
-		        "kreq call: note: reply topic %s stays: this Kafka cluster cannot delete "
+		        "kreq %s: note: reply topic %s stays: this Kafka cluster cannot delete "
 		        "topics (its metadata names no controller, as librdkafka's mock cluster)\n",
-		        topic);
+		        SUB, topic);
 		rd_kafka_destroy(rk);
 		return;
 	}
 	rd_kafka_resp_err_t kerr = kreq__topic_delete(rk, topic, DELETE_MS);
 	if (kerr)
-		fprintf(stderr, "kreq call: warning: reply topic %s not deleted: %s\n", topic,
+		fprintf(stderr, "kreq %s: warning: reply topic %s not deleted: %s\n", SUB, topic,
 		        rd_kafka_err2str(kerr));
 	rd_kafka_destroy(rk);
 }
@@ -472,18 +469,20 @@ static void note_unknown_workers(const kreq_conf_t *conf, const char *method)
 	if (rd_kafka_list_groups(rk, group, &gl, DELETE_MS) ==
 	    RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE)
 		fprintf(stderr,
-		        "kreq call: note: this Kafka cluster cannot tell whether a worker serves "
+		        "kreq %s: note: this Kafka cluster cannot tell whether a worker serves "
 		        "%.*s (it answers no ListGroups, as librdkafka's mock cluster), so a call "
 		        "with no worker waits out its deadline here instead of failing at once "
 		        "with \"no worker serves\"\n",
-		        service_len, method);
+		        SUB, service_len, method);
 	if (gl != NULL)
 		rd_kafka_group_list_destroy(gl);
 	rd_kafka_destroy(rk);
 }
 
-static int call(const struct call_opts *o, kreq_keyring_t *kr, const struct payload *p, int sigfd)
+int cli_call_run(const struct cli_call_opts *o, kreq_keyring_t *kr, const struct cli_payload *p,
+                 int sigfd)
 {
+	sub_name = o->sub != NULL ? o->sub : "call";
 	kreq_client_t *c = NULL;
 	char id[64], own_topic[512];
 	if (sodium_init() < 0)
@@ -514,12 +513,12 @@ static int call(const struct call_opts *o, kreq_keyring_t *kr, const struct payl
 
 int cli_call(int argc, char **argv)
 {
-	struct call_opts o;
+	struct cli_call_opts o;
 	memset(&o, 0, sizeof(o));
 	int rc = parse(argc, argv, &o);
 	if (rc >= 0)
 		return rc;
-	struct payload p = {0};
+	struct cli_payload p = {0};
 	kreq_keyring_t *kr = NULL;
 	rc = get_payload(&o, &p);
 	if (rc == CLI_EXIT_OK)
@@ -528,7 +527,7 @@ int cli_call(int argc, char **argv)
 	if (rc == CLI_EXIT_OK && sigfd < 0)
 		rc = CLI_EXIT_FAIL;
 	if (rc == CLI_EXIT_OK)
-		rc = call(&o, kr, &p, sigfd);
+		rc = cli_call_run(&o, kr, &p, sigfd);
 	if (sigfd >= 0)
 		close(sigfd);
 	kreq_keyring_release(kr);

@@ -43,6 +43,7 @@ int cli_call(int argc, char **argv);
 int cli_pending(int argc, char **argv);
 int cli_stats(int argc, char **argv);
 int cli_dev(int argc, char **argv);
+int cli_dead(int argc, char **argv);
 
 /* Prints "kreq <sub>: <message>" and a hint to --help on stderr; returns
  * CLI_EXIT_USAGE. */
@@ -99,6 +100,34 @@ int cli_print_json(const char *sub, json_t *j);
  * redirected to the consumer queue (*out). CLI_EXIT_OK, CLI_EXIT_USAGE (a
  * setting librdkafka refuses) or CLI_EXIT_FAIL; the cause is printed. */
 int cli_consumer_new(const char *sub, const char *const (*props)[2], size_t n, rd_kafka_t **out);
+
+/* One call through a kreq client (call.c), for `kreq call` and
+ * `kreq dead replay`: what to call and how. */
+#define CLI_CALL_MAX_CONF 64
+struct cli_call_opts {
+	const char *sub; /* subcommand named in messages; NULL: "call" */
+	const char *bootstrap, *keyfile, *idem, *prefix, *method, *payload_arg;
+	const char *traceparent; /* NULL: none */
+	long timeout_ms;         /* 0: request.timeout.ms */
+	bool json;
+	json_t *json_extra; /* borrowed: merged into the --json outcome */
+	size_t n_conf;
+	const char *conf[CLI_CALL_MAX_CONF]; /* "name=value" */
+};
+
+struct cli_payload {
+	uint8_t *data;
+	size_t len;
+};
+
+/* Starts a client, makes the call, waits for it (a signal on sigfd cancels
+ * it), prints the outcome (text or --json) and deletes the client's own
+ * reply topic. Returns the exit code of `kreq call`. */
+int cli_call_run(const struct cli_call_opts *o, kreq_keyring_t *kr, const struct cli_payload *p,
+                 int sigfd);
+
+/* A reply status as words ("ok", "poison", "handler status", ...). */
+const char *cli_status_name(int32_t s);
 
 /* Milliseconds on the monotonic clock. */
 int64_t cli_mono_ms(void);

@@ -31,6 +31,7 @@ static const struct subcommand subcommands[] = {
     {"stats", cli_stats, "print a running client's metrics (admin socket)"},
     {"keygen", cli_keygen, "generate a signing key file"},
     {"dev", cli_dev, "run an in-memory Kafka cluster for development"},
+    {"dead", cli_dead, "list, show or replay requests taken out of service (poison)"},
 };
 
 #define N_SUBCOMMANDS (sizeof(subcommands) / sizeof(subcommands[0]))
@@ -47,8 +48,9 @@ static void usage(FILE *out)
 	for (size_t i = 0; i < N_SUBCOMMANDS; i++)
 		fprintf(out, "  %-9s %s\n", subcommands[i].name, subcommands[i].summary);
 	fputs("\n"
-	      "Run 'kreq <subcommand> --help' for its options. Output is plain text;\n"
-	      "--json gives one JSON document per line for scripts. No colour, ever.\n"
+	      "Run 'kreq <subcommand> --help' (or 'kreq help <subcommand>') for its\n"
+	      "options. Output is plain text; --json gives one JSON document per line\n"
+	      "for scripts. No colour, ever.\n"
 	      "\n"
 	      "Exit status:\n"
 	      "  0  success\n"
@@ -94,6 +96,22 @@ int main(int argc, char **argv)
 		fputs("kreq: missing subcommand\n", stderr);
 		usage(stderr);
 		return CLI_EXIT_USAGE;
+	}
+	if (strcmp(argv[optind], "help") == 0) { /* kreq help [subcommand] */
+		if (optind + 1 >= argc) {
+			usage(stdout);
+			return CLI_EXIT_OK;
+		}
+		const struct subcommand *sub = find(argv[optind + 1]);
+		if (sub == NULL) {
+			fprintf(stderr, "kreq: unknown subcommand '%s'\nTry 'kreq --help'.\n",
+			        argv[optind + 1]);
+			return CLI_EXIT_USAGE;
+		}
+		static char help_opt[] = "--help";
+		char *help_argv[] = {argv[optind + 1], help_opt, NULL};
+		optind = 0;
+		return sub->run(2, help_argv);
 	}
 	const struct subcommand *sub = find(argv[optind]);
 	if (sub == NULL) {

@@ -52,6 +52,7 @@
 #include <sodium.h>
 
 #include "cli/cli.h"
+#include "cli/decode.h"
 #include "common/internal.h"
 #include "proto/envelope.h"
 
@@ -800,101 +801,13 @@ static void count_bad(struct kview *v, int err)
 		v->bad[-err]++;
 }
 
-static bool method_ok(const char *s)
-{
-	size_t n = 0;
-	for (; s[n]; n++)
-		if (n >= KREQ__METHOD_MAX || (unsigned char)s[n] <= ' ' ||
-		    (unsigned char)s[n] >= 0x7f)
-			return false;
-	return n > 0;
-}
-
-/* The field rules a row relies on, for records decoded unverified, and the
- * deadline (now_ms 0: no clock check). */
-static int unverified_fields(const kreq__opened_t *o, int64_t now_ms)
-{
-	int64_t deadline = 0;
-	if (o->kind == KREQ__KIND_REQUEST) {
-		const Kreq__Request *q = o->u.req;
-		if (q->correlation_id.len != KREQ__CORR_ID_BYTES || q->idempotency_key.len == 0 ||
-		    q->idempotency_key.len > KREQ__IDEM_KEY_MAX || !method_ok(q->method) ||
-		    q->attempt < 1 || q->deadline_ms <= 0 || q->issued_at_ms <= 0)
-			return KREQ_EMALFORMED;
-		deadline = q->deadline_ms;
-	} else if (o->kind == KREQ__KIND_CANCEL) {
-		const Kreq__Cancel *c = o->u.cancel;
-		if (c->correlation_id.len != KREQ__CORR_ID_BYTES ||
-		    c->idempotency_key.len > KREQ__IDEM_KEY_MAX || c->deadline_ms <= 0)
-			return KREQ_EMALFORMED;
-		deadline = c->deadline_ms;
-	} else if (o->kind == KREQ__KIND_RESULT) {
-		const Kreq__Result *r = o->u.result;
-		if (r->request_digest.len != 32 || r->idempotency_key.len == 0 ||
-		    r->idempotency_key.len > KREQ__IDEM_KEY_MAX ||
-		    !kreq__key_id_valid(r->request_key_id, strlen(r->request_key_id)))
-			return KREQ_EMALFORMED;
-	}
-	return now_ms != 0 && deadline != 0 && deadline <= now_ms ? KREQ_EEXPIRED : KREQ_OK;
-}
-
-static const ProtobufCMessageDescriptor *body_descriptor(uint32_t kind)
-{
-	switch (kind) {
-	case KREQ__KIND_REQUEST:
-		return &kreq__request__descriptor;
-	case KREQ__KIND_REPLY:
-		return &kreq__reply__descriptor;
-	case KREQ__KIND_CANCEL:
-		return &kreq__cancel__descriptor;
-	case KREQ__KIND_RESULT:
-		return &kreq__result__descriptor;
-	default:
-		return NULL;
-	}
-}
-
-/* Decodes the envelope and its body WITHOUT checking the signature. */
-static int open_unverified(const struct kview *v, int64_t now_ms, const uint8_t *buf, size_t len,
-                           kreq__opened_t *out)
-{
-	memset(out, 0, sizeof(*out));
-	if (buf == NULL || len == 0)
-		return KREQ_EMALFORMED;
-	if (len > v->lim.envelope_max)
-		return KREQ_EOVERSIZE;
-	Kreq__Envelope *env = kreq__envelope__unpack(NULL, len, buf);
-	if (env == NULL)
-		return KREQ_EMALFORMED;
-	const ProtobufCMessageDescriptor *d = body_descriptor(env->kind);
-	size_t id_len = strlen(env->key_id);
-	int err = KREQ_OK;
-	if (env->version != KREQ__PROTO_VERSION &&
-	    !(env->version == KREQ__PROTO_RESULT_V1 && env->kind == KREQ__KIND_RESULT))
-		err = KREQ_EVERSION; /* as kreq__envelope_open: v1 Results still count */
-	else if (d == NULL || !kreq__key_id_valid(env->key_id, id_len))
-		err = KREQ_EMALFORMED;
-	else if ((out->u.msg = protobuf_c_message_unpack(d, NULL, env->body.len, env->body.data)) ==
-	         NULL)
-		err = KREQ_EMALFORMED;
-	if (err == KREQ_OK) {
-		out->kind = (kreq__kind_t)env->kind;
-		memcpy(out->key_id, env->key_id, id_len + 1);
-		err = unverified_fields(out, now_ms);
-	}
-	kreq__envelope__free_unpacked(env, NULL);
-	if (err != KREQ_OK)
-		kreq__opened_clear(out);
-	return err;
-}
-
 /* A record as a receiver would take it at now_ms (0: without the clock
  * checks), verified when there is a keyring. */
 static int open_record(const struct kview *v, int64_t now_ms, const rd_kafka_message_t *m,
                        kreq__opened_t *out)
 {
 	if (v->kr == NULL)
-		return open_unverified(v, now_ms, m->payload, m->len, out);
+		return cli_open_unverified(&v->lim, now_ms, m->payload, m->len, out);
 	return kreq__envelope_open(v->kr, now_ms ? &v->lim : &v->no_clock, now_ms, m->payload,
 	                           m->len, out, NULL, 0);
 }

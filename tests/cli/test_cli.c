@@ -110,7 +110,7 @@ static void mock_stop(void)
 
 /* ---- help and usage ------------------------------------------------------------- */
 
-static const char *const subs[] = {"keygen", "tail", "call", "pending", "stats", "dev"};
+static const char *const subs[] = {"keygen", "tail", "call", "pending", "stats", "dev", "dead"};
 
 START_TEST(test_help)
 {
