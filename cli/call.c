@@ -326,7 +326,8 @@ const char *cli_status_name(int32_t s)
 	                                    "rate limited or overloaded",
 	                                    "handler failed",
 	                                    "worker shutting down",
-	                                    "poison"};
+	                                    "poison",
+	                                    "reply too large for Kafka"};
 	if (s >= 0 && s < (int32_t)(sizeof(names) / sizeof(names[0])))
 		return names[s];
 	return s >= 100 ? "handler status" : "reserved";
