@@ -423,6 +423,26 @@ static json_t *json_bytes(const ProtobufCBinaryData *b, const char *name, json_t
 	return obj;
 }
 
+/* A JSON string of a record's field: the text itself when it is UTF-8
+ * (what jansson accepts), else a copy with every non-ASCII byte as '?'
+ * (a field the sender filled with bytes: shown, never the reason to lose
+ * the record from the output). */
+static json_t *jtext(const char *s)
+{
+	json_t *j = json_string(s);
+	if (j != NULL)
+		return j;
+	char *c = strdup(s);
+	if (c == NULL)
+		return json_null();
+	for (char *p = c; *p; p++)
+		if ((unsigned char)*p >= 0x80)
+			*p = '?';
+	j = json_string(c);
+	free(c);
+	return j != NULL ? j : json_null();
+}
+
 static const Kreq__DeadLetter *dl_of(const struct dead_rec *r)
 {
 	return r->verdict == KREQ_OK ? (const Kreq__DeadLetter *)r->opened.u.msg : NULL;
@@ -445,13 +465,13 @@ static json_t *json_row(const struct dead_rec *r)
 		cli_hex(d->correlation_id.data, d->correlation_id.len, corr);
 	json_object_update_missing_new(
 	    j,
-	    json_pack("{s:I, s:s, s:s, s:s, s:i, s:s, s:s, s:I, s:s, s:s, s:i, s:I}", "dead_at_ms",
-	              (json_int_t)d->dead_at_ms, "dead_at", when, "method", d->method,
-	              "request_key_id", d->request_key_id, "status", (int)d->status, "status_name",
-	              cli_status_name(d->status), "worker", d->worker, "attempt_count",
-	              (json_int_t)d->n_attempts, "reason", d->reason, "request_topic",
-	              d->request_topic, "request_partition", (int)d->request_partition,
-	              "request_offset", (json_int_t)d->request_offset));
+	    json_pack("{s:I, s:s, s:o, s:o, s:i, s:s, s:o, s:I, s:o, s:o, s:i, s:I}", "dead_at_ms",
+	              (json_int_t)d->dead_at_ms, "dead_at", when, "method", jtext(d->method),
+	              "request_key_id", jtext(d->request_key_id), "status", (int)d->status,
+	              "status_name", cli_status_name(d->status), "worker", jtext(d->worker),
+	              "attempt_count", (json_int_t)d->n_attempts, "reason", jtext(d->reason),
+	              "request_topic", jtext(d->request_topic), "request_partition",
+	              (int)d->request_partition, "request_offset", (json_int_t)d->request_offset));
 	json_object_set_new(j, "correlation_id", *corr ? json_string(corr) : json_null());
 	return json_key(&d->idempotency_key, "idempotency_key", j);
 }
@@ -755,6 +775,16 @@ static void open_inner(const struct dead_reader *rd, const Kreq__DeadLetter *d, 
 		kreq__opened_clear(&in->o);
 }
 
+/* md[key] = value, both made JSON-safe as jtext does. */
+static void meta_set(json_t *md, const char *key, const char *value)
+{
+	json_t *k = jtext(key);
+	const char *ks = json_string_value(k);
+	if (ks != NULL)
+		json_object_set_new(md, ks, jtext(value));
+	json_decref(k);
+}
+
 static json_t *json_request(const struct inner *in)
 {
 	json_t *j = json_pack("{s:b, s:s, s:s?}", "verified", in->verdict == KREQ_OK, "verdict",
@@ -768,15 +798,15 @@ static json_t *json_request(const struct inner *in)
 		cli_hex(q->correlation_id.data, q->correlation_id.len, corr);
 	json_t *md = json_object();
 	for (size_t i = 0; md != NULL && i < q->n_metadata; i++)
-		json_object_set_new(md, q->metadata[i]->key, json_string(q->metadata[i]->value));
+		meta_set(md, q->metadata[i]->key, q->metadata[i]->value);
 	json_object_update_missing_new(
-	    j, json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:i, s:s, s:o, s:I}", "key_id",
-	                 in->o.key_id, "correlation_id", corr, "method", q->method, "service",
-	                 q->service, "reply_topic", q->reply_topic, "reply_partition",
-	                 (int)q->reply_partition, "issued_at_ms", (json_int_t)q->issued_at_ms,
-	                 "deadline_ms", (json_int_t)q->deadline_ms, "attempt", (int)q->attempt,
-	                 "client_id", q->client_id, "metadata", md, "payload_bytes",
-	                 (json_int_t)q->payload.len));
+	    j, json_pack("{s:s, s:s, s:o, s:o, s:o, s:i, s:I, s:I, s:i, s:o, s:o, s:I}", "key_id",
+	                 in->o.key_id, "correlation_id", corr, "method", jtext(q->method),
+	                 "service", jtext(q->service), "reply_topic", jtext(q->reply_topic),
+	                 "reply_partition", (int)q->reply_partition, "issued_at_ms",
+	                 (json_int_t)q->issued_at_ms, "deadline_ms", (json_int_t)q->deadline_ms,
+	                 "attempt", (int)q->attempt, "client_id", jtext(q->client_id), "metadata",
+	                 md, "payload_bytes", (json_int_t)q->payload.len));
 	json_key(&q->idempotency_key, "idempotency_key", j);
 	return json_bytes(&q->payload, "payload", j);
 }
@@ -797,12 +827,12 @@ static json_t *json_attempts(const Kreq__DeadLetter *d)
 		fmt_time(a->started_at_ms, start, sizeof(start));
 		fmt_time(a->ended_at_ms, end, sizeof(end));
 		json_array_append_new(
-		    arr,
-		    json_pack("{s:i, s:s, s:I, s:s, s:I, s:o, s:b, s:s}", "number", (int)a->number,
-		              "worker", a->worker, "started_at_ms", (json_int_t)a->started_at_ms,
-		              "started_at", start, "ended_at_ms", (json_int_t)a->ended_at_ms,
-		              "ended_at", a->ended_at_ms ? json_string(end) : json_null(),
-		              "finished", a->ended_at_ms != 0, "ended", attempt_end(a)));
+		    arr, json_pack("{s:i, s:o, s:I, s:s, s:I, s:o, s:b, s:s}", "number",
+		                   (int)a->number, "worker", jtext(a->worker), "started_at_ms",
+		                   (json_int_t)a->started_at_ms, "started_at", start, "ended_at_ms",
+		                   (json_int_t)a->ended_at_ms, "ended_at",
+		                   a->ended_at_ms ? json_string(end) : json_null(), "finished",
+		                   a->ended_at_ms != 0, "ended", attempt_end(a)));
 	}
 	return arr;
 }

@@ -78,8 +78,8 @@ static kreq_keyring_t *stranger_keyring(void)
 	kreq_keyring_t *other = kreq_keyring_new();
 	uint8_t key[32];
 	randombytes_buf(key, sizeof(key));
-	ck_assert_int_eq(kreq_keyring_add(other, STRANGER_ID, KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0),
-	                 KREQ_OK);
+	ck_assert_int_eq(
+	    kreq_keyring_add(other, STRANGER_ID, KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0), KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_set_signing_key(other, STRANGER_ID), KREQ_OK);
 	return other;
 }
@@ -152,8 +152,11 @@ static uint8_t *request_envelope(kreq_keyring_t *with, uint8_t tag, const uint8_
 
 /* A sealed DeadLetter for the request tagged tag (correlation id = 16 x
  * tag) with idempotency key idem, three attempts (the last did not end). */
+static const char *const REASON = "handler crashed or lost its worker 3 times";
+
 static uint8_t *dead_letter(kreq_keyring_t *seal_with, kreq_keyring_t *req_with, uint8_t tag,
-                            const uint8_t *idem, size_t idem_len, const char *payload, size_t *len)
+                            const uint8_t *idem, size_t idem_len, const char *payload,
+                            const char *reason, size_t *len)
 {
 	size_t req_len = 0;
 	uint8_t *req = request_envelope(req_with, tag, idem, idem_len, payload, &req_len);
@@ -184,7 +187,7 @@ static uint8_t *dead_letter(kreq_keyring_t *seal_with, kreq_keyring_t *req_with,
 	d.correlation_id = (ProtobufCBinaryData){16, corr};
 	d.method = "svc.echo";
 	d.status = 10;
-	d.reason = "handler crashed or lost its worker 3 times";
+	d.reason = (char *)reason;
 	d.attempts = ap;
 	d.n_attempts = 3;
 	d.dead_at_ms = t0 + 5000;
@@ -198,20 +201,20 @@ static rd_kafka_t *producer;
 
 static void send_to(int32_t partition, const void *buf, size_t len)
 {
-	ck_assert_int_eq(rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(dead_topic),
-	                                   RD_KAFKA_V_PARTITION(partition),
-	                                   RD_KAFKA_V_VALUE((void *)buf, len),
-	                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
-	                 RD_KAFKA_RESP_ERR_NO_ERROR);
+	ck_assert_int_eq(
+	    rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(dead_topic),
+	                      RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_VALUE((void *)buf, len),
+	                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+	    RD_KAFKA_RESP_ERR_NO_ERROR);
 	ck_assert_int_eq(rd_kafka_flush(producer, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
 }
 
 static void send_dead(int32_t partition, kreq_keyring_t *seal_with, kreq_keyring_t *req_with,
                       uint8_t tag, const void *idem, size_t idem_len, const char *payload,
-                      bool tamper)
+                      const char *reason, bool tamper)
 {
 	size_t len = 0;
-	uint8_t *buf = dead_letter(seal_with, req_with, tag, idem, idem_len, payload, &len);
+	uint8_t *buf = dead_letter(seal_with, req_with, tag, idem, idem_len, payload, reason, &len);
 	if (tamper)
 		buf[len / 2] ^= 0x01; /* inside the signed body */
 	send_to(partition, buf, len);
@@ -227,8 +230,9 @@ static const uint8_t binary_idem[] = {0x00, 0xff, 0x10, 0x7f};
  *  0:3  dk-foreign, sealed by dk-stranger            EUNKNOWNKEY (claims dk-stranger)
  *  0:4  "not an envelope"                            EMALFORMED
  *  1:0  dk-shared, tag d1                            verified (same key as 0:1)
- *  1:1  idempotency key 00ff107f, request signed by dk-stranger: verified
- *       dead letter, request decoded unverified */
+ *  1:1  idempotency key 00ff107f, request signed by dk-stranger, a reason
+ *       that is not UTF-8: verified dead letter, request decoded unverified
+ *  1:2  a sealed request, no dead letter                  EMALFORMED */
 static void write_dead_topic(void)
 {
 	kreq_test_create_topic(bootstrap, dead_topic, 2, 30000);
@@ -236,13 +240,18 @@ static void write_dead_topic(void)
 	producer =
 	    rd_kafka_new(RD_KAFKA_PRODUCER, kreq_test_conf_new(bootstrap, NULL), err, sizeof(err));
 	ck_assert_msg(producer != NULL, "%s", err);
-	send_dead(0, kr, kr, 0xa1, "dk-alpha", 8, ALPHA_PAYLOAD, false);
-	send_dead(0, kr, kr, 0xb1, "dk-shared", 9, "b", false);
-	send_dead(0, kr, kr, 0xc1, "dk-tamper", 9, "c", true);
-	send_dead(0, stranger, kr, 0xc2, "dk-foreign", 10, "f", false);
+	send_dead(0, kr, kr, 0xa1, "dk-alpha", 8, ALPHA_PAYLOAD, REASON, false);
+	send_dead(0, kr, kr, 0xb1, "dk-shared", 9, "b", REASON, false);
+	send_dead(0, kr, kr, 0xc1, "dk-tamper", 9, "c", REASON, true);
+	send_dead(0, stranger, kr, 0xc2, "dk-foreign", 10, "f", REASON, false);
 	send_to(0, "not an envelope", 15);
-	send_dead(1, kr, kr, 0xd1, "dk-shared", 9, "d", false);
-	send_dead(1, kr, stranger, 0xe1, binary_idem, sizeof(binary_idem), "e", false);
+	send_dead(1, kr, kr, 0xd1, "dk-shared", 9, "d", REASON, false);
+	send_dead(1, kr, stranger, 0xe1, binary_idem, sizeof(binary_idem), "e", "bad \xff byte",
+	          false);
+	size_t len = 0;
+	uint8_t *req = request_envelope(kr, 0xf1, (const uint8_t *)"dk-req", 6, "r", &len);
+	send_to(1, req, len);
+	free(req);
 	rd_kafka_destroy(producer);
 	producer = NULL;
 }
@@ -298,9 +307,9 @@ static void line_with(const char *out, const char *needle, char *line, size_t si
 	line[n] = '\0';
 }
 
-#define DEAD(r, action, ...)                                                                     \
-	kreq(r, "dead", action, "--bootstrap", bootstrap, "--keyfile", keyfile, "--service", "svc", \
-	     "--prefix", prefix, __VA_ARGS__)
+#define DEAD(r, action, ...)                                                                       \
+	kreq(r, "dead", action, "--bootstrap", bootstrap, "--keyfile", keyfile, "--service",       \
+	     "svc", "--prefix", prefix, __VA_ARGS__)
 
 /* ---- list ------------------------------------------------------------------------------- */
 
@@ -308,7 +317,7 @@ static void check_list_text(void)
 {
 	kreq_test_result_t r;
 	DEAD(&r, "list", NULL);
-	KREQ_TEST_ASSERT_RUN(&r, 4, out, "7 dead requests, 7 shown; 3 did not verify");
+	KREQ_TEST_ASSERT_RUN(&r, 4, out, "8 dead requests, 8 shown; 4 did not verify");
 	ck_assert_ptr_nonnull(strstr(r.out, "PART:OFFSET"));
 	char line[2048];
 	line_with(r.out, "dk-alpha", line, sizeof(line));
@@ -328,7 +337,11 @@ static void check_list_text(void)
 	ck_assert_msg(strstr(line, "0:4 ") != NULL, "garbage row: %s", line);
 	line_with(r.out, "1:1 ", line, sizeof(line));
 	ck_assert_msg(strstr(line, " 00ff107f ") != NULL, "binary key as hex: %s", line);
-	ck_assert_ptr_nonnull(strstr(r.err, "3 records of"));
+	line_with(r.out, "1:2 ", line, sizeof(line));
+	ck_assert_msg(strstr(line, "NOT-VERIFIED:EMALFORMED") &&
+	                  strstr(line, "not a dead letter: a request record"),
+	              "request row: %s", line);
+	ck_assert_ptr_nonnull(strstr(r.err, "4 records of"));
 	kreq_test_result_free(&r);
 }
 
@@ -338,10 +351,10 @@ static void check_list_json(void)
 	DEAD(&r, "list", "--json", NULL);
 	json_t *j = parse_json(&r, 4);
 	ck_assert_str_eq(jstr(j, "topic"), dead_topic);
-	ck_assert_int_eq(jint(j, "total"), 7);
-	ck_assert_int_eq(jint(j, "shown"), 7);
-	ck_assert_int_eq(jint(j, "not_verified"), 3);
-	ck_assert_int_eq(json_array_size(json_object_get(j, "records")), 7);
+	ck_assert_int_eq(jint(j, "total"), 8);
+	ck_assert_int_eq(jint(j, "shown"), 8);
+	ck_assert_int_eq(jint(j, "not_verified"), 4);
+	ck_assert_int_eq(json_array_size(json_object_get(j, "records")), 8);
 	json_t *a = record_at(j, 0, 0);
 	ck_assert(json_is_true(json_object_get(a, "verified")));
 	ck_assert_str_eq(jstr(a, "verdict"), "OK");
@@ -369,13 +382,15 @@ static void check_list_json(void)
 	json_t *e = record_at(j, 1, 1);
 	ck_assert_str_eq(jstr(e, "idempotency_key"), "00ff107f");
 	ck_assert_str_eq(jstr(e, "idempotency_key_encoding"), "hex");
+	ck_assert_str_eq(jstr(e, "reason"), "bad ? byte"); /* not UTF-8: shown, not lost */
+	ck_assert_str_eq(jstr(record_at(j, 1, 2), "verdict"), "EMALFORMED");
 	json_decref(j);
 	kreq_test_result_free(&r);
 
 	/* --limit: the most recent N; --since in the future: none */
 	DEAD(&r, "list", "--json", "--limit", "2", NULL);
 	j = parse_json(&r, 4);
-	ck_assert_int_eq(jint(j, "total"), 7);
+	ck_assert_int_eq(jint(j, "total"), 8);
 	ck_assert_int_eq(jint(j, "shown"), 2);
 	ck_assert(json_is_true(json_object_get(j, "limited")));
 	json_decref(j);
@@ -389,7 +404,7 @@ static void check_list_json(void)
 	kreq_test_result_free(&r);
 	DEAD(&r, "list", "--json", "--since", "1h", NULL);
 	j = parse_json(&r, 4);
-	ck_assert_int_eq(jint(j, "total"), 7);
+	ck_assert_int_eq(jint(j, "total"), 8);
 	json_decref(j);
 	kreq_test_result_free(&r);
 }
@@ -544,13 +559,12 @@ static kreq_test_running_t *worker_start(void)
 
 /* The verified svc.echo requests in the requests topic whose idempotency
  * key is idem: count, and the last one's payload and traceparent. */
-static int requests_with_key(const char *idem, char *payload, size_t psize, char *tp,
-                             size_t tpsize)
+static int requests_with_key(const char *idem, char *payload, size_t psize, char *tp, size_t tpsize)
 {
 	char err[512];
-	rd_kafka_conf_t *c = kreq_test_conf_new(bootstrap, "group.id", "dk-check",
-	                                        "enable.partition.eof", "true",
-	                                        "isolation.level", "read_committed", NULL);
+	rd_kafka_conf_t *c =
+	    kreq_test_conf_new(bootstrap, "group.id", "dk-check", "enable.partition.eof", "true",
+	                       "isolation.level", "read_committed", NULL);
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof(err));
 	ck_assert_msg(rk != NULL, "%s", err);
 	rd_kafka_poll_set_consumer(rk);
@@ -566,7 +580,8 @@ static int requests_with_key(const char *idem, char *payload, size_t psize, char
 		int64_t until = kreq_test_now_ms() + 20000;
 		bool eof = false;
 		while (!eof) {
-			ck_assert_msg(kreq_test_now_ms() < until, "reading %s timed out", req_topic);
+			ck_assert_msg(kreq_test_now_ms() < until, "reading %s timed out",
+			              req_topic);
 			rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
 			if (m == NULL)
 				continue;
@@ -574,19 +589,22 @@ static int requests_with_key(const char *idem, char *payload, size_t psize, char
 			kreq__opened_t o;
 			kreq__limits_t nc = lim;
 			nc.skew_ms = INT64_MAX / 4;
-			if (!m->err &&
-			    kreq__envelope_open(kr, &nc, 0, m->payload, m->len, &o, NULL, 0) == KREQ_OK) {
-				const Kreq__Request *q = o.kind == KREQ__KIND_REQUEST ? o.u.req : NULL;
+			if (!m->err && kreq__envelope_open(kr, &nc, 0, m->payload, m->len, &o, NULL,
+			                                   0) == KREQ_OK) {
+				const Kreq__Request *q =
+				    o.kind == KREQ__KIND_REQUEST ? o.u.req : NULL;
 				if (q != NULL && q->idempotency_key.len == strlen(idem) &&
 				    memcmp(q->idempotency_key.data, idem, strlen(idem)) == 0 &&
-				    strcmp(q->method, "svc.echo") == 0 && strcmp(o.key_id, KEY_ID) == 0) {
+				    strcmp(q->method, "svc.echo") == 0 &&
+				    strcmp(o.key_id, KEY_ID) == 0) {
 					n++;
 					snprintf(payload, psize, "%.*s", (int)q->payload.len,
 					         (const char *)q->payload.data);
 					tp[0] = '\0';
 					for (size_t i = 0; i < q->n_metadata; i++)
 						if (strcmp(q->metadata[i]->key, "traceparent") == 0)
-							snprintf(tp, tpsize, "%s", q->metadata[i]->value);
+							snprintf(tp, tpsize, "%s",
+							         q->metadata[i]->value);
 				}
 				kreq__opened_clear(&o);
 			}
@@ -652,7 +670,8 @@ START_TEST(test_replay_new_key)
 	ck_assert_int_eq(requests_with_key(new_key, payload, sizeof(payload), tp, sizeof(tp)), 1);
 	ck_assert_str_eq(payload, ALPHA_PAYLOAD);
 	ck_assert_str_eq(tp, TRACEPARENT);
-	ck_assert_int_eq(requests_with_key("dk-alpha", payload, sizeof(payload), tp, sizeof(tp)), 0);
+	ck_assert_int_eq(requests_with_key("dk-alpha", payload, sizeof(payload), tp, sizeof(tp)),
+	                 0);
 
 	/* text, with a key of the operator's choice */
 	DEAD(&r, "replay", "--new-key", "--idempotency-key", "dk-alpha-fixed", "0:0", NULL);
