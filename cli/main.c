@@ -58,7 +58,7 @@ static void usage(FILE *out)
 	      "  2  usage error (bad arguments)\n"
 	      "  3  the remote side answered with an error (call rejected or failed,\n"
 	      "     non-zero reply status, admin socket refused the command)\n"
-	      "  4  verification failure (tail: a record did not verify)\n"
+	      "  4  verification failure (tail, dead: a record did not verify)\n"
 	      "\n"
 	      "Documentation: docs/cli.md\n",
 	      out);

@@ -402,6 +402,13 @@ static void check_list_json(void)
 	ck_assert_int_eq(jint(j, "total"), 0);
 	json_decref(j);
 	kreq_test_result_free(&r);
+	kreq(&r, "dead", "list", "--bootstrap", bootstrap, "--keyfile", keyfile, "--topic",
+	     dead_topic, "--json", NULL); /* the topic by name */
+	j = parse_json(&r, 4);
+	ck_assert_int_eq(jint(j, "total"), 8);
+	ck_assert_str_eq(jstr(j, "topic"), dead_topic);
+	json_decref(j);
+	kreq_test_result_free(&r);
 	DEAD(&r, "list", "--json", "--since", "1h", NULL);
 	j = parse_json(&r, 4);
 	ck_assert_int_eq(jint(j, "total"), 8);
