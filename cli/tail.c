@@ -223,6 +223,12 @@ static const char *kind_name(uint32_t kind)
 		return "reply";
 	case KREQ__KIND_CANCEL:
 		return "cancel";
+	case KREQ__KIND_RESULT:
+		return "result";
+	case KREQ__KIND_DEAD:
+		return "dead";
+	case KREQ__KIND_ATTEMPT:
+		return "attempt";
 	default:
 		return "unknown";
 	}
@@ -258,9 +264,20 @@ static void fill_from_opened(struct row *r, const kreq__opened_t *o)
 		corr = &o->u.reply->correlation_id;
 		r->status = o->u.reply->status;
 		r->has_status = true;
-	} else {
+	} else if (o->kind == KREQ__KIND_CANCEL) {
 		corr = &o->u.cancel->correlation_id;
-	}
+	} else if (o->kind == KREQ__KIND_RESULT) {
+		snprintf(r->method, sizeof(r->method), "%s", o->u.result->method);
+		r->status = o->u.result->status;
+		r->has_status = true;
+	} else if (o->kind == KREQ__KIND_DEAD) {
+		corr = &o->u.dead->correlation_id;
+		snprintf(r->method, sizeof(r->method), "%s", o->u.dead->method);
+		r->status = o->u.dead->status;
+		r->has_status = true;
+	} /* an Attempt has no correlation id, method or status */
+	if (corr == NULL)
+		return;
 	if (corr->len == KREQ__CORR_ID_BYTES)
 		cli_hex(corr->data, corr->len, r->corr);
 }

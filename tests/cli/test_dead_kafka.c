@@ -452,6 +452,21 @@ START_TEST(test_list_and_show)
 	check_list_text();
 	check_list_json();
 
+	/* kreq tail names the kind and shows a dead letter's fields */
+	kreq_test_result_t tr;
+	kreq(&tr, "tail", "--bootstrap", bootstrap, "--keyfile", keyfile, "--topic", dead_topic,
+	     "--from-beginning", "--count", "8", "--timeout-ms", "30000", "--json", NULL);
+	ck_assert_msg(tr.status == 4, "tail exit %d: %s %s", tr.status, tr.out, tr.err);
+	char tline[2048];
+	line_with(tr.out, "\"a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1\"", tline, sizeof(tline));
+	json_t *tj = json_loads(tline, 0, NULL);
+	ck_assert_msg(tj != NULL, "%s", tline);
+	ck_assert_str_eq(jstr(tj, "kind"), "dead");
+	ck_assert_str_eq(jstr(tj, "method"), "svc.echo");
+	ck_assert_int_eq(jint(tj, "status"), 10);
+	json_decref(tj);
+	kreq_test_result_free(&tr);
+
 	/* one record, by each kind of REF */
 	check_show_alpha_json("0:0");
 	check_show_alpha_json("dk-alpha");
