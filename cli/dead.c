@@ -91,8 +91,9 @@ static void usage(FILE *out)
 	      "          handler, or the payload's consumer) before replaying.\n"
 	      "\n"
 	      "REF is PARTITION:OFFSET in the dead-letter topic, a correlation id (32 hex\n"
-	      "digits) or an idempotency key (as text, or its hex); a REF that matches\n"
-	      "several records is refused, naming them.\n"
+	      "digits) or an idempotency key (as text, or its hex; a key that looks like\n"
+	      "DIGITS:DIGITS is named by its hex); a REF that matches several records\n"
+	      "is refused, naming them.\n"
 	      "\n"
 	      "  --bootstrap HOST:PORT  Kafka bootstrap servers (comma-separated)\n"
 	      "  --keyfile FILE         keys to verify with (also --keyring); replay signs\n"
@@ -145,39 +146,6 @@ static bool name_ok(const char *s, size_t max)
 	       strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
 }
 
-/* WHEN of --since as ms since the epoch; false if it is none of the forms. */
-static bool parse_since(const char *s, int64_t now_ms, int64_t *out)
-{
-	char *end = NULL;
-	long long v = strtoll(s, &end, 10);
-	if (end == s || v < 0)
-		return false;
-	if (*end == '\0') { /* ms since the epoch */
-		*out = v;
-		return true;
-	}
-	static const struct {
-		char unit;
-		int64_t ms;
-	} units[] = {{'s', 1000}, {'m', 60000}, {'h', 3600000}, {'d', 86400000}};
-	for (size_t i = 0; end[1] == '\0' && i < sizeof(units) / sizeof(units[0]); i++) {
-		if (*end == units[i].unit && v <= INT64_MAX / units[i].ms / 2) {
-			*out = now_ms - v * units[i].ms;
-			return true;
-		}
-	}
-	struct tm tm;
-	memset(&tm, 0, sizeof(tm));
-	const char *rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-	if (rest == NULL || strcmp(rest, "Z") != 0)
-		return false;
-	time_t t = timegm(&tm);
-	if (t == (time_t)-1)
-		return false;
-	*out = (int64_t)t * 1000;
-	return true;
-}
-
 static int parse_opt(int c, char **argv, struct dead_opts *o)
 {
 	switch (c) {
@@ -198,7 +166,7 @@ static int parse_opt(int c, char **argv, struct dead_opts *o)
 		return -1;
 	case 's':
 		o->since_arg = optarg;
-		if (!parse_since(optarg, kreq__now_ms(), &o->since_ms))
+		if (!dead_parse_since(optarg, kreq__now_ms(), &o->since_ms))
 			return cli_usage_error(SUB,
 			                       "--since needs a duration (90s, 15m, 2h, 7d), a UTC "
 			                       "time (2026-12-06T01:30:00Z) or ms since the epoch, "
@@ -663,43 +631,6 @@ static bool on_one_record(void *arg, struct dead_rec *r)
 	return false; /* that one record is all */
 }
 
-/* PARTITION:OFFSET as numbers; false if REF is not of that form. */
-static bool parse_position(const char *ref, int32_t *partition, int64_t *offset)
-{
-	char p[16];
-	const char *colon = strchr(ref, ':');
-	long pv = 0;
-	char *end = NULL;
-	if (colon == NULL || (size_t)(colon - ref) >= sizeof(p) || colon == ref)
-		return false;
-	memcpy(p, ref, (size_t)(colon - ref));
-	p[colon - ref] = '\0';
-	if (!cli_parse_long(p, 0, INT32_MAX, &pv))
-		return false;
-	long long ov = strtoll(colon + 1, &end, 10);
-	if (end == colon + 1 || *end != '\0' || ov < 0 || colon[1] == '-' || colon[1] == '+')
-		return false;
-	*partition = (int32_t)pv;
-	*offset = ov;
-	return true;
-}
-
-static uint8_t *from_hex(const char *s, size_t *n)
-{
-	size_t len = strlen(s);
-	if (len == 0 || len % 2 != 0 || len / 2 > KREQ__IDEM_KEY_MAX)
-		return NULL;
-	uint8_t *b = malloc(len / 2);
-	size_t got = 0;
-	if (b == NULL || sodium_hex2bin(b, len / 2, s, len, NULL, &got, NULL) != 0 ||
-	    got != len / 2) {
-		free(b);
-		return NULL;
-	}
-	*n = got;
-	return b;
-}
-
 static void find_free(struct find_state *s)
 {
 	for (size_t i = 0; i < s->n; i++)
@@ -714,9 +645,9 @@ static int find_ref(const struct dead_opts *o, struct dead_reader *rd, struct fi
 	s->ref = o->ref;
 	int32_t partition;
 	int64_t offset;
-	if (parse_position(o->ref, &partition, &offset))
+	if (dead_parse_position(o->ref, &partition, &offset))
 		return dead_read_one(rd, partition, offset, on_one_record, s);
-	s->ref_hex = from_hex(o->ref, &s->ref_hex_len);
+	s->ref_hex = dead_from_hex(o->ref, KREQ__IDEM_KEY_MAX, &s->ref_hex_len);
 	int rc = dead_read_all(rd, 0, on_find_record, s);
 	if (rc != CLI_EXIT_OK)
 		return rc;
@@ -970,24 +901,6 @@ static int run_show(const struct dead_opts *o, struct dead_reader *rd)
 
 /* ---- replay -------------------------------------------------------------------------- */
 
-/* The topic.prefix the request was sent under: its requests topic is
- * <prefix>.<service>.requests. NULL when that does not hold. */
-static const char *prefix_of(const Kreq__DeadLetter *d, const Kreq__Request *q, char *buf,
-                             size_t size)
-{
-	size_t tn = strlen(d->request_topic), sn = strlen(q->service);
-	const char *tail = ".requests";
-	size_t need = sn + strlen(tail); /* "<service>.requests" */
-	if (sn == 0 || tn <= need + 1 || tn - need - 1 >= size)
-		return NULL;
-	const char *t = d->request_topic + tn - need;
-	if (t[-1] != '.' || strncmp(t, q->service, sn) != 0 || strcmp(t + sn, tail) != 0)
-		return NULL;
-	memcpy(buf, d->request_topic, tn - need - 1);
-	buf[tn - need - 1] = '\0';
-	return buf;
-}
-
 static const char *traceparent_of(const Kreq__Request *q)
 {
 	for (size_t i = 0; i < q->n_metadata; i++)
@@ -1031,7 +944,7 @@ static int replay_call(const struct dead_opts *o, struct dead_reader *rd, const 
 	co.keyfile = o->keyfile;
 	co.idem = o->new_idem != NULL ? o->new_idem : idem;
 	co.method = q->method;
-	co.prefix = prefix_of(d, q, prefix, sizeof(prefix));
+	co.prefix = dead_request_prefix(d->request_topic, q->service, prefix, sizeof(prefix));
 	co.traceparent = traceparent_of(q);
 	co.timeout_ms = o->timeout_ms;
 	co.json = o->json;

@@ -69,4 +69,24 @@ int dead_read_all(struct dead_reader *rd, int64_t since_ms, dead_rec_fn *fn, voi
 int dead_read_one(struct dead_reader *rd, int32_t partition, int64_t offset, dead_rec_fn *fn,
                   void *arg);
 
+/* ---- parsing (dead_ref.c) ---- */
+
+/* WHEN of --since as ms since the epoch: ms since the epoch (digits), a
+ * duration back from now_ms (digits and s, m, h or d) or a UTC time
+ * YYYY-MM-DDTHH:MM:SSZ. false if it is none of these. */
+bool dead_parse_since(const char *s, int64_t now_ms, int64_t *out);
+
+/* REF as PARTITION:OFFSET (digits only on both sides); false if it is not
+ * of that form (then it is a correlation id or idempotency key). */
+bool dead_parse_position(const char *ref, int32_t *partition, int64_t *offset);
+
+/* s as hex digits into a new malloc'd buffer of *n <= max bytes; NULL if s
+ * is not an even number of hex digits (or too long, or out of memory). */
+uint8_t *dead_from_hex(const char *s, size_t max, size_t *n);
+
+/* The topic.prefix of request_topic "<prefix>.<service>.requests" into buf
+ * (size bytes), returned; NULL when the topic is not of that form. */
+const char *dead_request_prefix(const char *request_topic, const char *service, char *buf,
+                                size_t size);
+
 #endif
