@@ -65,8 +65,15 @@ static void h_echo(kreq_request_t *r, void *opaque)
 static kreq_conf_t *conf_new(const char *client_id, const char *const *extra)
 {
 	kreq_conf_t *conf = kreq_conf_new();
-	const char *kv[] = {"kafka.bootstrap.servers", bootstrap, "topic.prefix", prefix,
-	                    "client.id", client_id, "log.level", "5", NULL};
+	const char *kv[] = {"kafka.bootstrap.servers",
+	                    bootstrap,
+	                    "topic.prefix",
+	                    prefix,
+	                    "client.id",
+	                    client_id,
+	                    "log.level",
+	                    "5",
+	                    NULL};
 	char err[512];
 	for (const char *const *p = kv; *p; p += 2)
 		ck_assert_int_eq(kreq_conf_set(conf, p[0], p[1], err, sizeof(err)), KREQ_OK);

@@ -17,8 +17,8 @@ void kreq_test_cluster_start(kreq_test_cluster_t *c, const char *name, int nodes
 	c->nodes = nodes;
 	snprintf(c->dir, sizeof(c->dir), "%s/%s-%d", KREQ_BINARY_DIR, name, (int)getpid());
 	char cmd[1200];
-	snprintf(cmd, sizeof(cmd), "%s/scripts/kafka.sh start --dir %s --nodes %d",
-	         KREQ_SOURCE_DIR, c->dir, nodes);
+	snprintf(cmd, sizeof(cmd), "%s/scripts/kafka.sh start --dir %s --nodes %d", KREQ_SOURCE_DIR,
+	         c->dir, nodes);
 	FILE *p = popen(cmd, "r");
 	ck_assert_ptr_nonnull(p);
 	char line[512] = "";
@@ -54,7 +54,8 @@ void kreq_test_topic_replication(const char *bootstrap, const char *topic, int *
                                  int *min_isr)
 {
 	char errstr[512];
-	rd_kafka_conf_t *conf = kreq_test_conf_new(bootstrap, "group.id", "kreq-test-describe", NULL);
+	rd_kafka_conf_t *conf =
+	    kreq_test_conf_new(bootstrap, "group.id", "kreq-test-describe", NULL);
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	ck_assert_msg(rk != NULL, "%s", errstr);
 	*replicas = kreq__topic_replicas(rk, topic, 10000);

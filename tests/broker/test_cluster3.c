@@ -1,0 +1,325 @@
+/*
+ * test_cluster3.c — kreq on a real 3-broker Kafka cluster of its own
+ * (scripts/kafka.sh --nodes 3, started once for the suite and stopped also
+ * when a test fails), issue 17 part 3.
+ *
+ * First the topics kreq creates get replication 3 and min.insync.replicas
+ * 2 although the cluster's own topic defaults are Kafka's stock ones (1
+ * and 1). Then, under a steady load from a client against a real worker
+ * process (fault_worker), one Kafka broker at a time fails: kill -9 of the
+ * leader of a requests partition, of a results partition, of the
+ * transaction coordinator of the worker, and a controlled shutdown
+ * (SIGTERM) of one Kafka broker; each is started again later in the load.
+ * For each, the checks of tests/support/faultload.h hold (every call
+ * settles, no idempotency key gets two different replies, no committed
+ * request runs again) and the test prints how long calls stalled.
+ */
+#include <check.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cluster.h"
+#include "faultload.h"
+#include "kreq/client.h"
+#include "kreq/error.h"
+#include "testsupport.h"
+
+#define NOPS 700
+
+static kreq_test_cluster_t cluster;
+
+static void cluster_up(void)
+{
+	kreq_test_cluster_start(&cluster, "kafka-cluster3", 3);
+}
+
+static void cluster_down(void)
+{
+	kreq_test_cluster_stop(&cluster);
+}
+
+static void setup(void)
+{
+	fault_worker_path = KREQ_FAULT_WORKER;
+	ck_assert_msg(cluster.bootstrap[0], "the suite's 3-broker Kafka cluster did not start");
+	bootstrap = cluster.bootstrap;
+	kreq_test_topic_name(prefix, sizeof(prefix), "c3");
+	uint8_t key[32];
+	randombytes_buf(key, 32);
+	sodium_bin2hex(key_hex, sizeof(key_hex), key, 32);
+	kr = kreq_keyring_new();
+	ck_assert_int_eq(kreq_keyring_add(kr, "k1", KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
+	snprintf(record_path, sizeof(record_path), "/tmp/kreq-cluster3-%d-%u.log", (int)getpid(),
+	         randombytes_uniform(1000000));
+	memset(workers, 0, sizeof(workers));
+}
+
+static void teardown(void)
+{
+	for (int i = 0; i < MAX_WORKERS; i++)
+		if (workers[i].pid > 0) {
+			kill(workers[i].pid, SIGKILL);
+			waitpid(workers[i].pid, NULL, 0);
+		}
+	unlink(record_path);
+	kreq_keyring_release(kr);
+}
+
+/* ---- where things are -------------------------------------------------------- */
+
+/* The Kafka broker (node number: kafka.sh gives node N the id N) leading
+ * topic's partition, per the cluster's metadata. */
+static int leader_of(const char *topic, int partition)
+{
+	char errstr[512];
+	rd_kafka_conf_t *conf = kreq_test_conf_new(bootstrap, "group.id", "kreq-test-leader", NULL);
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+	ck_assert_msg(rk != NULL, "%s", errstr);
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+	const struct rd_kafka_metadata *md = NULL;
+	int leader = -1;
+	int64_t until = kreq_test_now_ms() + 30000;
+	while (leader < 1 && kreq_test_now_ms() < until) {
+		if (rd_kafka_metadata(rk, 0, rkt, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+			if (md->topic_cnt == 1 && partition < md->topics[0].partition_cnt)
+				leader = md->topics[0].partitions[partition].leader;
+			rd_kafka_metadata_destroy(md);
+		}
+		if (leader < 1)
+			kreq_test_poll_pause();
+	}
+	rd_kafka_topic_destroy(rkt);
+	rd_kafka_destroy(rk);
+	ck_assert_msg(leader >= 1 && leader <= 3, "no leader for %s [%d]", topic, partition);
+	return leader;
+}
+
+/* The transaction coordinator of transactional.id: the leader of its
+ * __transaction_state partition, abs(Java String.hashCode(id)) modulo the
+ * partition count (10, scripts/kafka.sh), as Kafka's
+ * TransactionStateManager.partitionFor computes it. */
+static int txn_coordinator(const char *txn_id)
+{
+	int32_t h = 0;
+	for (const unsigned char *p = (const unsigned char *)txn_id; *p; p++)
+		h = (int32_t)((uint32_t)h * 31u + *p); /* ASCII: UTF-16 units are bytes */
+	return leader_of("__transaction_state", (int)((uint32_t)h & 0x7fffffff) % 10);
+}
+
+/* ---- replication ------------------------------------------------------------ */
+
+static void assert_replication(const char *topic, int rf, int isr)
+{
+	int have_rf, have_isr;
+	kreq_test_topic_replication(bootstrap, topic, &have_rf, &have_isr);
+	ck_assert_msg(have_rf == rf && have_isr == isr,
+	              "%s: replication %d, min.insync.replicas %d (want %d, %d)", topic, have_rf,
+	              have_isr, rf, isr);
+}
+
+START_TEST(test_topics_replicated_3_isr_2)
+{
+	worker_spawn(0, "transactional");
+	kreq_conf_t *conf = kreq_conf_new();
+	char err[512], reply[200], topic[200];
+	const char *kv[] = {"kafka.bootstrap.servers", bootstrap, "topic.prefix", prefix,
+	                    "client.id", "c3", "log.level", "3", NULL};
+	for (const char *const *p = kv; *p; p += 2)
+		ck_assert_int_eq(kreq_conf_set(conf, p[0], p[1], err, sizeof(err)), KREQ_OK);
+	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
+	ck_assert_msg(c != NULL, "%s", err);
+	kreq_conf_destroy(conf);
+	kreq_client_destroy(c);
+	snprintf(reply, sizeof(reply), "%s.reply.c3", prefix);
+	assert_replication(reply, 3, 2);
+	snprintf(topic, sizeof(topic), "%s.svc.requests", prefix);
+	assert_replication(topic, 3, 2);
+	snprintf(topic, sizeof(topic), "%s.svc.results", prefix);
+	assert_replication(topic, 3, 2);
+	worker_signal(0, SIGTERM);
+}
+END_TEST
+
+/* ---- one Kafka broker fails under load ---------------------------------------- */
+
+typedef struct {
+	const char *name;
+	int (*victim)(void); /* the node to fail, found when the fault starts */
+	bool controlled;     /* SIGTERM (controlled shutdown), else kill -9 */
+	int node;
+	int64_t fault_ms, restart_ms;
+	pid_t bg; /* kafka.sh stop-node / start-node running in the background */
+	int worker_restarts;
+} fault_t;
+
+/* kafka.sh cmd --dir <cluster> node, in a child process: the load goes on
+ * while it waits for a Kafka broker to stop or to serve again. */
+static pid_t kafka_sh_bg(const char *cmd, int node)
+{
+	char arg[16];
+	snprintf(arg, sizeof(arg), "%d", node);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0)
+		_exit(kreq_test_cluster_sh(&cluster, cmd, arg) == 0 ? 0 : 1);
+	return pid;
+}
+
+/* true once the background kafka.sh (if any) has finished, which it must
+ * have done successfully */
+static bool bg_done(fault_t *f, bool block)
+{
+	int st;
+	if (f->bg <= 0)
+		return true;
+	pid_t r = waitpid(f->bg, &st, block ? 0 : WNOHANG);
+	if (r == 0)
+		return false;
+	ck_assert_int_eq(r, f->bg);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: kafka.sh failed", f->name);
+	f->bg = 0;
+	return true;
+}
+
+/* A worker that exits on an error it cannot recover from is restarted, as
+ * its supervisor (systemd Restart=on-failure) would. */
+static void supervise(fault_t *f)
+{
+	int st;
+	if (workers[0].pid > 0 && waitpid(workers[0].pid, &st, WNOHANG) == workers[0].pid) {
+		workers[0].pid = 0;
+		f->worker_restarts++;
+		worker_spawn(0, "transactional");
+	}
+}
+
+#define FAULT_STEP   150
+#define RESTART_STEP 450
+
+static void fault_schedule(int step, void *arg)
+{
+	fault_t *f = arg;
+	supervise(f);
+	if (step == FAULT_STEP) {
+		f->node = f->victim();
+		f->fault_ms = kreq_test_now_ms();
+		if (f->controlled)
+			f->bg = kafka_sh_bg("stop-node", f->node);
+		else
+			ck_assert_int_eq(kreq_test_cluster_sh(&cluster, "kill-node",
+			                                      (const char[]){(char)('0' + f->node), 0}),
+			                 0);
+	}
+	if (step >= RESTART_STEP && f->node && !f->restart_ms && bg_done(f, false)) {
+		f->restart_ms = kreq_test_now_ms();
+		f->bg = kafka_sh_bg("start-node", f->node);
+	}
+}
+
+static void run_fault(fault_t *f)
+{
+	worker_spawn(0, "transactional");
+	int64_t t0 = kreq_test_now_ms();
+	run_load(NOPS, fault_schedule, f);
+	int64_t t1 = kreq_test_now_ms();
+	ck_assert_msg(f->node, "%s: the load ended before the fault", f->name);
+	if (!f->restart_ms) { /* the load outran the schedule: restart now */
+		bg_done(f, true);
+		f->restart_ms = kreq_test_now_ms();
+		f->bg = kafka_sh_bg("start-node", f->node);
+	}
+	bg_done(f, true); /* the node serves again for the next test */
+	supervise(f);
+	worker_signal(0, SIGTERM);
+	int reruns, retried = 0;
+	check_records(NOPS, &reruns);
+	for (int i = 0; i < NOPS; i++)
+		retried += ops[i].calls - 1;
+	stall_t calm = load_stall(NOPS, t0, f->fault_ms - 2000);
+	stall_t st = load_stall(NOPS, f->fault_ms, f->restart_ms);
+	fprintf(stderr,
+	        "cluster3 %s (node %d): %d ops in %.1f s; longest time without a reply %lld ms; "
+	        "calls submitted during the fault (%d): p99 %lld ms, max %lld ms (before it: p99 "
+	        "%lld ms); %d calls repeated after an error, %d uncommitted re-executions, %d "
+	        "worker restarts\n",
+	        f->name, f->node, NOPS, (double)(t1 - t0) / 1000.0, (long long)st.max_gap_ms,
+	        st.ops, (long long)st.p99_ms, (long long)st.max_ms, (long long)calm.p99_ms, retried,
+	        reruns, f->worker_restarts);
+}
+
+static char req_topic[160], res_topic[160], txn_id[160];
+
+static int requests_leader(void)
+{
+	snprintf(req_topic, sizeof(req_topic), "%s.svc.requests", prefix);
+	return leader_of(req_topic, 0);
+}
+
+static int results_leader(void)
+{
+	snprintf(res_topic, sizeof(res_topic), "%s.svc.results", prefix);
+	return leader_of(res_topic, 1);
+}
+
+static int worker_coordinator(void)
+{
+	snprintf(txn_id, sizeof(txn_id), "%s.svc.w0", prefix);
+	return txn_coordinator(txn_id);
+}
+
+static int any_broker(void)
+{
+	return 1 + (int)randombytes_uniform(3);
+}
+
+START_TEST(test_kill9_requests_leader)
+{
+	fault_t f = {.name = "kill -9 requests leader", .victim = requests_leader};
+	run_fault(&f);
+}
+END_TEST
+
+START_TEST(test_kill9_results_leader)
+{
+	fault_t f = {.name = "kill -9 results leader", .victim = results_leader};
+	run_fault(&f);
+}
+END_TEST
+
+START_TEST(test_kill9_txn_coordinator)
+{
+	fault_t f = {.name = "kill -9 transaction coordinator", .victim = worker_coordinator};
+	run_fault(&f);
+}
+END_TEST
+
+START_TEST(test_controlled_shutdown)
+{
+	fault_t f = {.name = "controlled shutdown", .victim = any_broker, .controlled = true};
+	run_fault(&f);
+}
+END_TEST
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	Suite *s = suite_create("cluster3");
+	TCase *tc = tcase_create("cluster3");
+	tcase_add_unchecked_fixture(tc, cluster_up, cluster_down);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 300);
+	tcase_add_test(tc, test_topics_replicated_3_isr_2);
+	tcase_add_test(tc, test_kill9_requests_leader);
+	tcase_add_test(tc, test_kill9_results_leader);
+	tcase_add_test(tc, test_kill9_txn_coordinator);
+	tcase_add_test(tc, test_controlled_shutdown);
+	suite_add_tcase(s, tc);
+	return kreq_test_run_suite(s);
+}
