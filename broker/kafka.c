@@ -327,6 +327,10 @@ static int await_topic(kreq_server_t *s, const char *topic)
 	int n;
 	while ((n = kreq__topic_partitions(s->reader, topic, 5000)) <= 0 && kreq__mono_ns() < until)
 		;
+	/* and its partition leaders know it (common/kadmin.h) */
+	if (n > 0 && kreq__topic_await_leaders(s->reader, topic, n,
+	                                       (int)((until - kreq__mono_ns()) / 1000000)))
+		n = 0;
 	if (n <= 0)
 		kreq__loop_fatal(s, KREQ_EKAFKA, "topic %s did not become available", topic);
 	return n;
