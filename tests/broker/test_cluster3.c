@@ -17,6 +17,7 @@
 #include <check.h>
 #include <signal.h>
 #include <sodium.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,14 +34,43 @@
 
 static kreq_test_cluster_t cluster;
 
-static void cluster_up(void)
+/* Every node runs, and every partition of every topic has all its
+ * replicas in sync: a Kafka broker started again by the previous test has
+ * caught up, so failing another one leaves min.insync.replicas. */
+static bool cluster_whole(void *arg)
 {
-	kreq_test_cluster_start(&cluster, "kafka-cluster3", 3);
+	rd_kafka_t *rk = arg;
+	const struct rd_kafka_metadata *md = NULL;
+	if (rd_kafka_metadata(rk, 1, NULL, &md, 5000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return false;
+	bool whole = md->broker_cnt == 3;
+	for (int t = 0; whole && t < md->topic_cnt; t++)
+		for (int p = 0; whole && p < md->topics[t].partition_cnt; p++)
+			whole = md->topics[t].partitions[p].isr_cnt ==
+			        md->topics[t].partitions[p].replica_cnt;
+	rd_kafka_metadata_destroy(md);
+	return whole;
 }
 
-static void cluster_down(void)
+/* Starts any node a failed test left stopped, then waits until the
+ * cluster is whole. */
+static void cluster_heal(void)
 {
-	kreq_test_cluster_stop(&cluster);
+	for (int n = 1; n <= 3; n++) {
+		char cmd[1400], node[16];
+		snprintf(cmd, sizeof(cmd), "[ -f %s/node%d/kafka.pid ]", cluster.dir, n);
+		snprintf(node, sizeof(node), "%d", n);
+		if (system(cmd) != 0)
+			ck_assert_int_eq(kreq_test_cluster_sh(&cluster, "start-node", node), 0);
+	}
+	char errstr[512];
+	rd_kafka_conf_t *conf =
+	    kreq_test_conf_new(cluster.bootstrap, "group.id", "kreq-test-heal", NULL);
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+	ck_assert_msg(rk != NULL, "%s", errstr);
+	bool whole = kreq_test_wait_until(cluster_whole, rk, 120000);
+	rd_kafka_destroy(rk);
+	ck_assert_msg(whole, "the 3-broker cluster did not get all replicas in sync in 120 s");
 }
 
 static void setup(void)
@@ -48,6 +78,7 @@ static void setup(void)
 	fault_worker_path = KREQ_FAULT_WORKER;
 	ck_assert_msg(cluster.bootstrap[0], "the suite's 3-broker Kafka cluster did not start");
 	bootstrap = cluster.bootstrap;
+	cluster_heal();
 	kreq_test_topic_name(prefix, sizeof(prefix), "c3");
 	uint8_t key[32];
 	randombytes_buf(key, 32);
@@ -101,16 +132,40 @@ static int leader_of(const char *topic, int partition)
 	return leader;
 }
 
+/* The partition of Kafka's internal topic (10 partitions each,
+ * scripts/kafka.sh) holding key: Utils.abs(Java String.hashCode(key)) % 10, as
+ * Kafka's TransactionStateManager and GroupMetadataManager compute it. */
+static int internal_partition(const char *key)
+{
+	uint32_t h = 0;
+	for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+		h = h * 31u + *p; /* ASCII: UTF-16 units are bytes */
+	int32_t j = (int32_t)h;   /* Kafka's Utils.abs: |j|, 0 for INT32_MIN */
+	return j == INT32_MIN ? 0 : (j < 0 ? -j : j) % 10;
+}
+
 /* The transaction coordinator of transactional.id: the leader of its
- * __transaction_state partition, abs(Java String.hashCode(id)) modulo the
- * partition count (10, scripts/kafka.sh), as Kafka's
- * TransactionStateManager.partitionFor computes it. */
+ * __transaction_state partition. */
 static int txn_coordinator(const char *txn_id)
 {
-	int32_t h = 0;
-	for (const unsigned char *p = (const unsigned char *)txn_id; *p; p++)
-		h = (int32_t)((uint32_t)h * 31u + *p); /* ASCII: UTF-16 units are bytes */
-	return leader_of("__transaction_state", (int)((uint32_t)h & 0x7fffffff) % 10);
+	int part = internal_partition(txn_id);
+	/* the Kafka broker that initialised it logged the partition: check
+	 * that this computation agrees with Kafka's */
+	char cmd[1400];
+	snprintf(cmd, sizeof(cmd),
+	         "grep -hF 'Initialized transactionalId %s with' %s/node*/logs/server.log* | "
+	         "grep -qF 'on partition __transaction_state-%d ('",
+	         txn_id, cluster.dir, part);
+	ck_assert_msg(system(cmd) == 0, "%s: no Kafka broker logged it on partition %d", txn_id,
+	              part);
+	return leader_of("__transaction_state", part);
+}
+
+/* The group coordinator of group.id: the leader of its __consumer_offsets
+ * partition. */
+static int group_coordinator(const char *group)
+{
+	return leader_of("__consumer_offsets", internal_partition(group));
 }
 
 /* ---- replication ------------------------------------------------------------ */
@@ -129,8 +184,15 @@ START_TEST(test_topics_replicated_3_isr_2)
 	worker_spawn(0, "transactional");
 	kreq_conf_t *conf = kreq_conf_new();
 	char err[512], reply[200], topic[200];
-	const char *kv[] = {"kafka.bootstrap.servers", bootstrap, "topic.prefix", prefix,
-	                    "client.id", "c3", "log.level", "3", NULL};
+	const char *kv[] = {"kafka.bootstrap.servers",
+	                    bootstrap,
+	                    "topic.prefix",
+	                    prefix,
+	                    "client.id",
+	                    "c3",
+	                    "log.level",
+	                    "3",
+	                    NULL};
 	for (const char *const *p = kv; *p; p += 2)
 		ck_assert_int_eq(kreq_conf_set(conf, p[0], p[1], err, sizeof(err)), KREQ_OK);
 	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
@@ -154,6 +216,7 @@ typedef struct {
 	int (*victim)(void); /* the node to fail, found when the fault starts */
 	bool controlled;     /* SIGTERM (controlled shutdown), else kill -9 */
 	int node;
+	bool was_txn_coord, was_group_coord; /* roles the failed node had too */
 	int64_t fault_ms, restart_ms;
 	pid_t bg; /* kafka.sh stop-node / start-node running in the background */
 	int worker_restarts;
@@ -209,13 +272,18 @@ static void fault_schedule(int step, void *arg)
 	supervise(f);
 	if (step == FAULT_STEP) {
 		f->node = f->victim();
+		char id[200];
+		snprintf(id, sizeof(id), "%s.svc.w0", prefix);
+		f->was_txn_coord = txn_coordinator(id) == f->node;
+		snprintf(id, sizeof(id), "%s.svc", prefix);
+		f->was_group_coord = group_coordinator(id) == f->node;
 		f->fault_ms = kreq_test_now_ms();
+		char node[16];
+		snprintf(node, sizeof(node), "%d", f->node);
 		if (f->controlled)
 			f->bg = kafka_sh_bg("stop-node", f->node);
 		else
-			ck_assert_int_eq(kreq_test_cluster_sh(&cluster, "kill-node",
-			                                      (const char[]){(char)('0' + f->node), 0}),
-			                 0);
+			ck_assert_int_eq(kreq_test_cluster_sh(&cluster, "kill-node", node), 0);
 	}
 	if (step >= RESTART_STEP && f->node && !f->restart_ms && bg_done(f, false)) {
 		f->restart_ms = kreq_test_now_ms();
@@ -245,13 +313,15 @@ static void run_fault(fault_t *f)
 	stall_t calm = load_stall(NOPS, t0, f->fault_ms - 2000);
 	stall_t st = load_stall(NOPS, f->fault_ms, f->restart_ms);
 	fprintf(stderr,
-	        "cluster3 %s (node %d): %d ops in %.1f s; longest time without a reply %lld ms; "
+	        "cluster3 %s (node %d%s%s): %d ops in %.1f s; longest time without a reply %lld "
+	        "ms; "
 	        "calls submitted during the fault (%d): p99 %lld ms, max %lld ms (before it: p99 "
 	        "%lld ms); %d calls repeated after an error, %d uncommitted re-executions, %d "
 	        "worker restarts\n",
-	        f->name, f->node, NOPS, (double)(t1 - t0) / 1000.0, (long long)st.max_gap_ms,
-	        st.ops, (long long)st.p99_ms, (long long)st.max_ms, (long long)calm.p99_ms, retried,
-	        reruns, f->worker_restarts);
+	        f->name, f->node, f->was_txn_coord ? ", also the transaction coordinator" : "",
+	        f->was_group_coord ? ", also the group coordinator" : "", NOPS,
+	        (double)(t1 - t0) / 1000.0, (long long)st.max_gap_ms, st.ops, (long long)st.p99_ms,
+	        (long long)st.max_ms, (long long)calm.p99_ms, retried, reruns, f->worker_restarts);
 }
 
 static char req_topic[160], res_topic[160], txn_id[160];
@@ -307,19 +377,30 @@ START_TEST(test_controlled_shutdown)
 }
 END_TEST
 
+/* One case per test (CK_RUN_CASE=<name> runs one); the cluster is the
+ * suite's, started before the first and stopped after the last, also when
+ * a test failed (the tests run in child processes). */
+static void add_case(Suite *s, const char *name, const TTest *test)
+{
+	TCase *tc = tcase_create(name);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 300);
+	tcase_add_test(tc, test);
+	suite_add_tcase(s, tc);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
 	Suite *s = suite_create("cluster3");
-	TCase *tc = tcase_create("cluster3");
-	tcase_add_unchecked_fixture(tc, cluster_up, cluster_down);
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_set_timeout(tc, 300);
-	tcase_add_test(tc, test_topics_replicated_3_isr_2);
-	tcase_add_test(tc, test_kill9_requests_leader);
-	tcase_add_test(tc, test_kill9_results_leader);
-	tcase_add_test(tc, test_kill9_txn_coordinator);
-	tcase_add_test(tc, test_controlled_shutdown);
-	suite_add_tcase(s, tc);
-	return kreq_test_run_suite(s);
+	add_case(s, "replication", test_topics_replicated_3_isr_2);
+	add_case(s, "requests_leader", test_kill9_requests_leader);
+	add_case(s, "results_leader", test_kill9_results_leader);
+	add_case(s, "txn_coordinator", test_kill9_txn_coordinator);
+	add_case(s, "controlled_shutdown", test_controlled_shutdown);
+	if (kreq_test_cluster_start(&cluster, "kafka-cluster3", 3))
+		fprintf(stderr, "cannot start the 3-broker Kafka cluster: every test fails\n");
+	int rc = kreq_test_run_suite(s);
+	kreq_test_cluster_stop(&cluster);
+	return rc;
 }

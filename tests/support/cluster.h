@@ -18,9 +18,10 @@ typedef struct kreq_test_cluster {
 } kreq_test_cluster_t;
 
 /* Starts a fresh cluster of nodes (1 or 3) Kafka brokers in
- * <build>/<name>-<pid> (KREQ_KAFKA_HEAP defaults to a small heap). Fails
- * the calling test (no JVM left running) if it cannot. */
-void kreq_test_cluster_start(kreq_test_cluster_t *c, const char *name, int nodes);
+ * <build>/<name>-<pid> (KREQ_KAFKA_HEAP defaults to a small heap). Returns
+ * 0, or -1 (said on stderr; no JVM left running; c->bootstrap empty).
+ * Needs no running test: a suite may start it before its tests. */
+int kreq_test_cluster_start(kreq_test_cluster_t *c, const char *name, int nodes);
 
 /* scripts/kafka.sh cmd --dir <c's dir> [arg]; returns its exit status. */
 int kreq_test_cluster_sh(const kreq_test_cluster_t *c, const char *cmd, const char *arg);

@@ -78,9 +78,7 @@ void worker_signal(int slot, int sig)
 
 /* ---- the load ------------------------------------------------------------- */
 
-
 op_t ops[MAX_OPS];
-
 
 static kreq_future_t *submit(kreq_client_t *c, op_t *op)
 {
@@ -92,10 +90,14 @@ static kreq_future_t *submit(kreq_client_t *c, op_t *op)
 	kreq_call_opts_destroy(o);
 	if (!op->calls++)
 		op->first_ms = kreq_test_now_ms();
-	ck_assert_msg(op->calls < 300, "operation %s was called 300 times without a reply",
-	              op->key);
-	if (rc != KREQ_OK)
+	ck_assert_msg(op->calls < 300,
+	              "operation %s was called 300 times without a reply (last: %s)", op->key,
+	              op->last_err);
+	if (rc != KREQ_OK) {
 		op->not_before = kreq_test_now_ms() + 250;
+		snprintf(op->last_err, sizeof(op->last_err), "refused at once with %s",
+		         kreq_err_name(rc));
+	}
 	return rc == KREQ_OK ? f : NULL;
 }
 
@@ -104,6 +106,8 @@ static bool settle(op_t *op, kreq_future_t *f)
 {
 	int err = kreq_future_err(f);
 	if (err != KREQ_OK) {
+		snprintf(op->last_err, sizeof(op->last_err), "%s: %s", kreq_err_name(err),
+		         kreq_future_errstr(f));
 		ck_assert_msg(err == KREQ_ETIMEDOUT || err == KREQ_EUNAVAILABLE ||
 		                  err == KREQ_EREJECTED,
 		              "%s: unexpected error %s: %s", op->key, kreq_err_name(err),
@@ -136,7 +140,9 @@ void run_load(int nops, schedule_fn schedule, void *arg)
 	kreq_conf_set(conf, "client.id", id, err, sizeof(err));
 	kreq_conf_set(conf, "retry.attempt.timeout.ms", "3000", err, sizeof(err));
 	kreq_conf_set(conf, "service.check.ms", "1000", err, sizeof(err));
-	kreq_conf_set(conf, "log.level", "3", err, sizeof(err));
+	kreq_conf_set(conf, "log.level",
+	              getenv("KREQ_FAULT_CLIENT_LOG") ? getenv("KREQ_FAULT_CLIENT_LOG") : "3", err,
+	              sizeof(err));
 	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
 	ck_assert_msg(c != NULL, "%s", err);
 	kreq_conf_destroy(conf);
@@ -226,7 +232,6 @@ void check_records(int nops, int *reruns)
 		*reruns += count[i] - 1;
 	}
 }
-
 
 static int cmp_i64(const void *a, const void *b)
 {

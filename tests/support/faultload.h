@@ -50,6 +50,7 @@ typedef struct {
 	int64_t not_before; /* back off after "unavailable" */
 	bool done;
 	int64_t first_ms, done_ms; /* first submission, reply (kreq_test_now_ms) */
+	char last_err[200];        /* why its last call failed, for the failure message */
 } op_t;
 
 extern op_t ops[MAX_OPS];
@@ -62,7 +63,9 @@ void worker_spawn(int slot, const char *mode);
 /* Sends sig to worker slot and reaps it (SIGTERM: it must exit 0). */
 void worker_signal(int slot, int sig);
 
-/* Runs nops operations with WINDOW in flight (see above). */
+/* Runs nops operations with WINDOW in flight (see above). The client logs
+ * errors only; KREQ_FAULT_CLIENT_LOG=<syslog level> (e.g. 5) shows more
+ * when a run needs explaining. */
 void run_load(int nops, schedule_fn schedule, void *arg);
 
 /* Every key's accepted execution is its last recorded one; *reruns gets
