@@ -7,9 +7,11 @@
  * 2 although the cluster's own topic defaults are Kafka's stock ones (1
  * and 1). Then, under a steady load from a client against a real worker
  * process (fault_worker), one Kafka broker at a time fails: kill -9 of the
- * leader of a requests partition, of a results partition, of the
- * transaction coordinator of the worker, and a controlled shutdown
- * (SIGTERM) of one Kafka broker; each is started again later in the load.
+ * leader of a requests partition, of a results partition (each on a
+ * Kafka broker that is neither coordinator of the worker), of the
+ * transaction coordinator of the worker, of its group coordinator, and a
+ * controlled shutdown (SIGTERM) of one Kafka broker that is neither; each
+ * is started again later in the load.
  * For each, the checks of tests/support/faultload.h hold (every call
  * settles, no idempotency key gets two different replies, no committed
  * request runs again) and the test prints how long calls stalled.
@@ -107,7 +109,7 @@ static void teardown(void)
 
 /* The Kafka broker (node number: kafka.sh gives node N the id N) leading
  * topic's partition, per the cluster's metadata. */
-static int leader_of(const char *topic, int partition)
+static int leader_within(const char *topic, int partition, int timeout_ms)
 {
 	char errstr[512];
 	rd_kafka_conf_t *conf = kreq_test_conf_new(bootstrap, "group.id", "kreq-test-leader", NULL);
@@ -116,7 +118,7 @@ static int leader_of(const char *topic, int partition)
 	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
 	const struct rd_kafka_metadata *md = NULL;
 	int leader = -1;
-	int64_t until = kreq_test_now_ms() + 30000;
+	int64_t until = kreq_test_now_ms() + timeout_ms;
 	while (leader < 1 && kreq_test_now_ms() < until) {
 		if (rd_kafka_metadata(rk, 0, rkt, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
 			if (md->topic_cnt == 1 && partition < md->topics[0].partition_cnt)
@@ -128,6 +130,12 @@ static int leader_of(const char *topic, int partition)
 	}
 	rd_kafka_topic_destroy(rkt);
 	rd_kafka_destroy(rk);
+	return leader;
+}
+
+static int leader_of(const char *topic, int partition)
+{
+	int leader = leader_within(topic, partition, 30000);
 	ck_assert_msg(leader >= 1 && leader <= 3, "no leader for %s [%d]", topic, partition);
 	return leader;
 }
@@ -146,18 +154,17 @@ static int internal_partition(const char *key)
 
 /* The transaction coordinator of transactional.id: the leader of its
  * __transaction_state partition. */
-static int txn_coordinator(const char *txn_id)
+static int txn_coordinator(const char *id)
 {
-	int part = internal_partition(txn_id);
+	int part = internal_partition(id);
 	/* the Kafka broker that initialised it logged the partition: check
 	 * that this computation agrees with Kafka's */
 	char cmd[1400];
 	snprintf(cmd, sizeof(cmd),
 	         "grep -hF 'Initialized transactionalId %s with' %s/node*/logs/server.log* | "
 	         "grep -qF 'on partition __transaction_state-%d ('",
-	         txn_id, cluster.dir, part);
-	ck_assert_msg(system(cmd) == 0, "%s: no Kafka broker logged it on partition %d", txn_id,
-	              part);
+	         id, cluster.dir, part);
+	ck_assert_msg(system(cmd) == 0, "%s: no Kafka broker logged it on partition %d", id, part);
 	return leader_of("__transaction_state", part);
 }
 
@@ -166,6 +173,31 @@ static int txn_coordinator(const char *txn_id)
 static int group_coordinator(const char *group)
 {
 	return leader_of("__consumer_offsets", internal_partition(group));
+}
+
+static char req_topic[160], res_topic[160], txn_id[160], group_id[160];
+static int txn_node, group_node; /* the worker's coordinators, as chosen */
+
+/* A prefix whose worker has its transaction coordinator and its group
+ * coordinator on different Kafka brokers (when Kafka's internal topics
+ * exist already), so that each fault hits the one role it names: a
+ * group coordinator failing also empties the group for a moment, which
+ * the client reads as "no worker" (docs/operations.md). */
+static void choose_prefix(void)
+{
+	for (int i = 0; i < 40; i++) {
+		if (i)
+			kreq_test_topic_name(prefix, sizeof(prefix), "c3");
+		snprintf(txn_id, sizeof(txn_id), "%s.svc.w0", prefix);
+		snprintf(group_id, sizeof(group_id), "%s.svc", prefix);
+		txn_node = leader_within("__transaction_state", internal_partition(txn_id), 2000);
+		group_node =
+		    leader_within("__consumer_offsets", internal_partition(group_id), 2000);
+		if (txn_node < 1 || group_node < 1 || txn_node != group_node)
+			break;
+	}
+	snprintf(req_topic, sizeof(req_topic), "%s.svc.requests", prefix);
+	snprintf(res_topic, sizeof(res_topic), "%s.svc.results", prefix);
 }
 
 /* ---- replication ------------------------------------------------------------ */
@@ -272,11 +304,8 @@ static void fault_schedule(int step, void *arg)
 	supervise(f);
 	if (step == FAULT_STEP) {
 		f->node = f->victim();
-		char id[200];
-		snprintf(id, sizeof(id), "%s.svc.w0", prefix);
-		f->was_txn_coord = txn_coordinator(id) == f->node;
-		snprintf(id, sizeof(id), "%s.svc", prefix);
-		f->was_group_coord = group_coordinator(id) == f->node;
+		f->was_txn_coord = txn_coordinator(txn_id) == f->node;
+		f->was_group_coord = group_coordinator(group_id) == f->node;
 		f->fault_ms = kreq_test_now_ms();
 		char node[16];
 		snprintf(node, sizeof(node), "%d", f->node);
@@ -293,6 +322,7 @@ static void fault_schedule(int step, void *arg)
 
 static void run_fault(fault_t *f)
 {
+	choose_prefix();
 	worker_spawn(0, "transactional");
 	int64_t t0 = kreq_test_now_ms();
 	run_load(NOPS, fault_schedule, f);
@@ -318,34 +348,50 @@ static void run_fault(fault_t *f)
 	        "calls submitted during the fault (%d): p99 %lld ms, max %lld ms (before it: p99 "
 	        "%lld ms); %d calls repeated after an error, %d uncommitted re-executions, %d "
 	        "worker restarts\n",
-	        f->name, f->node, f->was_txn_coord ? ", also the transaction coordinator" : "",
-	        f->was_group_coord ? ", also the group coordinator" : "", NOPS,
+	        f->name, f->node, f->was_txn_coord ? ", the worker's transaction coordinator" : "",
+	        f->was_group_coord ? ", the worker's group coordinator" : "", NOPS,
 	        (double)(t1 - t0) / 1000.0, (long long)st.max_gap_ms, st.ops, (long long)st.p99_ms,
 	        (long long)st.max_ms, (long long)calm.p99_ms, retried, reruns, f->worker_restarts);
 }
 
-static char req_topic[160], res_topic[160], txn_id[160];
+/* The leader of the first partition of topic led by a Kafka broker that
+ * is neither coordinator of the worker (partition 0's if there is none). */
+static int plain_leader(const char *topic)
+{
+	for (int p = 0; p < 4; p++) {
+		int l = leader_of(topic, p);
+		if (l != txn_node && l != group_node)
+			return l;
+	}
+	return leader_of(topic, 0);
+}
 
 static int requests_leader(void)
 {
-	snprintf(req_topic, sizeof(req_topic), "%s.svc.requests", prefix);
-	return leader_of(req_topic, 0);
+	return plain_leader(req_topic);
 }
 
 static int results_leader(void)
 {
-	snprintf(res_topic, sizeof(res_topic), "%s.svc.results", prefix);
-	return leader_of(res_topic, 1);
+	return plain_leader(res_topic);
 }
 
 static int worker_coordinator(void)
 {
-	snprintf(txn_id, sizeof(txn_id), "%s.svc.w0", prefix);
 	return txn_coordinator(txn_id);
 }
 
-static int any_broker(void)
+static int worker_group_coordinator(void)
 {
+	return group_coordinator(group_id);
+}
+
+/* a Kafka broker that is neither coordinator of the worker, if any */
+static int plain_broker(void)
+{
+	for (int n = 1; n <= 3; n++)
+		if (n != txn_node && n != group_node)
+			return n;
 	return 1 + (int)randombytes_uniform(3);
 }
 
@@ -370,9 +416,16 @@ START_TEST(test_kill9_txn_coordinator)
 }
 END_TEST
 
+START_TEST(test_kill9_group_coordinator)
+{
+	fault_t f = {.name = "kill -9 group coordinator", .victim = worker_group_coordinator};
+	run_fault(&f);
+}
+END_TEST
+
 START_TEST(test_controlled_shutdown)
 {
-	fault_t f = {.name = "controlled shutdown", .victim = any_broker, .controlled = true};
+	fault_t f = {.name = "controlled shutdown", .victim = plain_broker, .controlled = true};
 	run_fault(&f);
 }
 END_TEST
@@ -397,6 +450,7 @@ int main(void)
 	add_case(s, "requests_leader", test_kill9_requests_leader);
 	add_case(s, "results_leader", test_kill9_results_leader);
 	add_case(s, "txn_coordinator", test_kill9_txn_coordinator);
+	add_case(s, "group_coordinator", test_kill9_group_coordinator);
 	add_case(s, "controlled_shutdown", test_controlled_shutdown);
 	if (kreq_test_cluster_start(&cluster, "kafka-cluster3", 3))
 		fprintf(stderr, "cannot start the 3-broker Kafka cluster: every test fails\n");
