@@ -20,6 +20,7 @@
 #include "common/conf.h"
 #include "common/internal.h"
 #include "common/kadmin.h"
+#include "common/replication.h"
 
 #define KREQ__TXN_TIMEOUT_MS   30000
 #define KREQ__WARM_TIMEOUT_MS  500 /* per producer, once per reply topic */
@@ -268,22 +269,53 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 
 static int create_topic(kreq_server_t *s, const char *topic, int partitions, bool results)
 {
-	char why[512] = "", ret[32];
+	char why[512] = "", ret[32], isr_buf[16];
 	snprintf(ret, sizeof(ret), "%lld", (long long)s->retention_ms);
-	const char *const configs[] = {"cleanup.policy", "compact,delete", "retention.ms", ret,
-	                               NULL};
-	rd_kafka_resp_err_t kerr = kreq__topic_create(
-	    s->producer, topic, partitions,
-	    (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION),
-	    results ? configs : NULL, (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS),
-	    why, sizeof(why));
+	const char *configs[7] = {NULL}; /* room for min.insync.replicas (common/replication.h) */
+	if (results) {
+		configs[0] = "cleanup.policy", configs[1] = "compact,delete";
+		configs[2] = "retention.ms", configs[3] = ret;
+	}
+	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS), rf, isr;
+	if (kreq__replication_plan(s->reader,
+	                           (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION),
+	                           (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_MIN_ISR), tmo,
+	                           &rf, &isr, configs, isr_buf, sizeof(isr_buf))) {
+		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
+		                 "creating topic %s: Kafka did not answer (cluster metadata)",
+		                 topic);
+		return -1;
+	}
+	rd_kafka_resp_err_t kerr =
+	    kreq__topic_create(s->producer, topic, partitions, rf, configs, tmo, why, sizeof(why));
 	if (kerr) {
 		kreq__loop_fatal(
 		    s, kerr == RD_KAFKA_RESP_ERR__INVALID_ARG ? KREQ_ECONF : KREQ_EKAFKA,
 		    "creating topic %s: %s", topic, *why ? why : rd_kafka_err2str(kerr));
 		return -1;
 	}
+	kreq__log(s->conf, 6, "server",
+	          "created topic %s: %d partitions, replication factor %d, "
+	          "min.insync.replicas %d (-1: the Kafka broker's default)",
+	          topic, partitions, rf, isr);
 	return 0;
+}
+
+/* Warns about each of the worker's topics that has fewer replicas than
+ * configured (common/replication.h): not an error, the operator may have
+ * chosen it, but a single Kafka broker failure would then stop the service
+ * or lose results. */
+static void replication_check(kreq_server_t *s)
+{
+	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
+	int rf_conf = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION);
+	int brokers = rf_conf == 0 ? kreq__kafka_brokers(s->reader, tmo) : 0;
+	int want = kreq__replication_factor(rf_conf, brokers);
+	const char *topics[] = {s->req_topic, s->res_topic};
+	char why[512];
+	for (int i = 0; i < 2 && (rf_conf != 0 || brokers > 0); i++)
+		if (kreq__replication_short(s->reader, topics[i], want, tmo, why, sizeof(why)) == 1)
+			kreq__log(s->conf, 4, "server", "%s", why);
 }
 
 /* Polls metadata until topic shows n partitions (a new topic takes a moment
@@ -295,6 +327,10 @@ static int await_topic(kreq_server_t *s, const char *topic)
 	int n;
 	while ((n = kreq__topic_partitions(s->reader, topic, 5000)) <= 0 && kreq__mono_ns() < until)
 		;
+	/* and its partition leaders know it (common/kadmin.h) */
+	if (n > 0 && kreq__topic_await_leaders(s->reader, topic, n,
+	                                       (int)((until - kreq__mono_ns()) / 1000000)))
+		n = 0;
 	if (n <= 0)
 		kreq__loop_fatal(s, KREQ_EKAFKA, "topic %s did not become available", topic);
 	return n;
@@ -324,6 +360,7 @@ static int ensure_topics(kreq_server_t *s)
 	/* exists, compacted, long enough retention, co-partitioned (rebuild.c) */
 	if (kreq__results_topic_check(s, nreq, created))
 		return -1;
+	replication_check(s);
 	s->nparts = nreq;
 	s->parts = calloc((size_t)nreq, sizeof(*s->parts));
 	if (!s->parts) {

@@ -47,6 +47,7 @@
 #include "common/conf.h"
 #include "common/internal.h"
 #include "common/kadmin.h"
+#include "common/replication.h"
 
 #define EXPIRE_BATCH    256
 #define REPLY_BATCH     64
@@ -936,9 +937,18 @@ static rd_kafka_t *make_handle(kreq_client_t *c, rd_kafka_type_t type, char *err
 
 static int create_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, size_t errstr_size)
 {
-	char why[512] = "";
+	char why[512] = "", isr_buf[16];
+	const char *configs[3] = {NULL}; /* min.insync.replicas (common/replication.h) */
+	int rf, isr;
+	if (kreq__replication_plan(c->consumer,
+	                           (int)kreq__conf_int(c->conf, KREQ__P_REPLY_TOPIC_REPLICATION), 0,
+	                           timeout_ms, &rf, &isr, configs, isr_buf, sizeof(isr_buf)))
+		return kreq__err(errstr, errstr_size, KREQ_EUNAVAILABLE,
+		                 "creating reply topic %s: Kafka did not answer within %d ms (is "
+		                 "kafka.bootstrap.servers right?)",
+		                 c->reply_topic, timeout_ms);
 	rd_kafka_resp_err_t kerr =
-	    kreq__topic_create(c->producer, c->reply_topic, c->reply_partition + 1, -1, NULL,
+	    kreq__topic_create(c->producer, c->reply_topic, c->reply_partition + 1, rf, configs,
 	                       timeout_ms, why, sizeof(why));
 	if (kerr == RD_KAFKA_RESP_ERR__INVALID_ARG && *why)
 		return kreq__err(errstr, errstr_size, KREQ_ECONF, "reply topic: %s", why);
@@ -972,6 +982,21 @@ static int reply_topic_without_controller(kreq_client_t *c, int timeout_ms, char
 	return n < 0 ? 0 : n;
 }
 
+/* Warns when the existing reply topic has fewer replicas than configured
+ * (common/replication.h): replies would stop with the Kafka broker holding
+ * them. */
+static void reply_replication_check(kreq_client_t *c, int timeout_ms)
+{
+	int rf_conf = (int)kreq__conf_int(c->conf, KREQ__P_REPLY_TOPIC_REPLICATION);
+	int brokers = rf_conf == 0 ? kreq__kafka_brokers(c->consumer, timeout_ms) : 0;
+	char why[512];
+	if ((rf_conf != 0 || brokers > 0) &&
+	    kreq__replication_short(c->consumer, c->reply_topic,
+	                            kreq__replication_factor(rf_conf, brokers), timeout_ms, why,
+	                            sizeof(why)) == 1)
+		kreq__log(c->conf, 4, "client", "%s", why);
+}
+
 static int ensure_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, size_t errstr_size)
 {
 	int n = kreq__topic_partitions(c->consumer, c->reply_topic, timeout_ms);
@@ -985,6 +1010,7 @@ static int ensure_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, si
 		return KREQ_EKAFKA;
 	if (n == 0)
 		return create_reply_topic(c, timeout_ms, errstr, errstr_size);
+	reply_replication_check(c, timeout_ms);
 	if (n <= c->reply_partition)
 		return kreq__err(errstr, errstr_size, KREQ_ECONF,
 		                 "reply topic %s has %d partitions; reply.partition %d does not "

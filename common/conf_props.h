@@ -140,8 +140,12 @@
 	  "stops (kreqd exits 1) naming the partition.")                                           \
 	X(SERVER_TOPIC_PARTITIONS, "server.topic.partitions", INT, "6", 1, 100000,                 \
 	  "Partitions of the requests and results topics when the worker creates them.")           \
-	X(SERVER_TOPIC_REPLICATION, "server.topic.replication.factor", INT, "-1", -1, 32,          \
-	  "Replication factor of topics the worker creates; -1: the broker's default.")            \
+	X(SERVER_TOPIC_REPLICATION, "server.topic.replication.factor", INT, "0", -1, 32,           \
+	  "Replication factor of the requests and results topics when the worker creates them. "   \
+	  "0: min(3, Kafka brokers in the cluster's metadata), so one Kafka broker may fail "      \
+	  "without losing results (the dedup store) or stopping the service; -1: the Kafka "       \
+	  "broker's default.replication.factor (1 out of the box). An existing topic with fewer "  \
+	  "replicas is logged as a warning naming it (docs/operations.md).")                       \
 	X(SERVER_SERVICE, "service", STR, "", 0, 200,                                              \
 	  "kreqd: the service to serve (methods <service>.<name>).")                               \
 	X(KREQD_PLUGINS, "kreqd.plugins", STR, "", 0, 4096,                                        \
@@ -189,7 +193,19 @@
 	  "(kreq_server_results_ignored_total) and ignored. Must include the signing key. Empty: " \
 	  "the keyring's signing key only. When rotating the workers' signing key, list the old "  \
 	  "and the new id (and keep the old key in the key file) for server.dedup.retention.ms "   \
-	  "(docs/operations.md).")
+	  "(docs/operations.md).")                                                                 \
+	X(SERVER_TOPIC_MIN_ISR, "server.topic.min.insync.replicas", INT, "0", -1, 32,              \
+	  "min.insync.replicas of the requests and results topics when the worker creates them: "  \
+	  "a write (acks=all) succeeds once this many replicas have it. 0: the replication "       \
+	  "factor minus 1, at least 1 (2 of 3: a result survives the loss of any one Kafka "       \
+	  "broker, and one Kafka broker may be down while writes go on); -1: the Kafka broker's "  \
+	  "default.")                                                                              \
+	X(REPLY_TOPIC_REPLICATION, "reply.topic.replication.factor", INT, "0", -1, 32,             \
+	  "Replication factor of the reply topic when the client creates it (its "                 \
+	  "min.insync.replicas is this minus 1, at least 1). 0: min(3, Kafka brokers in the "      \
+	  "cluster's metadata), so replies keep coming when one Kafka broker fails; -1: the "      \
+	  "Kafka broker's default. An existing reply topic with fewer replicas is logged as a "    \
+	  "warning.")
 
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by
@@ -207,7 +223,10 @@
 	X("statistics.interval.ms", "1000",                                                        \
 	  "notice that Kafka is reachable again without traffic")                                  \
 	X("topic.metadata.refresh.interval.ms", "10000",                                           \
-	  "idle clients reconnect, so recovery is noticed within seconds")
+	  "idle clients reconnect, so recovery is noticed within seconds")                         \
+	X("acks", "all",                                                                           \
+	  "a request is acknowledged once min.insync.replicas replicas have it: it survives the "  \
+	  "loss of its partition leader")
 
 #define KREQ__KAFKA_CONSUMER_DEFAULTS(X)                                                           \
 	X("isolation.level", "read_committed", "only replies whose transaction committed")         \
@@ -237,7 +256,10 @@
 	  "come "                                                                                  \
 	  "back with the Kafka broker's defaults (one partition, not compacted), and a reply to "  \
 	  "a "                                                                                     \
-	  "reply topic that does not exist is counted and not sent")
+	  "reply topic that does not exist is counted and not sent")                               \
+	X("acks", "all",                                                                           \
+	  "a reply or result is acknowledged (and its request's offset committed) only once "      \
+	  "min.insync.replicas replicas have it: a Kafka broker failure loses no result")
 
 #define KREQ__KAFKA_SERVER_CONSUMER_DEFAULTS(X)                                                    \
 	X("isolation.level", "read_committed", "results and requests of committed transactions")   \

@@ -2,7 +2,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "common/internal.h"
 #include "common/kadmin.h"
 
 int kreq__topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms)
@@ -144,4 +146,19 @@ int kreq__topic_admin_served(rd_kafka_t *rk, int timeout_ms)
 		served |= md->brokers[i].id == ctl;
 	rd_kafka_metadata_destroy(md);
 	return served;
+}
+
+int kreq__topic_await_leaders(rd_kafka_t *rk, const char *topic, int n, int timeout_ms)
+{
+	int64_t until = kreq__mono_ns() + (int64_t)timeout_ms * 1000000LL;
+	for (int p = 0; p < n; p++) {
+		int64_t lo, hi;
+		while (rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 1000)) {
+			if (kreq__mono_ns() >= until)
+				return -1;
+			struct timespec ts = {0, 20000000}; /* a metadata update away */
+			nanosleep(&ts, NULL);
+		}
+	}
+	return 0;
 }

@@ -28,6 +28,14 @@ rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int pa
                                        int replication_factor, const char *const *configs,
                                        int timeout_ms, char *why, size_t why_size);
 
+/* Waits until the leader of each of topic's n partitions answers a
+ * ListOffsets request for it: on a cluster of several Kafka brokers a
+ * topic just created shows in the metadata of one before its partition
+ * leaders have learnt about it, and they answer UNKNOWN_TOPIC_OR_PART
+ * meanwhile (a worker's dedup rebuild took that for a deleted results
+ * topic and stopped). Returns 0, or -1 after timeout_ms. */
+int kreq__topic_await_leaders(rd_kafka_t *rk, const char *topic, int n, int timeout_ms);
+
 /* Whether the cluster can serve CreateTopics and DeleteTopics: 1 if its
  * metadata names a controller among its brokers, 0 if not (librdkafka's
  * mock cluster, `kreq dev`, names broker 0 of brokers 1..N: an admin

@@ -13,19 +13,24 @@
 #      then the demo (scripts/demo.sh) end to end
 #   4. ASan+UBSan build, every suite
 #   5. TSan build (librdkafka instrumented too), every suite
+#   5b. cluster3: the suites labelled cluster3 (test_cluster3), which start
+#      a 3-broker Kafka cluster of their own (scripts/kafka.sh --nodes 3;
+#      the shared broker is stopped first) and fail one Kafka broker at a
+#      time under load; every other stage leaves them out (ctest -LE
+#      cluster3). Took ~2.5 min on a loaded 2-core machine.
 #   6. valgrind over the unit suites
 #   7. every libFuzzer target (envelope, signed Results, key file, config),
 #      sharing KREQ_FUZZ_SECONDS, each from its seed corpus
 # and stops the broker on exit, also on failure. Safe to run twice.
 #
 # Environment: KREQ_FUZZ_SECONDS (default 60), KREQ_TEST_STAGES (default
-# "format freshroot release demo asan tsan valgrind fuzz") to run a subset
+# "format freshroot release demo cluster3 asan tsan valgrind fuzz") to run a subset
 # while developing; stage "unit" (not in the default: "release" covers it)
 # is the release build with the unit suites only, no Kafka broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-STAGES=${KREQ_TEST_STAGES:-"format freshroot release demo asan tsan valgrind fuzz"}
+STAGES=${KREQ_TEST_STAGES:-"format freshroot release demo cluster3 asan tsan valgrind fuzz"}
 FUZZ_SECONDS=${KREQ_FUZZ_SECONDS:-60}
 JOBS=2
 KAFKA_DIR="$ROOT/build/kafka-test"
@@ -82,7 +87,7 @@ fi
 if has_stage release; then
   say "release build (-Werror) + all suites"
   configure_build build
-  run_ctest build
+  run_ctest build -LE cluster3
 fi
 
 if has_stage unit && ! has_stage release; then
@@ -101,7 +106,7 @@ if has_stage asan; then
   say "ASan+UBSan build + all suites"
   configure_build build-asan -DKREQ_SANITIZE=address -DKREQ_BUILD_BENCH=OFF
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    run_ctest build-asan
+    run_ctest build-asan -LE cluster3
 fi
 
 if has_stage tsan; then
@@ -114,7 +119,16 @@ if has_stage tsan; then
   PKG_CONFIG_PATH="$RDKAFKA_TSAN/lib/pkgconfig" \
     configure_build build-tsan -DKREQ_SANITIZE=thread -DKREQ_BUILD_BENCH=OFF
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$ROOT/tests/tsan.supp" \
-    run_ctest build-tsan
+    run_ctest build-tsan -LE cluster3
+fi
+
+if has_stage cluster3; then
+  say "cluster3: a 3-broker Kafka cluster of its own, one Kafka broker failing under load"
+  # the suite starts and stops its cluster itself; the shared broker goes
+  # first so that no more than 3 JVMs run (each with a small heap)
+  stop_kafka
+  configure_build build
+  KREQ_KAFKA_HEAP=${KREQ_KAFKA_HEAP:-"-Xms128m -Xmx384m"} run_ctest build -L cluster3
 fi
 
 if has_stage valgrind; then

@@ -84,6 +84,26 @@ static void set(kreq_conf_t *c, const char *k, const char *v)
 	}
 }
 
+/* KREQ_FAULT_WORKER_SET="name=value;name=value" adds properties (a test
+ * comparing settings, e.g. kafka.session.timeout.ms). */
+static void extra_settings(kreq_conf_t *c)
+{
+	const char *env = getenv("KREQ_FAULT_WORKER_SET");
+	char buf[1024];
+	snprintf(buf, sizeof(buf), "%s", env ? env : "");
+	for (char *save = NULL, *kv = strtok_r(buf, ";", &save); kv;
+	     kv = strtok_r(NULL, ";", &save)) {
+		char *eq = strchr(kv, '=');
+		if (!eq) {
+			fprintf(stderr,
+			        "fault_worker: KREQ_FAULT_WORKER_SET: %s is not name=value\n", kv);
+			exit(2);
+		}
+		*eq = 0;
+		set(c, kv, eq + 1);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 6) {
@@ -109,6 +129,7 @@ int main(int argc, char **argv)
 	set(conf, "server.topic.partitions", "4");
 	set(conf, "server.handler.threads", "8");
 	set(conf, "log.level", "5");
+	extra_settings(conf);
 	char err[512];
 	srv = kreq_server_new(conf, kr, "svc", err, sizeof(err));
 	if (!srv || kreq_server_register(srv, "svc.record", record, NULL, 0)) {

@@ -32,7 +32,18 @@ for want in "client.id=kreqd-1" "client.id=kreqd-2" "/healthz" "demo_key" \
   "condition: service_completed_successfully" "image: apache/kafka"; do
   grep -qF -- "$want" <<<"$compose" || fail "docker-compose.yml lacks $want"
 done
-echo "check_deploy: docker-compose.yml is valid"
+# the optional 3-broker profile: valid, complete, and replicated
+KREQ_UID=$(id -u) KREQ_GID=$(id -g) docker-compose --project-directory "$src" \
+  -f "$src/docker-compose.yml" --profile cluster3 config -q ||
+  fail "docker-compose.yml is invalid with --profile cluster3 (docker-compose config -q)"
+compose3=$(KREQ_UID=1000 KREQ_GID=1000 docker-compose --project-directory "$src" \
+  -f "$src/docker-compose.yml" --profile cluster3 config)
+for want in "kafka-c1:" "kafka-c2:" "kafka-c3:" "1@kafka-c1:9093,2@kafka-c2:9093,3@kafka-c3:9093" \
+  "--replication-factor 3" "min.insync.replicas=2" "client.id=kreqd-c3a" "client.id=kreqd-c3b" \
+  "kafka.bootstrap.servers=kafka-c1:9092,kafka-c2:9092,kafka-c3:9092" "- cluster3"; do
+  grep -qF -- "$want" <<<"$compose3" || fail "docker-compose.yml --profile cluster3 lacks $want"
+done
+echo "check_deploy: docker-compose.yml is valid (also with --profile cluster3)"
 
 # ---- Dockerfile -----------------------------------------------------------
 dockerfile="$src/Dockerfile"

@@ -1,0 +1,265 @@
+/* faultload.c — see faultload.h. */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "faultload.h"
+#include "kreq/error.h"
+#include "testsupport.h"
+
+const char *fault_worker_path;
+const char *bootstrap;
+char prefix[64], key_hex[65], record_path[256];
+kreq_keyring_t *kr;
+
+/* ---- worker processes ----------------------------------------------------- */
+
+worker_t workers[MAX_WORKERS];
+
+void worker_spawn(int slot, const char *mode)
+{
+	worker_t *w = &workers[slot];
+	snprintf(w->id, sizeof(w->id), "w%d", slot);
+	int fds[2];
+	ck_assert_int_eq(pipe(fds), 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* a test killed by its timeout leaves none */
+		dup2(fds[1], 1);
+		close(fds[0]);
+		close(fds[1]);
+		execl(fault_worker_path, "fault_worker", bootstrap, prefix, w->id, record_path,
+		      key_hex, mode, (char *)NULL);
+		_exit(127);
+	}
+	close(fds[1]);
+	w->pid = pid;
+	/* wait for "ready" (the group assigned it partitions), bounded */
+	char buf[64] = "";
+	size_t got = 0;
+	int64_t until = kreq_test_now_ms() + 90000;
+	while (!strstr(buf, "ready") && kreq_test_now_ms() < until && got < sizeof(buf) - 1) {
+		struct pollfd p = {fds[0], POLLIN, 0};
+		if (poll(&p, 1, 200) > 0) {
+			ssize_t n = read(fds[0], buf + got, sizeof(buf) - 1 - got);
+			if (n <= 0)
+				break;
+			got += (size_t)n;
+			buf[got] = 0;
+		}
+	}
+	close(fds[0]);
+	ck_assert_msg(strstr(buf, "ready"), "worker %s did not become ready", w->id);
+}
+
+void worker_signal(int slot, int sig)
+{
+	worker_t *w = &workers[slot];
+	if (w->pid <= 0)
+		return;
+	kill(w->pid, sig);
+	int st = 0;
+	ck_assert_int_eq(waitpid(w->pid, &st, 0), w->pid);
+	if (sig == SIGTERM)
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		              "worker %s did not stop cleanly (status %d)", w->id, st);
+	w->pid = 0;
+}
+
+/* ---- the load ------------------------------------------------------------- */
+
+op_t ops[MAX_OPS];
+
+static kreq_future_t *submit(kreq_client_t *c, op_t *op)
+{
+	kreq_call_opts_t *o = kreq_call_opts_new();
+	kreq_call_opts_set_timeout(o, 20000);
+	kreq_call_opts_set_idempotency_key(o, op->key, strlen(op->key));
+	kreq_future_t *f = NULL;
+	int rc = kreq_client_call(c, "svc.record", op->payload, strlen(op->payload), o, &f);
+	kreq_call_opts_destroy(o);
+	if (!op->calls++)
+		op->first_ms = kreq_test_now_ms();
+	ck_assert_msg(op->calls < 300,
+	              "operation %s was called 300 times without a reply (last: %s)", op->key,
+	              op->last_err);
+	if (rc != KREQ_OK) {
+		op->not_before = kreq_test_now_ms() + 250;
+		snprintf(op->last_err, sizeof(op->last_err), "refused at once with %s",
+		         kreq_err_name(rc));
+	}
+	return rc == KREQ_OK ? f : NULL;
+}
+
+/* True when the op is finished; false when it must be called again. */
+static bool settle(op_t *op, kreq_future_t *f)
+{
+	int err = kreq_future_err(f);
+	if (err != KREQ_OK) {
+		snprintf(op->last_err, sizeof(op->last_err), "%s: %s", kreq_err_name(err),
+		         kreq_future_errstr(f));
+		ck_assert_msg(err == KREQ_ETIMEDOUT || err == KREQ_EUNAVAILABLE ||
+		                  err == KREQ_EREJECTED,
+		              "%s: unexpected error %s: %s", op->key, kreq_err_name(err),
+		              kreq_future_errstr(f));
+		if (err == KREQ_EREJECTED) /* only "shutting down" may be refused */
+			ck_assert_int_eq(kreq_future_status(f), 9);
+		if (err == KREQ_EUNAVAILABLE)
+			op->not_before = kreq_test_now_ms() + 250;
+		return false;
+	}
+	ck_assert_msg(kreq_future_status(f) == 0, "%s: status %d", op->key, kreq_future_status(f));
+	size_t len;
+	const char *p = kreq_future_payload(f, &len);
+	ck_assert_uint_eq(len, 32);
+	if (op->seen[0])
+		ck_assert_msg(!memcmp(op->seen, p, 32), "%s: two different replies: %s and %.32s",
+		              op->key, op->seen, p);
+	memcpy(op->seen, p, 32);
+	op->seen[32] = 0;
+	return true;
+}
+
+void run_load(int nops, schedule_fn schedule, void *arg)
+{
+	char id[32], err[512];
+	snprintf(id, sizeof(id), "load-%u", randombytes_uniform(1000000));
+	kreq_conf_t *conf = kreq_conf_new();
+	kreq_conf_set(conf, "kafka.bootstrap.servers", bootstrap, err, sizeof(err));
+	kreq_conf_set(conf, "topic.prefix", prefix, err, sizeof(err));
+	kreq_conf_set(conf, "client.id", id, err, sizeof(err));
+	kreq_conf_set(conf, "retry.attempt.timeout.ms", "3000", err, sizeof(err));
+	kreq_conf_set(conf, "service.check.ms", "1000", err, sizeof(err));
+	kreq_conf_set(conf, "log.level",
+	              getenv("KREQ_FAULT_CLIENT_LOG") ? getenv("KREQ_FAULT_CLIENT_LOG") : "3", err,
+	              sizeof(err));
+	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
+	ck_assert_msg(c != NULL, "%s", err);
+	kreq_conf_destroy(conf);
+	for (int i = 0; i < nops; i++) {
+		memset(&ops[i], 0, sizeof(ops[i]));
+		snprintf(ops[i].key, sizeof(ops[i].key), "op-%d", i);
+		snprintf(ops[i].payload, sizeof(ops[i].payload), "sleep:%u|op-%d",
+		         randombytes_uniform(40), i);
+	}
+	kreq_future_t *win[WINDOW] = {0};
+	int which[WINDOW], next = 0, finished = 0, step = 0;
+	int64_t until = kreq_test_now_ms() + 400000;
+	int retry_queue[MAX_OPS], nretry = 0;
+	while (finished < nops) {
+		ck_assert_msg(kreq_test_now_ms() < until, "load did not finish: %d of %d done",
+		              finished, nops);
+		for (int s = 0; s < WINDOW; s++) {
+			if (win[s])
+				continue;
+			int op = -1;
+			if (nretry && ops[retry_queue[nretry - 1]].not_before <= kreq_test_now_ms())
+				op = retry_queue[--nretry];
+			else if (next < nops)
+				op = next++;
+			if (op < 0)
+				break;
+			if (!(win[s] = submit(c, &ops[op])))
+				retry_queue[nretry++] = op; /* refused at once: later */
+			which[s] = op;
+		}
+		kreq_future_t *live[WINDOW];
+		size_t slot_of[WINDOW], nlive = 0, idx;
+		for (size_t w = 0; w < WINDOW; w++)
+			if (win[w]) {
+				slot_of[nlive] = w;
+				live[nlive++] = win[w];
+			}
+		if (nlive == 0) { /* everything was refused at once: back off */
+			kreq_test_poll_pause();
+			continue;
+		}
+		int rc = kreq_future_wait_any(live, nlive, 200, &idx);
+		if (rc == KREQ_ETIMEDOUT)
+			continue;
+		ck_assert_int_eq(rc, KREQ_OK);
+		idx = slot_of[idx];
+		op_t *op = &ops[which[idx]];
+		if (settle(op, win[idx])) {
+			op->done = true;
+			op->done_ms = kreq_test_now_ms();
+			finished++;
+		} else {
+			retry_queue[nretry++] = which[idx];
+		}
+		kreq_future_release(win[idx]);
+		win[idx] = NULL;
+		if (schedule)
+			schedule(++step, arg);
+	}
+	kreq_client_destroy(c);
+}
+
+void check_records(int nops, int *reruns)
+{
+	FILE *f = fopen(record_path, "r");
+	ck_assert_ptr_nonnull(f);
+	static char last[MAX_OPS][33];
+	static int count[MAX_OPS];
+	memset(last, 0, sizeof(last));
+	memset(count, 0, sizeof(count));
+	char k[64], e[64];
+	while (fscanf(f, "%63s %63s", k, e) == 2) {
+		int i = atoi(k + 3);
+		ck_assert(i >= 0 && i < nops && strlen(e) == 32);
+		snprintf(last[i], sizeof(last[i]), "%s", e);
+		count[i]++;
+	}
+	fclose(f);
+	*reruns = 0;
+	for (int i = 0; i < nops; i++) {
+		ck_assert_msg(ops[i].done, "%s never got a reply", ops[i].key);
+		ck_assert_msg(count[i] >= 1, "%s: reply without a recorded execution", ops[i].key);
+		ck_assert_msg(!strcmp(last[i], ops[i].seen),
+		              "%s: the handler ran again after the result the caller saw (%s) "
+		              "was committed; last execution %s",
+		              ops[i].key, ops[i].seen, last[i]);
+		*reruns += count[i] - 1;
+	}
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+stall_t load_stall(int nops, int64_t from_ms, int64_t to_ms)
+{
+	static int64_t t[MAX_OPS];
+	stall_t st = {0};
+	int n = 0;
+	for (int i = 0; i < nops; i++)
+		if (ops[i].done)
+			t[n++] = ops[i].done_ms;
+	qsort(t, (size_t)n, sizeof(t[0]), cmp_i64);
+	for (int i = 1; i < n; i++)
+		if (t[i] - t[i - 1] > st.max_gap_ms)
+			st.max_gap_ms = t[i] - t[i - 1];
+	n = 0;
+	for (int i = 0; i < nops; i++)
+		if (ops[i].done && ops[i].first_ms >= from_ms && ops[i].first_ms < to_ms)
+			t[n++] = ops[i].done_ms - ops[i].first_ms;
+	qsort(t, (size_t)n, sizeof(t[0]), cmp_i64);
+	st.ops = n;
+	if (n) {
+		st.p99_ms = t[(n * 99 + 99) / 100 - 1];
+		st.max_ms = t[n - 1];
+	}
+	return st;
+}
