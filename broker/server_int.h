@@ -39,6 +39,7 @@
 #include "broker/dedup.h"
 #include "broker/faults.h"
 #include "broker/offsets.h"
+#include "broker/poison.h"
 #include "broker/smetrics.h"
 #include "broker/topics.h"
 #include "kreq/server.h"
@@ -105,7 +106,8 @@ typedef struct kreq__part {
 	uint64_t incarnation;
 	kreq__dedup_t dd;
 	kreq__offsets_t offs;
-	int64_t committed; /* last committed offset, -1 unknown */
+	int64_t committed;   /* last committed offset, -1 unknown */
+	kreq__pz_part_t *pz; /* recorded starts without a result (poison.h) */
 } kreq__part_t;
 
 /* Token bucket per signing key id (server.rate.limit.per.key). */
@@ -222,6 +224,7 @@ struct kreq_server_s {
 	kreq_request_t **overdue;
 	size_t noverdue, overdue_cap;
 	int64_t stuck_warned_ns;
+	struct kreq__poison *pz; /* poison.c; NULL when server.poison.max.attempts is 0 */
 };
 
 /* Delivery-report opaque of an output in light mode. */

@@ -189,7 +189,17 @@
 	  "(kreq_server_results_ignored_total) and ignored. Must include the signing key. Empty: " \
 	  "the keyring's signing key only. When rotating the workers' signing key, list the old "  \
 	  "and the new id (and keep the old key in the key file) for server.dedup.retention.ms "   \
-	  "(docs/operations.md).")
+	  "(docs/operations.md).")                                                                 \
+	X(SERVER_POISON_MAX_ATTEMPTS, "server.poison.max.attempts", INT, "3", 0, 32,               \
+	  "A request whose handler was started this many times without finishing (its worker "     \
+	  "crashed or lost the partition each time; counted across replicas in "                   \
+	  "<topic.prefix>.<service>.attempts) is not run again: it is answered with status 10 "    \
+	  "(poison), that result is stored, and the request with its attempts goes to "            \
+	  "<topic.prefix>.<service>.dead. 0 disables counting (no attempts written).")             \
+	X(SERVER_POISON_DEAD_RETENTION_MS, "server.poison.dead.retention.ms", INT, "2592000000",   \
+	  60000, 315360000000,                                                                     \
+	  "retention.ms of the dead-letter topic <topic.prefix>.<service>.dead when the worker "   \
+	  "creates it (default 30 days).")
 
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by
