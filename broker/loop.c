@@ -1084,7 +1084,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	/* revoked (or a rebalance error): let running handlers finish (within
 	 * the grace period), secure what is complete, drop the rest */
 	atomic_store_explicit(&s->ready, false, memory_order_release);
-	run_recorded(s); /* started: they finish within the grace period like the rest */
+	kreq__poison_unhold(s); /* a suspect that did not start: redone by the next owner */
+	run_recorded(s);        /* started: they finish within the grace period */
 	bool was_draining = s->draining;
 	s->draining = true; /* also: commit synchronously in light mode */
 	finish_in_flight(s);
@@ -1193,7 +1194,7 @@ static bool consume(kreq_server_t *s, int max)
 		/* at the limit, stop taking records: flow_control() pauses the
 		 * partitions, which drops what was prefetched and refetches it from
 		 * the consumed position on resume */
-		if (!kreq__request_room(s) || s->rewind_needed ||
+		if (!kreq__request_room(s) || s->rewind_needed || kreq__poison_blocked(s) ||
 		    atomic_load_explicit(&s->in_progress, memory_order_relaxed) +
 		            kreq__poison_pending(s) >=
 		        s->max_in_flight)

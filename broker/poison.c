@@ -30,6 +30,16 @@
  *   was written after that request was. A partition with nothing
  *   uncommitted reads nothing. Starts of requests below C, of keys with a
  *   Result, or signed by a key not in server.result.signers are skipped.
+ * - Suspects run alone: a worker that crashes takes every handler it was
+ *   running with it, so the requests running beside a poison one are
+ *   counted too. A request already counted (a suspect: 1 <= count < N) is
+ *   therefore held until nothing else runs, then run alone, and nothing
+ *   new starts until it finished. If it crashes the worker again, it alone
+ *   is counted; the bystanders of the first crash each finish alone and
+ *   are never counted again. So a poison request is answered after exactly
+ *   N crashes, and an innocent one is taken out of service only if it
+ *   shared all N crashes with it (impossible after the first, as it then
+ *   runs alone). The cost: after a crash, suspects run one at a time.
  * - Exactness: the count is exact (every crash counted once, nothing else
  *   counted) when each worker instance that started a handler and died had
  *   its Attempt acknowledged before the handler ran, which acked mode
@@ -52,20 +62,22 @@
 #include "common/internal.h"
 #include "common/kadmin.h"
 
-#define KREQ__PZ_FLUSH_MS   15000 /* longest wait for one step's Attempts */
-#define KREQ__PZ_MSG_TMO    "10000"
-#define KREQ__PZ_READ_STEP  100
-#define KREQ__PZ_TS_MARGIN  5000 /* added to clock.skew.ms when seeking by time */
+#define KREQ__PZ_FLUSH_MS  15000 /* longest wait for one step's Attempts */
+#define KREQ__PZ_MSG_TMO   "10000"
+#define KREQ__PZ_READ_STEP 100
+#define KREQ__PZ_TS_MARGIN 5000 /* added to clock.skew.ms when seeking by time */
 
 struct kreq__poison {
 	char *att_topic, *dead_topic;
 	uint32_t max_attempts;
 	int64_t dead_retention_ms;
 	uint64_t instance;
-	rd_kafka_t *producer; /* Attempts: idempotent, acks=all */
-	int32_t ndead;        /* partitions of the dead-letter topic */
+	rd_kafka_t *producer;        /* Attempts: idempotent, acks=all */
+	int32_t ndead;               /* partitions of the dead-letter topic */
 	kreq_request_t *head, *tail; /* deferred, Attempt produced */
 	size_t npending;
+	kreq_request_t *solo; /* a suspect waiting to run alone (no Attempt yet) */
+	bool solo_running;    /* it runs: nothing new starts until it finished */
 	size_t failed;        /* delivery failures of the pending batch */
 	char fail_why[256];
 };
@@ -115,7 +127,7 @@ void kreq__poison_destroy(kreq_server_t *s)
 
 uint32_t kreq__poison_max(const kreq_server_t *s)
 {
-	return s->pz ? s->pz->max_attempts : 0;
+	return s->pz && s->pz->producer ? s->pz->max_attempts : 0;
 }
 
 const char *kreq__poison_dead_topic(const kreq_server_t *s)
@@ -134,13 +146,14 @@ static int create(kreq_server_t *s, const char *topic, int partitions, const cha
 {
 	char why[512] = "";
 	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
-	rd_kafka_resp_err_t kerr = kreq__topic_create(
-	    s->producer, topic, partitions,
-	    (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION), cfg, tmo, why,
-	    sizeof(why));
+	rd_kafka_resp_err_t kerr =
+	    kreq__topic_create(s->producer, topic, partitions,
+	                       (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION), cfg,
+	                       tmo, why, sizeof(why));
 	if (kerr) {
-		kreq__loop_fatal(s, kerr == RD_KAFKA_RESP_ERR__INVALID_ARG ? KREQ_ECONF : KREQ_EKAFKA,
-		                 "creating topic %s: %s", topic, *why ? why : rd_kafka_err2str(kerr));
+		kreq__loop_fatal(
+		    s, kerr == RD_KAFKA_RESP_ERR__INVALID_ARG ? KREQ_ECONF : KREQ_EKAFKA,
+		    "creating topic %s: %s", topic, *why ? why : rd_kafka_err2str(kerr));
 		return -1;
 	}
 	int64_t until = kreq__mono_ns() + tmo * 1000000LL;
@@ -153,14 +166,24 @@ static int create(kreq_server_t *s, const char *topic, int partitions, const cha
 	return n > 0 ? n : -1;
 }
 
-/* The topic's partition count, the topic created when missing. */
+/* The topic's partition count, the topic created when missing; 0 when it
+ * is missing and cannot be created (librdkafka's mock cluster). */
 static int ensure(kreq_server_t *s, const char *topic, int nreq, const char *const *cfg)
 {
 	int n = kreq__topic_partitions(s->reader, topic, 5000);
 	if (n < 0)
-		kreq__loop_fatal(s, KREQ_EUNAVAILABLE, "no metadata for topic %s (Kafka did not answer)",
-		                 topic);
-	return n == 0 ? create(s, topic, nreq, cfg) : n;
+		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
+		                 "no metadata for topic %s (Kafka did not answer)", topic);
+	if (n != 0)
+		return n;
+	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
+	return kreq__topic_admin_served(s->reader, tmo) == 0 ? 0 : create(s, topic, nreq, cfg);
+}
+
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	kreq_server_t *s = rd_kafka_opaque(rk);
+	kreq__log(s->conf, level, "kafka", "attempts producer: %s: %s", fac, buf);
 }
 
 static void on_attempt_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -187,9 +210,17 @@ static rd_kafka_t *producer_new(kreq_server_t *s)
 		ok = rd_kafka_conf_set(rc, kv[0], kv[1], why, sizeof(why)) == RD_KAFKA_CONF_OK;
 	ok = ok && kreq__conf_kafka_apply(s->conf, rc, why, sizeof(why)) == KREQ_OK;
 	/* after the user's kafka.*: the count is only exact if acknowledged */
-	const char *const own[] = {"enable.idempotence", "true", "acks", "all", "linger.ms", "0",
-	                           "message.timeout.ms", KREQ__PZ_MSG_TMO, "message.max.bytes",
-	                           mmax, NULL};
+	const char *const own[] = {"enable.idempotence",
+	                           "true",
+	                           "acks",
+	                           "all",
+	                           "linger.ms",
+	                           "0",
+	                           "message.timeout.ms",
+	                           KREQ__PZ_MSG_TMO,
+	                           "message.max.bytes",
+	                           mmax,
+	                           NULL};
 	for (const char *const *kv = own; ok && *kv; kv += 2)
 		ok = rd_kafka_conf_set(rc, kv[0], kv[1], why, sizeof(why)) == RD_KAFKA_CONF_OK;
 	if (!ok) {
@@ -198,6 +229,7 @@ static rd_kafka_t *producer_new(kreq_server_t *s)
 		return NULL;
 	}
 	rd_kafka_conf_set_opaque(rc, s);
+	rd_kafka_conf_set_log_cb(rc, on_log);
 	rd_kafka_conf_set_dr_msg_cb(rc, on_attempt_delivery);
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, rc, why, sizeof(why));
 	if (!rk) {
@@ -220,20 +252,29 @@ int kreq__poison_start(kreq_server_t *s, int nreq)
 	         (long long)(kreq__limits_message_max(s->conf) + KREQ__DEAD_OVERHEAD_MAX));
 	const char *const att_cfg[] = {"cleanup.policy", "compact,delete", "retention.ms", ret,
 	                               NULL};
-	const char *const dead_cfg[] = {"cleanup.policy", "delete", "retention.ms", dret,
-	                                "max.message.bytes", mmax, NULL};
+	const char *const dead_cfg[] = {
+	    "cleanup.policy", "delete", "retention.ms", dret, "max.message.bytes", mmax, NULL};
 	int natt = ensure(s, pz->att_topic, nreq, att_cfg);
 	if (natt < 0)
 		return -1;
+	if (natt > 0 && (pz->ndead = ensure(s, pz->dead_topic, nreq, dead_cfg)) < 0)
+		return -1;
+	if (natt == 0 || pz->ndead == 0) { /* a mock cluster without them: not counted */
+		kreq__log(s->conf, 4, "server",
+		          "topics %s and %s do not exist and this Kafka cluster cannot create them "
+		          "(librdkafka's mock cluster): handler starts are not counted and poison "
+		          "requests are not detected (server.poison.max.attempts)",
+		          pz->att_topic, pz->dead_topic);
+		return 0;
+	}
 	if (natt != nreq) {
-		kreq__loop_fatal(s, KREQ_ECONF,
-		                 "attempts topic %s has %d partitions but requests topic %s has %d: "
-		                 "they must be co-partitioned",
-		                 pz->att_topic, natt, s->req_topic, nreq);
+		kreq__loop_fatal(
+		    s, KREQ_ECONF,
+		    "attempts topic %s has %d partitions but requests topic %s has %d: "
+		    "they must be co-partitioned",
+		    pz->att_topic, natt, s->req_topic, nreq);
 		return -1;
 	}
-	if ((pz->ndead = ensure(s, pz->dead_topic, nreq, dead_cfg)) < 0)
-		return -1;
 	return (pz->producer = producer_new(s)) ? 0 : -1;
 }
 
@@ -321,8 +362,13 @@ static void note(kreq_server_t *s, kreq__part_t *pt, const Kreq__Attempt *a, uin
 		return; /* keep the instance's newest */
 	}
 	kreq__pz_attempt_t *t = &e->att[i];
-	*t = (kreq__pz_attempt_t){inst,          a->number,      a->request_partition,
-	                          a->started_at_ms, a->ended_at_ms, a->request_offset, ""};
+	*t = (kreq__pz_attempt_t){inst,
+	                          a->number,
+	                          a->request_partition,
+	                          a->started_at_ms,
+	                          a->ended_at_ms,
+	                          a->request_offset,
+	                          ""};
 	snprintf(t->worker, sizeof(t->worker), "%s", a->worker);
 }
 
@@ -364,8 +410,8 @@ static int committed_offsets(kreq_server_t *s, load_t *ld, int n, int tmo)
 	}
 	rd_kafka_topic_partition_list_destroy(l);
 	if (kerr)
-		kreq__loop_fatal(s, KREQ_EKAFKA, "reading committed offsets of %s: %s", s->req_topic,
-		                 rd_kafka_err2str(kerr));
+		kreq__loop_fatal(s, KREQ_EKAFKA, "reading committed offsets of %s: %s",
+		                 s->req_topic, rd_kafka_err2str(kerr));
 	return kerr ? KREQ_EKAFKA : KREQ_OK;
 }
 
@@ -482,7 +528,7 @@ static int attempt_range(kreq_server_t *s, load_t *ld, int n, int tmo)
 
 int kreq__poison_load(kreq_server_t *s, kreq__part_t **parts, int n)
 {
-	if (!s->pz || n == 0)
+	if (!s->pz || !s->pz->producer || n == 0)
 		return KREQ_OK;
 	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
 	load_t *ld = calloc((size_t)n, sizeof(*ld));
@@ -518,13 +564,10 @@ static void put_be64(uint8_t *p, uint64_t v)
 		p[i] = (uint8_t)v;
 }
 
-bool kreq__poison_defer(kreq_server_t *s, kreq_request_t *r)
+/* Produces r's Attempt (e: its entry, if any) and queues r until the flush. */
+static void record_start(kreq_server_t *s, kreq_request_t *r, kreq__pz_entry_t *e)
 {
 	struct kreq__poison *pz = s->pz;
-	if (!pz || !pz->producer)
-		return false;
-	kreq__part_t *pt = s->parts[r->partition];
-	kreq__pz_entry_t *e = pt->pz && pt->pz->count ? find(pt->pz, r->ddkey, r->ddkey_len) : NULL;
 	const Kreq__Request *q = r->op.u.req;
 	Kreq__Attempt a = KREQ__ATTEMPT__INIT;
 	a.idempotency_key = q->idempotency_key;
@@ -543,12 +586,12 @@ bool kreq__poison_defer(kreq_server_t *s, kreq_request_t *r)
 	                                 sizeof(buf), &len, why, sizeof(why));
 	rd_kafka_resp_err_t kerr = RD_KAFKA_RESP_ERR_NO_ERROR;
 	if (!err)
-		while ((kerr = rd_kafka_producev(
-		            pz->producer, RD_KAFKA_V_TOPIC(pz->att_topic),
-		            RD_KAFKA_V_PARTITION(r->partition),
-		            RD_KAFKA_V_KEY(key, r->ddkey_len + 8), RD_KAFKA_V_VALUE(buf, len),
-		            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END)) ==
-		       RD_KAFKA_RESP_ERR__QUEUE_FULL)
+		while ((kerr = rd_kafka_producev(pz->producer, RD_KAFKA_V_TOPIC(pz->att_topic),
+		                                 RD_KAFKA_V_PARTITION(r->partition),
+		                                 RD_KAFKA_V_KEY(key, r->ddkey_len + 8),
+		                                 RD_KAFKA_V_VALUE(buf, len),
+		                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+		                                 RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
 			rd_kafka_poll(pz->producer, 10);
 	if ((err || kerr) && !pz->failed++)
 		snprintf(pz->fail_why, sizeof(pz->fail_why), "%s",
@@ -563,7 +606,31 @@ bool kreq__poison_defer(kreq_server_t *s, kreq_request_t *r)
 	pz->tail = r;
 	pz->npending++;
 	atomic_fetch_add_explicit(&s->m.attempts_written, 1, memory_order_relaxed);
+}
+
+bool kreq__poison_defer(kreq_server_t *s, kreq_request_t *r)
+{
+	struct kreq__poison *pz = s->pz;
+	if (!pz || !pz->producer)
+		return false;
+	kreq__part_t *pt = s->parts[r->partition];
+	kreq__pz_entry_t *e = pt->pz && pt->pz->count ? find(pt->pz, r->ddkey, r->ddkey_len) : NULL;
+	if (e && e->n > 0) { /* a suspect: it runs alone (kreq__poison_blocked) */
+		pz->solo = r;
+		return true;
+	}
+	record_start(s, r, e);
 	return true;
+}
+
+bool kreq__poison_blocked(kreq_server_t *s)
+{
+	struct kreq__poison *pz = s->pz;
+	if (!pz)
+		return false;
+	if (pz->solo_running && !atomic_load_explicit(&s->in_progress, memory_order_relaxed))
+		pz->solo_running = false; /* nothing else started meanwhile: it finished */
+	return pz->solo || pz->solo_running;
 }
 
 size_t kreq__poison_pending(const kreq_server_t *s)
@@ -582,9 +649,19 @@ static void discard_one(kreq_server_t *s, kreq_request_t *r)
 	kreq__request_free(r);
 }
 
+void kreq__poison_unhold(kreq_server_t *s)
+{
+	struct kreq__poison *pz = s->pz;
+	if (pz && pz->solo) {
+		discard_one(s, pz->solo);
+		pz->solo = NULL;
+	}
+}
+
 void kreq__poison_discard(kreq_server_t *s)
 {
 	struct kreq__poison *pz = s->pz;
+	kreq__poison_unhold(s);
 	if (!pz || !pz->head)
 		return;
 	kreq_request_t *r = pz->head;
@@ -596,11 +673,38 @@ void kreq__poison_discard(kreq_server_t *s)
 	}
 }
 
+static kreq_request_t *flush(kreq_server_t *s);
+
 kreq_request_t *kreq__poison_flush(kreq_server_t *s)
 {
 	struct kreq__poison *pz = s->pz;
-	if (!pz || !pz->head)
+	if (!pz)
 		return NULL;
+	if (pz->head)
+		return flush(s);
+	if (!pz->solo || atomic_load_explicit(&s->in_progress, memory_order_relaxed))
+		return NULL;
+	/* nothing runs: the suspect's turn, alone */
+	kreq_request_t *r = pz->solo;
+	kreq__part_t *pt = r->partition < s->nparts ? s->parts[r->partition] : NULL;
+	pz->solo = NULL;
+	if (!pt || pt->incarnation != r->incarnation) {
+		discard_one(s, r);
+		return NULL;
+	}
+	kreq__log(s->conf, 5, "server",
+	          "%s [%d] offset %lld: its handler started before without finishing: it runs "
+	          "alone",
+	          s->req_topic, (int)r->partition, (long long)r->offset);
+	record_start(s, r, find(pt->pz, r->ddkey, r->ddkey_len));
+	kreq_request_t *l = flush(s);
+	pz->solo_running = l != NULL;
+	return l;
+}
+
+static kreq_request_t *flush(kreq_server_t *s)
+{
+	struct kreq__poison *pz = s->pz;
 	rd_kafka_resp_err_t kerr = rd_kafka_flush(pz->producer, KREQ__PZ_FLUSH_MS);
 	if (kerr && !pz->failed++)
 		snprintf(pz->fail_why, sizeof(pz->fail_why), "%s", rd_kafka_err2str(kerr));

@@ -65,6 +65,9 @@ uint32_t kreq__poison_count(const kreq__part_t *pt, const uint8_t *key, size_t k
 /* Acked mode: produces r's Attempt record and keeps r until
  * kreq__poison_flush(); false when counting is off (dispatch r now). */
 bool kreq__poison_defer(kreq_server_t *s, kreq_request_t *r);
+/* Whether a suspect (a request started before without a result) waits to
+ * run alone or runs: then no new record is consumed. */
+bool kreq__poison_blocked(kreq_server_t *s);
 /* Requests deferred and not yet flushed. */
 size_t kreq__poison_pending(const kreq_server_t *s);
 /* Waits for the deferred requests' Attempt records to be acknowledged
@@ -72,6 +75,8 @@ size_t kreq__poison_pending(const kreq_server_t *s);
  * one failed, or the state they belong to was dropped, they are discarded
  * (their records are redone from the committed offsets). */
 kreq_request_t *kreq__poison_flush(kreq_server_t *s);
+/* Discards the suspect waiting to run alone, if any (revoke). */
+void kreq__poison_unhold(kreq_server_t *s);
 /* Discards every deferred request without running it (closing; the caller
  * rewinds, or drops their partitions, so their records are redone). */
 void kreq__poison_discard(kreq_server_t *s);
