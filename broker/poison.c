@@ -44,6 +44,23 @@
  *   counted) when each worker instance that started a handler and died had
  *   its Attempt acknowledged before the handler ran, which acked mode
  *   guarantees, and when clocks agree within clock.skew.ms.
+ * - Journal mode (server.poison.journal set): the acknowledged write costs
+ *   a round trip before every handler (~0.2 ms p50 in light mode, see
+ *   docs/broker-design.md), so a worker with a journal records starts in a
+ *   memory-mapped file instead (broker/pjournal.h: memory writes only; the
+ *   page survives the process's crash in the page cache). At start, before
+ *   joining the group, it publishes an Attempt for every start left in the
+ *   journal by its previous process (owner instance from the journal's
+ *   header), waits for the acknowledgements, then empties the journal. A
+ *   request that may have been started by a previous owner (its offset is
+ *   below the partition's end offset read at assignment: a suspect of
+ *   another worker's crash) still gets the acknowledged write before it
+ *   runs, so a crash of the new owner is counted even if that owner never
+ *   comes back; so do requests already counted (they run alone). Bound:
+ *   each worker that crashes and never restarts (or loses its journal
+ *   with its machine) leaves at most the starts of its own fresh requests
+ *   uncounted, each counted at most once short; the request then reaches
+ *   another worker as a suspect, and from then on every start is acked.
  * - Taking out of service: count >= N at decide time (decide.h) answers
  *   status 10 and stores that Result and a DeadLetter (kind 5, the request
  *   verbatim and its counted attempts) in <prefix>.<service>.dead, in the
@@ -56,6 +73,7 @@
 
 #include <sodium.h>
 
+#include "broker/pjournal.h"
 #include "broker/poison.h"
 #include "broker/server_int.h"
 #include "common/conf.h"
@@ -78,7 +96,9 @@ struct kreq__poison {
 	size_t npending;
 	kreq_request_t *solo; /* a suspect waiting to run alone (no Attempt yet) */
 	bool solo_running;    /* it runs: nothing new starts until it finished */
-	size_t failed;        /* delivery failures of the pending batch */
+	char *journal_path;   /* server.poison.journal, NULL: acked mode only */
+	kreq__pjournal_t *journal;
+	size_t failed; /* delivery failures of the pending batch */
 	char fail_why[256];
 };
 
@@ -105,6 +125,9 @@ int kreq__poison_conf(kreq_server_t *s, const char *prefix, char *errstr, size_t
 	pz->max_attempts = (uint32_t)n;
 	pz->dead_retention_ms = kreq__conf_int(s->conf, KREQ__P_SERVER_POISON_DEAD_RETENTION_MS);
 	randombytes_buf(&pz->instance, sizeof(pz->instance));
+	const char *jp = kreq__conf_str(s->conf, KREQ__P_SERVER_POISON_JOURNAL);
+	if (*jp && !(pz->journal_path = strdup(jp)))
+		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	pz->att_topic = fmt3(prefix, s->service, "attempts");
 	pz->dead_topic = fmt3(prefix, s->service, "dead");
 	if (!pz->att_topic || !pz->dead_topic)
@@ -121,6 +144,7 @@ void kreq__poison_destroy(kreq_server_t *s)
 		return;
 	free(s->pz->att_topic);
 	free(s->pz->dead_topic);
+	free(s->pz->journal_path);
 	free(s->pz);
 	s->pz = NULL;
 }
@@ -239,6 +263,75 @@ static rd_kafka_t *producer_new(kreq_server_t *s)
 	return rk;
 }
 
+static void put_be64(uint8_t *p, uint64_t v);
+
+/* The starts the previous process left in the journal (it crashed while
+ * they ran), published as Attempts of that process and acknowledged, then
+ * the journal emptied: before the worker joins its group. */
+static int journal_start(kreq_server_t *s)
+{
+	struct kreq__poison *pz = s->pz;
+	char why[512];
+	int err = kreq__pjournal_open(pz->journal_path, (uint32_t)s->slot_max, &pz->journal, why,
+	                              sizeof(why));
+	if (err) {
+		kreq__loop_fatal(s, err, "%s", why);
+		return -1;
+	}
+	uint64_t owner = kreq__pjournal_owner(pz->journal);
+	size_t n = kreq__pjournal_nslots(pz->journal), sent = 0;
+	for (size_t i = 0; i < n; i++) {
+		const kreq__pj_slot_t *sl = kreq__pjournal_slot(pz->journal, i);
+		size_t idl = sl->klen ? sl->key[0] : 0;
+		if (sl->klen < 2 + idl || idl == 0 || idl > KREQ_KEY_ID_MAX)
+			continue; /* not a request key */
+		char key_id[KREQ_KEY_ID_MAX + 1];
+		memcpy(key_id, sl->key + 1, idl);
+		key_id[idl] = '\0';
+		Kreq__Attempt a = KREQ__ATTEMPT__INIT;
+		a.idempotency_key =
+		    (ProtobufCBinaryData){sl->klen - 1 - idl, (uint8_t *)sl->key + 1 + idl};
+		a.request_key_id = key_id;
+		a.number = sl->number ? sl->number : 1;
+		a.worker = s->client_id;
+		a.started_at_ms = sl->started_at_ms > 0 ? sl->started_at_ms : 1;
+		a.request_offset = sl->offset;
+		a.request_partition = sl->partition;
+		uint8_t rkey[KREQ__DEDUP_KEY_MAX + 8], buf[2048];
+		memcpy(rkey, sl->key, sl->klen);
+		put_be64(rkey + sl->klen, owner);
+		size_t len;
+		if (kreq__envelope_seal_to(s->kr, &s->lim, KREQ__KIND_ATTEMPT, &a.base, buf,
+		                           sizeof(buf), &len, why, sizeof(why)) ||
+		    rd_kafka_producev(pz->producer, RD_KAFKA_V_TOPIC(pz->att_topic),
+		                      RD_KAFKA_V_PARTITION(sl->partition),
+		                      RD_KAFKA_V_KEY(rkey, sl->klen + 8),
+		                      RD_KAFKA_V_VALUE(buf, len),
+		                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END))
+			pz->failed++;
+		sent++;
+	}
+	if (sent && (rd_kafka_flush(pz->producer, KREQ__PZ_FLUSH_MS) || pz->failed)) {
+		kreq__loop_fatal(s, KREQ_EKAFKA,
+		                 "publishing %zu handler start(s) of the crash journal %s to %s "
+		                 "failed (%s): the journal is kept for the next start",
+		                 sent, pz->journal_path, pz->att_topic,
+		                 pz->failed ? pz->fail_why : "timed out");
+		return -1;
+	}
+	if (sent) {
+		atomic_fetch_add_explicit(&s->m.attempts_written, sent, memory_order_relaxed);
+		kreq__log(s->conf, 4, "server",
+		          "the previous process crashed while %zu handler(s) ran: their starts are "
+		          "recorded in %s",
+		          sent, pz->att_topic);
+	}
+	kreq__pjournal_reset(pz->journal, pz->instance);
+	kreq__log(s->conf, 6, "server", "crash journal %s: %zu slots", pz->journal_path,
+	          s->slot_max);
+	return 0;
+}
+
 int kreq__poison_start(kreq_server_t *s, int nreq)
 {
 	struct kreq__poison *pz = s->pz;
@@ -275,7 +368,9 @@ int kreq__poison_start(kreq_server_t *s, int nreq)
 		    pz->att_topic, natt, s->req_topic, nreq);
 		return -1;
 	}
-	return (pz->producer = producer_new(s)) ? 0 : -1;
+	if (!(pz->producer = producer_new(s)))
+		return -1;
+	return pz->journal_path ? journal_start(s) : 0;
 }
 
 void kreq__poison_close(kreq_server_t *s)
@@ -283,6 +378,8 @@ void kreq__poison_close(kreq_server_t *s)
 	if (!s->pz)
 		return;
 	kreq__poison_discard(s);
+	kreq__pjournal_close(s->pz->journal);
+	s->pz->journal = NULL;
 	if (s->pz->producer) {
 		rd_kafka_flush(s->pz->producer, 5000);
 		rd_kafka_destroy(s->pz->producer);
@@ -381,6 +478,7 @@ typedef struct load {
 	int64_t ts;        /* of the request at committed (ms), -1 unknown */
 	int64_t start;     /* attempts offset to read from */
 	int64_t end;       /* attempts high watermark */
+	int64_t req_end;   /* requests high watermark */
 	bool none;         /* nothing uncommitted: nothing to read */
 	bool done;
 } load_t;
@@ -405,6 +503,7 @@ static int committed_offsets(kreq_server_t *s, load_t *ld, int n, int tmo)
 		                                        &hi, tmo);
 		int64_t c = l->elems[i].offset >= 0 ? l->elems[i].offset : lo;
 		ld[i].committed = c;
+		ld[i].req_end = hi;
 		ld[i].done = ld[i].none = c >= hi;
 		ld[i].ts = -1;
 	}
@@ -547,6 +646,9 @@ int kreq__poison_load(kreq_server_t *s, kreq__part_t **parts, int n)
 	if (!err && !(err = assign(s, ld, n, s->pz->att_topic, false)))
 		err = poll_until(s, ld, n, s->pz->att_topic, got_attempt);
 	rd_kafka_assign(s->reader, NULL);
+	for (int i = 0; !err && i < n; i++) /* below it: maybe started by a previous owner */
+		if (ld[i].pt->pz || (ld[i].pt->pz = calloc(1, sizeof(*ld[i].pt->pz))))
+			ld[i].pt->pz->end = ld[i].req_end;
 	if (err == KREQ_ETIMEDOUT)
 		kreq__loop_fatal(s, KREQ_EKAFKA,
 		                 "reading the attempts of %s did not finish within "
@@ -619,8 +721,21 @@ bool kreq__poison_defer(kreq_server_t *s, kreq_request_t *r)
 		pz->solo = r;
 		return true;
 	}
+	/* journal mode: a fresh record (consumed first by this owner) costs a
+	 * memory write; one a previous owner may have started is acked */
+	if (pz->journal && pt->pz && r->offset >= pt->pz->end && !e &&
+	    (r->pz_slot = kreq__pjournal_add(pz->journal, r->ddkey, r->ddkey_len, r->partition,
+	                                     r->offset, kreq__now_ms(), 1)))
+		return false;
 	record_start(s, r, e);
 	return true;
+}
+
+void kreq__poison_forget(kreq_server_t *s, kreq_request_t *r)
+{
+	if (r->pz_slot && s->pz && s->pz->journal)
+		kreq__pjournal_remove(s->pz->journal, r->pz_slot);
+	r->pz_slot = 0;
 }
 
 bool kreq__poison_blocked(kreq_server_t *s)

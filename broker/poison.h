@@ -44,6 +44,7 @@ typedef struct kreq__pz_entry {
 typedef struct kreq__pz_part {
 	kreq__pz_entry_t *head;
 	size_t count;
+	int64_t end; /* requests end offset at assignment: below, maybe started before */
 } kreq__pz_part_t;
 
 /* Reads server.poison.* and names the topics (read_conf): KREQ_OK or an
@@ -68,6 +69,8 @@ bool kreq__poison_defer(kreq_server_t *s, kreq_request_t *r);
 /* Whether a suspect (a request started before without a result) waits to
  * run alone or runs: then no new record is consumed. */
 bool kreq__poison_blocked(kreq_server_t *s);
+/* Journal mode: r's handler no longer runs (kreq__request_free). */
+void kreq__poison_forget(kreq_server_t *s, kreq_request_t *r);
 /* Requests deferred and not yet flushed. */
 size_t kreq__poison_pending(const kreq_server_t *s);
 /* Waits for the deferred requests' Attempt records to be acknowledged

@@ -99,6 +99,7 @@ struct kreq_request_s {
 	size_t heap_idx;    /* in s->overdue (loop); SIZE_MAX when not in it */
 	bool retired;       /* in-flight place and listing given up (loop) */
 	bool zombie;        /* abandoned: freed when its late reply comes (loop) */
+	uint32_t pz_slot;   /* its crash-journal slot + 1, 0 none (poison.c) */
 };
 
 typedef struct kreq__part {
