@@ -19,9 +19,9 @@
 #include "common/internal.h"
 #include "kreq/error.h"
 
-#define PJ_MAGIC   0x6b72657150a1ULL /* "kreqP" + version byte */
-#define PJ_HDR     64
-#define PJ_MAX     (1u << 22)
+#define PJ_MAGIC 0x6b72657150a1ULL /* "kreqP" + version byte */
+#define PJ_HDR   64
+#define PJ_MAX   (1u << 22)
 
 typedef struct pj_hdr {
 	uint64_t magic;
@@ -34,10 +34,10 @@ struct kreq__pjournal {
 	int fd;
 	uint8_t *map;
 	size_t size;
-	uint32_t nslots;   /* of the mapping */
-	uint32_t *free;    /* free slot indices */
+	uint32_t nslots; /* of the mapping */
+	uint32_t *free;  /* free slot indices */
 	uint32_t nfree;
-	uint64_t owner;    /* at open */
+	uint64_t owner;          /* at open */
 	kreq__pj_slot_t **found; /* in use at open */
 	size_t nfound;
 };
@@ -88,10 +88,15 @@ int kreq__pjournal_open(const char *path, uint32_t nslots, kreq__pjournal_t **ou
 		                path);
 	pj_hdr_t h = {0};
 	struct stat st;
-	if (!err && (fstat(j->fd, &st) || (st.st_size > 0 && pread(j->fd, &h, sizeof(h), 0) !=
-	                                                          (ssize_t)sizeof(h))))
+	ssize_t got = 0;
+	if (!err &&
+	    (fstat(j->fd, &st) || (st.st_size > 0 && (got = pread(j->fd, &h, sizeof(h), 0)) < 0)))
 		err = kreq__err(errstr, errstr_size, KREQ_EIO, "server.poison.journal %s: %s", path,
 		                strerror(errno));
+	if (!err && got > 0 && got < (ssize_t)sizeof(h))
+		h.magic = 1;                      /* too short to be one: refused below */
+	if (!err && h.magic == 0 && h.owner == 0) /* created, never reset: empty */
+		h.nslots = 0;
 	else if (!err && st.st_size > 0 &&
 	         (h.magic != PJ_MAGIC || h.nslots > PJ_MAX ||
 	          (size_t)st.st_size < PJ_HDR + (size_t)h.nslots * sizeof(kreq__pj_slot_t)))
@@ -150,9 +155,8 @@ void kreq__pjournal_reset(kreq__pjournal_t *j, uint64_t instance)
 	j->nfree = n;
 }
 
-uint32_t kreq__pjournal_add(kreq__pjournal_t *j, const uint8_t *key, size_t klen,
-                            int32_t partition, int64_t offset, int64_t started_at_ms,
-                            uint32_t number)
+uint32_t kreq__pjournal_add(kreq__pjournal_t *j, const uint8_t *key, size_t klen, int32_t partition,
+                            int64_t offset, int64_t started_at_ms, uint32_t number)
 {
 	if (!j->nfree || !j->map || klen > KREQ__DEDUP_KEY_MAX)
 		return 0;

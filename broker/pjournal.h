@@ -43,9 +43,8 @@ const kreq__pj_slot_t *kreq__pjournal_slot(const kreq__pjournal_t *j, size_t i);
 /* Empties the journal and makes instance its owner. */
 void kreq__pjournal_reset(kreq__pjournal_t *j, uint64_t instance);
 /* Records a start: its slot index + 1, or 0 when the journal is full. */
-uint32_t kreq__pjournal_add(kreq__pjournal_t *j, const uint8_t *key, size_t klen,
-                            int32_t partition, int64_t offset, int64_t started_at_ms,
-                            uint32_t number);
+uint32_t kreq__pjournal_add(kreq__pjournal_t *j, const uint8_t *key, size_t klen, int32_t partition,
+                            int64_t offset, int64_t started_at_ms, uint32_t number);
 /* The handler of slot (index + 1, from add) finished or is abandoned. */
 void kreq__pjournal_remove(kreq__pjournal_t *j, uint32_t slot);
 /* Unmaps and unlocks; the file is removed when no slot is in use (a clean
