@@ -62,6 +62,8 @@ kreq__decision_t kreq__decide(const kreq__facts_t *f)
 		return answer(KREQ__WHY_DENIED, KREQ_STATUS_DENIED);
 	if (f->found != KREQ__FOUND_NONE)
 		return dedup(f);
+	if (f->max_attempts && f->attempts >= f->max_attempts)
+		return act(KREQ__ACT_POISON, KREQ__WHY_POISON, KREQ_STATUS_POISON);
 	if (f->rate_limit_on && f->tokens < 1.0)
 		return answer(KREQ__WHY_RATE_LIMITED, KREQ_STATUS_OVERLOADED);
 	if (f->budget_ms < f->min_budget_ms)
@@ -92,6 +94,7 @@ const char *kreq__why_name(kreq__why_t why)
 	    [KREQ__WHY_RUN] = "run",
 	    [KREQ__WHY_DEADLINE_TOO_FAR] = "deadline_too_far",
 	    [KREQ__WHY_TOO_OLD] = "too_old",
+	    [KREQ__WHY_POISON] = "poison",
 	};
-	return why > 0 && why <= KREQ__WHY_TOO_OLD ? names[why] : "?";
+	return why > 0 && why <= KREQ__WHY_POISON ? names[why] : "?";
 }

@@ -29,6 +29,9 @@
  *   9. rate: no token for the key        -> ANSWER overloaded (7)
  *  10. budget below server.min.budget    -> ANSWER deadline (2)
  *  11.                                   -> DISPATCH (the loop takes the token)
+ * Between 8 and 9: started server.poison.max.attempts times without a
+ * result (facts.attempts)               -> POISON: status 10, stored, dead-lettered
+ *   (after dedup: a request with a stored result is served it, never counted)
  * Rate limiting comes after dedup so a replay (hit or join) never drains
  * a key's bucket; ACL before dedup, so a key that lost a method does not
  * read the stored results of its calls.
@@ -47,7 +50,8 @@ typedef enum {
 	KREQ__ACT_ANSWER,   /* reply with .status, run nothing */
 	KREQ__ACT_SERVE,    /* reply with the stored result (from_dedup) */
 	KREQ__ACT_JOIN,     /* add a reply target to the running request */
-	KREQ__ACT_DISPATCH  /* take a rate token, run the handler */
+	KREQ__ACT_DISPATCH, /* take a rate token, run the handler */
+	KREQ__ACT_POISON    /* answer status 10, store it, dead-letter the request */
 } kreq__action_t;
 
 /* Why (one per branch above; the loop maps it to a metric and a message). */
@@ -71,7 +75,8 @@ typedef enum {
 	KREQ__WHY_DEADLINE,
 	KREQ__WHY_RUN,
 	KREQ__WHY_DEADLINE_TOO_FAR, /* deadline beyond server.max.deadline.ms from now */
-	KREQ__WHY_TOO_OLD           /* issued before server.max.request.age.ms */
+	KREQ__WHY_TOO_OLD,          /* issued before server.max.request.age.ms */
+	KREQ__WHY_POISON            /* started max_attempts times, never finished */
 } kreq__why_t;
 
 /* What the dedup store holds for the record's key. */
@@ -105,6 +110,8 @@ typedef struct kreq__facts {
 	double tokens;           /* the key's bucket, refilled to now */
 	int64_t budget_ms;       /* deadline - now */
 	int64_t min_budget_ms;   /* server.min.budget.ms */
+	uint32_t attempts;       /* recorded starts without a result (poison.h) */
+	uint32_t max_attempts;   /* server.poison.max.attempts; 0: not counted */
 } kreq__facts_t;
 
 typedef struct kreq__decision {

@@ -723,7 +723,7 @@ int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
 	snprintf(rgroup, sizeof(rgroup), "%s.rebuild", s->group);
 	if (producer_start(s) ||
 	    !(s->reader = make_handle(s, RD_KAFKA_CONSUMER, rgroup, false, -1, NULL)) ||
-	    ensure_topics(s) ||
+	    ensure_topics(s) || kreq__poison_start(s, s->nparts) ||
 	    !(s->consumer = make_handle(s, RD_KAFKA_CONSUMER, s->group, false, -1, rebalance_cb)))
 		return -1;
 	(void)out_topic(s, s->res_topic); /* warmed now: the first result leaves at once */
@@ -755,6 +755,7 @@ void kreq__kafka_close(kreq_server_t *s)
 		rd_kafka_consumer_close(s->reader);
 		rd_kafka_destroy(s->reader);
 	}
+	kreq__poison_close(s);
 	kreq__topics_clear(&s->topics); /* handles first: they belong to the producers */
 	if (s->producer) {
 		rd_kafka_flush(s->producer, 5000);

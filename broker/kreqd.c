@@ -209,6 +209,25 @@ static int apply_sets(kreqd_t *k, const options_t *o)
 	return -1;
 }
 
+/* server.poison.journal, when empty: <kreqd.state.dir or
+ * $RUNTIME_DIRECTORY>/<service>.<client.id>.journal (none without either). */
+static int default_journal(kreqd_t *k)
+{
+	if (*kreq__conf_str(k->conf, KREQ__P_SERVER_POISON_JOURNAL))
+		return -1;
+	const char *dir = kreq__conf_str(k->conf, KREQ__P_KREQD_STATE_DIR);
+	if (!*dir)
+		dir = getenv("RUNTIME_DIRECTORY");
+	if (!dir || !*dir)
+		return -1;
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/%s.%s.journal", dir, k->service,
+	         kreq__conf_str(k->conf, KREQ__P_CLIENT_ID));
+	if (kreq_conf_set(k->conf, "server.poison.journal", path, k->err, sizeof(k->err)))
+		return fail(k, EXIT_CONFIG, "configuration");
+	return -1;
+}
+
 static int load_config(kreqd_t *k, const options_t *o)
 {
 	if (!(k->conf = kreq_conf_new())) {
@@ -231,7 +250,7 @@ static int load_config(kreqd_t *k, const options_t *o)
 		         o->config);
 		return fail(k, EXIT_CONFIG, "configuration");
 	}
-	return -1;
+	return default_journal(k);
 }
 
 /* A new keyring from keyring.file, with signing.key.id applied if set.

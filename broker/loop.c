@@ -76,6 +76,7 @@ static void part_drop(kreq_server_t *s, int32_t id)
 	kreq__dd_tenants_sweep(&s->dd_tenants);
 	atomic_store_explicit(&s->m.dedup_bytes, s->dd_bytes, memory_order_relaxed);
 	kreq__offsets_clear(&pt->offs);
+	kreq__poison_part_free(pt);
 	free(pt);
 	s->parts[id] = NULL;
 }
@@ -287,6 +288,8 @@ static kreq__handled_t outcome_of(const kreq_request_t *r)
 		return KREQ__H_CANCELLED;
 	if (r->status == KREQ_STATUS_TOO_LARGE)
 		return KREQ__H_TOO_LARGE;
+	if (r->status == KREQ_STATUS_POISON)
+		return KREQ__H_POISON;
 	return r->status == 0 ? KREQ__H_OK : KREQ__H_ERROR_STATUS;
 }
 
@@ -557,7 +560,8 @@ static void dispatch_or_refuse(kreq_server_t *s, kreq_request_t *r)
 {
 	const kreq__fault_t *f = kreq__faults_find(&s->faults, r->partition, r->offset);
 	if (!f || f->kind != KREQ__FAULT_TOO_LARGE || !kreq__faults_exhausted(f)) {
-		kreq__dispatch(s, r);
+		if (!kreq__poison_defer(s, r)) /* else dispatched once its start is recorded */
+			kreq__dispatch(s, r);
 		return;
 	}
 	char msg[KREQ__FAULT_WHY + 96];
@@ -645,6 +649,8 @@ static void request_facts(kreq_server_t *s, kreq__part_t *pt, const kreq__opened
 	f->tokens = c->b ? c->b->tokens : 0.0;
 	f->budget_ms = q->deadline_ms - now;
 	f->min_budget_ms = s->min_budget_ms;
+	f->max_attempts = kreq__poison_max(s);
+	f->attempts = f->max_attempts ? kreq__poison_count(pt, c->key, c->klen) : 0;
 }
 
 /* Adds t to the running request of entry e (counted in flight). */
@@ -663,9 +669,10 @@ static bool join(kreq_server_t *s, kreq__dd_entry_t *e, const kreq__target_t *t)
 	return true;
 }
 
-/* A new RUNNING entry and its request, handed to the pool. */
-static bool dispatch(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
-                     const rd_kafka_message_t *m, const kreq__target_t *t, req_ctx_t *c)
+/* A new RUNNING entry and its request (not yet dispatched), or NULL. */
+static kreq_request_t *request_make(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
+                                    const rd_kafka_message_t *m, const kreq__target_t *t,
+                                    req_ctx_t *c)
 {
 	if (!c->digested)
 		kreq__request_digest(o->u.req, c->digest);
@@ -674,7 +681,7 @@ static bool dispatch(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
 	if (!r || !(e = kreq__dedup_add_running(&pt->dd, c->key, c->klen, c->digest, r))) {
 		if (r)
 			kreq__request_free(r);
-		return false;
+		return NULL;
 	}
 	if (c->b)
 		c->b->tokens -= 1.0;
@@ -691,7 +698,56 @@ static bool dispatch(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
 	r->ddkey_len = (uint16_t)c->klen;
 	memcpy(r->digest, c->digest, 32);
 	r->consumed_ns = kreq__mono_ns();
-	dispatch_or_refuse(s, r);
+	return r;
+}
+
+/* A new RUNNING entry and its request, handed to the pool. */
+static bool dispatch(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
+                     const rd_kafka_message_t *m, const kreq__target_t *t, req_ctx_t *c)
+{
+	kreq_request_t *r = request_make(s, pt, o, m, t, c);
+	if (r)
+		dispatch_or_refuse(s, r);
+	return r != NULL;
+}
+
+/* Takes a request out of service (decide.h, POISON): its DeadLetter goes
+ * to the dead-letter topic in the open transaction (light mode: before its
+ * offset may pass), and it is answered status 10, stored like a handler's
+ * result, without running the handler (docs/broker-design.md). */
+static bool poison(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
+                   const rd_kafka_message_t *m, const kreq__target_t *t, req_ctx_t *c)
+{
+	kreq_request_t *r = request_make(s, pt, o, m, t, c);
+	if (!r)
+		return false;
+	uint32_t n = kreq__poison_count(pt, r->ddkey, r->ddkey_len);
+	char reason[256], why[256];
+	snprintf(reason, sizeof(reason),
+	         "its handler was started %u times and never finished (server.poison.max.attempts "
+	         "%u): not run again",
+	         n, kreq__poison_max(s));
+	kreq__log(s->conf, 4, "server", "%s [%d] offset %lld: request for %s: %s; sent to %s",
+	          s->req_topic, (int)pt->id, (long long)m->offset, r->op.u.req->method, reason,
+	          kreq__poison_dead_topic(s));
+	uint8_t *dead = NULL;
+	size_t len = 0;
+	int err = kreq__poison_dead_letter(s, pt, r, m, reason, &dead, &len, why, sizeof(why));
+	if (!kreq__txn_begin(s)) {
+		if (err)
+			kreq__output_failed(s, pt->id, m->offset, RD_KAFKA_RESP_ERR__FAIL,
+			                    kreq__poison_dead_topic(s), why);
+		else if (kreq__kafka_produce(s, kreq__poison_dead_topic(s), false,
+		                             kreq__poison_dead_partition(s, pt->id), m->key,
+		                             m->key_len, dead, len, dr_opaque(s, pt, t->seq),
+		                             pt->id, m->offset) == KREQ_OK)
+			atomic_fetch_add_explicit(&s->m.dead_letters, 1, memory_order_relaxed);
+	}
+	free(dead);
+	r->started_ns = kreq__mono_ns(); /* answered as if run: the answer is stored */
+	r->status = KREQ_STATUS_POISON;
+	r->error = strdup(reason);
+	apply_completion(s, r, kreq__now_ms());
 	return true;
 }
 
@@ -852,6 +908,10 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 		if (!join(s, c.e, &t))
 			s->rewind_needed = true; /* out of memory: redo the record later */
 		return false;
+	case KREQ__ACT_POISON:
+		if (!poison(s, pt, o, m, &t, &c))
+			s->rewind_needed = true; /* out of memory: redo the record later */
+		return false;
 	default: /* KREQ__ACT_DISPATCH */
 		if (!dispatch(s, pt, o, m, &t, &c))
 			s->rewind_needed = true; /* out of memory: redo the record later */
@@ -944,6 +1004,8 @@ static int assign_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t 
 		fresh[n++] = s->parts[p];
 	}
 	int err = kreq__rebuild(s, fresh, n);
+	if (!err)
+		err = kreq__poison_load(s, fresh, n);
 	for (int i = 0; err && i < n; i++) /* incomplete dedup stores serve nothing */
 		part_drop(s, fresh[i]->id);
 	free(fresh);
@@ -993,6 +1055,16 @@ static void finish_in_flight(kreq_server_t *s)
 	s->draining = was_draining;
 }
 
+/* Runs the requests whose starts were recorded since the last call (one
+ * acknowledged round trip for all: broker/poison.c). */
+static void run_recorded(kreq_server_t *s)
+{
+	for (kreq_request_t *r = kreq__poison_flush(s), *n; r; r = n) {
+		n = r->next;
+		kreq__dispatch(s, r);
+	}
+}
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *l, void *opaque)
 {
@@ -1012,6 +1084,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	/* revoked (or a rebalance error): let running handlers finish (within
 	 * the grace period), secure what is complete, drop the rest */
 	atomic_store_explicit(&s->ready, false, memory_order_release);
+	kreq__poison_unhold(s); /* a suspect that did not start: redone by the next owner */
+	run_recorded(s);        /* started: they finish within the grace period */
 	bool was_draining = s->draining;
 	s->draining = true; /* also: commit synchronously in light mode */
 	finish_in_flight(s);
@@ -1120,7 +1194,10 @@ static bool consume(kreq_server_t *s, int max)
 		/* at the limit, stop taking records: flow_control() pauses the
 		 * partitions, which drops what was prefetched and refetches it from
 		 * the consumed position on resume */
-		if (!kreq__request_room(s) || s->rewind_needed)
+		if (!kreq__request_room(s) || s->rewind_needed || kreq__poison_blocked(s) ||
+		    atomic_load_explicit(&s->in_progress, memory_order_relaxed) +
+		            kreq__poison_pending(s) >=
+		        s->max_in_flight)
 			break;
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, 0);
 		if (!m)
@@ -1185,6 +1262,7 @@ static void step(kreq_server_t *s, bool fetch, bool *more)
 	if (process_completions(s))
 		s->last_record_ns = kreq__mono_ns();
 	*more = fetch && consume(s, 1000);
+	run_recorded(s);
 	if (s->producer)
 		rd_kafka_poll(s->producer, 0);
 	if (s->batch_producer)

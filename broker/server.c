@@ -129,7 +129,7 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 	if (strlen(s->res_topic) > KREQ__TOPIC_MAX)
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
 		                 "topic name %s is longer than 249 characters", s->res_topic);
-	return KREQ_OK;
+	return kreq__poison_conf(s, prefix, errstr, errstr_size);
 }
 
 KREQ_API kreq_server_t *kreq_server_new(const kreq_conf_t *conf, kreq_keyring_t *kr,
@@ -382,6 +382,7 @@ KREQ_API void kreq_server_destroy(kreq_server_t *s)
 	free(s->group);
 	free(s->txn_id);
 	free(s->client_id);
+	kreq__poison_destroy(s);
 	kreq_keyring_release(s->kr);
 	kreq_keyring_release(s->kr_next);
 	kreq_conf_destroy(s->conf);

@@ -39,6 +39,7 @@
 #include "broker/dedup.h"
 #include "broker/faults.h"
 #include "broker/offsets.h"
+#include "broker/poison.h"
 #include "broker/smetrics.h"
 #include "broker/topics.h"
 #include "kreq/server.h"
@@ -98,6 +99,7 @@ struct kreq_request_s {
 	size_t heap_idx;    /* in s->overdue (loop); SIZE_MAX when not in it */
 	bool retired;       /* in-flight place and listing given up (loop) */
 	bool zombie;        /* abandoned: freed when its late reply comes (loop) */
+	uint32_t pz_slot;   /* its crash-journal slot + 1, 0 none (poison.c) */
 };
 
 typedef struct kreq__part {
@@ -105,7 +107,8 @@ typedef struct kreq__part {
 	uint64_t incarnation;
 	kreq__dedup_t dd;
 	kreq__offsets_t offs;
-	int64_t committed; /* last committed offset, -1 unknown */
+	int64_t committed;   /* last committed offset, -1 unknown */
+	kreq__pz_part_t *pz; /* recorded starts without a result (poison.h) */
 } kreq__part_t;
 
 /* Token bucket per signing key id (server.rate.limit.per.key). */
@@ -222,6 +225,7 @@ struct kreq_server_s {
 	kreq_request_t **overdue;
 	size_t noverdue, overdue_cap;
 	int64_t stuck_warned_ns;
+	struct kreq__poison *pz; /* poison.c; NULL when server.poison.max.attempts is 0 */
 };
 
 /* Delivery-report opaque of an output in light mode. */

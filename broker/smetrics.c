@@ -129,6 +129,14 @@ void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_pr
 	        "Replies not sent because their reply topic does not exist (the result and the "
 	        "offset still commit: a retry from a new reply topic is a dedup hit).",
 	        load(&m->reply_topic_missing), l);
+	counter(out, "kreq_server_attempts_written_total",
+	        "Attempt records written to <prefix>.<service>.attempts before a handler started "
+	        "(server.poison.max.attempts).",
+	        load(&m->attempts_written), l);
+	counter(out, "kreq_server_poison_total",
+	        "Requests taken out of service with status 10 (poison) and written to "
+	        "<prefix>.<service>.dead.",
+	        load(&m->dead_letters), l);
 	kreq__hist_render(out, "kreq_server_handler_seconds", "Handler start to reply.",
 	                  &m->handler_time, l, 1e6);
 	kreq__hist_render(out, "kreq_server_queue_seconds", "Request consumed to handler start.",

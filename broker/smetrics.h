@@ -25,7 +25,8 @@
 	X(RATE_LIMITED, "rate_limited")     /* key over server.rate.limit.per.key */               \
 	X(SHUTTING_DOWN, "shutting_down")   /* not started before shutdown */                      \
 	X(OVERDUE, "overdue")               /* handler not done by deadline + grace: status 2 */   \
-	X(TOO_LARGE, "too_large")           /* its reply or result was too large for Kafka */
+	X(TOO_LARGE, "too_large")           /* its reply or result was too large for Kafka */      \
+	X(POISON, "poison") /* started server.poison.max.attempts times: status 10 */
 
 /* Why a record was dropped without running anything. */
 #define KREQ__REJECTS(X)                                                                           \
@@ -86,6 +87,8 @@ typedef struct kreq__server_metrics {
 	atomic_uint_fast64_t results_ignored;     /* rebuild: Results of other signers */
 	atomic_uint_fast64_t rewinds;             /* rewinds to the committed offsets */
 	atomic_uint_fast64_t reply_topic_missing; /* replies not sent: no such topic */
+	atomic_uint_fast64_t attempts_written;    /* Attempt records produced (poison.c) */
+	atomic_uint_fast64_t dead_letters;        /* DeadLetter records produced */
 } kreq__server_metrics_t;
 
 /* Reject reason for an envelope error code. */

@@ -205,7 +205,29 @@
 	  "min.insync.replicas is this minus 1, at least 1). 0: min(3, Kafka brokers in the "      \
 	  "cluster's metadata), so replies keep coming when one Kafka broker fails; -1: the "      \
 	  "Kafka broker's default. An existing reply topic with fewer replicas is logged as a "    \
-	  "warning.")
+	  "warning.")                                                                              \
+	X(SERVER_POISON_MAX_ATTEMPTS, "server.poison.max.attempts", INT, "3", 0, 32,               \
+	  "A request whose handler was started this many times without finishing (its worker "     \
+	  "crashed or lost the partition each time; counted across replicas in "                   \
+	  "<topic.prefix>.<service>.attempts) is not run again: it is answered with status 10 "    \
+	  "(poison), that result is stored, and the request with its attempts goes to "            \
+	  "<topic.prefix>.<service>.dead. 0 disables counting (no attempts written).")             \
+	X(SERVER_POISON_DEAD_RETENTION_MS, "server.poison.dead.retention.ms", INT, "2592000000",   \
+	  60000, 315360000000,                                                                     \
+	  "retention.ms of the dead-letter topic <topic.prefix>.<service>.dead when the worker "   \
+	  "creates it (default 30 days).")                                                         \
+	X(SERVER_POISON_JOURNAL, "server.poison.journal", STR, "", 0, 4096,                        \
+	  "File (mapped into memory) where the worker notes the requests whose handlers run, so "  \
+	  "that after a crash its next start records them in the attempts topic. With it a "       \
+	  "handler start costs a memory write instead of an acknowledged Kafka write (requests "   \
+	  "another worker may have started, and requests already counted, still get the Kafka "    \
+	  "write). One file per worker; removed on a clean stop. Empty: every start is written "   \
+	  "to Kafka and acknowledged first. kreqd: empty means "                                   \
+	  "<kreqd.state.dir>/<service>.<client.id>.journal when kreqd.state.dir (or systemd's "    \
+	  "$RUNTIME_DIRECTORY) is set.")                                                           \
+	X(KREQD_STATE_DIR, "kreqd.state.dir", STR, "", 0, 4000,                                    \
+	  "kreqd: directory for the crash journal (server.poison.journal); empty: "                \
+	  "$RUNTIME_DIRECTORY (systemd's RuntimeDirectory=) if set, else no journal.")
 
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by

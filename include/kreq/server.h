@@ -80,7 +80,12 @@ typedef struct kreq_request_s kreq_request_t;
 #define KREQ_STATUS_OVERLOADED     7
 #define KREQ_STATUS_HANDLER_FAILED 8
 #define KREQ_STATUS_SHUTTING_DOWN  9
-/* 10 is reserved ("poison"). 11: the handler ran but its reply or result
+/* 10 ("poison"): the request's handler was started server.poison.max.attempts
+ * times and never finished (it crashed its worker or lost it each time);
+ * it is not run again, the answer is stored like a result (a retry gets
+ * it too) and the request goes to <prefix>.<service>.dead. */
+#define KREQ_STATUS_POISON 10
+/* 11: the handler ran but its reply or result
  * was too large for Kafka (a Kafka broker's max.message.bytes, or
  * envelope.max.bytes); stored like a handler error, so a retry gets the
  * same answer without running the handler again (docs/protocol.md 4.5). */

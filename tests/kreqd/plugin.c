@@ -8,16 +8,24 @@
  *                    the same handle and logs what that second reply
  *                    returned: "twice: second reply -24" is KREQ_ESTATE);
  *                    init and fini append "init"/"fini" lines to the file
- *                    named by $KDTEST_PLUGIN_LOG, so a test sees both ran
+ *                    named by $KDTEST_PLUGIN_LOG, so a test sees both ran;
+ *                    kdtest.crash (pool) crashes the process with SIGSEGV
+ *                    when its payload is "poison", and otherwise appends
+ *                    "<payload> <execution id>\n" to $KDTEST_EXEC_LOG and
+ *                    replies with that execution id (tests/broker/
+ *                    test_poison.c counts executions with it)
  *   KDTEST_BAD_ABI   exports kreq_plugin_v1 with abi_version 99
  *   KDTEST_NO_SYMBOL exports its structure under another name
  *   KDTEST_INIT_FAIL init registers both, then fails with KREQ_ECONF and a
  *                    message (so fini must not run)
  */
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kreq/error.h"
@@ -58,6 +66,33 @@ static void twice(kreq_request_t *r, void *opaque)
 	note(line);
 }
 
+/* A handler with a bug one payload triggers: a segmentation fault. */
+static void crash(kreq_request_t *r, void *opaque)
+{
+	(void)opaque;
+	size_t len;
+	const void *p = kreq_request_payload(r, &len);
+	if (len == 6 && !memcmp(p, "poison", 6)) {
+		setrlimit(RLIMIT_CORE, &(struct rlimit){0, 0}); /* no core file */
+		signal(SIGSEGV, SIG_DFL);
+		raise(SIGSEGV);
+	}
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	char id[64], line[400];
+	snprintf(id, sizeof(id), "%ld-%ld-%ld", (long)getpid(), (long)ts.tv_sec, (long)ts.tv_nsec);
+	snprintf(line, sizeof(line), "%.*s %s\n", (int)(len < 256 ? len : 256), (const char *)p,
+	         id);
+	const char *path = getenv("KDTEST_EXEC_LOG");
+	int fd = path ? open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600) : -1;
+	if (fd >= 0) {
+		ssize_t n = write(fd, line, strlen(line));
+		(void)n;
+		close(fd);
+	}
+	kreq_request_reply(r, KREQ_STATUS_OK, id, strlen(id), NULL);
+}
+
 static int init(kreq_server_t *s, char *errstr, size_t errstr_size)
 {
 	note("init\n");
@@ -66,6 +101,8 @@ static int init(kreq_server_t *s, char *errstr, size_t errstr_size)
 		err = kreq_server_register(s, "kdtest.slow", slow, NULL, 0);
 	if (!err)
 		err = kreq_server_register(s, "kdtest.twice", twice, NULL, 0);
+	if (!err)
+		err = kreq_server_register(s, "kdtest.crash", crash, NULL, 0);
 #ifdef KDTEST_INIT_FAIL
 	if (!err) { /* fails after registering, as a real plugin might */
 		snprintf(errstr, errstr_size, "the test plugin refuses to start");

@@ -296,7 +296,7 @@ START_TEST(test_check_lists_methods)
 	    "results topic    kreq.kdtest.results",
 	    "transactional.id kreq.kdtest.kdtest-1",
 	    "signing key k1",
-	    "methods          7",
+	    "methods          8",
 	    "kdtest.echo",
 	    "kdtest.sleep",
 	    "kdtest.fail",
@@ -305,6 +305,7 @@ START_TEST(test_check_lists_methods)
 	    "plugin kdtest (" KDTEST_PLUGIN_GOOD ")",
 	    "kdtest.slow",
 	    "kdtest.twice",
+	    "kdtest.crash",
 	    "http://127.0.0.1:9464/metrics",
 	    "admin socket     disabled",
 	};

@@ -89,6 +89,11 @@ static void b_conflict(kreq__facts_t *f)
 	f->found = KREQ__FOUND_RUNNING;
 	f->digest_match = false;
 }
+static void b_poison(kreq__facts_t *f)
+{
+	f->max_attempts = 3;
+	f->attempts = 3;
+}
 static void b_rate(kreq__facts_t *f)
 {
 	f->tokens = 0.5;
@@ -118,6 +123,7 @@ static const row_t ORDER[] = {
     {b_handler, KREQ__ACT_ANSWER, KREQ__WHY_UNKNOWN_METHOD, KREQ_STATUS_UNKNOWN_METHOD},
     {b_acl, KREQ__ACT_ANSWER, KREQ__WHY_DENIED, KREQ_STATUS_DENIED},
     {b_conflict, KREQ__ACT_ANSWER, KREQ__WHY_CONFLICT, KREQ_STATUS_CONFLICT},
+    {b_poison, KREQ__ACT_POISON, KREQ__WHY_POISON, KREQ_STATUS_POISON},
     {b_rate, KREQ__ACT_ANSWER, KREQ__WHY_RATE_LIMITED, KREQ_STATUS_OVERLOADED},
     {b_budget, KREQ__ACT_ANSWER, KREQ__WHY_DEADLINE, KREQ_STATUS_DEADLINE},
 };
@@ -243,6 +249,43 @@ START_TEST(test_rate_and_budget)
 }
 END_TEST
 
+/* Poison: counted starts against server.poison.max.attempts, only for a
+ * key without a stored result or a running request. */
+START_TEST(test_poison_threshold)
+{
+	kreq__facts_t f = runs();
+	f.max_attempts = 3;
+	for (uint32_t n = 0; n < 3; n++) {
+		f.attempts = n;
+		ck_assert_int_eq(kreq__decide(&f).action, KREQ__ACT_DISPATCH);
+	}
+	f.attempts = 3;
+	kreq__decision_t d = kreq__decide(&f);
+	ck_assert_int_eq(d.action, KREQ__ACT_POISON);
+	ck_assert_int_eq(d.status, KREQ_STATUS_POISON);
+	ck_assert_str_eq(kreq__why_name(d.why), "poison");
+	f.attempts = 32; /* more than N (counted while it was off, say) */
+	ck_assert_int_eq(kreq__decide(&f).action, KREQ__ACT_POISON);
+	f.max_attempts = 0; /* counting off: never poison */
+	ck_assert_int_eq(kreq__decide(&f).action, KREQ__ACT_DISPATCH);
+	f.max_attempts = 1; /* one crash is enough */
+	f.attempts = 1;
+	ck_assert_int_eq(kreq__decide(&f).action, KREQ__ACT_POISON);
+	/* a stored result wins: served, never counted */
+	f.found = KREQ__FOUND_DONE;
+	f.digest_match = true;
+	ck_assert_int_eq(kreq__decide(&f).action, KREQ__ACT_SERVE);
+	/* running here: the duplicate joins it */
+	f.found = KREQ__FOUND_RUNNING;
+	ck_assert_int_eq(kreq__decide(&f).action, KREQ__ACT_JOIN);
+	/* an unknown method or a denied key is answered as such first */
+	f = runs();
+	f.max_attempts = f.attempts = 3;
+	f.key_permitted = false;
+	ck_assert_int_eq(kreq__decide(&f).why, KREQ__WHY_DENIED);
+}
+END_TEST
+
 /* Not an assertion: what one decision costs on the loop thread. */
 START_TEST(test_decide_cost)
 {
@@ -270,6 +313,7 @@ int main(void)
 	tcase_add_test(tc, test_order_of_checks);
 	tcase_add_test(tc, test_dedup_branches);
 	tcase_add_test(tc, test_rate_and_budget);
+	tcase_add_test(tc, test_poison_threshold);
 	tcase_add_test(tc, test_decide_cost);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
