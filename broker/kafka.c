@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "broker/server_int.h"
 #include "common/conf.h"
@@ -286,35 +287,70 @@ static int create_topic(kreq_server_t *s, const char *topic, int partitions, boo
 	return 0;
 }
 
-/* Polls metadata until topic shows n partitions (a new topic takes a moment
- * to appear). */
+/* topic's partition count (0: no such topic), asked again while Kafka
+ * does not answer (a Kafka broker stopping or restarting, an overloaded
+ * host), and while the topic reads as missing if exists (just created,
+ * or known to exist), until server.start.timeout.ms from now or a stop.
+ * A lookup that failed is an unavailable Kafka, never a partition count:
+ * -1 then, the loop failed with KREQ_EUNAVAILABLE (kreqd exits 1, which
+ * its supervisor restarts). A topic still missing returns 0, not fatal. */
+int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exists)
+{
+	int64_t tmo = kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
+	int64_t now = kreq__mono_ns(), until = now + tmo * 1000000LL;
+	bool logged = false;
+	int n;
+	for (;;) {
+		int64_t left_ms = (until - now) / 1000000;
+		n = kreq__topic_partitions(
+		    s->reader, topic,
+		    (int)(left_ms < 5000 ? (left_ms > 100 ? left_ms : 100) : 5000));
+		if (n > 0 || (n == 0 && !exists) || atomic_load(&s->stop) ||
+		    (now = kreq__mono_ns()) >= until)
+			break;
+		if (n < 0 && !logged) {
+			logged = true;
+			kreq__log(s->conf, 4, "server",
+			          "Kafka did not answer a metadata request for topic %s: asking "
+			          "again for up to server.start.timeout.ms (%lld ms)",
+			          topic, (long long)tmo);
+		}
+		if (n == 0) /* known to exist: not yet visible to this Kafka broker */
+			nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL); /* backoff */
+	}
+	if (n < 0)
+		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
+		                 "Kafka did not answer a metadata request for topic %s within "
+		                 "server.start.timeout.ms (%lld ms; is kafka.bootstrap.servers "
+		                 "right?)",
+		                 topic, (long long)tmo);
+	return n;
+}
+
+/* A topic the worker just created: its partition count once Kafka shows
+ * it (a new topic takes a moment to appear). */
 static int await_topic(kreq_server_t *s, const char *topic)
 {
-	int64_t until =
-	    kreq__mono_ns() + kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS) * 1000000LL;
-	int n;
-	while ((n = kreq__topic_partitions(s->reader, topic, 5000)) <= 0 && kreq__mono_ns() < until)
-		;
-	if (n <= 0)
+	int n = kreq__topic_partitions_await(s, topic, true);
+	if (n == 0)
 		kreq__loop_fatal(s, KREQ_EKAFKA, "topic %s did not become available", topic);
 	return n;
 }
 
 static int ensure_topics(kreq_server_t *s)
 {
-	int nreq = kreq__topic_partitions(s->reader, s->req_topic, 5000);
-	if (nreq < 0) {
-		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
-		                 "Kafka did not answer (is kafka.bootstrap.servers right?)");
+	int nreq = kreq__topic_partitions_await(s, s->req_topic, false);
+	if (nreq < 0)
 		return -1;
-	}
 	if (nreq == 0) {
 		int p = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_PARTITIONS);
 		if (create_topic(s, s->req_topic, p, false) ||
 		    (nreq = await_topic(s, s->req_topic)) <= 0)
 			return -1;
 	}
-	int nres = kreq__topic_partitions(s->reader, s->res_topic, 5000);
+	int nres = kreq__topic_partitions_await(s, s->res_topic, false);
+	if (nres < 0)
+		return -1;
 	bool created = nres == 0;
 	if (created) {
 		if (create_topic(s, s->res_topic, nreq, true) ||

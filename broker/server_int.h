@@ -320,6 +320,11 @@ int kreq__ghost_read(kreq_server_t *s, int32_t p, int64_t offset, const uint8_t 
                      size_t key_len, kreq__opened_t *out, char *why, size_t why_size);
 void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* topic's partition count (0: missing) per the reader, asked again while
+ * Kafka does not answer (and while it reads 0 if exists) up to
+ * server.start.timeout.ms; -1 (the loop failed, KREQ_EUNAVAILABLE) if
+ * Kafka never answered. Loop thread, start-up and assignments. */
+int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exists);
 
 /* rebuild.c */
 /* Loads parts' stored results from the results topic (after checking the

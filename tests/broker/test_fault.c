@@ -30,6 +30,8 @@
 
 #include "kreq/client.h"
 #include "kreq/error.h"
+#include "kreq/keyring.h"
+#include "proc.h"
 #include "testsupport.h"
 
 #define MAX_OPS     2000
@@ -534,6 +536,94 @@ START_TEST(test_client_fails_fast_when_kafka_dies)
 }
 END_TEST
 
+/* ---- kreqd starting while Kafka fails (issue 17) -------------------------- */
+
+/* kreqd's configuration in the test's directory: service svc, the echo
+ * built-in, this test's prefix and bootstrap, then extra lines. */
+static const char *kreqd_conf(const char *extra)
+{
+	char err[256];
+	if (access(kreq_test_tmp("k.key"), F_OK) != 0)
+		ck_assert_int_eq(kreq_keyring_generate_file(kreq_test_tmp("k.key"), NULL, "k1",
+		                                            KREQ_KEY_HMAC_SHA256, err, sizeof(err)),
+		                 KREQ_OK);
+	static char path[256];
+	snprintf(path, sizeof(path), "%s", kreq_test_tmp("kd.conf"));
+	FILE *f = fopen(path, "w");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f,
+	        "service = svc\nkeyring.file = %s\nkafka.bootstrap.servers = %s\n"
+	        "topic.prefix = %s\nclient.id = kd1\nkreqd.builtins = echo\n"
+	        "server.shutdown.grace.ms = 3000\n%s",
+	        kreq_test_tmp("k.key"), bootstrap, prefix, extra ? extra : "");
+	fclose(f);
+	return path;
+}
+
+/* Pumps p's output until its stderr holds want; fails if it ends first or
+ * after timeout_ms. */
+static void kreqd_await(kreq_test_proc_t *p, const char *want, int timeout_ms)
+{
+	int64_t until = kreq_test_now_ms() + timeout_ms;
+	while (!strstr(p->err.data ? p->err.data : "", want)) {
+		const char *e = p->err.data ? p->err.data : "";
+		const char *tail =
+		    e + (strlen(e) > 1500 ? strlen(e) - 1500 : 0); /* Check's limit */
+		ck_assert_msg(kreq_test_now_ms() < until, "kreqd did not log \"%s\":\n%s", want,
+		              tail);
+		ck_assert_msg(kreq_test_proc_pump(p, 100),
+		              "kreqd ended before logging \"%s\":\n...%s", want, tail);
+	}
+}
+
+/* Kafka is down when kreqd starts and comes back within
+ * server.start.timeout.ms: a metadata lookup that got no answer is an
+ * unavailable Kafka, asked again, never a partition count (it was read as
+ * "-1 partitions", a co-partitioning mismatch: exit 2, which systemd does
+ * not restart). Light mode: no init_transactions() waits for Kafka first,
+ * the topic lookups meet the dead Kafka broker themselves. kreqd serves
+ * once Kafka is back and stops cleanly. */
+START_TEST(test_kreqd_start_while_kafka_down)
+{
+	kreq_test_tmp_create("h3start");
+	const char *conf =
+	    kreqd_conf("server.mode = light\nserver.start.timeout.ms = 120000\nlog.level = 6\n");
+	ck_assert_int_eq(kafka_sh("kill-node", "1"), 0);
+	kreq_test_proc_t p;
+	const char *args[] = {"--config", conf, NULL};
+	kreq_test_proc_start(&p, KREQD_PATH, args, NULL);
+	kreqd_await(&p, "Kafka did not answer a metadata request for topic", 60000);
+	ck_assert_int_eq(kafka_sh("start-node", "1"), 0);
+	kreqd_await(&p, "assigned", 120000);
+	ck_assert_int_eq(kill(p.pid, SIGTERM), 0);
+	kreq_test_result_t r;
+	kreq_test_proc_finish(&p, 60000, &r);
+	ck_assert_msg(r.status == 0, "exit %d\n%s", r.status, r.err);
+	ck_assert_msg(!strstr(r.err, "co-partitioned"), "%s", r.err);
+	kreq_test_result_free(&r);
+	kreq_test_tmp_remove();
+}
+END_TEST
+
+/* Kafka stays down longer than server.start.timeout.ms: kreqd gives up
+ * with the restartable exit status 1 naming Kafka, never 2. */
+START_TEST(test_kreqd_start_kafka_stays_down)
+{
+	kreq_test_tmp_create("h3down");
+	const char *conf = kreqd_conf("server.mode = light\nserver.start.timeout.ms = 8000\n");
+	ck_assert_int_eq(kafka_sh("kill-node", "1"), 0);
+	const char *args[] = {"--config", conf, NULL};
+	kreq_test_result_t r;
+	kreq_test_run(&r, KREQD_PATH, args, NULL, 60000);
+	ck_assert_int_eq(kafka_sh("start-node", "1"), 0);
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, "Kafka did not answer a metadata request for topic");
+	ck_assert_msg(r.ms >= 8000, "gave up after %lld ms, before server.start.timeout.ms",
+	              (long long)r.ms);
+	kreq_test_result_free(&r);
+	kreq_test_tmp_remove();
+}
+END_TEST
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -551,5 +641,12 @@ int main(void)
 	tcase_add_test(tb, test_broker_restart_mid_load);
 	tcase_add_test(tb, test_client_fails_fast_when_kafka_dies);
 	suite_add_tcase(s, tb);
+	/* issue 17: restarts and rebalances (its own CTest: test_member) */
+	TCase *tm = tcase_create("member");
+	tcase_add_checked_fixture(tm, setup_own_cluster, teardown_own_cluster);
+	tcase_set_timeout(tm, 900);
+	tcase_add_test(tm, test_kreqd_start_while_kafka_down);
+	tcase_add_test(tm, test_kreqd_start_kafka_stays_down);
+	suite_add_tcase(s, tm);
 	return kreq_test_run_suite(s);
 }
