@@ -58,9 +58,10 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-	(void)rk;
 	kreq_server_t *s = opaque;
 	kreq__log(s->conf, 4, "kafka", "%s: %s", rd_kafka_err2name(err), reason);
+	if (err == RD_KAFKA_RESP_ERR__FATAL && rk == s->consumer && !s->fatal)
+		kreq__member_fatal(s); /* fenced by another instance, or worse: stop */
 }
 
 /* A transactional output's delivery-report opaque: no allocation, the
@@ -234,6 +235,8 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 		err = set_kv(rc, "enable.idempotence", "false", why, sizeof(why));
 	if (!err && !producer && !strcmp(group, s->group))
 		err = set_kv(rc, "client.id", s->client_id, why, sizeof(why));
+	if (!err && !producer && !strcmp(group, s->group) && s->instance_id) /* member.c */
+		err = set_kv(rc, "group.instance.id", s->instance_id, why, sizeof(why));
 	if (!err && !producer && strcmp(group, s->group)) /* the results reader */
 		err = set_kv(rc, "enable.partition.eof", "true", why, sizeof(why));
 	if (!err)

@@ -862,7 +862,9 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
 {
 	if (m->err) {
-		if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+		if (m->err == RD_KAFKA_RESP_ERR__FATAL && !s->fatal)
+			kreq__member_fatal(s); /* fenced by another instance, or worse */
+		else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
 			kreq__log(s->conf, 4, "server", "consumer: %s", rd_kafka_message_errstr(m));
 		return;
 	}

@@ -222,6 +222,7 @@ struct kreq_server_s {
 	kreq_request_t **overdue;
 	size_t noverdue, overdue_cap;
 	int64_t stuck_warned_ns;
+	char *instance_id; /* group.instance.id (member.c); NULL: dynamic member */
 };
 
 /* Delivery-report opaque of an output in light mode. */
@@ -325,6 +326,16 @@ void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
  * server.start.timeout.ms; -1 (the loop failed, KREQ_EUNAVAILABLE) if
  * Kafka never answered. Loop thread, start-up and assignments. */
 int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exists);
+
+/* member.c: group membership (static instance id, rebalance protocol) */
+/* The group consumer's group.instance.id per server.static.membership and
+ * server.group.instance.id (default client.id); NULL when dynamic or out
+ * of memory (*oom set). */
+char *kreq__member_instance_id(const kreq_conf_t *c, bool *oom);
+/* A fatal error of the group consumer (loop thread): another live worker
+ * with this instance id fenced it (KREQ_ECONF: a restart would fence the
+ * other one back), or another fatal error (KREQ_EKAFKA). */
+void kreq__member_fatal(kreq_server_t *s);
 
 /* rebuild.c */
 /* Loads parts' stored results from the results topic (after checking the

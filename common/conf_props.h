@@ -189,7 +189,18 @@
 	  "(kreq_server_results_ignored_total) and ignored. Must include the signing key. Empty: " \
 	  "the keyring's signing key only. When rotating the workers' signing key, list the old "  \
 	  "and the new id (and keep the old key in the key file) for server.dedup.retention.ms "   \
-	  "(docs/operations.md).")
+	  "(docs/operations.md).")                                                                 \
+	X(SERVER_STATIC_MEMBERSHIP, "server.static.membership", BOOL, "true", 0, 0,                \
+	  "Join the consumer group as a static member (Kafka's group.instance.id, "                \
+	  "server.group.instance.id): a worker that restarts within kafka.session.timeout.ms "     \
+	  "gets its own partitions back with no rebalance of the group, where a dynamic member "   \
+	  "stops every replica twice (leave, rejoin). A static member does not leave the group "   \
+	  "when it stops: its partitions wait up to kafka.session.timeout.ms before they move "    \
+	  "(docs/operations.md, \"Restarts\"). false: dynamic membership.")                        \
+	X(SERVER_GROUP_INSTANCE_ID, "server.group.instance.id", STR, "", 0, 249,                   \
+	  "The static member's group.instance.id. Empty: the worker's client.id, which is "        \
+	  "already unique per replica (it names the transactional.id). Two live workers with "     \
+	  "one instance id fence each other: the older stops with KREQ_ECONF (kreqd: exit 2).")
 
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by

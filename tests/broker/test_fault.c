@@ -538,26 +538,35 @@ END_TEST
 
 /* ---- kreqd starting while Kafka fails (issue 17) -------------------------- */
 
-/* kreqd's configuration in the test's directory: service svc, the echo
- * built-in, this test's prefix and bootstrap, then extra lines. */
-static const char *kreqd_conf(const char *extra)
+/* kreqd's configuration <client_id>.conf in the test's directory: service
+ * svc, the echo built-in, this test's prefix and bootstrap, client.id
+ * client_id, then extra lines. */
+static const char *kreqd_conf_as(const char *client_id, const char *extra)
 {
-	char err[256];
+	char err[256], name[64];
 	if (access(kreq_test_tmp("k.key"), F_OK) != 0)
 		ck_assert_int_eq(kreq_keyring_generate_file(kreq_test_tmp("k.key"), NULL, "k1",
 		                                            KREQ_KEY_HMAC_SHA256, err, sizeof(err)),
 		                 KREQ_OK);
-	static char path[256];
-	snprintf(path, sizeof(path), "%s", kreq_test_tmp("kd.conf"));
-	FILE *f = fopen(path, "w");
+	static char path[4][256];
+	static int next;
+	char *out = path[next++ % 4];
+	snprintf(name, sizeof(name), "%s.conf", client_id);
+	snprintf(out, sizeof(path[0]), "%s", kreq_test_tmp(name));
+	FILE *f = fopen(out, "w");
 	ck_assert_ptr_nonnull(f);
 	fprintf(f,
 	        "service = svc\nkeyring.file = %s\nkafka.bootstrap.servers = %s\n"
-	        "topic.prefix = %s\nclient.id = kd1\nkreqd.builtins = echo\n"
-	        "server.shutdown.grace.ms = 3000\n%s",
-	        kreq_test_tmp("k.key"), bootstrap, prefix, extra ? extra : "");
+	        "topic.prefix = %s\nclient.id = %s\nkreqd.builtins = echo\n"
+	        "server.shutdown.grace.ms = 3000\nserver.topic.partitions = 6\n%s",
+	        kreq_test_tmp("k.key"), bootstrap, prefix, client_id, extra ? extra : "");
 	fclose(f);
-	return path;
+	return out;
+}
+
+static const char *kreqd_conf(const char *extra)
+{
+	return kreqd_conf_as("kd1", extra);
 }
 
 /* Pumps p's output until its stderr holds want; fails if it ends first or
@@ -624,6 +633,91 @@ START_TEST(test_kreqd_start_kafka_stays_down)
 }
 END_TEST
 
+/* ---- static membership (issue 17) ----------------------------------------- */
+
+static void kreqd_spawn(kreq_test_proc_t *p, const char *conf)
+{
+	const char *args[] = {"--config", conf, NULL};
+	kreq_test_proc_start(p, KREQD_PATH, args, NULL);
+	kreqd_await(p, "assigned", 120000);
+}
+
+static int count_of(const char *text, const char *what)
+{
+	int n = 0;
+	for (const char *at = text ? text : ""; (at = strstr(at, what)); at += strlen(what))
+		n++;
+	return n;
+}
+
+static void kreqd_stop(kreq_test_proc_t *p)
+{
+	ck_assert_int_eq(kill(p->pid, SIGTERM), 0);
+	kreq_test_result_t r;
+	kreq_test_proc_finish(p, 60000, &r);
+	ck_assert_msg(r.status == 0, "exit %d\n%s", r.status, r.err);
+	kreq_test_result_free(&r);
+}
+
+/* Two replicas; each restarts in turn (SIGTERM, start again) within the
+ * session timeout: it gets its own partitions back and the other replica
+ * sees no rebalance at all (its "assigned" line stays the one it logged
+ * when both had joined). With dynamic membership (the behaviour before
+ * static membership) every restart rebalanced the other replica twice. */
+START_TEST(test_static_member_restart_keeps_partitions)
+{
+	kreq_test_tmp_create("h3static");
+	const char *extra = "kafka.session.timeout.ms = 30000\n";
+	const char *ca = kreqd_conf_as("kdA", extra), *cb = kreqd_conf_as("kdB", extra);
+	kreq_test_proc_t a, b;
+	kreqd_spawn(&a, ca);
+	kreqd_spawn(&b, cb);
+	/* the first rebalance after B joined is over once A holds 3 of 6 */
+	kreqd_await(&a, "assigned 3 partition(s)", 60000);
+	int a_before = count_of(a.err.data, "assigned");
+	for (int round = 0; round < 2; round++) { /* B, then A (one is the leader) */
+		kreq_test_proc_t *stay = round == 0 ? &a : &b, *go = round == 0 ? &b : &a;
+		const char *conf = round == 0 ? cb : ca;
+		int stay_before = round == 0 ? a_before : count_of(b.err.data, "assigned");
+		kreqd_stop(go);
+		kreqd_spawn(go, conf);
+		kreqd_await(go, "assigned 3 partition(s)", 60000);
+		/* a rebalance of the other replica would complete with the
+		 * restarted one's join: look a moment longer, bounded */
+		int64_t until = kreq_test_now_ms() + 2000;
+		while (kreq_test_now_ms() < until)
+			ck_assert(kreq_test_proc_pump(stay, 100));
+		ck_assert_msg(count_of(stay->err.data, "assigned") == stay_before,
+		              "round %d: the replica that stayed was rebalanced (%d assignments, "
+		              "%d before)",
+		              round, count_of(stay->err.data, "assigned"), stay_before);
+	}
+	kreqd_stop(&a);
+	kreqd_stop(&b);
+	kreq_test_tmp_remove();
+}
+END_TEST
+
+/* Two live workers with one client.id (so one group.instance.id): the
+ * group fences the older one, which stops with exit 2 naming the cause
+ * (restarting it would fence the other back), and the newer one serves. */
+START_TEST(test_static_member_duplicate_instance_refused)
+{
+	kreq_test_tmp_create("h3dup");
+	const char *conf = kreqd_conf("server.mode = light\n");
+	kreq_test_proc_t a, b;
+	kreqd_spawn(&a, conf);
+	kreqd_spawn(&b, conf);
+	kreq_test_result_t r;
+	kreq_test_proc_finish(&a, 60000, &r);
+	KREQ_TEST_ASSERT_RUN(&r, 2, err, "fenced this one: every replica needs its own client.id");
+	kreq_test_result_free(&r);
+	ck_assert_msg(kreq_test_proc_pump(&b, 100), "the newer worker ended:\n%s", b.err.data);
+	kreqd_stop(&b);
+	kreq_test_tmp_remove();
+}
+END_TEST
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -647,6 +741,8 @@ int main(void)
 	tcase_set_timeout(tm, 900);
 	tcase_add_test(tm, test_kreqd_start_while_kafka_down);
 	tcase_add_test(tm, test_kreqd_start_kafka_stays_down);
+	tcase_add_test(tm, test_static_member_restart_keeps_partitions);
+	tcase_add_test(tm, test_static_member_duplicate_instance_refused);
 	suite_add_tcase(s, tm);
 	return kreq_test_run_suite(s);
 }
