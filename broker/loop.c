@@ -995,10 +995,96 @@ static void finish_in_flight(kreq_server_t *s)
 	s->draining = was_draining;
 }
 
+/* Records of partition pt consumed and not yet answered (running, queued
+ * or waiting for their outputs to be secured). */
+static uint64_t part_busy(kreq__part_t *pt)
+{
+	uint64_t n = 0;
+	for (uint64_t q = pt->offs.head; q < pt->offs.tail; q++) {
+		kreq__off_slot_t *sl = kreq__offsets_slot(&pt->offs, q);
+		n += sl && !sl->completed;
+	}
+	return n;
+}
+
+/* An incremental (cooperative) revoke of the partitions in l: what was
+ * not started there is left uncommitted for their next owner, what runs
+ * there gets server.shutdown.grace.ms to finish, then the transaction
+ * (which covers every partition: the others' finished work too) commits,
+ * and only the revoked partitions' state is dropped (what still runs
+ * there is abandoned: cancelled, its completion discarded, redone by the
+ * next owner from the committed offset). The other partitions are served
+ * on; their handlers keep running throughout. */
+static void revoke_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t *l)
+{
+	bool *gone = calloc((size_t)s->nparts, sizeof(*gone));
+	if (!gone) {
+		kreq__loop_fatal(s, KREQ_ENOMEM, "out of memory");
+		return;
+	}
+	for (int i = 0; i < l->cnt; i++)
+		if (l->elems[i].partition >= 0 && l->elems[i].partition < s->nparts)
+			gone[l->elems[i].partition] = true;
+	bool was_draining = s->draining;
+	s->draining = true; /* unstarted ones are left for the next owner */
+	kreq__pool_drain_partitions(s, gone);
+	int64_t until = kreq__mono_ns() + s->grace_ms * 1000000LL;
+	for (;;) {
+		process_completions(s);
+		expire_overdue(s);
+		uint64_t busy = 0;
+		for (int32_t p = 0; p < s->nparts; p++)
+			if (gone[p] && s->parts[p])
+				busy += part_busy(s->parts[p]);
+		if (!busy || s->fatal || kreq__mono_ns() >= until)
+			break;
+		block(s, 20);
+	}
+	settle_outputs(s);
+	kreq__txn_commit(s); /* a failure flags a rewind of what stays */
+	s->draining = was_draining;
+	for (int32_t p = 0; p < s->nparts; p++)
+		if (gone[p])
+			part_drop(s, p);
+	free(gone);
+	kreq__log(s->conf, 6, "server", "revoked %d partition(s) of %s", l->cnt, s->req_topic);
+}
+
+/* The group's rebalance protocol is cooperative (cooperative-sticky):
+ * assignments and revocations are increments, not the whole set. */
+static bool cooperative(rd_kafka_t *rk)
+{
+	return !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+}
+
+static void incremental(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
+{
+	if (!e)
+		return;
+	kreq__loop_fatal(s, KREQ_EKAFKA, "%s: %s", what, rd_kafka_error_string(e));
+	rd_kafka_error_destroy(e);
+}
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *l, void *opaque)
 {
 	kreq_server_t *s = opaque;
+	if (cooperative(rk)) {
+		if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+			kreq__log(s->conf, 6, "server", "assigned %d partition(s) of %s", l->cnt,
+			          s->req_topic);
+			assign_parts(s, l); /* only these: the others are served on */
+			incremental(s, rd_kafka_incremental_assign(rk, l), "incremental assign");
+			atomic_fetch_add_explicit(&s->m.rebalances, 1, memory_order_relaxed);
+		} else {
+			revoke_parts(s, l);
+			incremental(s, rd_kafka_incremental_unassign(rk, l),
+			            "incremental unassign");
+		}
+		atomic_store_explicit(&s->ready, !s->fatal && !atomic_load(&s->stop),
+		                      memory_order_release);
+		return;
+	}
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
 		kreq__log(s->conf, 6, "server", "assigned %d partition(s) of %s", l->cnt,
 		          s->req_topic);

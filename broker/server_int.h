@@ -243,6 +243,9 @@ int kreq__pool_start(kreq_server_t *s);
 void kreq__pool_stop(kreq_server_t *s);
 /* Completes every queued, not started request with status 9 (shutdown). */
 void kreq__pool_drain(kreq_server_t *s);
+/* The same for the requests of partitions p with part[p] true (part has
+ * s->nparts entries; NULL: all): an incremental revoke (loop.c). */
+void kreq__pool_drain_partitions(kreq_server_t *s, const bool *part);
 void kreq__dispatch(kreq_server_t *s, kreq_request_t *r);
 kreq_request_t *kreq__completions_take(kreq_server_t *s);
 /* A zeroed request, recycled when possible (loop thread, or after it), with

@@ -257,7 +257,9 @@
 	X("auto.offset.reset", "earliest", "a new group serves requests sent before it started")   \
 	X("session.timeout.ms", "6000", "a crashed worker's partitions move within seconds")       \
 	X("heartbeat.interval.ms", "500", "idem")                                                  \
-	X("partition.assignment.strategy", "range", "eager rebalancing: see docs/operations.md")   \
+	X("partition.assignment.strategy", "cooperative-sticky",                                   \
+	  "a membership change moves only the partitions that must move; the others are served "   \
+	  "on (docs/operations.md, \"Restarts\")")                                                 \
 	X("fetch.wait.max.ms", "100", "bounded fetch wait (data still returns at once)")           \
 	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
 	X("allow.auto.create.topics", "false", "idem: reading a topic never creates it")

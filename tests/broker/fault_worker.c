@@ -10,6 +10,7 @@
  * and never loses a line of an execution that replied. The payload may start
  * with "sleep:<ms>|" to make the handler take that long. Prints "ready" on
  * stdout once the group assigned it partitions; SIGTERM stops it gracefully.
+ * KREQ_FAULT_WORKER_CONF="name=value;..." sets more properties.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -109,6 +110,17 @@ int main(int argc, char **argv)
 	set(conf, "server.topic.partitions", "4");
 	set(conf, "server.handler.threads", "8");
 	set(conf, "log.level", "5");
+	/* more properties for this test: "name=value;name=value" */
+	const char *more = getenv("KREQ_FAULT_WORKER_CONF");
+	char *dup = strdup(more ? more : ""), *save = NULL;
+	for (char *kv = strtok_r(dup, ";", &save); kv; kv = strtok_r(NULL, ";", &save)) {
+		char *eq = strchr(kv, '=');
+		if (eq) {
+			*eq = 0;
+			set(conf, kv, eq + 1);
+		}
+	}
+	free(dup);
 	char err[512];
 	srv = kreq_server_new(conf, kr, "svc", err, sizeof(err));
 	if (!srv || kreq_server_register(srv, "svc.record", record, NULL, 0)) {

@@ -113,6 +113,7 @@ typedef struct {
 } op_t;
 
 static op_t ops[MAX_OPS];
+static uint32_t sleep_min_ms = 0, sleep_span_ms = 40; /* handler time per op */
 
 typedef void (*schedule_fn)(int step, void *arg);
 
@@ -179,7 +180,7 @@ static void run_load(int nops, schedule_fn schedule, void *arg)
 		memset(&ops[i], 0, sizeof(ops[i]));
 		snprintf(ops[i].key, sizeof(ops[i].key), "op-%d", i);
 		snprintf(ops[i].payload, sizeof(ops[i].payload), "sleep:%u|op-%d",
-		         randombytes_uniform(40), i);
+		         sleep_min_ms + randombytes_uniform(sleep_span_ms), i);
 	}
 	kreq_future_t *win[WINDOW] = {0};
 	int which[WINDOW], next = 0, finished = 0, step = 0;
@@ -659,41 +660,53 @@ static void kreqd_stop(kreq_test_proc_t *p)
 	kreq_test_result_free(&r);
 }
 
+/* Pumps p's output for ms milliseconds: a bounded look for something that
+ * must NOT happen (a rebalance would complete within it). */
+static void kreqd_watch(kreq_test_proc_t *p, int ms)
+{
+	int64_t until = kreq_test_now_ms() + ms;
+	while (kreq_test_now_ms() < until)
+		ck_assert_msg(kreq_test_proc_pump(p, 100), "kreqd ended:\n%s", p->err.data);
+}
+
+/* Rebalances a kreqd logged: its "assigned"/"revoked N partition(s)"
+ * lines. */
+static int rebalances_of(const kreq_test_proc_t *p)
+{
+	return count_of(p->err.data, " partition(s) of ");
+}
+
 /* Two replicas; each restarts in turn (SIGTERM, start again) within the
  * session timeout: it gets its own partitions back and the other replica
- * sees no rebalance at all (its "assigned" line stays the one it logged
- * when both had joined). With dynamic membership (the behaviour before
- * static membership) every restart rebalanced the other replica twice. */
+ * sees no rebalance at all (no assignment or revocation logged). With
+ * dynamic membership (the behaviour before static membership) each
+ * restart rebalanced the other replica (leave, rejoin). */
 START_TEST(test_static_member_restart_keeps_partitions)
 {
 	kreq_test_tmp_create("h3static");
 	const char *extra = "kafka.session.timeout.ms = 30000\n";
-	const char *ca = kreqd_conf_as("kdA", extra), *cb = kreqd_conf_as("kdB", extra);
-	kreq_test_proc_t a, b;
-	kreqd_spawn(&a, ca);
-	kreqd_spawn(&b, cb);
-	/* the first rebalance after B joined is over once A holds 3 of 6 */
-	kreqd_await(&a, "assigned 3 partition(s)", 60000);
-	int a_before = count_of(a.err.data, "assigned");
-	for (int round = 0; round < 2; round++) { /* B, then A (one is the leader) */
-		kreq_test_proc_t *stay = round == 0 ? &a : &b, *go = round == 0 ? &b : &a;
-		const char *conf = round == 0 ? cb : ca;
-		int stay_before = round == 0 ? a_before : count_of(b.err.data, "assigned");
-		kreqd_stop(go);
-		kreqd_spawn(go, conf);
-		kreqd_await(go, "assigned 3 partition(s)", 60000);
-		/* a rebalance of the other replica would complete with the
-		 * restarted one's join: look a moment longer, bounded */
-		int64_t until = kreq_test_now_ms() + 2000;
-		while (kreq_test_now_ms() < until)
-			ck_assert(kreq_test_proc_pump(stay, 100));
-		ck_assert_msg(count_of(stay->err.data, "assigned") == stay_before,
-		              "round %d: the replica that stayed was rebalanced (%d assignments, "
-		              "%d before)",
-		              round, count_of(stay->err.data, "assigned"), stay_before);
+	const char *conf[2] = {kreqd_conf_as("kdA", extra), kreqd_conf_as("kdB", extra)};
+	kreq_test_proc_t kd[2];
+	kreqd_spawn(&kd[0], conf[0]);
+	kreqd_spawn(&kd[1], conf[1]);
+	kreqd_await(&kd[1], "assigned 3 partition(s)", 60000); /* each holds 3 of 6 */
+	kreqd_watch(&kd[0], 2000);                             /* A's last callback */
+	for (int go = 1; go >= 0; go--) { /* B, then A (one of them leads the group) */
+		kreq_test_proc_t *stay = &kd[1 - go];
+		int before = rebalances_of(stay);
+		kreqd_stop(&kd[go]);
+		kreqd_spawn(&kd[go], conf[go]);
+		ck_assert_msg(strstr(kd[go].err.data, "assigned 3 partition(s)"),
+		              "the restarted replica did not get its 3 partitions back:\n%s",
+		              kd[go].err.data);
+		kreqd_watch(stay, 2000);
+		ck_assert_msg(rebalances_of(stay) == before,
+		              "restarting %s rebalanced the replica that stayed (%d assignments or "
+		              "revocations, %d before)",
+		              go ? "B" : "A", rebalances_of(stay), before);
 	}
-	kreqd_stop(&a);
-	kreqd_stop(&b);
+	kreqd_stop(&kd[0]);
+	kreqd_stop(&kd[1]);
 	kreq_test_tmp_remove();
 }
 END_TEST
@@ -715,6 +728,107 @@ START_TEST(test_static_member_duplicate_instance_refused)
 	ck_assert_msg(kreq_test_proc_pump(&b, 100), "the newer worker ended:\n%s", b.err.data);
 	kreqd_stop(&b);
 	kreq_test_tmp_remove();
+}
+END_TEST
+
+/* ---- the revoke path stays exactly-once (issue 17) ------------------------- */
+
+/* Committed Result records per key in the results topic (read_committed,
+ * every partition from the beginning to its end): each must be 1, or two
+ * owners committed a result for one request. Returns the largest count. */
+static int max_results_per_key(int partitions, int *keys)
+{
+	char topic[128], err[512];
+	snprintf(topic, sizeof(topic), "%s.svc.results", prefix);
+	rd_kafka_conf_t *rc =
+	    kreq_test_conf_new(bootstrap, "group.id", "h3-inspect", "isolation.level",
+	                       "read_committed", "enable.partition.eof", "true", NULL);
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, rc, err, sizeof(err));
+	ck_assert_msg(rk != NULL, "%s", err);
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(partitions);
+	for (int p = 0; p < partitions; p++)
+		rd_kafka_topic_partition_list_add(l, topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+	ck_assert_int_eq(rd_kafka_assign(rk, l), 0);
+	rd_kafka_topic_partition_list_destroy(l);
+	static char seen[MAX_OPS * 2][64];
+	static int count[MAX_OPS * 2];
+	int nseen = 0, eofs = 0, most = 0;
+	int64_t until = kreq_test_now_ms() + 60000;
+	while (eofs < partitions) {
+		ck_assert_msg(kreq_test_now_ms() < until, "results topic not read to its end");
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+		if (!m)
+			continue;
+		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+			eofs++;
+		} else {
+			ck_assert_msg(!m->err, "%s", rd_kafka_message_errstr(m));
+			ck_assert(m->key_len > 0 && m->key_len < 64);
+			int i = 0;
+			while (i < nseen && (strlen(seen[i]) != m->key_len ||
+			                     memcmp(seen[i], m->key, m->key_len)))
+				i++;
+			if (i == nseen) {
+				ck_assert_int_lt(nseen, MAX_OPS * 2);
+				memset(seen[nseen], 0, 64);
+				memcpy(seen[nseen++], m->key, m->key_len);
+			}
+			if (count[i]++ == 1)
+				fprintf(stderr,
+				        "key %.*s: a second committed result at [%d] %lld\n",
+				        (int)m->key_len, (const char *)m->key, (int)m->partition,
+				        (long long)m->offset);
+			if (count[i] > most)
+				most = count[i];
+		}
+		rd_kafka_message_destroy(m);
+	}
+	rd_kafka_consumer_close(rk);
+	rd_kafka_destroy(rk);
+	*keys = nseen;
+	memset(count, 0, sizeof(count));
+	return most;
+}
+
+static void revoke_schedule(int step, void *arg)
+{
+	(void)arg;
+	if (step == 60)
+		worker_spawn(1, "transactional"); /* joins: w0 gives up partitions */
+	if (step == 140)
+		worker_spawn(2, "transactional"); /* joins: both give some up */
+	if (step == 220)
+		worker_signal(1, SIGTERM); /* leaves: its partitions move */
+	if (step == 300)
+		worker_spawn(1, "transactional"); /* back: takes some again */
+}
+
+/* Slow handlers (150-650 ms, 32 calls in flight on 8 handler threads per
+ * worker) while replicas join and leave, so that handlers run on the
+ * partitions being revoked: every call settles, no request runs again
+ * after the result its caller saw was committed, and no request has two
+ * committed results (two owners). With cooperative-sticky the revoke is
+ * incremental: running handlers of the revoked partitions finish within
+ * server.shutdown.grace.ms and are committed before the partition goes. */
+START_TEST(test_revoke_with_slow_handlers)
+{
+	sleep_min_ms = 150;
+	sleep_span_ms = 500;
+	worker_spawn(0, "transactional");
+	run_load(400, revoke_schedule, NULL);
+	for (int w = 0; w < 3; w++)
+		worker_signal(w, SIGTERM);
+	int reruns, keys;
+	check_records(400, &reruns);
+	int most = max_results_per_key(4, &keys);
+	ck_assert_msg(most == 1, "a request has %d committed results (two owners)", most);
+	ck_assert_int_eq(keys, 400);
+	fprintf(stderr,
+	        "revoke_slow_handlers: 400 ops, 4 membership changes, %d uncommitted "
+	        "re-executions, 1 committed result per request\n",
+	        reruns);
+	sleep_min_ms = 0;
+	sleep_span_ms = 40;
 }
 END_TEST
 
@@ -743,6 +857,13 @@ int main(void)
 	tcase_add_test(tm, test_kreqd_start_kafka_stays_down);
 	tcase_add_test(tm, test_static_member_restart_keeps_partitions);
 	tcase_add_test(tm, test_static_member_duplicate_instance_refused);
+	tcase_set_tags(tm, "member");
 	suite_add_tcase(s, tm);
+	TCase *tr = tcase_create("revoke");
+	tcase_add_checked_fixture(tr, setup, teardown);
+	tcase_set_timeout(tr, 900);
+	tcase_add_test(tr, test_revoke_with_slow_handlers);
+	tcase_set_tags(tr, "member");
+	suite_add_tcase(s, tr);
 	return kreq_test_run_suite(s);
 }
