@@ -20,7 +20,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +36,7 @@
 #include "proc.h"
 #include "testsupport.h"
 
-#define MAX_OPS     2000
+#define MAX_OPS     12000
 #define WINDOW      32
 #define MAX_WORKERS 4
 
@@ -162,7 +164,7 @@ static bool settle(op_t *op, kreq_future_t *f)
 
 /* Runs nops operations with WINDOW in flight; schedule(step) is called after
  * every settled call so a test can inject faults at chosen points. */
-static void run_load(int nops, schedule_fn schedule, void *arg)
+static kreq_client_t *load_client(void)
 {
 	char id[32], err[512];
 	snprintf(id, sizeof(id), "load-%u", randombytes_uniform(1000000));
@@ -176,12 +178,23 @@ static void run_load(int nops, schedule_fn schedule, void *arg)
 	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
 	ck_assert_msg(c != NULL, "%s", err);
 	kreq_conf_destroy(conf);
+	return c;
+}
+
+static void ops_init(int nops)
+{
 	for (int i = 0; i < nops; i++) {
 		memset(&ops[i], 0, sizeof(ops[i]));
 		snprintf(ops[i].key, sizeof(ops[i].key), "op-%d", i);
 		snprintf(ops[i].payload, sizeof(ops[i].payload), "sleep:%u|op-%d",
 		         sleep_min_ms + randombytes_uniform(sleep_span_ms), i);
 	}
+}
+
+static void run_load(int nops, schedule_fn schedule, void *arg)
+{
+	kreq_client_t *c = load_client();
+	ops_init(nops);
 	kreq_future_t *win[WINDOW] = {0};
 	int which[WINDOW], next = 0, finished = 0, step = 0;
 	int64_t until = kreq_test_now_ms() + 400000;
@@ -832,6 +845,198 @@ START_TEST(test_revoke_with_slow_handlers)
 }
 END_TEST
 
+/* ---- a rolling restart under steady load (issue 17) ----------------------- */
+
+#define ROLL_WINDOW 256 /* calls in flight at most: many callers, not one */
+#define ROLL_RATE   150 /* calls/s offered, steadily (below what 3 replicas serve) */
+
+/* calls/s offered: ROLL_RATE, or KREQ_ROLL_RATE from the environment */
+static int64_t roll_rate(void)
+{
+	const char *v = getenv("KREQ_ROLL_RATE");
+	return v && atoi(v) > 0 ? atoi(v) : ROLL_RATE;
+}
+
+static atomic_bool roll_done;
+static int roll_sig = SIGTERM;   /* SIGKILL: a roll of crashes */
+static int64_t roll_t0, roll_t1; /* the roll: first SIGTERM, last replica ready */
+
+/* Restarts the 3 replicas one at a time: SIGTERM (exit 0 checked), start
+ * again, wait until it serves (fault_worker's "ready"). */
+static void *roll_main(void *arg)
+{
+	(void)arg;
+	roll_t0 = kreq_test_now_ms();
+	for (int w = 0; w < 3; w++) {
+		worker_signal(w, roll_sig);
+		worker_spawn(w, "transactional");
+	}
+	roll_t1 = kreq_test_now_ms();
+	atomic_store(&roll_done, true);
+	return NULL;
+}
+
+typedef struct {
+	double steady, during, ratio; /* calls/s; during / steady */
+	int64_t roll_ms, stall_ms;    /* the roll; longest time without a reply in it */
+	int nops, reruns;
+} roll_fig_t;
+
+static int64_t done_at[MAX_OPS]; /* when each reply came, in order */
+
+/* Completions in [from, to) ms. */
+static int done_between(int ndone, int64_t from, int64_t to)
+{
+	int n = 0;
+	for (int i = 0; i < ndone; i++)
+		n += done_at[i] >= from && done_at[i] < to;
+	return n;
+}
+
+static int64_t longest_gap(int ndone, int64_t from, int64_t to)
+{
+	int64_t last = from, gap = 0;
+	for (int i = 0; i < ndone; i++) {
+		if (done_at[i] < from || done_at[i] > to)
+			continue;
+		if (done_at[i] - last > gap)
+			gap = done_at[i] - last;
+		last = done_at[i];
+	}
+	return to - last > gap ? to - last : gap;
+}
+
+/* 3 replicas with worker properties conf (KREQ_FAULT_WORKER_CONF) under a
+ * steady load of ROLL_RATE new calls/s, up to ROLL_WINDOW in flight
+ * (handlers 0-40 ms; a call that fails is called again): 3 s of
+ * warm-up, 10 s measured steady, then the roll (another thread) while the
+ * load goes on; then every call settles and the records are checked as in
+ * the crash tests. */
+static void rolling_restart(const char *conf, roll_fig_t *fig)
+{
+	setenv("KREQ_FAULT_WORKER_CONF", conf, 1);
+	for (int w = 0; w < 3; w++)
+		worker_spawn(w, "transactional");
+	kreq_client_t *c = load_client();
+	ops_init(MAX_OPS);
+	kreq_future_t *win[ROLL_WINDOW] = {0};
+	int which[ROLL_WINDOW], next = 0, ndone = 0, retry[MAX_OPS], nretry = 0, inflight = 0;
+	int64_t t_start = kreq_test_now_ms(), t_roll = t_start + 13000, rate = roll_rate();
+	bool rolling = false;
+	pthread_t th;
+	atomic_store(&roll_done, false);
+	for (;;) {
+		int64_t now = kreq_test_now_ms();
+		ck_assert_msg(now - t_start < 600000, "the rolling restart did not finish");
+		if (!rolling && now >= t_roll) {
+			ck_assert_int_eq(pthread_create(&th, NULL, roll_main, NULL), 0);
+			rolling = true;
+		}
+		bool feeding = !atomic_load(&roll_done);
+		if (!feeding && inflight == 0 && nretry == 0)
+			break;
+		for (int w = 0; w < ROLL_WINDOW; w++) {
+			if (win[w])
+				continue;
+			int op = -1;
+			if (nretry && ops[retry[nretry - 1]].not_before <= now)
+				op = retry[--nretry];
+			else if (feeding && next < MAX_OPS &&
+			         next < (now - t_start) * rate / 1000) /* offered load */
+				op = next++;
+			if (op < 0)
+				break;
+			ck_assert_msg(next < MAX_OPS, "out of operations: raise MAX_OPS");
+			if (!(win[w] = submit(c, &ops[op])))
+				retry[nretry++] = op;
+			else
+				inflight++;
+			which[w] = op;
+		}
+		kreq_future_t *live[ROLL_WINDOW];
+		size_t slot[ROLL_WINDOW], nlive = 0, idx;
+		for (size_t w = 0; w < ROLL_WINDOW; w++)
+			if (win[w]) {
+				slot[nlive] = w;
+				live[nlive++] = win[w];
+			}
+		if (nlive == 0) {
+			kreq_test_poll_pause();
+			continue;
+		}
+		int rc = kreq_future_wait_any(live, nlive, 100, &idx);
+		if (rc == KREQ_ETIMEDOUT)
+			continue;
+		ck_assert_int_eq(rc, KREQ_OK);
+		idx = slot[idx];
+		op_t *op = &ops[which[idx]];
+		if (settle(op, win[idx])) {
+			op->done = true;
+			done_at[ndone++] = kreq_test_now_ms();
+		} else {
+			retry[nretry++] = which[idx];
+		}
+		kreq_future_release(win[idx]);
+		win[idx] = NULL;
+		inflight--;
+	}
+	pthread_join(th, NULL);
+	kreq_client_destroy(c);
+	for (int w = 0; w < 3; w++)
+		worker_signal(w, SIGTERM);
+	fig->nops = next;
+	check_records(next, &fig->reruns);
+	fig->steady = done_between(ndone, t_roll - 10000, t_roll) / 10.0;
+	fig->roll_ms = roll_t1 - roll_t0;
+	fig->during = done_between(ndone, roll_t0, roll_t1) * 1000.0 / (double)fig->roll_ms;
+	fig->ratio = fig->during / fig->steady;
+	fig->stall_ms = longest_gap(ndone, roll_t0, roll_t1);
+	unsetenv("KREQ_FAULT_WORKER_CONF");
+}
+
+static void roll_print(const char *name, const roll_fig_t *f)
+{
+	fprintf(stderr,
+	        "rolling_restart %s: steady %.1f calls/s, roll %.1f s, during the roll %.1f "
+	        "calls/s, ratio %.2f, longest stall %lld ms (%d calls, %d uncommitted "
+	        "re-executions)\n",
+	        name, f->steady, (double)f->roll_ms / 1000.0, f->during, f->ratio,
+	        (long long)f->stall_ms, f->nops, f->reruns);
+}
+
+/* Issue 17: a rolling restart of 3 replicas keeps throughput at >= 70% of
+ * the steady rate. Before: eager rebalancing and dynamic membership (the
+ * properties switch them back), printed only; after: the defaults (static
+ * members, cooperative-sticky), asserted. Then the same with SIGKILL (a
+ * crash and an immediate restart), printed. Same run, same Kafka broker,
+ * a group and topics of its own for each. */
+START_TEST(test_rolling_restart_throughput)
+{
+	static const char *const confs[2] = {
+	    "server.static.membership=false;kafka.partition.assignment.strategy=range", ""};
+	static const char *const names[2] = {"eager, dynamic members",
+	                                     "static members, cooperative-sticky"};
+	roll_fig_t fig[2][2];
+	for (int k = 0; k < 2; k++) {
+		roll_sig = k ? SIGKILL : SIGTERM;
+		for (int after = 0; after < 2; after++) {
+			if (k || after) { /* a new prefix: a group and topics of its own */
+				teardown();
+				setup();
+			}
+			rolling_restart(confs[after], &fig[k][after]);
+			char name[128];
+			snprintf(name, sizeof(name), "%s %s (%s)", k ? "SIGKILL" : "SIGTERM",
+			         after ? "after" : "before", names[after]);
+			roll_print(name, &fig[k][after]);
+		}
+	}
+	roll_sig = SIGTERM;
+	ck_assert_msg(fig[0][1].ratio >= 0.7, "throughput during the roll %.1f%% of steady",
+	              fig[0][1].ratio * 100);
+}
+END_TEST
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -863,6 +1068,7 @@ int main(void)
 	tcase_add_checked_fixture(tr, setup, teardown);
 	tcase_set_timeout(tr, 900);
 	tcase_add_test(tr, test_revoke_with_slow_handlers);
+	tcase_add_test(tr, test_rolling_restart_throughput);
 	tcase_set_tags(tr, "member");
 	suite_add_tcase(s, tr);
 	return kreq_test_run_suite(s);
