@@ -318,8 +318,8 @@ int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exist
 			          "again for up to server.start.timeout.ms (%lld ms)",
 			          topic, (long long)tmo);
 		}
-		if (n == 0) /* known to exist: not yet visible to this Kafka broker */
-			nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL); /* backoff */
+		/* backoff: a refused connection may fail the lookup at once */
+		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL);
 	}
 	if (n < 0)
 		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,

@@ -995,15 +995,17 @@ static void finish_in_flight(kreq_server_t *s)
 	s->draining = was_draining;
 }
 
-/* Records of partition pt consumed and not yet answered (running, queued
- * or waiting for their outputs to be secured). */
-static uint64_t part_busy(kreq__part_t *pt)
+/* Requests in progress (running or queued, not retired) on the partitions
+ * p with gone[p]. Records drained unstarted leave this list although
+ * their offsets stay uncommitted, so it, not the offset slots, says when
+ * the revoked partitions are quiet. */
+static size_t busy_in(kreq_server_t *s, const bool *gone)
 {
-	uint64_t n = 0;
-	for (uint64_t q = pt->offs.head; q < pt->offs.tail; q++) {
-		kreq__off_slot_t *sl = kreq__offsets_slot(&pt->offs, q);
-		n += sl && !sl->completed;
-	}
+	size_t n = 0;
+	pthread_mutex_lock(&s->ip_lock);
+	for (const kreq_request_t *r = s->ip_head; r; r = r->ip_next)
+		n += r->partition >= 0 && r->partition < s->nparts && gone[r->partition];
+	pthread_mutex_unlock(&s->ip_lock);
 	return n;
 }
 
@@ -1032,11 +1034,7 @@ static void revoke_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t
 	for (;;) {
 		process_completions(s);
 		expire_overdue(s);
-		uint64_t busy = 0;
-		for (int32_t p = 0; p < s->nparts; p++)
-			if (gone[p] && s->parts[p])
-				busy += part_busy(s->parts[p]);
-		if (!busy || s->fatal || kreq__mono_ns() >= until)
+		if (!busy_in(s, gone) || s->fatal || kreq__mono_ns() >= until)
 			break;
 		block(s, 20);
 	}
