@@ -996,15 +996,20 @@ static void finish_in_flight(kreq_server_t *s)
 }
 
 /* Requests in progress (running or queued, not retired) on the partitions
- * p with gone[p]. Records drained unstarted leave this list although
- * their offsets stay uncommitted, so it, not the offset slots, says when
- * the revoked partitions are quiet. */
+ * p with gone[p], in their current incarnation (abandoned ones of a state
+ * already dropped, as at shutdown, are not waited for again). Records
+ * drained unstarted leave this list although their offsets stay
+ * uncommitted, so it, not the offset slots, says when the revoked
+ * partitions are quiet. */
 static size_t busy_in(kreq_server_t *s, const bool *gone)
 {
 	size_t n = 0;
 	pthread_mutex_lock(&s->ip_lock);
-	for (const kreq_request_t *r = s->ip_head; r; r = r->ip_next)
-		n += r->partition >= 0 && r->partition < s->nparts && gone[r->partition];
+	for (const kreq_request_t *r = s->ip_head; r; r = r->ip_next) {
+		int32_t p = r->partition;
+		n += p >= 0 && p < s->nparts && gone[p] && s->parts[p] &&
+		     s->parts[p]->incarnation == r->incarnation;
+	}
 	pthread_mutex_unlock(&s->ip_lock);
 	return n;
 }
