@@ -1078,6 +1078,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			          s->req_topic);
 			assign_parts(s, l); /* only these: the others are served on */
 			incremental(s, rd_kafka_incremental_assign(rk, l), "incremental assign");
+			if (s->paused) /* at server.max.in.flight: the new ones wait too */
+				rd_kafka_pause_partitions(rk, l);
 			atomic_fetch_add_explicit(&s->m.rebalances, 1, memory_order_relaxed);
 		} else {
 			revoke_parts(s, l);
@@ -1122,12 +1124,20 @@ static void rewind_all(kreq_server_t *s)
 	s->rewind_needed = false;
 	kreq__faults_rewound(&s->faults);
 	atomic_fetch_add_explicit(&s->m.rewinds, 1, memory_order_relaxed);
+	if (rd_kafka_fatal_error(s->consumer, NULL, 0)) { /* fenced from the group */
+		kreq__member_fatal(s);
+		return;
+	}
 	rd_kafka_topic_partition_list_t *l = NULL;
 	if (rd_kafka_assignment(s->consumer, &l) || !l)
 		return;
 	kreq__log(s->conf, 5, "server", "rewinding %d partition(s) to their committed offsets",
 	          l->cnt);
 	drop_all(s);
+	if (l->cnt == 0) { /* nothing assigned (cooperative: possible), nothing to seek */
+		rd_kafka_topic_partition_list_destroy(l);
+		return;
+	}
 	if (assign_parts(s, l) == KREQ_OK &&
 	    rd_kafka_committed(s->consumer, l, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
 		for (int i = 0; i < l->cnt; i++)
