@@ -719,6 +719,8 @@ int kreq__txn_commit(kreq_server_t *s)
 
 /* ---- start / close ------------------------------------------------------ */
 
+static int consumer_subscribe(kreq_server_t *s);
+
 int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
 {
 	char rgroup[512];
@@ -729,6 +731,27 @@ int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
 	    !(s->consumer = make_handle(s, RD_KAFKA_CONSUMER, s->group, false, -1, rebalance_cb)))
 		return -1;
 	(void)out_topic(s, s->res_topic); /* warmed now: the first result leaves at once */
+	return consumer_subscribe(s);
+}
+
+int kreq__kafka_consumer_renew(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
+{
+	s->member_renewing = true; /* its close revokes: nothing of it is kept */
+	rd_kafka_consumer_close(s->consumer);
+	if (s->cq)
+		rd_kafka_queue_destroy(s->cq);
+	rd_kafka_destroy(s->consumer);
+	s->cq = NULL;
+	s->member_renewing = false;
+	if (!(s->consumer = make_handle(s, RD_KAFKA_CONSUMER, s->group, false, -1, rebalance_cb)))
+		return -1;
+	return consumer_subscribe(s);
+}
+
+/* The group consumer's queue wakes the loop; it subscribes to the
+ * requests topic. */
+static int consumer_subscribe(kreq_server_t *s)
+{
 	rd_kafka_poll_set_consumer(s->consumer);
 	s->cq = rd_kafka_queue_get_consumer(s->consumer);
 	static const uint64_t one = 1;

@@ -1072,6 +1072,13 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *l, void *opaque)
 {
 	kreq_server_t *s = opaque;
+	if (s->member_renewing) { /* the fenced consumer's close: its state is gone */
+		if (cooperative(rk))
+			rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, l));
+		else
+			rd_kafka_assign(rk, NULL);
+		return;
+	}
 	if (cooperative(rk)) {
 		if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
 			kreq__log(s->conf, 6, "server", "assigned %d partition(s) of %s", l->cnt,
@@ -1156,6 +1163,20 @@ static void rewind_all(kreq_server_t *s)
 		kreq__loop_fatal(s, KREQ_EKAFKA, "cannot read committed offsets to rewind");
 	}
 	rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* The group fenced this worker's consumer (member.c): forget everything
+ * not committed, as a rewind, and rejoin with a new consumer. */
+static void member_renew(kreq_server_t *s)
+{
+	s->member_fenced = false;
+	atomic_store_explicit(&s->ready, false, memory_order_release);
+	kreq__txn_abort(s, "the group fenced this worker");
+	s->rewind_needed = false;
+	kreq__faults_rewound(&s->faults);
+	drop_all(s);
+	s->paused = false;
+	kreq__kafka_consumer_renew(s, on_rebalance);
 }
 
 static void set_paused(kreq_server_t *s, bool pause)
@@ -1286,6 +1307,8 @@ static void step(kreq_server_t *s, bool fetch, bool *more)
 	if (process_completions(s))
 		s->last_record_ns = kreq__mono_ns();
 	*more = fetch && consume(s, 1000);
+	if (s->member_fenced && !s->fatal)
+		member_renew(s);
 	if (s->producer)
 		rd_kafka_poll(s->producer, 0);
 	if (s->batch_producer)

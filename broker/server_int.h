@@ -222,7 +222,11 @@ struct kreq_server_s {
 	kreq_request_t **overdue;
 	size_t noverdue, overdue_cap;
 	int64_t stuck_warned_ns;
-	char *instance_id; /* group.instance.id (member.c); NULL: dynamic member */
+	char *instance_id;       /* group.instance.id (member.c); NULL: dynamic member */
+	bool member_fenced;      /* the group fenced the consumer: renew it (loop.c) */
+	bool member_renewing;    /* closing the fenced consumer: rebalances ignored */
+	int64_t member_since_ms; /* member.c: window of the fencings counted */
+	int member_fenced_count;
 };
 
 /* Delivery-report opaque of an output in light mode. */
@@ -335,10 +339,13 @@ int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exist
  * server.group.instance.id (default client.id); NULL when dynamic or out
  * of memory (*oom set). */
 char *kreq__member_instance_id(const kreq_conf_t *c, bool *oom);
-/* A fatal error of the group consumer (loop thread): another live worker
- * with this instance id fenced it (KREQ_ECONF: a restart would fence the
- * other one back), or another fatal error (KREQ_EKAFKA). */
+/* A fatal error of the group consumer (loop thread; also from its error
+ * callback). FENCED_INSTANCE_ID: flags s->member_fenced (the loop renews
+ * the consumer) unless it is the third within a minute: then another
+ * live worker has this instance id (KREQ_ECONF). Else KREQ_EKAFKA. */
 void kreq__member_fatal(kreq_server_t *s);
+/* kafka.c: closes the fenced group consumer and subscribes a new one. */
+int kreq__kafka_consumer_renew(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb);
 
 /* rebuild.c */
 /* Loads parts' stored results from the results topic (after checking the
