@@ -199,8 +199,9 @@
 	  "(docs/operations.md, \"Restarts\"). false: dynamic membership.")                        \
 	X(SERVER_GROUP_INSTANCE_ID, "server.group.instance.id", STR, "", 0, 249,                   \
 	  "The static member's group.instance.id. Empty: the worker's client.id, which is "        \
-	  "already unique per replica (it names the transactional.id). Two live workers with "     \
-	  "one instance id fence each other: the older stops with KREQ_ECONF (kreqd: exit 2).")
+	  "already unique per replica (it names the transactional.id). A fenced worker rejoins "   \
+	  "with a new consumer; two live workers with one instance id fence each other, and the "  \
+	  "third fencing within a minute stops one with KREQ_ECONF (kreqd: exit 2).")
 
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by
