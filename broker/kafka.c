@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "broker/server_int.h"
 #include "common/conf.h"
@@ -58,9 +59,10 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-	(void)rk;
 	kreq_server_t *s = opaque;
 	kreq__log(s->conf, 4, "kafka", "%s: %s", rd_kafka_err2name(err), reason);
+	if (err == RD_KAFKA_RESP_ERR__FATAL && rk == s->consumer && !s->fatal)
+		kreq__member_fatal(s); /* fenced by another instance, or worse: stop */
 }
 
 /* A transactional output's delivery-report opaque: no allocation, the
@@ -234,6 +236,8 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 		err = set_kv(rc, "enable.idempotence", "false", why, sizeof(why));
 	if (!err && !producer && !strcmp(group, s->group))
 		err = set_kv(rc, "client.id", s->client_id, why, sizeof(why));
+	if (!err && !producer && !strcmp(group, s->group) && s->instance_id) /* member.c */
+		err = set_kv(rc, "group.instance.id", s->instance_id, why, sizeof(why));
 	if (!err && !producer && strcmp(group, s->group)) /* the results reader */
 		err = set_kv(rc, "enable.partition.eof", "true", why, sizeof(why));
 	if (!err)
@@ -318,39 +322,75 @@ static void replication_check(kreq_server_t *s)
 			kreq__log(s->conf, 4, "server", "%s", why);
 }
 
-/* Polls metadata until topic shows n partitions (a new topic takes a moment
- * to appear). */
+/* topic's partition count (0: no such topic), asked again while Kafka
+ * does not answer (a Kafka broker stopping or restarting, an overloaded
+ * host), and while the topic reads as missing if exists (just created,
+ * or known to exist), until server.start.timeout.ms from now or a stop.
+ * A lookup that failed is an unavailable Kafka, never a partition count:
+ * -1 then, the loop failed with KREQ_EUNAVAILABLE (kreqd exits 1, which
+ * its supervisor restarts). A topic still missing returns 0, not fatal. */
+int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exists)
+{
+	int64_t tmo = kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
+	int64_t now = kreq__mono_ns(), until = now + tmo * 1000000LL;
+	bool logged = false;
+	int n;
+	for (;;) {
+		int64_t left_ms = (until - now) / 1000000;
+		n = kreq__topic_partitions(
+		    s->reader, topic,
+		    (int)(left_ms < 5000 ? (left_ms > 100 ? left_ms : 100) : 5000));
+		if (n > 0 || (n == 0 && !exists) || atomic_load(&s->stop) ||
+		    (now = kreq__mono_ns()) >= until)
+			break;
+		if (n < 0 && !logged) {
+			logged = true;
+			kreq__log(s->conf, 4, "server",
+			          "Kafka did not answer a metadata request for topic %s: asking "
+			          "again for up to server.start.timeout.ms (%lld ms)",
+			          topic, (long long)tmo);
+		}
+		/* backoff: a refused connection may fail the lookup at once */
+		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL);
+	}
+	if (n < 0)
+		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
+		                 "Kafka did not answer a metadata request for topic %s within "
+		                 "server.start.timeout.ms (%lld ms; is kafka.bootstrap.servers "
+		                 "right?)",
+		                 topic, (long long)tmo);
+	return n;
+}
+
+/* A topic the worker just created: its partition count once Kafka shows
+ * it (a new topic takes a moment to appear). */
 static int await_topic(kreq_server_t *s, const char *topic)
 {
-	int64_t until =
-	    kreq__mono_ns() + kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS) * 1000000LL;
-	int n;
-	while ((n = kreq__topic_partitions(s->reader, topic, 5000)) <= 0 && kreq__mono_ns() < until)
-		;
+	int n = kreq__topic_partitions_await(s, topic, true);
 	/* and its partition leaders know it (common/kadmin.h) */
-	if (n > 0 && kreq__topic_await_leaders(s->reader, topic, n,
-	                                       (int)((until - kreq__mono_ns()) / 1000000)))
+	if (n > 0 &&
+	    kreq__topic_await_leaders(
+	        s->reader, topic, n, (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS)))
 		n = 0;
-	if (n <= 0)
+	if (n == 0)
 		kreq__loop_fatal(s, KREQ_EKAFKA, "topic %s did not become available", topic);
 	return n;
 }
 
 static int ensure_topics(kreq_server_t *s)
 {
-	int nreq = kreq__topic_partitions(s->reader, s->req_topic, 5000);
-	if (nreq < 0) {
-		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
-		                 "Kafka did not answer (is kafka.bootstrap.servers right?)");
+	int nreq = kreq__topic_partitions_await(s, s->req_topic, false);
+	if (nreq < 0)
 		return -1;
-	}
 	if (nreq == 0) {
 		int p = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_PARTITIONS);
 		if (create_topic(s, s->req_topic, p, false) ||
 		    (nreq = await_topic(s, s->req_topic)) <= 0)
 			return -1;
 	}
-	int nres = kreq__topic_partitions(s->reader, s->res_topic, 5000);
+	int nres = kreq__topic_partitions_await(s, s->res_topic, false);
+	if (nres < 0)
+		return -1;
 	bool created = nres == 0;
 	if (created) {
 		if (create_topic(s, s->res_topic, nreq, true) ||
@@ -717,6 +757,8 @@ int kreq__txn_commit(kreq_server_t *s)
 
 /* ---- start / close ------------------------------------------------------ */
 
+static int consumer_subscribe(kreq_server_t *s);
+
 int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
 {
 	char rgroup[512];
@@ -727,6 +769,27 @@ int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
 	    !(s->consumer = make_handle(s, RD_KAFKA_CONSUMER, s->group, false, -1, rebalance_cb)))
 		return -1;
 	(void)out_topic(s, s->res_topic); /* warmed now: the first result leaves at once */
+	return consumer_subscribe(s);
+}
+
+int kreq__kafka_consumer_renew(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
+{
+	s->member_renewing = true; /* its close revokes: nothing of it is kept */
+	rd_kafka_consumer_close(s->consumer);
+	if (s->cq)
+		rd_kafka_queue_destroy(s->cq);
+	rd_kafka_destroy(s->consumer);
+	s->cq = NULL;
+	s->member_renewing = false;
+	if (!(s->consumer = make_handle(s, RD_KAFKA_CONSUMER, s->group, false, -1, rebalance_cb)))
+		return -1;
+	return consumer_subscribe(s);
+}
+
+/* The group consumer's queue wakes the loop; it subscribes to the
+ * requests topic. */
+static int consumer_subscribe(kreq_server_t *s)
+{
 	rd_kafka_poll_set_consumer(s->consumer);
 	s->cq = rd_kafka_queue_get_consumer(s->consumer);
 	static const uint64_t one = 1;

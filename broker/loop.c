@@ -922,7 +922,9 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 static void handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
 {
 	if (m->err) {
-		if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+		if (m->err == RD_KAFKA_RESP_ERR__FATAL && !s->fatal)
+			kreq__member_fatal(s); /* fenced by another instance, or worse */
+		else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
 			kreq__log(s->conf, 4, "server", "consumer: %s", rd_kafka_message_errstr(m));
 		return;
 	}
@@ -1065,10 +1067,108 @@ static void run_recorded(kreq_server_t *s)
 	}
 }
 
+/* Requests in progress (running or queued, not retired) on the partitions
+ * p with gone[p], in their current incarnation (abandoned ones of a state
+ * already dropped, as at shutdown, are not waited for again). Records
+ * drained unstarted leave this list although their offsets stay
+ * uncommitted, so it, not the offset slots, says when the revoked
+ * partitions are quiet. */
+static size_t busy_in(kreq_server_t *s, const bool *gone)
+{
+	size_t n = 0;
+	pthread_mutex_lock(&s->ip_lock);
+	for (const kreq_request_t *r = s->ip_head; r; r = r->ip_next) {
+		int32_t p = r->partition;
+		n += p >= 0 && p < s->nparts && gone[p] && s->parts[p] &&
+		     s->parts[p]->incarnation == r->incarnation;
+	}
+	pthread_mutex_unlock(&s->ip_lock);
+	return n;
+}
+
+/* An incremental (cooperative) revoke of the partitions in l: what was
+ * not started there is left uncommitted for their next owner, what runs
+ * there gets server.shutdown.grace.ms to finish, then the transaction
+ * (which covers every partition: the others' finished work too) commits,
+ * and only the revoked partitions' state is dropped (what still runs
+ * there is abandoned: cancelled, its completion discarded, redone by the
+ * next owner from the committed offset). The other partitions are served
+ * on; their handlers keep running throughout. */
+static void revoke_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t *l)
+{
+	bool *gone = calloc((size_t)s->nparts, sizeof(*gone));
+	if (!gone) {
+		kreq__loop_fatal(s, KREQ_ENOMEM, "out of memory");
+		return;
+	}
+	for (int i = 0; i < l->cnt; i++)
+		if (l->elems[i].partition >= 0 && l->elems[i].partition < s->nparts)
+			gone[l->elems[i].partition] = true;
+	bool was_draining = s->draining;
+	s->draining = true; /* unstarted ones are left for the next owner */
+	kreq__pool_drain_partitions(s, gone);
+	int64_t until = kreq__mono_ns() + s->grace_ms * 1000000LL;
+	for (;;) {
+		process_completions(s);
+		expire_overdue(s);
+		if (!busy_in(s, gone) || s->fatal || kreq__mono_ns() >= until)
+			break;
+		block(s, 20);
+	}
+	settle_outputs(s);
+	kreq__txn_commit(s); /* a failure flags a rewind of what stays */
+	s->draining = was_draining;
+	for (int32_t p = 0; p < s->nparts; p++)
+		if (gone[p])
+			part_drop(s, p);
+	free(gone);
+	kreq__log(s->conf, 6, "server", "revoked %d partition(s) of %s", l->cnt, s->req_topic);
+}
+
+/* The group's rebalance protocol is cooperative (cooperative-sticky):
+ * assignments and revocations are increments, not the whole set. */
+static bool cooperative(rd_kafka_t *rk)
+{
+	return !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+}
+
+static void incremental(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
+{
+	if (!e)
+		return;
+	kreq__loop_fatal(s, KREQ_EKAFKA, "%s: %s", what, rd_kafka_error_string(e));
+	rd_kafka_error_destroy(e);
+}
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *l, void *opaque)
 {
 	kreq_server_t *s = opaque;
+	if (s->member_renewing) { /* the fenced consumer's close: its state is gone */
+		if (cooperative(rk))
+			rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, l));
+		else
+			rd_kafka_assign(rk, NULL);
+		return;
+	}
+	if (cooperative(rk)) {
+		if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+			kreq__log(s->conf, 6, "server", "assigned %d partition(s) of %s", l->cnt,
+			          s->req_topic);
+			assign_parts(s, l); /* only these: the others are served on */
+			incremental(s, rd_kafka_incremental_assign(rk, l), "incremental assign");
+			if (s->paused) /* at server.max.in.flight: the new ones wait too */
+				rd_kafka_pause_partitions(rk, l);
+			atomic_fetch_add_explicit(&s->m.rebalances, 1, memory_order_relaxed);
+		} else {
+			revoke_parts(s, l);
+			incremental(s, rd_kafka_incremental_unassign(rk, l),
+			            "incremental unassign");
+		}
+		atomic_store_explicit(&s->ready, !s->fatal && !atomic_load(&s->stop),
+		                      memory_order_release);
+		return;
+	}
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
 		kreq__log(s->conf, 6, "server", "assigned %d partition(s) of %s", l->cnt,
 		          s->req_topic);
@@ -1105,12 +1205,20 @@ static void rewind_all(kreq_server_t *s)
 	s->rewind_needed = false;
 	kreq__faults_rewound(&s->faults);
 	atomic_fetch_add_explicit(&s->m.rewinds, 1, memory_order_relaxed);
+	if (rd_kafka_fatal_error(s->consumer, NULL, 0)) { /* fenced from the group */
+		kreq__member_fatal(s);
+		return;
+	}
 	rd_kafka_topic_partition_list_t *l = NULL;
 	if (rd_kafka_assignment(s->consumer, &l) || !l)
 		return;
 	kreq__log(s->conf, 5, "server", "rewinding %d partition(s) to their committed offsets",
 	          l->cnt);
 	drop_all(s);
+	if (l->cnt == 0) { /* nothing assigned (cooperative: possible), nothing to seek */
+		rd_kafka_topic_partition_list_destroy(l);
+		return;
+	}
 	if (assign_parts(s, l) == KREQ_OK &&
 	    rd_kafka_committed(s->consumer, l, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
 		for (int i = 0; i < l->cnt; i++)
@@ -1129,6 +1237,20 @@ static void rewind_all(kreq_server_t *s)
 		kreq__loop_fatal(s, KREQ_EKAFKA, "cannot read committed offsets to rewind");
 	}
 	rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* The group fenced this worker's consumer (member.c): forget everything
+ * not committed, as a rewind, and rejoin with a new consumer. */
+static void member_renew(kreq_server_t *s)
+{
+	s->member_fenced = false;
+	atomic_store_explicit(&s->ready, false, memory_order_release);
+	kreq__txn_abort(s, "the group fenced this worker");
+	s->rewind_needed = false;
+	kreq__faults_rewound(&s->faults);
+	drop_all(s);
+	s->paused = false;
+	kreq__kafka_consumer_renew(s, on_rebalance);
 }
 
 static void set_paused(kreq_server_t *s, bool pause)
@@ -1263,6 +1385,8 @@ static void step(kreq_server_t *s, bool fetch, bool *more)
 		s->last_record_ns = kreq__mono_ns();
 	*more = fetch && consume(s, 1000);
 	run_recorded(s);
+	if (s->member_fenced && !s->fatal)
+		member_renew(s);
 	if (s->producer)
 		rd_kafka_poll(s->producer, 0);
 	if (s->batch_producer)

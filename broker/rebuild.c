@@ -147,10 +147,15 @@ int kreq__results_topic_check(kreq_server_t *s, int nreq, bool created)
 	int err = served != 0 ? config_check(s, tmo, created) : KREQ_OK;
 	if (err)
 		return err;
-	int nres = kreq__topic_partitions(s->reader, s->res_topic, tmo);
-	if (nres < 0) {
+	/* it exists (checked above): 0 is a Kafka broker that does not show it
+	 * yet, -1 an unavailable Kafka (fatal, KREQ_EUNAVAILABLE); neither is
+	 * a partition count to compare */
+	int nres = kreq__topic_partitions_await(s, s->res_topic, true);
+	if (nres < 0)
+		return KREQ_EUNAVAILABLE;
+	if (nres == 0) {
 		kreq__loop_fatal(s, KREQ_EKAFKA,
-		                 "no metadata for results topic %s (Kafka did not answer)",
+		                 "no metadata for results topic %s within server.start.timeout.ms",
 		                 s->res_topic);
 		return KREQ_EKAFKA;
 	}

@@ -279,14 +279,32 @@ static void *pool_main(void *arg)
 
 void kreq__pool_drain(kreq_server_t *s)
 {
+	kreq__pool_drain_partitions(s, NULL);
+}
+
+void kreq__pool_drain_partitions(kreq_server_t *s, const bool *part)
+{
+	kreq_request_t *taken = NULL, **tail = &taken;
 	pthread_mutex_lock(&s->pool_lock);
-	kreq_request_t *r = s->pool_head;
-	s->pool_head = s->pool_tail = NULL;
+	kreq_request_t **at = &s->pool_head, *last = NULL;
+	while (*at) {
+		kreq_request_t *r = *at;
+		if (part && !part[r->partition]) { /* stays queued */
+			last = r;
+			at = &r->next;
+			continue;
+		}
+		*at = r->next;
+		r->next = NULL;
+		*tail = r;
+		tail = &r->next;
+	}
+	s->pool_tail = last;
 	pthread_mutex_unlock(&s->pool_lock);
-	while (r) {
-		kreq_request_t *next = r->next;
-		finish_unstarted(r, KREQ_STATUS_SHUTTING_DOWN, "worker shutting down");
-		r = next;
+	while (taken) {
+		kreq_request_t *next = taken->next;
+		finish_unstarted(taken, KREQ_STATUS_SHUTTING_DOWN, "worker shutting down");
+		taken = next;
 	}
 }
 

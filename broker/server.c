@@ -120,6 +120,9 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 	s->res_topic = fmt("%s.%s.%s", prefix, s->service, "results");
 	s->group = fmt("%s.%s%s", prefix, s->service, "");
 	s->txn_id = s->client_id ? fmt("%s.%s.%s", prefix, s->service, s->client_id) : NULL;
+	bool oom;
+	if (!(s->instance_id = kreq__member_instance_id(c, &oom)) && oom)
+		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	s->threads = calloc((size_t)s->nthreads, sizeof(*s->threads));
 	s->seal_buf = malloc(s->lim.envelope_max); /* touched only as far as used */
 	if (!s->client_id || !s->req_topic || !s->res_topic || !s->group || !s->txn_id ||
@@ -383,6 +386,7 @@ KREQ_API void kreq_server_destroy(kreq_server_t *s)
 	free(s->txn_id);
 	free(s->client_id);
 	kreq__poison_destroy(s);
+	free(s->instance_id);
 	kreq_keyring_release(s->kr);
 	kreq_keyring_release(s->kr_next);
 	kreq_conf_destroy(s->conf);

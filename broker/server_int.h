@@ -226,6 +226,11 @@ struct kreq_server_s {
 	size_t noverdue, overdue_cap;
 	int64_t stuck_warned_ns;
 	struct kreq__poison *pz; /* poison.c; NULL when server.poison.max.attempts is 0 */
+	char *instance_id;       /* group.instance.id (member.c); NULL: dynamic member */
+	bool member_fenced;      /* the group fenced the consumer: renew it (loop.c) */
+	bool member_renewing;    /* closing the fenced consumer: rebalances ignored */
+	int64_t member_since_ms; /* member.c: window of the fencings counted */
+	int member_fenced_count;
 };
 
 /* Delivery-report opaque of an output in light mode. */
@@ -246,6 +251,9 @@ int kreq__pool_start(kreq_server_t *s);
 void kreq__pool_stop(kreq_server_t *s);
 /* Completes every queued, not started request with status 9 (shutdown). */
 void kreq__pool_drain(kreq_server_t *s);
+/* The same for the requests of partitions p with part[p] true (part has
+ * s->nparts entries; NULL: all): an incremental revoke (loop.c). */
+void kreq__pool_drain_partitions(kreq_server_t *s, const bool *part);
 void kreq__dispatch(kreq_server_t *s, kreq_request_t *r);
 kreq_request_t *kreq__completions_take(kreq_server_t *s);
 /* A zeroed request, recycled when possible (loop thread, or after it), with
@@ -324,6 +332,24 @@ int kreq__ghost_read(kreq_server_t *s, int32_t p, int64_t offset, const uint8_t 
                      size_t key_len, kreq__opened_t *out, char *why, size_t why_size);
 void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* topic's partition count (0: missing) per the reader, asked again while
+ * Kafka does not answer (and while it reads 0 if exists) up to
+ * server.start.timeout.ms; -1 (the loop failed, KREQ_EUNAVAILABLE) if
+ * Kafka never answered. Loop thread, start-up and assignments. */
+int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exists);
+
+/* member.c: group membership (static instance id, rebalance protocol) */
+/* The group consumer's group.instance.id per server.static.membership and
+ * server.group.instance.id (default client.id); NULL when dynamic or out
+ * of memory (*oom set). */
+char *kreq__member_instance_id(const kreq_conf_t *c, bool *oom);
+/* A fatal error of the group consumer (loop thread; also from its error
+ * callback). FENCED_INSTANCE_ID: flags s->member_fenced (the loop renews
+ * the consumer) unless it is the third within a minute: then another
+ * live worker has this instance id (KREQ_ECONF). Else KREQ_EKAFKA. */
+void kreq__member_fatal(kreq_server_t *s);
+/* kafka.c: closes the fenced group consumer and subscribes a new one. */
+int kreq__kafka_consumer_renew(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb);
 
 /* rebuild.c */
 /* Loads parts' stored results from the results topic (after checking the

@@ -227,7 +227,19 @@
 	  "$RUNTIME_DIRECTORY) is set.")                                                           \
 	X(KREQD_STATE_DIR, "kreqd.state.dir", STR, "", 0, 4000,                                    \
 	  "kreqd: directory for the crash journal (server.poison.journal); empty: "                \
-	  "$RUNTIME_DIRECTORY (systemd's RuntimeDirectory=) if set, else no journal.")
+	  "$RUNTIME_DIRECTORY (systemd's RuntimeDirectory=) if set, else no journal.")             \
+	X(SERVER_STATIC_MEMBERSHIP, "server.static.membership", BOOL, "true", 0, 0,                \
+	  "Join the consumer group as a static member (Kafka's group.instance.id, "                \
+	  "server.group.instance.id): a worker that restarts within kafka.session.timeout.ms "     \
+	  "gets its own partitions back with no rebalance of the group, where a dynamic member "   \
+	  "stops every replica twice (leave, rejoin). A static member does not leave the group "   \
+	  "when it stops: its partitions wait up to kafka.session.timeout.ms before they move "    \
+	  "(docs/operations.md, \"Restarts\"). false: dynamic membership.")                        \
+	X(SERVER_GROUP_INSTANCE_ID, "server.group.instance.id", STR, "", 0, 249,                   \
+	  "The static member's group.instance.id. Empty: the worker's client.id, which is "        \
+	  "already unique per replica (it names the transactional.id). A fenced worker rejoins "   \
+	  "with a new consumer; two live workers with one instance id fence each other, and the "  \
+	  "third fencing within a minute stops one with KREQ_ECONF (kreqd: exit 2).")
 
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by
@@ -290,7 +302,9 @@
 	X("auto.offset.reset", "earliest", "a new group serves requests sent before it started")   \
 	X("session.timeout.ms", "6000", "a crashed worker's partitions move within seconds")       \
 	X("heartbeat.interval.ms", "500", "idem")                                                  \
-	X("partition.assignment.strategy", "range", "eager rebalancing: see docs/operations.md")   \
+	X("partition.assignment.strategy", "cooperative-sticky",                                   \
+	  "a membership change moves only the partitions that must move; the others are served "   \
+	  "on (docs/operations.md, \"Restarts\")")                                                 \
 	X("fetch.wait.max.ms", "100", "bounded fetch wait (data still returns at once)")           \
 	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
 	X("allow.auto.create.topics", "false", "idem: reading a topic never creates it")

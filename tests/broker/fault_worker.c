@@ -10,6 +10,7 @@
  * and never loses a line of an execution that replied. The payload may start
  * with "sleep:<ms>|" to make the handler take that long. Prints "ready" on
  * stdout once the group assigned it partitions; SIGTERM stops it gracefully.
+ * KREQ_FAULT_WORKER_SET="name=value;..." sets more properties.
  */
 #include <fcntl.h>
 #include <pthread.h>

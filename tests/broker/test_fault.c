@@ -20,7 +20,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +33,8 @@
 #include "kreq/client.h"
 #include "kreq/error.h"
 #include "faultload.h"
+#include "kreq/keyring.h"
+#include "proc.h"
 #include "testsupport.h"
 
 /* ---- fixture -------------------------------------------------------------- */
@@ -308,6 +312,505 @@ START_TEST(test_client_fails_fast_when_kafka_dies)
 }
 END_TEST
 
+/* ---- kreqd starting while Kafka fails (issue 17) -------------------------- */
+
+/* kreqd's configuration <client_id>.conf in the test's directory: service
+ * svc, the echo built-in, this test's prefix and bootstrap, client.id
+ * client_id, then extra lines. */
+static const char *kreqd_conf_as(const char *client_id, const char *extra)
+{
+	char err[256], name[64];
+	if (access(kreq_test_tmp("k.key"), F_OK) != 0)
+		ck_assert_int_eq(kreq_keyring_generate_file(kreq_test_tmp("k.key"), NULL, "k1",
+		                                            KREQ_KEY_HMAC_SHA256, err, sizeof(err)),
+		                 KREQ_OK);
+	static char path[4][256];
+	static int next;
+	char *out = path[next++ % 4];
+	snprintf(name, sizeof(name), "%s.conf", client_id);
+	snprintf(out, sizeof(path[0]), "%s", kreq_test_tmp(name));
+	FILE *f = fopen(out, "w");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f,
+	        "service = svc\nkeyring.file = %s\nkafka.bootstrap.servers = %s\n"
+	        "topic.prefix = %s\nclient.id = %s\nkreqd.builtins = echo\n"
+	        "server.shutdown.grace.ms = 3000\nserver.topic.partitions = 6\n%s",
+	        kreq_test_tmp("k.key"), bootstrap, prefix, client_id, extra ? extra : "");
+	fclose(f);
+	return out;
+}
+
+static const char *kreqd_conf(const char *extra)
+{
+	return kreqd_conf_as("kd1", extra);
+}
+
+/* Pumps p's output until its stderr holds want; fails if it ends first or
+ * after timeout_ms. */
+static void kreqd_await(kreq_test_proc_t *p, const char *want, int timeout_ms)
+{
+	int64_t until = kreq_test_now_ms() + timeout_ms;
+	while (!strstr(p->err.data ? p->err.data : "", want)) {
+		const char *e = p->err.data ? p->err.data : "";
+		const char *tail =
+		    e + (strlen(e) > 1500 ? strlen(e) - 1500 : 0); /* Check's limit */
+		ck_assert_msg(kreq_test_now_ms() < until, "kreqd did not log \"%s\":\n%s", want,
+		              tail);
+		ck_assert_msg(kreq_test_proc_pump(p, 100),
+		              "kreqd ended before logging \"%s\":\n...%s", want, tail);
+	}
+}
+
+/* Kafka is down when kreqd starts and comes back within
+ * server.start.timeout.ms: a metadata lookup that got no answer is an
+ * unavailable Kafka, asked again, never a partition count (it was read as
+ * "-1 partitions", a co-partitioning mismatch: exit 2, which systemd does
+ * not restart). Light mode: no init_transactions() waits for Kafka first,
+ * the topic lookups meet the dead Kafka broker themselves. kreqd serves
+ * once Kafka is back and stops cleanly. */
+START_TEST(test_kreqd_start_while_kafka_down)
+{
+	kreq_test_tmp_create("h3start");
+	const char *conf =
+	    kreqd_conf("server.mode = light\nserver.start.timeout.ms = 120000\nlog.level = 6\n");
+	ck_assert_int_eq(kafka_sh("kill-node", "1"), 0);
+	kreq_test_proc_t p;
+	const char *args[] = {"--config", conf, NULL};
+	kreq_test_proc_start(&p, KREQD_PATH, args, NULL);
+	kreqd_await(&p, "Kafka did not answer a metadata request for topic", 60000);
+	ck_assert_int_eq(kafka_sh("start-node", "1"), 0);
+	kreqd_await(&p, "assigned", 120000);
+	ck_assert_int_eq(kill(p.pid, SIGTERM), 0);
+	kreq_test_result_t r;
+	kreq_test_proc_finish(&p, 60000, &r);
+	ck_assert_msg(r.status == 0, "exit %d\n%s", r.status, r.err);
+	ck_assert_msg(!strstr(r.err, "co-partitioned"), "%s", r.err);
+	kreq_test_result_free(&r);
+	kreq_test_tmp_remove();
+}
+END_TEST
+
+/* Kafka stays down longer than server.start.timeout.ms: kreqd gives up
+ * with the restartable exit status 1 naming Kafka, never 2. */
+START_TEST(test_kreqd_start_kafka_stays_down)
+{
+	kreq_test_tmp_create("h3down");
+	const char *conf = kreqd_conf("server.mode = light\nserver.start.timeout.ms = 8000\n");
+	ck_assert_int_eq(kafka_sh("kill-node", "1"), 0);
+	const char *args[] = {"--config", conf, NULL};
+	kreq_test_result_t r;
+	kreq_test_run(&r, KREQD_PATH, args, NULL, 60000);
+	ck_assert_int_eq(kafka_sh("start-node", "1"), 0);
+	KREQ_TEST_ASSERT_RUN(&r, 1, err, "Kafka did not answer a metadata request for topic");
+	ck_assert_msg(r.ms >= 8000, "gave up after %lld ms, before server.start.timeout.ms",
+	              (long long)r.ms);
+	kreq_test_result_free(&r);
+	kreq_test_tmp_remove();
+}
+END_TEST
+
+/* ---- static membership (issue 17) ----------------------------------------- */
+
+static void kreqd_spawn(kreq_test_proc_t *p, const char *conf)
+{
+	const char *args[] = {"--config", conf, NULL};
+	kreq_test_proc_start(p, KREQD_PATH, args, NULL);
+	kreqd_await(p, "assigned", 120000);
+}
+
+static int count_of(const char *text, const char *what)
+{
+	int n = 0;
+	for (const char *at = text ? text : ""; (at = strstr(at, what)); at += strlen(what))
+		n++;
+	return n;
+}
+
+static void kreqd_stop(kreq_test_proc_t *p)
+{
+	ck_assert_int_eq(kill(p->pid, SIGTERM), 0);
+	kreq_test_result_t r;
+	kreq_test_proc_finish(p, 60000, &r);
+	ck_assert_msg(r.status == 0, "exit %d\n%s", r.status, r.err);
+	kreq_test_result_free(&r);
+}
+
+/* Pumps p's output for ms milliseconds: a bounded look for something that
+ * must NOT happen (a rebalance would complete within it). */
+static void kreqd_watch(kreq_test_proc_t *p, int ms)
+{
+	int64_t until = kreq_test_now_ms() + ms;
+	while (kreq_test_now_ms() < until)
+		ck_assert_msg(kreq_test_proc_pump(p, 100), "kreqd ended:\n%s", p->err.data);
+}
+
+/* Rebalances a kreqd logged: its "assigned"/"revoked N partition(s)"
+ * lines. */
+static int rebalances_of(const kreq_test_proc_t *p)
+{
+	return count_of(p->err.data, " partition(s) of ");
+}
+
+/* Two replicas; each restarts in turn (SIGTERM, start again) within the
+ * session timeout: it gets its own partitions back and the other replica
+ * sees no rebalance at all (no assignment or revocation logged). With
+ * dynamic membership (the behaviour before static membership) each
+ * restart rebalanced the other replica (leave, rejoin). */
+START_TEST(test_static_member_restart_keeps_partitions)
+{
+	kreq_test_tmp_create("h3static");
+	const char *extra = "kafka.session.timeout.ms = 30000\n";
+	const char *conf[2] = {kreqd_conf_as("kdA", extra), kreqd_conf_as("kdB", extra)};
+	kreq_test_proc_t kd[2];
+	kreqd_spawn(&kd[0], conf[0]);
+	kreqd_spawn(&kd[1], conf[1]);
+	kreqd_await(&kd[1], "assigned 3 partition(s)", 60000); /* each holds 3 of 6 */
+	kreqd_watch(&kd[0], 2000);                             /* A's last callback */
+	for (int go = 1; go >= 0; go--) { /* B, then A (one of them leads the group) */
+		kreq_test_proc_t *stay = &kd[1 - go];
+		int before = rebalances_of(stay);
+		kreqd_stop(&kd[go]);
+		kreqd_spawn(&kd[go], conf[go]);
+		ck_assert_msg(strstr(kd[go].err.data, "assigned 3 partition(s)"),
+		              "the restarted replica did not get its 3 partitions back:\n%s",
+		              kd[go].err.data);
+		kreqd_watch(stay, 2000);
+		ck_assert_msg(rebalances_of(stay) == before,
+		              "restarting %s rebalanced the replica that stayed (%d assignments or "
+		              "revocations, %d before)",
+		              go ? "B" : "A", rebalances_of(stay), before);
+	}
+	kreqd_stop(&kd[0]);
+	kreqd_stop(&kd[1]);
+	kreq_test_tmp_remove();
+}
+END_TEST
+
+/* Two live workers with one client.id (so one group.instance.id): the
+ * group fences the older one, which rejoins with a new consumer and fences
+ * the other in turn (a worker fences itself once after a Kafka broker
+ * restart, so one fencing is not taken for a duplicate); the third fencing
+ * within a minute stops one of them with exit 2 naming the cause
+ * (restarting it would fence the other back), and the other serves on. */
+START_TEST(test_static_member_duplicate_instance_refused)
+{
+	kreq_test_tmp_create("h3dup");
+	const char *conf = kreqd_conf("server.mode = light\n");
+	kreq_test_proc_t kd[2];
+	kreqd_spawn(&kd[0], conf);
+	kreqd_spawn(&kd[1], conf);
+	int64_t until = kreq_test_now_ms() + 120000;
+	int gone = -1;
+	while (gone < 0) {
+		ck_assert_msg(kreq_test_now_ms() < until, "neither worker stopped in 120 s");
+		for (int i = 0; i < 2 && gone < 0; i++)
+			if (!kreq_test_proc_pump(&kd[i], 50))
+				gone = i;
+	}
+	kreq_test_result_t r;
+	kreq_test_proc_finish(&kd[gone], 60000, &r);
+	KREQ_TEST_ASSERT_RUN(&r, 2, err, "another live worker has group.instance.id kd1");
+	ck_assert_ptr_nonnull(strstr(r.err, "every replica needs its own client.id"));
+	kreq_test_result_free(&r);
+	kreqd_watch(&kd[1 - gone], 1000); /* the other one serves on */
+	kreqd_stop(&kd[1 - gone]);
+	kreq_test_tmp_remove();
+}
+END_TEST
+
+/* ---- the revoke path stays exactly-once (issue 17) ------------------------- */
+
+/* Committed Result records per key in the results topic (read_committed,
+ * every partition from the beginning to its end): each must be 1, or two
+ * owners committed a result for one request. Returns the largest count. */
+static int max_results_per_key(int partitions, int *keys)
+{
+	char topic[128], err[512];
+	snprintf(topic, sizeof(topic), "%s.svc.results", prefix);
+	rd_kafka_conf_t *rc =
+	    kreq_test_conf_new(bootstrap, "group.id", "h3-inspect", "isolation.level",
+	                       "read_committed", "enable.partition.eof", "true", NULL);
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, rc, err, sizeof(err));
+	ck_assert_msg(rk != NULL, "%s", err);
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(partitions);
+	for (int p = 0; p < partitions; p++)
+		rd_kafka_topic_partition_list_add(l, topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+	ck_assert_int_eq(rd_kafka_assign(rk, l), 0);
+	rd_kafka_topic_partition_list_destroy(l);
+	static char seen[MAX_OPS * 2][64];
+	static int count[MAX_OPS * 2];
+	int nseen = 0, eofs = 0, most = 0;
+	int64_t until = kreq_test_now_ms() + 60000;
+	while (eofs < partitions) {
+		ck_assert_msg(kreq_test_now_ms() < until, "results topic not read to its end");
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+		if (!m)
+			continue;
+		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+			eofs++;
+		} else {
+			ck_assert_msg(!m->err, "%s", rd_kafka_message_errstr(m));
+			ck_assert(m->key_len > 0 && m->key_len < 64);
+			int i = 0;
+			while (i < nseen && (strlen(seen[i]) != m->key_len ||
+			                     memcmp(seen[i], m->key, m->key_len)))
+				i++;
+			if (i == nseen) {
+				ck_assert_int_lt(nseen, MAX_OPS * 2);
+				memset(seen[nseen], 0, 64);
+				memcpy(seen[nseen++], m->key, m->key_len);
+			}
+			if (count[i]++ == 1)
+				fprintf(stderr,
+				        "key %.*s: a second committed result at [%d] %lld\n",
+				        (int)m->key_len, (const char *)m->key, (int)m->partition,
+				        (long long)m->offset);
+			if (count[i] > most)
+				most = count[i];
+		}
+		rd_kafka_message_destroy(m);
+	}
+	rd_kafka_consumer_close(rk);
+	rd_kafka_destroy(rk);
+	*keys = nseen;
+	memset(count, 0, sizeof(count));
+	return most;
+}
+
+static void revoke_schedule(int step, void *arg)
+{
+	(void)arg;
+	if (step == 60)
+		worker_spawn(1, "transactional"); /* joins: w0 gives up partitions */
+	if (step == 140)
+		worker_spawn(2, "transactional"); /* joins: both give some up */
+	if (step == 220)
+		worker_signal(1, SIGTERM); /* leaves: its partitions move */
+	if (step == 300)
+		worker_spawn(1, "transactional"); /* back: takes some again */
+}
+
+/* Slow handlers (150-650 ms, 32 calls in flight on 8 handler threads per
+ * worker) while replicas join and leave, so that handlers run on the
+ * partitions being revoked: every call settles, no request runs again
+ * after the result its caller saw was committed, and no request has two
+ * committed results (two owners). With cooperative-sticky the revoke is
+ * incremental: running handlers of the revoked partitions finish within
+ * server.shutdown.grace.ms and are committed before the partition goes. */
+START_TEST(test_revoke_with_slow_handlers)
+{
+	sleep_min_ms = 150;
+	sleep_span_ms = 500;
+	worker_spawn(0, "transactional");
+	run_load(400, revoke_schedule, NULL);
+	for (int w = 0; w < 3; w++)
+		worker_signal(w, SIGTERM);
+	int reruns, keys;
+	check_records(400, &reruns);
+	int most = max_results_per_key(4, &keys);
+	ck_assert_msg(most == 1, "a request has %d committed results (two owners)", most);
+	ck_assert_int_eq(keys, 400);
+	fprintf(stderr,
+	        "revoke_slow_handlers: 400 ops, 4 membership changes, %d uncommitted "
+	        "re-executions, 1 committed result per request\n",
+	        reruns);
+	sleep_min_ms = 0;
+	sleep_span_ms = 40;
+}
+END_TEST
+
+/* ---- a rolling restart under steady load (issue 17) ----------------------- */
+
+#define ROLL_WINDOW 256 /* calls in flight at most: many callers, not one */
+#define ROLL_RATE   150 /* calls/s offered, steadily (below what 3 replicas serve) */
+
+/* calls/s offered: ROLL_RATE, or KREQ_ROLL_RATE from the environment */
+static int64_t roll_rate(void)
+{
+	const char *v = getenv("KREQ_ROLL_RATE");
+	return v && atoi(v) > 0 ? atoi(v) : ROLL_RATE;
+}
+
+static atomic_bool roll_done;
+static int roll_sig = SIGTERM;   /* SIGKILL: a roll of crashes */
+static int64_t roll_t0, roll_t1; /* the roll: first SIGTERM, last replica ready */
+
+/* Restarts the 3 replicas one at a time: SIGTERM (exit 0 checked), start
+ * again, wait until it serves (fault_worker's "ready"). */
+static void *roll_main(void *arg)
+{
+	(void)arg;
+	roll_t0 = kreq_test_now_ms();
+	for (int w = 0; w < 3; w++) {
+		worker_signal(w, roll_sig);
+		worker_spawn(w, "transactional");
+	}
+	roll_t1 = kreq_test_now_ms();
+	atomic_store(&roll_done, true);
+	return NULL;
+}
+
+typedef struct {
+	double steady, during, ratio; /* calls/s; during / steady */
+	int64_t roll_ms, stall_ms;    /* the roll; longest time without a reply in it */
+	int nops, reruns;
+} roll_fig_t;
+
+static int64_t done_at[MAX_OPS]; /* when each reply came, in order */
+
+/* Completions in [from, to) ms. */
+static int done_between(int ndone, int64_t from, int64_t to)
+{
+	int n = 0;
+	for (int i = 0; i < ndone; i++)
+		n += done_at[i] >= from && done_at[i] < to;
+	return n;
+}
+
+static int64_t longest_gap(int ndone, int64_t from, int64_t to)
+{
+	int64_t last = from, gap = 0;
+	for (int i = 0; i < ndone; i++) {
+		if (done_at[i] < from || done_at[i] > to)
+			continue;
+		if (done_at[i] - last > gap)
+			gap = done_at[i] - last;
+		last = done_at[i];
+	}
+	return to - last > gap ? to - last : gap;
+}
+
+/* 3 replicas with worker properties conf (KREQ_FAULT_WORKER_SET) under a
+ * steady load of ROLL_RATE new calls/s, up to ROLL_WINDOW in flight
+ * (handlers 0-40 ms; a call that fails is called again): 3 s of
+ * warm-up, 10 s measured steady, then the roll (another thread) while the
+ * load goes on; then every call settles and the records are checked as in
+ * the crash tests. */
+static void rolling_restart(const char *conf, roll_fig_t *fig)
+{
+	setenv("KREQ_FAULT_WORKER_SET", conf, 1);
+	for (int w = 0; w < 3; w++)
+		worker_spawn(w, "transactional");
+	kreq_client_t *c = load_client();
+	ops_init(MAX_OPS);
+	kreq_future_t *win[ROLL_WINDOW] = {0};
+	int which[ROLL_WINDOW], next = 0, ndone = 0, retry[MAX_OPS], nretry = 0, inflight = 0;
+	int64_t t_start = kreq_test_now_ms(), t_roll = t_start + 13000, rate = roll_rate();
+	bool rolling = false;
+	pthread_t th;
+	atomic_store(&roll_done, false);
+	for (;;) {
+		int64_t now = kreq_test_now_ms();
+		ck_assert_msg(now - t_start < 600000, "the rolling restart did not finish");
+		if (!rolling && now >= t_roll) {
+			ck_assert_int_eq(pthread_create(&th, NULL, roll_main, NULL), 0);
+			rolling = true;
+		}
+		bool feeding = !atomic_load(&roll_done);
+		if (!feeding && inflight == 0 && nretry == 0)
+			break;
+		for (int w = 0; w < ROLL_WINDOW; w++) {
+			if (win[w])
+				continue;
+			int op = -1;
+			if (nretry && ops[retry[nretry - 1]].not_before <= now)
+				op = retry[--nretry];
+			else if (feeding && next < MAX_OPS &&
+			         next < (now - t_start) * rate / 1000) /* offered load */
+				op = next++;
+			if (op < 0)
+				break;
+			ck_assert_msg(next < MAX_OPS, "out of operations: raise MAX_OPS");
+			if (!(win[w] = submit(c, &ops[op])))
+				retry[nretry++] = op;
+			else
+				inflight++;
+			which[w] = op;
+		}
+		kreq_future_t *live[ROLL_WINDOW];
+		size_t slot[ROLL_WINDOW], nlive = 0, idx;
+		for (size_t w = 0; w < ROLL_WINDOW; w++)
+			if (win[w]) {
+				slot[nlive] = w;
+				live[nlive++] = win[w];
+			}
+		if (nlive == 0) {
+			kreq_test_poll_pause();
+			continue;
+		}
+		int rc = kreq_future_wait_any(live, nlive, 100, &idx);
+		if (rc == KREQ_ETIMEDOUT)
+			continue;
+		ck_assert_int_eq(rc, KREQ_OK);
+		idx = slot[idx];
+		op_t *op = &ops[which[idx]];
+		if (settle(op, win[idx])) {
+			op->done = true;
+			done_at[ndone++] = kreq_test_now_ms();
+		} else {
+			retry[nretry++] = which[idx];
+		}
+		kreq_future_release(win[idx]);
+		win[idx] = NULL;
+		inflight--;
+	}
+	pthread_join(th, NULL);
+	kreq_client_destroy(c);
+	for (int w = 0; w < 3; w++)
+		worker_signal(w, SIGTERM);
+	fig->nops = next;
+	check_records(next, &fig->reruns);
+	fig->steady = done_between(ndone, t_roll - 10000, t_roll) / 10.0;
+	fig->roll_ms = roll_t1 - roll_t0;
+	fig->during = done_between(ndone, roll_t0, roll_t1) * 1000.0 / (double)fig->roll_ms;
+	fig->ratio = fig->during / fig->steady;
+	fig->stall_ms = longest_gap(ndone, roll_t0, roll_t1);
+	unsetenv("KREQ_FAULT_WORKER_SET");
+}
+
+static void roll_print(const char *name, const roll_fig_t *f)
+{
+	fprintf(stderr,
+	        "rolling_restart %s: steady %.1f calls/s, roll %.1f s, during the roll %.1f "
+	        "calls/s, ratio %.2f, longest stall %lld ms (%d calls, %d uncommitted "
+	        "re-executions)\n",
+	        name, f->steady, (double)f->roll_ms / 1000.0, f->during, f->ratio,
+	        (long long)f->stall_ms, f->nops, f->reruns);
+}
+
+/* Issue 17: a rolling restart of 3 replicas keeps throughput at >= 70% of
+ * the steady rate. Before: eager rebalancing and dynamic membership (the
+ * properties switch them back), printed only; after: the defaults (static
+ * members, cooperative-sticky), asserted. Then the same with SIGKILL (a
+ * crash and an immediate restart), printed. Same run, same Kafka broker,
+ * a group and topics of its own for each. */
+START_TEST(test_rolling_restart_throughput)
+{
+	static const char *const confs[2] = {
+	    "server.static.membership=false;kafka.partition.assignment.strategy=range", ""};
+	static const char *const names[2] = {"eager, dynamic members",
+	                                     "static members, cooperative-sticky"};
+	roll_fig_t fig[2][2];
+	for (int k = 0; k < 2; k++) {
+		roll_sig = k ? SIGKILL : SIGTERM;
+		for (int after = 0; after < 2; after++) {
+			if (k || after) { /* a new prefix: a group and topics of its own */
+				teardown();
+				setup();
+			}
+			rolling_restart(confs[after], &fig[k][after]);
+			char name[128];
+			snprintf(name, sizeof(name), "%s %s (%s)", k ? "SIGKILL" : "SIGTERM",
+			         after ? "after" : "before", names[after]);
+			roll_print(name, &fig[k][after]);
+		}
+	}
+	roll_sig = SIGTERM;
+	ck_assert_msg(fig[0][1].ratio >= 0.7, "throughput during the roll %.1f%% of steady",
+	              fig[0][1].ratio * 100);
+}
+END_TEST
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -325,5 +828,22 @@ int main(void)
 	tcase_add_test(tb, test_broker_restart_mid_load);
 	tcase_add_test(tb, test_client_fails_fast_when_kafka_dies);
 	suite_add_tcase(s, tb);
+	/* issue 17: restarts and rebalances (its own CTest: test_member) */
+	TCase *tm = tcase_create("member");
+	tcase_add_checked_fixture(tm, setup_own_cluster, teardown_own_cluster);
+	tcase_set_timeout(tm, 900);
+	tcase_add_test(tm, test_kreqd_start_while_kafka_down);
+	tcase_add_test(tm, test_kreqd_start_kafka_stays_down);
+	tcase_add_test(tm, test_static_member_restart_keeps_partitions);
+	tcase_add_test(tm, test_static_member_duplicate_instance_refused);
+	tcase_set_tags(tm, "member");
+	suite_add_tcase(s, tm);
+	TCase *tr = tcase_create("revoke");
+	tcase_add_checked_fixture(tr, setup, teardown);
+	tcase_set_timeout(tr, 900);
+	tcase_add_test(tr, test_revoke_with_slow_handlers);
+	tcase_add_test(tr, test_rolling_restart_throughput);
+	tcase_set_tags(tr, "member");
+	suite_add_tcase(s, tr);
 	return kreq_test_run_suite(s);
 }

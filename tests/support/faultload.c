@@ -79,8 +79,9 @@ void worker_signal(int slot, int sig)
 /* ---- the load ------------------------------------------------------------- */
 
 op_t ops[MAX_OPS];
+uint32_t sleep_min_ms = 0, sleep_span_ms = 40;
 
-static kreq_future_t *submit(kreq_client_t *c, op_t *op)
+kreq_future_t *submit(kreq_client_t *c, op_t *op)
 {
 	kreq_call_opts_t *o = kreq_call_opts_new();
 	kreq_call_opts_set_timeout(o, 20000);
@@ -102,7 +103,7 @@ static kreq_future_t *submit(kreq_client_t *c, op_t *op)
 }
 
 /* True when the op is finished; false when it must be called again. */
-static bool settle(op_t *op, kreq_future_t *f)
+bool settle(op_t *op, kreq_future_t *f)
 {
 	int err = kreq_future_err(f);
 	if (err != KREQ_OK) {
@@ -130,7 +131,7 @@ static bool settle(op_t *op, kreq_future_t *f)
 	return true;
 }
 
-void run_load(int nops, schedule_fn schedule, void *arg)
+kreq_client_t *load_client(void)
 {
 	char id[32], err[512];
 	snprintf(id, sizeof(id), "load-%u", randombytes_uniform(1000000));
@@ -146,12 +147,23 @@ void run_load(int nops, schedule_fn schedule, void *arg)
 	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
 	ck_assert_msg(c != NULL, "%s", err);
 	kreq_conf_destroy(conf);
+	return c;
+}
+
+void ops_init(int nops)
+{
 	for (int i = 0; i < nops; i++) {
 		memset(&ops[i], 0, sizeof(ops[i]));
 		snprintf(ops[i].key, sizeof(ops[i].key), "op-%d", i);
 		snprintf(ops[i].payload, sizeof(ops[i].payload), "sleep:%u|op-%d",
-		         randombytes_uniform(40), i);
+		         sleep_min_ms + randombytes_uniform(sleep_span_ms), i);
 	}
+}
+
+void run_load(int nops, schedule_fn schedule, void *arg)
+{
+	kreq_client_t *c = load_client();
+	ops_init(nops);
 	kreq_future_t *win[WINDOW] = {0};
 	int which[WINDOW], next = 0, finished = 0, step = 0;
 	int64_t until = kreq_test_now_ms() + 400000;

@@ -26,7 +26,7 @@
 
 #include "kreq/client.h"
 
-#define MAX_OPS     2000
+#define MAX_OPS     12000
 #define WINDOW      32
 #define MAX_WORKERS 4
 
@@ -54,6 +54,8 @@ typedef struct {
 } op_t;
 
 extern op_t ops[MAX_OPS];
+/* each operation's handler sleeps sleep_min_ms + [0, sleep_span_ms) ms */
+extern uint32_t sleep_min_ms, sleep_span_ms;
 
 typedef void (*schedule_fn)(int step, void *arg);
 
@@ -62,6 +64,17 @@ void worker_spawn(int slot, const char *mode);
 
 /* Sends sig to worker slot and reaps it (SIGTERM: it must exit 0). */
 void worker_signal(int slot, int sig);
+
+/* A load client of this test's prefix (retry attempts of 3 s). */
+kreq_client_t *load_client(void);
+
+/* ops[0..nops) reset: keys op-<i>, payloads with their handler time. */
+void ops_init(int nops);
+
+/* Submits op's call (NULL: refused at once, op->not_before set); settle()
+ * takes its outcome: true when op got its reply. */
+kreq_future_t *submit(kreq_client_t *c, op_t *op);
+bool settle(op_t *op, kreq_future_t *f);
 
 /* Runs nops operations with WINDOW in flight (see above). The client logs
  * errors only; KREQ_FAULT_CLIENT_LOG=<syslog level> (e.g. 5) shows more
