@@ -1104,6 +1104,8 @@ static void revoke_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t
 	for (int i = 0; i < l->cnt; i++)
 		if (l->elems[i].partition >= 0 && l->elems[i].partition < s->nparts)
 			gone[l->elems[i].partition] = true;
+	kreq__poison_unhold_in(s, gone); /* a held suspect there: redone by the next owner */
+	run_recorded(s);                 /* started: they finish within the grace period */
 	bool was_draining = s->draining;
 	s->draining = true; /* unstarted ones are left for the next owner */
 	kreq__pool_drain_partitions(s, gone);
@@ -1248,6 +1250,7 @@ static void member_renew(kreq_server_t *s)
 	kreq__txn_abort(s, "the group fenced this worker");
 	s->rewind_needed = false;
 	kreq__faults_rewound(&s->faults);
+	kreq__poison_discard(s); /* not started: the next owner runs them */
 	drop_all(s);
 	s->paused = false;
 	kreq__kafka_consumer_renew(s, on_rebalance);

@@ -773,6 +773,14 @@ void kreq__poison_unhold(kreq_server_t *s)
 	}
 }
 
+void kreq__poison_unhold_in(kreq_server_t *s, const bool *gone)
+{
+	struct kreq__poison *pz = s->pz;
+	if (pz && pz->solo && pz->solo->partition >= 0 && pz->solo->partition < s->nparts &&
+	    gone[pz->solo->partition])
+		kreq__poison_unhold(s);
+}
+
 void kreq__poison_discard(kreq_server_t *s)
 {
 	struct kreq__poison *pz = s->pz;

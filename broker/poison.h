@@ -80,6 +80,9 @@ size_t kreq__poison_pending(const kreq_server_t *s);
 kreq_request_t *kreq__poison_flush(kreq_server_t *s);
 /* Discards the suspect waiting to run alone, if any (revoke). */
 void kreq__poison_unhold(kreq_server_t *s);
+/* The same, only when the held suspect is on a partition p with gone[p]
+ * (a cooperative revoke: the others are served on). */
+void kreq__poison_unhold_in(kreq_server_t *s, const bool *gone);
 /* Discards every deferred request without running it (closing; the caller
  * rewinds, or drops their partitions, so their records are redone). */
 void kreq__poison_discard(kreq_server_t *s);
