@@ -62,7 +62,8 @@ START_TEST(test_left_by_a_crash_found_by_the_next)
 	ck_assert_uint_eq(kreq__pjournal_nslots(j), 0);
 	uint32_t got[17];
 	for (int i = 0; i < 16; i++)
-		ck_assert_uint_ne(got[i] = kreq__pjournal_add(j, k1, sizeof(k1) - 1, 0, i, 1, 1), 0);
+		ck_assert_uint_ne(got[i] = kreq__pjournal_add(j, k1, sizeof(k1) - 1, 0, i, 1, 1),
+		                  0);
 	ck_assert_uint_eq(kreq__pjournal_add(j, k1, sizeof(k1) - 1, 0, 16, 1, 1), 0); /* full */
 	for (int i = 0; i < 16; i++)
 		kreq__pjournal_remove(j, got[i]);
