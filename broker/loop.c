@@ -733,7 +733,10 @@ static bool poison(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
 	uint8_t *dead = NULL;
 	size_t len = 0;
 	int err = kreq__poison_dead_letter(s, pt, r, m, reason, &dead, &len, why, sizeof(why));
-	if (!kreq__txn_begin(s)) {
+	if (err == KREQ_EOVERSIZE) /* answered and stored all the same: logged */
+		kreq__log(s->conf, 3, "server", "%s [%d] offset %lld: no dead letter written: %s",
+		          s->req_topic, (int)pt->id, (long long)m->offset, why);
+	else if (!kreq__txn_begin(s)) {
 		if (err)
 			kreq__output_failed(s, pt->id, m->offset, RD_KAFKA_RESP_ERR__FAIL,
 			                    kreq__poison_dead_topic(s), why);

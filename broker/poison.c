@@ -904,6 +904,24 @@ int kreq__poison_dead_letter(kreq_server_t *s, const kreq__part_t *pt, const kre
 	d.n_attempts = na;
 	d.dead_at_ms = kreq__now_ms();
 	d.worker = s->client_id;
-	return kreq__envelope_seal(s->kr, &s->lim, KREQ__KIND_DEAD, &d.base, out, out_len, why,
-	                           why_size);
+	/* what the worker's producers accept (message.max.bytes): a request near
+	 * envelope.max.bytes leaves no room for its history, which is dropped */
+	size_t max = (size_t)(kreq__limits_message_max(s->conf) - KREQ__RECORD_OVERHEAD_MAX);
+	int err = kreq__envelope_seal(s->kr, &s->lim, KREQ__KIND_DEAD, &d.base, out, out_len, why,
+	                              why_size);
+	if (!err && *out_len > max && d.n_attempts) {
+		free(*out);
+		*out = NULL;
+		d.n_attempts = 0;
+		err = kreq__envelope_seal(s->kr, &s->lim, KREQ__KIND_DEAD, &d.base, out, out_len,
+		                          why, why_size);
+	}
+	if (!err && *out_len > max) {
+		free(*out);
+		*out = NULL;
+		err = kreq__err(why, why_size, KREQ_EOVERSIZE,
+		                "dead letter of %zu bytes exceeds the producers' message.max.bytes",
+		                *out_len);
+	}
+	return err;
 }

@@ -24,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -81,8 +83,9 @@ static void write_conf(replica_t *r, const char *extra)
 	        "server.shutdown.grace.ms = 2000\n"
 	        "kafka.session.timeout.ms = 6000\n"
 	        "kafka.heartbeat.interval.ms = 500\n"
+	        "admin.socket = %s.adm\n"
 	        "%s",
-	        kreq_test_tmp("k.key"), bootstrap, prefix, r->name, KDTEST_PLUGIN_GOOD,
+	        kreq_test_tmp("k.key"), bootstrap, prefix, r->name, KDTEST_PLUGIN_GOOD, r->conf,
 	        extra ? extra : "");
 	fclose(f);
 }
@@ -336,6 +339,27 @@ static void check_dead_letter(const char *idem)
 	free(val);
 }
 
+/* The value of the first series starting with name in r's metrics (admin
+ * socket), -1 when absent. */
+static long long metric(const replica_t *r, const char *name)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	ck_assert_uint_lt(strlen(r->conf) + 4, sizeof(sa.sun_path));
+	memcpy(sa.sun_path, r->conf, strlen(r->conf));
+	memcpy(sa.sun_path + strlen(r->conf), ".adm", 5);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert(fd >= 0);
+	ck_assert_msg(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "admin socket of %s",
+	              r->name);
+	ck_assert(write(fd, "metrics\n", 8) == 8);
+	char *text = kreq_test_read_all(fd);
+	const char *p = text ? strstr(text, name) : NULL;
+	const char *v = p ? strstr(p, "} ") : NULL;
+	long long n = v ? atoll(v + 2) : -1;
+	free(text);
+	return n;
+}
+
 /* The last "assigned N partition(s)" count a replica logged. */
 static int last_assigned(const replica_t *r)
 {
@@ -497,6 +521,17 @@ static void run(const char *mode, bool journal)
 	}
 	ck_assert_int_eq(total_deaths, N_ATTEMPTS);
 	kreq_client_destroy(c);
+	/* metrics: the replica that answered 10 counted it (the other, if it
+	 * restarted since, starts at 0); both recorded handler starts */
+	long long poisoned = 0, handled_poison = 0, written = 0;
+	for (int i = 0; i < 2; i++) {
+		poisoned += metric(&reps[i], "kreq_server_poison_total{");
+		handled_poison += metric(&reps[i], "outcome=\"poison\"}");
+		written += metric(&reps[i], "kreq_server_attempts_written_total{");
+	}
+	ck_assert_int_eq(poisoned, 1);
+	ck_assert_int_eq(handled_poison, 1);
+	ck_assert_int_gt(written, 0); /* the suspects' acknowledged starts at least */
 	check_dead_letter(idem);
 	printf("poison (%s mode%s): answered status 10 after %d crashes (%s %d, %s %d); %d "
 	       "ordinary calls settled, none ran after its commit\n",
