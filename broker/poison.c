@@ -79,6 +79,7 @@
 #include "common/conf.h"
 #include "common/internal.h"
 #include "common/kadmin.h"
+#include "common/replication.h"
 
 #define KREQ__PZ_FLUSH_MS  15000 /* longest wait for one step's Attempts */
 #define KREQ__PZ_MSG_TMO   "10000"
@@ -166,26 +167,37 @@ int32_t kreq__poison_dead_partition(const kreq_server_t *s, int32_t partition)
 
 /* ---- topics and the producer ---------------------------------------------- */
 
+/* Created like the worker's other topics: replication and min.insync.replicas
+ * resolved against the cluster (common/replication.h), ready once its
+ * partition leaders know it. */
 static int create(kreq_server_t *s, const char *topic, int partitions, const char *const *cfg)
 {
-	char why[512] = "";
-	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
+	char why[512] = "", isr_buf[16];
+	const char *configs[10] = {NULL}; /* cfg (at most 6) + min.insync.replicas + NULL */
+	for (int i = 0; cfg[i] && i < 6; i++)
+		configs[i] = cfg[i];
+	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS), rf, isr;
+	if (kreq__replication_plan(s->reader,
+	                           (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION),
+	                           (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_MIN_ISR), tmo,
+	                           &rf, &isr, configs, isr_buf, sizeof(isr_buf))) {
+		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
+		                 "creating topic %s: Kafka did not answer (cluster metadata)",
+		                 topic);
+		return -1;
+	}
 	rd_kafka_resp_err_t kerr =
-	    kreq__topic_create(s->producer, topic, partitions,
-	                       (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION), cfg,
-	                       tmo, why, sizeof(why));
+	    kreq__topic_create(s->producer, topic, partitions, rf, configs, tmo, why, sizeof(why));
 	if (kerr) {
 		kreq__loop_fatal(
 		    s, kerr == RD_KAFKA_RESP_ERR__INVALID_ARG ? KREQ_ECONF : KREQ_EKAFKA,
 		    "creating topic %s: %s", topic, *why ? why : rd_kafka_err2str(kerr));
 		return -1;
 	}
-	int64_t until = kreq__mono_ns() + tmo * 1000000LL;
-	int n;
-	while ((n = kreq__topic_partitions(s->reader, topic, 5000)) <= 0 &&
-	       kreq__mono_ns() < until && !atomic_load(&s->stop))
-		;
-	if (n <= 0)
+	int n = kreq__topic_partitions_await(s, topic, true);
+	if (n > 0 && kreq__topic_await_leaders(s->reader, topic, n, tmo))
+		n = 0;
+	if (n == 0)
 		kreq__loop_fatal(s, KREQ_EKAFKA, "topic %s did not become available", topic);
 	return n > 0 ? n : -1;
 }
