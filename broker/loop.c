@@ -341,11 +341,14 @@ static void apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
 	if (r->started_ns)
 		kreq__hist_observe(&s->m.handler_time, (kreq__mono_ns() - r->started_ns) / 1000);
 	if (!pt || pt->incarnation != r->incarnation || s->draining_abandon) {
+		if (!r->started_ns) /* its recorded start never ran: not a crash */
+			kreq__poison_unstarted(s, r);
 		kreq__request_free(r); /* stale: the record will be redone */
 		return;
 	}
 	if (s->draining && !r->started_ns && r->status == KREQ_STATUS_SHUTTING_DOWN) {
 		/* not started before shutdown: left for the next owner, uncommitted */
+		kreq__poison_unstarted(s, r);
 		kreq__dedup_remove(&pt->dd, r->dd);
 		kreq__request_free(r);
 		return;
@@ -1034,6 +1037,7 @@ static void settle_outputs(kreq_server_t *s)
 	if (!s->txn_mode)
 		flush_producer(s->producer);
 	flush_producer(s->batch_producer);
+	kreq__poison_settle_unstarted(s); /* before the partitions are handed over */
 }
 
 /* Nothing new starts (queued requests are left uncommitted for the next
@@ -1275,10 +1279,12 @@ static void set_paused(kreq_server_t *s, bool pause)
 static void flow_control(kreq_server_t *s)
 {
 	size_t n = atomic_load_explicit(&s->in_progress, memory_order_relaxed);
-	bool room = kreq__request_room(s);
+	bool blocked = kreq__poison_blocked(s); /* a suspect runs alone */
+	bool room = kreq__request_room(s) && !blocked;
 	if (!s->paused && !room) {
 		set_paused(s, true);
-		if (n < s->max_in_flight) /* out of slots: abandoned handlers hold them */
+		if (!blocked &&
+		    n < s->max_in_flight) /* out of slots: abandoned handlers hold them */
 			kreq__log(
 			    s->conf, 3, "server",
 			    "%zu handler(s) answered at their deadline have still not returned "
@@ -1313,6 +1319,36 @@ static void swap_keyring(kreq_server_t *s)
 	kreq__log(s->conf, 5, "server", "keyring replaced");
 }
 
+/* While no record may be taken (paused: at the limit, or a poison suspect
+ * runs alone), the consumer is still polled: rebalances and errors are
+ * served there, and a member that stops polling holds up the whole group's
+ * rebalance (or is evicted after max.poll.interval.ms). A record that
+ * arrives anyway (fetched before the pause) is put back: its partition is
+ * sought to it, so it is fetched again on resume. */
+static void serve_events(kreq_server_t *s)
+{
+	rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, 0);
+	if (!m)
+		return;
+	if (m->err || !m->rkt) {
+		handle_record(s, m);
+		rd_kafka_message_destroy(m);
+		return;
+	}
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(l, rd_kafka_topic_name(m->rkt), m->partition)->offset =
+	    m->offset;
+	rd_kafka_message_destroy(m);
+	rd_kafka_error_t *e = rd_kafka_seek_partitions(s->consumer, l, 5000);
+	rd_kafka_topic_partition_list_destroy(l);
+	if (e) { /* not put back: everything uncommitted is redone */
+		kreq__log(s->conf, 4, "server", "putting back a record fetched while paused: %s",
+		          rd_kafka_error_string(e));
+		rd_kafka_error_destroy(e);
+		s->rewind_needed = true;
+	}
+}
+
 /* Reads up to max records; true if the queue may hold more. */
 static bool consume(kreq_server_t *s, int max)
 {
@@ -1325,8 +1361,11 @@ static bool consume(kreq_server_t *s, int max)
 		if (!kreq__request_room(s) || s->rewind_needed || kreq__poison_blocked(s) ||
 		    atomic_load_explicit(&s->in_progress, memory_order_relaxed) +
 		            kreq__poison_pending(s) >=
-		        s->max_in_flight)
+		        s->max_in_flight) {
+			if (s->paused && !s->rewind_needed)
+				serve_events(s);
 			break;
+		}
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, 0);
 		if (!m)
 			break;

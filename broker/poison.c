@@ -463,6 +463,11 @@ static void note(kreq_server_t *s, kreq__part_t *pt, const Kreq__Attempt *a, uin
 	uint32_t i = 0;
 	while (i < e->n && e->att[i].instance != inst)
 		i++;
+	if (a->ended_at_ms != 0) { /* that start never ran (handed over unstarted) */
+		if (i < e->n && e->att[i].started_at_ms <= a->started_at_ms)
+			e->att[i] = e->att[--e->n];
+		return;
+	}
 	if (i == e->n) {
 		if (e->n == KREQ__ATTEMPTS_MAX)
 			return;
@@ -679,16 +684,21 @@ static void put_be64(uint8_t *p, uint64_t v)
 }
 
 /* Produces r's Attempt (e: its entry, if any) and queues r until the flush. */
-static void record_start(kreq_server_t *s, kreq_request_t *r, kreq__pz_entry_t *e)
+/* Produces one Attempt of r by this instance (key: r's dedup key ||
+ * instance); ended_at_ms 0: a start, else the end of a start that never
+ * ran (its compacted successor: nobody counts it). */
+static void produce_attempt(kreq_server_t *s, const kreq_request_t *r, uint32_t number,
+                            int64_t ended_at_ms)
 {
 	struct kreq__poison *pz = s->pz;
 	const Kreq__Request *q = r->op.u.req;
 	Kreq__Attempt a = KREQ__ATTEMPT__INIT;
 	a.idempotency_key = q->idempotency_key;
-	a.request_key_id = r->op.key_id;
-	a.number = e ? e->max_number + 1 : 1;
+	a.request_key_id = (char *)r->op.key_id; /* read only: sealed, not kept */
+	a.number = number;
 	a.worker = s->client_id;
 	a.started_at_ms = kreq__now_ms();
+	a.ended_at_ms = ended_at_ms;
 	a.request_offset = r->offset;
 	a.request_partition = r->partition;
 	uint8_t key[KREQ__DEDUP_KEY_MAX + 8], buf[2048];
@@ -710,8 +720,16 @@ static void record_start(kreq_server_t *s, kreq_request_t *r, kreq__pz_entry_t *
 	if ((err || kerr) && !pz->failed++)
 		snprintf(pz->fail_why, sizeof(pz->fail_why), "%s",
 		         err ? why : rd_kafka_err2str(kerr));
+}
+
+static void record_start(kreq_server_t *s, kreq_request_t *r, kreq__pz_entry_t *e)
+{
+	struct kreq__poison *pz = s->pz;
+	uint32_t number = e ? e->max_number + 1 : 1;
+	produce_attempt(s, r, number, 0);
+	r->pz_number = number;
 	if (e) /* the next start of it by this instance gets the next number */
-		e->max_number = a.number;
+		e->max_number = number;
 	r->next = NULL;
 	if (pz->tail)
 		pz->tail->next = r;
@@ -741,6 +759,18 @@ bool kreq__poison_defer(kreq_server_t *s, kreq_request_t *r)
 		return false;
 	record_start(s, r, e);
 	return true;
+}
+
+void kreq__poison_unstarted(kreq_server_t *s, const kreq_request_t *r)
+{
+	if (r->pz_number && s->pz && s->pz->producer)
+		produce_attempt(s, r, r->pz_number, kreq__now_ms());
+}
+
+void kreq__poison_settle_unstarted(kreq_server_t *s)
+{
+	if (s->pz && s->pz->producer)
+		rd_kafka_flush(s->pz->producer, KREQ__PZ_FLUSH_MS);
 }
 
 void kreq__poison_forget(kreq_server_t *s, kreq_request_t *r)

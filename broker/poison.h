@@ -83,6 +83,12 @@ void kreq__poison_unhold(kreq_server_t *s);
 /* The same, only when the held suspect is on a partition p with gone[p]
  * (a cooperative revoke: the others are served on). */
 void kreq__poison_unhold_in(kreq_server_t *s, const bool *gone);
+/* r's start was recorded but its handler never ran (drained at a revoke or
+ * a stop: the next owner runs it): an ended Attempt supersedes the start,
+ * so nobody counts it as a crash. kreq__poison_settle_unstarted() waits for
+ * them (before the partitions are handed over). Loop thread. */
+void kreq__poison_unstarted(kreq_server_t *s, const kreq_request_t *r);
+void kreq__poison_settle_unstarted(kreq_server_t *s);
 /* Discards every deferred request without running it (closing; the caller
  * rewinds, or drops their partitions, so their records are redone). */
 void kreq__poison_discard(kreq_server_t *s);

@@ -100,6 +100,7 @@ struct kreq_request_s {
 	bool retired;       /* in-flight place and listing given up (loop) */
 	bool zombie;        /* abandoned: freed when its late reply comes (loop) */
 	uint32_t pz_slot;   /* its crash-journal slot + 1, 0 none (poison.c) */
+	uint32_t pz_number; /* its recorded Attempt's number, 0 none (poison.c) */
 };
 
 typedef struct kreq__part {

@@ -170,6 +170,13 @@ START_TEST(test_short_replication_is_a_warning)
 	const char *const res_cfg[] = {"cleanup.policy", "compact,delete", NULL};
 	kreq_test_create_topic_ex(bootstrap, req_topic, 2, 1, NULL, 30000);
 	kreq_test_create_topic_ex(bootstrap, res_topic, 2, 1, res_cfg, 30000);
+	/* and the poison topics (broker/poison.c): on one Kafka broker a topic
+	 * of replication 2 cannot be created, only existing ones be used */
+	char att[200], dead[200];
+	snprintf(att, sizeof(att), "%s.svc.attempts", prefix);
+	snprintf(dead, sizeof(dead), "%s.svc.dead", prefix);
+	kreq_test_create_topic_ex(bootstrap, att, 2, 1, res_cfg, 30000);
+	kreq_test_create_topic_ex(bootstrap, dead, 2, 1, NULL, 30000);
 	char reply[200];
 	snprintf(reply, sizeof(reply), "%s.reply.c1", prefix);
 	kreq_test_create_topic_ex(bootstrap, reply, 1, 1, NULL, 30000);
