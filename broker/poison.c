@@ -309,6 +309,7 @@ static int journal_start(kreq_server_t *s)
 		a.started_at_ms = sl->started_at_ms > 0 ? sl->started_at_ms : 1;
 		a.request_offset = sl->offset;
 		a.request_partition = sl->partition;
+		a.instance = owner;
 		uint8_t rkey[KREQ__DEDUP_KEY_MAX + 8], buf[2048];
 		memcpy(rkey, sl->key, sl->klen);
 		put_be64(rkey + sl->klen, owner);
@@ -611,7 +612,13 @@ static bool got_attempt(kreq_server_t *s, load_t *ld, const rd_kafka_message_t *
 		const uint8_t *k = (const uint8_t *)m->key + m->key_len - 8;
 		for (int i = 0; i < 8; i++)
 			inst = inst << 8 | k[i];
-		note(s, ld->pt, o.u.attempt, inst);
+		if (inst == o.u.attempt->instance) /* the key is not signed: the body is */
+			note(s, ld->pt, o.u.attempt, inst);
+		else
+			kreq__log(s->conf, 4, "server",
+			          "attempts %s [%d] offset %lld skipped: its key names another "
+			          "worker process than its signed body",
+			          s->pz->att_topic, (int)m->partition, (long long)m->offset);
 	}
 	kreq__opened_clear(&o);
 	return m->offset + 1 >= ld->end;
@@ -701,6 +708,7 @@ static void produce_attempt(kreq_server_t *s, const kreq_request_t *r, uint32_t 
 	a.ended_at_ms = ended_at_ms;
 	a.request_offset = r->offset;
 	a.request_partition = r->partition;
+	a.instance = pz->instance;
 	uint8_t key[KREQ__DEDUP_KEY_MAX + 8], buf[2048];
 	memcpy(key, r->ddkey, r->ddkey_len);
 	put_be64(key + r->ddkey_len, pz->instance);
@@ -928,6 +936,7 @@ int kreq__poison_dead_letter(kreq_server_t *s, const kreq__part_t *pt, const kre
 		at[i].ended_at_ms = t->ended_at_ms;
 		at[i].request_offset = t->request_offset;
 		at[i].request_partition = t->request_partition;
+		at[i].instance = t->instance;
 		ap[i] = &at[i];
 	}
 	qsort(ap, na, sizeof(ap[0]), cmp_started);

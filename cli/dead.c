@@ -693,10 +693,11 @@ static void open_inner(const struct dead_reader *rd, const Kreq__DeadLetter *d, 
 		return;
 	}
 	if (in->verdict == KREQ_OK) { /* verified, but no request */
+		unsigned kind = (unsigned)in->o.kind;
 		kreq__opened_clear(&in->o);
 		in->verdict = KREQ_EMALFORMED;
 		snprintf(in->detail, sizeof(in->detail), "the record holds no request (kind %u)",
-		         (unsigned)in->o.kind);
+		         kind);
 		return;
 	}
 	int err = cli_open_unverified(&rd->no_clock, 0, d->request.data, d->request.len, &in->o);
