@@ -336,6 +336,7 @@ static int wire_type_of(ProtobufCType t)
 	case PROTOBUF_C_TYPE_INT32:
 	case PROTOBUF_C_TYPE_INT64:
 	case PROTOBUF_C_TYPE_UINT32:
+	case PROTOBUF_C_TYPE_UINT64:
 	case PROTOBUF_C_TYPE_BOOL:
 		return 0;
 	case PROTOBUF_C_TYPE_STRING:

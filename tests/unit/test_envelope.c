@@ -725,6 +725,7 @@ static Kreq__Attempt attempt_of(uint32_t number, int64_t started, int64_t ended)
 	a.ended_at_ms = ended;
 	a.request_offset = 41;
 	a.request_partition = 2;
+	a.instance = 0xfedcba9876543210ULL; /* a uint64 beyond 63 bits: wire type 0 */
 	return a;
 }
 
@@ -754,6 +755,7 @@ START_TEST(test_roundtrip_attempt)
 	ck_assert_int_eq(g->ended_at_ms, 0);
 	ck_assert_int_eq(g->request_offset, 41);
 	ck_assert_int_eq(g->request_partition, 2);
+	ck_assert(g->instance == 0xfedcba9876543210ULL);
 	kreq__opened_clear(&o);
 	/* every single-byte change is refused */
 	for (size_t i = 0; i < len; i++) {
