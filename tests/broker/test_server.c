@@ -1167,7 +1167,6 @@ int main(void)
 	tcase_add_test(tc, test_light_batching);
 	tcase_add_test(tc, test_new_client_first_call);
 	tcase_add_test(tc, test_light_zero_batch_ms_sleeps);
-	tcase_add_test(tc, test_duplicate_client_id);
 	tcase_add_test(tc, test_dedup_memory_bound);
 	tcase_add_test(tc, test_concurrency_limit_and_listing);
 	tcase_add_test(tc, test_rate_limit);
@@ -1182,5 +1181,13 @@ int main(void)
 	tcase_add_test(tb, test_tenant_cannot_evict_another);
 	tcase_add_test(tb, test_key_budget_and_read_back_after_restart);
 	suite_add_tcase(s, tb);
+	/* two workers fencing each other: its own CTest, test_server_fencing
+	 * (tests/lsan-fencing.supp says why) */
+	TCase *tf = tcase_create("fencing");
+	tcase_add_checked_fixture(tf, setup, teardown);
+	tcase_set_timeout(tf, 180);
+	tcase_add_test(tf, test_duplicate_client_id);
+	tcase_set_tags(tf, "fencing");
+	suite_add_tcase(s, tf);
 	return kreq_test_run_suite(s);
 }
