@@ -24,8 +24,9 @@
 #include "common/replication.h"
 
 #define KREQ__TXN_TIMEOUT_MS   30000
-#define KREQ__WARM_TIMEOUT_MS  500 /* per producer, once per reply topic */
-#define KREQ__FENCED_MAX       3   /* fencings within KREQ__FENCED_WINDOW_MS: stop */
+#define KREQ__WARM_TIMEOUT_MS  500  /* per producer, once per reply topic */
+#define KREQ__DRAIN_MS         2000 /* reports awaited before a producer is replaced */
+#define KREQ__FENCED_MAX       3    /* fencings within KREQ__FENCED_WINDOW_MS: stop */
 #define KREQ__FENCED_WINDOW_MS 60000
 
 void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
@@ -496,8 +497,25 @@ int kreq__topic_partitions_cached(kreq_server_t *s, const char *topic, int32_t p
 	return t->partitions;
 }
 
+/* The delivery reports of a producer about to be destroyed: what is
+ * queued is purged (reported as purged), what is in flight is awaited for
+ * up to KREQ__DRAIN_MS. A failed output's report may still be on its way
+ * from librdkafka's broker thread when the transaction is already known
+ * to have failed (produce calls are refused at once): destroying the
+ * producer then would lose the only note of which record failed
+ * (faults.h), and that record would run again on every pass. */
+static void producer_drain(kreq_server_t *s)
+{
+	rd_kafka_resp_err_t kerr = rd_kafka_purge(s->producer, RD_KAFKA_PURGE_F_QUEUE);
+	if (kerr)
+		kreq__log(s->conf, 6, "server", "purging the producer's queue: %s",
+		          rd_kafka_err2str(kerr));
+	rd_kafka_flush(s->producer, KREQ__DRAIN_MS); /* serves the reports */
+}
+
 static void producer_reset(kreq_server_t *s)
 {
+	producer_drain(s);
 	/* the handles are the old producer's, and the new one knows no topic */
 	kreq__topics_clear(&s->topics);
 	s->txn_open = false;
