@@ -1266,7 +1266,8 @@ static void member_renew(kreq_server_t *s)
 static void set_paused(kreq_server_t *s, bool pause)
 {
 	rd_kafka_topic_partition_list_t *l = NULL;
-	if (rd_kafka_assignment(s->consumer, &l) || !l)
+	/* no consumer: its re-creation failed (member_renew), the loop stops */
+	if (!s->consumer || rd_kafka_assignment(s->consumer, &l) || !l)
 		return;
 	if (pause)
 		rd_kafka_pause_partitions(s->consumer, l);
