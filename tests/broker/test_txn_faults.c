@@ -25,7 +25,10 @@
  *       create no topic (the test Kafka broker has
  *       auto.create.topics.enable=true, see scripts/kafka.sh);
  *   (e) a reply that fails on every pass for a reason kreq cannot check
- *       beforehand: at most 3 rewinds, then the record is dropped.
+ *       beforehand: at most 3 rewinds, then the record is dropped;
+ *   (f) Attempt records (poison counting) whose unsigned key names another
+ *       worker process than their signed body are not counted; three
+ *       consistent ones take the request out of service (status 10).
  * Metrics are read with metric0(), which reads a missing series as 0, so
  * the same test compiled against the code before the fix fails on the
  * behaviour, not on a missing name.
@@ -43,6 +46,7 @@
 #include "kreq/error.h"
 #include "kreq/server.h"
 #include "proc.h"
+#include "broker/dedup.h"
 #include "proto/envelope.h"
 #include "server.h"
 #include "testsupport.h"
@@ -583,6 +587,92 @@ START_TEST(test_rewinds_bounded)
 }
 END_TEST
 
+/* ---- forged Attempt records ---------------------------------------------- */
+
+/* An Attempt (kind 6) for idempotency key idem of the request at partition
+ * 0 offset 0, signed with the test key and claiming worker process
+ * instance, written under the key dedup-key || be64(suffix). A genuine one
+ * has suffix == instance (broker/poison.c). */
+static void send_attempt(const char *idem, uint32_t number, uint64_t instance, uint64_t suffix)
+{
+	Kreq__Attempt a = KREQ__ATTEMPT__INIT;
+	a.idempotency_key = (ProtobufCBinaryData){strlen(idem), (uint8_t *)idem};
+	a.request_key_id = "k1";
+	a.number = number;
+	a.worker = "w-gone";
+	a.started_at_ms = (int64_t)time(NULL) * 1000;
+	a.request_partition = 0;
+	a.request_offset = 0;
+	a.instance = instance;
+	kreq__limits_t lim = {1 << 20, 1 << 20, 30000};
+	char err[256], topic[200];
+	uint8_t *buf, key[300];
+	size_t len, klen = kreq__dedup_key(key, "k1", (const uint8_t *)idem, strlen(idem));
+	for (int i = 7; i >= 0; i--, suffix >>= 8)
+		key[klen + (size_t)i] = (uint8_t)(suffix & 0xff);
+	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_ATTEMPT, &a.base, &buf, &len, err,
+	                                     sizeof(err)),
+	                 KREQ_OK);
+	snprintf(topic, sizeof(topic), "%s.svc.attempts", prefix);
+	rd_kafka_t *p =
+	    rd_kafka_new(RD_KAFKA_PRODUCER, kreq_test_conf_new(bootstrap, NULL), err, sizeof(err));
+	ck_assert_msg(p != NULL, "%s", err);
+	ck_assert_int_eq(
+	    rd_kafka_producev(p, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(0),
+	                      RD_KAFKA_V_KEY(key, klen + 8), RD_KAFKA_V_VALUE(buf, len),
+	                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+	    RD_KAFKA_RESP_ERR_NO_ERROR);
+	ck_assert_int_eq(rd_kafka_flush(p, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+	rd_kafka_destroy(p);
+	free(buf);
+}
+
+/* The counted worker process is the Attempt's signed instance, never the
+ * record key's unsigned suffix: one genuine Attempt replayed under three
+ * key suffixes (by anyone who may write to the attempts topic, without a
+ * signing key) counts once, so the request still runs. The control
+ * request has three consistent Attempts of three processes: poison. */
+static void forged_attempts(bool forged)
+{
+	const char *idem = forged ? "forged" : "genuine";
+	char nowhere[200];
+	snprintf(nowhere, sizeof(nowhere), "%s.reply.none", prefix); /* allowed, absent */
+	kreq_test_server_stop(worker_start());                       /* creates the topics */
+	send_request(idem, nowhere, 0); /* at offset 0, before the worker returns */
+	for (uint32_t i = 1; i <= 3; i++)
+		send_attempt(idem, i, forged ? 0x1111 : 0x1111 * i, 0x1111 * i);
+	kreq_test_running_t *w = worker_start();
+	kreq_client_t *c = client_new();
+	/* the same request again, from a caller that waits for the answer */
+	kreq_future_t *f = call(c, "svc.rec", "x", 1, idem);
+	ck_assert_int_eq(kreq_future_wait(f, 60000), KREQ_OK);
+	if (forged) {
+		ck_assert_msg(kreq_future_status(f) == 0, "status %d: %s", kreq_future_status(f),
+		              kreq_future_errstr(f));
+		ck_assert_int_eq(runs(idem), 1);
+		ck_assert_uint_eq(metric0(w->s, "kreq_server_poison_total{"), 0);
+	} else {
+		ck_assert_int_eq(kreq_future_status(f), KREQ_STATUS_POISON);
+		ck_assert_int_eq(runs(idem), 0);
+		ck_assert_uint_eq(metric0(w->s, "kreq_server_poison_total{"), 1);
+	}
+	kreq_future_release(f);
+	kreq_client_destroy(c);
+	kreq_test_server_stop(w);
+}
+
+START_TEST(test_forged_attempts)
+{
+	forged_attempts(true);
+}
+END_TEST
+
+START_TEST(test_genuine_attempts)
+{
+	forged_attempts(false);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("txn_faults");
@@ -596,6 +686,8 @@ int main(void)
 	tcase_add_test(tc, test_no_topic_auto_creation);
 	tcase_add_test(tc, test_rewinds_bounded);
 	tcase_add_test(tc, test_cli_full_size_call);
+	tcase_add_test(tc, test_forged_attempts);
+	tcase_add_test(tc, test_genuine_attempts);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
