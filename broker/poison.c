@@ -40,6 +40,10 @@
  *   N crashes, and an innocent one is taken out of service only if it
  *   shared all N crashes with it (impossible after the first, as it then
  *   runs alone). The cost: after a crash, suspects run one at a time.
+ *   A suspect that hangs instead of crashing would stall the worker until
+ *   its deadline: after server.poison.solo.max.ms it stops running alone
+ *   (others start beside it and, should it crash the worker after all,
+ *   are counted with it; each of them then runs alone in turn).
  * - Exactness: the count is exact (every crash counted once, nothing else
  *   counted) when each worker instance that started a handler and died had
  *   its Attempt acknowledged before the handler ran, which acked mode
@@ -97,7 +101,11 @@ struct kreq__poison {
 	size_t npending;
 	kreq_request_t *solo; /* a suspect waiting to run alone (no Attempt yet) */
 	bool solo_running;    /* it runs: nothing new starts until it finished */
-	char *journal_path;   /* server.poison.journal, NULL: acked mode only */
+	int64_t solo_max_ns;  /* server.poison.solo.max.ms; 0: no limit */
+	int64_t solo_since_ns;
+	int32_t solo_partition;
+	int64_t solo_offset;
+	char *journal_path; /* server.poison.journal, NULL: acked mode only */
 	kreq__pjournal_t *journal;
 	size_t failed; /* delivery failures of the pending batch */
 	char fail_why[256];
@@ -125,6 +133,7 @@ int kreq__poison_conf(kreq_server_t *s, const char *prefix, char *errstr, size_t
 	s->pz = pz;
 	pz->max_attempts = (uint32_t)n;
 	pz->dead_retention_ms = kreq__conf_int(s->conf, KREQ__P_SERVER_POISON_DEAD_RETENTION_MS);
+	pz->solo_max_ns = kreq__conf_int(s->conf, KREQ__P_SERVER_POISON_SOLO_MAX_MS) * 1000000;
 	randombytes_buf(&pz->instance, sizeof(pz->instance));
 	const char *jp = kreq__conf_str(s->conf, KREQ__P_SERVER_POISON_JOURNAL);
 	if (*jp && !(pz->journal_path = strdup(jp)))
@@ -795,6 +804,17 @@ bool kreq__poison_blocked(kreq_server_t *s)
 		return false;
 	if (pz->solo_running && !atomic_load_explicit(&s->in_progress, memory_order_relaxed))
 		pz->solo_running = false; /* nothing else started meanwhile: it finished */
+	if (pz->solo_running && pz->solo_max_ns &&
+	    kreq__mono_ns() - pz->solo_since_ns >= pz->solo_max_ns) {
+		pz->solo_running = false; /* it hangs: the others must not wait for it */
+		kreq__log(
+		    s->conf, 4, "server",
+		    "%s [%d] offset %lld: its handler, started before without finishing, still "
+		    "runs after server.poison.solo.max.ms (%lld ms): other requests start "
+		    "beside it",
+		    s->req_topic, (int)pz->solo_partition, (long long)pz->solo_offset,
+		    (long long)(pz->solo_max_ns / 1000000));
+	}
 	return pz->solo || pz->solo_running;
 }
 
@@ -870,8 +890,11 @@ kreq_request_t *kreq__poison_flush(kreq_server_t *s)
 	          "alone",
 	          s->req_topic, (int)r->partition, (long long)r->offset);
 	record_start(s, r, find(pt->pz, r->ddkey, r->ddkey_len));
+	pz->solo_partition = r->partition;
+	pz->solo_offset = r->offset;
 	kreq_request_t *l = flush(s);
 	pz->solo_running = l != NULL;
+	pz->solo_since_ns = kreq__mono_ns();
 	return l;
 }
 

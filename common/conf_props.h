@@ -216,6 +216,13 @@
 	  60000, 315360000000,                                                                     \
 	  "retention.ms of the dead-letter topic <topic.prefix>.<service>.dead when the worker "   \
 	  "creates it (default 30 days).")                                                         \
+	X(SERVER_POISON_SOLO_MAX_MS, "server.poison.solo.max.ms", INT, "5000", 0, 86400000,        \
+	  "A request whose handler was already started without finishing (a suspect of an "        \
+	  "earlier crash) runs alone: nothing else starts beside it, so that if it crashes the "   \
+	  "worker again, only it is counted. After this long it no longer runs alone: other "      \
+	  "requests start beside it (if it then crashes the worker, they are counted with it and " \
+	  "run alone in turn). Bounds how long one hanging suspect stalls the worker. 0: alone "   \
+	  "until it finishes (or its deadline + server.handler.grace.ms).")                        \
 	X(SERVER_POISON_JOURNAL, "server.poison.journal", STR, "", 0, 4096,                        \
 	  "File (mapped into memory) where the worker notes the requests whose handlers run, so "  \
 	  "that after a crash its next start records them in the attempts topic. With it a "       \

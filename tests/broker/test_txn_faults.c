@@ -121,6 +121,43 @@ static void h_big(kreq_request_t *r, void *opaque)
 	free(out);
 }
 
+/* Waits until the test releases it (at most 60 s), then replies "x". */
+static pthread_mutex_t hang_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t hang_cv = PTHREAD_COND_INITIALIZER;
+static bool hang_released;
+static int hang_entered;
+
+static void h_hang(kreq_request_t *r, void *opaque)
+{
+	(void)opaque;
+	count_run(r);
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 60;
+	pthread_mutex_lock(&hang_mu);
+	hang_entered++;
+	while (!hang_released && pthread_cond_timedwait(&hang_cv, &hang_mu, &until) == 0)
+		;
+	pthread_mutex_unlock(&hang_mu);
+	kreq_request_reply(r, 0, "x", 1, NULL);
+}
+
+static void hang_release(void)
+{
+	pthread_mutex_lock(&hang_mu);
+	hang_released = true;
+	pthread_cond_broadcast(&hang_cv);
+	pthread_mutex_unlock(&hang_mu);
+}
+
+static int hang_count(void)
+{
+	pthread_mutex_lock(&hang_mu);
+	int n = hang_entered;
+	pthread_mutex_unlock(&hang_mu);
+	return n;
+}
+
 /* ---- worker and client ------------------------------------------------- */
 
 static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
@@ -139,9 +176,10 @@ static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
 }
 
 /* One partition: the bad and the innocent request share it. */
-static kreq_test_running_t *worker_start(void)
+static kreq_test_running_t *worker_start_ex(const char *solo_max_ms)
 {
-	static const char *const extra[] = {"server.topic.partitions", "1", NULL};
+	const char *const extra[] = {"server.topic.partitions", "1", "server.poison.solo.max.ms",
+	                             solo_max_ms, NULL};
 	kreq_conf_t *conf = base_conf("w1", extra);
 	char err[512];
 	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
@@ -149,7 +187,13 @@ static kreq_test_running_t *worker_start(void)
 	kreq_conf_destroy(conf);
 	ck_assert_int_eq(kreq_server_register(s, "svc.rec", h_rec, NULL, 0), KREQ_OK);
 	ck_assert_int_eq(kreq_server_register(s, "svc.big", h_big, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_server_register(s, "svc.hang", h_hang, NULL, 0), KREQ_OK);
 	return kreq_test_server_start(s);
+}
+
+static kreq_test_running_t *worker_start(void)
+{
+	return worker_start_ex("5000");
 }
 
 static kreq_client_t *client_new(void)
@@ -362,6 +406,8 @@ static void setup(void)
 	                 KREQ_OK);
 	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
 	memset(keys, 0, sizeof(keys));
+	hang_released = false;
+	hang_entered = 0;
 }
 
 static void teardown(void)
@@ -661,6 +707,36 @@ static void forged_attempts(bool forged)
 	kreq_test_server_stop(w);
 }
 
+/* A suspect (started once by a worker process that is gone) runs alone,
+ * but one that hangs does so for at most server.poison.solo.max.ms: the
+ * request behind it on the partition is answered while it still runs. */
+START_TEST(test_hanging_suspect_bounded)
+{
+	char nowhere[200];
+	snprintf(nowhere, sizeof(nowhere), "%s.reply.none", prefix);
+	kreq_test_server_stop(worker_start()); /* creates the topics */
+	send_call("svc.hang", "suspect", nowhere, 0);
+	send_attempt("suspect", 1, 0x2222, 0x2222);
+	kreq_test_running_t *w = worker_start_ex("1000");
+	KREQ_TEST_AWAIT(hang_count() == 1, 30000);
+	kreq_client_t *c = client_new();
+	kreq_future_t *f = call(c, "svc.rec", "x", 1, "behind");
+	int rc = kreq_future_wait(f, 15000);
+	bool hanging = hang_count() == 1 && runs("suspect") == 1;
+	hang_release();
+	ck_assert_msg(rc == KREQ_OK, "the request behind a hanging suspect was not answered "
+	                             "within 15 s (server.poison.solo.max.ms 1000)");
+	ck_assert(hanging);
+	ck_assert_int_eq(kreq_future_status(f), 0);
+	kreq_future_release(f);
+	KREQ_TEST_AWAIT(committed(res_topic, "suspect") == 1, 30000);
+	ck_assert_int_eq(runs("suspect"), 1);
+	ck_assert_uint_eq(metric0(w->s, "kreq_server_poison_total{"), 0);
+	kreq_client_destroy(c);
+	kreq_test_server_stop(w);
+}
+END_TEST
+
 START_TEST(test_forged_attempts)
 {
 	forged_attempts(true);
@@ -688,6 +764,7 @@ int main(void)
 	tcase_add_test(tc, test_cli_full_size_call);
 	tcase_add_test(tc, test_forged_attempts);
 	tcase_add_test(tc, test_genuine_attempts);
+	tcase_add_test(tc, test_hanging_suspect_bounded);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
