@@ -1329,7 +1329,7 @@ static int call_init(kreq_client_t *c, kreq__call_t *call, const char *method, c
 	new_corr_id(call->corr_id);
 	call->idem_len = (uint8_t)(o && o->idem_len ? o->idem_len : 16);
 	call->has_tp = o && o->traceparent[0];
-	call->payload_len = (uint32_t)len & 0xfffffffu; /* <= payload.max.bytes */
+	call->payload_len = (uint32_t)len & 0x1fffffffu; /* <= payload.max.bytes <= 2^28 */
 	memcpy(call->blob, method, strlen(method) + 1);
 	memcpy((uint8_t *)blob_idem(call), o && o->idem_len ? o->idem : call->corr_id,
 	       call->idem_len);

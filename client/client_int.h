@@ -39,7 +39,7 @@ typedef struct kreq__call {
 	int64_t deadline_wall_ms;   /* on the wire */
 	int64_t start_ns;           /* monotonic, for the duration histogram */
 	uint32_t deadline_after_ms; /* local expiry: start + this, at most 49.7 days */
-	uint32_t payload_len : 28;  /* payload.max.bytes <= 256 MiB */
+	uint32_t payload_len : 29;  /* payload.max.bytes <= 256 MiB = 2^28 */
 	uint32_t has_tp : 1;        /* the blob holds a traceparent */
 	uint32_t notify : 1;        /* queue on the completion queue when settled */
 	uint8_t idem_len;           /* 1..KREQ__IDEM_KEY_MAX (255) */

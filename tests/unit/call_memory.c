@@ -19,12 +19,16 @@
 #include "kreq/error.h"
 #include "testsupport.h"
 
-#define CALLS      1000000
-#define PAYLOAD    100
-#define METHOD     "bench.echo012345" /* 16 bytes */
-#define KEY_LEN    16
-#define BUDGET     160.0 /* bytes per pending call, issue #18 */
-#define CHECK(c)   do { if (!(c)) ck_abort_msg("%s:%d: check failed: %s", __FILE__, __LINE__, #c); } while (0)
+#define CALLS   1000000
+#define PAYLOAD 100
+#define METHOD  "bench.echo012345" /* 16 bytes */
+#define KEY_LEN 16
+#define BUDGET  160.0 /* bytes per pending call, issue #18 */
+#define CHECK(c)                                                                                   \
+	do {                                                                                       \
+		if (!(c))                                                                          \
+			ck_abort_msg("%s:%d: check failed: %s", __FILE__, __LINE__, #c);           \
+	} while (0)
 
 static size_t heap_in_use(void)
 {
@@ -85,12 +89,37 @@ START_TEST(test_pending_call_memory)
 }
 END_TEST
 
+/* The packed record keeps the length of the largest payload allowed
+ * (payload.max.bytes up to 256 MiB = 2^28). */
+START_TEST(test_largest_payload_length)
+{
+	size_t len = (size_t)1 << 28;
+	kreq_client_t *c = calloc(1, sizeof(*c));
+	uint8_t *payload = malloc(len);
+	ck_assert(c && payload);
+	memset(payload, 0x5a, len);
+	c->request_timeout_ms = 30000;
+	int err;
+	kreq_future_t *f = kreq__call_new(c, METHOD, payload, len, NULL, &err);
+	ck_assert_ptr_nonnull(f);
+	ck_assert_int_eq(err, KREQ_OK);
+	kreq__call_t *r = kreq__future_extra(f);
+	ck_assert_uint_eq(r->payload_len, len);
+	ck_assert_uint_eq(r->idem_len, 16); /* the default key: the correlation id */
+	ck_assert_int_eq(memcmp(kreq__call_idem(r), r->corr_id, 16), 0);
+	kreq_future_release(f);
+	free(payload);
+	free(c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("call_memory");
 	TCase *tc = tcase_create("memory");
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_pending_call_memory);
+	tcase_add_test(tc, test_largest_payload_length);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
