@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "client/client_int.h"
+#include "common/internal.h"
 #include "kreq/error.h"
 #include "testsupport.h"
 
@@ -113,6 +114,43 @@ START_TEST(test_largest_payload_length)
 }
 END_TEST
 
+/* The local deadline is kept as a 32-bit offset from the start: exact up to
+ * 49.7 days, capped beyond; the deadline on the wire is kept whole. */
+START_TEST(test_local_deadline_offset)
+{
+	kreq_client_t *c = calloc(1, sizeof(*c));
+	kreq_call_opts_t *o = kreq_call_opts_new();
+	ck_assert(c && o);
+	c->request_timeout_ms = 30000;
+	int err;
+	int64_t before = kreq__now_ms();
+	kreq_future_t *f = kreq__call_new(c, METHOD, NULL, 0, NULL, &err);
+	ck_assert(f && err == KREQ_OK);
+	kreq__call_t *r = kreq__future_extra(f);
+	ck_assert_int_ge(r->deadline_wall_ms, before + 30000);
+	ck_assert_int_le(r->deadline_after_ms, 30000);
+	ck_assert_int_ge(r->deadline_after_ms, 29000);
+	ck_assert_int_eq(kreq__call_deadline_mono(r), r->start_ns / 1000000 + r->deadline_after_ms);
+	kreq_future_release(f);
+
+	int64_t far = before + INT64_C(100) * 86400000; /* 100 days */
+	ck_assert_int_eq(kreq_call_opts_set_deadline(o, far), KREQ_OK);
+	f = kreq__call_new(c, METHOD, NULL, 0, o, &err);
+	ck_assert(f && err == KREQ_OK);
+	r = kreq__future_extra(f);
+	ck_assert_int_eq(r->deadline_wall_ms, far); /* on the wire: unchanged */
+	ck_assert_uint_eq(r->deadline_after_ms, UINT32_MAX);
+	kreq_future_release(f);
+
+	ck_assert_int_eq(kreq_call_opts_set_deadline(o, before - 1), KREQ_OK);
+	f = kreq__call_new(c, METHOD, NULL, 0, o, &err);
+	ck_assert_int_eq(err, KREQ_ETIMEDOUT); /* already passed: refused */
+	kreq_future_release(f);
+	kreq_call_opts_destroy(o);
+	free(c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("call_memory");
@@ -120,6 +158,7 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_pending_call_memory);
 	tcase_add_test(tc, test_largest_payload_length);
+	tcase_add_test(tc, test_local_deadline_offset);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
