@@ -9,8 +9,12 @@
  *     id) and two threads at once;
  *   - timer arm + cancel with N armed timers, vs a binary heap under a mutex
  *     and vs a POSIX timer per request (timer_create/settime/delete);
- *   - memory per pending request (future + the client's call record + table slot
- *     + wheel node), measured with mallinfo2() over N pending requests.
+ *   - memory per pending call, measured with mallinfo2() over N pending
+ *     calls built by the client's own code (kreq__call_new(): future, call
+ *     record, method, idempotency key and payload in one allocation), each
+ *     in the pending table and armed in the timing wheel: the total, and the
+ *     figure issue #18 bounds (<= 160 B at 1M): the total less the payload,
+ *     method and key bytes (100 + 16 + 16 here).
  *
  * Usage: bench_client_core [rounds] [live-entries]
  * Prints the median ns/op over the rounds and the ratio baseline / kreq.
@@ -18,6 +22,7 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -35,18 +40,12 @@ static volatile uint64_t sink;
 static int rounds = 7;
 static size_t live = 1000000;
 
-/* The client's per-call record that lives in the future's extra area. */
-typedef struct call_rec {
-	uint8_t id[16];
-	kreq__timer_node_t tn;
-	int64_t deadline_ms;
-	int64_t issued_ms;
-	void *request;
-	size_t request_len;
-	uint32_t attempt, flags;
-} call_rec_t;
 #define REC_SIZE sizeof(kreq__call_t) /* the client's real per-call record */
-_Static_assert(sizeof(call_rec_t) <= REC_SIZE, "record fits the budget");
+
+/* The pending calls of the memory figure: as issue #18 counts them. */
+#define MEM_PAYLOAD 100
+#define MEM_METHOD  "bench.echo012345" /* 16 bytes */
+#define MEM_KEY_LEN 16
 
 static uint64_t rnd(uint64_t *s)
 {
@@ -160,7 +159,7 @@ static double bench_future(int variant, size_t iters)
 				naive_free(f);
 				continue;
 			}
-			kreq_future_t *f = kreq__future_new(REC_SIZE, NULL, NULL);
+			kreq_future_t *f = kreq__future_new(REC_SIZE, NULL);
 			if (variant == 1)
 				kreq_future_on_done(f, count_cb, &calls);
 			kreq__future_settle(f, KREQ_OK, 0, NULL, 0, false, NULL);
@@ -280,15 +279,19 @@ static void *tab_remove(tab_t *t, const uint8_t id[16])
 	return t->k ? kreq__table_remove(t->k, id) : chash_remove(t->c, id);
 }
 
-static void retain_nop(void *v)
+/* Stands in for the client's retain (a reference count in the value). */
+static void retain_touch(void *v)
 {
-	sink += (uintptr_t)v & 1;
+	sink += *(volatile const uint8_t *)v;
 }
 
-/* The client's reply path: look up and pin the call, then remove it. */
+/* The client's reply path: look up and pin the call (which touches the
+ * value), then remove it. */
 static void *tab_reply(tab_t *t, const uint8_t id[16])
 {
-	void *v = t->k ? kreq__table_find_retain(t->k, id, retain_nop) : chash_find(t->c, id);
+	void *v = t->k ? kreq__table_find_retain(t->k, id, retain_touch) : chash_find(t->c, id);
+	if (v != NULL && t->c)
+		retain_touch(v);
 	return v != NULL ? tab_remove(t, id) : NULL;
 }
 
@@ -517,26 +520,41 @@ static size_t heap_in_use(void)
 	return mi.uordblks + mi.hblkhd;
 }
 
-/* Bytes per pending request: a future with its record, in the table and
- * armed in the wheel (the caller's array of handles is not counted). */
-static double mem_kreq(uint8_t (*ids)[16])
+/* Bytes per pending call: the client's call (kreq__call_new(), with
+ * MEM_PAYLOAD bytes of payload, method MEM_METHOD and a MEM_KEY_LEN-byte
+ * idempotency key), in the pending table and armed in the wheel (the
+ * caller's array of handles is not counted). */
+static double mem_kreq(void)
 {
 	kreq_future_t **fs = malloc(live * sizeof(*fs));
+	kreq_client_t *c = calloc(1, sizeof(*c)); /* only what a call reads */
+	kreq_call_opts_t *o = kreq_call_opts_new();
+	uint8_t payload[MEM_PAYLOAD], key[MEM_KEY_LEN];
+	memset(payload, 'p', sizeof(payload));
+	memset(key, 'k', sizeof(key));
+	if (!fs || !c || !o || kreq_call_opts_set_idempotency_key(o, key, sizeof(key)))
+		abort();
+	c->request_timeout_ms = 30000;
 	size_t base = heap_in_use();
-	kreq__table_t *t = kreq__table_new(0);
+	kreq__table_t *t = kreq__table_new(0, kreq__call_key_offset());
 	kreq__wheel_t *w = kreq__wheel_new(0);
 	for (size_t i = 0; i < live; i++) {
-		fs[i] = kreq__future_new(REC_SIZE, NULL, NULL);
-		call_rec_t *r = kreq__future_extra(fs[i]);
-		memcpy(r->id, ids[i], 16);
-		kreq__table_insert(t, r->id, fs[i]);
-		kreq__wheel_arm(w, &r->tn, (int64_t)(i % 30000));
+		int err;
+		fs[i] = kreq__call_new(c, MEM_METHOD, payload, sizeof(payload), o, &err);
+		if (!fs[i] || err)
+			abort();
+		kreq__call_t *r = kreq__future_extra(fs[i]);
+		if (kreq__table_insert(t, r->corr_id, fs[i]) != KREQ_OK)
+			abort();
+		kreq__wheel_arm(w, &r->timer, (int64_t)(i % 30000));
 	}
 	double per = (double)(heap_in_use() - base) / (double)live;
 	kreq__table_destroy(t);
 	kreq__wheel_destroy(w);
 	for (size_t i = 0; i < live; i++)
 		kreq_future_release(fs[i]);
+	kreq_call_opts_destroy(o);
+	free(c);
 	free(fs);
 	return per;
 }
@@ -576,12 +594,9 @@ int main(int argc, char **argv)
 		        "usage: bench_client_core [rounds 1..64] [live-entries >= 100000]\n");
 		return 2;
 	}
-	kreq_future_t *probe = kreq__future_new(REC_SIZE, NULL, NULL);
-	size_t fsize = (size_t)((char *)kreq__future_extra(probe) - (char *)probe);
-	kreq_future_release(probe);
 	printf("# client core: median of %d rounds; %zu live entries; sizeof(future) = %zu, "
-	       "call record = %zu bytes\n",
-	       rounds, live, fsize, REC_SIZE);
+	       "call record = %zu bytes + method, key and payload\n",
+	       rounds, live, kreq__future_extra_offset(), offsetof(kreq__call_t, blob));
 	printf("%-34s %10s   %-34s %10s %8s\n", "kreq operation", "ns/op", "baseline (same run)",
 	       "ns/op", "ratio");
 
@@ -593,7 +608,7 @@ int main(int argc, char **argv)
 	size_t batch = live / 10;
 	uint8_t(*ids)[16] = make_ids(live + (size_t)rounds * batch, 1);
 	uint8_t(*mt)[16] = make_ids(batch, 2);
-	tab_t kt = {kreq__table_new(0), NULL}, ct = {NULL, chash_new((size_t)1 << 20)};
+	tab_t kt = {kreq__table_new(0, 0), NULL}, ct = {NULL, chash_new((size_t)1 << 20)};
 	tab_times_t k = bench_table(&kt, ids, mt, batch);
 	tab_times_t c = bench_table(&ct, ids, mt, batch);
 	char what[64];
@@ -615,9 +630,14 @@ int main(int argc, char **argv)
 	row(what, wheel, "binary heap + mutex", bench_heap(pool));
 	row("", wheel, "timer_create/settime/delete", bench_posix_timer(20000));
 
-	double mk = mem_kreq(ids), mn = mem_naive(ids);
-	printf("%-34s %10.1f   %-34s %10.1f %8.2fx\n", "bytes per pending request", mk,
-	       "naive future+chain node+heap", mn, mn / mk);
+	double total = mem_kreq(), mn = mem_naive(ids);
+	double bounded = total - (MEM_PAYLOAD + strlen(MEM_METHOD) + MEM_KEY_LEN);
+	snprintf(what, sizeof(what), "bytes per pending call (%zuk)", live / 1000);
+	printf("%-34s %10.1f   %-34s %10.1f %8.2fx\n", what, bounded,
+	       "naive future+chain node+heap", mn, mn / bounded);
+	printf("%-34s %10.1f   (%d B payload, %zu B method, %d B key)\n",
+	       "  ... with payload, method, key", total, MEM_PAYLOAD, strlen(MEM_METHOD),
+	       MEM_KEY_LEN);
 	free(ids);
 	free(mt);
 	return (int)(sink & 0);

@@ -39,12 +39,13 @@ typedef struct snap {
 static void fill_row(kreq__pending_row_t *row, const kreq__call_t *call)
 {
 	memcpy(row->corr_id, call->corr_id, 16);
-	memcpy(row->method, call->blob, call->method_len + 1u);
+	const char *method = kreq__call_method(call);
+	memcpy(row->method, method, strlen(method) + 1);
 	row->idem_len = call->idem_len;
-	memcpy(row->idem, call->blob + call->method_len + 1, call->idem_len);
+	memcpy(row->idem, kreq__call_idem(call), call->idem_len);
 	row->start_ns = call->start_ns;
-	row->deadline_mono_ms = call->deadline_mono_ms;
-	row->attempt = __atomic_load_n(&call->attempt, __ATOMIC_RELAXED);
+	row->deadline_mono_ms = kreq__call_deadline_mono(call);
+	row->attempt = kreq__call_attempt(call);
 }
 
 /* With a limit: keeps the `limit` oldest rows, sorted oldest first, by

@@ -66,6 +66,8 @@ static kreq__call_t *call_of(kreq_future_t *f)
 	return kreq__future_extra(f);
 }
 
+static int call_cancel(kreq_future_t *f);
+
 static void retain_value(void *f)
 {
 	kreq_future_retain(f);
@@ -171,16 +173,43 @@ static void release_slot(kreq_client_t *c)
 
 /* ---- completion queue -------------------------------------------------- */
 
+/* Reserves room in the completion queue for a notifying call's future
+ * (grows the ring if needed); false if out of memory. */
+static bool reserve_completion(kreq_client_t *c)
+{
+	bool ok = true;
+	pthread_mutex_lock(&c->done_mu);
+	if (c->done_reserved == c->done_cap) {
+		size_t cap = c->done_cap ? 2 * c->done_cap : 64;
+		kreq_future_t **r = malloc(cap * sizeof(*r));
+		if (r) { /* the queued ones, oldest first, at the start */
+			for (size_t i = 0; i < c->done_len; i++)
+				r[i] = c->done_ring[(c->done_head + i) % c->done_cap];
+			free(c->done_ring);
+			c->done_ring = r;
+			c->done_cap = cap;
+			c->done_head = 0;
+		}
+		ok = r != NULL;
+	}
+	c->done_reserved += ok;
+	pthread_mutex_unlock(&c->done_mu);
+	return ok;
+}
+
+static void unreserve_completion(kreq_client_t *c)
+{
+	pthread_mutex_lock(&c->done_mu);
+	c->done_reserved--;
+	pthread_mutex_unlock(&c->done_mu);
+}
+
+/* Queues a settled notifying call (its room was reserved when it was made,
+ * and done_len <= done_reserved <= done_cap). */
 static void push_completed(kreq_client_t *c, kreq_future_t *f)
 {
-	kreq__call_t *call = call_of(f);
-	call->next_done = NULL;
 	pthread_mutex_lock(&c->done_mu);
-	if (c->done_tail)
-		c->done_tail->next_done = call;
-	else
-		c->done_head = call;
-	c->done_tail = call;
+	c->done_ring[(c->done_head + c->done_len++) % c->done_cap] = f;
 	uint64_t one = 1;
 	ssize_t n = write(c->done_fd, &one, sizeof(one)); /* counter > 0: readable */
 	(void)n;
@@ -192,17 +221,18 @@ kreq_future_t *kreq_client_next_completed(kreq_client_t *c)
 	if (!c)
 		return NULL;
 	pthread_mutex_lock(&c->done_mu);
-	kreq__call_t *call = c->done_head;
-	if (call) {
-		c->done_head = call->next_done;
-		if (!c->done_head)
-			c->done_tail = NULL;
+	kreq_future_t *f = NULL;
+	if (c->done_len) {
+		f = c->done_ring[c->done_head];
+		c->done_head = (c->done_head + 1) % c->done_cap;
+		c->done_len--;
+		c->done_reserved--;
 		uint64_t v; /* EFD_SEMAPHORE: one read per queued completion */
 		ssize_t n = read(c->done_fd, &v, sizeof(v));
 		(void)n;
 	}
 	pthread_mutex_unlock(&c->done_mu);
-	return call ? kreq__future_from_extra(call) : NULL;
+	return f;
 }
 
 int kreq_client_event_fd(const kreq_client_t *c)
@@ -253,14 +283,20 @@ static bool settle_pending(kreq_client_t *c, const uint8_t id[16], int err, cons
 
 static const char *blob_method(const kreq__call_t *call)
 {
-	return (const char *)call->blob;
+	return kreq__call_method(call);
 }
 
 static const uint8_t *blob_idem(const kreq__call_t *call)
 {
-	return call->blob + call->method_len + 1;
+	return kreq__call_idem(call);
 }
 
+static size_t tp_len(const kreq__call_t *call)
+{
+	return call->has_tp ? KREQ__TP_LEN : 0;
+}
+
+/* The traceparent (NUL-terminated) if the call has one. */
 static const char *blob_traceparent(const kreq__call_t *call)
 {
 	return (const char *)blob_idem(call) + call->idem_len;
@@ -268,7 +304,7 @@ static const char *blob_traceparent(const kreq__call_t *call)
 
 static const uint8_t *blob_payload(const kreq__call_t *call)
 {
-	return (const uint8_t *)blob_traceparent(call) + call->tp_len + 1;
+	return (const uint8_t *)blob_traceparent(call) + (call->has_tp ? KREQ__TP_LEN + 1 : 0);
 }
 
 /* "<prefix>.<service>.requests" for the first svc_len bytes of service. */
@@ -344,7 +380,7 @@ static bool hold(kreq_client_t *c, kreq_future_t *f, uint8_t *buf, size_t len)
 		c->held_cap = cap;
 	}
 	c->held[c->held_len++] = (kreq__held_t){f, buf, len};
-	call_of(f)->held = true;
+	atomic_fetch_or_explicit(&call_of(f)->flags, KREQ__CALL_HELD, memory_order_relaxed);
 	return true;
 }
 
@@ -370,9 +406,9 @@ static int send_request(kreq_client_t *c, kreq_future_t *f)
 	r.issued_at_ms = kreq__now_ms();
 	if (r.issued_at_ms > r.deadline_ms)
 		r.issued_at_ms = r.deadline_ms;
-	r.attempt = call->attempt;
+	r.attempt = kreq__call_attempt(call);
 	r.client_id = c->client_id;
-	if (call->tp_len) {
+	if (call->has_tp) {
 		tp.key = "traceparent";
 		tp.value = (char *)blob_traceparent(call);
 		r.metadata = md;
@@ -381,8 +417,8 @@ static int send_request(kreq_client_t *c, kreq_future_t *f)
 	/* sealed on the stack when it fits, and copied by librdkafka: no
 	 * buffer of ours to free on another thread (a held request gets one) */
 	uint8_t stack[REQUEST_STACK_MAX], *buf = stack;
-	size_t len, fields = (size_t)call->payload_len + call->idem_len + call->method_len +
-	                     call->tp_len + strlen(c->reply_topic) + strlen(c->client_id);
+	size_t len, fields = (size_t)call->payload_len + call->idem_len + strlen(r.method) +
+	                     tp_len(call) + strlen(c->reply_topic) + strlen(c->client_id);
 	/* the rest (ids, times, key id, signature, framing) is well under 256
 	 * bytes; a larger request is sealed once, on the heap, not tried twice */
 	bool try_stack = fields + 256 <= sizeof(stack);
@@ -396,7 +432,8 @@ static int send_request(kreq_client_t *c, kreq_future_t *f)
 		return err;
 	kreq_future_retain(f); /* librdkafka's, held by the queue until then */
 	pthread_mutex_lock(&c->out_mu);
-	if (call->held) { /* an earlier attempt is still held: it goes instead */
+	if (atomic_load_explicit(&call->flags, memory_order_relaxed) & KREQ__CALL_HELD) {
+		/* an earlier attempt is still held: it goes instead */
 		pthread_mutex_unlock(&c->out_mu);
 		if (buf != stack)
 			free(buf);
@@ -430,7 +467,8 @@ static void release_held(kreq_client_t *c)
 	c->held_spare = h;
 	c->spare_cap = cap;
 	for (size_t i = 0; i < n; i++)
-		call_of(h[i].f)->held = false;
+		atomic_fetch_and_explicit(&call_of(h[i].f)->flags, (uint8_t)~KREQ__CALL_HELD,
+		                          memory_order_relaxed);
 	pthread_mutex_unlock(&c->out_mu);
 	for (size_t i = 0; i < n; i++) {
 		if (kreq__table_find(c->table, call_of(h[i].f)->corr_id) == h[i].f) {
@@ -470,8 +508,9 @@ static void send_cancel(kreq_client_t *c, const kreq__call_t *call)
 /* Arms the call's timer; the caller hands its reference on f to the wheel. */
 static void arm(kreq_client_t *c, kreq__call_t *call, int64_t when)
 {
-	if (when > call->deadline_mono_ms)
-		when = call->deadline_mono_ms;
+	int64_t deadline = kreq__call_deadline_mono(call);
+	if (when > deadline)
+		when = deadline;
 	kreq__wheel_arm(c->wheel, &call->timer, when);
 	if (when < atomic_load(&c->sleep_until_ms))
 		wake(c);
@@ -492,10 +531,11 @@ static void on_timer(kreq_client_t *c, kreq_future_t *f)
 {
 	kreq__call_t *call = call_of(f);
 	int64_t now = mono_ms();
-	if (now >= call->deadline_mono_ms) {
+	unsigned attempt = kreq__call_attempt(call);
+	if (now >= kreq__call_deadline_mono(call)) {
 		char msg[96];
-		snprintf(msg, sizeof(msg), "deadline passed after %u attempt%s", call->attempt,
-		         call->attempt == 1 ? "" : "s");
+		snprintf(msg, sizeof(msg), "deadline passed after %u attempt%s", attempt,
+		         attempt == 1 ? "" : "s");
 		settle_pending(c, call->corr_id, KREQ_ETIMEDOUT, msg, KREQ__OUT_TIMEOUT);
 		kreq_future_release(f);
 		return;
@@ -504,17 +544,18 @@ static void on_timer(kreq_client_t *c, kreq_future_t *f)
 		kreq_future_release(f);
 		return;
 	}
-	if (call->phase == KREQ__PHASE_WAIT) {
-		if (call->attempt >= (uint32_t)c->max_attempts) {
-			arm(c, call, call->deadline_mono_ms); /* no retries left: the deadline */
+	/* svc: only this thread writes it; whole-byte stores (admin reads) */
+	if (!(call->svc & KREQ__SVC_BACKOFF)) {
+		if (attempt >= (unsigned)c->max_attempts) {
+			arm(c, call, kreq__call_deadline_mono(call)); /* no retries left */
 			return;
 		}
-		call->phase = KREQ__PHASE_BACKOFF;
-		arm(c, call, now + backoff_ms(c, call->attempt));
+		__atomic_store_n(&call->svc, (uint8_t)(attempt | KREQ__SVC_BACKOFF),
+		                 __ATOMIC_RELAXED);
+		arm(c, call, now + backoff_ms(c, attempt));
 		return;
 	}
-	call->phase = KREQ__PHASE_WAIT;
-	__atomic_store_n(&call->attempt, call->attempt + 1, __ATOMIC_RELAXED); /* admin reads */
+	__atomic_store_n(&call->svc, (uint8_t)(attempt + 1), __ATOMIC_RELAXED); /* waiting again */
 	atomic_fetch_add_explicit(&c->metrics.retries, 1, memory_order_relaxed);
 	send_request(c, f); /* on failure the next attempt timeout retries again */
 	arm(c, call, now + c->attempt_timeout_ms);
@@ -641,8 +682,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 		} /* other failures: the attempt timeout sends again */
 	} else {
 		atomic_store(&c->down_since_ms, 0);
-		if (!call->acked) {
-			call->acked = true;
+		if (!(atomic_fetch_or_explicit(&call->flags, KREQ__CALL_ACKED,
+		                               memory_order_relaxed) &
+		      KREQ__CALL_ACKED)) {
 			kreq__hist_observe(&c->metrics.queue_wait,
 			                   (kreq__mono_ns() - call->start_ns) / 1000);
 		}
@@ -757,7 +799,7 @@ static void collect_service(void *value, void *arg)
 	svc_ids_t *s = arg;
 	const kreq__call_t *call = kreq__future_extra(value);
 	const char *m = (const char *)call->blob, *dot = strrchr(m, '.');
-	size_t len = dot ? (size_t)(dot - m) : call->method_len;
+	size_t len = dot ? (size_t)(dot - m) : strlen(m);
 	if (len != s->len || memcmp(m, s->service, len) != 0)
 		return;
 	if (s->n == s->cap) {
@@ -1135,6 +1177,7 @@ static void client_free(kreq_client_t *c)
 		close(c->done_fd);
 	}
 	pthread_mutex_destroy(&c->done_mu);
+	free(c->done_ring);
 	kreq_keyring_release(c->kr);
 	kreq_conf_destroy(c->conf);
 	free(c);
@@ -1144,7 +1187,8 @@ static int client_start(kreq_client_t *c, char *errstr, size_t errstr_size)
 {
 	int64_t until = mono_ms() + kreq__conf_int(c->conf, KREQ__P_CLIENT_START_TIMEOUT_MS);
 	c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	c->table = kreq__table_new(1024);
+	c->fowner.cancel_hook = call_cancel;
+	c->table = kreq__table_new(1024, kreq__call_key_offset());
 	c->wheel = kreq__wheel_new(mono_ms());
 	if (c->wake_fd < 0 || c->done_fd < 0 || !c->table || !c->wheel)
 		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of resources: %s",
@@ -1233,10 +1277,17 @@ void kreq_client_destroy(kreq_client_t *c)
 
 /* ---- calls -------------------------------------------------------------- */
 
+/* The client whose futures f belongs to (it embeds their owner). */
+static kreq_client_t *client_of(kreq_future_t *f)
+{
+	const kreq__future_owner_t *o = kreq__future_owner(f);
+	return (kreq_client_t *)(void *)((char *)o - offsetof(kreq_client_t, fowner));
+}
+
 static int call_cancel(kreq_future_t *f)
 {
 	kreq__call_t *call = call_of(f);
-	kreq_client_t *c = call->client;
+	kreq_client_t *c = client_of(f);
 	if (kreq__table_remove(c->table, call->corr_id) != f)
 		return KREQ_ESTATE;
 	send_cancel(c, call);
@@ -1259,11 +1310,15 @@ static bool method_valid(const char *m)
 	           svc;
 }
 
+_Static_assert(offsetof(kreq__call_t, blob) == 67, "the record stays packed");
+_Static_assert(KREQ__IDEM_KEY_MAX <= UINT8_MAX && KREQ__METHOD_MAX <= UINT8_MAX, "lengths");
+
 /* Bytes of the blob a call of these arguments keeps (see kreq__call_t). */
 static size_t blob_size(const char *method, size_t len, const kreq_call_opts_t *o)
 {
-	size_t idem = o && o->idem_len ? o->idem_len : 16, tp = o ? strlen(o->traceparent) : 0;
-	return strlen(method) + 1 + idem + tp + 1 + len;
+	size_t idem = o && o->idem_len ? o->idem_len : 16;
+	size_t tp = o && o->traceparent[0] ? KREQ__TP_LEN + 1 : 0;
+	return strlen(method) + 1 + idem + tp + len;
 }
 
 /* Fills the call record and its blob, which follows it in the future's
@@ -1271,27 +1326,49 @@ static size_t blob_size(const char *method, size_t len, const kreq_call_opts_t *
 static int call_init(kreq_client_t *c, kreq__call_t *call, const char *method, const void *payload,
                      size_t len, const kreq_call_opts_t *o)
 {
-	call->client = c;
 	new_corr_id(call->corr_id);
-	call->method_len = (uint16_t)strlen(method);
-	call->idem_len = (uint16_t)(o && o->idem_len ? o->idem_len : 16);
-	call->tp_len = (uint16_t)(o ? strlen(o->traceparent) : 0);
-	call->payload_len = (uint32_t)len;
-	call->blob = (uint8_t *)(call + 1);
-	memcpy(call->blob, method, call->method_len + 1u);
+	call->idem_len = (uint8_t)(o && o->idem_len ? o->idem_len : 16);
+	call->has_tp = o && o->traceparent[0];
+	call->payload_len = (uint32_t)len & 0x1fffffffu; /* <= payload.max.bytes <= 2^28 */
+	memcpy(call->blob, method, strlen(method) + 1);
 	memcpy((uint8_t *)blob_idem(call), o && o->idem_len ? o->idem : call->corr_id,
 	       call->idem_len);
-	memcpy((char *)blob_traceparent(call), o ? o->traceparent : "", call->tp_len + 1u);
+	if (call->has_tp)
+		memcpy((char *)blob_traceparent(call), o->traceparent, KREQ__TP_LEN + 1);
 	if (len)
 		memcpy((uint8_t *)blob_payload(call), payload, len);
-	int64_t now_wall = kreq__now_ms(), now_mono = mono_ms();
+	int64_t now_wall = kreq__now_ms();
 	int64_t timeout = o && o->timeout_ms ? o->timeout_ms : c->request_timeout_ms;
 	call->deadline_wall_ms = o && o->deadline_ms ? o->deadline_ms : now_wall + timeout;
-	call->deadline_mono_ms = now_mono + (call->deadline_wall_ms - now_wall);
 	call->start_ns = kreq__mono_ns();
-	call->attempt = 1;
+	/* the local deadline, as an offset from the start (capped: a deadline
+	 * more than 49.7 days away expires locally after 49.7 days) */
+	int64_t after = call->deadline_wall_ms - now_wall;
+	call->deadline_after_ms = after <= 0           ? 0
+	                          : after > UINT32_MAX ? UINT32_MAX
+	                                               : (uint32_t)after;
+	call->svc = 1; /* attempt 1, waiting */
 	call->notify = o && o->notify;
 	return call->deadline_wall_ms <= now_wall ? KREQ_ETIMEDOUT : KREQ_OK;
+}
+
+size_t kreq__call_key_offset(void)
+{
+	return kreq__future_extra_offset() + offsetof(kreq__call_t, corr_id);
+}
+
+kreq_future_t *kreq__call_new(kreq_client_t *c, const char *method, const void *payload, size_t len,
+                              const kreq_call_opts_t *o, int *err)
+{
+	/* len is at most payload.max.bytes (checked by the caller): no overflow */
+	kreq_future_t *f =
+	    kreq__future_new(offsetof(kreq__call_t, blob) + blob_size(method, len, o), &c->fowner);
+	if (!f) {
+		*err = KREQ_ENOMEM;
+		return NULL;
+	}
+	*err = call_init(c, call_of(f), method, payload, len, o);
+	return f;
 }
 
 static int check_call_args(kreq_client_t *c, const char *method, const void *payload, size_t len,
@@ -1346,16 +1423,12 @@ int kreq_client_call(kreq_client_t *c, const char *method, const void *payload, 
 			count(&c->metrics.outcome[KREQ__OUT_BACKPRESSURE]);
 		return err;
 	}
-	/* len is at most payload.max.bytes (check_call_args): no overflow */
-	kreq_future_t *f = kreq__future_new(sizeof(kreq__call_t) + blob_size(method, len, opts),
-	                                    NULL, call_cancel);
-	if (!f) {
-		release_slot(c);
-		return KREQ_ENOMEM;
-	}
-	err = call_init(c, call_of(f), method, payload, len, opts);
-	if (!err)
-		err = submit(c, f);
+	bool notify = opts && opts->notify;
+	kreq_future_t *f = kreq__call_new(c, method, payload, len, opts, &err);
+	if (!err && notify && !reserve_completion(c))
+		err = KREQ_ENOMEM;
+	else if (!err && (err = submit(c, f)) != KREQ_OK && notify)
+		unreserve_completion(c);
 	if (err) {
 		release_slot(c);
 		kreq_future_release(f);

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <string.h>
 
 #include <librdkafka/rdkafka.h>
 
@@ -15,29 +16,66 @@
 #include "kreq/client.h"
 #include "proto/envelope.h"
 
-enum { KREQ__PHASE_WAIT = 0, KREQ__PHASE_BACKOFF = 1 };
-
-/* Per-call record, in the future's extra area, followed by its blob (one
- * allocation per call). */
+/*
+ * Per-call record, in the future's extra area, followed by its blob (one
+ * allocation per call: future, record, method, key and payload).
+ *
+ * Why it is packed: a client holds one per pending call, and a million
+ * pending calls must cost at most 160 bytes each besides their payload,
+ * method and key (docs/PERFORMANCE.md, "Memory per pending call"). So the
+ * record is 67 bytes and everything that can be derived is: the client is
+ * found from the future's owner (embedded in the client), the method's
+ * length from its NUL, the local deadline from the start time, the wheel
+ * slot from the timer's neighbours; the completion queue is an array in
+ * the client, not a link here. Fields are grouped by who writes them, so
+ * that no two threads write the same byte: the immutable ones (set before
+ * the call is published), `svc` (the service thread after submission) and
+ * `flags` (atomic bit operations from any thread).
+ */
 typedef struct kreq__call {
-	kreq_client_t *client;
 	kreq__timer_node_t timer; /* the call's one timer: attempt timeout,
 	                             backoff or deadline, whichever is next */
 	uint8_t corr_id[16];
-	int64_t deadline_wall_ms;     /* on the wire */
-	int64_t deadline_mono_ms;     /* local expiry */
-	int64_t start_ns;             /* monotonic, for the duration histogram */
-	uint32_t attempt;             /* service thread only after submission */
-	uint8_t phase;                /* service thread only after submission */
-	bool acked;                   /* service thread only */
-	bool notify;                  /* queue on the completion queue when settled */
-	bool held;                    /* in the held-request queue (under out_mu) */
-	struct kreq__call *next_done; /* completion queue link */
-	uint16_t method_len, idem_len, tp_len;
-	uint32_t payload_len;
-	uint8_t *blob; /* method \0 | idempotency key | traceparent \0 | payload,
-	                  right after this record (same allocation) */
+	int64_t deadline_wall_ms;   /* on the wire */
+	int64_t start_ns;           /* monotonic, for the duration histogram */
+	uint32_t deadline_after_ms; /* local expiry: start + this, at most 49.7 days */
+	uint32_t payload_len : 29;  /* payload.max.bytes <= 256 MiB = 2^28 */
+	uint32_t has_tp : 1;        /* the blob holds a traceparent */
+	uint32_t notify : 1;        /* queue on the completion queue when settled */
+	uint8_t idem_len;           /* 1..KREQ__IDEM_KEY_MAX (255) */
+	uint8_t svc;                /* attempt (KREQ__SVC_ATTEMPT) and KREQ__SVC_BACKOFF */
+	_Atomic uint8_t flags;      /* KREQ__CALL_HELD, KREQ__CALL_ACKED */
+	uint8_t blob[];             /* method \0 | idempotency key |
+	                               [traceparent \0] | payload */
 } kreq__call_t;
+
+#define KREQ__SVC_ATTEMPT 0x7fu /* retry.max.attempts <= 100 */
+#define KREQ__SVC_BACKOFF 0x80u /* the timer is a backoff, else an attempt's wait */
+#define KREQ__CALL_HELD   0x1u  /* in the held-request queue (set/cleared under out_mu) */
+#define KREQ__CALL_ACKED  0x2u  /* first delivery report seen */
+#define KREQ__TP_LEN      55u   /* a traceparent's length (kreq_call_opts_set_traceparent) */
+
+/* The call's attempt number (any thread; the service thread changes it). */
+static inline unsigned kreq__call_attempt(const kreq__call_t *call)
+{
+	return __atomic_load_n(&call->svc, __ATOMIC_RELAXED) & KREQ__SVC_ATTEMPT;
+}
+
+static inline const char *kreq__call_method(const kreq__call_t *call)
+{
+	return (const char *)call->blob;
+}
+
+static inline const uint8_t *kreq__call_idem(const kreq__call_t *call)
+{
+	return call->blob + strlen(kreq__call_method(call)) + 1;
+}
+
+/* Monotonic ms at which the call expires locally. */
+static inline int64_t kreq__call_deadline_mono(const kreq__call_t *call)
+{
+	return call->start_ns / 1000000 + (int64_t)call->deadline_after_ms;
+}
 
 /* A sealed request held back while the service thread delivers replies. */
 typedef struct kreq__held {
@@ -93,11 +131,18 @@ struct kreq_client_s {
 	pthread_mutex_t bp_mu;
 	pthread_cond_t bp_cv;
 
-	/* completion queue (kreq_call_opts_set_notify): FIFO under done_mu;
-	 * done_fd is an eventfd, readable while the queue is not empty */
+	/* completion queue (kreq_call_opts_set_notify): a ring of futures under
+	 * done_mu, with room reserved by each notifying call when it is made
+	 * (so queueing a completion cannot fail); done_fd is an eventfd,
+	 * readable while the queue is not empty */
 	pthread_mutex_t done_mu;
-	struct kreq__call *done_head, *done_tail;
+	kreq_future_t **done_ring;
+	size_t done_cap, done_head, done_len, done_reserved;
 	int done_fd;
+
+	/* the owner of this client's futures: kreq_future_cancel() finds the
+	 * client from it (client.c, call_cancel) */
+	kreq__future_owner_t fowner;
 
 	struct kreq__health *health; /* checks (service.check.ms) and warming */
 	struct kreq__admin *admin;   /* NULL unless admin.socket is set */
@@ -106,6 +151,18 @@ struct kreq_client_s {
 
 	kreq__client_metrics_t metrics;
 };
+
+/* The offset of a call's correlation id from its future (the table's key
+ * offset). */
+size_t kreq__call_key_offset(void);
+
+/* A new call record (future with one reference) for method, payload and
+ * options (validated by the caller), not yet submitted; c provides the
+ * default timeout and owns it. *err is KREQ_ENOMEM, or KREQ_ETIMEDOUT if its
+ * deadline has already passed (then the future is returned all the same).
+ * kreq_client_call() uses it; so does bench/bench_client_core.c. */
+kreq_future_t *kreq__call_new(kreq_client_t *c, const char *method, const void *payload, size_t len,
+                              const kreq_call_opts_t *o, int *err);
 
 /* Looks up service's request topic on the producer (one metadata round
  * trip, bounded; common/kadmin.h "Warming"). Health thread. */

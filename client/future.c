@@ -5,7 +5,8 @@
  *
  * One 32-bit atomic word (`state`) carries everything that must change
  * together: the phase (PENDING -> SETTLING -> [RESULT ->] DONE), the
- * callback registration bits, the waiter bits and the result flags. Every
+ * callback registration bits, the waiter bits, the result flags and the
+ * error code (a KREQ_E* code fits in its top byte, published with the rest). Every
  * race in the contract (settle vs settle, settle vs cancel, settle vs
  * callback registration, settle vs waiter going to sleep) is decided by the
  * total order of read-modify-writes on that single word, so there is no
@@ -38,13 +39,16 @@
  *    kreq_future_wait_all() is a sequence of single waits with one deadline.
  *
  *  - Memory: one malloc per future (struct + the owner's `extra` area,
- *    16-byte aligned), and the struct is 64 bytes: one `aux` pointer holds
- *    the payload, or the copied error message (allocated only when a
- *    message is given, i.e. on the error path), or, when a settle brings
- *    both, a small block holding the two; state bits say which. With the
- *    client's call record that keeps a pending call in one 192-byte malloc
- *    chunk. References are an atomic counter; the release of the last one
- *    skips the RMW when it observes itself as the only holder.
+ *    16-byte aligned), and the struct is 48 bytes, because a client keeps
+ *    one per pending call (a million of them must fit in about 160 MB,
+ *    docs/PERFORMANCE.md): one `aux` pointer holds the payload, or the
+ *    copied error message (allocated only when a message is given, i.e. on
+ *    the error path), or, when a settle brings both, a small block holding
+ *    the two; state bits say which. The error code lives in the state word,
+ *    the payload length in 32 bits (replies are at most 256 MiB), and the
+ *    owner's fini and cancel hook behind one shared pointer. References are
+ *    an atomic counter; the release of the last one skips the RMW when it
+ *    observes itself as the only holder.
  *
  * A settler must hold a reference for the duration of kreq__future_settle()
  * (the wake touches the future's memory after publication).
@@ -78,25 +82,30 @@
 #define AUX_MSG     0x100u                  /* aux is the error message */
 #define AUX_BOTH    (AUX_PAYLOAD | AUX_MSG) /* aux is a both_t */
 #define F_MSG_OOM   0x200u                  /* message lost to OOM: errstr is kreq_strerror(err) */
+#define F_FINI      0x400u                  /* the owner has a fini: call it when freeing */
+#define ERR_SHIFT   24                      /* top byte: the error code, as an int8_t */
+
+/* State bits holding err; and err from a published state. */
+#define ERR_BITS(err) ((uint32_t)(uint8_t)(int8_t)(err) << ERR_SHIFT)
+#define ERR_OF(s)     ((int)(int8_t)(uint8_t)((s) >> ERR_SHIFT))
 
 #define ERRMSG_MAX 255
 
 struct kreq_future_s {
-	_Atomic uint32_t state;
+	_Atomic uint32_t state; /* also holds the error code (ERR_BITS) */
 	_Atomic uint32_t refs;
-	int32_t err;
 	int32_t status;
+	uint32_t payload_len;
 	void *aux; /* payload, message or both_t, per the AUX_* bits */
-	size_t payload_len;
 	kreq_future_cb_t *cb;
 	void *cb_opaque;
-	kreq__future_fini_t *fini;
-	kreq__future_cancel_hook_t *cancel_hook;
+	const kreq__future_owner_t *owner;
 	alignas(16) unsigned char extra[];
 };
 
 _Static_assert(offsetof(struct kreq_future_s, extra) % 16 == 0, "extra must be 16-aligned");
-_Static_assert(sizeof(struct kreq_future_s) <= 64, "keep the future small");
+_Static_assert(sizeof(struct kreq_future_s) <= 48, "keep the future small");
+_Static_assert(KREQ_OK == 0 && (int8_t)KREQ_ECONFLICT == KREQ_ECONFLICT, "codes fit a byte");
 
 /* A payload and a message together (rare: a rejection with a body). */
 typedef struct both {
@@ -146,31 +155,38 @@ static bool deadline_passed(const struct timespec *dl)
 
 /* ---- life cycle -------------------------------------------------------- */
 
-kreq_future_t *kreq__future_new(size_t extra, kreq__future_fini_t *fini,
-                                kreq__future_cancel_hook_t *cancel_hook)
+kreq_future_t *kreq__future_new(size_t extra, const kreq__future_owner_t *owner)
 {
 	if (extra > SIZE_MAX - sizeof(struct kreq_future_s))
 		return NULL;
 	struct kreq_future_s *f = malloc(sizeof(*f) + extra);
 	if (f == NULL)
 		return NULL;
-	atomic_init(&f->state, PH_PENDING);
+	atomic_init(&f->state, PH_PENDING | (owner != NULL && owner->fini != NULL ? F_FINI : 0));
 	atomic_init(&f->refs, 1);
-	f->err = 0;
 	f->status = 0;
-	f->aux = NULL;
 	f->payload_len = 0;
+	f->aux = NULL;
 	f->cb = NULL;
 	f->cb_opaque = NULL;
-	f->fini = fini;
-	f->cancel_hook = cancel_hook;
+	f->owner = owner;
 	memset(f->extra, 0, extra);
 	return f;
+}
+
+const kreq__future_owner_t *kreq__future_owner(const kreq_future_t *f)
+{
+	return f->owner;
 }
 
 void *kreq__future_extra(kreq_future_t *f)
 {
 	return f->extra;
+}
+
+size_t kreq__future_extra_offset(void)
+{
+	return offsetof(struct kreq_future_s, extra);
 }
 
 kreq_future_t *kreq__future_from_extra(void *extra)
@@ -187,9 +203,9 @@ kreq_future_t *kreq_future_retain(kreq_future_t *f)
 
 static void future_free(kreq_future_t *f)
 {
-	if (f->fini != NULL)
-		f->fini(f);
 	uint32_t s = atomic_load_explicit(&f->state, memory_order_relaxed);
+	if (s & F_FINI)
+		f->owner->fini(f);
 	if ((s & AUX_BOTH) == AUX_BOTH)
 		free(((both_t *)f->aux)->payload);
 	free(f->aux);
@@ -300,10 +316,14 @@ bool kreq__future_settle(kreq_future_t *f, int err, int32_t status, void *payloa
 		}
 	} while (!atomic_compare_exchange_weak_explicit(
 	    &f->state, &s, s | PH_SETTLING, memory_order_acquire, memory_order_relaxed));
-	f->err = err;
+	if (payload != NULL && payload_len > UINT32_MAX) { /* not from a Kafka record */
+		free(payload);
+		payload = NULL;
+		err = KREQ_EOVERSIZE;
+	}
 	f->status = status;
-	f->payload_len = payload != NULL ? payload_len : 0;
-	uint32_t flags = store_aux(f, payload, errmsg) | (from_dedup ? F_DEDUP : 0);
+	f->payload_len = payload != NULL ? (uint32_t)payload_len : 0;
+	uint32_t flags = store_aux(f, payload, errmsg) | (from_dedup ? F_DEDUP : 0) | ERR_BITS(err);
 	uint32_t prev;
 	if (publish(f, flags, &prev)) {
 		f->cb(f, f->cb_opaque);
@@ -347,8 +367,8 @@ int kreq_future_cancel(kreq_future_t *f)
 		return KREQ_EINVAL;
 	if ((atomic_load_explicit(&f->state, memory_order_acquire) & PH_MASK) != PH_PENDING)
 		return KREQ_ESTATE;
-	if (f->cancel_hook != NULL)
-		return f->cancel_hook(f);
+	if (f->owner != NULL && f->owner->cancel_hook != NULL)
+		return f->owner->cancel_hook(f);
 	return kreq__future_settle(f, KREQ_ECANCELED, 0, NULL, 0, false, "cancelled by caller")
 	           ? KREQ_OK
 	           : KREQ_ESTATE;
@@ -378,7 +398,8 @@ int kreq_future_err(const kreq_future_t *f)
 {
 	if (f == NULL)
 		return KREQ_EINVAL;
-	return readable(f) ? f->err : KREQ_ESTATE;
+	uint32_t s = readable(f);
+	return s ? ERR_OF(s) : KREQ_ESTATE;
 }
 
 int32_t kreq_future_status(const kreq_future_t *f)
@@ -407,7 +428,7 @@ const char *kreq_future_errstr(const kreq_future_t *f)
 	if (s & AUX_MSG)
 		return f->aux;
 	if (s & F_MSG_OOM)
-		return kreq_strerror(f->err);
+		return kreq_strerror(ERR_OF(s));
 	return "";
 }
 

@@ -14,16 +14,21 @@
  *    cache) that made insert and find 1.3-1.6x faster in bench_client_core.
  *    Holding times stay short: the only long section, a shard's rehash when
  *    it grows, allocates the new array before taking the lock.
- *  - Open addressing with linear probing over flat arrays of 24-byte slots
+ *  - Open addressing with linear probing over flat arrays of 16-byte slots
  *    (no per-entry allocation, one cache line touched for most operations,
- *    ~48 bytes per entry at one million entries; load factor kept between
+ *    ~34 bytes per entry at one million entries; load factor kept between
  *    3/8 and 3/4). Deletion shifts entries back instead of leaving
  *    tombstones, so lookups never degrade after churn and no periodic
  *    rehash is needed.
- *  - A slot holds the id's 64-bit hash instead of the id's first half: the
- *    hash is a bijection of the first half given the second, so (hash,
- *    second half) still identifies the id, and the home slot is read
- *    without rehashing. The hash's top 6 bits (the shard number, the same
+ *  - A slot holds the id's 64-bit hash and the value, not the id: every
+ *    value holds its own id (at the table's key offset), so the table does
+ *    not keep a second copy of it (a slot was 24 bytes with the id's second
+ *    half; at a million pending calls that was 17 MB). The hash is a
+ *    bijection of the id's first half given the second, so (hash, second
+ *    half) identifies the id: a lookup compares the hash in the slot and,
+ *    only when it matches, the second half in the value (one more memory
+ *    access, to the value the caller is about to use anyway). The home slot
+ *    and rehashing need only the hash. The hash's top 6 bits (the shard number, the same
  *    in every slot of a shard) are free and hold the slot's probe count:
  *    how many entries further along the run have their home at or before
  *    the slot, i.e. pass over it. A count saturates at 63 and then means
@@ -81,8 +86,7 @@
 
 typedef struct slot {
 	uint64_t hc; /* low 58 bits: the id's hash (top 6 = shard); top 6: count */
-	uint64_t k1; /* second half of the id */
-	void *v;     /* NULL: empty (and then count 0) */
+	void *v;     /* NULL: empty (and then count 0); holds its id at key_off */
 } slot_t;
 
 typedef struct shard {
@@ -97,10 +101,12 @@ typedef struct shard {
 
 struct kreq__table {
 	shard_t shards[NSHARDS];
+	size_t key_off; /* where a value holds its id */
 };
 
 typedef struct key {
 	uint64_t k1, h;
+	size_t off; /* the table's key_off */
 } tkey_t;
 
 ALWAYS_INLINE uint64_t hash_of(uint64_t k0, uint64_t k1)
@@ -108,14 +114,23 @@ ALWAYS_INLINE uint64_t hash_of(uint64_t k0, uint64_t k1)
 	return (k0 ^ ((k1 << 32) | (k1 >> 32))) * MULT;
 }
 
-ALWAYS_INLINE tkey_t make_key(const uint8_t id[16])
+ALWAYS_INLINE tkey_t make_key(const kreq__table_t *t, const uint8_t id[16])
 {
 	uint64_t k0;
 	tkey_t k;
 	memcpy(&k0, id, 8);
 	memcpy(&k.k1, id + 8, 8);
 	k.h = hash_of(k0, k.k1);
+	k.off = t->key_off;
 	return k;
+}
+
+/* The second half of the id that value v holds. */
+ALWAYS_INLINE uint64_t k1_of(const void *v, size_t off)
+{
+	uint64_t k1;
+	memcpy(&k1, (const uint8_t *)v + off + 8, 8);
+	return k1;
 }
 
 /* Home slot of hash h (or a slot's hc: the count bits are shifted out) in
@@ -196,7 +211,7 @@ ALWAYS_INLINE void cnt_dec(slot_t *s)
 
 ALWAYS_INLINE bool holds(const slot_t *s, const tkey_t *k)
 {
-	return ((s->hc ^ k->h) & HASH_MASK) == 0 && s->k1 == k->k1 && s->v != NULL;
+	return ((s->hc ^ k->h) & HASH_MASK) == 0 && s->v != NULL && k1_of(s->v, k->off) == k->k1;
 }
 
 #define NONE SIZE_MAX
@@ -218,11 +233,11 @@ ALWAYS_INLINE size_t lookup(const shard_t *sh, const tkey_t *k)
 
 /* Stores an entry in empty slot `to`, the first empty slot from its home
  * `from`, and counts it in the slots it passes over. */
-static void place(slot_t *sl, size_t mask, size_t from, size_t to, uint64_t h, uint64_t k1, void *v)
+static void place(slot_t *sl, size_t mask, size_t from, size_t to, uint64_t h, void *v)
 {
 	for (size_t q = from; q != to; q = (q + 1) & mask)
 		cnt_inc(&sl[q]);
-	sl[to] = (slot_t){h & HASH_MASK, k1, v};
+	sl[to] = (slot_t){h & HASH_MASK, v};
 }
 
 /* Moves the entry in slot j back to slot i, over which it passed: it no
@@ -232,7 +247,6 @@ ALWAYS_INLINE void move_back(slot_t *sl, size_t mask, size_t i, size_t j)
 	for (size_t q = i; q != j; q = (q + 1) & mask)
 		cnt_dec(&sl[q]);
 	sl[i].hc = (sl[j].hc & HASH_MASK) | (sl[i].hc & ~HASH_MASK);
-	sl[i].k1 = sl[j].k1;
 	sl[i].v = sl[j].v;
 }
 
@@ -300,7 +314,7 @@ static void rehash_into(shard_t *sh, slot_t *ns, uint32_t bits)
 		size_t h = home(s->hc, 64 - bits), j = h;
 		while (ns[j].v != NULL)
 			j = (j + 1) & mask;
-		place(ns, mask, h, j, s->hc, s->k1, s->v);
+		place(ns, mask, h, j, s->hc, s->v);
 	}
 	free(sh->slots);
 	sh->slots = ns;
@@ -346,11 +360,9 @@ static int put(shard_t *sh, const tkey_t *k, void *value)
 	}
 	if (i != h) {
 		sl[i].hc = sl[h].hc & HASH_MASK; /* count 0 in an empty slot */
-		sl[i].k1 = sl[h].k1;
 		sl[i].v = sl[h].v;
 	}
 	sl[h].hc = (k->h & HASH_MASK) | (sl[h].hc & ~HASH_MASK);
-	sl[h].k1 = k->k1;
 	sl[h].v = value;
 	set_count(sh, size_count(sh) + 1);
 	return KREQ_OK;
@@ -383,12 +395,13 @@ static uint32_t bits_for(size_t per_shard)
 	return bits;
 }
 
-kreq__table_t *kreq__table_new(size_t expected)
+kreq__table_t *kreq__table_new(size_t expected, size_t key_offset)
 {
 	kreq__table_t *t = aligned_alloc(64, sizeof(*t));
 	if (t == NULL)
 		return NULL;
 	memset(t, 0, sizeof(*t));
+	t->key_off = key_offset;
 	uint32_t bits = bits_for(expected / NSHARDS + 1);
 	for (size_t i = 0; i < NSHARDS; i++) {
 		shard_t *sh = &t->shards[i];
@@ -417,9 +430,9 @@ void kreq__table_destroy(kreq__table_t *t)
 
 int kreq__table_insert(kreq__table_t *t, const uint8_t id[16], void *value)
 {
-	if (value == NULL)
-		return KREQ_EINVAL;
-	tkey_t k = make_key(id);
+	if (value == NULL || memcmp((const uint8_t *)value + t->key_off, id, 16) != 0)
+		return KREQ_EINVAL; /* the value must hold this id */
+	tkey_t k = make_key(t, id);
 	shard_t *sh = shard_of(t, &k);
 	shard_lock(sh);
 	int rc;
@@ -435,7 +448,7 @@ int kreq__table_insert(kreq__table_t *t, const uint8_t id[16], void *value)
 
 void *kreq__table_remove(kreq__table_t *t, const uint8_t id[16])
 {
-	tkey_t k = make_key(id);
+	tkey_t k = make_key(t, id);
 	shard_t *sh = shard_of(t, &k);
 	void *v = NULL;
 	shard_lock(sh);
@@ -452,7 +465,7 @@ void *kreq__table_remove(kreq__table_t *t, const uint8_t id[16])
 /* Inlined into both public finds, so find() has no retain test. */
 ALWAYS_INLINE void *find_value(kreq__table_t *t, const uint8_t id[16], void (*retain)(void *value))
 {
-	tkey_t k = make_key(id);
+	tkey_t k = make_key(t, id);
 	shard_t *sh = shard_of(t, &k);
 	shard_lock(sh);
 	size_t i = lookup(sh, &k);
@@ -533,7 +546,7 @@ void kreq__table_test_id(uint64_t h, uint64_t salt, uint8_t id[16])
 	memcpy(id + 8, &salt, 8);
 }
 
-static int check_shard(shard_t *sh, size_t sno, char *err, size_t errlen)
+static int check_shard(shard_t *sh, size_t sno, size_t key_off, char *err, size_t errlen)
 {
 	if (sh->slots == NULL)
 		return size_count(sh) == 0 && sh->bits == 0 && sh->mask == 0 && sh->limit == 0
@@ -562,12 +575,17 @@ static int check_shard(shard_t *sh, size_t sno, char *err, size_t errlen)
 				    q);
 			passes[q]++;
 		}
+		uint64_t k1 = k1_of(s->v, key_off);
 		uint64_t k0 = ((((uint64_t)sno << CNT_SHIFT) | (s->hc & HASH_MASK)) * MULT_INV) ^
-		              ((s->k1 << 32) | (s->k1 >> 32));
+		              ((k1 << 32) | (k1 >> 32));
 		uint8_t id[16];
 		memcpy(id, &k0, 8);
-		memcpy(id + 8, &s->k1, 8);
-		tkey_t k = make_key(id);
+		memcpy(id + 8, &k1, 8);
+		if (rc == KREQ_OK && memcmp(id, (const uint8_t *)s->v + key_off, 8) != 0)
+			rc = kreq__err(err, errlen, KREQ_ESTATE,
+			               "shard %zu slot %zu: hash does not match the value's id",
+			               sno, i);
+		tkey_t k = {k1, hash_of(k0, k1), key_off};
 		if (rc == KREQ_OK && lookup(sh, &k) != i)
 			rc = kreq__err(err, errlen, KREQ_ESTATE, "shard %zu slot %zu: not found",
 			               sno, i);
@@ -592,7 +610,7 @@ int kreq__table_check(kreq__table_t *t, char *err, size_t errlen)
 	for (size_t i = 0; i < NSHARDS && rc == KREQ_OK; i++) {
 		shard_t *sh = &t->shards[i];
 		shard_lock(sh);
-		rc = check_shard(sh, i, err, errlen);
+		rc = check_shard(sh, i, t->key_off, err, errlen);
 		shard_unlock(sh);
 	}
 	return rc;

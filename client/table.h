@@ -2,8 +2,10 @@
  * table.h — the pending-call table: 16-byte correlation id -> pointer.
  *
  * Safe under concurrent insert/find/remove from any thread. Correlation ids
- * are random (UUID v4), so their bytes are already a good hash. The table
- * does not own the values; removal is how the client decides who settles a
+ * are random (UUID v4), so their bytes are already a good hash. Every value
+ * holds its own id, at the key offset given to kreq__table_new(), for as
+ * long as it is in the table (the table reads it there instead of keeping
+ * a copy). The table does not own the values; removal is how the client decides who settles a
  * call: exactly one remover gets the pointer back, every other gets NULL.
  * Must hold one million live entries; insert/find/remove stay under 100 ns
  * at that size (bench/bench_client_core.c).
@@ -16,15 +18,17 @@
 
 typedef struct kreq__table kreq__table_t;
 
-/* New table sized for about `expected` live entries (it grows as needed).
- * NULL if out of memory. */
-kreq__table_t *kreq__table_new(size_t expected);
+/* New table sized for about `expected` live entries (it grows as needed),
+ * whose values hold their 16-byte id at byte key_offset. NULL if out of
+ * memory. */
+kreq__table_t *kreq__table_new(size_t expected, size_t key_offset);
 
 /* Frees the table (not the values). The caller guarantees no concurrent use. */
 void kreq__table_destroy(kreq__table_t *t);
 
-/* Inserts id -> value (value non-NULL). KREQ_OK, KREQ_EEXIST (id present;
- * table unchanged) or KREQ_ENOMEM. */
+/* Inserts id -> value (value non-NULL, holding id at the key offset).
+ * KREQ_OK, KREQ_EEXIST (id present; table unchanged), KREQ_EINVAL (NULL, or
+ * the value holds another id) or KREQ_ENOMEM. */
 int kreq__table_insert(kreq__table_t *t, const uint8_t id[16], void *value);
 
 /* Removes id and returns its value, or NULL if absent. */

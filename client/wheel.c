@@ -8,7 +8,8 @@
  *    their slot is reached, so any int64 deadline is accepted.
  *  - Arm and cancel are O(1): a node is linked into a circular list headed by
  *    a sentinel per slot, and a 256-bit occupancy bitmap per level is kept
- *    in step (cancel clears the bit when the slot empties).
+ *    in step (cancel clears the bit when the slot empties, which it sees
+ *    from the node's neighbours: nodes are 24 bytes, links and expiry).
  *  - Expiry is exact: when the clock reaches a level boundary the due slot
  *    of the next level is cascaded (its nodes re-placed relative to the new
  *    clock), so a level-0 slot only ever holds nodes expiring at exactly the
@@ -134,7 +135,6 @@ static void place(kreq__wheel_t *w, node_t *n)
 	if (n->expires_ms < w->clk) {
 		if (list_empty(&w->heads[OVERDUE]) || n->expires_ms < w->overdue_min)
 			w->overdue_min = n->expires_ms;
-		n->slot = OVERDUE;
 		list_add_tail(&w->heads[OVERDUE], n);
 		return;
 	}
@@ -146,18 +146,21 @@ static void place(kreq__wheel_t *w, node_t *n)
 	}
 	unsigned level = level_of(delta);
 	uint32_t slot = level * SLOTS + (uint32_t)((e >> (level * SLOT_BITS)) % SLOTS);
-	n->slot = slot;
 	list_add_tail(&w->heads[slot], n);
 	bit_set(w, slot);
 }
 
-/* Unlinks an armed node, keeping the bitmap in step. */
+/* Unlinks an armed node, keeping the bitmap in step. Nodes do not record
+ * their slot (a pending call's record is 4 bytes smaller): the slot empties
+ * exactly when the node's two neighbours are one and the same, its head
+ * sentinel, whose index in heads[] is the slot. */
 static void unlink_node(kreq__wheel_t *w, node_t *n)
 {
-	uint32_t slot = n->slot;
+	node_t *prev = n->prev;
+	bool last = prev == n->next;
 	list_del(n);
-	if (slot != OVERDUE && list_empty(&w->heads[slot]))
-		bit_clear(w, slot);
+	if (last && prev != &w->heads[OVERDUE])
+		bit_clear(w, (uint32_t)(prev - w->heads));
 	set_count(w, get_count(w) - 1);
 }
 

@@ -18,7 +18,6 @@
 typedef struct kreq__timer_node {
 	struct kreq__timer_node *next, *prev; /* NULL when not armed */
 	int64_t expires_ms;                   /* monotonic ms */
-	uint32_t slot;                        /* wheel bookkeeping */
 } kreq__timer_node_t;
 
 typedef struct kreq__wheel kreq__wheel_t;

@@ -115,7 +115,10 @@ KREQ_API void kreq_call_opts_destroy(kreq_call_opts_t *o);
  *  submission and never grows. */
 KREQ_API int kreq_call_opts_set_timeout(kreq_call_opts_t *o, int64_t timeout_ms);
 
-/** Absolute deadline, ms since the Unix epoch (overrides the timeout). */
+/** Absolute deadline, ms since the Unix epoch (overrides the timeout). It
+ *  travels unchanged; the client's own timer, on the monotonic clock, ends
+ *  the call at the deadline or 2^32 ms (49.7 days) after the call was made,
+ *  whichever is first. */
 KREQ_API int kreq_call_opts_set_deadline(kreq_call_opts_t *o, int64_t deadline_ms);
 
 /** Caller-chosen idempotency key (1..255 bytes, copied): a restarted client

@@ -7,6 +7,7 @@
 #include <check.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,7 +70,7 @@ static void never_cb(kreq_future_t *f, void *opaque)
 
 START_TEST(test_pending_accessors)
 {
-	kreq_future_t *f = kreq__future_new(96, NULL, NULL);
+	kreq_future_t *f = kreq__future_new(96, NULL);
 	ck_assert_ptr_nonnull(f);
 	unsigned char *x = kreq__future_extra(f);
 	ck_assert_uint_eq((uintptr_t)x % 16, 0);
@@ -94,7 +95,7 @@ END_TEST
 
 START_TEST(test_null_arguments)
 {
-	kreq_future_t *f = kreq__future_new(0, NULL, NULL);
+	kreq_future_t *f = kreq__future_new(0, NULL);
 	ck_assert_ptr_nonnull(f);
 	ck_assert_ptr_null(kreq_future_retain(NULL));
 	kreq_future_release(NULL);
@@ -128,7 +129,7 @@ END_TEST
 
 START_TEST(test_settle_reply)
 {
-	kreq_future_t *f = kreq__future_new(32, NULL, NULL);
+	kreq_future_t *f = kreq__future_new(32, NULL);
 	ck_assert(kreq__future_settle(f, KREQ_OK, 0, dup_str("hello"), 6, true, NULL));
 	ck_assert(kreq_future_is_done(f));
 	ck_assert_int_eq(kreq_future_wait(f, 0), KREQ_OK);
@@ -154,7 +155,7 @@ END_TEST
 
 START_TEST(test_settle_error_and_messages)
 {
-	kreq_future_t *f = kreq__future_new(0, NULL, NULL);
+	kreq_future_t *f = kreq__future_new(0, NULL);
 	ck_assert(kreq__future_settle(f, KREQ_EREJECTED, 42, NULL, 10, false, "bad method"));
 	ck_assert_int_eq(kreq_future_err(f), KREQ_EREJECTED);
 	ck_assert_int_eq(kreq_future_status(f), 42);
@@ -169,7 +170,7 @@ START_TEST(test_settle_error_and_messages)
 	char longmsg[600];
 	memset(longmsg, 'a', sizeof(longmsg) - 1);
 	longmsg[sizeof(longmsg) - 1] = '\0';
-	f = kreq__future_new(0, NULL, NULL);
+	f = kreq__future_new(0, NULL);
 	ck_assert(kreq__future_settle(f, KREQ_ETIMEDOUT, 0, NULL, 0, false, longmsg));
 	ck_assert_uint_eq(strlen(kreq_future_errstr(f)), 255);
 	ck_assert(strncmp(kreq_future_errstr(f), longmsg, 255) == 0);
@@ -178,13 +179,13 @@ START_TEST(test_settle_error_and_messages)
 	/* ... on a UTF-8 character boundary */
 	memset(longmsg, 'a', 254);
 	strcpy(longmsg + 254, "\xc3\xa9tail"); /* U+00E9 across bytes 254..255 */
-	f = kreq__future_new(0, NULL, NULL);
+	f = kreq__future_new(0, NULL);
 	ck_assert(kreq__future_settle(f, KREQ_ETIMEDOUT, 0, NULL, 0, false, longmsg));
 	ck_assert_uint_eq(strlen(kreq_future_errstr(f)), 254);
 	kreq_future_release(f);
 
 	/* a payload and a message together */
-	f = kreq__future_new(0, NULL, NULL);
+	f = kreq__future_new(0, NULL);
 	ck_assert(kreq__future_settle(f, KREQ_EREJECTED, 3, dup_str("body"), 5, true, "bad input"));
 	ck_assert_str_eq(kreq_future_payload(f, &len), "body");
 	ck_assert_uint_eq(len, 5);
@@ -194,12 +195,12 @@ START_TEST(test_settle_error_and_messages)
 	kreq_future_release(f);
 
 	/* the reply's error text with KREQ_OK, an empty message */
-	f = kreq__future_new(0, NULL, NULL);
+	f = kreq__future_new(0, NULL);
 	ck_assert(kreq__future_settle(f, KREQ_OK, 7, NULL, 0, false, "app says no"));
 	ck_assert_int_eq(kreq_future_status(f), 7);
 	ck_assert_str_eq(kreq_future_errstr(f), "app says no");
 	kreq_future_release(f);
-	f = kreq__future_new(0, NULL, NULL);
+	f = kreq__future_new(0, NULL);
 	ck_assert(kreq__future_settle(f, KREQ_ECLOSED, 0, NULL, 0, false, ""));
 	ck_assert_str_eq(kreq_future_errstr(f), "");
 	kreq_future_release(f);
@@ -238,7 +239,7 @@ static void *settle_later(void *arg)
 
 START_TEST(test_callback_before_settle)
 {
-	kreq_future_t *f = kreq__future_new(0, NULL, NULL);
+	kreq_future_t *f = kreq__future_new(0, NULL);
 	cbrec_t r = {.sleep_ms = 60};
 	ck_assert_int_eq(kreq_future_on_done(f, record_cb, &r), KREQ_OK);
 	ck_assert_int_eq(kreq_future_on_done(f, record_cb, &r), KREQ_EEXIST);
@@ -261,7 +262,7 @@ END_TEST
 
 START_TEST(test_callback_after_settle)
 {
-	kreq_future_t *f = kreq__future_new(0, NULL, NULL);
+	kreq_future_t *f = kreq__future_new(0, NULL);
 	ck_assert(kreq__future_settle(f, KREQ_EUNAVAILABLE, 0, NULL, 0, false, "no worker"));
 	cbrec_t r = {0};
 	ck_assert_int_eq(kreq_future_on_done(f, record_cb, &r), KREQ_OK);
@@ -305,7 +306,7 @@ START_TEST(test_callback_register_race)
 	size_t n = RUNNING_ON_VALGRIND ? 2000 : 20000;
 	race_t r = {calloc(n, sizeof(kreq_future_t *)), calloc(n, sizeof(cbrec_t)), n};
 	for (size_t i = 0; i < n; i++)
-		r.fs[i] = kreq__future_new(0, NULL, NULL);
+		r.fs[i] = kreq__future_new(0, NULL);
 	pthread_t a, b;
 	pthread_create(&a, NULL, race_register, &r);
 	pthread_create(&b, NULL, race_settle, &r);
@@ -329,7 +330,7 @@ END_TEST
 
 START_TEST(test_cancel_without_hook)
 {
-	kreq_future_t *f = kreq__future_new(0, NULL, NULL);
+	kreq_future_t *f = kreq__future_new(0, NULL);
 	cbrec_t r = {0};
 	ck_assert_int_eq(kreq_future_on_done(f, record_cb, &r), KREQ_OK);
 	ck_assert_int_eq(kreq_future_cancel(f), KREQ_OK);
@@ -364,10 +365,13 @@ static int hook_refuses(kreq_future_t *f)
 	return KREQ_ESTATE; /* e.g. the reply path removed it from the table first */
 }
 
+static const kreq__future_owner_t owner_settles = {NULL, hook_settles};
+static const kreq__future_owner_t owner_refuses = {NULL, hook_refuses};
+
 START_TEST(test_cancel_with_hook)
 {
 	atomic_store(&hook_calls, 0);
-	kreq_future_t *f = kreq__future_new(0, NULL, hook_settles);
+	kreq_future_t *f = kreq__future_new(0, &owner_settles);
 	ck_assert_int_eq(kreq_future_cancel(f), KREQ_OK);
 	ck_assert_int_eq(ld_int(&hook_calls), 1);
 	ck_assert_int_eq(kreq_future_err(f), KREQ_ECANCELED);
@@ -376,7 +380,7 @@ START_TEST(test_cancel_with_hook)
 	ck_assert_int_eq(ld_int(&hook_calls), 1); /* settled: hook not called */
 	kreq_future_release(f);
 
-	f = kreq__future_new(0, NULL, hook_refuses);
+	f = kreq__future_new(0, &owner_refuses);
 	ck_assert_int_eq(kreq_future_cancel(f), KREQ_ESTATE);
 	ck_assert_int_eq(ld_int(&hook_calls), 2);
 	ck_assert(!kreq_future_is_done(f)); /* the hook decides */
@@ -400,11 +404,13 @@ static void fini_count(kreq_future_t *f)
 	atomic_fetch_add(&fini_calls, 1);
 }
 
+static const kreq__future_owner_t owner_fini = {fini_count, NULL};
+
 START_TEST(test_refcount_and_fini)
 {
 	atomic_store(&fini_calls, 0);
 	atomic_store(&fini_saw_marker, 0);
-	kreq_future_t *f = kreq__future_new(96, fini_count, NULL);
+	kreq_future_t *f = kreq__future_new(96, &owner_fini);
 	unsigned char *x = kreq__future_extra(f);
 	x[0] = 0xAB;
 	x[95] = 0xCD;
@@ -420,7 +426,7 @@ START_TEST(test_refcount_and_fini)
 	ck_assert_int_eq(ld_int(&fini_saw_marker), 1);
 
 	/* released while pending: fini runs, nothing leaks */
-	f = kreq__future_new(8, fini_count, NULL);
+	f = kreq__future_new(8, &owner_fini);
 	kreq_future_release(f);
 	ck_assert_int_eq(ld_int(&fini_calls), 2);
 }
@@ -430,7 +436,7 @@ END_TEST
 
 START_TEST(test_wait_timeout_and_wake)
 {
-	kreq_future_t *f = kreq__future_new(0, NULL, NULL);
+	kreq_future_t *f = kreq__future_new(0, NULL);
 	int64_t t0 = kreq_test_now_ms();
 	ck_assert_int_eq(kreq_future_wait(f, 50), KREQ_ETIMEDOUT);
 	ck_assert_int_ge(kreq_test_now_ms() - t0, 49);
@@ -452,7 +458,7 @@ static void *wait_forever(void *arg)
 
 START_TEST(test_many_waiters)
 {
-	kreq_future_t *f = kreq__future_new(0, NULL, NULL);
+	kreq_future_t *f = kreq__future_new(0, NULL);
 	pthread_t th[4];
 	for (int i = 0; i < 4; i++)
 		pthread_create(&th[i], NULL, wait_forever, f);
@@ -484,7 +490,7 @@ START_TEST(test_wait_all)
 {
 	kreq_future_t *fs[3];
 	for (int i = 0; i < 3; i++)
-		fs[i] = kreq__future_new(0, NULL, NULL);
+		fs[i] = kreq__future_new(0, NULL);
 	kreq__future_settle(fs[0], KREQ_OK, 0, NULL, 0, false, NULL);
 	kreq__future_settle(fs[2], KREQ_OK, 0, NULL, 0, false, NULL);
 	ck_assert_int_eq(kreq_future_wait_all(fs, 3, 0), KREQ_ETIMEDOUT);
@@ -509,7 +515,7 @@ START_TEST(test_wait_any)
 	kreq_future_t *fs[3];
 	cbrec_t r = {.sleep_ms = 30};
 	for (int i = 0; i < 3; i++)
-		fs[i] = kreq__future_new(0, NULL, NULL);
+		fs[i] = kreq__future_new(0, NULL);
 	size_t idx = 99;
 	ck_assert_int_eq(kreq_future_wait_any(fs, 3, 0, &idx), KREQ_ETIMEDOUT);
 	int64_t t0 = kreq_test_now_ms();
@@ -570,7 +576,7 @@ START_TEST(test_wait_any_concurrent)
 	anyctx_t c = {.n = RUNNING_ON_VALGRIND ? 400 : 4000};
 	c.fs = calloc(c.n, sizeof(*c.fs));
 	for (size_t i = 0; i < c.n; i++)
-		c.fs[i] = kreq__future_new(0, NULL, NULL);
+		c.fs[i] = kreq__future_new(0, NULL);
 	pthread_t w[3], s[2];
 	for (int i = 0; i < 3; i++)
 		pthread_create(&w[i], NULL, any_waiter, &c);
@@ -718,6 +724,9 @@ static int stress_hook(kreq_future_t *f)
 	           : KREQ_ESTATE;
 }
 
+static const kreq__future_owner_t stress_owner = {stress_fini, NULL};
+static const kreq__future_owner_t stress_owner_hooked = {stress_fini, stress_hook};
+
 /* fs[i] if it is still in the table, retained; else NULL. */
 static kreq_future_t *lookup(stress_t *c, size_t i)
 {
@@ -844,7 +853,7 @@ static void stress_setup(stress_t *c, size_t n, uint64_t seed)
 {
 	memset(c, 0, sizeof(*c));
 	c->n = n;
-	c->t = kreq__table_new(0);
+	c->t = kreq__table_new(0, kreq__future_extra_offset() + offsetof(rec_t, id));
 	c->w = kreq__wheel_new(0);
 	c->fs = calloc(n, sizeof(*c->fs));
 	ck_assert(c->t && c->w && c->fs);
@@ -852,7 +861,7 @@ static void stress_setup(stress_t *c, size_t n, uint64_t seed)
 	for (size_t i = 0; i < n; i++) {
 		uint64_t h = rnd(&seed);
 		kreq_future_t *f =
-		    kreq__future_new(sizeof(rec_t), stress_fini, h & 1 ? stress_hook : NULL);
+		    kreq__future_new(sizeof(rec_t), h & 1 ? &stress_owner_hooked : &stress_owner);
 		ck_assert_ptr_nonnull(f);
 		rec_t *r = rec_of(f);
 		for (int k = 0; k < 16; k += 8) {

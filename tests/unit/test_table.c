@@ -82,10 +82,9 @@ static cid_t *counter_ids(size_t n, int pos)
 	return ids;
 }
 
-static void *val(size_t i)
-{
-	return (void *)(uintptr_t)(i + 1);
-}
+/* The value stored for ids[i]: the table reads a value's id from it (key
+ * offset 0), so it is the id itself. */
+#define val(i) ((void *)&ids[(i)])
 
 /* Fails the test with the table's description of a broken invariant. */
 static void check_table(kreq__table_t *t)
@@ -110,7 +109,7 @@ static cid_t colliding_id(unsigned shard, unsigned slot, uint64_t low, uint64_t 
 
 START_TEST(test_basic_contract)
 {
-	kreq__table_t *t = kreq__table_new(0);
+	kreq__table_t *t = kreq__table_new(0, 0);
 	ck_assert_ptr_nonnull(t);
 	cid_t *ids = random_ids(3, 1);
 	ck_assert_uint_eq(kreq__table_count(t), 0);
@@ -118,8 +117,10 @@ START_TEST(test_basic_contract)
 	ck_assert_ptr_null(kreq__table_remove(t, ids[0].b));
 	ck_assert_int_eq(kreq__table_insert(t, ids[0].b, NULL), KREQ_EINVAL);
 	ck_assert_int_eq(kreq__table_insert(t, ids[0].b, val(0)), KREQ_OK);
-	ck_assert_int_eq(kreq__table_insert(t, ids[0].b, val(9)), KREQ_EEXIST);
-	ck_assert_ptr_eq(kreq__table_find(t, ids[0].b), val(0)); /* unchanged */
+	cid_t dup = ids[0]; /* another value holding the same id */
+	ck_assert_int_eq(kreq__table_insert(t, ids[0].b, &dup), KREQ_EEXIST);
+	ck_assert_int_eq(kreq__table_insert(t, ids[2].b, val(1)), KREQ_EINVAL); /* not its id */
+	ck_assert_ptr_eq(kreq__table_find(t, ids[0].b), val(0));                /* unchanged */
 	ck_assert_int_eq(kreq__table_insert(t, ids[1].b, val(1)), KREQ_OK);
 	ck_assert_uint_eq(kreq__table_count(t), 2);
 	ck_assert_ptr_null(kreq__table_find(t, ids[2].b));
@@ -172,12 +173,12 @@ START_TEST(test_one_million)
 {
 	size_t n = RUNNING_ON_VALGRIND ? 100000 : 1000000;
 	cid_t *ids = random_ids(n, 42);
-	kreq__table_t *t = kreq__table_new(0); /* grows all the way */
+	kreq__table_t *t = kreq__table_new(0, 0); /* grows all the way */
 	ck_assert_ptr_nonnull(t);
 	exercise(t, ids, n);
 	exercise(t, ids, n); /* reusable after emptying */
 	kreq__table_destroy(t);
-	t = kreq__table_new(n); /* presized */
+	t = kreq__table_new(n, 0); /* presized */
 	ck_assert_ptr_nonnull(t);
 	exercise(t, ids, n);
 	kreq__table_destroy(t);
@@ -190,7 +191,7 @@ START_TEST(test_structured_ids)
 	size_t n = RUNNING_ON_VALGRIND ? 20000 : 200000;
 	for (int pos = 0; pos <= 12; pos += 4) {
 		cid_t *ids = counter_ids(n, pos);
-		kreq__table_t *t = kreq__table_new(16);
+		kreq__table_t *t = kreq__table_new(16, 0);
 		exercise(t, ids, n);
 		kreq__table_destroy(t);
 		free(ids);
@@ -206,7 +207,7 @@ START_TEST(test_churn_against_model)
 	size_t ops = RUNNING_ON_VALGRIND ? 60000 : 400000;
 	cid_t *ids = random_ids(pool, 7);
 	bool *in = calloc(pool, sizeof(bool));
-	kreq__table_t *t = kreq__table_new(0);
+	kreq__table_t *t = kreq__table_new(0, 0);
 	uint64_t seed = 99;
 	size_t count = 0;
 	for (size_t k = 0; k < ops; k++) {
@@ -238,12 +239,13 @@ typedef struct seen {
 	uint8_t *hits;
 	size_t n;
 	size_t calls;
+	const cid_t *ids; /* the values: &ids[i] */
 } seen_t;
 
 static void mark(void *value, void *arg)
 {
 	seen_t *s = arg;
-	size_t i = (size_t)(uintptr_t)value - 1;
+	size_t i = (size_t)((const cid_t *)value - s->ids);
 	CHECK(i < s->n);
 	s->hits[i]++;
 	s->calls++;
@@ -253,10 +255,10 @@ START_TEST(test_foreach_and_drain)
 {
 	size_t n = 50000;
 	cid_t *ids = random_ids(n, 3);
-	kreq__table_t *t = kreq__table_new(1000);
+	kreq__table_t *t = kreq__table_new(1000, 0);
 	for (size_t i = 0; i < n; i++)
 		CHECK(kreq__table_insert(t, ids[i].b, val(i)) == KREQ_OK);
-	seen_t s = {calloc(n, 1), n, 0};
+	seen_t s = {calloc(n, 1), n, 0, ids};
 	kreq__table_foreach(t, mark, &s);
 	ck_assert_uint_eq(s.calls, n);
 	for (size_t i = 0; i < n; i++)
@@ -293,17 +295,17 @@ START_TEST(test_test_id_hook)
 {
 	/* the hook's ids land where it says: same shard and home collide, and
 	 * ids differing only in salt are still different entries */
-	kreq__table_t *t = kreq__table_new(0);
+	kreq__table_t *t = kreq__table_new(0, 0);
 	cid_t a = colliding_id(3, 7, 1, 1), b = colliding_id(3, 7, 1, 2);
 	ck_assert_int_ne(memcmp(a.b, b.b, 16), 0);
-	ck_assert_int_eq(kreq__table_insert(t, a.b, val(0)), KREQ_OK);
-	ck_assert_int_eq(kreq__table_insert(t, b.b, val(1)), KREQ_OK);
-	ck_assert_ptr_eq(kreq__table_find(t, a.b), val(0));
-	ck_assert_ptr_eq(kreq__table_find(t, b.b), val(1));
+	ck_assert_int_eq(kreq__table_insert(t, a.b, (void *)&a), KREQ_OK);
+	ck_assert_int_eq(kreq__table_insert(t, b.b, (void *)&b), KREQ_OK);
+	ck_assert_ptr_eq(kreq__table_find(t, a.b), (void *)&a);
+	ck_assert_ptr_eq(kreq__table_find(t, b.b), (void *)&b);
 	check_table(t);
-	ck_assert_ptr_eq(kreq__table_remove(t, a.b), val(0));
+	ck_assert_ptr_eq(kreq__table_remove(t, a.b), (void *)&a);
 	check_table(t);
-	ck_assert_ptr_eq(kreq__table_find(t, b.b), val(1));
+	ck_assert_ptr_eq(kreq__table_find(t, b.b), (void *)&b);
 	kreq__table_destroy(t);
 }
 END_TEST
@@ -347,7 +349,7 @@ START_TEST(test_full_cluster_wraps)
 {
 	uint64_t seed = 5;
 	for (int round = 0; round < 300; round++) {
-		kreq__table_t *t = kreq__table_new(0);
+		kreq__table_t *t = kreq__table_new(0, 0);
 		cid_t ids[12];
 		for (size_t i = 0; i < 12; i++) /* homes 13, 14, 15 and one at 0 */
 			ids[i] = colliding_id(9, i == 11 ? 0 : 13 + (unsigned)(rnd(&seed) % 3),
@@ -403,7 +405,7 @@ START_TEST(test_churn_colliding_against_model)
 				ids[i] = colliding_id(shard, 15 - (unsigned)(rnd(&seed) % homes),
 				                      UINT64_MAX, i);
 		}
-		kreq__table_t *t = kreq__table_new(0);
+		kreq__table_t *t = kreq__table_new(0, 0);
 		churn_checked(t, ids, n, ops, rnd(&seed));
 		kreq__table_destroy(t);
 		free(ids);
@@ -422,7 +424,7 @@ START_TEST(test_saturated_counts)
 	ck_assert_ptr_nonnull(ids);
 	for (size_t i = 0; i < n; i++)
 		ids[i] = colliding_id(4, 15, UINT64_MAX, i); /* all the same hash */
-	kreq__table_t *t = kreq__table_new(0);
+	kreq__table_t *t = kreq__table_new(0, 0);
 	for (size_t i = 0; i < n; i++)
 		CHECK(kreq__table_insert(t, ids[i].b, val(i)) == KREQ_OK);
 	check_table(t);
@@ -516,7 +518,7 @@ static void run_concurrent(conc_t *c)
 START_TEST(test_concurrent_use)
 {
 	conc_t c = {.per = RUNNING_ON_VALGRIND ? 5000 : 50000};
-	c.t = kreq__table_new(0);
+	c.t = kreq__table_new(0, 0);
 	c.ids = random_ids(c.per * CTHREADS, 11);
 	run_concurrent(&c);
 }
@@ -527,7 +529,7 @@ END_TEST
 START_TEST(test_concurrent_colliding)
 {
 	conc_t c = {.per = RUNNING_ON_VALGRIND ? 300 : 2000};
-	c.t = kreq__table_new(0);
+	c.t = kreq__table_new(0, 0);
 	c.ids = malloc(c.per * CTHREADS * sizeof(cid_t));
 	ck_assert_ptr_nonnull(c.ids);
 	uint64_t seed = 31;
