@@ -44,6 +44,13 @@
 #   scripts/kafka.sh features --dir DIR
 #       Kafka 4.x only: the finalized feature levels of the running cluster
 #       (kafka-features describe), e.g. "transaction.version ... 2".
+#   scripts/kafka.sh txn-state --dir DIR [SUBSTRING]
+#       What the transaction coordinators recorded (node 1's copy of
+#       __transaction_state, decoded by DumpLogSegments), one line per
+#       transactional.id containing SUBSTRING: transactions committed and
+#       aborted, the producer epochs seen, and the client transaction version
+#       (2: KIP-890's protocol, the epoch is bumped at every transaction end;
+#       "-": the classic protocol, one epoch until the producer is re-inited).
 #
 # Environment:
 #   KREQ_KAFKA_CACHE    jar cache root (default $HOME/.cache/kreq)
@@ -479,6 +486,43 @@ check_tx_version() {
   [[ "${level:-0}" == "$TX_VERSION" ]]
 }
 
+# txn_state [SUBSTRING]: see the usage above.
+txn_state() {
+  local cls=kafka.tools.DumpLogSegments f files=()
+  ((KAFKA_MAJOR >= 4)) && cls=org.apache.kafka.tools.DumpLogSegments
+  for f in "$(node_dir 1)"/data/__transaction_state-*/*.log; do
+    [[ -e "$f" ]] && files+=("$f")
+  done
+  ((${#files[@]} > 0)) || die "no __transaction_state segments in $(node_dir 1)/data"
+  local IFS=,
+  "$JAVA_BIN" -Xmx256m -cp "$LIBS/*" "$cls" --transaction-log-decoder --print-data-log \
+    --files "${files[*]}" 2>/dev/null | python3 -c '
+import collections, json, re, sys
+want = sys.argv[1]
+ids = collections.OrderedDict()
+for line in sys.stdin:
+    m = re.search(r"key: (\{.*?\}\}) payload: (\{.*\})\s*$", line)
+    if not m:
+        continue
+    tid = json.loads(m.group(1)).get("data", {}).get("transactionalId", "")
+    if want not in tid:
+        continue
+    v = json.loads(m.group(2))["data"]
+    s = ids.setdefault(tid, {"commit": 0, "abort": 0, "epochs": set(), "tv": set()})
+    st = v.get("transactionStatus")
+    s["commit"] += st == "CompleteCommit"
+    s["abort"] += st == "CompleteAbort"
+    s["epochs"].add(v.get("producerEpoch"))
+    s["tv"].add(str(v.get("clientTransactionVersion", "-")))
+for tid, s in ids.items():
+    e = sorted(s["epochs"])
+    print("%s committed=%d aborted=%d epochs=%s client_transaction_version=%s" % (
+        tid, s["commit"], s["abort"],
+        "%d" % e[0] if len(e) == 1 else "%d..%d (%d distinct)" % (e[0], e[-1], len(e)),
+        "/".join(sorted(s["tv"]))))
+' "${1:-}"
+}
+
 # stop_nodes [N...]: SIGTERM, wait up to STOP_TIMEOUT s, then SIGKILL.
 stop_nodes() {
   local n pid pids=() list=("$@")
@@ -611,10 +655,11 @@ done
 
 case "$CMD" in
   fetch) [[ -z "$DIR$NODE" ]] || usage; fetch; log "Kafka $KAFKA_VERSION jars ready in $LIBS" ;;
-  start | stop | status | bootstrap | features | kill-node | stop-node | start-node)
+  start | stop | status | bootstrap | features | txn-state | kill-node | stop-node | start-node)
     [[ -n "$DIR" ]] || { log "$CMD needs --dir DIR"; usage; }
     case "$CMD" in
       kill-node | stop-node | start-node) [[ -n "$NODE" ]] || { log "$CMD needs a node number"; usage; } ;;
+      txn-state) ;;                        # optional SUBSTRING
       *) [[ -z "$NODE" ]] || usage ;;
     esac
     [[ "$CMD" == start ]] || DIR="$(cd "$DIR" 2>/dev/null && pwd || printf '%s' "$DIR")"
@@ -624,6 +669,7 @@ case "$CMD" in
       status) cmd_status ;;
       bootstrap) load_env; bootstrap_line ;;
       features) load_env; describe_features ;;
+      txn-state) load_env; txn_state "$NODE" ;;
       kill-node) cmd_kill_node ;;
       stop-node) cmd_stop_node ;;
       start-node) cmd_start_node ;;
