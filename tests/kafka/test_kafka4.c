@@ -74,8 +74,8 @@ static void check_txn(rd_kafka_error_t *error, const char *what)
 
 static void require_cluster(void)
 {
-	ck_assert_msg(cluster.bootstrap[0], "the Kafka " KAFKA4_VERSION
-	                                    " cluster did not start (see the log above)");
+	ck_assert_msg(cluster.bootstrap[0],
+	              "the Kafka " KAFKA4_VERSION " cluster did not start (see the log above)");
 }
 
 START_TEST(harness_finalizes_transaction_version_2)
@@ -142,13 +142,14 @@ START_TEST(librdkafka_speaks_classic_protocol_on_transaction_version_2)
 	/* One epoch for all transactions and no client transaction version:
 	 * the classic protocol. KIP-890 part 2 would show epochs 0..6 and
 	 * client_transaction_version=2 (Kafka's Java producer does). */
-	ck_assert_msg(strstr(out, " epochs=0 ") != NULL &&
-	                  strstr(out, "client_transaction_version=-\n") != NULL,
-	              "librdkafka %s no longer runs the classic transaction protocol on Kafka "
-	              KAFKA4_VERSION " (transaction log: %s). If it now bumps the epoch per "
-	              "transaction (KIP-890 part 2), update docs/operations.md, \"Supported Kafka "
-	              "versions\", and this test.",
-	              rd_kafka_version_str(), out);
+	ck_assert_msg(
+	    strstr(out, " epochs=0 ") != NULL &&
+	        strstr(out, "client_transaction_version=-\n") != NULL,
+	    "librdkafka %s no longer runs the classic transaction protocol on Kafka " KAFKA4_VERSION
+	    " (transaction log: %s). If it now bumps the epoch per "
+	    "transaction (KIP-890 part 2), update docs/operations.md, \"Supported Kafka "
+	    "versions\", and this test.",
+	    rd_kafka_version_str(), out);
 }
 END_TEST
 
@@ -165,7 +166,8 @@ int main(void)
 	setenv("KREQ_KAFKA_VERSION", KAFKA4_VERSION, 1);
 	setenv("KREQ_KAFKA_TX_VERSION", "2", 1);
 	if (kreq_test_cluster_start(&cluster, "kafka4", 1))
-		fprintf(stderr, "cannot start a Kafka " KAFKA4_VERSION " cluster: every test fails\n");
+		fprintf(stderr,
+		        "cannot start a Kafka " KAFKA4_VERSION " cluster: every test fails\n");
 	int rc = kreq_test_run_suite(s);
 	kreq_test_cluster_stop(&cluster);
 	return rc;
