@@ -5,7 +5,15 @@
 # Why: the librdkafka mock cluster does not enforce read_committed or restart
 # semantics, so everything that claims transactional / crash-safe behaviour is
 # tested against real brokers. The broker comes as jars from Maven Central
-# (fetched with Maven, see scripts/kafka/pom.xml) and runs as plain JVMs.
+# (fetched with Maven, see scripts/kafka/pom.xml for 3.x and pom-4.xml for
+# 4.x) and runs as plain JVMs.
+#
+# Versions: the 3.x line (3.9.1, the default) logs through reload4j
+# (log4j 1 configuration); the 4.x line (4.4.0 in CI) through log4j2, and a
+# new 4.x cluster is formatted with transaction.version=2 (KIP-890 part 2:
+# the producer epoch is bumped at every transaction end) unless
+# KREQ_KAFKA_TX_VERSION says otherwise. Commands on an existing DIR use the
+# version the cluster there was started with, whatever KREQ_KAFKA_VERSION is.
 #
 # Usage:
 #   scripts/kafka.sh fetch
@@ -33,10 +41,23 @@
 #       leaderships over first), waiting until it has exited.
 #   scripts/kafka.sh start-node --dir DIR N
 #       Restart node N with its old config and data; waits until it rejoins.
+#   scripts/kafka.sh features --dir DIR
+#       Kafka 4.x only: the finalized feature levels of the running cluster
+#       (kafka-features describe), e.g. "transaction.version ... 2".
+#   scripts/kafka.sh txn-state --dir DIR [SUBSTRING]
+#       What the transaction coordinators recorded (node 1's copy of
+#       __transaction_state, decoded by DumpLogSegments), one line per
+#       transactional.id containing SUBSTRING: transactions committed and
+#       aborted, the producer epochs seen, and the client transaction version
+#       (2: KIP-890's protocol, the epoch is bumped at every transaction end;
+#       "-": the classic protocol, one epoch until the producer is re-inited).
 #
 # Environment:
 #   KREQ_KAFKA_CACHE    jar cache root (default $HOME/.cache/kreq)
-#   KREQ_KAFKA_VERSION  Apache Kafka version (default below; 3.x, KRaft)
+#   KREQ_KAFKA_VERSION  Apache Kafka version (default below): 3.x or 4.x, KRaft
+#   KREQ_KAFKA_TX_VERSION  4.x only: transaction.version a new cluster is
+#                       formatted with (default 2; 0 gives the classic
+#                       transaction protocol on a 4.x cluster)
 #   KREQ_KAFKA_HEAP     JVM heap options (default "-Xms256m -Xmx512m")
 #   JAVA                java binary (default: java on PATH; needs Java 17+)
 #
@@ -47,13 +68,10 @@
 # (start, bootstrap) or the status table (status).
 set -euo pipefail
 
-readonly KAFKA_VERSION="${KREQ_KAFKA_VERSION:-3.9.1}"
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
-readonly POM="$SCRIPT_DIR/kafka/pom.xml"
 readonly CACHE_ROOT="${KREQ_KAFKA_CACHE:-${HOME:-/tmp}/.cache/kreq}"
-readonly KAFKA_HOME="$CACHE_ROOT/kafka-$KAFKA_VERSION"
-readonly LIBS="$KAFKA_HOME/libs"
+readonly TX_VERSION="${KREQ_KAFKA_TX_VERSION:-2}"
 readonly JAVA_BIN="${JAVA:-java}"
 readonly HEAP_OPTS="${KREQ_KAFKA_HEAP:--Xms256m -Xmx512m}"
 readonly MARKER="kreq-kafka.env"       # identifies a DIR this script owns
@@ -62,6 +80,34 @@ readonly STOP_TIMEOUT=30
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# set_version V: the Kafka version everything below uses (jars, pom, logging
+# configuration). Called once with KREQ_KAFKA_VERSION, and again by load_env
+# with the version of the cluster in DIR.
+set_version() {
+  [[ "$1" =~ ^([0-9]+)\.[0-9]+\.[0-9]+$ ]] || die "KREQ_KAFKA_VERSION must look like 3.9.1 or 4.4.0, got '$1'"
+  KAFKA_VERSION="$1"
+  KAFKA_MAJOR="${BASH_REMATCH[1]}"
+  ((KAFKA_MAJOR >= 3)) || die "Kafka $1: only the 3.x and 4.x lines (KRaft) are supported"
+  if ((KAFKA_MAJOR >= 4)); then
+    POM="$SCRIPT_DIR/kafka/pom-4.xml"
+  else
+    POM="$SCRIPT_DIR/kafka/pom.xml"
+  fi
+  KAFKA_HOME="$CACHE_ROOT/kafka-$KAFKA_VERSION"
+  LIBS="$KAFKA_HOME/libs"
+}
+set_version "${KREQ_KAFKA_VERSION:-3.9.1}"
+
+# The JVM option that points the logging framework of this Kafka line at the
+# configuration write_log4j wrote.
+log_opt() {
+  if ((KAFKA_MAJOR >= 4)); then
+    printf -- '-Dlog4j2.configurationFile=%s/log4j2.properties' "$DIR"
+  else
+    printf -- '-Dlog4j.configuration=file:%s/log4j.properties' "$DIR"
+  fi
+}
 
 usage() {
   sed -n '/^# Usage:/,/^set -euo pipefail/{/^set /d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
@@ -156,6 +202,8 @@ load_env() {
   [[ -f "$DIR/$MARKER" ]] || die "no kafka.sh cluster in $DIR (run: scripts/kafka.sh start --dir $DIR)"
   # shellcheck disable=SC1090
   source "$DIR/$MARKER"
+  # clusters made before the version was recorded were 3.9.1 ones
+  set_version "${CLUSTER_KAFKA_VERSION:-3.9.1}"
 }
 
 bootstrap_line() { printf 'KREQ_TEST_BOOTSTRAP=%s\n' "$BOOTSTRAP"; }
@@ -174,6 +222,10 @@ log_tail() {
 # --- configuration ------------------------------------------------------------
 
 write_log4j() {
+  if ((KAFKA_MAJOR >= 4)); then
+    write_log4j2
+    return
+  fi
   cat >"$DIR/log4j.properties" <<'EOF'
 # Broker logs go to <node dir>/logs/server.log only; nothing on the console.
 log4j.rootLogger=INFO, file
@@ -188,6 +240,37 @@ log4j.logger.kafka.request.logger=WARN
 log4j.logger.kafka.log.LogCleaner=WARN
 log4j.logger.org.apache.kafka.storage.internals.log=WARN
 log4j.logger.org.apache.kafka.clients=WARN
+EOF
+}
+
+# Kafka 4.x: the same, in log4j2's properties syntax.
+write_log4j2() {
+  cat >"$DIR/log4j2.properties" <<'EOF'
+# Broker logs go to <node dir>/logs/server.log only; nothing on the console.
+status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.filePattern = ${sys:kafka.logs.dir}/server.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 64MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 2
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = file
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.cleaner.name = kafka.log.LogCleaner
+logger.cleaner.level = WARN
+logger.storage.name = org.apache.kafka.storage.internals.log
+logger.storage.level = WARN
+logger.clients.name = org.apache.kafka.clients
+logger.clients.level = WARN
 EOF
 }
 
@@ -230,11 +313,15 @@ EOF
 }
 
 format_node() {
-  local n="$1" d
+  local n="$1" d features=()
   d="$(node_dir "$n")"
-  "$JAVA_BIN" -Xmx256m -cp "$LIBS/*" -Dlog4j.configuration="file:$DIR/log4j.properties" \
+  # 4.x: KIP-890's transaction protocol (transaction.version=2) is what a new
+  # 4.x cluster gets by default; say so explicitly, so that the cluster under
+  # test does not depend on that default (KREQ_KAFKA_TX_VERSION overrides).
+  ((KAFKA_MAJOR >= 4)) && features=(--feature "transaction.version=$TX_VERSION")
+  "$JAVA_BIN" -Xmx256m -cp "$LIBS/*" "$(log_opt)" \
     -Dkafka.logs.dir="$d/logs" kafka.tools.StorageTool format \
-    -t "$CLUSTER_ID" -c "$d/server.properties" >"$d/format.log" 2>&1 \
+    -t "$CLUSTER_ID" -c "$d/server.properties" "${features[@]+"${features[@]}"}" >"$d/format.log" 2>&1 \
     || { cat "$d/format.log" >&2; die "formatting storage of node $n failed"; }
 }
 
@@ -249,7 +336,7 @@ launch_node() {
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$d/kafka.pid" \
     "$JAVA_BIN" $HEAP_OPTS -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
-    -Dlog4j.configuration="file:$DIR/log4j.properties" -Dkafka.logs.dir="$d/logs" \
+    "$(log_opt)" -Dkafka.logs.dir="$d/logs" \
     -cp "$LIBS/*" kafka.Kafka "$d/server.properties" \
     </dev/null >>"$d/stdout.log" 2>&1 &
   local i
@@ -314,7 +401,7 @@ prepare_dir() {
   DIR="$(cd "$DIR" && pwd)"
   if [[ -f "$DIR/$MARKER" ]]; then
     ( load_env; any_alive ) && die "a cluster is already running in $DIR (stop it first)"
-    rm -rf "${DIR:?}"/node[0-9]* "${DIR:?}/$MARKER" "${DIR:?}/log4j.properties"
+    rm -rf "${DIR:?}"/node[0-9]* "${DIR:?}/$MARKER" "${DIR:?}"/log4j*.properties
   elif [[ -n "$(ls -A "$DIR")" ]]; then
     die "$DIR is not empty and was not made by kafka.sh; refusing to use it"
   fi
@@ -369,10 +456,71 @@ cmd_start() {
   done
   log "started $NODES node(s) (Kafka $KAFKA_VERSION) in $DIR; waiting for produce+consume on $BOOTSTRAP"
   wait_ready $((t0 + START_TIMEOUT)) "$BOOTSTRAP" || die "cluster not ready within ${START_TIMEOUT}s"
+  check_tx_version || die "the cluster does not run with transaction.version=$TX_VERSION"
   START_OK=1
   trap - EXIT INT TERM HUP
   log "ready after $(($(date +%s) - t0))s"
   bootstrap_line
+}
+
+# describe_features: kafka-features describe of the cluster (4.x: the
+# FeatureCommand class comes with the jars, see scripts/kafka/pom-4.xml).
+describe_features() {
+  ((KAFKA_MAJOR >= 4)) || die "features: only for Kafka 4.x clusters (this one runs $KAFKA_VERSION)"
+  "$JAVA_BIN" -Xmx128m -cp "$LIBS/*" org.apache.kafka.tools.FeatureCommand \
+    --bootstrap-server "$BOOTSTRAP" describe 2>/dev/null
+}
+
+# check_tx_version: on 4.x, the finalized transaction.version is the one the
+# cluster was formatted with (what decides KIP-890's epoch bump per
+# transaction); logs it. 3.x has no such feature: the classic protocol.
+check_tx_version() {
+  if ((KAFKA_MAJOR < 4)); then
+    log "Kafka $KAFKA_VERSION: classic transaction protocol (no transaction.version feature)"
+    return 0
+  fi
+  local out level
+  out="$(describe_features)" || { log "kafka-features describe failed"; return 1; }
+  level="$(sed -n 's/^Feature: transaction\.version\b.*FinalizedVersionLevel: \([0-9]*\).*/\1/p' <<<"$out")"
+  log "Kafka $KAFKA_VERSION: transaction.version finalized level ${level:-none}"
+  [[ "${level:-0}" == "$TX_VERSION" ]]
+}
+
+# txn_state [SUBSTRING]: see the usage above.
+txn_state() {
+  local cls=kafka.tools.DumpLogSegments f files=()
+  ((KAFKA_MAJOR >= 4)) && cls=org.apache.kafka.tools.DumpLogSegments
+  for f in "$(node_dir 1)"/data/__transaction_state-*/*.log; do
+    [[ -e "$f" ]] && files+=("$f")
+  done
+  ((${#files[@]} > 0)) || die "no __transaction_state segments in $(node_dir 1)/data"
+  local IFS=,
+  "$JAVA_BIN" -Xmx256m -cp "$LIBS/*" "$cls" --transaction-log-decoder --print-data-log \
+    --files "${files[*]}" 2>/dev/null | python3 -c '
+import collections, json, re, sys
+want = sys.argv[1]
+ids = collections.OrderedDict()
+for line in sys.stdin:
+    m = re.search(r"key: (\{.*?\}\}) payload: (\{.*\})\s*$", line)
+    if not m:
+        continue
+    tid = json.loads(m.group(1)).get("data", {}).get("transactionalId", "")
+    if want not in tid:
+        continue
+    v = json.loads(m.group(2))["data"]
+    s = ids.setdefault(tid, {"commit": 0, "abort": 0, "epochs": set(), "tv": set()})
+    st = v.get("transactionStatus")
+    s["commit"] += st == "CompleteCommit"
+    s["abort"] += st == "CompleteAbort"
+    s["epochs"].add(v.get("producerEpoch"))
+    s["tv"].add(str(v.get("clientTransactionVersion", "-")))
+for tid, s in ids.items():
+    e = sorted(s["epochs"])
+    print("%s committed=%d aborted=%d epochs=%s client_transaction_version=%s" % (
+        tid, s["commit"], s["abort"],
+        "%d" % e[0] if len(e) == 1 else "%d..%d (%d distinct)" % (e[0], e[-1], len(e)),
+        "/".join(sorted(s["tv"]))))
+' "${1:-}"
 }
 
 # stop_nodes [N...]: SIGTERM, wait up to STOP_TIMEOUT s, then SIGKILL.
@@ -507,10 +655,11 @@ done
 
 case "$CMD" in
   fetch) [[ -z "$DIR$NODE" ]] || usage; fetch; log "Kafka $KAFKA_VERSION jars ready in $LIBS" ;;
-  start | stop | status | bootstrap | kill-node | stop-node | start-node)
+  start | stop | status | bootstrap | features | txn-state | kill-node | stop-node | start-node)
     [[ -n "$DIR" ]] || { log "$CMD needs --dir DIR"; usage; }
     case "$CMD" in
       kill-node | stop-node | start-node) [[ -n "$NODE" ]] || { log "$CMD needs a node number"; usage; } ;;
+      txn-state) ;;                        # optional SUBSTRING
       *) [[ -z "$NODE" ]] || usage ;;
     esac
     [[ "$CMD" == start ]] || DIR="$(cd "$DIR" 2>/dev/null && pwd || printf '%s' "$DIR")"
@@ -519,6 +668,8 @@ case "$CMD" in
       stop) cmd_stop ;;
       status) cmd_status ;;
       bootstrap) load_env; bootstrap_line ;;
+      features) load_env; describe_features ;;
+      txn-state) load_env; txn_state "$NODE" ;;
       kill-node) cmd_kill_node ;;
       stop-node) cmd_stop_node ;;
       start-node) cmd_start_node ;;

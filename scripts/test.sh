@@ -2,17 +2,21 @@
 # test.sh — THE test command (README Quickstart; .ci/run calls exactly this).
 #
 # On a fresh Debian 12 machine it installs what is missing, builds librdkafka
-# (scripts/librdkafka.sh), fetches Apache Kafka's jars from Maven Central,
-# starts a real single-node KRaft broker on loopback, and runs, in order:
+# (scripts/librdkafka.sh), fetches Apache Kafka's jars from Maven Central
+# (4.4.0 and 3.9.1), starts a real single-node KRaft Kafka broker on
+# loopback, and runs, in order:
 #   1. format check (clang-format, checked-in style)
 #   2. fresh root (scripts/freshroot.sh): on a brand-new minimal Debian 12
 #      (debootstrap) with a clean clone, the demo and this script's set-up,
 #      format check, release build and unit suites: fails when the set-up
 #      misses anything a new user's machine needs
-#   3. release build with -Wall -Wextra -Werror, every CTest suite (unit + kafka),
+#   3. release build with -Wall -Wextra -Werror, every CTest suite (unit + kafka)
+#      against Apache Kafka 4.4.0 (transaction.version=2; kafka.sh checks it),
 #      then the demo (scripts/demo.sh) end to end
-#   4. ASan+UBSan build, every suite
-#   5. TSan build (librdkafka instrumented too), every suite
+#   4. ASan+UBSan build, every suite, against Apache Kafka 3.9.1
+#   5. TSan build (librdkafka instrumented too), every suite, on 3.9.1
+#      (the 4.x Kafka broker is stopped and a 3.9.1 one started between 3 and
+#      4: both Kafka lines are tested in every run, one JVM at a time)
 #   5b. cluster3: the suites labelled cluster3 (test_cluster3), which start
 #      a 3-broker Kafka cluster of their own (scripts/kafka.sh --nodes 3;
 #      the shared broker is stopped first) and fail one Kafka broker at a
@@ -26,7 +30,9 @@
 #      sharing KREQ_FUZZ_SECONDS, each from its seed corpus
 # and stops the broker on exit, also on failure. Safe to run twice.
 #
-# Environment: KREQ_FUZZ_SECONDS (default 60), KREQ_TEST_STAGES (default
+# Environment: KREQ_TEST_KAFKA_RELEASE (Kafka version of the release stage,
+# default 4.4.0), KREQ_TEST_KAFKA_SANITIZE (of asan and tsan, default 3.9.1),
+# KREQ_FUZZ_SECONDS (default 60), KREQ_TEST_STAGES (default
 # "format freshroot release demo asan tsan valgrind fuzz"; add cluster3) to run a subset
 # while developing; stage "unit" (not in the default: "release" covers it)
 # is the release build with the unit suites only, no Kafka broker.
@@ -37,13 +43,16 @@ STAGES=${KREQ_TEST_STAGES:-"format freshroot release demo asan tsan valgrind fuz
 FUZZ_SECONDS=${KREQ_FUZZ_SECONDS:-60}
 JOBS=2
 KAFKA_DIR="$ROOT/build/kafka-test"
+KAFKA_RELEASE=${KREQ_TEST_KAFKA_RELEASE:-4.4.0}
+KAFKA_SANITIZE=${KREQ_TEST_KAFKA_SANITIZE:-3.9.1}
 
 say() { printf '\n==== %s ====\n' "$*"; }
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
 say "setup"
 scripts/setup.sh
-scripts/kafka.sh fetch
+KREQ_KAFKA_VERSION=$KAFKA_SANITIZE scripts/kafka.sh fetch
+KREQ_KAFKA_VERSION=$KAFKA_RELEASE scripts/kafka.sh fetch
 # librdkafka 2.12.1 built from source (why: scripts/librdkafka.sh); every
 # build below finds it through pkg-config, every binary through its RPATH.
 RDKAFKA_PREFIX=$(scripts/librdkafka.sh)
@@ -68,6 +77,24 @@ run_ctest() { # dir, extra ctest args... (adds the suites that ran to PASSED)
 
 stop_kafka() { scripts/kafka.sh stop --dir "$KAFKA_DIR" >&2 || true; }
 
+# start_kafka VERSION: the shared single-node Kafka broker of the stages
+# below runs VERSION (a running one of another version is stopped first).
+# Exports KREQ_TEST_BOOTSTRAP, and KREQ_KAFKA_VERSION for the suites that
+# start clusters of their own through kafka.sh.
+KAFKA_RUNNING=""
+start_kafka() {
+  [ "$KAFKA_RUNNING" = "$1" ] && return 0
+  [ -z "$KAFKA_RUNNING" ] || stop_kafka
+  say "start Apache Kafka $1 (KRaft, 127.0.0.1)"
+  mkdir -p build
+  trap stop_kafka EXIT
+  export KREQ_KAFKA_VERSION=$1
+  export "$(scripts/kafka.sh start --dir "$KAFKA_DIR")"
+  KAFKA_RUNNING=$1
+  echo "KREQ_TEST_BOOTSTRAP=$KREQ_TEST_BOOTSTRAP (Apache Kafka $1)"
+  case $1 in 3.*) ;; *) scripts/kafka.sh features --dir "$KAFKA_DIR" | grep transaction.version ;; esac
+}
+
 if has_stage format; then
   say "format"
   scripts/format.sh --check
@@ -79,16 +106,9 @@ if has_stage freshroot; then
   PASSED=$((PASSED + 1))
 fi
 
-if has_stage release || has_stage asan || has_stage tsan; then
-  say "start Apache Kafka (KRaft, 127.0.0.1)"
-  mkdir -p build
-  trap stop_kafka EXIT
-  export "$(scripts/kafka.sh start --dir "$KAFKA_DIR")"
-  echo "KREQ_TEST_BOOTSTRAP=$KREQ_TEST_BOOTSTRAP"
-fi
-
 if has_stage release; then
-  say "release build (-Werror) + all suites"
+  start_kafka "$KAFKA_RELEASE"
+  say "release build (-Werror) + all suites, Apache Kafka $KAFKA_RELEASE"
   configure_build build
   run_ctest build -LE cluster3
 fi
@@ -106,14 +126,16 @@ if has_stage demo; then
 fi
 
 if has_stage asan; then
-  say "ASan+UBSan build + all suites"
+  start_kafka "$KAFKA_SANITIZE"
+  say "ASan+UBSan build + all suites, Apache Kafka $KAFKA_SANITIZE"
   configure_build build-asan -DKREQ_SANITIZE=address -DKREQ_BUILD_BENCH=OFF
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_ctest build-asan -LE cluster3
 fi
 
 if has_stage tsan; then
-  say "TSan build (kreq and librdkafka instrumented) + all suites"
+  start_kafka "$KAFKA_SANITIZE"
+  say "TSan build (kreq and librdkafka instrumented) + all suites, Apache Kafka $KAFKA_SANITIZE"
   # TSan must see librdkafka's atomics and locks too, or each hand-over
   # between its threads and kreq's is reported as a race: this stage links
   # a librdkafka built with -fsanitize=thread (scripts/librdkafka.sh tsan).
@@ -130,6 +152,7 @@ if has_stage cluster3; then
   # the suite starts and stops its cluster itself; the shared broker goes
   # first so that no more than 3 JVMs run (each with a small heap)
   stop_kafka
+  echo "cluster3 runs Apache Kafka ${KREQ_KAFKA_VERSION:-3.9.1}"
   configure_build build
   KREQ_KAFKA_HEAP=${KREQ_KAFKA_HEAP:-"-Xms128m -Xmx384m"} run_ctest build -L cluster3
 fi
