@@ -363,19 +363,49 @@ int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exist
 	return n;
 }
 
-/* A topic the worker just created: its partition count once Kafka shows
- * it (a new topic takes a moment to appear). */
-static int await_topic(kreq_server_t *s, const char *topic)
+/* A topic the worker just created (or found missing although it exists):
+ * its partition count once Kafka shows it and its partition leaders know
+ * it (common/kadmin.h), looked at again every 100 ms, each look asking the
+ * cluster metadata afresh, within server.start.timeout.ms in all. Why:
+ * on a cluster that is healing (a Kafka broker just restarted, catching
+ * up, on a loaded host) a new topic can take seconds to be served. The
+ * wait this replaces had two phases of the full timeout each (metadata,
+ * then leaders: up to twice server.start.timeout.ms), gave each leader's
+ * ListOffsets 1 s however slow the Kafka broker was, and gave up saying
+ * only "did not become available" (issue 17, test_cluster3). Each look
+ * here has up to 5 s; what is still missing is logged after
+ * server.start.timeout.ms / 4 and named when it gives up. */
+int kreq__topic_await_ready(kreq_server_t *s, const char *topic)
 {
-	int n = kreq__topic_partitions_await(s, topic, true);
-	/* and its partition leaders know it (common/kadmin.h) */
-	if (n > 0 &&
-	    kreq__topic_await_leaders(
-	        s->reader, topic, n, (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS)))
-		n = 0;
-	if (n == 0)
-		kreq__loop_fatal(s, KREQ_EKAFKA, "topic %s did not become available", topic);
-	return n;
+	int64_t tmo = kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
+	int64_t t0 = kreq__mono_ns(), now = t0, until = t0 + tmo * 1000000LL;
+	char why[300] = "";
+	bool warned = false;
+	int ready = 0, n;
+	for (;;) {
+		int64_t left_ms = (until - now) / 1000000;
+		n = kreq__topic_ready(
+		    s->reader, topic, &ready,
+		    (int)(left_ms < 5000 ? (left_ms > 100 ? left_ms : 100) : 5000), why,
+		    sizeof(why));
+		if (n > 0 || atomic_load(&s->stop) || (now = kreq__mono_ns()) >= until)
+			break;
+		if (!warned && now - t0 >= tmo * 250000LL) {
+			warned = true;
+			kreq__log(s->conf, 4, "server",
+			          "topic %s is not available yet (%s): waiting for it up to "
+			          "server.start.timeout.ms (%lld ms)",
+			          topic, why, (long long)tmo);
+		}
+		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL);
+	}
+	if (n > 0)
+		return n;
+	kreq__loop_fatal(s, KREQ_EKAFKA,
+	                 "topic %s did not become available within server.start.timeout.ms "
+	                 "(%lld ms): %s",
+	                 topic, (long long)tmo, why);
+	return -1;
 }
 
 static int ensure_topics(kreq_server_t *s)
@@ -386,7 +416,7 @@ static int ensure_topics(kreq_server_t *s)
 	if (nreq == 0) {
 		int p = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_PARTITIONS);
 		if (create_topic(s, s->req_topic, p, false) ||
-		    (nreq = await_topic(s, s->req_topic)) <= 0)
+		    (nreq = kreq__topic_await_ready(s, s->req_topic)) <= 0)
 			return -1;
 	}
 	int nres = kreq__topic_partitions_await(s, s->res_topic, false);
@@ -395,7 +425,7 @@ static int ensure_topics(kreq_server_t *s)
 	bool created = nres == 0;
 	if (created) {
 		if (create_topic(s, s->res_topic, nreq, true) ||
-		    (nres = await_topic(s, s->res_topic)) <= 0)
+		    (nres = kreq__topic_await_ready(s, s->res_topic)) <= 0)
 			return -1;
 	}
 	/* exists, compacted, long enough retention, co-partitioned (rebuild.c) */

@@ -203,22 +203,14 @@ static int create(kreq_server_t *s, const char *topic, int partitions, const cha
 		    "creating topic %s: %s", topic, *why ? why : rd_kafka_err2str(kerr));
 		return -1;
 	}
-	int n = kreq__topic_partitions_await(s, topic, true);
-	if (n > 0 && kreq__topic_await_leaders(s->reader, topic, n, tmo))
-		n = 0;
-	if (n == 0)
-		kreq__loop_fatal(s, KREQ_EKAFKA, "topic %s did not become available", topic);
-	return n > 0 ? n : -1;
+	return kreq__topic_await_ready(s, topic);
 }
 
 /* The topic's partition count, the topic created when missing; 0 when it
  * is missing and cannot be created (librdkafka's mock cluster). */
 static int ensure(kreq_server_t *s, const char *topic, int nreq, const char *const *cfg)
 {
-	int n = kreq__topic_partitions(s->reader, topic, 5000);
-	if (n < 0)
-		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
-		                 "no metadata for topic %s (Kafka did not answer)", topic);
+	int n = kreq__topic_partitions_await(s, topic, false); /* < 0: failed, said */
 	if (n != 0)
 		return n;
 	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);

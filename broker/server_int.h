@@ -338,6 +338,11 @@ void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
  * server.start.timeout.ms; -1 (the loop failed, KREQ_EUNAVAILABLE) if
  * Kafka never answered. Loop thread, start-up and assignments. */
 int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exists);
+/* A topic just created: its partition count once the cluster metadata
+ * shows it and each partition's leader answers for it, looked at again
+ * within server.start.timeout.ms in all; -1 (the loop failed, the cause
+ * named) if it never did. Loop thread, start-up. */
+int kreq__topic_await_ready(kreq_server_t *s, const char *topic);
 
 /* member.c: group membership (static instance id, rebalance protocol) */
 /* The group consumer's group.instance.id per server.static.membership and

@@ -148,17 +148,26 @@ int kreq__topic_admin_served(rd_kafka_t *rk, int timeout_ms)
 	return served;
 }
 
-int kreq__topic_await_leaders(rd_kafka_t *rk, const char *topic, int n, int timeout_ms)
+int kreq__topic_ready(rd_kafka_t *rk, const char *topic, int *ready, int timeout_ms, char *why,
+                      size_t why_size)
 {
 	int64_t until = kreq__mono_ns() + (int64_t)timeout_ms * 1000000LL;
-	for (int p = 0; p < n; p++) {
-		int64_t lo, hi;
-		while (rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 1000)) {
-			if (kreq__mono_ns() >= until)
-				return -1;
-			struct timespec ts = {0, 20000000}; /* a metadata update away */
-			nanosleep(&ts, NULL);
+	int n = kreq__topic_partitions(rk, topic, timeout_ms);
+	if (n <= 0) {
+		snprintf(why, why_size,
+		         n < 0 ? "Kafka did not answer a metadata request for it"
+		               : "it is not in the cluster metadata yet");
+		return n;
+	}
+	for (; *ready < n; ++*ready) {
+		int64_t left_ms = (until - kreq__mono_ns()) / 1000000, lo, hi;
+		rd_kafka_resp_err_t kerr = rd_kafka_query_watermark_offsets(
+		    rk, topic, *ready, &lo, &hi, (int)(left_ms > 100 ? left_ms : 100));
+		if (kerr) {
+			snprintf(why, why_size, "the leader of partition %d answered: %s", *ready,
+			         rd_kafka_err2str(kerr));
+			return 0;
 		}
 	}
-	return 0;
+	return n;
 }

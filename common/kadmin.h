@@ -28,13 +28,21 @@ rd_kafka_resp_err_t kreq__topic_create(rd_kafka_t *rk, const char *topic, int pa
                                        int replication_factor, const char *const *configs,
                                        int timeout_ms, char *why, size_t why_size);
 
-/* Waits until the leader of each of topic's n partitions answers a
- * ListOffsets request for it: on a cluster of several Kafka brokers a
- * topic just created shows in the metadata of one before its partition
- * leaders have learnt about it, and they answer UNKNOWN_TOPIC_OR_PART
- * meanwhile (a worker's dedup rebuild took that for a deleted results
- * topic and stopped). Returns 0, or -1 after timeout_ms. */
-int kreq__topic_await_leaders(rd_kafka_t *rk, const char *topic, int n, int timeout_ms);
+/* One look at a topic that was just created (or is known to exist): n >
+ * 0, its partition count, once the cluster metadata shows it AND the
+ * leader of each partition from *ready on answers a ListOffsets request
+ * for it (on a cluster of several Kafka brokers a new topic shows in the
+ * metadata of one before its partition leaders have learnt about it, and
+ * they answer UNKNOWN_TOPIC_OR_PART meanwhile: a worker's dedup rebuild
+ * took that for a deleted results topic and stopped). *ready (start at 0)
+ * counts the partitions whose leader answered, so the next look goes on
+ * from there. 0: not yet, why says what is missing; -1: Kafka did not
+ * answer the metadata request. Every look asks the cluster metadata
+ * afresh, which also refreshes rk's cache: a leader that moved or was not
+ * known yet at the previous look is found. Bounded by about timeout_ms;
+ * the caller repeats it until its own deadline. */
+int kreq__topic_ready(rd_kafka_t *rk, const char *topic, int *ready, int timeout_ms, char *why,
+                      size_t why_size);
 
 /* Whether the cluster can serve CreateTopics and DeleteTopics: 1 if its
  * metadata names a controller among its brokers, 0 if not (librdkafka's
