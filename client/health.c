@@ -113,50 +113,25 @@ bool kreq__health_admit(kreq__health_t *h, const char *method)
 }
 
 /* true if the service's group has a member, or if Kafka could not say
- * (unreachable Kafka is handled by unavailable.after.ms, not here).
- *
- * Asked of the group's coordinator (DescribeGroups through librdkafka's
- * admin API), never by listing groups: rd_kafka_list_groups() asks every
- * Kafka broker, and when one is down while another answers, it reports
- * no error and no group (the last answer overwrites the failure), so a
- * Kafka broker failing on a 3-node cluster made a served service look
- * empty and failed its pending calls. A coordinator that is moving or
- * still loading the group answers with an error: unknown, not "empty". */
+ * (unreachable Kafka is handled by unavailable.after.ms, not here). */
 static bool served(kreq__health_t *h, const char *service)
 {
 	kreq_client_t *c = h->c;
-	char group[KREQ__METHOD_MAX + 128], why[256];
+	char group[KREQ__METHOD_MAX + 128];
 	snprintf(group, sizeof(group), "%s.%s", c->topic_prefix, service);
-	const char *groups[1] = {group};
-	rd_kafka_queue_t *q = rd_kafka_queue_new(c->producer);
-	rd_kafka_AdminOptions_t *o =
-	    rd_kafka_AdminOptions_new(c->producer, RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS);
+	const struct rd_kafka_group_list *gl = NULL;
+	rd_kafka_resp_err_t err = rd_kafka_list_groups(c->producer, group, &gl, LIST_TIMEOUT_MS);
+	if (err)
+		return true;
 	bool yes = true;
-	if (!q || !o ||
-	    rd_kafka_AdminOptions_set_request_timeout(o, LIST_TIMEOUT_MS, why, sizeof(why)))
-		goto out;
-	rd_kafka_DescribeConsumerGroups(c->producer, groups, 1, o, q);
-	rd_kafka_event_t *ev = rd_kafka_queue_poll(q, LIST_TIMEOUT_MS + 1000);
-	const rd_kafka_DescribeConsumerGroups_result_t *res =
-	    ev && !rd_kafka_event_error(ev) ? rd_kafka_event_DescribeConsumerGroups_result(ev)
-	                                    : NULL;
-	size_t n = 0;
-	const rd_kafka_ConsumerGroupDescription_t **d =
-	    res ? rd_kafka_DescribeConsumerGroups_result_groups(res, &n) : NULL;
-	if (n == 1) {
-		const rd_kafka_error_t *ge = rd_kafka_ConsumerGroupDescription_error(d[0]);
-		if (!ge) /* a group that never existed is described as Dead, no members */
-			yes = rd_kafka_ConsumerGroupDescription_member_count(d[0]) > 0;
-		else
-			yes = rd_kafka_error_code(ge) != RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND;
+	if (gl->group_cnt == 0) {
+		yes = false;
+	} else {
+		const struct rd_kafka_group_info *g = &gl->groups[0];
+		yes =
+		    (g->err && g->err != RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND) || g->member_cnt > 0;
 	}
-	if (ev)
-		rd_kafka_event_destroy(ev);
-out:
-	if (o)
-		rd_kafka_AdminOptions_destroy(o);
-	if (q)
-		rd_kafka_queue_destroy(q);
+	rd_kafka_group_list_destroy(gl);
 	return yes;
 }
 

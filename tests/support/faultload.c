@@ -86,7 +86,6 @@ void worker_signal(int slot, int sig)
 
 op_t ops[MAX_OPS];
 uint32_t sleep_min_ms = 0, sleep_span_ms = 40;
-int ops_unserved;
 
 kreq_future_t *submit(kreq_client_t *c, op_t *op)
 {
@@ -124,8 +123,6 @@ bool settle(op_t *op, kreq_future_t *f)
 			ck_assert_int_eq(kreq_future_status(f), 9);
 		if (err == KREQ_EUNAVAILABLE)
 			op->not_before = kreq_test_now_ms() + 250;
-		if (err == KREQ_EUNAVAILABLE && strstr(kreq_future_errstr(f), "no worker serves"))
-			ops_unserved++;
 		return false;
 	}
 	ck_assert_msg(kreq_future_status(f) == 0, "%s: status %d", op->key, kreq_future_status(f));
@@ -161,7 +158,6 @@ kreq_client_t *load_client(void)
 
 void ops_init(int nops)
 {
-	ops_unserved = 0;
 	for (int i = 0; i < nops; i++) {
 		memset(&ops[i], 0, sizeof(ops[i]));
 		snprintf(ops[i].key, sizeof(ops[i].key), "op-%d", i);

@@ -56,9 +56,6 @@ typedef struct {
 extern op_t ops[MAX_OPS];
 /* each operation's handler sleeps sleep_min_ms + [0, sleep_span_ms) ms */
 extern uint32_t sleep_min_ms, sleep_span_ms;
-/* calls failed with "no worker serves" (the client's service check found
- * the worker's group empty) since ops_init */
-extern int ops_unserved;
 
 typedef void (*schedule_fn)(int step, void *arg);
 
