@@ -62,16 +62,6 @@ static int kafka_sh_capture(const char *cmd, const char *arg, char *out, size_t 
 	return run_capture(sh, out, size);
 }
 
-static void check_txn(rd_kafka_error_t *error, const char *what)
-{
-	if (error == NULL)
-		return;
-	char msg[512];
-	snprintf(msg, sizeof msg, "%s", rd_kafka_error_string(error));
-	rd_kafka_error_destroy(error);
-	ck_abort_msg("%s failed: %s", what, msg);
-}
-
 static void require_cluster(void)
 {
 	ck_assert_msg(cluster.bootstrap[0],
@@ -106,18 +96,20 @@ static void run_transactions(const char *txn_id)
 	if (rk == NULL)
 		rd_kafka_conf_destroy(conf);
 	ck_assert_msg(rk != NULL, "transactional producer: %s", errstr);
-	check_txn(rd_kafka_init_transactions(rk, TXN_TIMEOUT_MS), "init_transactions");
+	kreq_test_check_txn(rd_kafka_init_transactions(rk, TXN_TIMEOUT_MS), "init_transactions");
 	for (int i = 0; i < N_COMMITS + N_ABORTS; i++) {
-		check_txn(rd_kafka_begin_transaction(rk), "begin_transaction");
+		kreq_test_check_txn(rd_kafka_begin_transaction(rk), "begin_transaction");
 		rd_kafka_resp_err_t err =
 		    rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(0),
 		                      RD_KAFKA_V_VALUE("v", 1), RD_KAFKA_V_END);
 		ck_assert_msg(!err, "produce: %s", rd_kafka_err2str(err));
 		if (i < N_COMMITS) {
-			check_txn(rd_kafka_commit_transaction(rk, TXN_TIMEOUT_MS), "commit");
+			kreq_test_check_txn(rd_kafka_commit_transaction(rk, TXN_TIMEOUT_MS),
+			                    "commit");
 		} else {
 			ck_assert_int_eq(rd_kafka_flush(rk, TXN_TIMEOUT_MS), 0);
-			check_txn(rd_kafka_abort_transaction(rk, TXN_TIMEOUT_MS), "abort");
+			kreq_test_check_txn(rd_kafka_abort_transaction(rk, TXN_TIMEOUT_MS),
+			                    "abort");
 		}
 	}
 	rd_kafka_destroy(rk);

@@ -57,17 +57,6 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 	}
 }
 
-/* Fail the test if a transactional API call returned an error. */
-static void check_txn(rd_kafka_error_t *error, const char *what)
-{
-	if (error == NULL)
-		return;
-	char msg[512];
-	snprintf(msg, sizeof msg, "%s", rd_kafka_error_string(error));
-	rd_kafka_error_destroy(error);
-	ck_abort_msg("%s failed: %s", what, msg);
-}
-
 static rd_kafka_t *new_txn_producer(const char *bs, struct dr_state *st)
 {
 	char txn_id[96], errstr[512];
@@ -80,7 +69,7 @@ static rd_kafka_t *new_txn_producer(const char *bs, struct dr_state *st)
 	if (rk == NULL)
 		rd_kafka_conf_destroy(conf);
 	ck_assert_msg(rk != NULL, "transactional producer: %s", errstr);
-	check_txn(rd_kafka_init_transactions(rk, TXN_TIMEOUT_MS), "init_transactions");
+	kreq_test_check_txn(rd_kafka_init_transactions(rk, TXN_TIMEOUT_MS), "init_transactions");
 	return rk;
 }
 
@@ -97,7 +86,7 @@ static void produce_value(rd_kafka_t *rk, const char *topic, const char *value)
 /* One transaction of n records "<tag>-<i>"; recorded in the expectations. */
 static void run_txn(rd_kafka_t *rk, struct history *h, const char *tag, int n, bool commit)
 {
-	check_txn(rd_kafka_begin_transaction(rk), "begin_transaction");
+	kreq_test_check_txn(rd_kafka_begin_transaction(rk), "begin_transaction");
 	for (int i = 0; i < n; i++) {
 		ck_assert(h->n_all < MAX_RECORDS);
 		char *v = h->expected_all[h->n_all++];
@@ -107,7 +96,8 @@ static void run_txn(rd_kafka_t *rk, struct history *h, const char *tag, int n, b
 			memcpy(h->expected_committed[h->n_committed++], v, VALUE_MAX);
 	}
 	if (commit) {
-		check_txn(rd_kafka_commit_transaction(rk, TXN_TIMEOUT_MS), "commit_transaction");
+		kreq_test_check_txn(rd_kafka_commit_transaction(rk, TXN_TIMEOUT_MS),
+		                    "commit_transaction");
 		return;
 	}
 	/* Make sure the doomed records are really in the partition log before
@@ -115,7 +105,7 @@ static void run_txn(rd_kafka_t *rk, struct history *h, const char *tag, int n, b
 	rd_kafka_resp_err_t err = rd_kafka_flush(rk, TXN_TIMEOUT_MS);
 	ck_assert_msg(err == RD_KAFKA_RESP_ERR_NO_ERROR, "flush before abort: %s",
 	              rd_kafka_err2str(err));
-	check_txn(rd_kafka_abort_transaction(rk, TXN_TIMEOUT_MS), "abort_transaction");
+	kreq_test_check_txn(rd_kafka_abort_transaction(rk, TXN_TIMEOUT_MS), "abort_transaction");
 }
 
 static void produce_history(struct history *h)

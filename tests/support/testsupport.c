@@ -227,3 +227,13 @@ int kreq_test_run_suite(Suite *suite)
 	srunner_free(sr);
 	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
+
+void kreq_test_check_txn(rd_kafka_error_t *error, const char *what)
+{
+	if (error == NULL)
+		return;
+	char msg[512];
+	snprintf(msg, sizeof msg, "%s", rd_kafka_error_string(error));
+	rd_kafka_error_destroy(error);
+	ck_abort_msg("%s failed: %s", what, msg);
+}

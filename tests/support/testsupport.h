@@ -33,6 +33,10 @@ int64_t kreq_test_now_ms(void);
  * (64 bytes are always enough for a prefix of up to 24 characters). */
 void kreq_test_topic_name(char *buf, size_t bufsize, const char *prefix);
 
+/* Fails the test if a transactional librdkafka call returned an error
+ * (destroys it), naming the call. */
+void kreq_test_check_txn(rd_kafka_error_t *error, const char *what);
+
 /* Set a librdkafka property or fail the test, naming the property. */
 void kreq_test_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value);
 
