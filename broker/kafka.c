@@ -4,12 +4,37 @@
  * and the transaction steps. All of it runs on the loop thread.
  *
  * Transaction errors follow librdkafka's documented recipe
- * (rdkafka.h, "Transactional producer API"): an error that requires abort
- * -> abort_transaction() and rewind to the committed offsets; a fatal error
- * (fenced by a newer instance, or similar) -> re-create the producer and
- * init_transactions() again, then rewind; a retriable error -> retry the
- * same call. The rewind itself (drop partition state, rebuild dedup, seek)
- * is the loop's (loop.c), flagged here by s->rewind_needed.
+ * (rdkafka.h, "Transactional producer API") with one exception, the
+ * fencing rule:
+ * - an error that requires abort (the transaction failed, and the Kafka
+ *   brokers said so) -> abort_transaction() and rewind to the committed
+ *   offsets;
+ * - a fatal error (fenced by a newer instance, or similar) -> re-create
+ *   the producer and init_transactions() again, then rewind;
+ * - an INDEFINITE outcome -> fence: re-create the producer (a new epoch)
+ *   and rewind, never retry in the old epoch. librdkafka calls these
+ *   "retriable" (a send_offsets, commit or abort that timed out, whose
+ *   requests may still be on their way); a produce that timed out or
+ *   failed in transport arrives as a failed delivery report, which fails
+ *   the transaction and re-creates the producer the same way (abort_open).
+ *   Retrying in the old epoch is what the classic transaction protocol
+ *   cannot survive: a delayed EndTxn or Produce of this transaction may
+ *   land in the next one of the same epoch and commit or abort it in part
+ *   (Jepsen, Bufstream 0.1.0, 2024). The new producer's init_transactions()
+ *   bumps the epoch: the transaction coordinator first completes or aborts
+ *   what the old epoch left open, and anything of the old epoch that
+ *   arrives later is refused. The rewind then reads the committed offsets
+ *   (stable ones: isolation.level=read_committed) and the dedup state is
+ *   rebuilt from the results topic, so whichever way the old transaction
+ *   ended, what it committed is answered from its results and what it did
+ *   not is redone. librdkafka itself still resends a timed-out EndTxn
+ *   within one commit call (rdkafka_txnmgr.c); bounding each call by
+ *   server.txn.call.timeout.ms bounds that window (docs/broker-design.md).
+ * If the new producer cannot be had (Kafka unreachable), the worker does
+ * not stop: nothing is consumed until a producer is re-created (retried
+ * every KREQ__RESTART_MS), then it rewinds. The rewind itself (drop
+ * partition state, rebuild dedup, seek) is the loop's (loop.c), flagged
+ * here by s->rewind_needed.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,11 +48,11 @@
 #include "common/kadmin.h"
 #include "common/replication.h"
 
-#define KREQ__TXN_TIMEOUT_MS   30000
 #define KREQ__WARM_TIMEOUT_MS  500  /* per producer, once per reply topic */
 #define KREQ__DRAIN_MS         2000 /* reports awaited before a producer is replaced */
 #define KREQ__FENCED_MAX       3    /* fencings within KREQ__FENCED_WINDOW_MS: stop */
 #define KREQ__FENCED_WINDOW_MS 60000
+#define KREQ__RESTART_MS       1000 /* between attempts to re-create the producer */
 
 void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
 {
@@ -462,22 +487,31 @@ static rd_kafka_t *producer_new(kreq_server_t *s, int64_t linger_ms)
  * larger ProduceRequests cost ~15% less CPU per call than linger 0, while a
  * lone call still goes out at once. (Results and replies split over two
  * linger-0 streams had cost 30-40% of the throughput.) Transactional mode
- * needs both in one transaction, so one producer. */
-static int producer_start(kreq_server_t *s)
+ * needs both in one transaction, so one producer. The transactional one
+ * is ready once init_transactions() returned: on failure it is destroyed
+ * and why says the cause. */
+static int producer_start(kreq_server_t *s, char *why, size_t why_size)
 {
-	if (!(s->producer = producer_new(s, -1)))
-		return -1;
-	if (!s->txn_mode)
-		return (s->batch_producer = producer_new(s, s->batch_linger_ms)) ? 0 : -1;
-	rd_kafka_error_t *e = rd_kafka_init_transactions(
-	    s->producer, (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS));
-	if (e) {
-		kreq__loop_fatal(s, KREQ_EKAFKA, "init_transactions (transactional.id %s): %s",
-		                 s->txn_id, rd_kafka_error_string(e));
-		rd_kafka_error_destroy(e);
+	if (!(s->producer = producer_new(s, -1))) {
+		snprintf(why, why_size, "cannot create the producer");
 		return -1;
 	}
-	return 0;
+	if (!s->txn_mode) {
+		if ((s->batch_producer = producer_new(s, s->batch_linger_ms)))
+			return 0;
+		snprintf(why, why_size, "cannot create the batching producer");
+		return -1;
+	}
+	rd_kafka_error_t *e = rd_kafka_init_transactions(
+	    s->producer, (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS));
+	if (!e)
+		return 0;
+	snprintf(why, why_size, "init_transactions (transactional.id %s): %s", s->txn_id,
+	         rd_kafka_error_string(e));
+	rd_kafka_error_destroy(e);
+	rd_kafka_destroy(s->producer);
+	s->producer = NULL;
+	return -1;
 }
 
 /* Output topics are warmed (common/kadmin.h) on first sight, before the
@@ -543,6 +577,31 @@ static void producer_drain(kreq_server_t *s)
 	rd_kafka_flush(s->producer, KREQ__DRAIN_MS); /* serves the reports */
 }
 
+/* A new producer after a failed one; KREQ_OK, or (Kafka unreachable, or
+ * the last attempt was under KREQ__RESTART_MS ago) KREQ_EKAFKA and no
+ * producer yet: the loop consumes nothing meanwhile (loop.c rewind_all). */
+int kreq__kafka_producer_restart(kreq_server_t *s)
+{
+	if (s->producer)
+		return KREQ_OK;
+	int64_t now = kreq__mono_ns();
+	if (s->producer_retry_ns && now < s->producer_retry_ns)
+		return KREQ_EKAFKA;
+	char why[512];
+	if (producer_start(s, why, sizeof(why))) {
+		s->producer_retry_ns = kreq__mono_ns() + KREQ__RESTART_MS * 1000000LL;
+		kreq__log(s->conf, 4, "server",
+		          "no producer: %s; nothing is consumed until one is re-created (retried "
+		          "every %d ms)",
+		          why, KREQ__RESTART_MS);
+		return KREQ_EKAFKA;
+	}
+	s->producer_retry_ns = 0;
+	kreq__log(s->conf, 5, "server", "producer re-created");
+	(void)out_topic(s, s->res_topic); /* reply topics: at their next reply */
+	return KREQ_OK;
+}
+
 static void producer_reset(kreq_server_t *s)
 {
 	producer_drain(s);
@@ -552,10 +611,8 @@ static void producer_reset(kreq_server_t *s)
 	atomic_fetch_add_explicit(&s->m.producer_resets, 1, memory_order_relaxed);
 	rd_kafka_destroy(s->producer);
 	s->producer = NULL;
-	if (producer_start(s) == 0) {
-		kreq__log(s->conf, 5, "server", "producer re-created");
-		(void)out_topic(s, s->res_topic); /* reply topics: at their next reply */
-	}
+	s->producer_retry_ns = 0;
+	(void)kreq__kafka_producer_restart(s);
 }
 
 int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t partition,
@@ -640,16 +697,13 @@ static void abort_open(kreq_server_t *s)
 		producer_reset(s);
 		return;
 	}
-	rd_kafka_error_t *ae = NULL;
-	for (int attempt = 0; attempt < 3; attempt++) {
-		if (ae)
-			rd_kafka_error_destroy(ae);
-		ae = rd_kafka_abort_transaction(s->producer, KREQ__TXN_TIMEOUT_MS);
-		if (!ae || !rd_kafka_error_is_retriable(ae))
-			break;
-	}
-	if (ae) {
-		kreq__log(s->conf, 4, "server", "abort_transaction: %s", rd_kafka_error_string(ae));
+	rd_kafka_error_t *ae = rd_kafka_abort_transaction(s->producer, s->txn_call_ms);
+	if (ae) { /* not retried: its outcome is unknown (the fencing rule, above) */
+		kreq__log(s->conf, 4, "server", "abort_transaction: %s%s: fencing the producer",
+		          rd_kafka_error_string(ae),
+		          rd_kafka_error_is_retriable(ae) ? " (outcome unknown)" : "");
+		if (rd_kafka_error_is_retriable(ae))
+			atomic_fetch_add_explicit(&s->m.txn_fences, 1, memory_order_relaxed);
 		rd_kafka_error_destroy(ae);
 		producer_reset(s);
 	}
@@ -663,6 +717,13 @@ static void txn_fail(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
 	if (rd_kafka_error_is_fatal(e) && fenced(s, e) && fenced_too_often(s)) {
 		/* stopping: the loop ends and closes the producer */
 	} else if (rd_kafka_error_is_fatal(e)) {
+		producer_reset(s);
+	} else if (rd_kafka_error_is_retriable(e)) { /* outcome unknown: fence */
+		kreq__log(s->conf, 4, "server",
+		          "%s: outcome unknown: fencing the producer (new epoch) and rewinding, "
+		          "never retrying in the old epoch",
+		          what);
+		atomic_fetch_add_explicit(&s->m.txn_fences, 1, memory_order_relaxed);
 		producer_reset(s);
 	} else {
 		abort_open(s);
@@ -735,31 +796,19 @@ static void offsets_committed(kreq_server_t *s, const rd_kafka_topic_partition_l
 }
 
 /* send_offsets_to_transaction (if any moved) then commit_transaction, each
- * retried while librdkafka says the error is retriable. */
+ * once: an error, retriable or not, goes to txn_fail (the fencing rule). */
 static rd_kafka_error_t *send_and_commit(kreq_server_t *s, rd_kafka_topic_partition_list_t *l)
 {
-	rd_kafka_error_t *e = NULL;
-	bool sent = l->cnt == 0;
-	for (int attempt = 0; attempt < 5; attempt++) {
+	if (l->cnt) {
+		rd_kafka_consumer_group_metadata_t *g =
+		    rd_kafka_consumer_group_metadata(s->consumer);
+		rd_kafka_error_t *e =
+		    rd_kafka_send_offsets_to_transaction(s->producer, l, g, s->txn_call_ms);
+		rd_kafka_consumer_group_metadata_destroy(g);
 		if (e)
-			rd_kafka_error_destroy(e);
-		if (!sent) {
-			rd_kafka_consumer_group_metadata_t *g =
-			    rd_kafka_consumer_group_metadata(s->consumer);
-			e = rd_kafka_send_offsets_to_transaction(s->producer, l, g,
-			                                         KREQ__TXN_TIMEOUT_MS);
-			rd_kafka_consumer_group_metadata_destroy(g);
-			if (e && rd_kafka_error_is_retriable(e))
-				continue;
-			if (e)
-				return e;
-			sent = true;
-		}
-		e = rd_kafka_commit_transaction(s->producer, KREQ__TXN_TIMEOUT_MS);
-		if (!e || !rd_kafka_error_is_retriable(e))
 			return e;
 	}
-	return e;
+	return rd_kafka_commit_transaction(s->producer, s->txn_call_ms);
 }
 
 int kreq__txn_commit(kreq_server_t *s)
@@ -811,8 +860,12 @@ int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
 {
 	char rgroup[512];
 	snprintf(rgroup, sizeof(rgroup), "%s.rebuild", s->group);
-	if (producer_start(s) ||
-	    !(s->reader = make_handle(s, RD_KAFKA_CONSUMER, rgroup, false, -1, NULL)) ||
+	char why[512];
+	if (producer_start(s, why, sizeof(why))) {
+		kreq__loop_fatal(s, KREQ_EKAFKA, "%s", why);
+		return -1;
+	}
+	if (!(s->reader = make_handle(s, RD_KAFKA_CONSUMER, rgroup, false, -1, NULL)) ||
 	    ensure_topics(s) || kreq__poison_start(s, s->nparts) ||
 	    !(s->consumer = make_handle(s, RD_KAFKA_CONSUMER, s->group, false, -1, rebalance_cb)))
 		return -1;

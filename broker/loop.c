@@ -35,6 +35,8 @@
 #include "common/internal.h"
 #include "common/partition.h"
 
+#define KREQ__REWIND_RETRY_MS 500 /* a rewind Kafka refused: tried again after */
+
 /* ---- partition state ---------------------------------------------------- */
 
 static kreq__part_t *part_new(kreq_server_t *s, int32_t id)
@@ -1206,11 +1208,22 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 }
 
 /* After an aborted transaction or a failed delivery: forget everything not
- * committed and continue from the committed offsets. */
+ * committed and continue from the committed offsets. Kafka being out of
+ * reach does not stop the worker: without a producer (kafka.c's fencing
+ * rule) or the committed offsets the rewind stays pending, nothing is
+ * consumed, and it is tried again at a later step (at most every
+ * KREQ__REWIND_RETRY_MS). */
 static void rewind_all(kreq_server_t *s)
 {
+	int64_t now = kreq__mono_ns();
+	if (now < s->rewind_retry_ns)
+		return;
 	/* first: nothing of the dropped state may commit (faults.h) */
 	kreq__txn_abort(s, "rewinding to the committed offsets");
+	if (s->txn_mode && kreq__kafka_producer_restart(s)) {
+		s->rewind_retry_ns = now + KREQ__REWIND_RETRY_MS * 1000000LL;
+		return; /* still pending */
+	}
 	s->rewind_needed = false;
 	kreq__faults_rewound(&s->faults);
 	atomic_fetch_add_explicit(&s->m.rewinds, 1, memory_order_relaxed);
@@ -1243,7 +1256,11 @@ static void rewind_all(kreq_server_t *s)
 			rd_kafka_resume_partitions(s->consumer, l);
 		s->paused = false;
 	} else if (!s->fatal && !atomic_load(&s->stop)) {
-		kreq__loop_fatal(s, KREQ_EKAFKA, "cannot read committed offsets to rewind");
+		kreq__log(s->conf, 4, "server",
+		          "cannot read the committed offsets to rewind: tried again in %d ms",
+		          KREQ__REWIND_RETRY_MS);
+		s->rewind_needed = true;
+		s->rewind_retry_ns = kreq__mono_ns() + KREQ__REWIND_RETRY_MS * 1000000LL;
 	}
 	rd_kafka_topic_partition_list_destroy(l);
 }

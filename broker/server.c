@@ -106,6 +106,7 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 	s->grace_ms = kreq__conf_int(c, KREQ__P_SERVER_SHUTDOWN_GRACE_MS);
 	s->batch_ms = kreq__conf_int(c, KREQ__P_SERVER_TXN_BATCH_MS);
 	s->linger_ms = kreq__conf_int(c, KREQ__P_SERVER_TXN_LINGER_MS);
+	s->txn_call_ms = (int)kreq__conf_int(c, KREQ__P_SERVER_TXN_CALL_TIMEOUT_MS);
 	s->batch_linger_ms = kreq__conf_int(c, KREQ__P_SERVER_BATCH_LINGER_MS);
 	s->batch_threshold = kreq__conf_int(c, KREQ__P_SERVER_BATCH_THRESHOLD);
 	s->batch_max = (uint64_t)kreq__conf_int(c, KREQ__P_SERVER_TXN_BATCH_MAX);

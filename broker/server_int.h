@@ -165,6 +165,7 @@ struct kreq_server_s {
 	int64_t light_commit_ns, housekeeping_ns;
 	int64_t last_record_ns; /* last record consumed or completion applied */
 	int64_t linger_ms;
+	int txn_call_ms; /* server.txn.call.timeout.ms: past it, fence (kafka.c) */
 	bool txn_open;
 	int64_t txn_start_ns;
 	uint64_t txn_results;
@@ -187,6 +188,8 @@ struct kreq_server_s {
 	int64_t fenced_since_ms;    /* kafka.c fenced_too_often(): window start */
 	bool results_check_skipped; /* rebuild.c: "not checked" logged (mock cluster) */
 	int fenced_count;
+	int64_t producer_retry_ns; /* kafka.c: next attempt to re-create the producer */
+	int64_t rewind_retry_ns;   /* loop.c rewind_all: not before (Kafka unreachable) */
 	/* a produce or seal failed since the transaction began: it is aborted,
 	 * never committed (kafka.c kreq__txn_commit, loop.c rewind_all) */
 	bool txn_failed;
@@ -312,6 +315,9 @@ int kreq__txn_begin(kreq_server_t *s);
 int kreq__txn_commit(kreq_server_t *s);
 /* Aborts the open transaction, if any (before a rewind). */
 void kreq__txn_abort(kreq_server_t *s, const char *why);
+/* Re-creates the producer after it was lost (kafka.c's fencing rule);
+ * KREQ_OK when there is one, KREQ_EKAFKA (logged, retried later) if not. */
+int kreq__kafka_producer_restart(kreq_server_t *s);
 /* An output of the record at (partition, offset) failed (kafka error kerr,
  * or a seal failure when kerr is 0): noted in s->faults, the transaction
  * marked failed and a rewind flagged. */

@@ -91,8 +91,12 @@ void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_pr
 	        "Transactions aborted (the worker rewound to the committed offsets).",
 	        load(&m->txn_aborts), l);
 	counter(out, "kreq_server_producer_resets_total",
-	        "Fatal producer errors (fenced or similar): producer re-created.",
+	        "Producer re-created: a fatal error, a failed output, or a fencing.",
 	        load(&m->producer_resets), l);
+	counter(out, "kreq_server_txn_fences_total",
+	        "Transaction calls whose outcome was unknown (timed out): producer fenced "
+	        "(new epoch) and the worker rewound, never retrying in the old epoch.",
+	        load(&m->txn_fences), l);
 	counter(out, "kreq_server_results_loaded_total",
 	        "Stored results read from the results topic while rebuilding.",
 	        load(&m->results_loaded), l);

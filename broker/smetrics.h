@@ -71,6 +71,7 @@ typedef struct kreq__server_metrics {
 	atomic_uint_fast64_t txn_commits;     /* committed transactions */
 	atomic_uint_fast64_t txn_aborts;      /* aborted transactions (rewinds) */
 	atomic_uint_fast64_t producer_resets; /* fatal errors: producer re-created */
+	atomic_uint_fast64_t txn_fences;      /* indefinite txn outcomes: new epoch */
 	atomic_uint_fast64_t results_loaded;  /* results read while rebuilding */
 	atomic_uint_fast64_t produce_errors;
 	atomic_uint_fast64_t replies_batched;     /* light: replies on the batching producer */

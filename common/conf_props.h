@@ -114,6 +114,12 @@
 	X(SERVER_TXN_LINGER_MS, "server.txn.linger.ms", INT, "2", 0, 60000,                        \
 	  "When no request is in progress, how long a transaction waits for more records before "  \
 	  "it commits: callers whose requests arrive together then share one commit.")             \
+	X(SERVER_TXN_CALL_TIMEOUT_MS, "server.txn.call.timeout.ms", INT, "30000", 1000, 600000,    \
+	  "Transactional mode: longest one transaction call (sending the offsets, commit, abort) " \
+	  "may take. Past it the outcome is unknown: the worker fences its producer (a new "       \
+	  "epoch) "                                                                                \
+	  "and rewinds to the committed offsets, never retrying in the old epoch. The worker "     \
+	  "serves nothing while a call waits.")                                                    \
 	X(SERVER_BATCH_LINGER_MS, "server.batch.linger.ms", INT, "1", 0, 1000,                     \
 	  "Light mode: Kafka linger.ms of the worker's batching producer, which takes every "      \
 	  "result record and, under load, the replies (server.batch.threshold): fewer, larger "    \

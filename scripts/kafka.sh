@@ -500,14 +500,18 @@ txn_state() {
 import collections, json, re, sys
 want = sys.argv[1]
 ids = collections.OrderedDict()
+old = re.compile(r"key: transaction_metadata::transactionalId=(\S+) payload: "
+                 r"producerId:(-?\d+),producerEpoch:(-?\d+),state=(\w+)")
 for line in sys.stdin:
-    m = re.search(r"key: (\{.*?\}\}) payload: (\{.*\})\s*$", line)
-    if not m:
+    m = re.search(r"key: (\{.*?\}\}) payload: (\{.*\})\s*$", line)  # 4.x: JSON
+    o = None if m else old.search(line)  # 3.x: its own text
+    if not m and not o:
         continue
-    tid = json.loads(m.group(1)).get("data", {}).get("transactionalId", "")
+    tid = json.loads(m.group(1)).get("data", {}).get("transactionalId", "") if m else o.group(1)
     if want not in tid:
         continue
-    v = json.loads(m.group(2))["data"]
+    v = json.loads(m.group(2))["data"] if m else {
+        "producerEpoch": int(o.group(3)), "transactionStatus": o.group(4)}
     s = ids.setdefault(tid, {"commit": 0, "abort": 0, "epochs": set(), "tv": set()})
     st = v.get("transactionStatus")
     s["commit"] += st == "CompleteCommit"
