@@ -23,7 +23,7 @@
 	X(W_COMMIT, "worker: commit starts (send_offsets_to_transaction)")                         \
 	X(W_COMMITTED, "worker: commit_transaction returned")                                      \
 	X(C_REPLY, "client: reply record polled from the reply consumer")                          \
-	X(C_SETTLED, "client: reply verified, future being settled")                                                     \
+	X(C_SETTLED, "client: reply verified, future being settled")                               \
 	X(WOKE, "caller: kreq_future_wait returned")
 
 enum {
