@@ -51,6 +51,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/hoptrace.h"
 #include "common/internal.h"
 #include "kreq/client.h"
 #include "kreq/server.h"
@@ -501,14 +502,71 @@ static void kwait(kreq_future_t *f)
 	kreq_future_release(f);
 }
 
+#ifdef KREQ_HOPTRACE
+/* -DKREQ_HOPTRACE=ON: each hop's time since the call was made, median over
+ * the calls at 1 in flight (common/hoptrace.h). */
+static int64_t *hops;
+
+static void hops_take(int i, int64_t t0)
+{
+	for (int h = 0; h < KREQ__HOP_N; h++) {
+		int64_t t = atomic_exchange(&kreq__hop_ns[h], 0);
+		hops[(size_t)h * 100000 + (size_t)i] = t ? t - t0 : -1;
+	}
+}
+
+static void hops_print(int n)
+{
+	static const char *const what[] = {
+#define KREQ__HOP_WHAT(name, w) w,
+	    KREQ__HOPS(KREQ__HOP_WHAT)
+#undef KREQ__HOP_WHAT
+	};
+	printf("# hop, medians of %d calls at 1 in flight: us since the call / since the hop "
+	       "before\n",
+	       n);
+	/* the step of each call first (it pairs a hop with the one before), then sort */
+	int64_t *d = malloc(sizeof(int64_t) * (size_t)n * KREQ__HOP_N);
+	if (!d)
+		die("out of memory");
+	for (int h = 0; h < KREQ__HOP_N; h++)
+		for (size_t i = 0; i < (size_t)n; i++) {
+			int64_t t = hops[(size_t)h * 100000 + i];
+			int64_t b = h ? hops[(size_t)(h - 1) * 100000 + i] : 0;
+			d[(size_t)h * (size_t)n + i] = t < 0 || b < 0 ? -1 : t - b;
+		}
+	for (int h = 0; h < KREQ__HOP_N; h++) {
+		int64_t *v = hops + (size_t)h * 100000, *dv = d + (size_t)h * (size_t)n;
+		qsort(v, (size_t)n, sizeof(*v), cmp_i64);
+		qsort(dv, (size_t)n, sizeof(*dv), cmp_i64);
+		printf("#   %-60s %8.0f %8.0f\n", what[h], v[n / 2] / 1e3, dv[n / 2] / 1e3);
+	}
+	free(d);
+	free(hops);
+}
+#endif
+
 static void kreq_latency(kreq_client_t *cl, int n, result_t *res)
 {
 	int64_t *ns = malloc(sizeof(int64_t) * (size_t)n);
+#ifdef KREQ_HOPTRACE
+	if (n > 100000)
+		die("KREQ_HOPTRACE: at most 100000 calls");
+	hops = calloc((size_t)KREQ__HOP_N * 100000, sizeof(int64_t));
+#endif
 	for (int i = -n / 10; i < n; i++) {
 		int64_t t0 = kreq__mono_ns();
 		kwait(kcall(cl));
 		if (i >= 0)
 			ns[i] = kreq__mono_ns() - t0;
+#ifdef KREQ_HOPTRACE
+		kreq__hop(WOKE);
+		if (i >= 0)
+			hops_take(i, t0);
+		else
+			for (int h = 0; h < KREQ__HOP_N; h++)
+				atomic_store(&kreq__hop_ns[h], 0);
+#endif
 	}
 	percentiles(ns, n, res);
 	free(ns);
@@ -732,6 +790,9 @@ int main(int argc, char **argv)
 	printf("%-30s %10.0f %10.0f\n", "kreq call", kl.p50_us, kl.p99_us);
 	printf("%-30s %9.2fx %9.2fx\n", "ratio kreq/raw", kl.p50_us / rl.p50_us,
 	       kl.p99_us / rl.p99_us);
+#ifdef KREQ_HOPTRACE
+	hops_print(n);
+#endif
 	int windows[] = {1, 16, 256};
 	const char *only = getenv("KREQ_BENCH_ONLY");
 	if (only && atoi(only) > 0 && atoi(only) != 1 && atoi(only) != 16)

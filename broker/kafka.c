@@ -44,6 +44,7 @@
 
 #include "broker/server_int.h"
 #include "common/conf.h"
+#include "common/hoptrace.h"
 #include "common/internal.h"
 #include "common/kadmin.h"
 #include "common/replication.h"
@@ -122,6 +123,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 {
 	(void)rk;
 	kreq_server_t *s = opaque;
+	kreq__hop(W_DELIVERED);
 	kreq__dr_t *dr = s->txn_mode ? NULL : m->_private;
 	int32_t partition = -1;
 	int64_t offset = -1;
@@ -763,6 +765,7 @@ int kreq__txn_begin(kreq_server_t *s)
 		txn_fail(s, e, "begin_transaction");
 		return KREQ_EKAFKA;
 	}
+	kreq__hop(W_BEGUN);
 	s->txn_open = true;
 	s->txn_failed = false;
 	s->txn_start_ns = kreq__mono_ns();
@@ -835,8 +838,10 @@ int kreq__txn_commit(kreq_server_t *s)
 		return KREQ_EKAFKA;
 	}
 	int64_t t0 = kreq__mono_ns();
+	kreq__hop(W_COMMIT);
 	rd_kafka_topic_partition_list_t *l = offsets_to_commit(s);
 	rd_kafka_error_t *e = send_and_commit(s, l);
+	kreq__hop(W_COMMITTED);
 	int err = KREQ_OK;
 	if (e) {
 		txn_fail(s, e, "committing the transaction");

@@ -32,6 +32,7 @@
 #include "broker/decide.h"
 #include "broker/server_int.h"
 #include "common/conf.h"
+#include "common/hoptrace.h"
 #include "common/internal.h"
 #include "common/partition.h"
 
@@ -235,6 +236,7 @@ static void send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t 
 	                        s->seal_buf, blen, dr_opaque(s, pt, t->seq), pt->id,
 	                        offset_of(pt, t->seq)) != KREQ_OK)
 		return;
+	kreq__hop(W_REPLY);
 	s->txn_results++;
 	if (s->batching)
 		atomic_fetch_add_explicit(&s->m.replies_batched, 1, memory_order_relaxed);
@@ -269,6 +271,7 @@ static void store_result(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, 
 	}
 	kreq__kafka_produce(s, s->res_topic, true, pt->id, r->ddkey, r->ddkey_len, s->seal_buf,
 	                    blen, dr_opaque(s, pt, r->self.seq), pt->id, r->offset);
+	kreq__hop(W_RESULT);
 }
 
 static void slot_complete(kreq__part_t *pt, uint64_t seq)
@@ -1387,6 +1390,7 @@ static bool consume(kreq_server_t *s, int max)
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, 0);
 		if (!m)
 			break;
+		kreq__hop(W_RECV);
 		handle_record(s, m);
 		rd_kafka_message_destroy(m);
 		more = !s->fatal && !s->rewind_needed; /* what follows would be redone */

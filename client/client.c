@@ -45,6 +45,7 @@
 #include "client/client_int.h"
 #include "client/health.h"
 #include "common/conf.h"
+#include "common/hoptrace.h"
 #include "common/internal.h"
 #include "common/kadmin.h"
 #include "common/replication.h"
@@ -261,6 +262,7 @@ static void finish(kreq_client_t *c, kreq_future_t *f, int err, int32_t status, 
 	atomic_fetch_add_explicit(&c->metrics.outcome[outcome], 1, memory_order_relaxed);
 	kreq__hist_observe(&c->metrics.duration, (kreq__mono_ns() - call->start_ns) / 1000);
 	release_slot(c);
+	kreq__hop(C_SETTLED); /* before: the waiter may run at once */
 	kreq__future_settle(f, err, status, payload, len, dedup, msg);
 	if (call->notify)
 		push_completed(c, f); /* hands over the table's reference */
@@ -353,6 +355,7 @@ static int produce_request(kreq_client_t *c, kreq_future_t *f, uint8_t *buf, siz
 	kreq__call_t *call = call_of(f);
 	char topic[320];
 	request_topic(c, blob_method(call), topic, sizeof(topic));
+	kreq__hop(CALL);
 	rd_kafka_resp_err_t kerr = rd_kafka_producev(
 	    c->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(blob_idem(call), call->idem_len),
 	    RD_KAFKA_V_VALUE(buf, len),
@@ -647,6 +650,7 @@ static void drain_replies(kreq_client_t *c)
 	rd_kafka_message_t *ms[REPLY_BATCH];
 	ssize_t n;
 	while ((n = rd_kafka_consume_batch_queue(c->reply_q, 0, ms, REPLY_BATCH)) > 0) {
+		kreq__hop(C_REPLY);
 		pthread_mutex_lock(&c->out_mu);
 		c->draining = true;
 		pthread_mutex_unlock(&c->out_mu);
@@ -681,6 +685,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 			               KREQ__OUT_UNAVAILABLE);
 		} /* other failures: the attempt timeout sends again */
 	} else {
+		kreq__hop(REQ_ACKED);
 		atomic_store(&c->down_since_ms, 0);
 		if (!(atomic_fetch_or_explicit(&call->flags, KREQ__CALL_ACKED,
 		                               memory_order_relaxed) &

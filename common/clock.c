@@ -2,7 +2,12 @@
 #include <stdio.h>
 #include <time.h>
 
+#include "common/hoptrace.h"
 #include "common/internal.h"
+
+#ifdef KREQ_HOPTRACE
+_Atomic int64_t kreq__hop_ns[KREQ__HOP_N];
+#endif
 
 int kreq__err(char *errstr, size_t errstr_size, int err, const char *fmt, ...)
 {

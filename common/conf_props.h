@@ -306,7 +306,12 @@
 	  "reply topic that does not exist is counted and not sent")                               \
 	X("acks", "all",                                                                           \
 	  "a reply or result is acknowledged (and its request's offset committed) only once "      \
-	  "min.insync.replicas replicas have it: a Kafka broker failure loses no result")
+	  "min.insync.replicas replicas have it: a Kafka broker failure loses no result")          \
+	X("retry.backoff.ms", "5",                                                                 \
+	  "a transaction begun while the previous one's commit markers are still being written "   \
+	  "gets CONCURRENT_TRANSACTIONS; librdkafka 2.12.1 retries AddOffsetsToTxn and EndTxn "    \
+	  "after this backoff (doubling up to retry.backoff.max.ms): 100 ms by default, which "    \
+	  "stalled a call ~100 ms (docs/PERFORMANCE.md)")
 
 #define KREQ__KAFKA_SERVER_CONSUMER_DEFAULTS(X)                                                    \
 	X("isolation.level", "read_committed", "results and requests of committed transactions")   \
