@@ -211,8 +211,7 @@ END_TEST
  * 2 s) together: the worker waits without a producer and serves on. */
 START_TEST(test_outage_beyond_start_timeout)
 {
-	run_freeze("outage", "server.txn.call.timeout.ms=1500;server.start.timeout.ms=2000",
-	           8000);
+	run_freeze("outage", "server.txn.call.timeout.ms=1500;server.start.timeout.ms=2000", 8000);
 }
 END_TEST
 

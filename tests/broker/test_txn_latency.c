@@ -49,8 +49,7 @@ static void on_log(void *opaque, int level, const char *fac, const char *msg)
 	if (strstr(msg, "Client configuration:")) {
 		if (ngroups < GROUPS)
 			groups[ngroups++][0] = '\0';
-	} else if (ngroups > 0 && ngroups <= GROUPS && strstr(msg, "CONF:") &&
-	           strstr(msg, " = ")) {
+	} else if (ngroups > 0 && ngroups <= GROUPS && strstr(msg, "CONF:") && strstr(msg, " = ")) {
 		char *g = groups[ngroups - 1];
 		const char *p = strstr(msg, "]: ");
 		p = p ? p + 3 : msg;
@@ -117,8 +116,8 @@ static kreq_conf_t *conf_new(const char *client_id, const char *retry_backoff)
 	                    retry_backoff,
 	                    NULL};
 	for (const char **p = kv; *p; p += 2)
-		ck_assert_msg(kreq_conf_set(conf, p[0], p[1], err, sizeof(err)) == KREQ_OK, "%s: %s",
-		              p[0], err);
+		ck_assert_msg(kreq_conf_set(conf, p[0], p[1], err, sizeof(err)) == KREQ_OK,
+		              "%s: %s", p[0], err);
 	kreq_conf_set_log_cb(conf, on_log, NULL);
 	return conf;
 }
@@ -140,7 +139,8 @@ static const char *serve_one(const char *retry_backoff, char *out, size_t n)
 	kreq_test_running_t *w = kreq_test_server_start(s);
 
 	kreq_conf_t *cc = kreq_conf_new();
-	ck_assert_int_eq(kreq_conf_set(cc, "kafka.bootstrap.servers", bootstrap, err, 512), KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(cc, "kafka.bootstrap.servers", bootstrap, err, 512),
+	                 KREQ_OK);
 	ck_assert_int_eq(kreq_conf_set(cc, "topic.prefix", prefix, err, 512), KREQ_OK);
 	ck_assert_int_eq(kreq_conf_set(cc, "log.level", "4", err, 512), KREQ_OK);
 	kreq_client_t *c = kreq_client_new(cc, kr, err, sizeof(err));
