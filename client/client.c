@@ -1143,7 +1143,7 @@ static int read_conf(kreq_client_t *c, char *errstr, size_t errstr_size)
 
 static void client_free(kreq_client_t *c)
 {
-	kreq__admin_stop(c->admin);
+	kreq__adminsock_stop(c->admin);
 	if (c->reply_rkt) {
 		rd_kafka_consume_stop(c->reply_rkt, c->reply_partition);
 		rd_kafka_topic_destroy(c->reply_rkt);
@@ -1269,7 +1269,7 @@ void kreq_client_destroy(kreq_client_t *c)
 	atomic_store(&c->stopping, true);
 	wake(c);
 	pthread_join(c->thread, NULL);
-	kreq__admin_stop(c->admin); /* no snapshot may walk the table from here on */
+	kreq__adminsock_stop(c->admin); /* no snapshot may walk the table from here on */
 	c->admin = NULL;
 	kreq__table_drain(c->table, close_pending, c);
 	client_free(c);

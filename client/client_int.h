@@ -144,8 +144,8 @@ struct kreq_client_s {
 	 * client from it (client.c, call_cancel) */
 	kreq__future_owner_t fowner;
 
-	struct kreq__health *health; /* checks (service.check.ms) and warming */
-	struct kreq__admin *admin;   /* NULL unless admin.socket is set */
+	struct kreq__health *health;   /* checks (service.check.ms) and warming */
+	struct kreq__adminsock *admin; /* NULL unless admin.socket is set */
 	int64_t slow_in_flight, slow_age_ms, slow_interval_ms, slow_entries;
 	int64_t next_slow_check_ms, slow_quiet_until_ms; /* service thread only */
 

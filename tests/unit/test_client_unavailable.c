@@ -222,6 +222,59 @@ START_TEST(test_admin_socket_and_slow_report)
 }
 END_TEST
 
+/* A Unix socket bound at path; listening (a live process's endpoint) or
+ * closed at once, leaving the file behind as a dead process would. */
+static int bound_socket(const char *path, bool live)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	ck_assert_int_eq(listen(fd, 4), 0);
+	if (live)
+		return fd;
+	close(fd);
+	return -1;
+}
+
+/* The client's admin socket shares the server of common/adminsock.c: a
+ * socket a live process serves is refused (it used to be unlinked from
+ * under that process), a stale one is replaced. */
+START_TEST(test_admin_socket_live_refused_stale_replaced)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/tmp/kreq-admin-live-%d.sock", (int)getpid());
+	unlink(path);
+	int live = bound_socket(path, true);
+	kreq_conf_t *conf = kreq_conf_new();
+	char err[512];
+	ck_assert_int_eq(kreq_conf_set(conf, "kafka.bootstrap.servers",
+	                               rd_kafka_mock_cluster_bootstraps(mc), err, 512),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(conf, "client.id", "mock-client", err, 512), KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(conf, "admin.socket", path, err, 512), KREQ_OK);
+	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
+	if (c)
+		kreq_client_destroy(c);
+	close(live);
+	kreq_conf_destroy(conf);
+	bool exists = access(path, F_OK) == 0;
+	unlink(path);
+	ck_assert_msg(c == NULL, "a client took over the admin socket a live process serves");
+	ck_assert_msg(strstr(err, "in use by another process"), "%s", err);
+	ck_assert_msg(exists, "the live process's socket file was removed");
+
+	bound_socket(path, false); /* stale: nobody listens */
+	const char *extra[] = {"admin.socket", path, NULL};
+	c = client(extra, NULL);
+	static char buf[4096];
+	admin_query(path, "metrics\n", buf, sizeof(buf));
+	ck_assert_ptr_nonnull(strstr(buf, "kreq_client_in_flight{client=\"mock-client\"} 0"));
+	kreq_client_destroy(c);
+	ck_assert_int_ne(access(path, F_OK), 0);
+}
+END_TEST
+
 /* Admits svc<from>.m .. svc<to - 1>.m; counts refusals. */
 typedef struct admit_run {
 	kreq__health_t *h;
@@ -288,6 +341,7 @@ int main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_fail_fast_when_kafka_unreachable);
 	tcase_add_test(tc, test_admin_socket_and_slow_report);
+	tcase_add_test(tc, test_admin_socket_live_refused_stale_replaced);
 	tcase_add_test(tc, test_signing_key_id_must_match);
 	tcase_add_test(tc, test_service_admission);
 	suite_add_tcase(s, tc);
