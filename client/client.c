@@ -46,7 +46,7 @@
 #include "client/health.h"
 #include "common/conf.h"
 #include "common/internal.h"
-#include "common/kadmin.h"
+#include "common/topic_admin.h"
 #include "common/replication.h"
 
 #define EXPIRE_BATCH    256
@@ -1009,7 +1009,7 @@ static int create_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, si
  * `kreq dev`) serves no CreateTopics: asking would only time out, and the
  * timeout would read as "Kafka did not answer" although it did. There the
  * reply topic is made the way such a cluster allows, by asking for it as a
- * producer (auto-creation, as warming does: common/kadmin.h). Returns the
+ * producer (auto-creation, as warming does: common/topic_admin.h). Returns the
  * partition count, or 0 if the topic still does not exist. */
 static int reply_topic_without_controller(kreq_client_t *c, int timeout_ms, char *errstr,
                                           size_t errstr_size)

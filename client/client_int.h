@@ -165,7 +165,7 @@ kreq_future_t *kreq__call_new(kreq_client_t *c, const char *method, const void *
                               const kreq_call_opts_t *o, int *err);
 
 /* Looks up service's request topic on the producer (one metadata round
- * trip, bounded; common/kadmin.h "Warming"). Health thread. */
+ * trip, bounded; common/topic_admin.h "Warming"). Health thread. */
 void kreq__warm_service(kreq_client_t *c, const char *service);
 
 /* Fails every pending call to service (method up to its last '.') with

@@ -165,7 +165,8 @@ START_TEST(test_silent_peer_times_out)
 	char buf[512];
 	/* served after the silent peer's receive timeout (about a second) */
 	ck_assert_str_eq(query("hello\n", buf, sizeof(buf)), "hi there\n");
-	ck_assert_str_eq(query("x", buf, sizeof(buf)), "{\"error\":\"unknown command (hello, lines, none)\"}\n");
+	ck_assert_str_eq(query("x", buf, sizeof(buf)),
+	                 "{\"error\":\"unknown command (hello, lines, none)\"}\n");
 	close(silent);
 	kreq__adminsock_stop(a);
 }
