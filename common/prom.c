@@ -52,8 +52,7 @@ void kreq__prom_counter(FILE *out, const char *name, const char *help, uint64_t 
 	one(out, "counter", name, help, v, labels);
 }
 
-void kreq__prom_gauge(FILE *out, const char *name, const char *help, uint64_t v,
-                      const char *labels)
+void kreq__prom_gauge(FILE *out, const char *name, const char *help, uint64_t v, const char *labels)
 {
 	one(out, "gauge", name, help, v, labels);
 }
