@@ -18,7 +18,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "cli/cli.h"
-#include "cli/pending.h"
+#include "cli/pending_kafka.h"
 #include "common/internal.h"
 #include "proto/envelope.h"
 
@@ -196,20 +196,6 @@ static int parse(int argc, char **argv, struct pending_opts *o)
 	return check_kafka_opts(o);
 }
 
-/* ---- shared formatting ------------------------------------------------------------ */
-
-void cli_pending_fmt_ms(json_int_t ms, char *buf, size_t size)
-{
-	const char *sign = ms < 0 ? "-" : "";
-	long long a = ms < 0 ? -(long long)ms : (long long)ms;
-	if (a < 1000)
-		snprintf(buf, size, "%s%lldms", sign, a);
-	else if (a < 60000)
-		snprintf(buf, size, "%s%.1fs", sign, (double)a / 1000.0);
-	else
-		snprintf(buf, size, "%s%lldm%02llds", sign, a / 60000, a / 1000 % 60);
-}
-
 /* ==== client view (--socket) ======================================================= */
 
 /* ---- filter and sort ---------------------------------------------------------- */
@@ -292,8 +278,8 @@ static void fmt_idem(const char *hex, char *buf, size_t size)
 static void print_row(const json_t *r)
 {
 	char age[32], left[32], idem[520];
-	cli_pending_fmt_ms(field_int(r, "age_ms"), age, sizeof(age));
-	cli_pending_fmt_ms(field_int(r, "time_left_ms"), left, sizeof(left));
+	cli_fmt_ms(field_int(r, "age_ms"), age, sizeof(age));
+	cli_fmt_ms(field_int(r, "time_left_ms"), left, sizeof(left));
 	fmt_idem(field_str(r, "idempotency_key"), idem, sizeof(idem));
 	printf("%-32s %-24s %9s %9s %7lld  %s\n", field_str(r, "correlation_id"),
 	       field_str(r, "method"), age, left, (long long)field_int(r, "attempt"), idem);
@@ -342,8 +328,8 @@ static int show(const struct pending_opts *o, const char *text)
 static void print_worker_row(const json_t *r)
 {
 	char age[32], left[32], idem[520], where[48];
-	cli_pending_fmt_ms(field_int(r, "age_ms"), age, sizeof(age));
-	cli_pending_fmt_ms(field_int(r, "time_left_ms"), left, sizeof(left));
+	cli_fmt_ms(field_int(r, "age_ms"), age, sizeof(age));
+	cli_fmt_ms(field_int(r, "time_left_ms"), left, sizeof(left));
 	fmt_idem(field_str(r, "idempotency_key"), idem, sizeof(idem));
 	snprintf(where, sizeof(where), "%lld:%lld", (long long)field_int(r, "partition"),
 	         (long long)field_int(r, "offset"));

@@ -1,6 +1,7 @@
 /*
- * pending_kafka.c — the Kafka view of `kreq pending` (--bootstrap,
- * --service; cli/pending.c parses the options and holds the client view).
+ * pending_kafka.c — see pending_kafka.h: the Kafka view of `kreq pending`
+ * (--bootstrap, --service; cli/pending.c parses the options and holds the
+ * client view).
  *
  * Design: what a service still owes is what its
  * workers have not committed yet (docs/protocol.md section 7). One
@@ -44,7 +45,7 @@
 #include <sodium.h>
 
 #include "cli/cli.h"
-#include "cli/pending.h"
+#include "cli/pending_kafka.h"
 #include "common/internal.h"
 #include "proto/envelope.h"
 #include "proto/unverified.h"
@@ -825,8 +826,8 @@ static int print_json(const struct kview *v, const struct krow **rows, size_t n)
 static void print_text_row(const struct kview *v, const struct krow *r)
 {
 	char age[32], left[32], idem[2 * KREQ__IDEM_KEY_MAX + 1], corr[2 * KREQ__CORR_ID_BYTES + 1];
-	cli_pending_fmt_ms(v->now_ms - r->issued_at, age, sizeof(age));
-	cli_pending_fmt_ms(r->deadline - v->now_ms, left, sizeof(left));
+	cli_fmt_ms(v->now_ms - r->issued_at, age, sizeof(age));
+	cli_fmt_ms(r->deadline - v->now_ms, left, sizeof(left));
 	idem_text(r, idem);
 	cli_hex(r->corr, KREQ__CORR_ID_BYTES, corr);
 	printf("%-9d %-10lld %9s %9s %7u %-9s %-10s %-16s %-32s %-24s %s\n", (int)r->partition,

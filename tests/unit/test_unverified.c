@@ -44,9 +44,9 @@ static uint8_t *sealed_request(size_t *len)
 	r.client_id = "c1";
 	uint8_t *buf = NULL;
 	char err[256];
-	ck_assert_int_eq(kreq__envelope_seal(kr, &lim, KREQ__KIND_REQUEST, &r.base, &buf, len, err,
-	                                     sizeof(err)),
-	                 KREQ_OK);
+	ck_assert_int_eq(
+	    kreq__envelope_seal(kr, &lim, KREQ__KIND_REQUEST, &r.base, &buf, len, err, sizeof(err)),
+	    KREQ_OK);
 	kreq_keyring_release(kr);
 	return buf;
 }

@@ -1,15 +1,13 @@
 /*
- * pending.h — what the two views of `kreq pending` share: the options
- * (parsed in cli/pending.c, which holds the client view) and the duration
- * format the Kafka view (cli/pending_kafka.c) also uses.
+ * pending_kafka.h — the Kafka view of `kreq pending` (cli/pending_kafka.c)
+ * and the options of both views, which cli/pending.c parses (it also holds
+ * the client view, and calls down into this one).
  */
-#ifndef KREQ_CLI_PENDING_H
-#define KREQ_CLI_PENDING_H
+#ifndef KREQ_CLI_PENDING_KAFKA_H
+#define KREQ_CLI_PENDING_KAFKA_H
 
 #include <stdbool.h>
 #include <stddef.h>
-
-#include <jansson.h>
 
 #define TOPIC_NAME_MAX 249
 
@@ -23,9 +21,6 @@ struct pending_opts {
 	enum sort_key sort;
 	bool json;
 };
-
-/* A duration in ms as the tables show it ("1.2s", "3m04s", ...). */
-void cli_pending_fmt_ms(json_int_t ms, char *buf, size_t size);
 
 /* The Kafka view (--bootstrap): what a service still owes; an exit code. */
 int cli_pending_kafka(const struct pending_opts *o);
