@@ -50,20 +50,12 @@ static int unverified_fields(const kreq__opened_t *o, int64_t now_ms)
 	return now_ms != 0 && deadline != 0 && deadline <= now_ms ? KREQ_EEXPIRED : KREQ_OK;
 }
 
+/* The kinds decoded here: Request, Reply, Cancel, Result (a DeadLetter or
+ * an Attempt is refused as malformed, as it always was). */
 static const ProtobufCMessageDescriptor *body_descriptor(uint32_t kind)
 {
-	switch (kind) {
-	case KREQ__KIND_REQUEST:
-		return &kreq__request__descriptor;
-	case KREQ__KIND_REPLY:
-		return &kreq__reply__descriptor;
-	case KREQ__KIND_CANCEL:
-		return &kreq__cancel__descriptor;
-	case KREQ__KIND_RESULT:
-		return &kreq__result__descriptor;
-	default:
-		return NULL;
-	}
+	return kind == KREQ__KIND_DEAD || kind == KREQ__KIND_ATTEMPT ? NULL
+	                                                             : kreq__body_descriptor(kind);
 }
 
 int kreq__envelope_open_unverified(const kreq__limits_t *lim, int64_t now_ms, const uint8_t *buf,
