@@ -20,6 +20,7 @@
 #include "common/adminsock.h"
 #include "kreq/error.h"
 #include "testsupport.h"
+#include "unixsock.h"
 
 static char path[108];
 
@@ -54,42 +55,20 @@ static char *answer_nothing(void *ctx)
 static const kreq__adminsock_cmd_t cmds[] = {
     {"hello", answer_hello}, {"lines", answer_lines}, {"none", answer_nothing}, {NULL, NULL}};
 
-static int connect_to(const char *p)
-{
-	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", p);
-	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	return fd;
-}
-
-/* Sends cmd, returns the whole answer in buf. */
 static const char *query(const char *cmd, char *buf, size_t size)
 {
-	int fd = connect_to(path);
-	ck_assert_int_eq(write(fd, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
-	size_t got = 0;
-	ssize_t n;
-	while (got + 1 < size && (n = read(fd, buf + got, size - 1 - got)) > 0)
-		got += (size_t)n;
-	buf[got] = '\0';
-	close(fd);
+	kreq_test_unix_query(path, cmd, buf, size);
 	return buf;
 }
 
-/* A socket bound at path: listening (returned) or closed at once, leaving
- * the file as a process that died would (-1). */
-static int bound_socket(bool live)
+/* A peer that connects and never writes. */
+static int connect_silent(void)
 {
 	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	ck_assert_int_eq(listen(fd, 4), 0);
-	if (live)
-		return fd;
-	close(fd);
-	return -1;
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return fd;
 }
 
 static kreq__adminsock_t *start(void)
@@ -120,7 +99,7 @@ END_TEST
 
 START_TEST(test_stale_socket_replaced)
 {
-	bound_socket(false);
+	kreq_test_unix_listen(path, false);
 	ck_assert_int_eq(access(path, F_OK), 0);
 	kreq__adminsock_t *a = start();
 	char buf[512];
@@ -131,7 +110,7 @@ END_TEST
 
 START_TEST(test_live_socket_refused)
 {
-	int live = bound_socket(true);
+	int live = kreq_test_unix_listen(path, true);
 	kreq__adminsock_t *a = NULL;
 	char err[256] = "";
 	int rc = kreq__adminsock_start(path, cmds, "x", "kreq:test", &a, err, sizeof(err));
@@ -139,7 +118,7 @@ START_TEST(test_live_socket_refused)
 	ck_assert_ptr_null(a);
 	ck_assert_msg(strstr(err, path) && strstr(err, "in use by another process"), "%s", err);
 	/* the live process's endpoint still answers at its path */
-	close(connect_to(path));
+	close(connect_silent());
 	close(live);
 }
 END_TEST
@@ -161,7 +140,7 @@ END_TEST
 START_TEST(test_silent_peer_times_out)
 {
 	kreq__adminsock_t *a = start();
-	int silent = connect_to(path); /* never writes */
+	int silent = connect_silent(); /* never writes */
 	char buf[512];
 	/* served after the silent peer's receive timeout (about a second) */
 	ck_assert_str_eq(query("hello\n", buf, sizeof(buf)), "hi there\n");
