@@ -46,7 +46,7 @@
 #include "common/conf.h"
 #include "common/hoptrace.h"
 #include "common/internal.h"
-#include "common/kadmin.h"
+#include "common/topic_admin.h"
 #include "common/replication.h"
 
 #define KREQ__WARM_TIMEOUT_MS  500  /* per producer, once per reply topic */
@@ -392,7 +392,7 @@ int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exist
 
 /* A topic the worker just created (or found missing although it exists):
  * its partition count once Kafka shows it and its partition leaders know
- * it (common/kadmin.h), looked at again every 100 ms, each look asking the
+ * it (common/topic_admin.h), looked at again every 100 ms, each look asking the
  * cluster metadata afresh, within server.start.timeout.ms in all. Why:
  * on a cluster that is healing (a Kafka broker just restarted, catching
  * up, on a loaded host) a new topic can take seconds to be served. The
@@ -516,7 +516,7 @@ static int producer_start(kreq_server_t *s, char *why, size_t why_size)
 	return -1;
 }
 
-/* Output topics are warmed (common/kadmin.h) on first sight, before the
+/* Output topics are warmed (common/topic_admin.h) on first sight, before the
  * first record is produced to them: one metadata round trip per topic and
  * producer, on the loop thread, bounded by KREQ__WARM_TIMEOUT_MS. The
  * answer is also the topic's partition count, cached in its entry (the

@@ -34,7 +34,7 @@
 
 #include "broker/builtins.h"
 #include "broker/http.h"
-#include "broker/kadmin.h"
+#include "broker/kreqd_admin.h"
 #include "broker/klog.h"
 #include "broker/plugins.h"
 #include "common/conf.h"
@@ -71,7 +71,7 @@ typedef struct kreqd {
 	size_t methods_end[MAX_PLUGINS]; /* methods registered once plugin i was initialised */
 	size_t builtins_end;
 	kreqd_http_t *http;
-	kreqd_admin_t *admin;
+	kreq__adminsock_t *admin;
 	atomic_int phase; /* kreqd_phase_t, for /healthz */
 	pthread_t sig_thread;
 	bool sig_started;
@@ -507,7 +507,7 @@ static void shut_down(kreqd_t *k)
 		pthread_join(k->sig_thread, NULL);
 	}
 	kreqd_http_stop(k->http);
-	kreqd_admin_stop(k->admin);
+	kreq__adminsock_stop(k->admin);
 	kreq_server_destroy(k->s);
 	for (size_t i = k->nplugins; i > 0; i--)
 		kreqd_plugin_close(k->plugins[i - 1]);

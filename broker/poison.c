@@ -82,7 +82,7 @@
 #include "broker/server_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
-#include "common/kadmin.h"
+#include "common/topic_admin.h"
 #include "common/replication.h"
 
 #define KREQ__PZ_FLUSH_MS  15000 /* longest wait for one step's Attempts */

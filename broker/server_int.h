@@ -43,7 +43,7 @@
 #include "broker/smetrics.h"
 #include "broker/topics.h"
 #include "kreq/server.h"
-#include "common/kadmin.h"
+#include "common/topic_admin.h"
 #include "proto/envelope.h"
 
 typedef struct kreq__handler {

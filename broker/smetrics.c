@@ -43,10 +43,10 @@ static uint64_t load(const atomic_uint_fast64_t *a)
 	return atomic_load_explicit(a, memory_order_relaxed);
 }
 
+/* The short name keeps the list of series below one line a name. */
 static void counter(FILE *out, const char *name, const char *help, uint64_t v, const char *labels)
 {
-	fprintf(out, "# HELP %s %s\n# TYPE %s counter\n%s{%s} %" PRIu64 "\n", name, help, name,
-	        name, labels, v);
+	kreq__prom_counter(out, name, help, v, labels);
 }
 
 void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_progress,

@@ -1,6 +1,6 @@
 /*
- * smetrics.h — worker metrics: relaxed atomic counters and histograms (the
- * client's kreq__hist_t), rendered as Prometheus text.
+ * smetrics.h — worker metrics: relaxed atomic counters and histograms
+ * (common/prom.h, shared with the client), rendered as Prometheus text.
  */
 #ifndef KREQ_BROKER_SMETRICS_H
 #define KREQ_BROKER_SMETRICS_H
@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "client/metrics.h"
+#include "common/prom.h"
 
 /* How a request record was answered. */
 #define KREQ__HANDLED(X)                                                                           \

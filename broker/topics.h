@@ -12,7 +12,7 @@
  * producer (RD_KAFKA_V_RKT) in this table.
  *
  * A topic's first appearance here is also when the worker warms it
- * (common/kadmin.h): one metadata request per producer before its first
+ * (common/topic_admin.h): one metadata request per producer before its first
  * reply. The table is bounded: at KREQ__TOPICS_MAX topics it is emptied
  * (every handle released) and starts over, so a worker that saw millions
  * of short-lived clients does not keep a handle for each; a topic still in

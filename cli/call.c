@@ -30,7 +30,7 @@
 
 #include "cli/cli.h"
 #include "common/conf.h"
-#include "common/kadmin.h"
+#include "common/topic_admin.h"
 #include "kreq/client.h"
 #include "kreq/error.h"
 

@@ -132,4 +132,8 @@ const char *cli_status_name(int32_t s);
 /* Milliseconds on the monotonic clock. */
 int64_t cli_mono_ms(void);
 
+/* A duration in ms as tables show it ("850ms", "1.2s", "3m04s"; negative
+ * with a "-"). */
+void cli_fmt_ms(int64_t ms, char *buf, size_t size);
+
 #endif

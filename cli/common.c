@@ -194,6 +194,18 @@ int64_t cli_mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+void cli_fmt_ms(int64_t ms, char *buf, size_t size)
+{
+	const char *sign = ms < 0 ? "-" : "";
+	long long a = ms < 0 ? -(long long)ms : (long long)ms;
+	if (a < 1000)
+		snprintf(buf, size, "%s%lldms", sign, a);
+	else if (a < 60000)
+		snprintf(buf, size, "%s%.1fs", sign, (double)a / 1000.0);
+	else
+		snprintf(buf, size, "%s%lldm%02llds", sign, a / 60000, a / 1000 % 60);
+}
+
 /* ---- admin socket --------------------------------------------------------- */
 
 static const char *connect_hint(int err)

@@ -22,7 +22,7 @@
  * flagged row with the verdict and the key id it claims (nothing of its
  * body is decoded), and the exit status is 4. The request inside a
  * verified dead letter is opened with the same keys; when its signer's key
- * is not in the key file it is decoded unverified (decode.c) and marked so:
+ * is not in the key file it is decoded unverified (proto/unverified.h) and marked so:
  * the worker's seal vouches for it being what the worker received.
  *
  * Bounded: memory holds at most 2 x --limit rows (list) or MATCH_MAX
@@ -39,9 +39,9 @@
 
 #include "cli/cli.h"
 #include "cli/dead.h"
-#include "cli/decode.h"
 #include "common/internal.h"
 #include "proto/envelope.h"
+#include "proto/unverified.h"
 
 #define SUB             "dead"
 #define DEFAULT_PREFIX  "kreq"
@@ -700,7 +700,8 @@ static void open_inner(const struct dead_reader *rd, const Kreq__DeadLetter *d, 
 		         kind);
 		return;
 	}
-	int err = cli_open_unverified(&rd->no_clock, 0, d->request.data, d->request.len, &in->o);
+	int err = kreq__envelope_open_unverified(&rd->no_clock, 0, d->request.data, d->request.len,
+	                                         &in->o);
 	if (err == KREQ_OK && in->o.kind == KREQ__KIND_REQUEST)
 		in->decoded = true;
 	else if (err == KREQ_OK)

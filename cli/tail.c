@@ -31,6 +31,7 @@
 #include "cli/cli.h"
 #include "common/internal.h"
 #include "proto/envelope.h"
+#include "proto/unverified.h"
 
 #define SUB                 "tail"
 #define METADATA_TIMEOUT_MS 10000
@@ -234,21 +235,19 @@ static const char *kind_name(uint32_t kind)
 	}
 }
 
-/* Unverified: kind and claimed key id from the envelope header only. */
+/* Unverified: kind and claimed key id from the envelope header only
+ * (proto/unverified.h); the key id is shown only if it is plain text. */
 static void fill_from_header(struct row *r, const kreq__limits_t *lim, const uint8_t *buf,
                              size_t len)
 {
-	if (len == 0 || len > lim->envelope_max)
+	uint32_t kind;
+	char key_id[KREQ_KEY_ID_MAX + 1];
+	if (!kreq__envelope_peek(lim, buf, len, &kind, key_id))
 		return;
-	Kreq__Envelope *env = kreq__envelope__unpack(NULL, len, buf);
-	if (env == NULL)
-		return;
-	r->kind = kind_name(env->kind);
-	size_t n = env->key_id ? strlen(env->key_id) : 0;
-	if (n > 0 && n <= KREQ_KEY_ID_MAX && cli_is_text((const uint8_t *)env->key_id, n) &&
-	    strcspn(env->key_id, "\t\r\n") == n)
-		memcpy(r->key_id, env->key_id, n + 1);
-	kreq__envelope__free_unpacked(env, NULL);
+	r->kind = kind_name(kind);
+	size_t n = strlen(key_id);
+	if (n > 0 && cli_is_text((const uint8_t *)key_id, n) && strcspn(key_id, "\t\r\n") == n)
+		memcpy(r->key_id, key_id, n + 1);
 }
 
 static void fill_from_opened(struct row *r, const kreq__opened_t *o)

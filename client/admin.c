@@ -1,35 +1,21 @@
 /*
  * admin.c — see admin.h.
  *
- * Why a thread of its own: answering must never delay the service thread
- * (replies, timers). The pending snapshot walks the table under its shard
- * locks one shard at a time, copying a few fields per call, so callers and
- * the service thread are held up for at most one shard's walk.
+ * The socket itself is common/adminsock.c's (its own thread, so answering
+ * never delays the service thread's replies and timers). The pending snapshot walks the table under
+ * its shard locks one shard at a time, copying a few fields per call, so callers and the service
+ * thread are held up for at most one shard's walk.
  */
-#include <errno.h>
-#include <poll.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include <jansson.h>
 
 #include "client/admin.h"
 #include "client/client_int.h"
+#include "common/adminsock.h"
 #include "common/internal.h"
-
-struct kreq__admin {
-	kreq_client_t *c;
-	int listen_fd, stop_fd;
-	pthread_t thread;
-	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-};
 
 typedef struct snap {
 	kreq__pending_row_t *rows;
@@ -135,116 +121,26 @@ char *kreq__admin_pending_json(kreq_client_t *c)
 	return text;
 }
 
-static void serve(kreq__admin_t *a, int fd)
+static char *answer_pending(void *ctx)
 {
-	struct timeval tv = {.tv_sec = 1};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	char cmd[64] = "";
-	ssize_t n = read(fd, cmd, sizeof(cmd) - 1);
-	cmd[n > 0 ? n : 0] = '\0';
-	cmd[strcspn(cmd, "\r\n")] = '\0';
+	return kreq__admin_pending_json(ctx);
+}
+
+static char *answer_metrics(void *ctx)
+{
 	char *text = NULL;
-	if (!strcmp(cmd, "pending"))
-		text = kreq__admin_pending_json(a->c);
-	else if (!strcmp(cmd, "metrics"))
-		kreq_client_metrics_text(a->c, &text);
-	if (text) {
-		kreq__write_all(fd, text, strlen(text));
-		kreq__write_all(fd, "\n", 1);
-		free(text);
-	} else {
-		const char *e = "{\"error\":\"unknown command (pending, metrics)\"}\n";
-		kreq__write_all(fd, e, strlen(e));
-	}
+	kreq_client_metrics_text(ctx, &text);
+	return text;
 }
 
-static void *admin_main(void *arg)
-{
-	kreq__admin_t *a = arg;
-	struct pollfd p[2] = {{.fd = a->listen_fd, .events = POLLIN},
-	                      {.fd = a->stop_fd, .events = POLLIN}};
-	for (;;) {
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
-			break;
-		if (p[1].revents)
-			break;
-		if (p[0].revents & POLLIN) {
-			int fd = accept4(a->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-			if (fd >= 0) {
-				serve(a, fd);
-				close(fd);
-			}
-		}
-	}
-	return NULL;
-}
+static const kreq__adminsock_cmd_t commands[] = {
+    {"pending", answer_pending},
+    {"metrics", answer_metrics},
+    {NULL, NULL},
+};
 
-static int bind_socket(kreq__admin_t *a, char *errstr, size_t errstr_size)
-{
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	struct stat st;
-	if (lstat(a->path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode))
-			return kreq__err(errstr, errstr_size, KREQ_EEXIST,
-			                 "admin.socket %s exists and is not a socket", a->path);
-		unlink(a->path); /* stale socket of an earlier process */
-	}
-	memcpy(sa.sun_path, a->path, strlen(a->path) + 1);
-	a->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	mode_t old = umask(0177); /* the socket file is created 0600 */
-	int rc = a->listen_fd < 0 ? -1 : bind(a->listen_fd, (struct sockaddr *)&sa, sizeof(sa));
-	umask(old);
-	if (rc != 0 || listen(a->listen_fd, 16) != 0)
-		return kreq__err(errstr, errstr_size, KREQ_EIO, "admin.socket %s: %s", a->path,
-		                 strerror(errno));
-	return KREQ_OK;
-}
-
-int kreq__admin_start(kreq_client_t *c, const char *path, kreq__admin_t **out, char *errstr,
+int kreq__admin_start(kreq_client_t *c, const char *path, kreq__adminsock_t **out, char *errstr,
                       size_t errstr_size)
 {
-	kreq__admin_t *a = calloc(1, sizeof(*a));
-	if (!a)
-		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
-	a->c = c;
-	a->listen_fd = a->stop_fd = -1;
-	if (strlen(path) >= sizeof(a->path)) {
-		free(a);
-		return kreq__err(errstr, errstr_size, KREQ_ECONF,
-		                 "admin.socket path longer than %zu bytes", sizeof(a->path) - 1);
-	}
-	memcpy(a->path, path, strlen(path) + 1);
-	int err = bind_socket(a, errstr, errstr_size);
-	if (!err && (a->stop_fd = eventfd(0, EFD_CLOEXEC)) < 0)
-		err = kreq__err(errstr, errstr_size, KREQ_EIO, "eventfd: %s", strerror(errno));
-	if (!err && pthread_create(&a->thread, NULL, admin_main, a) != 0)
-		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "cannot start admin thread");
-	else if (!err)
-		pthread_setname_np(a->thread, "kreq:admin");
-	if (err) {
-		if (a->listen_fd >= 0) {
-			close(a->listen_fd);
-			unlink(a->path);
-		}
-		if (a->stop_fd >= 0)
-			close(a->stop_fd);
-		free(a);
-		return err;
-	}
-	*out = a;
-	return KREQ_OK;
-}
-
-void kreq__admin_stop(kreq__admin_t *a)
-{
-	if (!a)
-		return;
-	uint64_t one = 1;
-	ssize_t n = write(a->stop_fd, &one, sizeof(one));
-	(void)n;
-	pthread_join(a->thread, NULL);
-	close(a->listen_fd);
-	close(a->stop_fd);
-	unlink(a->path);
-	free(a);
+	return kreq__adminsock_start(path, commands, c, "kreq:admin", out, errstr, errstr_size);
 }

@@ -8,8 +8,9 @@
  *                "age_ms", "time_left_ms", "attempt"}, ...]}
  *                (ids in lowercase hex; oldest first)
  *   "metrics\n"  Prometheus text
- * Anything else gets {"error": "..."}. The format is what `kreq pending`
- * and `kreq stats` read; docs/operations.md describes it.
+ * Anything else gets {"error": "..."}. The socket is common/adminsock.h's.
+ * The format is what `kreq pending` and `kreq stats` read;
+ * docs/operations.md describes it.
  */
 #ifndef KREQ_CLIENT_ADMIN_H
 #define KREQ_CLIENT_ADMIN_H
@@ -17,9 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/adminsock.h"
 #include "kreq/client.h"
-
-typedef struct kreq__admin kreq__admin_t;
 
 /* One pending call, copied out of the table. */
 typedef struct kreq__pending_row {
@@ -36,13 +36,11 @@ typedef struct kreq__pending_row {
  * Takes the table's shard locks one at a time. */
 size_t kreq__pending_snapshot(kreq_client_t *c, size_t limit, kreq__pending_row_t **rows);
 
-/* Binds path (replacing a stale socket file, refusing any other file) and
- * starts serving. KREQ_OK, KREQ_EEXIST, KREQ_EIO. */
-int kreq__admin_start(kreq_client_t *c, const char *path, kreq__admin_t **out, char *errstr,
+/* Serves "pending" and "metrics" at path through common/adminsock.h (a
+ * stale socket file is replaced; any other file, and a socket a live
+ * process serves, is refused). Stopped by kreq__adminsock_stop(). */
+int kreq__admin_start(kreq_client_t *c, const char *path, kreq__adminsock_t **out, char *errstr,
                       size_t errstr_size);
-
-/* Stops the thread, closes and unlinks the socket. NULL is a no-op. */
-void kreq__admin_stop(kreq__admin_t *a);
 
 /* The "pending" answer as a new malloc'd JSON string (also used by tests). */
 char *kreq__admin_pending_json(kreq_client_t *c);

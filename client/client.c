@@ -47,7 +47,7 @@
 #include "common/conf.h"
 #include "common/hoptrace.h"
 #include "common/internal.h"
-#include "common/kadmin.h"
+#include "common/topic_admin.h"
 #include "common/replication.h"
 
 #define EXPIRE_BATCH    256
@@ -1014,7 +1014,7 @@ static int create_reply_topic(kreq_client_t *c, int timeout_ms, char *errstr, si
  * `kreq dev`) serves no CreateTopics: asking would only time out, and the
  * timeout would read as "Kafka did not answer" although it did. There the
  * reply topic is made the way such a cluster allows, by asking for it as a
- * producer (auto-creation, as warming does: common/kadmin.h). Returns the
+ * producer (auto-creation, as warming does: common/topic_admin.h). Returns the
  * partition count, or 0 if the topic still does not exist. */
 static int reply_topic_without_controller(kreq_client_t *c, int timeout_ms, char *errstr,
                                           size_t errstr_size)
@@ -1148,7 +1148,7 @@ static int read_conf(kreq_client_t *c, char *errstr, size_t errstr_size)
 
 static void client_free(kreq_client_t *c)
 {
-	kreq__admin_stop(c->admin);
+	kreq__adminsock_stop(c->admin);
 	if (c->reply_rkt) {
 		rd_kafka_consume_stop(c->reply_rkt, c->reply_partition);
 		rd_kafka_topic_destroy(c->reply_rkt);
@@ -1274,7 +1274,7 @@ void kreq_client_destroy(kreq_client_t *c)
 	atomic_store(&c->stopping, true);
 	wake(c);
 	pthread_join(c->thread, NULL);
-	kreq__admin_stop(c->admin); /* no snapshot may walk the table from here on */
+	kreq__adminsock_stop(c->admin); /* no snapshot may walk the table from here on */
 	c->admin = NULL;
 	kreq__table_drain(c->table, close_pending, c);
 	client_free(c);

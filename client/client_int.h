@@ -144,8 +144,8 @@ struct kreq_client_s {
 	 * client from it (client.c, call_cancel) */
 	kreq__future_owner_t fowner;
 
-	struct kreq__health *health; /* checks (service.check.ms) and warming */
-	struct kreq__admin *admin;   /* NULL unless admin.socket is set */
+	struct kreq__health *health;   /* checks (service.check.ms) and warming */
+	struct kreq__adminsock *admin; /* NULL unless admin.socket is set */
 	int64_t slow_in_flight, slow_age_ms, slow_interval_ms, slow_entries;
 	int64_t next_slow_check_ms, slow_quiet_until_ms; /* service thread only */
 
@@ -165,7 +165,7 @@ kreq_future_t *kreq__call_new(kreq_client_t *c, const char *method, const void *
                               const kreq_call_opts_t *o, int *err);
 
 /* Looks up service's request topic on the producer (one metadata round
- * trip, bounded; common/kadmin.h "Warming"). Health thread. */
+ * trip, bounded; common/topic_admin.h "Warming"). Health thread. */
 void kreq__warm_service(kreq_client_t *c, const char *service);
 
 /* Fails every pending call to service (method up to its last '.') with

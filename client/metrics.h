@@ -1,5 +1,5 @@
 /*
- * metrics.h — client metrics: atomic counters and fixed-bucket histograms,
+ * metrics.h — client metrics: atomic counters and histograms (common/prom.h),
  * rendered as Prometheus text. Updates are relaxed atomic adds (no lock on
  * the call path); rendering reads a snapshot that may be a few updates
  * apart between series, which Prometheus tolerates.
@@ -10,6 +10,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#include "common/prom.h"
 
 /* Outcomes of calls, by kind. */
 #define KREQ__OUTCOMES(X)                                                                          \
@@ -29,14 +31,6 @@ typedef enum kreq__outcome {
 	    KREQ__OUT_COUNT
 } kreq__outcome_t;
 
-#define KREQ__HIST_BUCKETS 16
-
-typedef struct kreq__hist {
-	atomic_uint_fast64_t bucket[KREQ__HIST_BUCKETS + 1]; /* last: +Inf */
-	atomic_uint_fast64_t sum_us;
-	atomic_uint_fast64_t count;
-} kreq__hist_t;
-
 typedef struct kreq__client_metrics {
 	atomic_uint_fast64_t calls;
 	atomic_uint_fast64_t outcome[KREQ__OUT_COUNT];
@@ -47,13 +41,6 @@ typedef struct kreq__client_metrics {
 	kreq__hist_t duration;   /* call to settlement */
 	kreq__hist_t queue_wait; /* call to first send acknowledged by Kafka */
 } kreq__client_metrics_t;
-
-void kreq__hist_observe(kreq__hist_t *h, int64_t us);
-
-/* Renders h as a Prometheus histogram with the given label list (e.g.
- * `service="x"`); observed values are divided by scale (1e6: us to s). */
-void kreq__hist_render(FILE *out, const char *name, const char *help, const kreq__hist_t *h,
-                       const char *labels, double scale);
 
 /* Writes the Prometheus text exposition of m (plus the in-flight gauge). */
 void kreq__client_metrics_render(const kreq__client_metrics_t *m, uint64_t in_flight,

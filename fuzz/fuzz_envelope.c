@@ -12,6 +12,10 @@
  *         bit 4 signs it as protocol version 1 instead of 2.
  * Both must only ever return a kreq error code; crashes, leaks, undefined
  * behaviour and accepting a body that breaks the rules are bugs.
+ * Every envelope also goes through the unverified decoder beside the
+ * verified one (proto/unverified.h: `kreq pending` without a keyring, `kreq
+ * tail`, `kreq dead`), with and without the clock, and its header peek; an
+ * envelope the verified path accepts must peek as the same kind.
  * The keys are the docs/protocol.md test-vector keys, so the seed corpus
  * (fuzz/corpus/envelope, written by fuzz/make_corpus.py) holds envelopes
  * and bodies of every kind that verify.
@@ -23,6 +27,7 @@
 
 #include "kreq/error.h"
 #include "proto/envelope.h"
+#include "proto/unverified.h"
 
 static kreq_keyring_t *kr;
 static bool verbose; /* KREQ_FUZZ_VERBOSE: print each verdict (checking seeds) */
@@ -52,6 +57,21 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
+/* The unverified decoder at now_ms (0: no clock): only kreq error codes,
+ * a message exactly when KREQ_OK. */
+static void open_unverified_and_check(const uint8_t *buf, size_t len, int64_t now_ms)
+{
+	kreq__opened_t o;
+	int err = kreq__envelope_open_unverified(&lim, now_ms, buf, len, &o);
+	if (verbose)
+		fprintf(stderr, "unverified%s: %s\n", now_ms ? "" : " (no clock)",
+		        kreq_err_name(err));
+	if (err > 0 || (err == KREQ_OK) != (o.u.msg != NULL))
+		abort();
+	if (err == KREQ_OK)
+		kreq__opened_clear(&o);
+}
+
 static void open_and_check(const uint8_t *buf, size_t len)
 {
 	kreq__opened_t o;
@@ -61,8 +81,18 @@ static void open_and_check(const uint8_t *buf, size_t len)
 		fprintf(stderr, "verdict: %s %s\n", kreq_err_name(err), why);
 	if (err > 0 || (err == KREQ_OK) != (o.u.msg != NULL))
 		abort();
-	if (err == KREQ_OK)
+	uint32_t kind = UINT32_MAX;
+	char key_id[KREQ_KEY_ID_MAX + 1];
+	bool peeked = kreq__envelope_peek(&lim, buf, len, &kind, key_id);
+	if (strlen(key_id) > KREQ_KEY_ID_MAX)
+		abort();
+	if (err == KREQ_OK) {
+		if (!peeked || kind != (uint32_t)o.kind || strcmp(key_id, o.key_id) != 0)
+			abort();
 		kreq__opened_clear(&o);
+	}
+	open_unverified_and_check(buf, len, NOW);
+	open_unverified_and_check(buf, len, 0);
 }
 
 /* Signs data as a body of the given kind and opens the resulting envelope. */

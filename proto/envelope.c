@@ -605,7 +605,7 @@ static size_t kind_max(const kreq__limits_t *lim, uint32_t kind)
 	return lim->envelope_max + (kind == KREQ__KIND_DEAD ? KREQ__DEAD_OVERHEAD_MAX : 0);
 }
 
-static const ProtobufCMessageDescriptor *descriptor_for(uint32_t kind)
+const ProtobufCMessageDescriptor *kreq__body_descriptor(uint32_t kind)
 {
 	switch (kind) {
 	case KREQ__KIND_REQUEST:
@@ -626,7 +626,7 @@ static const ProtobufCMessageDescriptor *descriptor_for(uint32_t kind)
 
 static int validate(vctx_t *v, uint32_t kind, const ProtobufCMessage *m)
 {
-	if (m->descriptor != descriptor_for(kind))
+	if (m->descriptor != kreq__body_descriptor(kind))
 		return bad(v, "body type does not match kind");
 	switch (kind) {
 	case KREQ__KIND_REQUEST:
@@ -763,7 +763,7 @@ static int check_envelope(vctx_t *v, const kreq_keyring_t *kr, const kreq__env_v
 		return kreq__err(v->errstr, v->errstr_size, KREQ_EVERSION,
 		                 "protocol version %u (this build speaks %d)", env->version,
 		                 KREQ__PROTO_VERSION);
-	if (!descriptor_for(env->kind))
+	if (!kreq__body_descriptor(env->kind))
 		return bad(v, "unknown message kind");
 	if (env->key_id_len == 0 || env->key_id_len > KREQ_KEY_ID_MAX ||
 	    memchr(env->key_id, 0, env->key_id_len) ||
@@ -786,7 +786,7 @@ static int check_envelope(vctx_t *v, const kreq_keyring_t *kr, const kreq__env_v
 /* Steps 7-10: the verified body, decoded strictly, validated, on time. */
 static int open_body(vctx_t *v, const kreq__env_view_t *env, int64_t now_ms, kreq__opened_t *out)
 {
-	const ProtobufCMessageDescriptor *d = descriptor_for(env->kind);
+	const ProtobufCMessageDescriptor *d = kreq__body_descriptor(env->kind);
 	const char *why = body_wire_check(d, env->body, env->body_len, 0);
 	if (why)
 		return kreq__err(v->errstr, v->errstr_size, KREQ_EMALFORMED,

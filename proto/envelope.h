@@ -145,6 +145,9 @@ int kreq__envelope_open(const kreq_keyring_t *kr, const kreq__limits_t *lim, int
 
 void kreq__opened_clear(kreq__opened_t *o);
 
+/* The protobuf-c descriptor of a body of kind, NULL for an unknown kind. */
+const ProtobufCMessageDescriptor *kreq__body_descriptor(uint32_t kind);
+
 /* The bytes that are signed are header || body; this writes the header into
  * hdr (at least KREQ__SIG_HDR_MAX bytes) and returns its length. */
 size_t kreq__sig_header(uint8_t *hdr, uint32_t version, const char *key_id, size_t key_id_len,

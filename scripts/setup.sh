@@ -21,12 +21,12 @@ set -euo pipefail
 
 build=(
   build-essential cmake ninja-build pkg-config ca-certificates
-  libprotobuf-c-dev protobuf-c-compiler uuid-dev libsodium-dev libssl-dev
+  libprotobuf-c-dev protobuf-c-compiler libsodium-dev libssl-dev
   libjansson-dev libmicrohttpd-dev
   cargo-web libcurl4-openssl-dev libsasl2-dev zlib1g-dev libzstd-dev
 )
 runtime=(
-  libprotobuf-c1 libuuid1 libsodium23 libssl3 libjansson4 libmicrohttpd12
+  libprotobuf-c1 libsodium23 libssl3 libjansson4 libmicrohttpd12
   libsasl2-2 zlib1g libzstd1 ca-certificates curl
 )
 develop=(

@@ -32,7 +32,7 @@
 
 #include "broker/server_int.h"
 #include "common/internal.h"
-#include "common/kadmin.h"
+#include "common/topic_admin.h"
 #include "kreq/client.h"
 #include "kreq/error.h"
 #include "kreq/server.h"

@@ -55,7 +55,7 @@ LD_LIBRARY_PATH="$work/prefix/lib" "$work/app/pc"
 # something users here can do)
 # shellcheck disable=SC2046
 cc $san -o "$work/app/pc_static" "$work/app/main.c" $(pkg-config --cflags kreq) \
-  "$work/prefix/lib/libkreq.a" $(pkg-config --libs rdkafka libprotobuf-c libsodium libcrypto uuid jansson) -lpthread \
+  "$work/prefix/lib/libkreq.a" $(pkg-config --libs rdkafka libprotobuf-c libsodium libcrypto jansson) -lpthread \
   -Wl,-rpath,"$(pkg-config --variable=libdir rdkafka)"
 "$work/app/pc_static"
 # no internal symbol leaks from the shared library

@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "cluster.h"
-#include "common/kadmin.h"
+#include "common/topic_admin.h"
 #include "common/replication.h"
 #include "testsupport.h"
 

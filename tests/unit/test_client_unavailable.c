@@ -30,6 +30,7 @@
 #include "kreq/client.h"
 #include "kreq/error.h"
 #include "testsupport.h"
+#include "unixsock.h"
 
 static rd_kafka_t *host;
 static rd_kafka_mock_cluster_t *mc;
@@ -142,22 +143,6 @@ START_TEST(test_signing_key_id_must_match)
 }
 END_TEST
 
-static int admin_query(const char *path, const char *cmd, char *out, size_t size)
-{
-	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	ck_assert_int_eq(write(fd, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
-	size_t got = 0;
-	ssize_t n;
-	while (got + 1 < size && (n = read(fd, out + got, size - 1 - got)) > 0)
-		got += (size_t)n;
-	out[got] = '\0';
-	close(fd);
-	return (int)got;
-}
-
 static atomic_int slow_lines;
 
 static void log_cb(void *opaque, int level, const char *fac, const char *msg)
@@ -205,20 +190,58 @@ START_TEST(test_admin_socket_and_slow_report)
 		ck_assert_int_eq(kreq_client_call(c, "svc.never", "x", 1, o, &f[i]), KREQ_OK);
 	kreq_call_opts_destroy(o);
 	static char buf[65536];
-	admin_query(path, "pending\n", buf, sizeof(buf));
+	kreq_test_unix_query(path, "pending\n", buf, sizeof(buf));
 	ck_assert_ptr_nonnull(strstr(buf, "\"in_flight\":3"));
 	ck_assert_ptr_nonnull(strstr(buf, "\"method\":\"svc.never\""));
 	ck_assert_ptr_nonnull(strstr(buf, "\"idempotency_key\":\"6964656d\""));
 	ck_assert_ptr_nonnull(strstr(buf, "\"attempt\":1"));
-	admin_query(path, "metrics\n", buf, sizeof(buf));
+	kreq_test_unix_query(path, "metrics\n", buf, sizeof(buf));
 	ck_assert_ptr_nonnull(strstr(buf, "kreq_client_in_flight{client=\"mock-client\"} 3"));
-	admin_query(path, "bogus\n", buf, sizeof(buf));
+	kreq_test_unix_query(path, "bogus\n", buf, sizeof(buf));
 	ck_assert_ptr_nonnull(strstr(buf, "\"error\""));
 	KREQ_TEST_AWAIT(atomic_load(&slow_lines) >= 1, 5000);
 	for (int i = 0; i < 3; i++)
 		kreq_future_release(f[i]);
 	kreq_client_destroy(c);
 	ck_assert_int_ne(access(path, F_OK), 0); /* socket removed */
+}
+END_TEST
+
+/* The client's admin socket shares the server of common/adminsock.c: a
+ * socket a live process serves is refused (it used to be unlinked from
+ * under that process), a stale one is replaced. */
+START_TEST(test_admin_socket_live_refused_stale_replaced)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/tmp/kreq-admin-live-%d.sock", (int)getpid());
+	unlink(path);
+	int live = kreq_test_unix_listen(path, true);
+	kreq_conf_t *conf = kreq_conf_new();
+	char err[512];
+	ck_assert_int_eq(kreq_conf_set(conf, "kafka.bootstrap.servers",
+	                               rd_kafka_mock_cluster_bootstraps(mc), err, 512),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(conf, "client.id", "mock-client", err, 512), KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(conf, "admin.socket", path, err, 512), KREQ_OK);
+	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
+	if (c)
+		kreq_client_destroy(c);
+	close(live);
+	kreq_conf_destroy(conf);
+	bool exists = access(path, F_OK) == 0;
+	unlink(path);
+	ck_assert_msg(c == NULL, "a client took over the admin socket a live process serves");
+	ck_assert_msg(strstr(err, "in use by another process"), "%s", err);
+	ck_assert_msg(exists, "the live process's socket file was removed");
+
+	kreq_test_unix_listen(path, false); /* stale: nobody listens */
+	const char *extra[] = {"admin.socket", path, NULL};
+	c = client(extra, NULL);
+	static char buf[4096];
+	kreq_test_unix_query(path, "metrics\n", buf, sizeof(buf));
+	ck_assert_ptr_nonnull(strstr(buf, "kreq_client_in_flight{client=\"mock-client\"} 0"));
+	kreq_client_destroy(c);
+	ck_assert_int_ne(access(path, F_OK), 0);
 }
 END_TEST
 
@@ -288,6 +311,7 @@ int main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_fail_fast_when_kafka_unreachable);
 	tcase_add_test(tc, test_admin_socket_and_slow_report);
+	tcase_add_test(tc, test_admin_socket_live_refused_stale_replaced);
 	tcase_add_test(tc, test_signing_key_id_must_match);
 	tcase_add_test(tc, test_service_admission);
 	suite_add_tcase(s, tc);

@@ -1,6 +1,6 @@
 /*
- * test_kadmin.c — the look at a topic a worker has just created
- * (kreq__topic_ready, common/kadmin.h) against the real Kafka broker of
+ * test_topic_admin.c — the look at a topic a worker has just created
+ * (kreq__topic_ready, common/topic_admin.h) against the real Kafka broker of
  * the kafka suites: a missing topic is "not yet" with the reason, a new
  * one is ready once its metadata shows it and every partition's leader
  * answers, partitions already seen answering are not asked again, and an
@@ -12,13 +12,14 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "common/kadmin.h"
+#include "common/topic_admin.h"
 #include "testsupport.h"
 
 static rd_kafka_t *consumer(const char *bootstrap)
 {
 	char errstr[512];
-	rd_kafka_conf_t *conf = kreq_test_conf_new(bootstrap, "group.id", "kreq-test-kadmin", NULL);
+	rd_kafka_conf_t *conf =
+	    kreq_test_conf_new(bootstrap, "group.id", "kreq-test-topic-admin", NULL);
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	ck_assert_msg(rk != NULL, "%s", errstr);
 	return rk;
@@ -28,7 +29,7 @@ START_TEST(test_missing_topic_not_yet)
 {
 	rd_kafka_t *rk = consumer(kreq_test_bootstrap());
 	char topic[96], why[300] = "";
-	kreq_test_topic_name(topic, sizeof(topic), "kadmin-missing");
+	kreq_test_topic_name(topic, sizeof(topic), "topic-admin-missing");
 	int ready = 0;
 	ck_assert_int_eq(kreq__topic_ready(rk, topic, &ready, 10000, why, sizeof(why)), 0);
 	ck_assert_int_eq(ready, 0);
@@ -43,7 +44,7 @@ START_TEST(test_created_topic_ready)
 {
 	rd_kafka_t *rk = consumer(kreq_test_bootstrap());
 	char topic[96], why[300] = "";
-	kreq_test_topic_name(topic, sizeof(topic), "kadmin-new");
+	kreq_test_topic_name(topic, sizeof(topic), "topic-admin-new");
 	ck_assert_int_eq(kreq__topic_create(rk, topic, 3, -1, NULL, 30000, why, sizeof(why)),
 	                 RD_KAFKA_RESP_ERR_NO_ERROR);
 	int ready = 0, n = 0;
@@ -71,7 +72,8 @@ START_TEST(test_no_kafka_no_answer)
 	int ready = 0;
 	int64_t t0 = kreq_test_now_ms();
 	ck_assert_int_eq(
-	    kreq__topic_ready(rk, "kreq-test-kadmin-none", &ready, 1500, why, sizeof(why)), -1);
+	    kreq__topic_ready(rk, "kreq-test-topic-admin-none", &ready, 1500, why, sizeof(why)),
+	    -1);
 	ck_assert_int_lt(kreq_test_now_ms() - t0, 10000);
 	ck_assert_msg(strstr(why, "did not answer"), "why: %s", why);
 	rd_kafka_destroy(rk);
@@ -80,7 +82,7 @@ END_TEST
 
 int main(void)
 {
-	Suite *s = suite_create("kadmin");
+	Suite *s = suite_create("topic_admin");
 	TCase *tc = tcase_create("ready");
 	tcase_add_test(tc, test_missing_topic_not_yet);
 	tcase_add_test(tc, test_created_topic_ready);

@@ -1,9 +1,9 @@
 /*
- * kadmin.h — the topic-administration steps the client (its reply
+ * topic_admin.h — the topic-administration steps the client (its reply
  * topic) and the server (requests and results topics) need.
  */
-#ifndef KREQ_COMMON_KADMIN_H
-#define KREQ_COMMON_KADMIN_H
+#ifndef KREQ_COMMON_TOPIC_ADMIN_H
+#define KREQ_COMMON_TOPIC_ADMIN_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,8 +1,5 @@
 /*
- * decode.c — decoding kreq records WITHOUT verifying their signature, for
- * the subcommands that show what a record claims when the key that signed
- * it is not at hand (`kreq pending` without --keyring, the request inside a
- * dead letter signed by a key the operator does not hold).
+ * unverified.c — see unverified.h.
  *
  * Design: the same envelope and body decoding a receiver does, minus the
  * signature, plus the field rules a displayed row relies on (a correlation
@@ -12,9 +9,8 @@
  */
 #include <string.h>
 
-#include "cli/cli.h"
-#include "cli/decode.h"
 #include "common/internal.h"
+#include "proto/unverified.h"
 
 static bool method_ok(const char *s)
 {
@@ -54,25 +50,16 @@ static int unverified_fields(const kreq__opened_t *o, int64_t now_ms)
 	return now_ms != 0 && deadline != 0 && deadline <= now_ms ? KREQ_EEXPIRED : KREQ_OK;
 }
 
+/* The kinds decoded here: Request, Reply, Cancel, Result (a DeadLetter or
+ * an Attempt is refused as malformed, as it always was). */
 static const ProtobufCMessageDescriptor *body_descriptor(uint32_t kind)
 {
-	switch (kind) {
-	case KREQ__KIND_REQUEST:
-		return &kreq__request__descriptor;
-	case KREQ__KIND_REPLY:
-		return &kreq__reply__descriptor;
-	case KREQ__KIND_CANCEL:
-		return &kreq__cancel__descriptor;
-	case KREQ__KIND_RESULT:
-		return &kreq__result__descriptor;
-	default:
-		return NULL;
-	}
+	return kind == KREQ__KIND_DEAD || kind == KREQ__KIND_ATTEMPT ? NULL
+	                                                             : kreq__body_descriptor(kind);
 }
 
-/* Decodes the envelope and its body WITHOUT checking the signature. */
-int cli_open_unverified(const kreq__limits_t *lim, int64_t now_ms, const uint8_t *buf, size_t len,
-                        kreq__opened_t *out)
+int kreq__envelope_open_unverified(const kreq__limits_t *lim, int64_t now_ms, const uint8_t *buf,
+                                   size_t len, kreq__opened_t *out)
 {
 	memset(out, 0, sizeof(*out));
 	if (buf == NULL || len == 0)
@@ -102,4 +89,21 @@ int cli_open_unverified(const kreq__limits_t *lim, int64_t now_ms, const uint8_t
 	if (err != KREQ_OK)
 		kreq__opened_clear(out);
 	return err;
+}
+
+bool kreq__envelope_peek(const kreq__limits_t *lim, const uint8_t *buf, size_t len, uint32_t *kind,
+                         char key_id[KREQ_KEY_ID_MAX + 1])
+{
+	key_id[0] = '\0';
+	if (buf == NULL || len == 0 || len > lim->envelope_max)
+		return false;
+	Kreq__Envelope *env = kreq__envelope__unpack(NULL, len, buf);
+	if (env == NULL)
+		return false;
+	*kind = env->kind;
+	size_t n = env->key_id ? strlen(env->key_id) : 0;
+	if (n > 0 && n <= KREQ_KEY_ID_MAX)
+		memcpy(key_id, env->key_id, n + 1);
+	kreq__envelope__free_unpacked(env, NULL);
+	return true;
 }

@@ -1,14 +1,20 @@
 /*
- * kadmin.c — see kadmin.h.
+ * adminsock.c — see adminsock.h.
  *
- * One thread polls the listening socket and an eventfd that asks it to
- * stop; connections are served one at a time with a receive timeout, so a
- * peer that never writes holds the endpoint for at most a second. The
- * answers come from the server's any-thread functions.
+ * Why one thread of its own: answering must never delay the threads that
+ * do the work (the client's service thread, the worker's loop); the
+ * answer functions are the any-thread ones of each side. One thread polls
+ * the listening socket and an eventfd that asks it to stop; connections
+ * are served one at a time with receive and send timeouts.
+ *
+ * Why the live check: two processes configured with the same path must not
+ * steal each other's endpoint. A socket file nobody accepts on is what a
+ * process that died leaves, and is replaced; one that accepts is refused.
  */
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,27 +25,38 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "broker/kadmin.h"
+#include "common/adminsock.h"
 #include "common/internal.h"
 
-struct kreqd_admin {
-	kreq_server_t *s;
+struct kreq__adminsock {
+	const kreq__adminsock_cmd_t *cmds;
+	void *ctx;
 	int listen_fd, stop_fd;
 	pthread_t thread;
 	struct sockaddr_un sa;
 };
 
-static char *answer(kreqd_admin_t *a, const char *cmd)
+static char *answer(kreq__adminsock_t *a, const char *cmd)
 {
-	char *text = NULL;
-	if (!strcmp(cmd, "inprogress"))
-		kreq_server_in_progress_json(a->s, &text);
-	else if (!strcmp(cmd, "metrics"))
-		kreq_server_metrics_text(a->s, &text);
-	return text;
+	for (const kreq__adminsock_cmd_t *c = a->cmds; c->name; c++)
+		if (!strcmp(cmd, c->name))
+			return c->answer(a->ctx);
+	return NULL;
 }
 
-static void serve(kreqd_admin_t *a, int fd)
+static void send_unknown(kreq__adminsock_t *a, int fd)
+{
+	char e[256];
+	size_t n = (size_t)snprintf(e, sizeof(e), "{\"error\":\"unknown command (");
+	for (const kreq__adminsock_cmd_t *c = a->cmds; c->name && n < sizeof(e); c++)
+		n += (size_t)snprintf(e + n, sizeof(e) - n, "%s%s", c == a->cmds ? "" : ", ",
+		                      c->name);
+	if (n < sizeof(e))
+		n += (size_t)snprintf(e + n, sizeof(e) - n, ")\"}\n");
+	kreq__write_all(fd, e, n < sizeof(e) ? n : strlen(e));
+}
+
+static void serve(kreq__adminsock_t *a, int fd)
 {
 	struct timeval tv = {.tv_sec = 1};
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -49,21 +66,20 @@ static void serve(kreqd_admin_t *a, int fd)
 	cmd[n > 0 ? n : 0] = '\0';
 	cmd[strcspn(cmd, "\r\n")] = '\0';
 	char *text = answer(a, cmd);
-	if (text) {
-		size_t len = strlen(text);
-		bool nl = len > 0 && text[len - 1] == '\n';
-		if (kreq__write_all(fd, text, len) == 0 && !nl)
-			kreq__write_all(fd, "\n", 1);
-		free(text);
-	} else {
-		const char *e = "{\"error\":\"unknown command (inprogress, metrics)\"}\n";
-		kreq__write_all(fd, e, strlen(e));
+	if (!text) {
+		send_unknown(a, fd);
+		return;
 	}
+	size_t len = strlen(text);
+	bool nl = len > 0 && text[len - 1] == '\n';
+	if (kreq__write_all(fd, text, len) == 0 && !nl)
+		kreq__write_all(fd, "\n", 1);
+	free(text);
 }
 
-static void *admin_main(void *arg)
+static void *adminsock_main(void *arg)
 {
-	kreqd_admin_t *a = arg;
+	kreq__adminsock_t *a = arg;
 	struct pollfd p[2] = {{.fd = a->listen_fd, .events = POLLIN},
 	                      {.fd = a->stop_fd, .events = POLLIN}};
 	for (;;) {
@@ -92,7 +108,7 @@ static bool socket_alive(const struct sockaddr_un *sa)
 	return alive;
 }
 
-static int clear_path(kreqd_admin_t *a, char *errstr, size_t errstr_size)
+static int clear_path(kreq__adminsock_t *a, char *errstr, size_t errstr_size)
 {
 	const char *path = a->sa.sun_path;
 	struct stat st;
@@ -109,7 +125,7 @@ static int clear_path(kreqd_admin_t *a, char *errstr, size_t errstr_size)
 	return KREQ_OK;
 }
 
-static int bind_socket(kreqd_admin_t *a, char *errstr, size_t errstr_size)
+static int bind_socket(kreq__adminsock_t *a, char *errstr, size_t errstr_size)
 {
 	int err = clear_path(a, errstr, errstr_size);
 	if (err)
@@ -125,7 +141,7 @@ static int bind_socket(kreqd_admin_t *a, char *errstr, size_t errstr_size)
 	return KREQ_OK;
 }
 
-static void release(kreqd_admin_t *a, bool unlink_path)
+static void release(kreq__adminsock_t *a, bool unlink_path)
 {
 	if (a->listen_fd >= 0)
 		close(a->listen_fd);
@@ -136,13 +152,15 @@ static void release(kreqd_admin_t *a, bool unlink_path)
 	free(a);
 }
 
-int kreqd_admin_start(const char *path, kreq_server_t *s, kreqd_admin_t **out, char *errstr,
-                      size_t errstr_size)
+int kreq__adminsock_start(const char *path, const kreq__adminsock_cmd_t *cmds, void *ctx,
+                          const char *thread_name, kreq__adminsock_t **out, char *errstr,
+                          size_t errstr_size)
 {
-	kreqd_admin_t *a = calloc(1, sizeof(*a));
+	kreq__adminsock_t *a = calloc(1, sizeof(*a));
 	if (!a)
 		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
-	a->s = s;
+	a->cmds = cmds;
+	a->ctx = ctx;
 	a->listen_fd = a->stop_fd = -1;
 	a->sa.sun_family = AF_UNIX;
 	if (strlen(path) >= sizeof(a->sa.sun_path)) {
@@ -156,10 +174,10 @@ int kreqd_admin_start(const char *path, kreq_server_t *s, kreqd_admin_t **out, c
 	bool bound = !err;
 	if (!err && (a->stop_fd = eventfd(0, EFD_CLOEXEC)) < 0)
 		err = kreq__err(errstr, errstr_size, KREQ_EIO, "eventfd: %s", strerror(errno));
-	if (!err && pthread_create(&a->thread, NULL, admin_main, a) != 0)
+	if (!err && pthread_create(&a->thread, NULL, adminsock_main, a) != 0)
 		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "cannot start the admin thread");
 	else if (!err)
-		pthread_setname_np(a->thread, "kreqd:admin");
+		pthread_setname_np(a->thread, thread_name);
 	if (err) {
 		release(a, bound);
 		return err;
@@ -168,7 +186,7 @@ int kreqd_admin_start(const char *path, kreq_server_t *s, kreqd_admin_t **out, c
 	return KREQ_OK;
 }
 
-void kreqd_admin_stop(kreqd_admin_t *a)
+void kreq__adminsock_stop(kreq__adminsock_t *a)
 {
 	if (!a)
 		return;

@@ -1,11 +1,11 @@
-/* kadmin.c — see kadmin.h. */
+/* topic_admin.c — see topic_admin.h. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "common/internal.h"
-#include "common/kadmin.h"
+#include "common/topic_admin.h"
 
 int kreq__topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms)
 {
