@@ -292,7 +292,7 @@ public final class SpringPeer {
 			String loads, String brokerPid, double ticks) throws Exception {
 		Stats st = new Stats();
 		/* warm-up: JIT, the echo's assignment, the transactional producer's init */
-		for (int i = 0; i < Math.max(50, n / 10); i++)
+		for (int i = 0; i < Math.max(200, n / 4); i++)
 			check(t.sendAndReceive(new ProducerRecord<>(requests(), payload)).get(60, TimeUnit.SECONDS), payload, st);
 		long[] lat = new long[n];
 		for (int i = 0; i < n; i++) {
