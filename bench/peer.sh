@@ -98,7 +98,7 @@ CONTENDERS=(light transactional spring-plain spring-transactional)
 for ((r = 1; r <= ROUNDS; r++)); do
   for ((i = 0; i < 4; i++)); do
     c=${CONTENDERS[$(((i + r - 1) % 4))]}
-    out=$WORK/r$r-$c.out
+    out=$WORK/r$(printf %02d "$r")-$c.out
     echo "peer.sh: round $r: $c" >&2
     case $c in
       light | transactional)
@@ -167,6 +167,11 @@ for s in rows:
     us = lambda v: "%.0f" % v
     print("| %s | %s | %s | %s | %s | %s |" % (s, cell("p50", ms), ms(g(s, "p99")), cell("16", rate),
                                                cell("256", rate), cell("cpu", us)))
+print()
+print("Per round (in round order; raw: two per round):")
+for s in rows:
+    print("  %-21s p50 ms %s; calls/s at 256 %s" % (s, " ".join("%.2f" % (v / 1000) for v in S[(s, "p50")]),
+          " ".join("%.1fk" % (v / 1000) for v in S[(s, "256")])))
 print()
 t = [("kreq transactional p50 <= 0.7x Spring transactional", g("kreq transactional", "p50") / g("Spring transactional", "p50"), 0.7, False),
      ("kreq transactional calls/s at 256 >= 3x Spring transactional", g("kreq transactional", "256") / g("Spring transactional", "256"), 3, True),
