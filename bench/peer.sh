@@ -102,7 +102,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     echo "peer.sh: round $r: $c" >&2
     case $c in
       light | transactional)
-        KREQ_BENCH_WORKER=$c run "$out" nice -n 0 "$ROUNDTRIP" "$CALLS" "$SECS" 1 ;;
+        KREQ_BENCH_WORKER=$c run "$out" "$ROUNDTRIP" "$CALLS" "$SECS" 1 ;;
       spring-*)
         run "$out" java -Xms256m -Xmx512m -Dbench.clk.tck="$(getconf CLK_TCK)" \
           -cp "$LIBS/*" io.kreq.bench.SpringPeer "${c#spring-}" "$CALLS" "$SECS" 16,256 ;;
