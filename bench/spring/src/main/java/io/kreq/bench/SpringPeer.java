@@ -44,6 +44,7 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
@@ -81,7 +82,9 @@ import org.springframework.kafka.requestreply.ReplyingKafkaTemplate;
 import org.springframework.kafka.requestreply.RequestReplyFuture;
 import org.springframework.kafka.support.KafkaHeaders;
 import org.springframework.kafka.transaction.KafkaTransactionManager;
+import org.springframework.messaging.Message;
 import org.springframework.messaging.handler.annotation.SendTo;
+import org.springframework.messaging.support.MessageBuilder;
 
 public final class SpringPeer {
 	static final int PAYLOAD = 256;
@@ -166,33 +169,30 @@ public final class SpringPeer {
 		}
 	}
 
-	/* Batch listener: one transaction per poll. Each reply is sent with the
-	 * container's transactional KafkaTemplate, so it joins the transaction
-	 * that also carries the batch's offsets (Spring's documented pattern for
-	 * sends from a listener), to the request's reply topic with its
-	 * correlation id, the two headers @SendTo uses for a record listener.
-	 * (Returning the replies as a List of Message from a @SendTo batch
-	 * listener, the other documented way, ran the listener but no reply
-	 * reached the client with spring-kafka 4.1.2; not chased further.) */
+	/* Batch listener: one transaction per poll. As Spring's documentation
+	 * says for batch listeners, each reply Message carries its topic and
+	 * correlation id itself (from the request's REPLY_TOPIC and
+	 * CORRELATION_ID headers). The @SendTo value must be there all the same:
+	 * without one a batch listener's replies are dropped, logged at DEBUG
+	 * only ("No replyTopic to handle the reply", spring-kafka 4.1.2); the
+	 * Message's TOPIC header wins over it. The replies are sent by the
+	 * container's transactional KafkaTemplate, in the transaction that also
+	 * carries the batch's offsets. */
 	public static class BatchEcho {
-		private final KafkaTemplate<String, byte[]> template;
-
-		public BatchEcho(KafkaTemplate<String, byte[]> template) {
-			this.template = template;
-		}
-
 		@KafkaListener(id = "echo", topics = "${kreq.bench.requests}", containerFactory = "echoFactory")
-		public void echo(List<ConsumerRecord<String, byte[]>> batch) {
+		@SendTo("${kreq.bench.replies}")
+		public List<Message<byte[]>> echo(List<ConsumerRecord<String, byte[]>> batch) {
+			List<Message<byte[]>> out = new ArrayList<>(batch.size());
 			for (ConsumerRecord<String, byte[]> r : batch) {
 				Header topic = r.headers().lastHeader(KafkaHeaders.REPLY_TOPIC);
 				Header corr = r.headers().lastHeader(KafkaHeaders.CORRELATION_ID);
 				if (topic == null || corr == null)
 					continue; /* not a request from a ReplyingKafkaTemplate */
-				ProducerRecord<String, byte[]> reply = new ProducerRecord<>(
-						new String(topic.value(), StandardCharsets.UTF_8), r.value());
-				reply.headers().add(KafkaHeaders.CORRELATION_ID, corr.value());
-				template.send(reply);
+				out.add(MessageBuilder.withPayload(r.value())
+						.setHeader(KafkaHeaders.TOPIC, new String(topic.value(), StandardCharsets.UTF_8))
+						.setHeader(KafkaHeaders.CORRELATION_ID, corr.value()).build());
 			}
+			return out;
 		}
 	}
 
@@ -266,7 +266,8 @@ public final class SpringPeer {
 		try (Admin admin = Admin.create(ac)) {
 			admin.createTopics(List.of(new NewTopic(requests(), 1, (short) 1), new NewTopic(replies(), 1, (short) 1)))
 					.all().get(30, TimeUnit.SECONDS);
-			System.setProperty("kreq.bench.requests", requests()); /* the listeners' topic */
+			System.setProperty("kreq.bench.requests", requests()); /* the listeners' topics */
+			System.setProperty("kreq.bench.replies", replies());
 			AnnotationConfigApplicationContext ctx = new AnnotationConfigApplicationContext();
 			ReplyingKafkaTemplate<String, byte[], byte[]> t = null;
 			try {
