@@ -107,7 +107,7 @@ if has_stage release; then
   start_kafka "$KAFKA_RELEASE"
   say "release build (-Werror) + all suites, Apache Kafka $KAFKA_RELEASE"
   configure_build build
-  run_ctest build -LE cluster3
+  run_ctest build -LE 'cluster3|bench' # bench: bench/peer.sh's smoke run, by hand
 fi
 
 if has_stage unit && ! has_stage release; then
