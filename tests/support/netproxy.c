@@ -36,10 +36,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define QMAX       (8u << 20)
-#define SBUF       (256u << 10)
-#define HBUF       (14 + 255)
-#define MAX_RULES  8
+#define QMAX        (8u << 20)
+#define SBUF        (256u << 10)
+#define HBUF        (14 + 255)
+#define MAX_RULES   8
 #define MAX_POLL_MS 50
 
 typedef struct chunk {
@@ -587,8 +587,7 @@ static void *loop(void *arg)
 
 /* ---- the interface ------------------------------------------------------------------- */
 
-kreq_netproxy_t *kreq_netproxy_start(int nodes, const int *listen_ports,
-                                     const char *const *targets)
+kreq_netproxy_t *kreq_netproxy_start(int nodes, const int *listen_ports, const char *const *targets)
 {
 	if (nodes < 1 || nodes > KREQ_NP_MAX_NODES)
 		return NULL;
@@ -604,18 +603,21 @@ kreq_netproxy_t *kreq_netproxy_start(int nodes, const int *listen_ports,
 		int port = 0;
 		if (sscanf(targets[i], "%63[^:]:%d", host, &port) != 2 ||
 		    inet_pton(AF_INET, host, &p->target[i].sin_addr) != 1) {
-			fprintf(stderr, "netproxy: bad target '%s' (want a.b.c.d:port)\n", targets[i]);
+			fprintf(stderr, "netproxy: bad target '%s' (want a.b.c.d:port)\n",
+			        targets[i]);
 			goto fail;
 		}
 		p->target[i].sin_family = AF_INET;
 		p->target[i].sin_port = htons((uint16_t)port);
-		struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)listen_ports[i])};
+		struct sockaddr_in a = {.sin_family = AF_INET,
+		                        .sin_port = htons((uint16_t)listen_ports[i])};
 		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 		int one = 1;
 		p->lfd[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 		if (p->lfd[i] < 0 ||
 		    setsockopt(p->lfd[i], SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-		    bind(p->lfd[i], (struct sockaddr *)&a, sizeof(a)) != 0 || listen(p->lfd[i], 64)) {
+		    bind(p->lfd[i], (struct sockaddr *)&a, sizeof(a)) != 0 ||
+		    listen(p->lfd[i], 64)) {
 			fprintf(stderr, "netproxy: cannot listen on 127.0.0.1:%d: %s\n",
 			        listen_ports[i], strerror(errno));
 			goto fail;

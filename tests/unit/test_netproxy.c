@@ -180,7 +180,9 @@ static int64_t echo_ms(int fd, int64_t t0, int timeout_ms)
 		int64_t left = t0 + timeout_ms - kreq_test_now_ms();
 		if (left <= 0 || poll(&p, 1, (int)left) <= 0)
 			return -2;
-		ssize_t r = read(fd, b + got, sizeof(b) - got);
+		/* exactly one request: the next one stays in the socket */
+		size_t want = got < 4 ? 4 - got : 4 + ((size_t)b[2] << 8 | b[3]) - got;
+		ssize_t r = read(fd, b + got, want);
 		if (r <= 0)
 			return -1;
 		got += (size_t)r;
