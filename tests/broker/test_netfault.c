@@ -56,8 +56,13 @@
 	"kafka.session.timeout.ms=6000;kafka.transaction.timeout.ms=10000"
 
 /* Kafka api keys (the request header's api_key) */
-enum { API_PRODUCE = 0, API_ADD_PARTITIONS = 24, API_ADD_OFFSETS = 25, API_END_TXN = 26,
-       API_TXN_OFFSET_COMMIT = 28 };
+enum {
+	API_PRODUCE = 0,
+	API_ADD_PARTITIONS = 24,
+	API_ADD_OFFSETS = 25,
+	API_END_TXN = 26,
+	API_TXN_OFFSET_COMMIT = 28
+};
 
 static kreq_test_cluster_t cluster;
 static int proxy_port;
@@ -150,7 +155,10 @@ static void spawn(int slot)
 	char set[512];
 	snprintf(set, sizeof(set), "kafka.client.id=nf-w%d;%s", slot, WORKER_TIMEOUTS);
 	setenv("KREQ_FAULT_WORKER_SET", set, 1);
-	worker_spawn(slot, "transactional");
+	/* KREQ_NETFAULT_WORKER_MODE=light: the negative control, an
+	 * at-least-once worker the checks must catch */
+	const char *mode = getenv("KREQ_NETFAULT_WORKER_MODE");
+	worker_spawn(slot, mode ? mode : "transactional");
 	unsetenv("KREQ_FAULT_WORKER_SET");
 }
 
@@ -298,9 +306,9 @@ static int read_topic(const char *topic, int partitions, const char *isolation, 
 {
 	char err[512], group[64];
 	snprintf(group, sizeof(group), "nf-check-%u", randombytes_uniform(1000000000));
-	rd_kafka_conf_t *rc = kreq_test_conf_new(bootstrap, "group.id", group, "isolation.level",
-	                                         isolation, "enable.partition.eof", "true",
-	                                         "enable.auto.commit", "false", NULL);
+	rd_kafka_conf_t *rc =
+	    kreq_test_conf_new(bootstrap, "group.id", group, "isolation.level", isolation,
+	                       "enable.partition.eof", "true", "enable.auto.commit", "false", NULL);
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, rc, err, sizeof(err));
 	ck_assert_msg(rk != NULL, "%s", err);
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(partitions);
@@ -313,8 +321,9 @@ static int read_topic(const char *topic, int partitions, const char *isolation, 
 	int64_t hwm[8] = {0}, lo;
 	ck_assert_int_le(partitions, 8);
 	for (int p = 0; p < partitions; p++)
-		ck_assert_int_eq(rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hwm[p], 10000),
-		                 RD_KAFKA_RESP_ERR_NO_ERROR);
+		ck_assert_int_eq(
+		    rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hwm[p], 10000),
+		    RD_KAFKA_RESP_ERR_NO_ERROR);
 	int n = 0, done = 0;
 	bool at_end[8] = {false};
 	int64_t until = kreq_test_now_ms() + 60000;
@@ -335,9 +344,12 @@ static int read_topic(const char *topic, int partitions, const char *isolation, 
 			continue;
 		}
 		ck_assert_msg(!m->err, "reading %s: %s", topic, rd_kafka_message_errstr(m));
+		/* opened as of the record's own time: replies expire with their
+		 * call's deadline, and this reads them long after */
 		kreq__opened_t o;
-		if (kreq__envelope_open(kr, &lim, kreq__now_ms(), m->payload, m->len, &o, NULL, 0) ==
-		        KREQ_OK &&
+		int64_t at = rd_kafka_message_timestamp(m, NULL);
+		if (kreq__envelope_open(kr, &lim, at > 0 ? at : kreq__now_ms(), m->payload, m->len,
+		                        &o, NULL, 0) == KREQ_OK &&
 		    (o.kind == KREQ__KIND_REPLY || o.kind == KREQ__KIND_RESULT) && n < MAX_RECS) {
 			rec_t *r = &out[n++];
 			ProtobufCBinaryData k = o.kind == KREQ__KIND_REPLY
@@ -365,9 +377,9 @@ static void reply_topic(char *out, size_t size)
 {
 	char err[512], want[96];
 	snprintf(want, sizeof(want), "%s.reply.", prefix);
-	rd_kafka_t *rk = rd_kafka_new(
-	    RD_KAFKA_CONSUMER, kreq_test_conf_new(bootstrap, "group.id", "nf-inspect", NULL), err,
-	    sizeof(err));
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER,
+	                              kreq_test_conf_new(bootstrap, "group.id", "nf-inspect", NULL),
+	                              err, sizeof(err));
 	ck_assert_msg(rk != NULL, "%s", err);
 	const struct rd_kafka_metadata *md = NULL;
 	ck_assert_int_eq(rd_kafka_metadata(rk, 1, NULL, &md, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
@@ -416,10 +428,11 @@ static int check_topics(const fcase_t *f)
 		if (r->op < 0)
 			continue;
 		if (committed_results[r->op]++)
-			REPORT("%s has a second committed Result (results [%d] @%lld, execution %s; "
-			       "first: %s)\n",
-			       f->name, ops[r->op].key, r->partition, (long long)r->offset, r->exec,
-			       committed_exec[r->op]);
+			REPORT(
+			    "%s has a second committed Result (results [%d] @%lld, execution %s; "
+			    "first: %s)\n",
+			    f->name, ops[r->op].key, r->partition, (long long)r->offset, r->exec,
+			    committed_exec[r->op]);
 		else
 			snprintf(committed_exec[r->op], 33, "%s", r->exec);
 	}
@@ -436,6 +449,9 @@ static int check_topics(const fcase_t *f)
 	for (int i = 0; i < NOPS; i++) {
 		if (!ops[i].done)
 			continue;
+		if (strcmp(reply_exec[i], ops[i].seen))
+			REPORT("%s: the caller saw execution %s, the committed replies say '%s'\n",
+			       f->name, ops[i].key, ops[i].seen, reply_exec[i]);
 		if (!committed_results[i])
 			REPORT("%s: the caller saw execution %s but no Result is committed (torn "
 			       "transaction)\n",
@@ -454,7 +470,8 @@ static int check_topics(const fcase_t *f)
 		if (!strcmp(r->exec, ops[r->op].seen) && !committed_results[r->op])
 			REPORT("%s: the caller's execution %s is only in an aborted Result "
 			       "(results [%d] @%lld)\n",
-			       f->name, ops[r->op].key, r->exec, r->partition, (long long)r->offset);
+			       f->name, ops[r->op].key, r->exec, r->partition,
+			       (long long)r->offset);
 	}
 	for (int i = 0; i < nrpu; i++) {
 		rec_t *r = &ru_rep[i];
@@ -505,7 +522,8 @@ static void run_case(fcase_t *f)
 	        "uncommitted re-executions, %d worker restarts\n",
 	        f->name, NOPS, calls, (double)(t1 - t0) / 1000.0, f->faults,
 	        (long long)st.delayed_total, DELAY_MS, (long long)st.delayed[API_END_TXN],
-	        (long long)st.delayed[API_ADD_OFFSETS], (long long)st.delayed[API_TXN_OFFSET_COMMIT],
+	        (long long)st.delayed[API_ADD_OFFSETS],
+	        (long long)st.delayed[API_TXN_OFFSET_COMMIT],
 	        (long long)st.delayed[API_ADD_PARTITIONS], (long long)st.delayed[API_PRODUCE],
 	        (long long)st.late, f->drops, (long long)st.blackholed, anomalies,
 	        (long long)all.max_gap_ms, reruns, f->restarts);
