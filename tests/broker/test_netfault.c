@@ -51,6 +51,10 @@
 #define NOPS     600
 #define NWORKERS 2
 #define DELAY_MS 5000 /* > the workers' request timeouts below */
+/* late_endtxn: the worker's connections are reset at once, so it needs no
+ * timeout to go on; shorter, the late EndTxn lands while the load (and a
+ * later transaction) is still running */
+#define LATE_DELAY_MS 1500
 #define WORKER_TIMEOUTS                                                                            \
 	"kafka.socket.timeout.ms=2500;kafka.request.timeout.ms=2500;"                              \
 	"kafka.session.timeout.ms=6000;kafka.transaction.timeout.ms=10000"
@@ -237,7 +241,7 @@ static void inject_late_endtxn(fcase_t *f, int step)
 		return;
 	kreq_np_match_t m = {0, worker_prefix[f->faults % NWORKERS], API_END_TXN};
 	kreq_netproxy_clear_delays(proxy);
-	ck_assert_int_ge(kreq_netproxy_delay(proxy, m, DELAY_MS, 1), 0);
+	ck_assert_int_ge(kreq_netproxy_delay(proxy, m, LATE_DELAY_MS, 1), 0);
 	f->delayed_seen = st.delayed[API_END_TXN];
 	f->armed = true;
 	f->faults++;
@@ -514,19 +518,19 @@ static void run_case(fcase_t *f)
 	kreq_np_stats_t st;
 	kreq_netproxy_stats(proxy, &st);
 	stall_t all = load_stall(NOPS, t0, t1 + 1);
-	fprintf(stderr,
-	        "netfault %s: %d ops, %d calls in %.1f s; %d faults: %lld requests delayed %d ms "
-	        "(EndTxn %lld, AddOffsets %lld, TxnOffsetCommit %lld, AddPartitions %lld, "
-	        "Produce %lld; %lld delivered after their client closed), %d connections reset, "
-	        "%lld blackholed; %d anomalies; longest time without a reply %lld ms; %d "
-	        "uncommitted re-executions, %d worker restarts\n",
-	        f->name, NOPS, calls, (double)(t1 - t0) / 1000.0, f->faults,
-	        (long long)st.delayed_total, DELAY_MS, (long long)st.delayed[API_END_TXN],
-	        (long long)st.delayed[API_ADD_OFFSETS],
-	        (long long)st.delayed[API_TXN_OFFSET_COMMIT],
-	        (long long)st.delayed[API_ADD_PARTITIONS], (long long)st.delayed[API_PRODUCE],
-	        (long long)st.late, f->drops, (long long)st.blackholed, anomalies,
-	        (long long)all.max_gap_ms, reruns, f->restarts);
+	fprintf(
+	    stderr,
+	    "netfault %s: %d ops, %d calls in %.1f s; %d faults: %lld requests delayed %d ms "
+	    "(EndTxn %lld, AddOffsets %lld, TxnOffsetCommit %lld, AddPartitions %lld, "
+	    "Produce %lld; %lld delivered after their client closed), %d connections reset, "
+	    "%lld blackholed; %d anomalies; longest time without a reply %lld ms; %d "
+	    "uncommitted re-executions, %d worker restarts\n",
+	    f->name, NOPS, calls, (double)(t1 - t0) / 1000.0, f->faults,
+	    (long long)st.delayed_total, f->inject == inject_late_endtxn ? LATE_DELAY_MS : DELAY_MS,
+	    (long long)st.delayed[API_END_TXN], (long long)st.delayed[API_ADD_OFFSETS],
+	    (long long)st.delayed[API_TXN_OFFSET_COMMIT], (long long)st.delayed[API_ADD_PARTITIONS],
+	    (long long)st.delayed[API_PRODUCE], (long long)st.late, f->drops,
+	    (long long)st.blackholed, anomalies, (long long)all.max_gap_ms, reruns, f->restarts);
 	ck_assert_msg(f->faults > 0, "%s: the load ended before any fault", f->name);
 	ck_assert_msg(anomalies == 0, "%s: %d anomalies (printed above)", f->name, anomalies);
 }
