@@ -11,8 +11,9 @@
  *     longer than the workers' request timeout, then delivered;
  *   - produce_delay: one Produce held the same way;
  *   - late_endtxn: an EndTxn held, and the worker's connections reset
- *     while it is held, so the client carries on on a new connection and
- *     the old EndTxn lands late (the Jepsen scenario KIP-890 defends);
+ *     while it is held, so the client carries on on a new connection; the
+ *     old EndTxn is released into the worker's next transaction (the
+ *     Jepsen scenario KIP-890 defends against);
  *   - drop: every connection of one worker reset, again and again;
  *   - partition: one worker blackholed for longer than its session
  *     timeout, then healed.
@@ -51,9 +52,9 @@
 #define NOPS     600
 #define NWORKERS 2
 #define DELAY_MS 5000 /* > the workers' request timeouts below */
-/* late_endtxn: as long; with 1.5 s the late EndTxn won the race against
- * librdkafka's retry in 4 runs of 4 and never ended a later transaction */
-#define LATE_DELAY_MS DELAY_MS
+/* late_endtxn: an EndTxn is held until the AddPartitionsToTxn of the same
+ * worker's next transaction (at most this long), so that it lands in it */
+#define LATE_DELAY_MS 10000
 #define WORKER_TIMEOUTS                                                                            \
 	"kafka.socket.timeout.ms=2500;kafka.request.timeout.ms=2500;"                              \
 	"kafka.session.timeout.ms=6000;kafka.transaction.timeout.ms=10000"
@@ -225,8 +226,11 @@ static void inject_produce(fcase_t *f, int step)
 }
 
 /* EndTxn held; once the proxy holds one, the worker's connections are
- * reset: librdkafka reconnects and goes on while the old EndTxn is still
- * on its way. */
+ * reset: librdkafka reconnects, ends the transaction again on a new
+ * connection and starts the next one; the old EndTxn is released into it
+ * (kreq_netproxy_hold: 50 ms after that transaction's
+ * AddPartitionsToTxn), and ends it early (the classic protocol: same
+ * producer epoch). */
 static void inject_late_endtxn(fcase_t *f, int step)
 {
 	kreq_np_stats_t st;
@@ -240,7 +244,7 @@ static void inject_late_endtxn(fcase_t *f, int step)
 		return;
 	kreq_np_match_t m = {0, worker_prefix[f->faults % NWORKERS], API_END_TXN};
 	kreq_netproxy_clear_delays(proxy);
-	ck_assert_int_ge(kreq_netproxy_delay(proxy, m, LATE_DELAY_MS, 1), 0);
+	ck_assert_int_ge(kreq_netproxy_hold(proxy, m, API_ADD_PARTITIONS, LATE_DELAY_MS, 1), 0);
 	f->delayed_seen = st.delayed[API_END_TXN];
 	f->armed = true;
 	f->faults++;
@@ -521,15 +525,17 @@ static void run_case(fcase_t *f)
 	    stderr,
 	    "netfault %s: %d ops, %d calls in %.1f s; %d faults: %lld requests delayed %d ms "
 	    "(EndTxn %lld, AddOffsets %lld, TxnOffsetCommit %lld, AddPartitions %lld, "
-	    "Produce %lld; %lld delivered after their client closed), %d connections reset, "
+	    "Produce %lld; %lld delivered after their client closed, %lld released into a later "
+	    "transaction), %d connections reset, "
 	    "%lld blackholed; %d anomalies; longest time without a reply %lld ms; %d "
 	    "uncommitted re-executions, %d worker restarts\n",
 	    f->name, NOPS, calls, (double)(t1 - t0) / 1000.0, f->faults,
 	    (long long)st.delayed_total, f->inject == inject_late_endtxn ? LATE_DELAY_MS : DELAY_MS,
 	    (long long)st.delayed[API_END_TXN], (long long)st.delayed[API_ADD_OFFSETS],
 	    (long long)st.delayed[API_TXN_OFFSET_COMMIT], (long long)st.delayed[API_ADD_PARTITIONS],
-	    (long long)st.delayed[API_PRODUCE], (long long)st.late, f->drops,
-	    (long long)st.blackholed, anomalies, (long long)all.max_gap_ms, reruns, f->restarts);
+	    (long long)st.delayed[API_PRODUCE], (long long)st.late, (long long)st.released,
+	    f->drops, (long long)st.blackholed, anomalies, (long long)all.max_gap_ms, reruns,
+	    f->restarts);
 	ck_assert_msg(f->faults > 0, "%s: the load ended before any fault", f->name);
 	ck_assert_msg(anomalies == 0, "%s: %d anomalies (printed above)", f->name, anomalies);
 }

@@ -36,11 +36,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define QMAX        (8u << 20)
-#define SBUF        (256u << 10)
-#define HBUF        (14 + 255)
-#define MAX_RULES   8
-#define MAX_POLL_MS 50
+#define QMAX           (8u << 20)
+#define SBUF           (256u << 10)
+#define HBUF           (14 + 255)
+#define MAX_RULES      8
+#define MAX_POLL_MS    50
+#define RELEASE_LAG_MS 50 /* a held request goes this long after its trigger */
 
 typedef struct chunk {
 	struct chunk *next;
@@ -59,6 +60,7 @@ typedef struct conn {
 	size_t hlen;
 	uint64_t frame_left; /* bytes of the current request after its header */
 	int64_t frame_due, last_due;
+	int trigger_api; /* held until its client sends this api_key elsewhere; -1 */
 	chunk_t *qh, *qt;
 	size_t qbytes;
 	uint8_t *sbuf;
@@ -67,7 +69,7 @@ typedef struct conn {
 
 typedef struct {
 	bool used;
-	int node, api_key, delay_ms, count;
+	int node, api_key, delay_ms, count, release_api;
 	char prefix[128];
 } rule_t;
 
@@ -223,6 +225,26 @@ static void enqueue(kreq_netproxy_t *p, conn_t *c, const uint8_t *d, size_t n, i
 	p->queued += (int64_t)n;
 }
 
+/* c's client sent a request of api_key api: a request of the same client
+ * held for it on another connection goes RELEASE_LAG_MS later (the
+ * trigger, e.g. the AddPartitionsToTxn of the next transaction, has been
+ * answered by then). */
+static void release_held(kreq_netproxy_t *p, const conn_t *c, int api)
+{
+	int64_t at = now_ms() + RELEASE_LAG_MS;
+	for (conn_t *h = p->conns; h; h = h->next) {
+		if (h == c || h->trigger_api != api || strcmp(h->cid, c->cid))
+			continue;
+		for (chunk_t *k = h->qh; k; k = k->next)
+			if (k->due > at)
+				k->due = at;
+		if (h->last_due > at)
+			h->last_due = h->frame_due = at;
+		h->trigger_api = -1;
+		p->st.released++;
+	}
+}
+
 /* A request header is complete in c->hbuf: count it, apply the rules and
  * the partition, and queue it. */
 static void header_done(kreq_netproxy_t *p, conn_t *c)
@@ -244,6 +266,8 @@ static void header_done(kreq_netproxy_t *p, conn_t *c)
 		return;
 	if (api >= 0 && api < KREQ_NP_API_MAX)
 		p->st.requests[api]++;
+	if (api >= 0 && c->have_cid)
+		release_held(p, c, api);
 	int delay = 0;
 	for (int i = 0; i < MAX_RULES; i++) {
 		rule_t *r = &p->rules[i];
@@ -251,6 +275,8 @@ static void header_done(kreq_netproxy_t *p, conn_t *c)
 		    !match_conn(c, r->node, r->prefix))
 			continue;
 		delay = r->delay_ms;
+		if (r->release_api >= 0)
+			c->trigger_api = r->release_api;
 		if (r->count > 0)
 			r->count--;
 		p->st.delayed_total++;
@@ -408,6 +434,7 @@ static void accept_one(kreq_netproxy_t *p, int node)
 	c->sfd = sfd;
 	c->node = node;
 	c->sbuf = sbuf;
+	c->trigger_api = -1;
 	if (p->part_on && !p->part_prefix[0] && (!p->part_node || p->part_node == node)) {
 		c->blackhole = true;
 		p->st.blackholed++;
@@ -674,7 +701,7 @@ void kreq_netproxy_stop(kreq_netproxy_t *p)
 	free(p);
 }
 
-int kreq_netproxy_delay(kreq_netproxy_t *p, kreq_np_match_t m, int delay_ms, int count)
+static int set_rule(kreq_netproxy_t *p, kreq_np_match_t m, int delay_ms, int count, int release_api)
 {
 	const char *pre = m.client_prefix ? m.client_prefix : "";
 	int slot = -1;
@@ -693,10 +720,22 @@ int kreq_netproxy_delay(kreq_netproxy_t *p, kreq_np_match_t m, int delay_ms, int
 		r->api_key = m.api_key;
 		r->delay_ms = delay_ms;
 		r->count = count;
+		r->release_api = release_api;
 		snprintf(r->prefix, sizeof(r->prefix), "%s", pre);
 	}
 	pthread_mutex_unlock(&p->mu);
 	return slot;
+}
+
+int kreq_netproxy_delay(kreq_netproxy_t *p, kreq_np_match_t m, int delay_ms, int count)
+{
+	return set_rule(p, m, delay_ms, count, -1);
+}
+
+int kreq_netproxy_hold(kreq_netproxy_t *p, kreq_np_match_t m, int release_api, int max_ms,
+                       int count)
+{
+	return set_rule(p, m, max_ms, count, release_api);
 }
 
 void kreq_netproxy_clear_delays(kreq_netproxy_t *p)

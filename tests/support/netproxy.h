@@ -48,6 +48,7 @@ typedef struct {
 	int64_t delayed[KREQ_NP_API_MAX];  /* requests delayed, by api_key */
 	int64_t delayed_total;             /* requests delayed */
 	int64_t late;       /* delayed requests delivered after their client closed */
+	int64_t released;   /* held requests released by their trigger (hold) */
 	int64_t dropped;    /* connections reset by drop */
 	int64_t blackholed; /* connections blackholed by a partition */
 } kreq_np_stats_t;
@@ -66,6 +67,16 @@ void kreq_netproxy_stop(kreq_netproxy_t *p);
  * match) for the next count requests (-1: until removed). Returns the rule
  * slot, or -1 when all 8 are taken. */
 int kreq_netproxy_delay(kreq_netproxy_t *p, kreq_np_match_t m, int delay_ms, int count);
+
+/* The Jepsen shape, made deterministic: each matching request (the next
+ * count; -1 all) is held until its client sends a request of api_key
+ * release_api on ANOTHER connection, and delivered RELEASE_LAG_MS (50 ms)
+ * after that one; at most max_ms. E.g. an EndTxn held until the
+ * AddPartitionsToTxn of the producer's next transaction: the late EndTxn
+ * then lands while that transaction is ongoing. Shares the 8 rule slots
+ * (and clear_delays) with kreq_netproxy_delay. */
+int kreq_netproxy_hold(kreq_netproxy_t *p, kreq_np_match_t m, int release_api, int max_ms,
+                       int count);
 
 /* Removes every delay rule (bytes already held are still delivered). */
 void kreq_netproxy_clear_delays(kreq_netproxy_t *p);

@@ -290,6 +290,38 @@ START_TEST(test_late_after_close)
 }
 END_TEST
 
+/* hold: the held EndTxn of client w2 goes right after w2's next
+ * AddPartitionsToTxn on another connection, long before max_ms */
+START_TEST(test_hold_until_trigger)
+{
+	int a = connect_proxy(), b = connect_proxy();
+	ck_assert_int_ge(kreq_netproxy_hold(proxy, (kreq_np_match_t){0, "w2", 26}, 24, 20000, 1),
+	                 0);
+	int64_t t0 = kreq_test_now_ms();
+	send_req(a, 26, "w2-p");
+	KREQ_TEST_AWAIT(kreq_netproxy_pending(proxy) > 0, 5000);
+	close(a);                /* the client gave up on it */
+	send_req(b, 25, "w2-p"); /* another api: no release */
+	ck_assert_int_ge(echo_ms(b, kreq_test_now_ms(), 5000), 0);
+	ck_assert_int_gt(kreq_netproxy_pending(proxy), 0);
+	send_req(b, 24, "load"); /* another client: no release */
+	ck_assert_int_ge(echo_ms(b, kreq_test_now_ms(), 5000), 0);
+	ck_assert_int_gt(kreq_netproxy_pending(proxy), 0);
+	send_req(b, 24, "w2-p");
+	ck_assert_int_ge(echo_ms(b, kreq_test_now_ms(), 5000), 0);
+	int want = 4;
+	ck_assert(kreq_test_wait_until(server_saw, &want, 5000));
+	ck_assert_int_eq(seen[3].api, 26); /* after the trigger */
+	ck_assert_int_eq(seen[2].api, 24);
+	ck_assert_int_lt(seen[3].at_ms - t0, 10000);
+	kreq_np_stats_t st;
+	kreq_netproxy_stats(proxy, &st);
+	ck_assert_int_eq(st.released, 1);
+	ck_assert_int_eq(st.late, 1);
+	close(b);
+}
+END_TEST
+
 START_TEST(test_drop)
 {
 	int a = connect_proxy(), b = connect_proxy();
@@ -362,6 +394,7 @@ int main(void)
 	tcase_add_test(tc, test_parse_header);
 	tcase_add_test(tc, test_forward_and_delay);
 	tcase_add_test(tc, test_late_after_close);
+	tcase_add_test(tc, test_hold_until_trigger);
 	tcase_add_test(tc, test_drop);
 	tcase_add_test(tc, test_partition);
 	suite_add_tcase(s, tc);
