@@ -580,7 +580,7 @@ static void add_case(Suite *s, const char *name, const TTest *test)
 {
 	TCase *tc = tcase_create(name);
 	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_set_timeout(tc, 180);
+	tcase_set_timeout(tc, 300); /* TSan: a case takes ~25 s in a release build */
 	tcase_add_test(tc, test);
 	suite_add_tcase(s, tc);
 }
