@@ -513,11 +513,13 @@ static void run_case(fcase_t *f)
 		worker_signal(i, SIGTERM);
 	/* late requests still held reach Kafka before anything is read back */
 	KREQ_TEST_AWAIT(kreq_netproxy_pending(proxy) == 0, DELAY_MS + 10000);
+	/* the topics first: their anomalies are printed with partitions and
+	 * offsets before check_records stops at the first of its own */
+	int anomalies = check_topics(f);
 	int reruns, calls = 0;
 	check_records(NOPS, &reruns);
 	for (int i = 0; i < NOPS; i++)
 		calls += ops[i].calls;
-	int anomalies = check_topics(f);
 	kreq_np_stats_t st;
 	kreq_netproxy_stats(proxy, &st);
 	stall_t all = load_stall(NOPS, t0, t1 + 1);
