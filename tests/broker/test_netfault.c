@@ -427,6 +427,7 @@ static int check_topics(const fcase_t *f)
 	int anomalies = 0;
 	static int committed_results[MAX_OPS];
 	static char committed_exec[MAX_OPS][33], reply_exec[MAX_OPS][33];
+	static int64_t reply_off[MAX_OPS];
 	memset(committed_results, 0, sizeof(committed_results));
 	memset(committed_exec, 0, sizeof(committed_exec));
 	memset(reply_exec, 0, sizeof(reply_exec));
@@ -448,10 +449,13 @@ static int check_topics(const fcase_t *f)
 		if (r->op < 0)
 			continue;
 		if (reply_exec[r->op][0] && strcmp(reply_exec[r->op], r->exec))
-			REPORT("%s: two different committed replies, %s and %s (reply @%lld)\n",
-			       f->name, ops[r->op].key, reply_exec[r->op], r->exec,
-			       (long long)r->offset);
+			REPORT(
+			    "%s: two different committed replies, %s (reply @%lld) and %s (reply "
+			    "@%lld)\n",
+			    f->name, ops[r->op].key, reply_exec[r->op], (long long)reply_off[r->op],
+			    r->exec, (long long)r->offset);
 		snprintf(reply_exec[r->op], 33, "%s", r->exec);
+		reply_off[r->op] = r->offset;
 	}
 	for (int i = 0; i < NOPS; i++) {
 		if (!ops[i].done)
@@ -474,8 +478,8 @@ static int check_topics(const fcase_t *f)
 		if (committed_at(rc_res, nrc, r) || r->op < 0)
 			continue;
 		aborted_res++;
-		if (!strcmp(r->exec, ops[r->op].seen) && !committed_results[r->op])
-			REPORT("%s: the caller's execution %s is only in an aborted Result "
+		if (!strcmp(r->exec, ops[r->op].seen) && strcmp(committed_exec[r->op], r->exec))
+			REPORT("%s: the Result of the caller's execution %s was aborted "
 			       "(results [%d] @%lld)\n",
 			       f->name, ops[r->op].key, r->exec, r->partition,
 			       (long long)r->offset);
