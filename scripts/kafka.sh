@@ -19,6 +19,7 @@
 #   scripts/kafka.sh fetch
 #       Download the broker jars into the cache (skipped when already there).
 #   scripts/kafka.sh start --dir DIR [--nodes 1|3] [--timeout SECONDS]
+#                    [--proxied-ports P1[,P2,P3]]
 #       Start a fresh cluster whose state lives in DIR (pass a directory under
 #       the build tree; old cluster data in DIR is deleted). Each node is a
 #       combined broker+controller bound to 127.0.0.1 on free ports. Waits
@@ -28,6 +29,18 @@
 #       (prefer export "$(...)" to eval "$(...)": eval of the empty output of
 #       a failed start succeeds, so set -e would not stop; export "" fails.)
 #       On failure: error + log tail on stderr, no JVM left running, exit 1.
+#       --proxied-ports (one port per node; or KREQ_KAFKA_PROXIED_PORTS): each
+#       node gets a second listener, PROXIED, on a free port of its own but
+#       ADVERTISED at 127.0.0.1:P<n>, where a TCP proxy of the test listens
+#       and forwards to it (tests/support/netproxy.c). Kafka answers metadata
+#       with the listener a request came in on, so a client bootstrapped at
+#       127.0.0.1:P1,... stays behind the proxy while clients of
+#       KREQ_TEST_BOOTSTRAP reach Kafka directly. Nothing is listening at
+#       P<n> until the proxy runs. Without the option: no such listener.
+#   scripts/kafka.sh proxied --dir DIR
+#       For a cluster started with --proxied-ports, one line
+#       KREQ_TEST_PROXY_TARGETS=127.0.0.1:t1[,...]: where the proxy's port
+#       for node N forwards to (node N's PROXIED listener), in node order.
 #   scripts/kafka.sh stop --dir DIR
 #       SIGTERM every node, wait (bounded), then SIGKILL. Idempotent.
 #   scripts/kafka.sh status --dir DIR
@@ -59,6 +72,7 @@
 #                       formatted with (default 2; 0 gives the classic
 #                       transaction protocol on a 4.x cluster)
 #   KREQ_KAFKA_HEAP     JVM heap options (default "-Xms256m -Xmx512m")
+#   KREQ_KAFKA_PROXIED_PORTS  default of start's --proxied-ports
 #   JAVA                java binary (default: java on PATH; needs Java 17+)
 #
 # Needs: bash, java (17+), mvn (only for the first fetch), python3 (free
@@ -274,9 +288,16 @@ logger.clients.level = WARN
 EOF
 }
 
-# write_server_properties N BROKER_PORT VOTERS
+# write_server_properties N BROKER_PORT CONTROLLER_PORT VOTERS [PROXIED_PORT ADVERTISED_PORT]
 write_server_properties() {
   local n="$1" bport="$2" cport="$3" voters="$4" d rf isr
+  local listeners="PLAINTEXT://127.0.0.1:$bport,CONTROLLER://127.0.0.1:$cport"
+  local advertised="PLAINTEXT://127.0.0.1:$bport" protos="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if [[ -n "${5:-}" ]]; then            # --proxied-ports: see the usage above
+    listeners+=",PROXIED://127.0.0.1:$5"
+    advertised+=",PROXIED://127.0.0.1:$6"
+    protos+=",PROXIED:PLAINTEXT"
+  fi
   d="$(node_dir "$n")"
   if ((NODES >= 3)); then rf=3; isr=2; else rf=1; isr=1; fi
   # Topics other than Kafka's own get Kafka's stock defaults (replication
@@ -287,11 +308,11 @@ write_server_properties() {
 process.roles=broker,controller
 node.id=$n
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$bport,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$bport
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protos
 log.dirs=$d/data
 num.network.threads=2
 num.io.threads=4
@@ -431,24 +452,39 @@ cmd_start() {
   [[ "$NODES" == 1 || "$NODES" == 3 ]] || die "--nodes must be 1 or 3"
   fetch
   prepare_dir
-  local t0 ports n voters="" bs=""
+  local t0 ports n voters="" bs="" proxied=() targets=""
   t0="$(date +%s)"
-  mapfile -t ports < <(free_ports $((2 * NODES)))
-  ((${#ports[@]} == 2 * NODES)) || die "could not find free ports"
+  if [[ -n "$PROXIED_PORTS" ]]; then
+    IFS=, read -r -a proxied <<<"$PROXIED_PORTS"
+    ((${#proxied[@]} == NODES)) || die "--proxied-ports needs $NODES port(s), one per node, got '$PROXIED_PORTS'"
+    for n in "${proxied[@]}"; do
+      [[ "$n" =~ ^[0-9]+$ ]] && ((n > 0 && n < 65536)) || die "--proxied-ports: '$n' is not a port"
+    done
+  fi
+  local per=2
+  ((${#proxied[@]} > 0)) && per=3
+  mapfile -t ports < <(free_ports $((per * NODES)))
+  ((${#ports[@]} == per * NODES)) || die "could not find free ports"
   for ((n = 1; n <= NODES; n++)); do
     voters+="${voters:+,}$n@127.0.0.1:${ports[2 * n - 1]}"
     bs+="${bs:+,}127.0.0.1:${ports[2 * n - 2]}"
+    ((per == 3)) && targets+="${targets:+,}127.0.0.1:${ports[2 * NODES + n - 1]}"
   done
   CLUSTER_ID="$(new_cluster_id)"
   BOOTSTRAP="$bs"
-  printf 'NODES=%s\nBOOTSTRAP=%s\nCLUSTER_ID=%s\nCLUSTER_KAFKA_VERSION=%s\n' \
-    "$NODES" "$BOOTSTRAP" "$CLUSTER_ID" "$KAFKA_VERSION" >"$DIR/$MARKER"
+  printf 'NODES=%s\nBOOTSTRAP=%s\nCLUSTER_ID=%s\nCLUSTER_KAFKA_VERSION=%s\nPROXY_TARGETS=%s\n' \
+    "$NODES" "$BOOTSTRAP" "$CLUSTER_ID" "$KAFKA_VERSION" "$targets" >"$DIR/$MARKER"
   write_log4j
   trap on_start_exit EXIT
   trap 'exit 130' INT TERM HUP      # interrupted: still clean up via EXIT
   for ((n = 1; n <= NODES; n++)); do
     mkdir -p "$(node_dir "$n")/data" "$(node_dir "$n")/logs"
-    write_server_properties "$n" "${ports[2 * n - 2]}" "${ports[2 * n - 1]}" "$voters"
+    if ((per == 3)); then
+      write_server_properties "$n" "${ports[2 * n - 2]}" "${ports[2 * n - 1]}" "$voters" \
+        "${ports[2 * NODES + n - 1]}" "${proxied[n - 1]}"
+    else
+      write_server_properties "$n" "${ports[2 * n - 2]}" "${ports[2 * n - 1]}" "$voters"
+    fi
     format_node "$n"
   done
   for ((n = 1; n <= NODES; n++)); do
@@ -460,6 +496,7 @@ cmd_start() {
   START_OK=1
   trap - EXIT INT TERM HUP
   log "ready after $(($(date +%s) - t0))s"
+  ((per == 3)) && log "PROXIED listeners advertised at 127.0.0.1:${PROXIED_PORTS//,/,127.0.0.1:} forward to $targets"
   bootstrap_line
 }
 
@@ -623,7 +660,7 @@ cmd_start_node() {
   local t0 own_bs
   t0="$(date +%s)"
   launch_node "$NODE"
-  own_bs="$(sed -n 's|^advertised.listeners=PLAINTEXT://||p' "$(node_dir "$NODE")/server.properties")"
+  own_bs="$(sed -n 's|^advertised.listeners=PLAINTEXT://\([^,]*\).*|\1|p' "$(node_dir "$NODE")/server.properties")"
   while :; do
     node_pid "$NODE" >/dev/null || { log_tail; die "node $NODE exited during start-up"; }
     if (("$(brokers_up "$own_bs")" >= 1)); then break; fi
@@ -645,11 +682,13 @@ DIR=""
 NODES=1
 NODE=""
 START_TIMEOUT="${KREQ_KAFKA_START_TIMEOUT:-120}"
+PROXIED_PORTS="${KREQ_KAFKA_PROXIED_PORTS:-}"
 while (($# > 0)); do
   case "$1" in
     --dir) (($# >= 2)) || usage; DIR="$2"; shift 2 ;;
     --nodes) (($# >= 2)) || usage; NODES="$2"; shift 2 ;;
     --timeout) (($# >= 2)) || usage; START_TIMEOUT="$2"; shift 2 ;;
+    --proxied-ports) (($# >= 2)) || usage; PROXIED_PORTS="$2"; shift 2 ;;
     -h | --help) usage ;;
     -*) log "unknown option '$1'"; usage ;;
     *) [[ -z "$NODE" ]] || usage; NODE="$1"; shift ;;
@@ -659,7 +698,7 @@ done
 
 case "$CMD" in
   fetch) [[ -z "$DIR$NODE" ]] || usage; fetch; log "Kafka $KAFKA_VERSION jars ready in $LIBS" ;;
-  start | stop | status | bootstrap | features | txn-state | kill-node | stop-node | start-node)
+  start | stop | status | bootstrap | proxied | features | txn-state | kill-node | stop-node | start-node)
     [[ -n "$DIR" ]] || { log "$CMD needs --dir DIR"; usage; }
     case "$CMD" in
       kill-node | stop-node | start-node) [[ -n "$NODE" ]] || { log "$CMD needs a node number"; usage; } ;;
@@ -672,6 +711,8 @@ case "$CMD" in
       stop) cmd_stop ;;
       status) cmd_status ;;
       bootstrap) load_env; bootstrap_line ;;
+      proxied) load_env; [[ -n "${PROXY_TARGETS:-}" ]] || die "the cluster in $DIR was started without --proxied-ports"
+        printf 'KREQ_TEST_PROXY_TARGETS=%s\n' "$PROXY_TARGETS" ;;
       features) load_env; describe_features ;;
       txn-state) load_env; txn_state "$NODE" ;;
       kill-node) cmd_kill_node ;;

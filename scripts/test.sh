@@ -13,6 +13,8 @@
 #   3. release build with -Wall -Wextra -Werror, every CTest suite (unit + kafka)
 #      against Apache Kafka 4.4.0 (transaction.version=2; kafka.sh checks it),
 #      then the demo (scripts/demo.sh) end to end
+#      (suites with a Kafka cluster of their own, e.g. test_netfault's
+#      proxied one, start it at the stage's version: KREQ_KAFKA_VERSION)
 #   4. ASan+UBSan build, every suite, against Apache Kafka 3.9.1
 #   5. TSan build (librdkafka instrumented too), every suite, on 3.9.1
 #      (the 4.x Kafka broker is stopped and a 3.9.1 one started between 3 and

@@ -19,6 +19,7 @@
 
 const char *fault_worker_path;
 const char *bootstrap;
+const char *worker_bootstrap;
 char prefix[64], key_hex[65], record_path[256];
 kreq_keyring_t *kr;
 
@@ -44,7 +45,8 @@ void worker_spawn(int slot, const char *mode)
 		dup2(fds[1], 1);
 		close(fds[0]);
 		close(fds[1]);
-		execl(fault_worker_path, "fault_worker", bootstrap, prefix, w->id, record_path,
+		execl(fault_worker_path, "fault_worker",
+		      worker_bootstrap ? worker_bootstrap : bootstrap, prefix, w->id, record_path,
 		      key_hex, mode, (char *)NULL);
 		_exit(127);
 	}

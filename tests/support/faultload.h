@@ -32,6 +32,8 @@
 
 extern const char *fault_worker_path; /* the fault_worker binary */
 extern const char *bootstrap;
+/* where workers connect (NULL: bootstrap); test_netfault: through its proxy */
+extern const char *worker_bootstrap;
 extern char prefix[64], key_hex[65], record_path[256];
 extern kreq_keyring_t *kr;
 
