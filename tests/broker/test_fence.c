@@ -206,12 +206,14 @@ START_TEST(test_unknown_commit_fences)
 }
 END_TEST
 
-/* Kafka frozen for 8 s, longer than the call timeout, the producer's
- * drain and the new producer's init_transactions() (server.start.timeout.ms
- * 2 s) together: the worker waits without a producer and serves on. */
+/* Kafka frozen for 10 s, longer than the call timeout (1.5 s), the
+ * producer's drain (2 s) and the new producer's init_transactions()
+ * (server.start.timeout.ms, 4 s: room for a slow start under the
+ * sanitizers) together: the worker waits without a producer and serves on. */
 START_TEST(test_outage_beyond_start_timeout)
 {
-	run_freeze("outage", "server.txn.call.timeout.ms=1500;server.start.timeout.ms=2000", 8000);
+	run_freeze("outage", "server.txn.call.timeout.ms=1500;server.start.timeout.ms=4000",
+	           10000);
 }
 END_TEST
 
