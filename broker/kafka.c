@@ -27,9 +27,18 @@
  *   (stable ones: isolation.level=read_committed) and the dedup state is
  *   rebuilt from the results topic, so whichever way the old transaction
  *   ended, what it committed is answered from its results and what it did
- *   not is redone. librdkafka itself still resends a timed-out EndTxn
- *   within one commit call (rdkafka_txnmgr.c); bounding each call by
- *   server.txn.call.timeout.ms bounds that window (docs/broker-design.md).
+ *   not is redone.
+ * The rule's second half: librdkafka resends a request by itself after a
+ * request timeout or a broken connection (it closes the connection first),
+ * and a commit can then succeed while the first EndTxn or Produce is still
+ * on its way: it would land in the next transaction of the same epoch
+ * (test_netfault late_endtxn tore transactions so, 1 run in 3). So every
+ * socket the transactional producer closes is counted (on_txn_close), and
+ * a transaction during which one closed (begin to the end of its commit or
+ * abort) is followed by a fence even when it succeeded: the next
+ * transaction runs in a new epoch, where the late request is refused. A
+ * close outside a transaction cannot leave one of its requests behind: a
+ * request resent without a close had its answer.
  * If the new producer cannot be had (Kafka unreachable), the worker does
  * not stop: nothing is consumed until a producer is re-created (retried
  * every KREQ__RESTART_MS), then it rewinds. The rewind itself (drop
@@ -41,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "broker/server_int.h"
 #include "common/conf.h"
@@ -82,6 +92,15 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 {
 	kreq_server_t *s = rd_kafka_opaque(rk);
 	kreq__log(s->conf, level, "kafka", "%s: %s", fac, buf);
+}
+
+/* The transactional producer's sockets close through here (a broker
+ * thread): counted, for the fencing rule's second half (above). */
+static int on_txn_close(int fd, void *opaque)
+{
+	kreq_server_t *s = opaque;
+	atomic_fetch_add_explicit(&s->txn_socket_closes, 1, memory_order_relaxed);
+	return close(fd);
 }
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -286,6 +305,8 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 	 * Result records its offset (kreq__result_delivered) */
 	if (producer)
 		rd_kafka_conf_set_dr_msg_cb(rc, on_delivery);
+	if (producer && txn)
+		rd_kafka_conf_set_closesocket_cb(rc, on_txn_close);
 	if (rebalance_cb)
 		rd_kafka_conf_set_rebalance_cb(rc, rebalance_cb);
 	rd_kafka_t *rk = rd_kafka_new(type, rc, why, sizeof(why));
@@ -680,6 +701,25 @@ static bool fenced_too_often(kreq_server_t *s)
 	return true;
 }
 
+/* After a transaction ended well (committed or aborted): if a socket of
+ * the producer closed during it, a request of it may still arrive late:
+ * fence now, before the next transaction (the rule's second half). What
+ * the transaction did stands: no rewind, unless no producer can be had. */
+static void fence_if_closed(kreq_server_t *s, const char *what)
+{
+	uint64_t closes = atomic_load_explicit(&s->txn_socket_closes, memory_order_relaxed);
+	if (!s->producer || closes == s->txn_closes_at_begin)
+		return;
+	kreq__log(s->conf, 4, "server",
+	          "%s, but %llu connection(s) of the producer closed during the transaction: "
+	          "fencing it (new epoch), so that none of its requests can land in the next",
+	          what, (unsigned long long)(closes - s->txn_closes_at_begin));
+	atomic_fetch_add_explicit(&s->m.txn_fences, 1, memory_order_relaxed);
+	producer_reset(s);
+	if (!s->producer)
+		s->rewind_needed = true; /* the loop waits for one (rewind_all) */
+}
+
 /* Ends the open transaction without committing it. First the queued
  * delivery reports are served: a failed one names the record at fault
  * (faults.h) and marks the transaction failed. After a failed output the
@@ -700,6 +740,8 @@ static void abort_open(kreq_server_t *s)
 		return;
 	}
 	rd_kafka_error_t *ae = rd_kafka_abort_transaction(s->producer, s->txn_call_ms);
+	if (!ae)
+		fence_if_closed(s, "aborted");
 	if (ae) { /* not retried: its outcome is unknown (the fencing rule, above) */
 		kreq__log(s->conf, 4, "server", "abort_transaction: %s%s: fencing the producer",
 		          rd_kafka_error_string(ae),
@@ -768,6 +810,7 @@ int kreq__txn_begin(kreq_server_t *s)
 	kreq__hop(W_BEGUN);
 	s->txn_open = true;
 	s->txn_failed = false;
+	s->txn_closes_at_begin = atomic_load_explicit(&s->txn_socket_closes, memory_order_relaxed);
 	s->txn_start_ns = kreq__mono_ns();
 	s->txn_results = 0;
 	return KREQ_OK;
@@ -852,6 +895,7 @@ int kreq__txn_commit(kreq_server_t *s)
 		atomic_fetch_add_explicit(&s->m.txn_commits, 1, memory_order_relaxed);
 		kreq__hist_observe(&s->m.commit_time, (kreq__mono_ns() - t0) / 1000);
 		kreq__hist_observe(&s->m.batch_size, (int64_t)s->txn_results * 100);
+		fence_if_closed(s, "committed");
 	}
 	rd_kafka_topic_partition_list_destroy(l);
 	return err;

@@ -189,7 +189,11 @@ struct kreq_server_s {
 	bool results_check_skipped; /* rebuild.c: "not checked" logged (mock cluster) */
 	int fenced_count;
 	int64_t producer_retry_ns; /* kafka.c: next attempt to re-create the producer */
-	int64_t rewind_retry_ns;   /* loop.c rewind_all: not before (Kafka unreachable) */
+	/* sockets the transactional producer closed (kafka.c on_txn_close, a
+	 * broker thread), and their count when the open transaction began */
+	atomic_uint_fast64_t txn_socket_closes;
+	uint64_t txn_closes_at_begin;
+	int64_t rewind_retry_ns; /* loop.c rewind_all: not before (Kafka unreachable) */
 	/* a produce or seal failed since the transaction began: it is aborted,
 	 * never committed (kafka.c kreq__txn_commit, loop.c rewind_all) */
 	bool txn_failed;

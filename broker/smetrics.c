@@ -94,8 +94,9 @@ void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_pr
 	        "Producer re-created: a fatal error, a failed output, or a fencing.",
 	        load(&m->producer_resets), l);
 	counter(out, "kreq_server_txn_fences_total",
-	        "Transaction calls whose outcome was unknown (timed out): producer fenced "
-	        "(new epoch) and the worker rewound, never retrying in the old epoch.",
+	        "Producer fenced (new epoch): a transaction call's outcome was unknown "
+	        "(timed out; the worker rewound), or a producer connection closed during a "
+	        "transaction (a request of it could arrive late).",
 	        load(&m->txn_fences), l);
 	counter(out, "kreq_server_results_loaded_total",
 	        "Stored results read from the results topic while rebuilding.",

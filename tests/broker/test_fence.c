@@ -212,8 +212,7 @@ END_TEST
  * sanitizers) together: the worker waits without a producer and serves on. */
 START_TEST(test_outage_beyond_start_timeout)
 {
-	run_freeze("outage", "server.txn.call.timeout.ms=1500;server.start.timeout.ms=4000",
-	           10000);
+	run_freeze("outage", "server.txn.call.timeout.ms=1500;server.start.timeout.ms=4000", 10000);
 }
 END_TEST
 
