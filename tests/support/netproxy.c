@@ -42,6 +42,8 @@
 #define MAX_RULES      8
 #define MAX_POLL_MS    50
 #define RELEASE_LAG_MS 50 /* a held request goes this long after its trigger */
+#define LATE_MAX       8  /* late EndTxns awaiting their answer, per connection */
+#define API_END_TXN    26
 
 typedef struct chunk {
 	struct chunk *next;
@@ -65,6 +67,14 @@ typedef struct conn {
 	size_t qbytes;
 	uint8_t *sbuf;
 	size_t soff, slen;
+	/* Kafka's answers, framed (whether the client still reads them): the
+	 * late EndTxns awaiting theirs, by correlation id and version */
+	int32_t late_corr[LATE_MAX];
+	int16_t late_ver[LATE_MAX];
+	int nlate;
+	uint8_t ahead[16]; /* the start of the answer being read */
+	size_t ahlen;
+	uint64_t askip; /* bytes of it still to pass */
 } conn_t;
 
 typedef struct {
@@ -188,7 +198,7 @@ static void client_gone(conn_t *c, bool reset)
 {
 	close_fd(&c->cfd, reset);
 	c->slen = c->soff = 0;
-	if (!c->qh)
+	if (!c->qh && !c->nlate)
 		close_fd(&c->sfd, false);
 }
 
@@ -349,8 +359,14 @@ static void write_server(kreq_netproxy_t *p, conn_t *c, int64_t now)
 			server_gone(p, c, true);
 			return;
 		}
-		if (k->off == 0 && k->delayed_head && c->cfd < 0)
+		if (k->off == 0 && k->delayed_head && c->cfd < 0) {
 			p->st.late++;
+			if (k->len >= 12 && be16(k->data + 4) == API_END_TXN &&
+			    c->nlate < LATE_MAX) {
+				c->late_ver[c->nlate] = be16(k->data + 6);
+				c->late_corr[c->nlate++] = (int32_t)be32(k->data + 8);
+			}
+		}
 		k->off += (size_t)w;
 		p->queued -= w;
 		c->qbytes -= (size_t)w;
@@ -361,7 +377,65 @@ static void write_server(kreq_netproxy_t *p, conn_t *c, int64_t now)
 			c->qt = NULL;
 		free(k);
 	}
-	if (!c->qh && c->cfd < 0)
+	if (!c->qh && c->cfd < 0 && !c->nlate)
+		close_fd(&c->sfd, false);
+}
+
+/* The late EndTxn an answer starting in c->ahead (8 bytes: size,
+ * correlation id) answers, or -1. */
+static int late_of(const conn_t *c)
+{
+	int32_t corr = (int32_t)be32(c->ahead + 4);
+	for (int i = 0; i < c->nlate; i++)
+		if (c->late_corr[i] == corr)
+			return i;
+	return -1;
+}
+
+/* Bytes of an answer's start to read: an EndTxn answer carries, after its
+ * correlation id, a tagged-field byte from version 3 (flexible), then
+ * throttle_time_ms and error_code. */
+static size_t answer_need(const conn_t *c)
+{
+	int i = late_of(c);
+	size_t need = i < 0 ? 8 : c->late_ver[i] >= 3 ? 15 : 14;
+	return 4 + (uint64_t)be32(c->ahead) < need ? 8 : need;
+}
+
+/* Frames the Kafka-to-client bytes into answers and counts Kafka's
+ * verdict on each late EndTxn (a too short answer counts as refused). */
+static void scan_answers(kreq_netproxy_t *p, conn_t *c, const uint8_t *d, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		if (c->askip) {
+			size_t k = n - i < c->askip ? n - i : (size_t)c->askip;
+			c->askip -= k;
+			i += k;
+			continue;
+		}
+		while (c->ahlen < 8 && i < n)
+			c->ahead[c->ahlen++] = d[i++];
+		if (c->ahlen < 8)
+			return;
+		size_t need = answer_need(c);
+		while (c->ahlen < need && i < n)
+			c->ahead[c->ahlen++] = d[i++];
+		if (c->ahlen < need)
+			return;
+		int l = late_of(c);
+		if (l >= 0) {
+			if (need > 8 && be16(c->ahead + need - 2) == 0)
+				p->st.late_endtxn_accepted++;
+			else
+				p->st.late_endtxn_refused++;
+			c->late_corr[l] = c->late_corr[--c->nlate];
+			c->late_ver[l] = c->late_ver[c->nlate];
+		}
+		uint64_t total = 4 + (uint64_t)be32(c->ahead);
+		c->askip = total > c->ahlen ? total - c->ahlen : 0;
+		c->ahlen = 0;
+	}
+	if (!c->nlate && !c->qh && c->cfd < 0)
 		close_fd(&c->sfd, false);
 }
 
@@ -385,6 +459,7 @@ static void read_server(kreq_netproxy_t *p, conn_t *c)
 		server_gone(p, c, n < 0);
 		return;
 	}
+	scan_answers(p, c, dst, (size_t)n);
 	if (keep)
 		c->slen += (size_t)n;
 }

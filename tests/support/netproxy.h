@@ -51,6 +51,11 @@ typedef struct {
 	int64_t released;   /* held requests released by their trigger (hold) */
 	int64_t dropped;    /* connections reset by drop */
 	int64_t blackholed; /* connections blackholed by a partition */
+	/* late EndTxns (delivered after their client closed), by Kafka's
+	 * answer: accepted (error 0: it ended whatever transaction of its
+	 * producer id and epoch was there) or refused (an error, e.g. the
+	 * epoch was fenced) */
+	int64_t late_endtxn_accepted, late_endtxn_refused;
 } kreq_np_stats_t;
 
 /* Listens on 127.0.0.1:listen_ports[i] and forwards to targets[i]
