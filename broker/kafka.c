@@ -258,6 +258,23 @@ void kreq__dr_free(kreq_server_t *s, kreq__dr_t *dr)
 	s->dr_nfree++;
 }
 
+/* The fencing rule's second half (above) sees a request resent only
+ * through the connection librdkafka closes first: with socket.max.fails=0
+ * a timed-out request is resent on the same connection, unseen. */
+static int check_txn_conf(rd_kafka_conf_t *rc, char *why, size_t n)
+{
+	char v[32];
+	size_t vn = sizeof(v);
+	if (rd_kafka_conf_get(rc, "socket.max.fails", v, &vn) == RD_KAFKA_CONF_OK && atoi(v) == 0) {
+		snprintf(why, n,
+		         "kafka.socket.max.fails=0 is refused in server.mode=transactional: a "
+		         "timed-out request would be resent on its connection without closing it, "
+		         "and the worker could not fence the producer against its late arrival");
+		return KREQ_ECONF;
+	}
+	return KREQ_OK;
+}
+
 static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const char *group, bool txn,
                                int64_t linger_ms, kreq__rebalance_cb_t *rebalance_cb)
 {
@@ -289,6 +306,8 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 		err = set_kv(rc, "enable.partition.eof", "true", why, sizeof(why));
 	if (!err)
 		err = kreq__conf_kafka_apply(s->conf, rc, why, sizeof(why));
+	if (!err && producer && txn)
+		err = check_txn_conf(rc, why, sizeof(why));
 	char linger[24];
 	snprintf(linger, sizeof(linger), "%lld", (long long)linger_ms);
 	if (!err && producer && linger_ms >= 0) /* the batching producer's own */
@@ -911,7 +930,8 @@ int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
 	snprintf(rgroup, sizeof(rgroup), "%s.rebuild", s->group);
 	char why[512];
 	if (producer_start(s, why, sizeof(why))) {
-		kreq__loop_fatal(s, KREQ_EKAFKA, "%s", why);
+		if (!s->fatal) /* else make_handle() said why, with its own code */
+			kreq__loop_fatal(s, KREQ_EKAFKA, "%s", why);
 		return -1;
 	}
 	if (!(s->reader = make_handle(s, RD_KAFKA_CONSUMER, rgroup, false, -1, NULL)) ||

@@ -1206,7 +1206,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	kreq__txn_commit(s);
 	s->draining = was_draining;
 	drop_all(s);
-	s->rewind_needed = false;
+	s->rewind_needed = s->txn_mode && !s->producer; /* one is re-created first */
 	rd_kafka_assign(rk, NULL);
 }
 
@@ -1275,7 +1275,7 @@ static void member_renew(kreq_server_t *s)
 	s->member_fenced = false;
 	atomic_store_explicit(&s->ready, false, memory_order_release);
 	kreq__txn_abort(s, "the group fenced this worker");
-	s->rewind_needed = false;
+	s->rewind_needed = s->txn_mode && !s->producer; /* one is re-created first */
 	kreq__faults_rewound(&s->faults);
 	kreq__poison_discard(s); /* not started: the next owner runs them */
 	drop_all(s);
@@ -1464,6 +1464,10 @@ static void step(kreq_server_t *s, bool fetch, bool *more)
 		s->dd_bound_due = false;
 		kreq__dedup_bound(s, NULL);
 	}
+	/* no producer (kafka.c's fencing rule): nothing is consumed until a
+	 * rewind re-created one, whatever cleared the flag meanwhile */
+	if (s->txn_mode && !s->producer && !s->fatal)
+		s->rewind_needed = true;
 	if (s->rewind_needed && !s->fatal)
 		rewind_all(s);
 	if (fetch)

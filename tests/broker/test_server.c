@@ -640,6 +640,26 @@ START_TEST(test_duplicate_client_id)
 }
 END_TEST
 
+/* The fencing rule (broker/kafka.c) sees a resent request only through
+ * the connection librdkafka closes first: kafka.socket.max.fails=0 (resend
+ * on the same connection) is refused in transactional mode, naming why. */
+START_TEST(test_socket_max_fails_0_refused)
+{
+	static const char *const extra[] = {"kafka.socket.max.fails", "0", NULL};
+	kreq_conf_t *conf = base_conf("smf", extra);
+	char err[512];
+	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_conf_destroy(conf);
+	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
+	                 KREQ_OK);
+	int rc = kreq_server_run(s, err, sizeof(err)); /* refused while starting */
+	ck_assert_msg(rc == KREQ_ECONF, "run returned %s: %s", kreq_err_name(rc), err);
+	ck_assert_msg(strstr(err, "socket.max.fails"), "%s", err);
+	kreq_server_destroy(s);
+}
+END_TEST
+
 /* server.dedup.max.bytes: the oldest stored results leave memory first
  * (counted), the store stays within the limit, and retries of keys whose
  * results left are read back from the results topic: nothing runs again. */
@@ -1187,6 +1207,7 @@ int main(void)
 	tcase_add_checked_fixture(tf, setup, teardown);
 	tcase_set_timeout(tf, 180);
 	tcase_add_test(tf, test_duplicate_client_id);
+	tcase_add_test(tf, test_socket_max_fails_0_refused);
 	tcase_set_tags(tf, "fencing");
 	suite_add_tcase(s, tf);
 	return kreq_test_run_suite(s);
