@@ -50,17 +50,7 @@ static void setup(void)
 	fault_worker_path = KREQ_FAULT_WORKER;
 	ck_assert_msg(cluster.bootstrap[0], "the suite's Kafka broker did not start");
 	bootstrap = cluster.bootstrap;
-	kreq_test_topic_name(prefix, sizeof(prefix), "fen");
-	uint8_t key[32];
-	randombytes_buf(key, 32);
-	sodium_bin2hex(key_hex, sizeof(key_hex), key, 32);
-	kr = kreq_keyring_new();
-	ck_assert_int_eq(kreq_keyring_add(kr, "k1", KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0),
-	                 KREQ_OK);
-	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
-	snprintf(record_path, sizeof(record_path), "/tmp/kreq-fence-%d-%u.log", (int)getpid(),
-	         randombytes_uniform(1000000));
-	memset(workers, 0, sizeof(workers));
+	fault_fixture_open("fen", "fence");
 }
 
 static pid_t kafka_pid;
@@ -70,15 +60,9 @@ static void teardown(void)
 {
 	if (kafka_pid > 0) /* a failed test may have left it frozen */
 		kill(kafka_pid, SIGCONT);
-	for (int i = 0; i < MAX_WORKERS; i++)
-		if (workers[i].pid > 0) {
-			kill(workers[i].pid, SIGKILL);
-			waitpid(workers[i].pid, NULL, 0);
-		}
-	unlink(record_path);
 	if (journal_path[0])
 		unlink(journal_path);
-	kreq_keyring_release(kr);
+	fault_fixture_close();
 	unsetenv("KREQ_FAULT_WORKER_SET");
 }
 

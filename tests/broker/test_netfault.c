@@ -126,30 +126,14 @@ static void setup(void)
 	const char *targets[] = {proxy_target};
 	proxy = kreq_netproxy_start(1, &proxy_port, targets);
 	ck_assert_msg(proxy != NULL, "cannot start the proxy on port %d", proxy_port);
-	kreq_test_topic_name(prefix, sizeof(prefix), "nf");
-	uint8_t key[32];
-	randombytes_buf(key, 32);
-	sodium_bin2hex(key_hex, sizeof(key_hex), key, 32);
-	kr = kreq_keyring_new();
-	ck_assert_int_eq(kreq_keyring_add(kr, "k1", KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0),
-	                 KREQ_OK);
-	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
-	snprintf(record_path, sizeof(record_path), "/tmp/kreq-netfault-%d-%u.log", (int)getpid(),
-	         randombytes_uniform(1000000));
-	memset(workers, 0, sizeof(workers));
+	fault_fixture_open("nf", "netfault");
 }
 
 static void teardown(void)
 {
-	for (int i = 0; i < MAX_WORKERS; i++)
-		if (workers[i].pid > 0) {
-			kill(workers[i].pid, SIGKILL);
-			waitpid(workers[i].pid, NULL, 0);
-		}
 	kreq_netproxy_stop(proxy);
 	proxy = NULL;
-	unlink(record_path);
-	kreq_keyring_release(kr);
+	fault_fixture_close();
 }
 
 /* Worker slot (client.id nf-w<slot> on every Kafka connection, so that

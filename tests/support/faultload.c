@@ -27,6 +27,32 @@ kreq_keyring_t *kr;
 
 worker_t workers[MAX_WORKERS];
 
+void fault_fixture_open(const char *tag, const char *name)
+{
+	kreq_test_topic_name(prefix, sizeof(prefix), tag);
+	uint8_t key[32];
+	randombytes_buf(key, 32);
+	sodium_bin2hex(key_hex, sizeof(key_hex), key, 32);
+	kr = kreq_keyring_new();
+	ck_assert_int_eq(kreq_keyring_add(kr, "k1", KREQ_KEY_HMAC_SHA256, key, 32, NULL, 0),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_keyring_set_signing_key(kr, "k1"), KREQ_OK);
+	snprintf(record_path, sizeof(record_path), "/tmp/kreq-%s-%d-%u.log", name, (int)getpid(),
+	         randombytes_uniform(1000000));
+	memset(workers, 0, sizeof(workers));
+}
+
+void fault_fixture_close(void)
+{
+	for (int i = 0; i < MAX_WORKERS; i++)
+		if (workers[i].pid > 0) {
+			kill(workers[i].pid, SIGKILL);
+			waitpid(workers[i].pid, NULL, 0);
+		}
+	unlink(record_path);
+	kreq_keyring_release(kr);
+}
+
 void worker_spawn(int slot, const char *mode)
 {
 	worker_t *w = &workers[slot];

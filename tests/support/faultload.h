@@ -61,6 +61,12 @@ extern uint32_t sleep_min_ms, sleep_span_ms;
 
 typedef void (*schedule_fn)(int step, void *arg);
 
+/* A test's fixture: prefix (a fresh topic prefix tagged tag), a random
+ * signing key (key_hex, kr), record_path (/tmp/kreq-<name>-...) and no
+ * workers; fault_fixture_close() kills the workers left, deletes the
+ * record file and releases the keyring. */
+void fault_fixture_open(const char *tag, const char *name);
+void fault_fixture_close(void);
 /* Starts worker slot (id "w<slot>") and waits until it serves. */
 void worker_spawn(int slot, const char *mode);
 
