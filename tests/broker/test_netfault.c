@@ -246,6 +246,19 @@ static void inject_drop(fcase_t *f, int step)
 /* nf-w0 cut off for PARTITION_MS (> its session timeout) */
 #define PARTITION_MS 9000
 
+/* While nf-w0 is cut off, the load is paced so that it spans the whole
+ * partition: completion `step` is taken no earlier than its share of
+ * PARTITION_MS over steps FIRST_FAULT..LAST_FAULT. A fast machine (nf-w1
+ * taking over in ~6 s) would otherwise finish all calls before the heal,
+ * and the rejoin under load would go untested. */
+static void pace_partition(const fcase_t *f, int step)
+{
+	int64_t due =
+	    f->t_fault + (int64_t)(step - FIRST_FAULT) * PARTITION_MS / (LAST_FAULT - FIRST_FAULT);
+	while (kreq_test_now_ms() < due)
+		kreq_test_poll_pause();
+}
+
 static void inject_partition(fcase_t *f, int step)
 {
 	if (step == FIRST_FAULT) {
@@ -253,6 +266,8 @@ static void inject_partition(fcase_t *f, int step)
 		f->t_fault = kreq_test_now_ms();
 		f->faults++;
 	}
+	if (f->t_fault && !f->healed)
+		pace_partition(f, step);
 	if (f->t_fault && !f->healed && kreq_test_now_ms() - f->t_fault >= PARTITION_MS) {
 		kreq_netproxy_heal(proxy);
 		f->t_heal = kreq_test_now_ms();
