@@ -75,54 +75,76 @@ static bool hold(kreq_client_t *c, kreq_future_t *f, uint8_t *buf, size_t len)
 	return true;
 }
 
-/* Seals the call's current attempt and sends it, or holds it (above). */
-int kreq__send_request(kreq_client_t *c, kreq_future_t *f)
-{
-	kreq__call_t *call = kreq__call_of(f);
-	Kreq__Request r = KREQ__REQUEST__INIT;
-	Kreq__MetadataEntry tp = KREQ__METADATA_ENTRY__INIT, *md[1] = {&tp};
-	r.correlation_id = (ProtobufCBinaryData){16, call->corr_id};
-	r.idempotency_key = (ProtobufCBinaryData){call->idem_len, (uint8_t *)kreq__call_idem(call)};
-	r.method = (char *)kreq__call_method(call);
-	/* signed destination: a replay into another service's topic is dropped */
+/* The request message of a call's current attempt: its fields point into
+ * the call and into this struct, which outlives the message. */
+typedef struct request_msg {
+	Kreq__Request r;
+	Kreq__MetadataEntry tp, *md[1];
 	char service[KREQ__SERVICE_MAX + 1];
+} request_msg_t;
+
+static void build_request(const kreq_client_t *c, kreq__call_t *call, request_msg_t *m)
+{
+	Kreq__Request *r = &m->r;
+	*r = (Kreq__Request)KREQ__REQUEST__INIT;
+	r->correlation_id = (ProtobufCBinaryData){16, call->corr_id};
+	r->idempotency_key =
+	    (ProtobufCBinaryData){call->idem_len, (uint8_t *)kreq__call_idem(call)};
+	r->method = (char *)kreq__call_method(call);
+	/* signed destination: a replay into another service's topic is dropped */
 	size_t svc_len =
-	    kreq__service_len(r.method); /* <= KREQ__SERVICE_MAX: kreq__method_valid() */
-	memcpy(service, r.method, svc_len);
-	service[svc_len] = '\0';
-	r.service = service;
-	r.payload = (ProtobufCBinaryData){call->payload_len, (uint8_t *)kreq__call_payload(call)};
-	r.reply_topic = c->reply_topic;
-	r.reply_partition = c->reply_partition;
-	r.deadline_ms = call->deadline_wall_ms;
-	r.issued_at_ms = kreq__now_ms();
-	if (r.issued_at_ms > r.deadline_ms)
-		r.issued_at_ms = r.deadline_ms;
-	r.attempt = kreq__call_attempt(call);
-	r.client_id = c->client_id;
+	    kreq__service_len(r->method); /* <= KREQ__SERVICE_MAX: kreq__method_valid() */
+	memcpy(m->service, r->method, svc_len);
+	m->service[svc_len] = '\0';
+	r->service = m->service;
+	r->payload = (ProtobufCBinaryData){call->payload_len, (uint8_t *)kreq__call_payload(call)};
+	r->reply_topic = (char *)c->reply_topic;
+	r->reply_partition = c->reply_partition;
+	r->deadline_ms = call->deadline_wall_ms;
+	r->issued_at_ms = kreq__now_ms();
+	if (r->issued_at_ms > r->deadline_ms)
+		r->issued_at_ms = r->deadline_ms;
+	r->attempt = kreq__call_attempt(call);
+	r->client_id = (char *)c->client_id;
 	if (call->has_tp) {
-		tp.key = "traceparent";
-		tp.value = (char *)kreq__call_traceparent(call);
-		r.metadata = md;
-		r.n_metadata = 1;
+		m->tp = (Kreq__MetadataEntry)KREQ__METADATA_ENTRY__INIT;
+		m->tp.key = "traceparent";
+		m->tp.value = (char *)kreq__call_traceparent(call);
+		m->md[0] = &m->tp;
+		r->metadata = m->md;
+		r->n_metadata = 1;
 	}
-	/* sealed on the stack when it fits, and copied by librdkafka: no
-	 * buffer of ours to free on another thread (a held request gets one) */
-	uint8_t stack[REQUEST_STACK_MAX], *buf = stack;
-	size_t len, fields = (size_t)call->payload_len + call->idem_len + strlen(r.method) +
-	                     kreq__call_tp_len(call) + strlen(c->reply_topic) +
-	                     strlen(c->client_id);
+}
+
+/* Seals r into stack (REQUEST_STACK_MAX bytes) when it fits, else into a
+ * new heap buffer; *buf is the one used. Sealed on the stack and copied by
+ * librdkafka, a request leaves no buffer of ours to free on another thread
+ * (a held request gets one). */
+static int seal_request(kreq_client_t *c, const kreq__call_t *call, Kreq__Request *r,
+                        uint8_t *stack, uint8_t **buf, size_t *len)
+{
+	size_t fields = (size_t)call->payload_len + call->idem_len + strlen(r->method) +
+	                kreq__call_tp_len(call) + strlen(c->reply_topic) + strlen(c->client_id);
 	/* the rest (ids, times, key id, signature, framing) is well under 256
 	 * bytes; a larger request is sealed once, on the heap, not tried twice */
-	bool try_stack = fields + 256 <= sizeof(stack);
-	int err = try_stack ? kreq__envelope_seal_to(c->kr, &c->lim, KREQ__KIND_REQUEST, &r.base,
-	                                             stack, sizeof(stack), &len, NULL, 0)
+	bool try_stack = fields + 256 <= REQUEST_STACK_MAX;
+	*buf = stack;
+	int err = try_stack ? kreq__envelope_seal_to(c->kr, &c->lim, KREQ__KIND_REQUEST, &r->base,
+	                                             stack, REQUEST_STACK_MAX, len, NULL, 0)
 	                    : KREQ_EOVERSIZE;
-	if (err == KREQ_EOVERSIZE && (!try_stack || sizeof(stack) < c->lim.envelope_max))
-		err = kreq__envelope_seal(c->kr, &c->lim, KREQ__KIND_REQUEST, &r.base, &buf, &len,
+	if (err == KREQ_EOVERSIZE && (!try_stack || REQUEST_STACK_MAX < c->lim.envelope_max))
+		err = kreq__envelope_seal(c->kr, &c->lim, KREQ__KIND_REQUEST, &r->base, buf, len,
 		                          NULL, 0);
-	if (err)
-		return err;
+	return err;
+}
+
+/* Hands a sealed attempt (buf: stack, or its own heap buffer) over with a
+ * new reference on f: held while the service thread delivers replies,
+ * else produced at once. */
+static int hand_over(kreq_client_t *c, kreq_future_t *f, uint8_t *buf, const uint8_t *stack,
+                     size_t len)
+{
+	kreq__call_t *call = kreq__call_of(f);
 	kreq_future_retain(f); /* librdkafka's, held by the queue until then */
 	pthread_mutex_lock(&c->out_mu);
 	if (atomic_load_explicit(&call->flags, memory_order_relaxed) & KREQ__CALL_HELD) {
@@ -144,6 +166,17 @@ int kreq__send_request(kreq_client_t *c, kreq_future_t *f)
 	}
 	pthread_mutex_unlock(&c->out_mu);
 	return direct ? produce_request(c, f, buf, len, buf != stack) : KREQ_OK;
+}
+
+/* Seals the call's current attempt and sends it, or holds it (above). */
+int kreq__send_request(kreq_client_t *c, kreq_future_t *f)
+{
+	request_msg_t m;
+	uint8_t stack[REQUEST_STACK_MAX], *buf;
+	size_t len;
+	build_request(c, kreq__call_of(f), &m);
+	int err = seal_request(c, kreq__call_of(f), &m.r, stack, &buf, &len);
+	return err ? err : hand_over(c, f, buf, stack, len);
 }
 
 /* Service thread: hands the requests held while it delivered replies to
