@@ -73,7 +73,7 @@
 #define SPINS      128 /* pauses before a waiter starts yielding the CPU */
 
 /* For the helpers on every operation's path: at -O2 (RelWithDebInfo) gcc
- * kept lookup() and the lock out of line, costing find and remove 10-15%
+ * kept slot_lookup() and the lock out of line, costing find and remove 10-15%
  * more instructions than at -O3. */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -218,7 +218,7 @@ ALWAYS_INLINE bool holds(const slot_t *s, const tkey_t *k)
 
 /* Index of k's slot, or NONE. An entry beyond slot i homed at or before i
  * counts in i, so the search ends at the first slot with count 0. */
-ALWAYS_INLINE size_t lookup(const shard_t *sh, const tkey_t *k)
+ALWAYS_INLINE size_t slot_lookup(const shard_t *sh, const tkey_t *k)
 {
 	if (sh->slots == NULL)
 		return NONE;
@@ -347,7 +347,7 @@ static bool has_room(shard_t *sh)
 static int put(shard_t *sh, const tkey_t *k, void *value)
 {
 	if (!has_room(sh))
-		return lookup(sh, k) != NONE ? KREQ_EEXIST : NEED_ROOM;
+		return slot_lookup(sh, k) != NONE ? KREQ_EEXIST : NEED_ROOM;
 	slot_t *sl = sh->slots;
 	size_t mask = sh->mask, h = home(k->h, sh->shift), i = h;
 	for (; sl[i].v != NULL; i = (i + 1) & mask) {
@@ -452,7 +452,7 @@ void *kreq__table_remove(kreq__table_t *t, const uint8_t id[16])
 	shard_t *sh = shard_of(t, &k);
 	void *v = NULL;
 	shard_lock(sh);
-	size_t i = lookup(sh, &k);
+	size_t i = slot_lookup(sh, &k);
 	if (i != NONE) {
 		v = sh->slots[i].v;
 		erase_at(sh, i);
@@ -468,7 +468,7 @@ ALWAYS_INLINE void *find_value(kreq__table_t *t, const uint8_t id[16], void (*re
 	tkey_t k = make_key(t, id);
 	shard_t *sh = shard_of(t, &k);
 	shard_lock(sh);
-	size_t i = lookup(sh, &k);
+	size_t i = slot_lookup(sh, &k);
 	void *v = i != NONE ? sh->slots[i].v : NULL;
 	if (v != NULL && retain != NULL)
 		retain(v);
@@ -586,7 +586,7 @@ static int check_shard(shard_t *sh, size_t sno, size_t key_off, char *err, size_
 			               "shard %zu slot %zu: hash does not match the value's id",
 			               sno, i);
 		tkey_t k = {k1, hash_of(k0, k1), key_off};
-		if (rc == KREQ_OK && lookup(sh, &k) != i)
+		if (rc == KREQ_OK && slot_lookup(sh, &k) != i)
 			rc = kreq__err(err, errlen, KREQ_ESTATE, "shard %zu slot %zu: not found",
 			               sno, i);
 	}
