@@ -65,17 +65,6 @@
 #define KREQ__FENCED_WINDOW_MS 60000
 #define KREQ__RESTART_MS       1000 /* between attempts to re-create the producer */
 
-void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(s->loop_errstr, sizeof(s->loop_errstr), fmt, ap);
-	va_end(ap);
-	s->loop_err = err;
-	s->fatal = true;
-	kreq__log(s->conf, 3, "server", "%s", s->loop_errstr);
-}
-
 #define KREQ__KV(name, value, why) name, value,
 static const char *const producer_defaults[] = {KREQ__KAFKA_SERVER_PRODUCER_DEFAULTS(KREQ__KV)
                                                     NULL};
@@ -388,91 +377,6 @@ static void replication_check(kreq_server_t *s)
 	for (int i = 0; i < 2 && (rf_conf != 0 || brokers > 0); i++)
 		if (kreq__replication_short(s->reader, topics[i], want, tmo, why, sizeof(why)) == 1)
 			kreq__log(s->conf, 4, "server", "%s", why);
-}
-
-/* topic's partition count (0: no such topic), asked again while Kafka
- * does not answer (a Kafka broker stopping or restarting, an overloaded
- * host), and while the topic reads as missing if exists (just created,
- * or known to exist), until server.start.timeout.ms from now or a stop.
- * A lookup that failed is an unavailable Kafka, never a partition count:
- * -1 then, the loop failed with KREQ_EUNAVAILABLE (kreqd exits 1, which
- * its supervisor restarts). A topic still missing returns 0, not fatal. */
-int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exists)
-{
-	int64_t tmo = kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
-	int64_t now = kreq__mono_ns(), until = now + tmo * 1000000LL;
-	bool logged = false;
-	int n;
-	for (;;) {
-		int64_t left_ms = (until - now) / 1000000;
-		n = kreq__topic_partitions(
-		    s->reader, topic,
-		    (int)(left_ms < 5000 ? (left_ms > 100 ? left_ms : 100) : 5000));
-		if (n > 0 || (n == 0 && !exists) || atomic_load(&s->stop) ||
-		    (now = kreq__mono_ns()) >= until)
-			break;
-		if (n < 0 && !logged) {
-			logged = true;
-			kreq__log(s->conf, 4, "server",
-			          "Kafka did not answer a metadata request for topic %s: asking "
-			          "again for up to server.start.timeout.ms (%lld ms)",
-			          topic, (long long)tmo);
-		}
-		/* backoff: a refused connection may fail the lookup at once */
-		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL);
-	}
-	if (n < 0)
-		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
-		                 "Kafka did not answer a metadata request for topic %s within "
-		                 "server.start.timeout.ms (%lld ms; is kafka.bootstrap.servers "
-		                 "right?)",
-		                 topic, (long long)tmo);
-	return n;
-}
-
-/* A topic the worker just created (or found missing although it exists):
- * its partition count once Kafka shows it and its partition leaders know
- * it (common/topic_admin.h), looked at again every 100 ms, each look asking the
- * cluster metadata afresh, within server.start.timeout.ms in all. Why:
- * on a cluster that is healing (a Kafka broker just restarted, catching
- * up, on a loaded host) a new topic can take seconds to be served. The
- * wait this replaces had two phases of the full timeout each (metadata,
- * then leaders: up to twice server.start.timeout.ms), gave each leader's
- * ListOffsets 1 s however slow the Kafka broker was, and gave up saying
- * only "did not become available" (issue 17, test_cluster3). Each look
- * here has up to 5 s; what is still missing is logged after
- * server.start.timeout.ms / 4 and named when it gives up. */
-int kreq__topic_await_ready(kreq_server_t *s, const char *topic)
-{
-	int64_t tmo = kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
-	int64_t t0 = kreq__mono_ns(), now = t0, until = t0 + tmo * 1000000LL;
-	char why[300] = "";
-	bool warned = false;
-	int ready = 0, n;
-	for (;;) {
-		int64_t left_ms = (until - now) / 1000000;
-		n = kreq__topic_ready(
-		    s->reader, topic, &ready,
-		    (int)(left_ms < 5000 ? (left_ms > 100 ? left_ms : 100) : 5000), why,
-		    sizeof(why));
-		if (n > 0 || atomic_load(&s->stop) || (now = kreq__mono_ns()) >= until)
-			break;
-		if (!warned && now - t0 >= tmo * 250000LL) {
-			warned = true;
-			kreq__log(s->conf, 4, "server",
-			          "topic %s is not available yet (%s): waiting for it up to "
-			          "server.start.timeout.ms (%lld ms)",
-			          topic, why, (long long)tmo);
-		}
-		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL);
-	}
-	if (n > 0)
-		return n;
-	kreq__loop_fatal(s, KREQ_EKAFKA,
-	                 "topic %s did not become available within server.start.timeout.ms "
-	                 "(%lld ms): %s",
-	                 topic, (long long)tmo, why);
-	return -1;
 }
 
 static int ensure_topics(kreq_server_t *s)

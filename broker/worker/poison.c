@@ -131,6 +131,7 @@ int kreq__poison_conf(kreq_server_t *s, const char *prefix, char *errstr, size_t
 	if (!pz)
 		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	s->pz = pz;
+	s->request_forget = kreq__poison_forget;
 	pz->max_attempts = (uint32_t)n;
 	pz->dead_retention_ms = kreq__conf_int(s->conf, KREQ__P_SERVER_POISON_DEAD_RETENTION_MS);
 	pz->solo_max_ns = kreq__conf_int(s->conf, KREQ__P_SERVER_POISON_SOLO_MAX_MS) * 1000000;
@@ -157,6 +158,7 @@ void kreq__poison_destroy(kreq_server_t *s)
 	free(s->pz->journal_path);
 	free(s->pz);
 	s->pz = NULL;
+	s->request_forget = NULL;
 }
 
 uint32_t kreq__poison_max(const kreq_server_t *s)

@@ -501,7 +501,8 @@ void kreq__request_free(kreq_request_t *r)
 {
 	kreq_server_t *s = r->srv;
 	kreq__request_retire(r);
-	kreq__poison_forget(s, r);
+	if (s->request_forget)
+		s->request_forget(s, r); /* its crash-journal slot */
 	for (kreq__target_t *t = r->joiners, *n; t; t = n) {
 		n = t->next;
 		free(t);

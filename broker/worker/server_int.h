@@ -239,6 +239,11 @@ struct kreq_server_s {
 	bool member_renewing;    /* closing the fenced consumer: rebalances ignored */
 	int64_t member_since_ms; /* member.c: window of the fencings counted */
 	int member_fenced_count;
+	/* What a request holds beyond itself, given back when it is freed
+	 * (kreq__request_free): its crash-journal slot, kreq__poison_forget
+	 * while poison requests are on. A callback, so that request.c does not
+	 * call up into poison.c, which frees requests. NULL: nothing held. */
+	void (*request_forget)(kreq_server_t *s, kreq_request_t *r);
 };
 
 /* Delivery-report opaque of an output in light mode. */
@@ -327,10 +332,11 @@ int kreq__kafka_producer_restart(kreq_server_t *s);
  * marked failed and a rewind flagged. */
 void kreq__output_failed(kreq_server_t *s, int32_t partition, int64_t offset,
                          rd_kafka_resp_err_t kerr, const char *topic, const char *why);
+/* dedupmem.c: the dedup memory. */
 /* Makes room in the dedup stores (loop thread): each key id over
  * server.dedup.key.max.bytes among its own results, then, while the
  * worker is over server.dedup.max.bytes, in the key id holding the most
- * (results become ghosts first: loop.c). pt is unused. */
+ * (results become ghosts first). pt is unused. */
 void kreq__dedup_bound(kreq_server_t *s, kreq__part_t *pt);
 /* A delivery report: records the offset of a Result for its dedup entry
  * (what a retry reads back once the result left memory). Loop thread. */
@@ -341,9 +347,11 @@ void kreq__result_delivered(kreq_server_t *s, const rd_kafka_message_t *m);
  * the loop thread for one fetch (at most KREQ__GHOST_READ_MS). */
 int kreq__ghost_read(kreq_server_t *s, int32_t p, int64_t offset, const uint8_t *key,
                      size_t key_len, kreq__opened_t *out, char *why, size_t why_size);
+/* fatal.c: fails the loop with err and a message (kreq_server_run()
+ * returns them; s->fatal stops the loop), logged. */
 void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* topic's partition count (0: missing) per the reader, asked again while
+/* topicwait.c: topic's partition count (0: missing) per the reader, asked again while
  * Kafka does not answer (and while it reads 0 if exists) up to
  * server.start.timeout.ms; -1 (the loop failed, KREQ_EUNAVAILABLE) if
  * Kafka never answered. Loop thread, start-up and assignments. */
