@@ -165,7 +165,7 @@ struct kreq_server_s {
 	int64_t light_commit_ns, housekeeping_ns;
 	int64_t last_record_ns; /* last record consumed or completion applied */
 	int64_t linger_ms;
-	int txn_call_ms; /* server.txn.call.timeout.ms: past it, fence (kafka.c) */
+	int txn_call_ms; /* server.txn.call.timeout.ms: past it, fence (txn.c) */
 	bool txn_open;
 	int64_t txn_start_ns;
 	uint64_t txn_results;
@@ -185,7 +185,7 @@ struct kreq_server_s {
 	uint8_t *seal_buf;          /* lim.envelope_max bytes: replies and results are
 	                               sealed here and copied by librdkafka */
 	kreq__topics_t topics;      /* output topics: producer handles (broker/worker/topics.h) */
-	int64_t fenced_since_ms;    /* kafka.c fenced_too_often(): window start */
+	int64_t fenced_since_ms;    /* txn.c fenced_too_often(): window start */
 	bool results_check_skipped; /* rebuild.c: "not checked" logged (mock cluster) */
 	int fenced_count;
 	int64_t producer_retry_ns; /* kafka.c: next attempt to re-create the producer */
@@ -195,7 +195,7 @@ struct kreq_server_s {
 	uint64_t txn_closes_at_begin;
 	int64_t rewind_retry_ns; /* loop.c rewind_all: not before (Kafka unreachable) */
 	/* a produce or seal failed since the transaction began: it is aborted,
-	 * never committed (kafka.c kreq__txn_commit, loop.c rewind_all) */
+	 * never committed (txn.c kreq__txn_commit, loop.c rewind_all) */
 	bool txn_failed;
 	bool dd_bound_due;            /* a stored result's offset became known: kreq__dedup_bound */
 	kreq__faults_t faults;        /* records that made the worker rewind (faults.h) */
@@ -318,15 +318,21 @@ int kreq__topic_partitions_cached(kreq_server_t *s, const char *topic, int32_t p
 /* A delivery record from the loop's free list (or malloc); NULL on ENOMEM. */
 kreq__dr_t *kreq__dr_new(kreq_server_t *s);
 void kreq__dr_free(kreq_server_t *s, kreq__dr_t *dr);
+/* txn.c: the transaction steps (light mode: the offset commit). */
 int kreq__txn_begin(kreq_server_t *s);
 /* Commits the open transaction, or aborts it (and flags a rewind) when an
  * output of it failed (s->txn_failed). */
 int kreq__txn_commit(kreq_server_t *s);
 /* Aborts the open transaction, if any (before a rewind). */
 void kreq__txn_abort(kreq_server_t *s, const char *why);
-/* Re-creates the producer after it was lost (kafka.c's fencing rule);
+/* kafka.c, continued: the producer. */
+/* Re-creates the producer after it was lost (txn.c's fencing rule);
  * KREQ_OK when there is one, KREQ_EKAFKA (logged, retried later) if not. */
 int kreq__kafka_producer_restart(kreq_server_t *s);
+/* Replaces the producer (a new epoch: the fencing rule, txn.c): serves or
+ * purges its delivery reports, destroys it and re-creates it at once
+ * (kreq__kafka_producer_restart); s->producer is NULL if that failed. */
+void kreq__kafka_producer_reset(kreq_server_t *s);
 /* An output of the record at (partition, offset) failed (kafka error kerr,
  * or a seal failure when kerr is 0): noted in s->faults, the transaction
  * marked failed and a rewind flagged. */

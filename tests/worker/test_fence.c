@@ -1,5 +1,5 @@
 /*
- * test_fence.c — the worker's fencing rule (broker/worker/kafka.c): a transaction
+ * test_fence.c — the worker's fencing rule (broker/worker/txn.c): a transaction
  * call whose outcome is unknown fences the producer (a new epoch) and
  * rewinds; the worker never retries in the old epoch, and it keeps serving
  * when Kafka stays out of reach longer than its own start timeout.

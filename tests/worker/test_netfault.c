@@ -545,7 +545,7 @@ static void run_case(fcase_t *f)
 	ck_assert_msg(anomalies == 0, "%s: %d anomalies (printed above)", f->name, anomalies);
 	/* late_endtxn: Kafka's own verdict on each late EndTxn, released into
 	 * the worker's next transaction, which it tears only now and then: the
-	 * fencing rule (broker/worker/kafka.c) makes Kafka refuse every one (a new
+	 * fencing rule (broker/worker/txn.c) makes Kafka refuse every one (a new
 	 * epoch); accepted, it ended the transaction its epoch had open. (In
 	 * the other cases a late EndTxn of a transaction that committed may
 	 * land before the next one began and is accepted as a retry, harmlessly.) */

@@ -640,7 +640,7 @@ START_TEST(test_duplicate_client_id)
 }
 END_TEST
 
-/* The fencing rule (broker/worker/kafka.c) sees a resent request only through
+/* The fencing rule (broker/worker/txn.c) sees a resent request only through
  * the connection librdkafka closes first: kafka.socket.max.fails=0 (resend
  * on the same connection) is refused in transactional mode, naming why. */
 START_TEST(test_socket_max_fails_0_refused)
