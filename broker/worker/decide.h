@@ -2,7 +2,7 @@
  * decide.h — what the worker does with one consumed record, as one pure
  * function of facts the loop has gathered (no Kafka, no clock, no state).
  *
- * The loop (loop.c handle_record) computes a kreq__facts_t (did the
+ * The loop (record.c kreq__handle_record) computes a kreq__facts_t (did the
  * envelope verify, which kind, is the record on its key's partition, is
  * the reply topic allowed, is there a handler, what the dedup store holds
  * for the key, the key's rate-limit tokens, the budget left, ...), calls

@@ -130,7 +130,7 @@ struct kreq_server_s {
 	kreq__limits_t lim;
 	bool txn_mode;
 	int64_t retention_ms, min_budget_ms, grace_ms, batch_ms, rate;
-	int64_t max_deadline_ms, max_age_ms; /* the replay window (loop.c outside_window) */
+	int64_t max_deadline_ms, max_age_ms; /* the replay window (record.c outside_window) */
 	uint64_t batch_max;
 	size_t max_in_flight;
 	size_t dd_max_bytes; /* server.dedup.max.bytes */
