@@ -79,37 +79,15 @@
 
 #include "broker/worker/pjournal.h"
 #include "broker/worker/poison.h"
+#include "broker/worker/poison_int.h"
 #include "broker/worker/server_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
 #include "common/topic_admin.h"
 #include "common/replication.h"
 
-#define KREQ__PZ_FLUSH_MS  15000 /* longest wait for one step's Attempts */
-#define KREQ__PZ_MSG_TMO   "10000"
-#define KREQ__PZ_READ_STEP 100
-#define KREQ__PZ_TS_MARGIN 5000 /* added to clock.skew.ms when seeking by time */
-
-struct kreq__poison {
-	char *att_topic, *dead_topic;
-	uint32_t max_attempts;
-	int64_t dead_retention_ms;
-	uint64_t instance;
-	rd_kafka_t *producer;        /* Attempts: idempotent, acks=all */
-	int32_t ndead;               /* partitions of the dead-letter topic */
-	kreq_request_t *head, *tail; /* deferred, Attempt produced */
-	size_t npending;
-	kreq_request_t *solo; /* a suspect waiting to run alone (no Attempt yet) */
-	bool solo_running;    /* it runs: nothing new starts until it finished */
-	int64_t solo_max_ns;  /* server.poison.solo.max.ms; 0: no limit */
-	int64_t solo_since_ns;
-	int32_t solo_partition;
-	int64_t solo_offset;
-	char *journal_path; /* server.poison.journal, NULL: acked mode only */
-	kreq__pjournal_t *journal;
-	size_t failed; /* delivery failures of the pending batch */
-	char fail_why[256];
-};
+#define KREQ__PZ_FLUSH_MS 15000 /* longest wait for one step's Attempts */
+#define KREQ__PZ_MSG_TMO  "10000"
 
 /* ---- configuration ------------------------------------------------------ */
 
@@ -403,288 +381,6 @@ void kreq__poison_close(kreq_server_t *s)
 	s->pz->producer = NULL;
 }
 
-/* ---- the per-partition table -------------------------------------------- */
-
-static kreq__pz_entry_t *find(const kreq__pz_part_t *t, const uint8_t *key, size_t klen)
-{
-	for (kreq__pz_entry_t *e = t ? t->head : NULL; e; e = e->next)
-		if (e->klen == klen && !memcmp(e->key, key, klen))
-			return e;
-	return NULL;
-}
-
-uint32_t kreq__poison_count(const kreq__part_t *pt, const uint8_t *key, size_t klen)
-{
-	if (!pt->pz || !pt->pz->count)
-		return 0;
-	const kreq__pz_entry_t *e = find(pt->pz, key, klen);
-	return e ? e->n : 0;
-}
-
-void kreq__poison_part_free(kreq__part_t *pt)
-{
-	if (!pt->pz)
-		return;
-	for (kreq__pz_entry_t *e = pt->pz->head, *n; e; e = n) {
-		n = e->next;
-		free(e);
-	}
-	free(pt->pz);
-	pt->pz = NULL;
-}
-
-static kreq__pz_entry_t *entry_get(kreq__part_t *pt, const uint8_t *key, size_t klen)
-{
-	if (!pt->pz && !(pt->pz = calloc(1, sizeof(*pt->pz))))
-		return NULL;
-	kreq__pz_entry_t *e = find(pt->pz, key, klen);
-	if (e || !(e = calloc(1, sizeof(*e))))
-		return e;
-	memcpy(e->key, key, klen);
-	e->klen = (uint16_t)klen;
-	e->next = pt->pz->head;
-	pt->pz->head = e;
-	pt->pz->count++;
-	return e;
-}
-
-/* Records one verified Attempt a of instance inst into pt's table. */
-static void note(kreq_server_t *s, kreq__part_t *pt, const Kreq__Attempt *a, uint64_t inst)
-{
-	uint8_t key[KREQ__DEDUP_KEY_MAX];
-	size_t klen = kreq__dedup_key(key, a->request_key_id, a->idempotency_key.data,
-	                              a->idempotency_key.len);
-	kreq__dd_entry_t *d = kreq__dedup_find(&pt->dd, key, klen);
-	if (d && d->state != KREQ__DD_RUNNING)
-		return; /* it has a Result: never counted */
-	kreq__pz_entry_t *e = entry_get(pt, key, klen);
-	if (!e)
-		return;
-	if (a->number > e->max_number)
-		e->max_number = a->number;
-	if (inst == s->pz->instance)
-		return; /* this live instance's own start did not crash it */
-	uint32_t i = 0;
-	while (i < e->n && e->att[i].instance != inst)
-		i++;
-	if (a->ended_at_ms != 0) { /* that start never ran (handed over unstarted) */
-		if (i < e->n && e->att[i].started_at_ms <= a->started_at_ms)
-			e->att[i] = e->att[--e->n];
-		return;
-	}
-	if (i == e->n) {
-		if (e->n == KREQ__ATTEMPTS_MAX)
-			return;
-		e->n++;
-	} else if (e->att[i].started_at_ms > a->started_at_ms) {
-		return; /* keep the instance's newest */
-	}
-	kreq__pz_attempt_t *t = &e->att[i];
-	*t = (kreq__pz_attempt_t){inst,
-	                          a->number,
-	                          a->request_partition,
-	                          a->started_at_ms,
-	                          a->ended_at_ms,
-	                          a->request_offset,
-	                          ""};
-	snprintf(t->worker, sizeof(t->worker), "%s", a->worker);
-}
-
-/* ---- loading at assignment ---------------------------------------------- */
-
-/* Per partition being loaded. */
-typedef struct load {
-	kreq__part_t *pt;
-	int64_t committed; /* requests below it are settled */
-	int64_t ts;        /* of the request at committed (ms), -1 unknown */
-	int64_t start;     /* attempts offset to read from */
-	int64_t end;       /* attempts high watermark */
-	int64_t req_end;   /* requests high watermark */
-	bool none;         /* nothing uncommitted: nothing to read */
-	bool done;
-} load_t;
-
-static int64_t deadline_ns(const kreq_server_t *s)
-{
-	return kreq__mono_ns() +
-	       kreq__conf_int(s->conf, KREQ__P_SERVER_REBUILD_TIMEOUT_MS) * 1000000LL;
-}
-
-/* Committed offsets of the requests partitions; which have uncommitted
- * records (ld[i].done when none). */
-static int committed_offsets(kreq_server_t *s, load_t *ld, int n, int tmo)
-{
-	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
-	for (int i = 0; i < n; i++)
-		rd_kafka_topic_partition_list_add(l, s->req_topic, ld[i].pt->id);
-	rd_kafka_resp_err_t kerr = rd_kafka_committed(s->consumer, l, tmo);
-	for (int i = 0; !kerr && i < n; i++) {
-		int64_t lo = 0, hi = 0;
-		kerr = rd_kafka_query_watermark_offsets(s->reader, s->req_topic, ld[i].pt->id, &lo,
-		                                        &hi, tmo);
-		int64_t c = l->elems[i].offset >= 0 ? l->elems[i].offset : lo;
-		ld[i].committed = c;
-		ld[i].req_end = hi;
-		ld[i].done = ld[i].none = c >= hi;
-		ld[i].ts = -1;
-	}
-	rd_kafka_topic_partition_list_destroy(l);
-	if (kerr)
-		kreq__loop_fatal(s, KREQ_EKAFKA, "reading committed offsets of %s: %s",
-		                 s->req_topic, rd_kafka_err2str(kerr));
-	return kerr ? KREQ_EKAFKA : KREQ_OK;
-}
-
-/* Polls the reader until every partition in ld not done is done per
- * on_msg; KREQ_OK, KREQ_ECANCELED or KREQ_ETIMEDOUT. */
-typedef bool(on_msg_t)(kreq_server_t *s, load_t *ld, const rd_kafka_message_t *m);
-
-static int poll_until(kreq_server_t *s, load_t *ld, int n, const char *topic, on_msg_t *on_msg)
-{
-	int64_t until = deadline_ns(s);
-	for (;;) {
-		int left = 0;
-		for (int i = 0; i < n; i++)
-			left += !ld[i].done;
-		if (!left)
-			return KREQ_OK;
-		if (atomic_load(&s->stop))
-			return KREQ_ECANCELED;
-		if (kreq__mono_ns() >= until)
-			return KREQ_ETIMEDOUT;
-		rd_kafka_message_t *m = rd_kafka_consumer_poll(s->reader, KREQ__PZ_READ_STEP);
-		if (!m)
-			continue;
-		int i = 0;
-		while (i < n && ld[i].pt->id != m->partition)
-			i++;
-		if (i < n && !ld[i].done && !strcmp(rd_kafka_topic_name(m->rkt), topic))
-			ld[i].done = on_msg(s, &ld[i], m);
-		rd_kafka_message_destroy(m);
-	}
-}
-
-static int assign(kreq_server_t *s, load_t *ld, int n, const char *topic, bool by_offset)
-{
-	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
-	for (int i = 0; i < n; i++)
-		if (!ld[i].done)
-			rd_kafka_topic_partition_list_add(l, topic, ld[i].pt->id)->offset =
-			    by_offset ? ld[i].committed : ld[i].start;
-	rd_kafka_resp_err_t kerr = rd_kafka_assign(s->reader, l);
-	rd_kafka_topic_partition_list_destroy(l);
-	if (kerr)
-		kreq__loop_fatal(s, KREQ_EKAFKA, "assigning %s: %s", topic, rd_kafka_err2str(kerr));
-	return kerr ? KREQ_EKAFKA : KREQ_OK;
-}
-
-/* The timestamp of the first request at or after the committed offset. */
-static bool got_request(kreq_server_t *s, load_t *ld, const rd_kafka_message_t *m)
-{
-	(void)s;
-	if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-		return true; /* none readable: ts stays -1, all attempts are read */
-	if (m->err)
-		return false;
-	rd_kafka_timestamp_type_t tt;
-	int64_t ts = rd_kafka_message_timestamp(m, &tt);
-	ld->ts = ts > 0 ? ts : -1;
-	return true;
-}
-
-static bool got_attempt(kreq_server_t *s, load_t *ld, const rd_kafka_message_t *m)
-{
-	if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-		return m->offset >= ld->end;
-	if (m->err)
-		return false;
-	kreq__opened_t o;
-	char why[256];
-	int err = kreq__envelope_open(s->kr, &s->lim, kreq__now_ms(), m->payload, m->len, &o, why,
-	                              sizeof(why));
-	if (!err && (o.kind != KREQ__KIND_ATTEMPT || !kreq__result_signer_ok(s, o.key_id) ||
-	             m->key_len < 8)) {
-		err = KREQ_EMALFORMED;
-		snprintf(why, sizeof(why), "not an Attempt of a signer in server.result.signers");
-	}
-	if (err) {
-		kreq__log(s->conf, 4, "server", "attempts %s [%d] offset %lld skipped: %s",
-		          s->pz->att_topic, (int)m->partition, (long long)m->offset, why);
-	} else if (o.u.attempt->request_offset >= ld->committed) {
-		uint64_t inst = 0;
-		const uint8_t *k = (const uint8_t *)m->key + m->key_len - 8;
-		for (int i = 0; i < 8; i++)
-			inst = inst << 8 | k[i];
-		if (inst == o.u.attempt->instance) /* the key is not signed: the body is */
-			note(s, ld->pt, o.u.attempt, inst);
-		else
-			kreq__log(s->conf, 4, "server",
-			          "attempts %s [%d] offset %lld skipped: its key names another "
-			          "worker process than its signed body",
-			          s->pz->att_topic, (int)m->partition, (long long)m->offset);
-	}
-	kreq__opened_clear(&o);
-	return m->offset + 1 >= ld->end;
-}
-
-/* Where to start reading each attempts partition, and its end. */
-static int attempt_range(kreq_server_t *s, load_t *ld, int n, int tmo)
-{
-	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
-	int64_t back = s->lim.skew_ms + KREQ__PZ_TS_MARGIN;
-	for (int i = 0; i < n; i++)
-		rd_kafka_topic_partition_list_add(l, s->pz->att_topic, ld[i].pt->id)->offset =
-		    ld[i].ts > back ? ld[i].ts - back : 0;
-	rd_kafka_resp_err_t kerr = rd_kafka_offsets_for_times(s->reader, l, tmo);
-	for (int i = 0; !kerr && i < n; i++) {
-		int64_t lo = 0, hi = 0;
-		kerr = rd_kafka_query_watermark_offsets(s->reader, s->pz->att_topic, ld[i].pt->id,
-		                                        &lo, &hi, tmo);
-		int64_t from = l->elems[i].offset; /* -1: nothing since then */
-		ld[i].end = hi;
-		ld[i].start = from >= 0 ? from : hi;
-		ld[i].done = ld[i].none || ld[i].start >= hi;
-	}
-	rd_kafka_topic_partition_list_destroy(l);
-	if (kerr)
-		kreq__loop_fatal(s, KREQ_EKAFKA, "finding the attempts of %s to read: %s",
-		                 s->pz->att_topic, rd_kafka_err2str(kerr));
-	return kerr ? KREQ_EKAFKA : KREQ_OK;
-}
-
-int kreq__poison_load(kreq_server_t *s, kreq__part_t **parts, int n)
-{
-	if (!s->pz || !s->pz->producer || n == 0)
-		return KREQ_OK;
-	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
-	load_t *ld = calloc((size_t)n, sizeof(*ld));
-	if (!ld) {
-		kreq__loop_fatal(s, KREQ_ENOMEM, "out of memory");
-		return KREQ_ENOMEM;
-	}
-	for (int i = 0; i < n; i++)
-		ld[i].pt = parts[i];
-	int err = committed_offsets(s, ld, n, tmo);
-	if (!err && !(err = assign(s, ld, n, s->req_topic, true)))
-		err = poll_until(s, ld, n, s->req_topic, got_request);
-	rd_kafka_assign(s->reader, NULL);
-	if (!err)
-		err = attempt_range(s, ld, n, tmo);
-	if (!err && !(err = assign(s, ld, n, s->pz->att_topic, false)))
-		err = poll_until(s, ld, n, s->pz->att_topic, got_attempt);
-	rd_kafka_assign(s->reader, NULL);
-	for (int i = 0; !err && i < n; i++) /* below it: maybe started by a previous owner */
-		if (ld[i].pt->pz || (ld[i].pt->pz = calloc(1, sizeof(*ld[i].pt->pz))))
-			ld[i].pt->pz->end = ld[i].req_end;
-	if (err == KREQ_ETIMEDOUT)
-		kreq__loop_fatal(s, KREQ_EKAFKA,
-		                 "reading the attempts of %s did not finish within "
-		                 "server.dedup.rebuild.timeout.ms",
-		                 s->req_topic);
-	free(ld);
-	return err;
-}
-
 /* ---- acked starts ------------------------------------------------------- */
 
 static void put_be64(uint8_t *p, uint64_t v)
@@ -757,7 +453,8 @@ bool kreq__poison_defer(kreq_server_t *s, kreq_request_t *r)
 	if (!pz || !pz->producer)
 		return false;
 	kreq__part_t *pt = s->parts[r->partition];
-	kreq__pz_entry_t *e = pt->pz && pt->pz->count ? find(pt->pz, r->ddkey, r->ddkey_len) : NULL;
+	kreq__pz_entry_t *e =
+	    pt->pz && pt->pz->count ? kreq__pz_find(pt->pz, r->ddkey, r->ddkey_len) : NULL;
 	if (e && e->n > 0) { /* a suspect: it runs alone (kreq__poison_blocked) */
 		pz->solo = r;
 		return true;
@@ -883,7 +580,7 @@ kreq_request_t *kreq__poison_flush(kreq_server_t *s)
 	          "%s [%d] offset %lld: its handler started before without finishing: it runs "
 	          "alone",
 	          s->req_topic, (int)r->partition, (long long)r->offset);
-	record_start(s, r, find(pt->pz, r->ddkey, r->ddkey_len));
+	record_start(s, r, kreq__pz_find(pt->pz, r->ddkey, r->ddkey_len));
 	pz->solo_partition = r->partition;
 	pz->solo_offset = r->offset;
 	kreq_request_t *l = flush(s);
@@ -939,7 +636,7 @@ int kreq__poison_dead_letter(kreq_server_t *s, const kreq__part_t *pt, const kre
                              size_t *out_len, char *why, size_t why_size)
 {
 	const Kreq__Request *q = r->op.u.req;
-	const kreq__pz_entry_t *e = pt->pz ? find(pt->pz, r->ddkey, r->ddkey_len) : NULL;
+	const kreq__pz_entry_t *e = pt->pz ? kreq__pz_find(pt->pz, r->ddkey, r->ddkey_len) : NULL;
 	Kreq__Attempt at[KREQ__ATTEMPTS_MAX], *ap[KREQ__ATTEMPTS_MAX];
 	uint32_t na = e ? e->n : 0;
 	for (uint32_t i = 0; i < na; i++) {
