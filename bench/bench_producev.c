@@ -1,7 +1,7 @@
 /*
  * bench_producev.c — what rd_kafka_producev() costs on the worker's loop
  * thread when it names the topic (RD_KAFKA_V_TOPIC) against passing a
- * handle (RD_KAFKA_V_RKT, what broker/topics.h keeps), as the producer
+ * handle (RD_KAFKA_V_RKT, what broker/worker/topics.h keeps), as the producer
  * knows more topics: a worker writes to one reply topic per client
  * instance. The producer points at a closed port, so messages only queue
  * (purged after each round): this is the call's own cost, no broker.

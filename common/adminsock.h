@@ -1,6 +1,6 @@
 /*
  * adminsock.h — the admin-socket server both the client (client/admin.c,
- * `pending`, `metrics`) and kreqd (broker/kreqd_admin.c, `inprogress`,
+ * `pending`, `metrics`) and kreqd (broker/kreqd/kreqd_admin.c, `inprogress`,
  * `metrics`) use: a Unix stream socket (mode 0600) served by one thread of
  * its own. A peer connects, writes one command line and reads the answer
  * until EOF; a command not in the table gets

@@ -72,7 +72,7 @@ rd_kafka_resp_err_t kreq__topic_configs(rd_kafka_t *rk, const char *topic, const
  * may let the broker auto-create it exactly as producing to it would)
  * makes the producer know it at once, and releases what was queued for it.
  * A worker warms each output topic the first time it meets it (its table
- * of producer handles, broker/topics.h); a client warms each service once
+ * of producer handles, broker/worker/topics.h); a client warms each service once
  * from its list of called services (client/health.c).
  */
 

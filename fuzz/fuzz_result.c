@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker/dedup.h"
+#include "broker/worker/dedup.h"
 #include "kreq/error.h"
 #include "proto/envelope.h"
 

@@ -31,7 +31,7 @@ if ! { RDKAFKA_PREFIX=$(scripts/librdkafka.sh) &&
   exit 1
 fi
 KREQ=build/cli/kreq
-KREQD=build/broker/kreqd
+KREQD=build/broker/kreqd/kreqd
 
 work=$(mktemp -d)
 pids=()

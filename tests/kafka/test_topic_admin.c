@@ -5,7 +5,7 @@
  * one is ready once its metadata shows it and every partition's leader
  * answers, partitions already seen answering are not asked again, and an
  * unreachable Kafka is "no answer" (-1), never a partition count. The
- * worker's wait built on it (broker/kafka.c kreq__topic_await_ready) is
+ * worker's wait built on it (broker/worker/topicwait.c kreq__topic_await_ready) is
  * exercised on 3 Kafka brokers by test_cluster3.
  */
 #include <check.h>

@@ -12,7 +12,7 @@
  *                    kdtest.crash (pool) crashes the process with SIGSEGV
  *                    when its payload is "poison", and otherwise appends
  *                    "<payload> <execution id>\n" to $KDTEST_EXEC_LOG and
- *                    replies with that execution id (tests/broker/
+ *                    replies with that execution id (tests/worker/
  *                    test_poison.c counts executions with it)
  *   KDTEST_BAD_ABI   exports kreq_plugin_v1 with abi_version 99
  *   KDTEST_NO_SYMBOL exports its structure under another name

@@ -10,7 +10,7 @@
  * point kreqd at 127.0.0.1:1; the serving test hosts librdkafka's mock
  * cluster in this process and runs kreqd in light mode against it, which
  * proves the built-ins, plugins, endpoints and signals, not the
- * transactional guarantees (tests/broker/ does that on a real broker).
+ * transactional guarantees (tests/worker/ does that on a real broker).
  * Each test works in its own temporary directory and removes it.
  */
 #include <check.h>

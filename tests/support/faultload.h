@@ -1,8 +1,8 @@
 /*
  * faultload.h — the crash and fault tests' workers, load and checks
- * (tests/broker/test_fault.c, test_cluster3.c).
+ * (tests/worker/test_fault.c, test_cluster3.c).
  *
- * Workers are separate processes (tests/broker/fault_worker: the real
+ * Workers are separate processes (tests/worker/fault_worker: the real
  * server library) that record every handler execution in a file outside
  * Kafka and reply with that execution's id. run_load() drives a steady
  * load of logical operations, each with its own idempotency key; an

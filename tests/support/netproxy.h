@@ -1,6 +1,6 @@
 /*
  * netproxy.h — a TCP proxy between kreq's workers and the Kafka brokers, for
- * the network-fault test (tests/broker/test_netfault.c, issue 20).
+ * the network-fault test (tests/worker/test_netfault.c, issue 20).
  *
  * One listening port per Kafka broker node forwards to that node (its
  * PROXIED listener, scripts/kafka.sh --proxied-ports, advertised at the

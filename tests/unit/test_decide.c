@@ -1,6 +1,6 @@
 /*
  * test_decide.c — kreq__decide(), the worker's per-record decision
- * (broker/decide.h), without Kafka: every branch, and the order of the
+ * (broker/worker/decide.h), without Kafka: every branch, and the order of the
  * checks (each row also has every later check failing, so it proves that
  * its own check comes first).
  */
@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "broker/decide.h"
+#include "broker/worker/decide.h"
 #include "kreq/server.h"
 #include "proto/envelope.h"
 #include "testsupport.h"

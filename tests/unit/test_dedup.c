@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker/dedup.h"
-#include "broker/offsets.h"
+#include "broker/worker/dedup.h"
+#include "broker/worker/offsets.h"
 #include "kreq/error.h"
 #include "testsupport.h"
 

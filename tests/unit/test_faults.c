@@ -1,5 +1,5 @@
 /*
- * test_faults.c — the per-record rewind count (broker/faults.h) and the
+ * test_faults.c — the per-record rewind count (broker/worker/faults.h) and the
  * size rule between payload.max.bytes, envelope.max.bytes and the
  * producers' message.max.bytes (proto/envelope.h kreq__limits_check).
  */
@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker/faults.h"
+#include "broker/worker/faults.h"
 #include "kreq/client.h"
 #include "kreq/conf.h"
 #include "kreq/keyring.h"

@@ -1,5 +1,5 @@
 /*
- * test_handles.c — the generation-checked request handles (broker/handles.c):
+ * test_handles.c — the generation-checked request handles (broker/worker/handles.c):
  * what a handle finds in each state, stale generations, values that are not
  * handles, slots given back, and the races the reply path relies on (many
  * threads replying with one handle while the loop abandons it: exactly one
@@ -10,7 +10,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "broker/handles.h"
+#include "broker/worker/handles.h"
 #include "kreq/error.h"
 #include "testsupport.h"
 

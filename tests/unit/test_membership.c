@@ -1,14 +1,14 @@
 /*
  * test_membership.c — the static group membership's instance id
- * (broker/member.c): derived from client.id, overridden by
+ * (broker/worker/member.c): derived from client.id, overridden by
  * server.group.instance.id, none when server.static.membership is false.
- * Its behaviour in a real group is tested by test_member (tests/broker).
+ * Its behaviour in a real group is tested by test_member (tests/worker).
  */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker/server_int.h"
+#include "broker/worker/server_int.h"
 #include "kreq/conf.h"
 #include "kreq/error.h"
 #include "testsupport.h"

@@ -1,5 +1,5 @@
 /*
- * test_pjournal.c — the crash journal of handler starts (broker/pjournal.h):
+ * test_pjournal.c — the crash journal of handler starts (broker/worker/pjournal.h):
  * what a process leaves in it is found by the next one, a reset empties it,
  * a clean close of an empty journal removes the file, a second process
  * cannot use the same file, and a file that is not a journal is refused.
@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "broker/pjournal.h"
+#include "broker/worker/pjournal.h"
 #include "kreq/error.h"
 #include "testsupport.h"
 

@@ -1,5 +1,5 @@
 /*
- * test_topics.c — the worker's table of output topics (broker/topics.h):
+ * test_topics.c — the worker's table of output topics (broker/worker/topics.h):
  * entries carry a handle on each producer for exactly their topic, lookups
  * find them through growth, a missing producer gets no handle, a name
  * librdkafka refuses is an error that adds nothing, and the bound empties
@@ -13,7 +13,7 @@
 
 #include <sodium.h>
 
-#include "broker/topics.h"
+#include "broker/worker/topics.h"
 #include "kreq/error.h"
 #include "testsupport.h"
 

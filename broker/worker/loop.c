@@ -1,0 +1,583 @@
+/*
+ * loop.c — the serving loop: one thread that consumes request records,
+ * decides what each one gets, applies handler completions, and commits.
+ *
+ * Why one thread: the decisions that make replies exactly-once (is there a
+ * stored result? is the key running? which offset may be committed?) read
+ * and write the same per-partition state, and Kafka transactions are not
+ * thread-safe to interleave. Keeping all of it on one thread makes those
+ * decisions sequential without locks; only handlers run elsewhere.
+ *
+ * For every record the loop gathers facts (envelope_open, the dedup
+ * store, the key's rate bucket, ...) and executes what the pure function
+ * kreq__decide() makes of them: drop, cancel, answer, serve the stored
+ * result, join the running request, or dispatch (record.c). A request outside the
+ * worker's replay window (server.max.deadline.ms, server.max.request.age.ms),
+ * signed for another service or off its idempotency key's partition is
+ * dropped and counted, never answered. The rules and their
+ * order are in broker/worker/decide.h (docs/broker-design.md has the rationale).
+ * Outputs (replies, result records, reply.c) go into the open transaction; the
+ * record's offset becomes committable once they are in it (offsets.h).
+ *
+ * This file keeps the loop itself (consume, apply completions, commit,
+ * wait) and what changes the set of partitions under it (rebalance,
+ * rewind, pause); the modules it runs are below it (loop_int.h): one
+ * record (record.c), a request's end (complete.c), producing (reply.c)
+ * and the partition state (parts.c).
+ */
+#include <errno.h>
+#include <fnmatch.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "broker/worker/decide.h"
+#include "broker/worker/loop_int.h"
+#include "broker/worker/server_int.h"
+#include "common/conf.h"
+#include "common/hoptrace.h"
+#include "common/internal.h"
+#include "common/partition.h"
+
+#define KREQ__REWIND_RETRY_MS 500 /* a rewind Kafka refused: tried again after */
+
+/* ---- rebalance, rewind, pause ------------------------------------------- */
+
+static void drop_all(kreq_server_t *s)
+{
+	for (int32_t p = 0; p < s->nparts; p++)
+		kreq__part_drop(s, p);
+}
+
+static int assign_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t *l)
+{
+	kreq__part_t **fresh = calloc((size_t)l->cnt + 1, sizeof(*fresh));
+	int n = 0;
+	if (!fresh)
+		return KREQ_ENOMEM;
+	for (int i = 0; i < l->cnt; i++) {
+		int32_t p = l->elems[i].partition;
+		if (p < 0 || p >= s->nparts)
+			continue;
+		kreq__part_drop(s, p);
+		if (!(s->parts[p] = kreq__part_new(s, p))) {
+			free(fresh);
+			kreq__loop_fatal(s, KREQ_ENOMEM, "out of memory");
+			return KREQ_ENOMEM;
+		}
+		fresh[n++] = s->parts[p];
+	}
+	int err = kreq__rebuild(s, fresh, n);
+	if (!err)
+		err = kreq__poison_load(s, fresh, n);
+	for (int i = 0; err && i < n; i++) /* incomplete dedup stores serve nothing */
+		kreq__part_drop(s, fresh[i]->id);
+	free(fresh);
+	return err;
+}
+
+static void block(kreq_server_t *s, int timeout_ms);
+
+static void flush_producer(rd_kafka_t *p)
+{
+	if (p) {
+		rd_kafka_flush(p, 5000);
+		rd_kafka_poll(p, 0);
+	}
+}
+
+static void settle_outputs(kreq_server_t *s)
+{
+	kreq__process_completions(s);
+	/* light: delivery reports secure offsets (transactional: the commit) */
+	if (!s->txn_mode)
+		flush_producer(s->producer);
+	flush_producer(s->batch_producer);
+	kreq__poison_settle_unstarted(s); /* before the partitions are handed over */
+}
+
+/* Nothing new starts (queued requests are left uncommitted for the next
+ * owner); running handlers get up to server.shutdown.grace.ms to reply, and
+ * their replies and results go into the open transaction. */
+static void finish_in_flight(kreq_server_t *s)
+{
+	bool was_draining = s->draining;
+	s->draining = true;
+	kreq__pool_drain(s);
+	int64_t until = kreq__mono_ns() + s->grace_ms * 1000000LL;
+	kreq__process_completions(s);
+	while (!s->fatal && atomic_load(&s->in_progress) > 0 && kreq__mono_ns() < until) {
+		block(s, 20);
+		kreq__process_completions(s);
+		kreq__expire_overdue(s);
+	}
+	settle_outputs(s);
+	if (atomic_load(&s->in_progress) > 0)
+		kreq__log(s->conf, 4, "server",
+		          "abandoning %zu request(s) still running after server.shutdown.grace.ms "
+		          "(uncommitted: another worker redoes them)",
+		          atomic_load(&s->in_progress));
+	s->draining = was_draining;
+}
+
+/* Runs the requests whose starts were recorded since the last call (one
+ * acknowledged round trip for all: broker/worker/poison.c). */
+static void run_recorded(kreq_server_t *s)
+{
+	for (kreq_request_t *r = kreq__poison_flush(s), *n; r; r = n) {
+		n = r->next;
+		kreq__dispatch(s, r);
+	}
+}
+
+/* Requests in progress (running or queued, not retired) on the partitions
+ * p with gone[p], in their current incarnation (abandoned ones of a state
+ * already dropped, as at shutdown, are not waited for again). Records
+ * drained unstarted leave this list although their offsets stay
+ * uncommitted, so it, not the offset slots, says when the revoked
+ * partitions are quiet. */
+static size_t busy_in(kreq_server_t *s, const bool *gone)
+{
+	size_t n = 0;
+	pthread_mutex_lock(&s->ip_lock);
+	for (const kreq_request_t *r = s->ip_head; r; r = r->ip_next) {
+		int32_t p = r->partition;
+		n += p >= 0 && p < s->nparts && gone[p] && s->parts[p] &&
+		     s->parts[p]->incarnation == r->incarnation;
+	}
+	pthread_mutex_unlock(&s->ip_lock);
+	return n;
+}
+
+/* An incremental (cooperative) revoke of the partitions in l: what was
+ * not started there is left uncommitted for their next owner, what runs
+ * there gets server.shutdown.grace.ms to finish, then the transaction
+ * (which covers every partition: the others' finished work too) commits,
+ * and only the revoked partitions' state is dropped (what still runs
+ * there is abandoned: cancelled, its completion discarded, redone by the
+ * next owner from the committed offset). The other partitions are served
+ * on; their handlers keep running throughout. */
+static void revoke_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t *l)
+{
+	bool *gone = calloc((size_t)s->nparts, sizeof(*gone));
+	if (!gone) {
+		kreq__loop_fatal(s, KREQ_ENOMEM, "out of memory");
+		return;
+	}
+	for (int i = 0; i < l->cnt; i++)
+		if (l->elems[i].partition >= 0 && l->elems[i].partition < s->nparts)
+			gone[l->elems[i].partition] = true;
+	kreq__poison_unhold_in(s, gone); /* a held suspect there: redone by the next owner */
+	run_recorded(s);                 /* started: they finish within the grace period */
+	bool was_draining = s->draining;
+	s->draining = true; /* unstarted ones are left for the next owner */
+	kreq__pool_drain_partitions(s, gone);
+	int64_t until = kreq__mono_ns() + s->grace_ms * 1000000LL;
+	for (;;) {
+		kreq__process_completions(s);
+		kreq__expire_overdue(s);
+		if (!busy_in(s, gone) || s->fatal || kreq__mono_ns() >= until)
+			break;
+		block(s, 20);
+	}
+	settle_outputs(s);
+	kreq__txn_commit(s); /* a failure flags a rewind of what stays */
+	s->draining = was_draining;
+	for (int32_t p = 0; p < s->nparts; p++)
+		if (gone[p])
+			kreq__part_drop(s, p);
+	free(gone);
+	kreq__log(s->conf, 6, "server", "revoked %d partition(s) of %s", l->cnt, s->req_topic);
+}
+
+/* The group's rebalance protocol is cooperative (cooperative-sticky):
+ * assignments and revocations are increments, not the whole set. */
+static bool cooperative(rd_kafka_t *rk)
+{
+	return !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+}
+
+static void incremental(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
+{
+	if (!e)
+		return;
+	kreq__loop_fatal(s, KREQ_EKAFKA, "%s: %s", what, rd_kafka_error_string(e));
+	rd_kafka_error_destroy(e);
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *l, void *opaque)
+{
+	kreq_server_t *s = opaque;
+	if (s->member_renewing) { /* the fenced consumer's close: its state is gone */
+		if (cooperative(rk))
+			rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, l));
+		else
+			rd_kafka_assign(rk, NULL);
+		return;
+	}
+	if (cooperative(rk)) {
+		if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+			kreq__log(s->conf, 6, "server", "assigned %d partition(s) of %s", l->cnt,
+			          s->req_topic);
+			assign_parts(s, l); /* only these: the others are served on */
+			incremental(s, rd_kafka_incremental_assign(rk, l), "incremental assign");
+			if (s->paused) /* at server.max.in.flight: the new ones wait too */
+				rd_kafka_pause_partitions(rk, l);
+			atomic_fetch_add_explicit(&s->m.rebalances, 1, memory_order_relaxed);
+		} else {
+			revoke_parts(s, l);
+			incremental(s, rd_kafka_incremental_unassign(rk, l),
+			            "incremental unassign");
+		}
+		atomic_store_explicit(&s->ready, !s->fatal && !atomic_load(&s->stop),
+		                      memory_order_release);
+		return;
+	}
+	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+		kreq__log(s->conf, 6, "server", "assigned %d partition(s) of %s", l->cnt,
+		          s->req_topic);
+		assign_parts(s, l);
+		rd_kafka_assign(rk, l);
+		s->paused = false;
+		atomic_store_explicit(&s->ready, !s->fatal && !atomic_load(&s->stop),
+		                      memory_order_release);
+		/* counted once serving: rebalances_total >= 1 implies ready */
+		atomic_fetch_add_explicit(&s->m.rebalances, 1, memory_order_relaxed);
+		return;
+	}
+	/* revoked (or a rebalance error): let running handlers finish (within
+	 * the grace period), secure what is complete, drop the rest */
+	atomic_store_explicit(&s->ready, false, memory_order_release);
+	kreq__poison_unhold(s); /* a suspect that did not start: redone by the next owner */
+	run_recorded(s);        /* started: they finish within the grace period */
+	bool was_draining = s->draining;
+	s->draining = true; /* also: commit synchronously in light mode */
+	finish_in_flight(s);
+	kreq__txn_commit(s);
+	s->draining = was_draining;
+	drop_all(s);
+	s->rewind_needed = s->txn_mode && !s->producer; /* one is re-created first */
+	rd_kafka_assign(rk, NULL);
+}
+
+/* After an aborted transaction or a failed delivery: forget everything not
+ * committed and continue from the committed offsets. Kafka being out of
+ * reach does not stop the worker: without a producer (kafka.c's fencing
+ * rule) or the committed offsets the rewind stays pending, nothing is
+ * consumed, and it is tried again at a later step (at most every
+ * KREQ__REWIND_RETRY_MS). */
+static void rewind_all(kreq_server_t *s)
+{
+	int64_t now = kreq__mono_ns();
+	if (now < s->rewind_retry_ns)
+		return;
+	/* first: nothing of the dropped state may commit (faults.h) */
+	kreq__txn_abort(s, "rewinding to the committed offsets");
+	if (s->txn_mode && kreq__kafka_producer_restart(s)) {
+		s->rewind_retry_ns = now + KREQ__REWIND_RETRY_MS * 1000000LL;
+		return; /* still pending */
+	}
+	s->rewind_needed = false;
+	kreq__faults_rewound(&s->faults);
+	atomic_fetch_add_explicit(&s->m.rewinds, 1, memory_order_relaxed);
+	if (rd_kafka_fatal_error(s->consumer, NULL, 0)) { /* fenced from the group */
+		kreq__member_fatal(s);
+		return;
+	}
+	rd_kafka_topic_partition_list_t *l = NULL;
+	if (rd_kafka_assignment(s->consumer, &l) || !l)
+		return;
+	kreq__log(s->conf, 5, "server", "rewinding %d partition(s) to their committed offsets",
+	          l->cnt);
+	drop_all(s);
+	if (l->cnt == 0) { /* nothing assigned (cooperative: possible), nothing to seek */
+		rd_kafka_topic_partition_list_destroy(l);
+		return;
+	}
+	if (assign_parts(s, l) == KREQ_OK &&
+	    rd_kafka_committed(s->consumer, l, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+		for (int i = 0; i < l->cnt; i++)
+			if (l->elems[i].offset < 0)
+				l->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
+		rd_kafka_error_t *e = rd_kafka_seek_partitions(s->consumer, l, 10000);
+		if (e) {
+			kreq__loop_fatal(s, KREQ_EKAFKA, "seeking back to committed offsets: %s",
+			                 rd_kafka_error_string(e));
+			rd_kafka_error_destroy(e);
+		}
+		if (s->paused)
+			rd_kafka_resume_partitions(s->consumer, l);
+		s->paused = false;
+	} else if (!s->fatal && !atomic_load(&s->stop)) {
+		kreq__log(s->conf, 4, "server",
+		          "cannot read the committed offsets to rewind: tried again in %d ms",
+		          KREQ__REWIND_RETRY_MS);
+		s->rewind_needed = true;
+		s->rewind_retry_ns = kreq__mono_ns() + KREQ__REWIND_RETRY_MS * 1000000LL;
+	}
+	rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* The group fenced this worker's consumer (member.c): forget everything
+ * not committed, as a rewind, and rejoin with a new consumer. */
+static void member_renew(kreq_server_t *s)
+{
+	s->member_fenced = false;
+	atomic_store_explicit(&s->ready, false, memory_order_release);
+	kreq__txn_abort(s, "the group fenced this worker");
+	s->rewind_needed = s->txn_mode && !s->producer; /* one is re-created first */
+	kreq__faults_rewound(&s->faults);
+	kreq__poison_discard(s); /* not started: the next owner runs them */
+	drop_all(s);
+	s->paused = false;
+	kreq__kafka_consumer_renew(s, on_rebalance);
+}
+
+static void set_paused(kreq_server_t *s, bool pause)
+{
+	rd_kafka_topic_partition_list_t *l = NULL;
+	/* no consumer: its re-creation failed (member_renew), the loop stops */
+	if (!s->consumer || rd_kafka_assignment(s->consumer, &l) || !l)
+		return;
+	if (pause)
+		rd_kafka_pause_partitions(s->consumer, l);
+	else
+		rd_kafka_resume_partitions(s->consumer, l);
+	rd_kafka_topic_partition_list_destroy(l);
+	s->paused = pause;
+}
+
+static void flow_control(kreq_server_t *s)
+{
+	size_t n = atomic_load_explicit(&s->in_progress, memory_order_relaxed);
+	bool blocked = kreq__poison_blocked(s); /* a suspect runs alone */
+	bool room = kreq__request_room(s) && !blocked;
+	if (!s->paused && !room) {
+		set_paused(s, true);
+		if (!blocked &&
+		    n < s->max_in_flight) /* out of slots: abandoned handlers hold them */
+			kreq__log(
+			    s->conf, 3, "server",
+			    "%zu handler(s) answered at their deadline have still not returned "
+			    "(server.handler.grace.ms): the worker takes no new requests until "
+			    "they do",
+			    s->nslots - s->slot_nfree - n);
+	} else if (s->paused && room && n <= s->max_in_flight * 3 / 4) {
+		set_paused(s, false);
+	}
+}
+
+/* ---- the loop ----------------------------------------------------------- */
+
+static void drain_efd(kreq_server_t *s)
+{
+	uint64_t v;
+	while (read(s->efd, &v, sizeof(v)) == (ssize_t)sizeof(v))
+		;
+}
+
+static void swap_keyring(kreq_server_t *s)
+{
+	if (!atomic_load_explicit(&s->kr_swap, memory_order_acquire))
+		return;
+	pthread_mutex_lock(&s->kr_lock);
+	kreq_keyring_t *old = s->kr;
+	s->kr = s->kr_next;
+	s->kr_next = NULL;
+	atomic_store_explicit(&s->kr_swap, false, memory_order_release);
+	pthread_mutex_unlock(&s->kr_lock);
+	kreq_keyring_release(old);
+	kreq__log(s->conf, 5, "server", "keyring replaced");
+}
+
+/* While no record may be taken (paused: at the limit, or a poison suspect
+ * runs alone), the consumer is still polled: rebalances and errors are
+ * served there, and a member that stops polling holds up the whole group's
+ * rebalance (or is evicted after max.poll.interval.ms). A record that
+ * arrives anyway (fetched before the pause) is put back: its partition is
+ * sought to it, so it is fetched again on resume. */
+static void serve_events(kreq_server_t *s)
+{
+	rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, 0);
+	if (!m)
+		return;
+	if (m->err || !m->rkt) {
+		kreq__handle_record(s, m);
+		rd_kafka_message_destroy(m);
+		return;
+	}
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(l, rd_kafka_topic_name(m->rkt), m->partition)->offset =
+	    m->offset;
+	rd_kafka_message_destroy(m);
+	rd_kafka_error_t *e = rd_kafka_seek_partitions(s->consumer, l, 5000);
+	rd_kafka_topic_partition_list_destroy(l);
+	if (e) { /* not put back: everything uncommitted is redone */
+		kreq__log(s->conf, 4, "server", "putting back a record fetched while paused: %s",
+		          rd_kafka_error_string(e));
+		rd_kafka_error_destroy(e);
+		s->rewind_needed = true;
+	}
+}
+
+/* Reads up to max records; true if the queue may hold more. */
+static bool consume(kreq_server_t *s, int max)
+{
+	int n = 0;
+	bool more = true;
+	for (; more && n < max; n++) {
+		/* at the limit, stop taking records: flow_control() pauses the
+		 * partitions, which drops what was prefetched and refetches it from
+		 * the consumed position on resume */
+		if (!kreq__request_room(s) || s->rewind_needed || kreq__poison_blocked(s) ||
+		    atomic_load_explicit(&s->in_progress, memory_order_relaxed) +
+		            kreq__poison_pending(s) >=
+		        s->max_in_flight) {
+			if (s->paused && !s->rewind_needed)
+				serve_events(s);
+			break;
+		}
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, 0);
+		if (!m)
+			break;
+		kreq__hop(W_RECV);
+		kreq__handle_record(s, m);
+		rd_kafka_message_destroy(m);
+		more = !s->fatal && !s->rewind_needed; /* what follows would be redone */
+	}
+	if (n)
+		s->last_record_ns = kreq__mono_ns();
+	return more && n == max;
+}
+
+static bool commit_due(kreq_server_t *s, int64_t now_ns)
+{
+	size_t busy = atomic_load_explicit(&s->in_progress, memory_order_relaxed);
+	if (s->txn_mode) {
+		if (!s->txn_open)
+			return false;
+		bool idle = busy == 0 && now_ns - s->last_record_ns >= s->linger_ms * 1000000;
+		return idle || s->txn_results >= s->batch_max ||
+		       now_ns - s->txn_start_ns >= s->batch_ms * 1000000;
+	}
+	/* light: offsets are only a restart point, committed every batch_ms */
+	return now_ns - s->light_commit_ns >= s->batch_ms * 1000000;
+}
+
+static int wait_ms(kreq_server_t *s, int64_t now_ns)
+{
+	int64_t left = 1000;
+	if (s->txn_mode && s->txn_open) {
+		left = s->batch_ms - (now_ns - s->txn_start_ns) / 1000000;
+		int64_t idle = s->linger_ms - (now_ns - s->last_record_ns) / 1000000;
+		if (atomic_load_explicit(&s->in_progress, memory_order_relaxed) == 0 && idle < left)
+			left = idle;
+	} else if (!s->txn_mode && s->batch_ms > 0) {
+		left = s->batch_ms - (now_ns - s->light_commit_ns) / 1000000;
+	} /* light with server.txn.batch.ms=0: offsets go at every step, and
+	     an idle loop sleeps like any other (a zero timeout made it spin) */
+	int64_t overdue = kreq__overdue_next_ms(s, kreq__now_ms());
+	if (overdue < left)
+		left = overdue;
+	return left < 0 ? 0 : left > 1000 ? 1000 : (int)left;
+}
+
+static void housekeeping(kreq_server_t *s, int64_t now_ns)
+{
+	if (now_ns - s->housekeeping_ns < 1000000000LL)
+		return;
+	s->housekeeping_ns = now_ns;
+	int64_t now = kreq__now_ms();
+	for (int32_t p = 0; p < s->nparts; p++)
+		if (s->parts[p])
+			kreq__dedup_expire(&s->parts[p]->dd, now);
+	kreq__dd_tenants_sweep(&s->dd_tenants);
+}
+
+static void step(kreq_server_t *s, bool fetch, bool *more)
+{
+	drain_efd(s);
+	swap_keyring(s);
+	if (kreq__process_completions(s))
+		s->last_record_ns = kreq__mono_ns();
+	*more = fetch && consume(s, 1000);
+	run_recorded(s);
+	if (s->member_fenced && !s->fatal)
+		member_renew(s);
+	if (s->producer)
+		rd_kafka_poll(s->producer, 0);
+	if (s->batch_producer)
+		rd_kafka_poll(s->batch_producer, 0);
+	kreq__process_completions(s);
+	kreq__expire_overdue(s);
+	if (s->dd_bound_due) { /* not from the delivery report: a settle may be under way */
+		s->dd_bound_due = false;
+		kreq__dedup_bound(s, NULL);
+	}
+	/* no producer (kafka.c's fencing rule): nothing is consumed until a
+	 * rewind re-created one, whatever cleared the flag meanwhile */
+	if (s->txn_mode && !s->producer && !s->fatal)
+		s->rewind_needed = true;
+	if (s->rewind_needed && !s->fatal)
+		rewind_all(s);
+	if (fetch)
+		flow_control(s);
+	int64_t now = kreq__mono_ns();
+	if (commit_due(s, now)) {
+		kreq__txn_commit(s);
+		s->light_commit_ns = now;
+		if (s->rewind_needed && !s->fatal)
+			rewind_all(s);
+	}
+	housekeeping(s, now);
+}
+
+static void block(kreq_server_t *s, int timeout_ms)
+{
+	struct pollfd pfd = {.fd = s->efd, .events = POLLIN};
+	if (poll(&pfd, 1, timeout_ms) < 0 && errno != EINTR)
+		kreq__loop_fatal(s, KREQ_EIO, "poll: %s", strerror(errno));
+}
+
+/* Stop: no more fetching; in-flight work may finish within the grace
+ * period and is committed; what is still running then is abandoned. */
+static void shut_down(kreq_server_t *s)
+{
+	atomic_store_explicit(&s->ready, false, memory_order_release);
+	kreq__log(s->conf, 6, "server", "stopping: %zu request(s) in progress",
+	          atomic_load(&s->in_progress));
+	set_paused(s, true);
+	finish_in_flight(s);
+	s->draining = true;
+	if (!s->fatal)
+		kreq__txn_commit(s);
+	s->draining_abandon = true;
+	drop_all(s);
+}
+
+int kreq__loop_run(kreq_server_t *s)
+{
+	s->loop_thread = pthread_self();
+	atomic_store_explicit(&s->loop_running, true, memory_order_release);
+	s->light_commit_ns = s->housekeeping_ns = kreq__mono_ns();
+	if (kreq__kafka_start(s, on_rebalance) == 0 && kreq__pool_start(s) == 0) {
+		kreq__log(s->conf, 6, "server", "serving %s (%s mode) as %s", s->req_topic,
+		          s->txn_mode ? "transactional" : "light", s->client_id);
+		bool more = false;
+		while (!s->fatal && !atomic_load(&s->stop)) {
+			step(s, true, &more);
+			if (!more && !s->fatal && !atomic_load(&s->stop))
+				block(s, wait_ms(s, kreq__mono_ns()));
+		}
+		shut_down(s);
+	}
+	kreq__kafka_close(s);
+	drop_all(s);
+	atomic_store_explicit(&s->loop_running, false, memory_order_release);
+	return s->loop_err;
+}
