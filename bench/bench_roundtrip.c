@@ -8,8 +8,8 @@
  *         (verifies the request, signs a reply, produces it to the reply
  *         topic) -> the client's reply consumer -> future settled.
  *   With KREQ_BENCH_WORKER=light or =transactional the kreq side is served
- *   by the real server (kreq/server.h, what kreqd runs) in that
- *   server.mode instead of the bench's echo worker: verification, dedup
+ *   by the real server (kreq/worker.h, what kreqd runs) in that
+ *   worker.mode instead of the bench's echo worker: verification, dedup
  *   state, results records, offsets (in one transaction per batch in
  *   transactional mode), the raw baseline unchanged, in the same run.
  * Both echo workers run the same loop with the same librdkafka settings
@@ -31,7 +31,7 @@
  * and, if KREQ_BENCH_BROKER_PID names the Kafka broker's process, in it.
  *
  * For experiments: KREQ_BENCH_CONF="name=value,..." sets client properties
- * (e.g. kafka.linger.ms=1), KREQ_BENCH_SERVER_CONF the same for the real
+ * (e.g. kafka.linger.ms=1), KREQ_BENCH_WORKER_CONF the same for the real
  * server; KREQ_BENCH_ONLY=256 runs only that load (for a profiler; any
  * other number runs that many calls in flight instead of 256: 1024 shows
  * whether a load is bound by latency or by CPU); KREQ_BENCH_VERBOSE=1 prints
@@ -54,7 +54,7 @@
 #include "common/hoptrace.h"
 #include "common/internal.h"
 #include "kreq/client.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 #include "proto/envelope.h"
 
 static const char *bootstrap;
@@ -238,7 +238,7 @@ static void delete_topics(void)
 
 /* ---- the real server as the kreq worker (KREQ_BENCH_WORKER) ------------- */
 
-static void server_echo(kreq_request_t *r, void *opaque)
+static void worker_echo(kreq_request_t *r, void *opaque)
 {
 	(void)opaque;
 	size_t len;
@@ -246,32 +246,32 @@ static void server_echo(kreq_request_t *r, void *opaque)
 	kreq_request_reply(r, 0, p, len, NULL);
 }
 
-static void *server_main(void *arg)
+static void *worker_main(void *arg)
 {
 	char err[512];
-	if (kreq_server_run(arg, err, sizeof(err)))
+	if (kreq_worker_run(arg, err, sizeof(err)))
 		fprintf(stderr, "bench_roundtrip: server: %s\n", err);
 	return NULL;
 }
 
-static kreq_server_t *server_start(const char *mode, kreq_keyring_t *kr, pthread_t *t)
+static kreq_worker_t *worker_start(const char *mode, kreq_keyring_t *kr, pthread_t *t)
 {
 	kreq_conf_t *conf = kreq_conf_new();
 	char err[512];
 	if (kreq_conf_set(conf, "kafka.bootstrap.servers", bootstrap, err, sizeof(err)) ||
 	    kreq_conf_set(conf, "topic.prefix", prefix, err, sizeof(err)) ||
 	    kreq_conf_set(conf, "client.id", "bench-worker", err, sizeof(err)) ||
-	    kreq_conf_set(conf, "server.mode", mode, err, sizeof(err)) ||
+	    kreq_conf_set(conf, "worker.mode", mode, err, sizeof(err)) ||
 	    kreq_conf_set(conf, "log.level", "4", err, sizeof(err)))
 		die(err);
-	props_from_env("KREQ_BENCH_SERVER_CONF", set_kreq_prop, conf);
-	kreq_server_t *s = kreq_server_new(conf, kr, "bench", err, sizeof(err));
+	props_from_env("KREQ_BENCH_WORKER_CONF", set_kreq_prop, conf);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "bench", err, sizeof(err));
 	kreq_conf_destroy(conf);
-	if (!s || kreq_server_register(s, "bench.echo", server_echo, NULL, KREQ_HANDLER_INLINE))
+	if (!s || kreq_worker_register(s, "bench.echo", worker_echo, NULL, KREQ_HANDLER_INLINE))
 		die(s ? "register" : err);
-	pthread_create(t, NULL, server_main, s);
+	pthread_create(t, NULL, worker_main, s);
 	int64_t until = kreq__mono_ns() + 60 * 1000000000LL;
-	while (!kreq_server_ready(s)) {
+	while (!kreq_worker_ready(s)) {
 		if (kreq__mono_ns() > until)
 			die("the server did not join its group within 60 s");
 		struct timespec ts = {0, 10000000};
@@ -762,12 +762,12 @@ int main(int argc, char **argv)
 	if (strcmp(worker, "bench") && strcmp(worker, "light") && strcmp(worker, "transactional"))
 		die("KREQ_BENCH_WORKER must be bench, light or transactional");
 	echo_t *re = echo_start(false, ping, pong, NULL), *ke = NULL;
-	kreq_server_t *srv = NULL;
+	kreq_worker_t *srv = NULL;
 	pthread_t srv_thread;
 	if (!strcmp(worker, "bench"))
 		ke = echo_start(true, req, "", kr);
 	else
-		srv = server_start(worker, kr, &srv_thread);
+		srv = worker_start(worker, kr, &srv_thread);
 	char group[200];
 	snprintf(group, sizeof(group), "%s-raw", prefix);
 	raw_t raw = {.p = handle(RD_KAFKA_PRODUCER, NULL, true),
@@ -829,17 +829,17 @@ int main(int argc, char **argv)
 		echo_stop(ke);
 	if (srv) {
 		char *text = NULL; /* how the server batched its work */
-		if (kreq_server_metrics_text(srv, &text) == KREQ_OK) {
+		if (kreq_worker_metrics_text(srv, &text) == KREQ_OK) {
 			for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
-				if (!strncmp(l, "kreq_server_txn_commit_seconds_sum", 34) ||
-				    !strncmp(l, "kreq_server_txn_commit_seconds_count", 36) ||
-				    !strncmp(l, "kreq_server_txn_batch_size_sum", 30))
+				if (!strncmp(l, "kreq_worker_txn_commit_seconds_sum", 34) ||
+				    !strncmp(l, "kreq_worker_txn_commit_seconds_count", 36) ||
+				    !strncmp(l, "kreq_worker_txn_batch_size_sum", 30))
 					printf("# %s\n", l);
 			free(text);
 		}
-		kreq_server_stop(srv);
+		kreq_worker_stop(srv);
 		pthread_join(srv_thread, NULL);
-		kreq_server_destroy(srv);
+		kreq_worker_destroy(srv);
 	}
 	kreq_keyring_release(kr);
 	delete_topics();

@@ -414,10 +414,10 @@ void kreq__conf_markdown(FILE *out)
 	KREQ__KAFKA_CONSUMER_DEFAULTS(KREQ__C)
 #undef KREQ__C
 #define KREQ__SP(name, value, why) KREQ__KV_ROW("worker producer", name, value, why)
-	KREQ__KAFKA_SERVER_PRODUCER_DEFAULTS(KREQ__SP)
+	KREQ__KAFKA_WORKER_PRODUCER_DEFAULTS(KREQ__SP)
 #undef KREQ__SP
 #define KREQ__SC(name, value, why) KREQ__KV_ROW("worker consumer", name, value, why)
-	KREQ__KAFKA_SERVER_CONSUMER_DEFAULTS(KREQ__SC)
+	KREQ__KAFKA_WORKER_CONSUMER_DEFAULTS(KREQ__SC)
 #undef KREQ__SC
 #undef KREQ__KV_ROW
 }

@@ -79,80 +79,80 @@
 	  "At most one slow-request report per this interval.")                                    \
 	X(SLOW_REPORT_ENTRIES, "slow.report.entries", INT, "5", 1, 100,                            \
 	  "How many of the oldest pending calls a slow-request report lists.")                     \
-	X(SERVER_MODE, "server.mode", STR, "transactional", 1, 32,                                 \
+	X(WORKER_MODE, "worker.mode", STR, "transactional", 1, 32,                                 \
 	  "How a worker publishes results: `transactional` writes the reply, the result record "   \
 	  "and the request offset in one Kafka transaction (exactly-once: no handler runs again "  \
 	  "once its transaction committed); `light` uses an idempotent producer and commits "      \
 	  "offsets after delivery (lower latency, at-least-once: a crash may run a handler again " \
 	  "and publish its reply twice).")                                                         \
-	X(SERVER_HANDLER_THREADS, "server.handler.threads", INT, "4", 1, 1024,                     \
+	X(WORKER_HANDLER_THREADS, "worker.handler.threads", INT, "4", 1, 1024,                     \
 	  "Threads that run handlers not registered as inline.")                                   \
-	X(SERVER_MAX_IN_FLIGHT, "server.max.in.flight", INT, "1000", 1, 1000000,                   \
+	X(WORKER_MAX_IN_FLIGHT, "worker.max.in.flight", INT, "1000", 1, 1000000,                   \
 	  "Most requests a worker has in progress at once, counting duplicates waiting on a "      \
 	  "running one (at most 16 each); at the limit it pauses fetching.")                       \
-	X(SERVER_MIN_BUDGET_MS, "server.min.budget.ms", INT, "1", 0, 3600000,                      \
+	X(WORKER_MIN_BUDGET_MS, "worker.min.budget.ms", INT, "1", 0, 3600000,                      \
 	  "A request with less than this left before its deadline is not started (status 2).")     \
-	X(SERVER_START_TIMEOUT_MS, "server.start.timeout.ms", INT, "30000", 1000, 600000,          \
-	  "Longest kreq_server_run() waits for Kafka while starting (topics, the transactional "   \
+	X(WORKER_START_TIMEOUT_MS, "worker.start.timeout.ms", INT, "30000", 1000, 600000,          \
+	  "Longest kreq_worker_run() waits for Kafka while starting (topics, the transactional "   \
 	  "producer's init_transactions()) before it fails with KREQ_EKAFKA.")                     \
-	X(SERVER_SHUTDOWN_GRACE_MS, "server.shutdown.grace.ms", INT, "10000", 0, 3600000,          \
+	X(WORKER_SHUTDOWN_GRACE_MS, "worker.shutdown.grace.ms", INT, "10000", 0, 3600000,          \
 	  "On stop, how long in-flight handlers may run before their work is abandoned "           \
 	  "(uncommitted, so another worker redoes it).")                                           \
-	X(SERVER_RATE_LIMIT, "server.rate.limit.per.key", INT, "0", 0, 100000000,                  \
+	X(WORKER_RATE_LIMIT, "worker.rate.limit.per.key", INT, "0", 0, 100000000,                  \
 	  "Requests per second accepted per signing key id (token bucket, burst of one second); "  \
 	  "excess requests get status 7. 0 disables.")                                             \
-	X(SERVER_REPLY_TOPIC_ALLOW, "server.reply.topic.allow", STR, "", 0, 4096,                  \
+	X(WORKER_REPLY_TOPIC_ALLOW, "worker.reply.topic.allow", STR, "", 0, 4096,                  \
 	  "Comma-separated fnmatch(3) patterns a request's reply topic must match, or the "        \
 	  "request is dropped and counted. Empty: <topic.prefix>.reply.*")                         \
-	X(SERVER_TXN_BATCH_MAX, "server.txn.batch.max", INT, "1000", 1, 1000000,                   \
+	X(WORKER_TXN_BATCH_MAX, "worker.txn.batch.max", INT, "1000", 1, 1000000,                   \
 	  "Most results per Kafka transaction. A transaction also commits when it is "             \
-	  "server.txn.batch.ms old, or when no request is in progress and none arrived for "       \
-	  "server.txn.linger.ms.")                                                                 \
-	X(SERVER_TXN_BATCH_MS, "server.txn.batch.ms", INT, "20", 0, 60000,                         \
-	  "Longest a transaction stays open while requests are in progress; in server.mode=light " \
+	  "worker.txn.batch.ms old, or when no request is in progress and none arrived for "       \
+	  "worker.txn.linger.ms.")                                                                 \
+	X(WORKER_TXN_BATCH_MS, "worker.txn.batch.ms", INT, "20", 0, 60000,                         \
+	  "Longest a transaction stays open while requests are in progress; in worker.mode=light " \
 	  "the interval between offset commits (0: at every loop step).")                          \
-	X(SERVER_TXN_LINGER_MS, "server.txn.linger.ms", INT, "2", 0, 60000,                        \
+	X(WORKER_TXN_LINGER_MS, "worker.txn.linger.ms", INT, "2", 0, 60000,                        \
 	  "When no request is in progress, how long a transaction waits for more records before "  \
 	  "it commits: callers whose requests arrive together then share one commit.")             \
-	X(SERVER_TXN_CALL_TIMEOUT_MS, "server.txn.call.timeout.ms", INT, "30000", 1000, 600000,    \
+	X(WORKER_TXN_CALL_TIMEOUT_MS, "worker.txn.call.timeout.ms", INT, "30000", 1000, 600000,    \
 	  "Transactional mode: longest one transaction call (sending the offsets, commit, abort) " \
 	  "may take. Past it the outcome is unknown: the worker fences its producer (a new "       \
 	  "epoch) "                                                                                \
 	  "and rewinds to the committed offsets, never retrying in the old epoch. The worker "     \
 	  "serves nothing while a call waits.")                                                    \
-	X(SERVER_BATCH_LINGER_MS, "server.batch.linger.ms", INT, "1", 0, 1000,                     \
+	X(WORKER_BATCH_LINGER_MS, "worker.batch.linger.ms", INT, "1", 0, 1000,                     \
 	  "Light mode: Kafka linger.ms of the worker's batching producer, which takes every "      \
-	  "result record and, under load, the replies (server.batch.threshold): fewer, larger "    \
+	  "result record and, under load, the replies (worker.batch.threshold): fewer, larger "    \
 	  "ProduceRequests. Replies at low load leave at once on the other producer.")             \
-	X(SERVER_BATCH_THRESHOLD, "server.batch.threshold", INT, "32", 0, 1000000,                 \
+	X(WORKER_BATCH_THRESHOLD, "worker.batch.threshold", INT, "32", 0, 1000000,                 \
 	  "Light mode: when the loop applies at least this many handler results together, their "  \
-	  "replies go through the batching producer (server.batch.linger.ms) instead of leaving "  \
+	  "replies go through the batching producer (worker.batch.linger.ms) instead of leaving "  \
 	  "at once; 0 never batches replies.")                                                     \
-	X(SERVER_DEDUP_RETENTION_MS, "server.dedup.retention.ms", INT, "604800000", 1000,          \
+	X(WORKER_DEDUP_RETENTION_MS, "worker.dedup.retention.ms", INT, "604800000", 1000,          \
 	  315360000000,                                                                            \
 	  "How long a result is kept for deduplication (also the results topic's retention.ms "    \
 	  "when the worker creates it). Keep verification keys at least this long.")               \
-	X(SERVER_DEDUP_MAX_BYTES, "server.dedup.max.bytes", INT, "268435456", 1048576,             \
+	X(WORKER_DEDUP_MAX_BYTES, "worker.dedup.max.bytes", INT, "268435456", 1048576,             \
 	  1099511627776,                                                                           \
 	  "Memory a worker spends on stored results (all its partitions). Beyond it the key id "   \
-	  "holding the most makes room (server.dedup.key.max.bytes says how). Only when even "     \
+	  "holding the most makes room (worker.dedup.key.max.bytes says how). Only when even "     \
 	  "their small findable records do not fit does a key stop deduplicating before its "      \
-	  "retention ends: kreq_server_dedup_evicted_total counts those and the worker logs a "    \
+	  "retention ends: kreq_worker_dedup_evicted_total counts those and the worker logs a "    \
 	  "warning.")                                                                              \
-	X(SERVER_REBUILD_TIMEOUT_MS, "server.dedup.rebuild.timeout.ms", INT, "60000", 1000,        \
+	X(WORKER_REBUILD_TIMEOUT_MS, "worker.dedup.rebuild.timeout.ms", INT, "60000", 1000,        \
 	  86400000,                                                                                \
 	  "Longest a worker's dedup rebuild may take when partitions are assigned, waiting for "   \
 	  "transactions open on the results topic when it started included; past it the worker "   \
 	  "stops (kreqd exits 1) naming the partition.")                                           \
-	X(SERVER_TOPIC_PARTITIONS, "server.topic.partitions", INT, "6", 1, 100000,                 \
+	X(WORKER_TOPIC_PARTITIONS, "worker.topic.partitions", INT, "6", 1, 100000,                 \
 	  "Partitions of the requests and results topics when the worker creates them.")           \
-	X(SERVER_TOPIC_REPLICATION, "server.topic.replication.factor", INT, "0", -1, 32,           \
+	X(WORKER_TOPIC_REPLICATION, "worker.topic.replication.factor", INT, "0", -1, 32,           \
 	  "Replication factor of the requests and results topics when the worker creates them. "   \
 	  "0: min(3, Kafka brokers in the cluster's metadata), so one Kafka broker may fail "      \
 	  "without losing results (the dedup store) or stopping the service; -1: the Kafka "       \
 	  "broker's default.replication.factor (1 out of the box). An existing topic with fewer "  \
 	  "replicas is logged as a warning naming it (docs/operations.md).")                       \
-	X(SERVER_SERVICE, "service", STR, "", 0, 200,                                              \
+	X(WORKER_SERVICE, "service", STR, "", 0, 200,                                              \
 	  "kreqd: the service to serve (methods <service>.<name>).")                               \
 	X(KREQD_PLUGINS, "kreqd.plugins", STR, "", 0, 4096,                                        \
 	  "kreqd: comma-separated paths of handler plugins (kreq/plugin.h).")                      \
@@ -169,38 +169,38 @@
 	X(LOG_LEVEL, "log.level", INT, "6", 0, 7,                                                  \
 	  "Most verbose syslog level logged (3 error, 4 warning, 6 info, 7 debug). Logs go to "    \
 	  "stderr unless kreq_conf_set_log_cb() sets a callback.")                                 \
-	X(SERVER_DEDUP_KEY_MAX_BYTES, "server.dedup.key.max.bytes", INT, "0", 0, 1099511627776,    \
+	X(WORKER_DEDUP_KEY_MAX_BYTES, "worker.dedup.key.max.bytes", INT, "0", 0, 1099511627776,    \
 	  "Memory the stored results of one signing key id may hold on a worker (all its "         \
 	  "partitions); 0: no per-key budget. A key over it makes room among its own results "     \
-	  "only, oldest first, and server.dedup.max.bytes makes room in the key holding the "      \
+	  "only, oldest first, and worker.dedup.max.bytes makes room in the key holding the "      \
 	  "most. A result leaving memory stays findable (key, digest, expiry and its offset in "   \
 	  "the results topic, about 200 bytes, counted in the budgets): a retry reads it back "    \
 	  "from the results topic and the handler does not run again.")                            \
-	X(SERVER_HANDLER_GRACE_MS, "server.handler.grace.ms", INT, "1000", 0, 3600000,             \
+	X(WORKER_HANDLER_GRACE_MS, "worker.handler.grace.ms", INT, "1000", 0, 3600000,             \
 	  "How long past a request's deadline its handler may still reply. Then the worker "       \
 	  "answers status 2 (\"handler did not finish before the deadline\"), stores that as the " \
 	  "result (a retry gets the same answer; the work is not run again), frees the request's " \
-	  "place in server.max.in.flight and its offset, flags it cancelled and refuses the "      \
+	  "place in worker.max.in.flight and its offset, flags it cancelled and refuses the "      \
 	  "handler's late reply (KREQ_ESTATE).")                                                   \
-	X(SERVER_MAX_DEADLINE_MS, "server.max.deadline.ms", INT, "86400000", 1000, 315360000000,   \
+	X(WORKER_MAX_DEADLINE_MS, "worker.max.deadline.ms", INT, "86400000", 1000, 315360000000,   \
 	  "A worker drops (counts, never runs or answers) a request whose deadline is further "    \
 	  "than this plus clock.skew.ms from now: the signer cannot stretch the replay window. "   \
 	  "The default is the longest request.timeout.ms a client accepts. "                       \
-	  "server.dedup.retention.ms must be at least this plus server.max.request.age.ms.")       \
-	X(SERVER_MAX_REQUEST_AGE_MS, "server.max.request.age.ms", INT, "86400000", 1000,           \
+	  "worker.dedup.retention.ms must be at least this plus worker.max.request.age.ms.")       \
+	X(WORKER_MAX_REQUEST_AGE_MS, "worker.max.request.age.ms", INT, "86400000", 1000,           \
 	  315360000000,                                                                            \
 	  "A worker drops (counts, never runs or answers) a request issued longer ago than this "  \
 	  "plus clock.skew.ms, whatever its deadline. Each attempt carries its own issue time, "   \
 	  "never older than its timeout while its deadline is ahead, so the default (the "         \
 	  "longest request.timeout.ms) drops only requests no kreq client sends.")                 \
-	X(SERVER_RESULT_SIGNERS, "server.result.signers", STR, "", 0, 4096,                        \
+	X(WORKER_RESULT_SIGNERS, "worker.result.signers", STR, "", 0, 4096,                        \
 	  "Comma-separated key ids whose Results the dedup rebuild accepts from the results "      \
 	  "topic; Results signed by any other key (a tenant's, say) are counted "                  \
-	  "(kreq_server_results_ignored_total) and ignored. Must include the signing key. Empty: " \
+	  "(kreq_worker_results_ignored_total) and ignored. Must include the signing key. Empty: " \
 	  "the keyring's signing key only. When rotating the workers' signing key, list the old "  \
-	  "and the new id (and keep the old key in the key file) for server.dedup.retention.ms "   \
+	  "and the new id (and keep the old key in the key file) for worker.dedup.retention.ms "   \
 	  "(docs/operations.md).")                                                                 \
-	X(SERVER_TOPIC_MIN_ISR, "server.topic.min.insync.replicas", INT, "0", -1, 32,              \
+	X(WORKER_TOPIC_MIN_ISR, "worker.topic.min.insync.replicas", INT, "0", -1, 32,              \
 	  "min.insync.replicas of the requests and results topics when the worker creates them: "  \
 	  "a write (acks=all) succeeds once this many replicas have it. 0: the replication "       \
 	  "factor minus 1, at least 1 (2 of 3: a result survives the loss of any one Kafka "       \
@@ -212,24 +212,24 @@
 	  "cluster's metadata), so replies keep coming when one Kafka broker fails; -1: the "      \
 	  "Kafka broker's default. An existing reply topic with fewer replicas is logged as a "    \
 	  "warning.")                                                                              \
-	X(SERVER_POISON_MAX_ATTEMPTS, "server.poison.max.attempts", INT, "3", 0, 32,               \
+	X(WORKER_POISON_MAX_ATTEMPTS, "worker.poison.max.attempts", INT, "3", 0, 32,               \
 	  "A request whose handler was started this many times without finishing (its worker "     \
 	  "crashed or lost the partition each time; counted across replicas in "                   \
 	  "<topic.prefix>.<service>.attempts) is not run again: it is answered with status 10 "    \
 	  "(poison), that result is stored, and the request with its attempts goes to "            \
 	  "<topic.prefix>.<service>.dead. 0 disables counting (no attempts written).")             \
-	X(SERVER_POISON_DEAD_RETENTION_MS, "server.poison.dead.retention.ms", INT, "2592000000",   \
+	X(WORKER_POISON_DEAD_RETENTION_MS, "worker.poison.dead.retention.ms", INT, "2592000000",   \
 	  60000, 315360000000,                                                                     \
 	  "retention.ms of the dead-letter topic <topic.prefix>.<service>.dead when the worker "   \
 	  "creates it (default 30 days).")                                                         \
-	X(SERVER_POISON_SOLO_MAX_MS, "server.poison.solo.max.ms", INT, "5000", 0, 86400000,        \
+	X(WORKER_POISON_SOLO_MAX_MS, "worker.poison.solo.max.ms", INT, "5000", 0, 86400000,        \
 	  "A request whose handler was already started without finishing (a suspect of an "        \
 	  "earlier crash) runs alone: nothing else starts beside it, so that if it crashes the "   \
 	  "worker again, only it is counted. After this long it no longer runs alone: other "      \
 	  "requests start beside it (if it then crashes the worker, they are counted with it and " \
 	  "run alone in turn). Bounds how long one hanging suspect stalls the worker. 0: alone "   \
-	  "until it finishes (or its deadline + server.handler.grace.ms).")                        \
-	X(SERVER_POISON_JOURNAL, "server.poison.journal", STR, "", 0, 4096,                        \
+	  "until it finishes (or its deadline + worker.handler.grace.ms).")                        \
+	X(WORKER_POISON_JOURNAL, "worker.poison.journal", STR, "", 0, 4096,                        \
 	  "File (mapped into memory) where the worker notes the requests whose handlers run, so "  \
 	  "that after a crash its next start records them in the attempts topic. With it a "       \
 	  "handler start costs a memory write instead of an acknowledged Kafka write (requests "   \
@@ -239,16 +239,16 @@
 	  "<kreqd.state.dir>/<service>.<client.id>.journal when kreqd.state.dir (or systemd's "    \
 	  "$RUNTIME_DIRECTORY) is set.")                                                           \
 	X(KREQD_STATE_DIR, "kreqd.state.dir", STR, "", 0, 4000,                                    \
-	  "kreqd: directory for the crash journal (server.poison.journal); empty: "                \
+	  "kreqd: directory for the crash journal (worker.poison.journal); empty: "                \
 	  "$RUNTIME_DIRECTORY (systemd's RuntimeDirectory=) if set, else no journal.")             \
-	X(SERVER_STATIC_MEMBERSHIP, "server.static.membership", BOOL, "true", 0, 0,                \
+	X(WORKER_STATIC_MEMBERSHIP, "worker.static.membership", BOOL, "true", 0, 0,                \
 	  "Join the consumer group as a static member (Kafka's group.instance.id, "                \
-	  "server.group.instance.id): a worker that restarts within kafka.session.timeout.ms "     \
+	  "worker.group.instance.id): a worker that restarts within kafka.session.timeout.ms "     \
 	  "gets its own partitions back with no rebalance of the group, where a dynamic member "   \
 	  "stops every replica twice (leave, rejoin). A static member does not leave the group "   \
 	  "when it stops: its partitions wait up to kafka.session.timeout.ms before they move "    \
 	  "(docs/operations.md, \"Restarts\"). false: dynamic membership.")                        \
-	X(SERVER_GROUP_INSTANCE_ID, "server.group.instance.id", STR, "", 0, 249,                   \
+	X(WORKER_GROUP_INSTANCE_ID, "worker.group.instance.id", STR, "", 0, 249,                   \
 	  "The static member's group.instance.id. Empty: the worker's client.id, which is "        \
 	  "already unique per replica (it names the transactional.id). A fenced worker rejoins "   \
 	  "with a new consumer; two live workers with one instance id fence each other, and the "  \
@@ -283,14 +283,14 @@
 	X("enable.auto.commit", "false", "the reply consumer commits nothing")                     \
 	X("enable.partition.eof", "false", "no end-of-partition events")
 
-/* librdkafka settings a worker (kreq_server_run) applies before the user's
+/* librdkafka settings a worker (kreq_worker_run) applies before the user's
  * "kafka." properties. */
-#define KREQ__KAFKA_SERVER_PRODUCER_DEFAULTS(X)                                                    \
+#define KREQ__KAFKA_WORKER_PRODUCER_DEFAULTS(X)                                                    \
 	X("linger.ms", "0",                                                                        \
 	  "replies leave at once; batching happens while a request is in flight")                  \
 	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
 	X("enable.idempotence", "true",                                                            \
-	  "required by transactions; server.mode=light sets false (duplicates are harmless "       \
+	  "required by transactions; worker.mode=light sets false (duplicates are harmless "       \
 	  "there)")                                                                                \
 	X("max.in.flight.requests.per.connection", "1",                                            \
 	  "librdkafka's idempotent producer polls in a loop while 5 messages are in flight; "      \
@@ -313,7 +313,7 @@
 	  "after this backoff (doubling up to retry.backoff.max.ms): 100 ms by default, which "    \
 	  "stalled a call ~100 ms (docs/PERFORMANCE.md)")
 
-#define KREQ__KAFKA_SERVER_CONSUMER_DEFAULTS(X)                                                    \
+#define KREQ__KAFKA_WORKER_CONSUMER_DEFAULTS(X)                                                    \
 	X("isolation.level", "read_committed", "results and requests of committed transactions")   \
 	X("enable.auto.commit", "false", "offsets are committed in the worker's transaction")      \
 	X("enable.auto.offset.store", "false", "idem")                                             \

@@ -1,6 +1,6 @@
 /*
  * prom.h — histograms and the Prometheus text writers both sides use (the
- * client's client/metrics.c and the worker's broker/worker/smetrics.c).
+ * client's client/metrics.c and the worker's broker/worker/metrics.c).
  *
  * A histogram has fixed buckets (100 us .. ~3.3 s, doubling, then +Inf) of
  * relaxed atomic counters: observing takes no lock on the call path, and a

@@ -36,9 +36,9 @@ static void hello(kreq_request_t *r, void *opaque)
 	kreq_request_reply(r, KREQ_STATUS_OK, out, (size_t)n, NULL);
 }
 
-static int init(kreq_server_t *s, char *errstr, size_t errstr_size)
+static int init(kreq_worker_t *s, char *errstr, size_t errstr_size)
 {
-	int err = kreq_server_register(s, "greeter.hello", hello, NULL, KREQ_HANDLER_INLINE);
+	int err = kreq_worker_register(s, "greeter.hello", hello, NULL, KREQ_HANDLER_INLINE);
 	if (err)
 		snprintf(errstr, errstr_size,
 		         "cannot register greeter.hello (is service = greeter?)");

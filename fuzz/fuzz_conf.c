@@ -30,7 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	kreq_conf_t *dup = kreq_conf_dup(conf);
 	if (!dup)
 		abort();
-	static const char *const names[] = {"client.id", "request.timeout.ms", "server.mode",
+	static const char *const names[] = {"client.id", "request.timeout.ms", "worker.mode",
 	                                    "kafka.bootstrap.servers", "log.level"};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		char a[8192], b[8192];

@@ -93,7 +93,7 @@ def main():
           f"signing e\n".encode())
     write(root, "conf", "kreqd",
           b"# kreqd\nservice = billing\nkafka.bootstrap.servers = 127.0.0.1:9092\n"
-          b"server.mode = light\nserver.max.deadline.ms = 3600000\nlog.level = 7\n"
+          b"worker.mode = light\nworker.max.deadline.ms = 3600000\nlog.level = 7\n"
           b"kafka.partitioner = murmur2_random\nrequest.timeout.ms=1000\n")
     write(root, "conf", "bad", b"no equals sign\nclient.id = \nkafka. = x\n")
 

@@ -44,7 +44,7 @@ trap cleanup EXIT
 
 mkfifo "$work/mock.out"
 # The mock serves no CreateTopics: the service's topics (6 partitions, as
-# server.topic.partitions below) and kreq-demo's reply topic come up front.
+# worker.topic.partitions below) and kreq-demo's reply topic come up front.
 build/tools/kreq-mockcluster --brokers 1 --topic kreq.demo.requests:6 --topic kreq.demo.results:6 \
   --topic kreq.reply.demo-client >"$work/mock.out" 2>"$work/mock.err" &
 pids+=($!)
@@ -67,7 +67,7 @@ client.id = kreqd-$n
 kafka.bootstrap.servers = $bootstrap
 keyring.file = $work/demo.key
 kreqd.builtins = echo, sleep, fail
-server.topic.partitions = 6
+worker.topic.partitions = 6
 kreqd.metrics.port = $port
 admin.socket = $work/kreqd-$n.sock
 log.level = 5
@@ -93,10 +93,10 @@ start_replica 2
 # both replicas serve once the group has given each its partitions
 for n in 1 2; do
   for _ in $(seq 1 300); do
-    [ "$(metric "$n" 'kreq_server_rebalances_total{' 2>/dev/null || echo 0)" -ge 1 ] && break
+    [ "$(metric "$n" 'kreq_worker_rebalances_total{' 2>/dev/null || echo 0)" -ge 1 ] && break
     sleep 0.1
   done
-  [ "$(metric "$n" 'kreq_server_rebalances_total{')" -ge 1 ] ||
+  [ "$(metric "$n" 'kreq_worker_rebalances_total{')" -ge 1 ] ||
     { echo "demo: replica $n did not join the group" >&2; cat "$work/kreqd-$n.log" >&2; exit 1; }
 done
 echo
@@ -105,15 +105,15 @@ build/tools/kreq-demo --bootstrap "$bootstrap" --keyfile "$work/demo.key" \
   --admin-socket "$work/client.sock" --kreq "$KREQ"
 
 echo
-echo "what each replica did (kreq_server_handled_total by outcome, transactions):"
+echo "what each replica did (kreq_worker_handled_total by outcome, transactions):"
 handled() { # n outcome
-  metric "$1" 'kreq_server_handled_total{service="demo",worker="kreqd-'"$1"'",outcome="'"$2"'"}'
+  metric "$1" 'kreq_worker_handled_total{service="demo",worker="kreqd-'"$1"'",outcome="'"$2"'"}'
 }
 for n in 1 2; do
   printf '  kreqd-%s: ok %s, error status %s, dedup %s, conflict %s, cancelled %s, transactions %s\n' \
     "$n" "$(handled "$n" ok)" "$(handled "$n" error_status)" "$(handled "$n" dedup)" \
     "$(handled "$n" conflict)" "$(handled "$n" cancelled)" \
-    "$(metric "$n" 'kreq_server_txn_commits_total{')"
+    "$(metric "$n" 'kreq_worker_txn_commits_total{')"
 done
 
 # graceful stop: SIGTERM, in-flight work finishes, offsets commit, exit 0

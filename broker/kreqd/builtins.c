@@ -294,7 +294,7 @@ int kreqd_builtins_new(const char *list, const char *record_file, bool open_file
 	return KREQ_OK;
 }
 
-int kreqd_builtins_register(kreqd_builtins_t *b, kreq_server_t *s, const char *service,
+int kreqd_builtins_register(kreqd_builtins_t *b, kreq_worker_t *s, const char *service,
                             char *errstr, size_t errstr_size)
 {
 	for (int i = 0; i < B_COUNT; i++) {
@@ -302,7 +302,7 @@ int kreqd_builtins_register(kreqd_builtins_t *b, kreq_server_t *s, const char *s
 			continue;
 		char method[512];
 		snprintf(method, sizeof(method), "%s.%s", service, table[i].name);
-		int err = kreq_server_register(s, method, table[i].fn, b, table[i].flags);
+		int err = kreq_worker_register(s, method, table[i].fn, b, table[i].flags);
 		if (err)
 			return kreq__err(errstr, errstr_size, err, "registering built-in %s: %s",
 			                 method, kreq_strerror(err));

@@ -23,7 +23,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "kreq/server.h"
+#include "kreq/worker.h"
 
 typedef struct kreqd_builtins kreqd_builtins_t;
 
@@ -44,12 +44,12 @@ int kreqd_builtins_new(const char *list, const char *record_file, bool open_file
                        kreqd_builtins_t **out, char *errstr, size_t errstr_size);
 
 /* Registers every listed built-in as <service>.<name> on s. KREQ_OK or the
- * kreq_server_register() error, with errstr naming the method. */
-int kreqd_builtins_register(kreqd_builtins_t *b, kreq_server_t *s, const char *service,
+ * kreq_worker_register() error, with errstr naming the method. */
+int kreqd_builtins_register(kreqd_builtins_t *b, kreq_worker_t *s, const char *service,
                             char *errstr, size_t errstr_size);
 
 /* Closes the record file and frees b; only once no handler can run (after
- * kreq_server_destroy()). NULL is a no-op. */
+ * kreq_worker_destroy()). NULL is a no-op. */
 void kreqd_builtins_destroy(kreqd_builtins_t *b);
 
 #endif

@@ -26,7 +26,7 @@
 
 struct kreqd_http {
 	struct MHD_Daemon *d;
-	kreq_server_t *s;
+	kreq_worker_t *s;
 	const atomic_int *phase;
 };
 
@@ -56,7 +56,7 @@ static enum MHD_Result static_text(struct MHD_Connection *c, unsigned status, co
 static enum MHD_Result metrics(kreqd_http_t *h, struct MHD_Connection *c)
 {
 	char *text = NULL;
-	if (kreq_server_metrics_text(h->s, &text) != KREQ_OK)
+	if (kreq_worker_metrics_text(h->s, &text) != KREQ_OK)
 		return static_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
 	return respond(c, MHD_HTTP_OK, PROMETHEUS_TYPE, text, MHD_RESPMEM_MUST_FREE);
 }
@@ -65,7 +65,7 @@ static enum MHD_Result healthz(kreqd_http_t *h, struct MHD_Connection *c)
 {
 	switch (atomic_load(h->phase)) {
 	case KREQD_SERVING:
-		if (kreq_server_ready(h->s))
+		if (kreq_worker_ready(h->s))
 			return static_text(c, MHD_HTTP_OK, "ok\n");
 		return static_text(c, MHD_HTTP_SERVICE_UNAVAILABLE, "joining the group\n");
 	case KREQD_STARTING:
@@ -114,7 +114,7 @@ static int resolve(const char *address, int port, struct addrinfo **ai, char *er
 	return KREQ_OK;
 }
 
-int kreqd_http_start(const char *address, int port, kreq_server_t *s, const atomic_int *phase,
+int kreqd_http_start(const char *address, int port, kreq_worker_t *s, const atomic_int *phase,
                      kreqd_http_t **out, char *errstr, size_t errstr_size)
 {
 	struct addrinfo *ai = NULL;

@@ -2,7 +2,7 @@
  * http.h — kreqd's HTTP endpoint (libmicrohttpd) for Prometheus and health
  * checks:
  *
- *   GET /metrics  200, kreq_server_metrics_text() as
+ *   GET /metrics  200, kreq_worker_metrics_text() as
  *                 text/plain; version=0.0.4
  *   GET /healthz  200 "ok" while the server is serving; 503 "starting" or
  *                 "stopping" otherwise
@@ -17,7 +17,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
-#include "kreq/server.h"
+#include "kreq/worker.h"
 
 /* What /healthz reports; written by kreqd's main thread. */
 typedef enum { KREQD_STARTING, KREQD_SERVING, KREQD_STOPPING } kreqd_phase_t;
@@ -29,7 +29,7 @@ typedef struct kreqd_http kreqd_http_t;
  * the endpoint. KREQ_OK with *out set, or KREQ_ECONF (address does not
  * resolve) / KREQ_EIO (cannot listen) / KREQ_ENOMEM, errstr naming
  * address and port. */
-int kreqd_http_start(const char *address, int port, kreq_server_t *s, const atomic_int *phase,
+int kreqd_http_start(const char *address, int port, kreq_worker_t *s, const atomic_int *phase,
                      kreqd_http_t **out, char *errstr, size_t errstr_size);
 
 /* Stops listening, waits for the endpoint's thread and frees h. NULL is a

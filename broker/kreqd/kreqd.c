@@ -10,15 +10,15 @@
  * failure up to there is a configuration error (exit 2) logged with its
  * cause. --check stops there: it prints what would be served and exits
  * without touching Kafka. Otherwise it opens the admin socket and the HTTP
- * endpoint, starts the signal thread and calls kreq_server_run() on the
+ * endpoint, starts the signal thread and calls kreq_worker_run() on the
  * main thread until a signal stops it or the loop fails (exit 1; 2 if
  * the failure is a configuration the server refused).
  *
  * Signals: SIGTERM, SIGINT and SIGHUP are blocked before any thread starts
  * (librdkafka's, the handler pool, libmicrohttpd's all inherit the mask),
  * so only the signal thread receives them, through sigwaitinfo(), and it
- * may call anything: TERM/INT -> kreq_server_stop(); HUP -> load
- * keyring.file into a new keyring and kreq_server_set_keyring() (the old
+ * may call anything: TERM/INT -> kreq_worker_stop(); HUP -> load
+ * keyring.file into a new keyring and kreq_worker_set_keyring() (the old
  * one stays in use if that fails). At exit main wakes the thread with a
  * SIGTERM sent to that thread alone, after setting `quitting`.
  */
@@ -40,7 +40,7 @@
 #include "common/conf.h"
 #include "common/internal.h"
 #include "kreq/keyring.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 
 #ifndef KREQ_VERSION
 #define KREQ_VERSION "unknown"
@@ -64,7 +64,7 @@ typedef struct kreqd {
 	kreq_conf_t *conf;
 	const char *service, *keyfile;
 	kreq_keyring_t *kr;
-	kreq_server_t *s;
+	kreq_worker_t *s;
 	kreqd_builtins_t *builtins;
 	kreqd_plugin_t *plugins[MAX_PLUGINS];
 	size_t nplugins;
@@ -107,7 +107,7 @@ static void usage(FILE *out)
 	      "  echo, sleep, fail, record (docs/operations.md)\n"
 	      "\n"
 	      "Signals: SIGTERM/SIGINT stop gracefully (in-flight requests finish\n"
-	      "within server.shutdown.grace.ms); SIGHUP reloads keyring.file.\n"
+	      "within worker.shutdown.grace.ms); SIGHUP reloads keyring.file.\n"
 	      "\n"
 	      "Exit status:\n"
 	      "  0  stopped cleanly (signal), or --check found nothing wrong\n"
@@ -209,11 +209,11 @@ static int apply_sets(kreqd_t *k, const options_t *o)
 	return -1;
 }
 
-/* server.poison.journal, when empty: <kreqd.state.dir or
+/* worker.poison.journal, when empty: <kreqd.state.dir or
  * $RUNTIME_DIRECTORY>/<service>.<client.id>.journal (none without either). */
 static int default_journal(kreqd_t *k)
 {
-	if (*kreq__conf_str(k->conf, KREQ__P_SERVER_POISON_JOURNAL))
+	if (*kreq__conf_str(k->conf, KREQ__P_WORKER_POISON_JOURNAL))
 		return -1;
 	const char *dir = kreq__conf_str(k->conf, KREQ__P_KREQD_STATE_DIR);
 	if (!*dir)
@@ -223,7 +223,7 @@ static int default_journal(kreqd_t *k)
 	char path[4200];
 	snprintf(path, sizeof(path), "%s/%s.%s.journal", dir, k->service,
 	         kreq__conf_str(k->conf, KREQ__P_CLIENT_ID));
-	if (kreq_conf_set(k->conf, "server.poison.journal", path, k->err, sizeof(k->err)))
+	if (kreq_conf_set(k->conf, "worker.poison.journal", path, k->err, sizeof(k->err)))
 		return fail(k, EXIT_CONFIG, "configuration");
 	return -1;
 }
@@ -242,7 +242,7 @@ static int load_config(kreqd_t *k, const options_t *o)
 	if (rc >= 0)
 		return rc;
 	kreqd_log_setup(o->log_format, (int)kreq__conf_int(k->conf, KREQ__P_LOG_LEVEL));
-	k->service = kreq__conf_str(k->conf, KREQ__P_SERVER_SERVICE);
+	k->service = kreq__conf_str(k->conf, KREQ__P_WORKER_SERVICE);
 	k->keyfile = kreq__conf_str(k->conf, KREQ__P_KEYRING_FILE);
 	const char *missing = !*k->service ? "service" : !*k->keyfile ? "keyring.file" : NULL;
 	if (missing) {
@@ -288,18 +288,18 @@ static int load_keyring(const kreqd_t *k, kreq_keyring_t **out, char *errstr, si
 
 /* ---- the server and its handlers ----------------------------------------- */
 
-static size_t methods_count(const kreq_server_t *s)
+static size_t methods_count(const kreq_worker_t *s)
 {
-	return kreq_server_method_count(s);
+	return kreq_worker_method_count(s);
 }
 
-static int make_server(kreqd_t *k, bool check)
+static int make_worker(kreqd_t *k, bool check)
 {
 	int err = load_keyring(k, &k->kr, k->err, sizeof(k->err));
 	if (err)
 		return fail(k, err == KREQ_ENOMEM ? EXIT_RUNTIME : EXIT_CONFIG, "keys");
 	char why[512];
-	if (!(k->s = kreq_server_new(k->conf, k->kr, k->service, why, sizeof(why)))) {
+	if (!(k->s = kreq_worker_new(k->conf, k->kr, k->service, why, sizeof(why)))) {
 		snprintf(k->err, sizeof(k->err), "%s", why);
 		return fail(k, EXIT_CONFIG, "server");
 	}
@@ -361,7 +361,7 @@ static int load_plugins(kreqd_t *k)
 
 static void print_method(const kreqd_t *k, size_t i)
 {
-	const char *name = kreq_server_method_name(k->s, i);
+	const char *name = kreq_worker_method_name(k->s, i);
 	if (i < k->builtins_end) {
 		printf("  %-30s built-in\n", name);
 		return;
@@ -376,16 +376,16 @@ static void print_method(const kreqd_t *k, size_t i)
 static void print_check(const kreqd_t *k)
 {
 	const kreq_conf_t *c = k->conf;
-	const kreq_server_t *s = k->s;
+	const kreq_worker_t *s = k->s;
 	printf("kreqd --check: configuration, key file and plugins are valid\n");
 	printf("service          %s\n", k->service);
-	printf("requests topic   %s\n", kreq_server_name(s, KREQ_SERVER_REQUESTS_TOPIC));
-	printf("results topic    %s\n", kreq_server_name(s, KREQ_SERVER_RESULTS_TOPIC));
-	printf("consumer group   %s\n", kreq_server_name(s, KREQ_SERVER_GROUP));
+	printf("requests topic   %s\n", kreq_worker_name(s, KREQ_WORKER_REQUESTS_TOPIC));
+	printf("results topic    %s\n", kreq_worker_name(s, KREQ_WORKER_RESULTS_TOPIC));
+	printf("consumer group   %s\n", kreq_worker_name(s, KREQ_WORKER_GROUP));
 	printf("client.id        %s\n", kreq__conf_str(c, KREQ__P_CLIENT_ID));
-	if (kreq_server_name(s, KREQ_SERVER_TRANSACTIONAL_ID))
+	if (kreq_worker_name(s, KREQ_WORKER_TRANSACTIONAL_ID))
 		printf("mode             transactional (transactional.id %s)\n",
-		       kreq_server_name(s, KREQ_SERVER_TRANSACTIONAL_ID));
+		       kreq_worker_name(s, KREQ_WORKER_TRANSACTIONAL_ID));
 	else
 		printf("mode             light (at-least-once)\n");
 	printf("keys             %zu from %s, signing key %s\n", kreq_keyring_count(k->kr),
@@ -418,7 +418,7 @@ static void reload_keys(kreqd_t *k)
 	char why[1024];
 	kreq_keyring_t *kr = NULL;
 	int err = load_keyring(k, &kr, why, sizeof(why));
-	if (!err && (err = kreq_server_set_keyring(k->s, kr)) != KREQ_OK)
+	if (!err && (err = kreq_worker_set_keyring(k->s, kr)) != KREQ_OK)
 		snprintf(why, sizeof(why), "the server refused the keyring (%s)",
 		         kreq_err_name(err));
 	if (err)
@@ -444,10 +444,10 @@ static void *signal_main(void *arg)
 		} else if (sig == SIGTERM || sig == SIGINT) {
 			kreqd_log(5,
 			          "%s: stopping (in-flight requests may finish within "
-			          "server.shutdown.grace.ms)",
+			          "worker.shutdown.grace.ms)",
 			          sig == SIGTERM ? "SIGTERM" : "SIGINT");
 			atomic_store(&k->phase, KREQD_STOPPING);
-			kreq_server_stop(k->s);
+			kreq_worker_stop(k->s);
 		}
 	}
 }
@@ -487,7 +487,7 @@ static int serve(kreqd_t *k)
 		return EXIT_STOPPED; /* a signal asked to stop before the loop ran */
 	kreqd_log(6, "serving %zu method(s) of service %s (kreqd %s)", methods_count(k->s),
 	          k->service, KREQ_VERSION);
-	int err = kreq_server_run(k->s, k->err, sizeof(k->err));
+	int err = kreq_worker_run(k->s, k->err, sizeof(k->err));
 	atomic_store(&k->phase, KREQD_STOPPING);
 	if (!err) {
 		kreqd_log(6, "stopped");
@@ -508,7 +508,7 @@ static void shut_down(kreqd_t *k)
 	}
 	kreqd_http_stop(k->http);
 	kreq__adminsock_stop(k->admin);
-	kreq_server_destroy(k->s);
+	kreq_worker_destroy(k->s);
 	for (size_t i = k->nplugins; i > 0; i--)
 		kreqd_plugin_close(k->plugins[i - 1]);
 	kreqd_builtins_destroy(k->builtins);
@@ -520,7 +520,7 @@ static int run(kreqd_t *k, const options_t *o)
 {
 	int rc = load_config(k, o);
 	if (rc < 0)
-		rc = make_server(k, o->check);
+		rc = make_worker(k, o->check);
 	if (rc < 0)
 		rc = load_plugins(k);
 	if (rc < 0 && o->check) {

@@ -10,14 +10,14 @@
 static char *answer_inprogress(void *ctx)
 {
 	char *text = NULL;
-	kreq_server_in_progress_json(ctx, &text);
+	kreq_worker_in_progress_json(ctx, &text);
 	return text;
 }
 
 static char *answer_metrics(void *ctx)
 {
 	char *text = NULL;
-	kreq_server_metrics_text(ctx, &text);
+	kreq_worker_metrics_text(ctx, &text);
 	return text;
 }
 
@@ -27,7 +27,7 @@ static const kreq__adminsock_cmd_t commands[] = {
     {NULL, NULL},
 };
 
-int kreqd_admin_start(const char *path, kreq_server_t *s, kreq__adminsock_t **out, char *errstr,
+int kreqd_admin_start(const char *path, kreq_worker_t *s, kreq__adminsock_t **out, char *errstr,
                       size_t errstr_size)
 {
 	return kreq__adminsock_start(path, commands, s, "kreqd:admin", out, errstr, errstr_size);

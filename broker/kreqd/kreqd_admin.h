@@ -3,9 +3,9 @@
  * answers, served by common/adminsock.h (mode 0600, one command line per
  * connection, the answer read until EOF, as the client's admin socket).
  *
- *   "inprogress\n"  kreq_server_in_progress_json(): a JSON array of the
+ *   "inprogress\n"  kreq_worker_in_progress_json(): a JSON array of the
  *                   requests in progress, then "\n"
- *   "metrics\n"     the Prometheus text of kreq_server_metrics_text()
+ *   "metrics\n"     the Prometheus text of kreq_worker_metrics_text()
  *                   (what `kreq stats --socket PATH` prints)
  *   anything else   {"error":"unknown command (inprogress, metrics)"}
  */
@@ -15,7 +15,7 @@
 #include <stddef.h>
 
 #include "common/adminsock.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 
 /* Binds path and serves it on a thread of its own ("kreqd:admin") until
  * kreq__adminsock_stop(). Refuses to replace a file that is not a socket,
@@ -23,7 +23,7 @@
  * socket left by a dead process is replaced. KREQ_OK with *out set, or
  * KREQ_EEXIST / KREQ_ECONF (path too long) / KREQ_EIO / KREQ_ENOMEM,
  * errstr naming the path. */
-int kreqd_admin_start(const char *path, kreq_server_t *s, kreq__adminsock_t **out, char *errstr,
+int kreqd_admin_start(const char *path, kreq_worker_t *s, kreq__adminsock_t **out, char *errstr,
                       size_t errstr_size);
 
 #endif

@@ -66,7 +66,7 @@ int kreqd_plugin_open(const char *path, kreqd_plugin_t **out, char *errstr, size
 	return KREQ_OK;
 }
 
-int kreqd_plugin_init(kreqd_plugin_t *p, kreq_server_t *s, char *errstr, size_t errstr_size)
+int kreqd_plugin_init(kreqd_plugin_t *p, kreq_worker_t *s, char *errstr, size_t errstr_size)
 {
 	char why[512] = "";
 	int err = p->v1->init(s, why, sizeof(why));

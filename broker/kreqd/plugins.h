@@ -12,7 +12,7 @@
 
 #include <stddef.h>
 
-#include "kreq/server.h"
+#include "kreq/worker.h"
 
 typedef struct kreqd_plugin kreqd_plugin_t;
 
@@ -25,7 +25,7 @@ int kreqd_plugin_open(const char *path, kreqd_plugin_t **out, char *errstr, size
 
 /* Calls the plugin's init(s). KREQ_OK or its error, errstr naming the
  * plugin and its message. */
-int kreqd_plugin_init(kreqd_plugin_t *p, kreq_server_t *s, char *errstr, size_t errstr_size);
+int kreqd_plugin_init(kreqd_plugin_t *p, kreq_worker_t *s, char *errstr, size_t errstr_size);
 
 /* The plugin's own name (or its path if it gave none), and its path. */
 const char *kreqd_plugin_name(const kreqd_plugin_t *p);

@@ -2,7 +2,7 @@
  * complete.c — what the loop does with a finished request: its reply to
  * the caller and to the duplicates that joined it, its stored result (if
  * the handler ran), its record's offset let pass; and requests past their
- * deadline plus server.handler.grace.ms answered status 2 without waiting
+ * deadline plus worker.handler.grace.ms answered status 2 without waiting
  * for their handler. Loop thread.
  *
  * Why apart from loop.c: this is where a request's life ends, one rule
@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "broker/worker/loop_int.h"
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
 
@@ -37,7 +37,7 @@ static kreq__handled_t outcome_of(const kreq_request_t *r)
 /* Sends r's result (status, payload, error) to r and to the duplicates that
  * joined it, stores it when `store` (the handler ran), and lets their
  * offsets pass; counts outcome o. */
-static void settle(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, kreq__handled_t o,
+static void settle(kreq_worker_t *s, kreq__part_t *pt, kreq_request_t *r, kreq__handled_t o,
                    bool store, int64_t now)
 {
 	/* same incarnation: its RUNNING entry is still there (only a DONE
@@ -72,7 +72,7 @@ static void settle(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, kreq__
 	r->joiners = NULL;
 }
 
-void kreq__apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
+void kreq__apply_completion(kreq_worker_t *s, kreq_request_t *r, int64_t now)
 {
 	if (r->zombie) { /* abandoned and answered: its handler let go at last */
 		kreq__request_free(r);
@@ -106,14 +106,14 @@ void kreq__apply_completion(kreq_server_t *s, kreq_request_t *r, int64_t now)
 	kreq__dedup_bound(s, pt); /* last: it may evict what was just stored */
 }
 
-/* Requests past their deadline + server.handler.grace.ms whose handler has
+/* Requests past their deadline + worker.handler.grace.ms whose handler has
  * not replied: answered with status 2 now. A handler that had started gets
  * that answer stored as its result, like any other, so a retry is served
  * status 2 and the work never runs a second time while the first run may
  * still be going on (its late reply is refused). The request is retired:
  * its in-flight place and its record's offset are free; its structure
  * stays with the handler until that lets go (request.c). */
-void kreq__expire_overdue(kreq_server_t *s)
+void kreq__expire_overdue(kreq_worker_t *s)
 {
 	int64_t now = kreq__now_ms();
 	kreq_request_t *r;
@@ -124,7 +124,7 @@ void kreq__expire_overdue(kreq_server_t *s)
 		kreq__part_t *pt = kreq__part_get(s, r->partition);
 		kreq__log(s->conf, 4, "server",
 		          "%s [%d] offset %lld: handler of %s %s by its deadline + "
-		          "server.handler.grace.ms (%lld ms): answered status 2",
+		          "worker.handler.grace.ms (%lld ms): answered status 2",
 		          s->req_topic, (int)r->partition, (long long)r->offset,
 		          r->op.u.req->method, started ? "did not finish" : "did not start",
 		          (long long)s->handler_grace_ms);
@@ -155,7 +155,7 @@ static bool at_least(const kreq_request_t *r, int64_t n)
 	return n <= 0;
 }
 
-bool kreq__process_completions(kreq_server_t *s)
+bool kreq__process_completions(kreq_worker_t *s)
 {
 	kreq_request_t *r = kreq__completions_take(s);
 	bool any = r != NULL;

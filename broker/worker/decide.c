@@ -2,7 +2,7 @@
  * decide.c — see decide.h. Pure: reads only its argument.
  */
 #include "broker/worker/decide.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 #include "proto/envelope.h"
 
 static kreq__decision_t act(kreq__action_t a, kreq__why_t why, int32_t status)

@@ -13,8 +13,8 @@
  * The order of the checks (first match wins):
  *   1. not verified                      -> DROP (the reply topic is not trusted)
  *   2. Cancel                            -> CANCEL; other non-Request -> DROP
- *   3. outside the replay window         -> DROP (deadline beyond server.max.deadline.ms,
- *                                           issued before server.max.request.age.ms)
+ *   3. outside the replay window         -> DROP (deadline beyond worker.max.deadline.ms,
+ *                                           issued before worker.max.request.age.ms)
  *      wrong partition / wrong service   -> DROP (a replay moved elsewhere: never answered)
  *   4. reply topic not allowed           -> DROP
  *   5. reply partition not on the topic  -> DROP (no partition to answer on)
@@ -27,9 +27,9 @@
  *             worker at max.in.flight    -> DROP (a retry finds the stored result)
  *             running                    -> JOIN
  *   9. rate: no token for the key        -> ANSWER overloaded (7)
- *  10. budget below server.min.budget    -> ANSWER deadline (2)
+ *  10. budget below worker.min.budget    -> ANSWER deadline (2)
  *  11.                                   -> DISPATCH (the loop takes the token)
- * Between 8 and 9: started server.poison.max.attempts times without a
+ * Between 8 and 9: started worker.poison.max.attempts times without a
  * result (facts.attempts)               -> POISON: status 10, stored, dead-lettered
  *   (after dedup: a request with a stored result is served it, never counted)
  * Rate limiting comes after dedup so a replay (hit or join) never drains
@@ -69,13 +69,13 @@ typedef enum {
 	KREQ__WHY_STORED,
 	KREQ__WHY_DUPLICATE,      /* running: this correlation id already gets the reply */
 	KREQ__WHY_JOINERS_FULL,   /* running: KREQ__JOINERS_MAX joiners already */
-	KREQ__WHY_IN_FLIGHT_FULL, /* running: the worker is at server.max.in.flight */
+	KREQ__WHY_IN_FLIGHT_FULL, /* running: the worker is at worker.max.in.flight */
 	KREQ__WHY_JOINED,
 	KREQ__WHY_RATE_LIMITED,
 	KREQ__WHY_DEADLINE,
 	KREQ__WHY_RUN,
-	KREQ__WHY_DEADLINE_TOO_FAR, /* deadline beyond server.max.deadline.ms from now */
-	KREQ__WHY_TOO_OLD,          /* issued before server.max.request.age.ms */
+	KREQ__WHY_DEADLINE_TOO_FAR, /* deadline beyond worker.max.deadline.ms from now */
+	KREQ__WHY_TOO_OLD,          /* issued before worker.max.request.age.ms */
 	KREQ__WHY_POISON            /* started max_attempts times, never finished */
 } kreq__why_t;
 
@@ -92,11 +92,11 @@ typedef enum {
 typedef struct kreq__facts {
 	bool verified;           /* the envelope opened (size, signature, key, skew, deadline) */
 	int kind;                /* KREQ__KIND_* of the verified envelope */
-	bool deadline_too_far;   /* deadline beyond server.max.deadline.ms (+ skew) from now */
-	bool too_old;            /* issued before server.max.request.age.ms (+ skew) */
+	bool deadline_too_far;   /* deadline beyond worker.max.deadline.ms (+ skew) from now */
+	bool too_old;            /* issued before worker.max.request.age.ms (+ skew) */
 	bool partition_ok;       /* on the partition its idempotency key maps to */
 	bool service_ok;         /* the signed destination is this worker's service */
-	bool reply_topic_ok;     /* on server.reply.topic.allow */
+	bool reply_topic_ok;     /* on worker.reply.topic.allow */
 	bool reply_partition_ok; /* reply_partition exists on the reply topic */
 	bool handler_found;      /* a handler for the method */
 	bool key_permitted;      /* the signing key may call the method */
@@ -105,13 +105,13 @@ typedef struct kreq__facts {
 	bool corr_waiting;       /* RUNNING: this correlation id already awaits the reply */
 	uint32_t joiners;        /* RUNNING: targets already joined */
 	size_t in_flight;        /* requests and joiners in progress on the worker */
-	size_t max_in_flight;    /* server.max.in.flight */
-	bool rate_limit_on;      /* server.rate.limit.per.key > 0 */
+	size_t max_in_flight;    /* worker.max.in.flight */
+	bool rate_limit_on;      /* worker.rate.limit.per.key > 0 */
 	double tokens;           /* the key's bucket, refilled to now */
 	int64_t budget_ms;       /* deadline - now */
-	int64_t min_budget_ms;   /* server.min.budget.ms */
+	int64_t min_budget_ms;   /* worker.min.budget.ms */
 	uint32_t attempts;       /* recorded starts without a result (poison.h) */
-	uint32_t max_attempts;   /* server.poison.max.attempts; 0: not counted */
+	uint32_t max_attempts;   /* worker.poison.max.attempts; 0: not counted */
 } kreq__facts_t;
 
 typedef struct kreq__decision {

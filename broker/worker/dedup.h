@@ -5,7 +5,7 @@
  * idempotency_key, so one tenant's entry never answers another's. An entry
  * is either RUNNING (a request with that key is in progress: duplicates join
  * it) or DONE (a stored result: duplicates get it again). DONE entries
- * expire at their deadline (stored_at + server.dedup.retention.ms), the same
+ * expire at their deadline (stored_at + worker.dedup.retention.ms), the same
  * rule the rebuild from the results topic applies, so a worker that rebuilt
  * and one that never restarted answer alike.
  *
@@ -72,7 +72,7 @@ typedef struct kreq__dd_slot {
 #define KREQ__DD_HASH_KEY_BYTES 16
 
 /* Everything one signing key id holds, over all partitions of a worker
- * (server.dedup.key.max.bytes budgets it). Freed once empty by
+ * (worker.dedup.key.max.bytes budgets it). Freed once empty by
  * kreq__dd_tenants_sweep. */
 typedef struct kreq__dd_tenant {
 	struct kreq__dd_tenant *next;

@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
 
@@ -40,15 +40,15 @@ static bool make_room(kreq__dd_tenant_t *t, room_t *r)
 }
 
 /* Design note: one tenant must not shorten another's dedup window. Each
- * key id's stored results are budgeted (server.dedup.key.max.bytes): a key
+ * key id's stored results are budgeted (worker.dedup.key.max.bytes): a key
  * over it makes room among its own results only. The worker's total
- * (server.dedup.max.bytes) is a cap on top, and room is made in the key
+ * (worker.dedup.max.bytes) is a cap on top, and room is made in the key
  * holding the most, so a small tenant's results stay while a big one
  * floods. Making room first turns the oldest result into a ghost (key,
  * digest, expiry and its Result's offset: a retry reads the result back
  * from the results topic, the handler does not run again); only ghosts, or
  * results whose offset is not known yet, leave entirely. */
-void kreq__dedup_bound(kreq_server_t *s, kreq__part_t *pt)
+void kreq__dedup_bound(kreq_worker_t *s, kreq__part_t *pt)
 {
 	(void)pt;
 	room_t r = {0, 0, INT64_MAX};
@@ -70,15 +70,15 @@ void kreq__dedup_bound(kreq_server_t *s, kreq__part_t *pt)
 		return;
 	s->dd_warned_ns = now_ns;
 	kreq__log(s->conf, 4, "server",
-	          "dedup memory (server.dedup.max.bytes %zu, server.dedup.key.max.bytes %zu) is "
+	          "dedup memory (worker.dedup.max.bytes %zu, worker.dedup.key.max.bytes %zu) is "
 	          "full even of findable records: stored results are forgotten %lld s before "
 	          "their retention ends, and retries of their keys will run again; raise the "
-	          "limits or lower server.dedup.retention.ms (logged at most once a minute)",
+	          "limits or lower worker.dedup.retention.ms (logged at most once a minute)",
 	          s->dd_max_bytes, s->dd_key_max_bytes,
 	          (long long)((r.earliest - kreq__now_ms()) / 1000));
 }
 
-void kreq__result_delivered(kreq_server_t *s, const rd_kafka_message_t *m)
+void kreq__result_delivered(kreq_worker_t *s, const rd_kafka_message_t *m)
 {
 	if (!m->key || strcmp(rd_kafka_topic_name(m->rkt), s->res_topic))
 		return;

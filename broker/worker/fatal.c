@@ -1,6 +1,6 @@
 /*
  * fatal.c — how the serving loop fails: kreq__loop_fatal() records the
- * error (code and message, which kreq_server_run() returns), sets s->fatal
+ * error (code and message, which kreq_worker_run() returns), sets s->fatal
  * (the loop stops at its next turn) and logs it.
  *
  * Why a file of its own: every module of the worker can fail the loop
@@ -11,10 +11,10 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 
-void kreq__loop_fatal(kreq_server_t *s, int err, const char *fmt, ...)
+void kreq__loop_fatal(kreq_worker_t *s, int err, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);

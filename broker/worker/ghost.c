@@ -3,7 +3,7 @@
  * retry whose dedup entry left memory (a "ghost": broker/worker/dedup.h).
  *
  * Why: a tenant over its dedup budget must not make its own retries run
- * again (the brief: a retry within server.dedup.retention.ms never runs
+ * again (the brief: a retry within worker.dedup.retention.ms never runs
  * the handler again). The result is in the results topic anyway, at an
  * offset the worker learnt from the producer's delivery report or from the
  * rebuild, so a ghost costs ~200 bytes instead of the result, and a hit
@@ -19,13 +19,13 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/internal.h"
 
 #define KREQ__GHOST_READ_MS 5000
 
 /* The message at offset of partition p, or an error; NULL on timeout. */
-static rd_kafka_message_t *fetch(kreq_server_t *s, int32_t p, int64_t offset, char *why, size_t n)
+static rd_kafka_message_t *fetch(kreq_worker_t *s, int32_t p, int64_t offset, char *why, size_t n)
 {
 	int64_t until = kreq__mono_ns() + KREQ__GHOST_READ_MS * 1000000LL;
 	while (kreq__mono_ns() < until) {
@@ -65,7 +65,7 @@ static bool same_key(const kreq__opened_t *o, const uint8_t *key, size_t key_len
 	return kl == key_len && !memcmp(k, key, kl);
 }
 
-int kreq__ghost_read(kreq_server_t *s, int32_t p, int64_t offset, const uint8_t *key,
+int kreq__ghost_read(kreq_worker_t *s, int32_t p, int64_t offset, const uint8_t *key,
                      size_t key_len, kreq__opened_t *out, char *why, size_t why_size)
 {
 	if (offset < 0) {
@@ -92,7 +92,7 @@ int kreq__ghost_read(kreq_server_t *s, int32_t p, int64_t offset, const uint8_t 
 	if (out->kind == KREQ__KIND_RESULT && !kreq__result_signer_ok(s, out->key_id)) {
 		snprintf(why, why_size,
 		         "the record at offset %lld is signed by key id %s, not a "
-		         "result signer (server.result.signers)",
+		         "result signer (worker.result.signers)",
 		         (long long)offset, out->key_id);
 		kreq__opened_clear(out);
 		return KREQ_EMALFORMED;

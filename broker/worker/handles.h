@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kreq/server.h"
+#include "kreq/worker.h"
 
 /* States of a slot within one generation. */
 typedef enum {
@@ -34,7 +34,7 @@ typedef enum {
  * (growing it); KREQ_OK or KREQ_ENOMEM (out of memory or 2^24 slots). */
 int kreq__handles_take(uint32_t *id);
 
-/* Gives slot indexes back for another server (kreq_server_destroy). Their
+/* Gives slot indexes back for another server (kreq_worker_destroy). Their
  * generation moves on, so a handle that survives its server stays
  * invalid. */
 void kreq__handles_give(const uint32_t *ids, size_t n);

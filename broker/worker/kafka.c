@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/hoptrace.h"
 #include "common/internal.h"
@@ -32,9 +32,9 @@
 #define KREQ__RESTART_MS      1000 /* between attempts to re-create the producer */
 
 #define KREQ__KV(name, value, why) name, value,
-static const char *const producer_defaults[] = {KREQ__KAFKA_SERVER_PRODUCER_DEFAULTS(KREQ__KV)
+static const char *const producer_defaults[] = {KREQ__KAFKA_WORKER_PRODUCER_DEFAULTS(KREQ__KV)
                                                     NULL};
-static const char *const consumer_defaults[] = {KREQ__KAFKA_SERVER_CONSUMER_DEFAULTS(KREQ__KV)
+static const char *const consumer_defaults[] = {KREQ__KAFKA_WORKER_CONSUMER_DEFAULTS(KREQ__KV)
                                                     NULL};
 #undef KREQ__KV
 
@@ -45,7 +45,7 @@ static int set_kv(rd_kafka_conf_t *rc, const char *k, const char *v, char *why, 
 
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-	kreq_server_t *s = rd_kafka_opaque(rk);
+	kreq_worker_t *s = rd_kafka_opaque(rk);
 	kreq__log(s->conf, level, "kafka", "%s: %s", fac, buf);
 }
 
@@ -53,14 +53,14 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
  * thread): counted, for the fencing rule's second half (above). */
 static int on_txn_close(int fd, void *opaque)
 {
-	kreq_server_t *s = opaque;
+	kreq_worker_t *s = opaque;
 	atomic_fetch_add_explicit(&s->txn_socket_closes, 1, memory_order_relaxed);
 	return close(fd);
 }
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-	kreq_server_t *s = opaque;
+	kreq_worker_t *s = opaque;
 	kreq__log(s->conf, 4, "kafka", "%s: %s", rd_kafka_err2name(err), reason);
 	if (err == RD_KAFKA_RESP_ERR__FATAL && rk == s->consumer && !s->fatal)
 		kreq__member_fatal(s); /* fenced by another instance, or worse: stop */
@@ -96,7 +96,7 @@ static void txn_origin(const void *opaque, int32_t *partition, int64_t *offset)
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
 	(void)rk;
-	kreq_server_t *s = opaque;
+	kreq_worker_t *s = opaque;
 	kreq__hop(W_DELIVERED);
 	kreq__dr_t *dr = s->txn_mode ? NULL : m->_private;
 	int32_t partition = -1;
@@ -155,7 +155,7 @@ static bool transient(rd_kafka_resp_err_t kerr)
 	}
 }
 
-static kreq__fault_kind_t fault_kind(const kreq_server_t *s, rd_kafka_resp_err_t kerr,
+static kreq__fault_kind_t fault_kind(const kreq_worker_t *s, rd_kafka_resp_err_t kerr,
                                      const char *topic)
 {
 	switch (kerr) {
@@ -173,7 +173,7 @@ static kreq__fault_kind_t fault_kind(const kreq_server_t *s, rd_kafka_resp_err_t
 	}
 }
 
-void kreq__output_failed(kreq_server_t *s, int32_t partition, int64_t offset,
+void kreq__output_failed(kreq_worker_t *s, int32_t partition, int64_t offset,
                          rd_kafka_resp_err_t kerr, const char *topic, const char *why)
 {
 	atomic_fetch_add_explicit(&s->m.produce_errors, 1, memory_order_relaxed);
@@ -190,7 +190,7 @@ void kreq__output_failed(kreq_server_t *s, int32_t partition, int64_t offset,
 	s->rewind_needed = true; /* the open transaction cannot commit this */
 }
 
-kreq__dr_t *kreq__dr_new(kreq_server_t *s)
+kreq__dr_t *kreq__dr_new(kreq_worker_t *s)
 {
 	kreq__dr_t *dr = s->dr_free;
 	if (!dr)
@@ -200,7 +200,7 @@ kreq__dr_t *kreq__dr_new(kreq_server_t *s)
 	return dr;
 }
 
-void kreq__dr_free(kreq_server_t *s, kreq__dr_t *dr)
+void kreq__dr_free(kreq_worker_t *s, kreq__dr_t *dr)
 {
 	if (!dr)
 		return;
@@ -222,7 +222,7 @@ static int check_txn_conf(rd_kafka_conf_t *rc, char *why, size_t n)
 	size_t vn = sizeof(v);
 	if (rd_kafka_conf_get(rc, "socket.max.fails", v, &vn) == RD_KAFKA_CONF_OK && atoi(v) == 0) {
 		snprintf(why, n,
-		         "kafka.socket.max.fails=0 is refused in server.mode=transactional: a "
+		         "kafka.socket.max.fails=0 is refused in worker.mode=transactional: a "
 		         "timed-out request would be resent on its connection without closing it, "
 		         "and the worker could not fence the producer against its late arrival");
 		return KREQ_ECONF;
@@ -230,7 +230,7 @@ static int check_txn_conf(rd_kafka_conf_t *rc, char *why, size_t n)
 	return KREQ_OK;
 }
 
-static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const char *group, bool txn,
+static rd_kafka_t *make_handle(kreq_worker_t *s, rd_kafka_type_t type, const char *group, bool txn,
                                int64_t linger_ms, kreq__rebalance_cb_t *rebalance_cb)
 {
 	rd_kafka_conf_t *rc = rd_kafka_conf_new();
@@ -294,7 +294,7 @@ static rd_kafka_t *make_handle(kreq_server_t *s, rd_kafka_type_t type, const cha
 
 /* ---- topics ------------------------------------------------------------- */
 
-static int create_topic(kreq_server_t *s, const char *topic, int partitions, bool results)
+static int create_topic(kreq_worker_t *s, const char *topic, int partitions, bool results)
 {
 	char why[512] = "", ret[32], isr_buf[16];
 	snprintf(ret, sizeof(ret), "%lld", (long long)s->retention_ms);
@@ -303,10 +303,10 @@ static int create_topic(kreq_server_t *s, const char *topic, int partitions, boo
 		configs[0] = "cleanup.policy", configs[1] = "compact,delete";
 		configs[2] = "retention.ms", configs[3] = ret;
 	}
-	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS), rf, isr;
+	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_WORKER_START_TIMEOUT_MS), rf, isr;
 	if (kreq__replication_plan(s->reader,
-	                           (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION),
-	                           (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_MIN_ISR), tmo,
+	                           (int)kreq__conf_int(s->conf, KREQ__P_WORKER_TOPIC_REPLICATION),
+	                           (int)kreq__conf_int(s->conf, KREQ__P_WORKER_TOPIC_MIN_ISR), tmo,
 	                           &rf, &isr, configs, isr_buf, sizeof(isr_buf))) {
 		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
 		                 "creating topic %s: Kafka did not answer (cluster metadata)",
@@ -332,10 +332,10 @@ static int create_topic(kreq_server_t *s, const char *topic, int partitions, boo
  * configured (common/replication.h): not an error, the operator may have
  * chosen it, but a single Kafka broker failure would then stop the service
  * or lose results. */
-static void replication_check(kreq_server_t *s)
+static void replication_check(kreq_worker_t *s)
 {
-	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
-	int rf_conf = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION);
+	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_WORKER_START_TIMEOUT_MS);
+	int rf_conf = (int)kreq__conf_int(s->conf, KREQ__P_WORKER_TOPIC_REPLICATION);
 	int brokers = rf_conf == 0 ? kreq__kafka_brokers(s->reader, tmo) : 0;
 	int want = kreq__replication_factor(rf_conf, brokers);
 	const char *topics[] = {s->req_topic, s->res_topic};
@@ -345,13 +345,13 @@ static void replication_check(kreq_server_t *s)
 			kreq__log(s->conf, 4, "server", "%s", why);
 }
 
-static int ensure_topics(kreq_server_t *s)
+static int ensure_topics(kreq_worker_t *s)
 {
 	int nreq = kreq__topic_partitions_await(s, s->req_topic, false);
 	if (nreq < 0)
 		return -1;
 	if (nreq == 0) {
-		int p = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_PARTITIONS);
+		int p = (int)kreq__conf_int(s->conf, KREQ__P_WORKER_TOPIC_PARTITIONS);
 		if (create_topic(s, s->req_topic, p, false) ||
 		    (nreq = kreq__topic_await_ready(s, s->req_topic)) <= 0)
 			return -1;
@@ -382,19 +382,19 @@ static int ensure_topics(kreq_server_t *s)
 
 /* A producer; linger_ms >= 0 overrides kafka.linger.ms. Its delivery
  * reports and errors do not wake the loop: every loop step serves them
- * (rd_kafka_poll) and the loop wakes at least every server.txn.batch.ms in
+ * (rd_kafka_poll) and the loop wakes at least every worker.txn.batch.ms in
  * light mode, where they matter (they make offsets committable), so a
  * wakeup per acknowledged ProduceRequest would only cost CPU. */
-static rd_kafka_t *producer_new(kreq_server_t *s, int64_t linger_ms)
+static rd_kafka_t *producer_new(kreq_worker_t *s, int64_t linger_ms)
 {
 	return make_handle(s, RD_KAFKA_PRODUCER, NULL, s->txn_mode, linger_ms, NULL);
 }
 
 /* Light mode has two producers. The first (kafka.linger.ms, 0 by default)
- * sends replies at once. The second lingers server.batch.linger.ms (1 ms)
+ * sends replies at once. The second lingers worker.batch.linger.ms (1 ms)
  * and takes every result record, so at low load a reply never waits behind
  * the previous call's result (one request in flight per connection, see the
- * producer defaults), and, under load (server.batch.threshold results
+ * producer defaults), and, under load (worker.batch.threshold results
  * applied together), the replies too: at 256 calls in flight one stream of
  * larger ProduceRequests cost ~15% less CPU per call than linger 0, while a
  * lone call still goes out at once. (Results and replies split over two
@@ -402,7 +402,7 @@ static rd_kafka_t *producer_new(kreq_server_t *s, int64_t linger_ms)
  * needs both in one transaction, so one producer. The transactional one
  * is ready once init_transactions() returned: on failure it is destroyed
  * and why says the cause. */
-static int producer_start(kreq_server_t *s, char *why, size_t why_size)
+static int producer_start(kreq_worker_t *s, char *why, size_t why_size)
 {
 	if (!(s->producer = producer_new(s, -1))) {
 		snprintf(why, why_size, "cannot create the producer");
@@ -415,7 +415,7 @@ static int producer_start(kreq_server_t *s, char *why, size_t why_size)
 		return -1;
 	}
 	rd_kafka_error_t *e = rd_kafka_init_transactions(
-	    s->producer, (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS));
+	    s->producer, (int)kreq__conf_int(s->conf, KREQ__P_WORKER_START_TIMEOUT_MS));
 	if (!e)
 		return 0;
 	snprintf(why, why_size, "init_transactions (transactional.id %s): %s", s->txn_id,
@@ -432,7 +432,7 @@ static int producer_start(kreq_server_t *s, char *why, size_t why_size)
  * answer is also the topic's partition count, cached in its entry (the
  * producers never let the Kafka broker auto-create a topic: a missing one
  * reads 0). */
-static int warm_one(kreq_server_t *s, rd_kafka_t *rk, const char *topic)
+static int warm_one(kreq_worker_t *s, rd_kafka_t *rk, const char *topic)
 {
 	int n = rk ? kreq__topic_partitions(rk, topic, KREQ__WARM_TIMEOUT_MS) : -1;
 	if (rk && n < 0)
@@ -445,7 +445,7 @@ static int warm_one(kreq_server_t *s, rd_kafka_t *rk, const char *topic)
 
 /* topic's entry in the table of output topics (broker/worker/topics.h), added
  * and warmed on first sight; NULL (logged) if it cannot be had. */
-static kreq__topic_t *out_topic(kreq_server_t *s, const char *topic)
+static kreq__topic_t *out_topic(kreq_worker_t *s, const char *topic)
 {
 	kreq__topic_t *t = kreq__topics_find(&s->topics, topic);
 	if (t)
@@ -461,7 +461,7 @@ static kreq__topic_t *out_topic(kreq_server_t *s, const char *topic)
 	return t;
 }
 
-int kreq__topic_partitions_cached(kreq_server_t *s, const char *topic, int32_t partition)
+int kreq__topic_partitions_cached(kreq_worker_t *s, const char *topic, int32_t partition)
 {
 	kreq__topic_t *t = s->producer ? out_topic(s, topic) : NULL;
 	if (!t)
@@ -480,7 +480,7 @@ int kreq__topic_partitions_cached(kreq_server_t *s, const char *topic, int32_t p
  * to have failed (produce calls are refused at once): destroying the
  * producer then would lose the only note of which record failed
  * (faults.h), and that record would run again on every pass. */
-static void producer_drain(kreq_server_t *s)
+static void producer_drain(kreq_worker_t *s)
 {
 	rd_kafka_resp_err_t kerr = rd_kafka_purge(s->producer, RD_KAFKA_PURGE_F_QUEUE);
 	if (kerr)
@@ -492,7 +492,7 @@ static void producer_drain(kreq_server_t *s)
 /* A new producer after a failed one; KREQ_OK, or (Kafka unreachable, or
  * the last attempt was under KREQ__RESTART_MS ago) KREQ_EKAFKA and no
  * producer yet: the loop consumes nothing meanwhile (loop.c rewind_all). */
-int kreq__kafka_producer_restart(kreq_server_t *s)
+int kreq__kafka_producer_restart(kreq_worker_t *s)
 {
 	if (s->producer)
 		return KREQ_OK;
@@ -514,7 +514,7 @@ int kreq__kafka_producer_restart(kreq_server_t *s)
 	return KREQ_OK;
 }
 
-void kreq__kafka_producer_reset(kreq_server_t *s)
+void kreq__kafka_producer_reset(kreq_worker_t *s)
 {
 	producer_drain(s);
 	/* the handles are the old producer's, and the new one knows no topic */
@@ -527,7 +527,7 @@ void kreq__kafka_producer_reset(kreq_server_t *s)
 	(void)kreq__kafka_producer_restart(s);
 }
 
-int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t partition,
+int kreq__kafka_produce(kreq_worker_t *s, const char *topic, bool batch, int32_t partition,
                         const void *key, size_t key_len, const uint8_t *value, size_t len,
                         kreq__dr_t *opaque, int32_t rec_partition, int64_t rec_offset)
 {
@@ -558,9 +558,9 @@ int kreq__kafka_produce(kreq_server_t *s, const char *topic, bool batch, int32_t
 
 /* ---- start / close ------------------------------------------------------ */
 
-static int consumer_subscribe(kreq_server_t *s);
+static int consumer_subscribe(kreq_worker_t *s);
 
-int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
+int kreq__kafka_start(kreq_worker_t *s, kreq__rebalance_cb_t *rebalance_cb)
 {
 	char rgroup[512];
 	snprintf(rgroup, sizeof(rgroup), "%s.rebuild", s->group);
@@ -578,7 +578,7 @@ int kreq__kafka_start(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
 	return consumer_subscribe(s);
 }
 
-int kreq__kafka_consumer_renew(kreq_server_t *s, kreq__rebalance_cb_t *rebalance_cb)
+int kreq__kafka_consumer_renew(kreq_worker_t *s, kreq__rebalance_cb_t *rebalance_cb)
 {
 	s->member_renewing = true; /* its close revokes: nothing of it is kept */
 	rd_kafka_consumer_close(s->consumer);
@@ -594,7 +594,7 @@ int kreq__kafka_consumer_renew(kreq_server_t *s, kreq__rebalance_cb_t *rebalance
 
 /* The group consumer's queue wakes the loop; it subscribes to the
  * requests topic. */
-static int consumer_subscribe(kreq_server_t *s)
+static int consumer_subscribe(kreq_worker_t *s)
 {
 	rd_kafka_poll_set_consumer(s->consumer);
 	s->cq = rd_kafka_queue_get_consumer(s->consumer);
@@ -612,7 +612,7 @@ static int consumer_subscribe(kreq_server_t *s)
 	return 0;
 }
 
-void kreq__kafka_close(kreq_server_t *s)
+void kreq__kafka_close(kreq_worker_t *s)
 {
 	if (s->consumer) {
 		rd_kafka_consumer_close(s->consumer);

@@ -12,7 +12,7 @@
  * store, the key's rate bucket, ...) and executes what the pure function
  * kreq__decide() makes of them: drop, cancel, answer, serve the stored
  * result, join the running request, or dispatch (record.c). A request outside the
- * worker's replay window (server.max.deadline.ms, server.max.request.age.ms),
+ * worker's replay window (worker.max.deadline.ms, worker.max.request.age.ms),
  * signed for another service or off its idempotency key's partition is
  * dropped and counted, never answered. The rules and their
  * order are in broker/worker/decide.h (docs/broker-design.md has the rationale).
@@ -37,7 +37,7 @@
 
 #include "broker/worker/decide.h"
 #include "broker/worker/loop_int.h"
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/hoptrace.h"
 #include "common/internal.h"
@@ -47,13 +47,13 @@
 
 /* ---- rebalance, rewind, pause ------------------------------------------- */
 
-static void drop_all(kreq_server_t *s)
+static void drop_all(kreq_worker_t *s)
 {
 	for (int32_t p = 0; p < s->nparts; p++)
 		kreq__part_drop(s, p);
 }
 
-static int assign_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t *l)
+static int assign_parts(kreq_worker_t *s, const rd_kafka_topic_partition_list_t *l)
 {
 	kreq__part_t **fresh = calloc((size_t)l->cnt + 1, sizeof(*fresh));
 	int n = 0;
@@ -80,7 +80,7 @@ static int assign_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t 
 	return err;
 }
 
-static void block(kreq_server_t *s, int timeout_ms);
+static void block(kreq_worker_t *s, int timeout_ms);
 
 static void flush_producer(rd_kafka_t *p)
 {
@@ -90,7 +90,7 @@ static void flush_producer(rd_kafka_t *p)
 	}
 }
 
-static void settle_outputs(kreq_server_t *s)
+static void settle_outputs(kreq_worker_t *s)
 {
 	kreq__process_completions(s);
 	/* light: delivery reports secure offsets (transactional: the commit) */
@@ -101,9 +101,9 @@ static void settle_outputs(kreq_server_t *s)
 }
 
 /* Nothing new starts (queued requests are left uncommitted for the next
- * owner); running handlers get up to server.shutdown.grace.ms to reply, and
+ * owner); running handlers get up to worker.shutdown.grace.ms to reply, and
  * their replies and results go into the open transaction. */
-static void finish_in_flight(kreq_server_t *s)
+static void finish_in_flight(kreq_worker_t *s)
 {
 	bool was_draining = s->draining;
 	s->draining = true;
@@ -118,7 +118,7 @@ static void finish_in_flight(kreq_server_t *s)
 	settle_outputs(s);
 	if (atomic_load(&s->in_progress) > 0)
 		kreq__log(s->conf, 4, "server",
-		          "abandoning %zu request(s) still running after server.shutdown.grace.ms "
+		          "abandoning %zu request(s) still running after worker.shutdown.grace.ms "
 		          "(uncommitted: another worker redoes them)",
 		          atomic_load(&s->in_progress));
 	s->draining = was_draining;
@@ -126,7 +126,7 @@ static void finish_in_flight(kreq_server_t *s)
 
 /* Runs the requests whose starts were recorded since the last call (one
  * acknowledged round trip for all: broker/worker/poison.c). */
-static void run_recorded(kreq_server_t *s)
+static void run_recorded(kreq_worker_t *s)
 {
 	for (kreq_request_t *r = kreq__poison_flush(s), *n; r; r = n) {
 		n = r->next;
@@ -140,7 +140,7 @@ static void run_recorded(kreq_server_t *s)
  * drained unstarted leave this list although their offsets stay
  * uncommitted, so it, not the offset slots, says when the revoked
  * partitions are quiet. */
-static size_t busy_in(kreq_server_t *s, const bool *gone)
+static size_t busy_in(kreq_worker_t *s, const bool *gone)
 {
 	size_t n = 0;
 	pthread_mutex_lock(&s->ip_lock);
@@ -155,13 +155,13 @@ static size_t busy_in(kreq_server_t *s, const bool *gone)
 
 /* An incremental (cooperative) revoke of the partitions in l: what was
  * not started there is left uncommitted for their next owner, what runs
- * there gets server.shutdown.grace.ms to finish, then the transaction
+ * there gets worker.shutdown.grace.ms to finish, then the transaction
  * (which covers every partition: the others' finished work too) commits,
  * and only the revoked partitions' state is dropped (what still runs
  * there is abandoned: cancelled, its completion discarded, redone by the
  * next owner from the committed offset). The other partitions are served
  * on; their handlers keep running throughout. */
-static void revoke_parts(kreq_server_t *s, const rd_kafka_topic_partition_list_t *l)
+static void revoke_parts(kreq_worker_t *s, const rd_kafka_topic_partition_list_t *l)
 {
 	bool *gone = calloc((size_t)s->nparts, sizeof(*gone));
 	if (!gone) {
@@ -201,7 +201,7 @@ static bool cooperative(rd_kafka_t *rk)
 	return !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
 }
 
-static void incremental(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
+static void incremental(kreq_worker_t *s, rd_kafka_error_t *e, const char *what)
 {
 	if (!e)
 		return;
@@ -212,7 +212,7 @@ static void incremental(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *l, void *opaque)
 {
-	kreq_server_t *s = opaque;
+	kreq_worker_t *s = opaque;
 	if (s->member_renewing) { /* the fenced consumer's close: its state is gone */
 		if (cooperative(rk))
 			rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, l));
@@ -226,7 +226,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			          s->req_topic);
 			assign_parts(s, l); /* only these: the others are served on */
 			incremental(s, rd_kafka_incremental_assign(rk, l), "incremental assign");
-			if (s->paused) /* at server.max.in.flight: the new ones wait too */
+			if (s->paused) /* at worker.max.in.flight: the new ones wait too */
 				rd_kafka_pause_partitions(rk, l);
 			atomic_fetch_add_explicit(&s->m.rebalances, 1, memory_order_relaxed);
 		} else {
@@ -271,7 +271,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
  * rule) or the committed offsets the rewind stays pending, nothing is
  * consumed, and it is tried again at a later step (at most every
  * KREQ__REWIND_RETRY_MS). */
-static void rewind_all(kreq_server_t *s)
+static void rewind_all(kreq_worker_t *s)
 {
 	int64_t now = kreq__mono_ns();
 	if (now < s->rewind_retry_ns)
@@ -325,7 +325,7 @@ static void rewind_all(kreq_server_t *s)
 
 /* The group fenced this worker's consumer (member.c): forget everything
  * not committed, as a rewind, and rejoin with a new consumer. */
-static void member_renew(kreq_server_t *s)
+static void member_renew(kreq_worker_t *s)
 {
 	s->member_fenced = false;
 	atomic_store_explicit(&s->ready, false, memory_order_release);
@@ -338,7 +338,7 @@ static void member_renew(kreq_server_t *s)
 	kreq__kafka_consumer_renew(s, on_rebalance);
 }
 
-static void set_paused(kreq_server_t *s, bool pause)
+static void set_paused(kreq_worker_t *s, bool pause)
 {
 	rd_kafka_topic_partition_list_t *l = NULL;
 	/* no consumer: its re-creation failed (member_renew), the loop stops */
@@ -352,7 +352,7 @@ static void set_paused(kreq_server_t *s, bool pause)
 	s->paused = pause;
 }
 
-static void flow_control(kreq_server_t *s)
+static void flow_control(kreq_worker_t *s)
 {
 	size_t n = atomic_load_explicit(&s->in_progress, memory_order_relaxed);
 	bool blocked = kreq__poison_blocked(s); /* a suspect runs alone */
@@ -364,7 +364,7 @@ static void flow_control(kreq_server_t *s)
 			kreq__log(
 			    s->conf, 3, "server",
 			    "%zu handler(s) answered at their deadline have still not returned "
-			    "(server.handler.grace.ms): the worker takes no new requests until "
+			    "(worker.handler.grace.ms): the worker takes no new requests until "
 			    "they do",
 			    s->nslots - s->slot_nfree - n);
 	} else if (s->paused && room && n <= s->max_in_flight * 3 / 4) {
@@ -374,14 +374,14 @@ static void flow_control(kreq_server_t *s)
 
 /* ---- the loop ----------------------------------------------------------- */
 
-static void drain_efd(kreq_server_t *s)
+static void drain_efd(kreq_worker_t *s)
 {
 	uint64_t v;
 	while (read(s->efd, &v, sizeof(v)) == (ssize_t)sizeof(v))
 		;
 }
 
-static void swap_keyring(kreq_server_t *s)
+static void swap_keyring(kreq_worker_t *s)
 {
 	if (!atomic_load_explicit(&s->kr_swap, memory_order_acquire))
 		return;
@@ -401,7 +401,7 @@ static void swap_keyring(kreq_server_t *s)
  * rebalance (or is evicted after max.poll.interval.ms). A record that
  * arrives anyway (fetched before the pause) is put back: its partition is
  * sought to it, so it is fetched again on resume. */
-static void serve_events(kreq_server_t *s)
+static void serve_events(kreq_worker_t *s)
 {
 	rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, 0);
 	if (!m)
@@ -426,7 +426,7 @@ static void serve_events(kreq_server_t *s)
 }
 
 /* Reads up to max records; true if the queue may hold more. */
-static bool consume(kreq_server_t *s, int max)
+static bool consume(kreq_worker_t *s, int max)
 {
 	int n = 0;
 	bool more = true;
@@ -455,7 +455,7 @@ static bool consume(kreq_server_t *s, int max)
 	return more && n == max;
 }
 
-static bool commit_due(kreq_server_t *s, int64_t now_ns)
+static bool commit_due(kreq_worker_t *s, int64_t now_ns)
 {
 	size_t busy = atomic_load_explicit(&s->in_progress, memory_order_relaxed);
 	if (s->txn_mode) {
@@ -469,7 +469,7 @@ static bool commit_due(kreq_server_t *s, int64_t now_ns)
 	return now_ns - s->light_commit_ns >= s->batch_ms * 1000000;
 }
 
-static int wait_ms(kreq_server_t *s, int64_t now_ns)
+static int wait_ms(kreq_worker_t *s, int64_t now_ns)
 {
 	int64_t left = 1000;
 	if (s->txn_mode && s->txn_open) {
@@ -479,7 +479,7 @@ static int wait_ms(kreq_server_t *s, int64_t now_ns)
 			left = idle;
 	} else if (!s->txn_mode && s->batch_ms > 0) {
 		left = s->batch_ms - (now_ns - s->light_commit_ns) / 1000000;
-	} /* light with server.txn.batch.ms=0: offsets go at every step, and
+	} /* light with worker.txn.batch.ms=0: offsets go at every step, and
 	     an idle loop sleeps like any other (a zero timeout made it spin) */
 	int64_t overdue = kreq__overdue_next_ms(s, kreq__now_ms());
 	if (overdue < left)
@@ -487,7 +487,7 @@ static int wait_ms(kreq_server_t *s, int64_t now_ns)
 	return left < 0 ? 0 : left > 1000 ? 1000 : (int)left;
 }
 
-static void housekeeping(kreq_server_t *s, int64_t now_ns)
+static void housekeeping(kreq_worker_t *s, int64_t now_ns)
 {
 	if (now_ns - s->housekeeping_ns < 1000000000LL)
 		return;
@@ -499,7 +499,7 @@ static void housekeeping(kreq_server_t *s, int64_t now_ns)
 	kreq__dd_tenants_sweep(&s->dd_tenants);
 }
 
-static void step(kreq_server_t *s, bool fetch, bool *more)
+static void step(kreq_worker_t *s, bool fetch, bool *more)
 {
 	drain_efd(s);
 	swap_keyring(s);
@@ -537,7 +537,7 @@ static void step(kreq_server_t *s, bool fetch, bool *more)
 	housekeeping(s, now);
 }
 
-static void block(kreq_server_t *s, int timeout_ms)
+static void block(kreq_worker_t *s, int timeout_ms)
 {
 	struct pollfd pfd = {.fd = s->efd, .events = POLLIN};
 	if (poll(&pfd, 1, timeout_ms) < 0 && errno != EINTR)
@@ -546,7 +546,7 @@ static void block(kreq_server_t *s, int timeout_ms)
 
 /* Stop: no more fetching; in-flight work may finish within the grace
  * period and is committed; what is still running then is abandoned. */
-static void shut_down(kreq_server_t *s)
+static void shut_down(kreq_worker_t *s)
 {
 	atomic_store_explicit(&s->ready, false, memory_order_release);
 	kreq__log(s->conf, 6, "server", "stopping: %zu request(s) in progress",
@@ -560,7 +560,7 @@ static void shut_down(kreq_server_t *s)
 	drop_all(s);
 }
 
-int kreq__loop_run(kreq_server_t *s)
+int kreq__loop_run(kreq_worker_t *s)
 {
 	s->loop_thread = pthread_self();
 	atomic_store_explicit(&s->loop_running, true, memory_order_release);

@@ -16,7 +16,7 @@
  * far the common stop, and librdkafka offers no LeaveGroup for a static
  * member (Java's AdminClient.removeMembersFromConsumerGroup is the
  * operator's tool for a permanent scale-down, or
- * server.static.membership=false on the replica that goes away).
+ * worker.static.membership=false on the replica that goes away).
  *
  * One instance id, two live processes: the coordinator gives the group
  * membership to the one that joined last and answers the other
@@ -36,16 +36,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
 
 char *kreq__member_instance_id(const kreq_conf_t *c, bool *oom)
 {
 	*oom = false;
-	if (!kreq__conf_bool(c, KREQ__P_SERVER_STATIC_MEMBERSHIP))
+	if (!kreq__conf_bool(c, KREQ__P_WORKER_STATIC_MEMBERSHIP))
 		return NULL;
-	const char *id = kreq__conf_str(c, KREQ__P_SERVER_GROUP_INSTANCE_ID);
+	const char *id = kreq__conf_str(c, KREQ__P_WORKER_GROUP_INSTANCE_ID);
 	char *dup = strdup(*id ? id : kreq__conf_str(c, KREQ__P_CLIENT_ID));
 	*oom = !dup;
 	return dup;
@@ -54,7 +54,7 @@ char *kreq__member_instance_id(const kreq_conf_t *c, bool *oom)
 #define KREQ__MEMBER_FENCED_MAX       3 /* fencings within the window: a duplicate */
 #define KREQ__MEMBER_FENCED_WINDOW_MS 60000
 
-void kreq__member_fatal(kreq_server_t *s)
+void kreq__member_fatal(kreq_worker_t *s)
 {
 	char why[512] = "";
 	rd_kafka_resp_err_t kerr = rd_kafka_fatal_error(s->consumer, why, sizeof(why));
@@ -81,7 +81,7 @@ void kreq__member_fatal(kreq_server_t *s)
 	kreq__loop_fatal(s, KREQ_ECONF,
 	                 "fenced %d times within %d s in group %s: another live worker has "
 	                 "group.instance.id %s (client.id %s): every replica needs its own "
-	                 "client.id (or server.group.instance.id)",
+	                 "client.id (or worker.group.instance.id)",
 	                 s->member_fenced_count, KREQ__MEMBER_FENCED_WINDOW_MS / 1000, s->group,
 	                 s->instance_id ? s->instance_id : "", s->client_id);
 }

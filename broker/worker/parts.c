@@ -12,9 +12,9 @@
 #include <stdlib.h>
 
 #include "broker/worker/loop_int.h"
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 
-kreq__part_t *kreq__part_new(kreq_server_t *s, int32_t id)
+kreq__part_t *kreq__part_new(kreq_worker_t *s, int32_t id)
 {
 	kreq__part_t *pt = calloc(1, sizeof(*pt));
 	if (!pt || kreq__dedup_init(&pt->dd) || kreq__offsets_init(&pt->offs)) {
@@ -43,7 +43,7 @@ static void cancel_running(kreq__dd_entry_t *e, void *arg)
 /* Drops a partition's state. Requests still running for it are flagged
  * cancelled; their completions will find no matching incarnation and be
  * discarded (their records are redone from the committed offset). */
-void kreq__part_drop(kreq_server_t *s, int32_t id)
+void kreq__part_drop(kreq_worker_t *s, int32_t id)
 {
 	kreq__part_t *pt = s->parts[id];
 	if (!pt)
@@ -58,7 +58,7 @@ void kreq__part_drop(kreq_server_t *s, int32_t id)
 	s->parts[id] = NULL;
 }
 
-kreq__part_t *kreq__part_get(kreq_server_t *s, int32_t id)
+kreq__part_t *kreq__part_get(kreq_worker_t *s, int32_t id)
 {
 	return id >= 0 && id < s->nparts ? s->parts[id] : NULL;
 }

@@ -79,11 +79,11 @@ int kreq__pjournal_open(const char *path, uint32_t nslots, kreq__pjournal_t **ou
 	int err = KREQ_OK;
 	j->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (j->fd < 0)
-		err = kreq__err(errstr, errstr_size, KREQ_EIO, "server.poison.journal %s: %s", path,
+		err = kreq__err(errstr, errstr_size, KREQ_EIO, "worker.poison.journal %s: %s", path,
 		                strerror(errno));
 	else if (flock(j->fd, LOCK_EX | LOCK_NB))
 		err = kreq__err(errstr, errstr_size, KREQ_ECONF,
-		                "server.poison.journal %s is in use by another process (each "
+		                "worker.poison.journal %s is in use by another process (each "
 		                "worker needs its own)",
 		                path);
 	pj_hdr_t h = {0};
@@ -91,7 +91,7 @@ int kreq__pjournal_open(const char *path, uint32_t nslots, kreq__pjournal_t **ou
 	ssize_t got = 0;
 	if (!err &&
 	    (fstat(j->fd, &st) || (st.st_size > 0 && (got = pread(j->fd, &h, sizeof(h), 0)) < 0)))
-		err = kreq__err(errstr, errstr_size, KREQ_EIO, "server.poison.journal %s: %s", path,
+		err = kreq__err(errstr, errstr_size, KREQ_EIO, "worker.poison.journal %s: %s", path,
 		                strerror(errno));
 	if (!err && got > 0 && got < (ssize_t)sizeof(h))
 		h.magic = 1;                      /* too short to be one: refused below */
@@ -101,9 +101,9 @@ int kreq__pjournal_open(const char *path, uint32_t nslots, kreq__pjournal_t **ou
 	         (h.magic != PJ_MAGIC || h.nslots > PJ_MAX ||
 	          (size_t)st.st_size < PJ_HDR + (size_t)h.nslots * sizeof(kreq__pj_slot_t)))
 		err = kreq__err(errstr, errstr_size, KREQ_ECONF,
-		                "server.poison.journal %s is not a kreq journal", path);
+		                "worker.poison.journal %s is not a kreq journal", path);
 	if (!err && map(j, st.st_size > 0 ? h.nslots : 0))
-		err = kreq__err(errstr, errstr_size, KREQ_EIO, "server.poison.journal %s: %s", path,
+		err = kreq__err(errstr, errstr_size, KREQ_EIO, "worker.poison.journal %s: %s", path,
 		                strerror(errno));
 	if (!err && h.nslots && !(j->found = calloc(h.nslots, sizeof(*j->found))))
 		err = kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");

@@ -1,5 +1,5 @@
 /*
- * pjournal.h — the crash journal of handler starts (server.poison.journal):
+ * pjournal.h — the crash journal of handler starts (worker.poison.journal):
  * a small file, mapped MAP_SHARED, holding one slot per request whose
  * handler runs. Writing a slot is a memory write (no system call, no
  * Kafka round trip); the kernel keeps the page when the process dies

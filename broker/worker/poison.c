@@ -1,6 +1,6 @@
 /*
  * poison.c — counting handler starts in Kafka so a request that crashes
- * its worker is taken out of service after server.poison.max.attempts.
+ * its worker is taken out of service after worker.poison.max.attempts.
  *
  * Design notes
  * - Why Kafka: a handler that crashes the process (SIGSEGV, abort, OOM
@@ -15,7 +15,7 @@
  *   one round trip per step, not per request. Nothing is written when a
  *   handler finishes: its Result is the proof it finished.
  * - What counts: the record key is request key || worker instance (a random
- *   64-bit id per kreq_server_run), so compaction keeps the newest start of
+ *   64-bit id per kreq_worker_run), so compaction keeps the newest start of
  *   each instance. A request's count is the number of instances other than
  *   the reading one that started it without a Result: each is a worker that
  *   crashed (or lost the partition) while the handler ran. The reading
@@ -29,7 +29,7 @@
  *   clock.skew.ms (offsetsForTimes): every start of a request at or after C
  *   was written after that request was. A partition with nothing
  *   uncommitted reads nothing. Starts of requests below C, of keys with a
- *   Result, or signed by a key not in server.result.signers are skipped.
+ *   Result, or signed by a key not in worker.result.signers are skipped.
  * - Suspects run alone: a worker that crashes takes every handler it was
  *   running with it, so the requests running beside a poison one are
  *   counted too. A request already counted (a suspect: 1 <= count < N) is
@@ -41,14 +41,14 @@
  *   shared all N crashes with it (impossible after the first, as it then
  *   runs alone). The cost: after a crash, suspects run one at a time.
  *   A suspect that hangs instead of crashing would stall the worker until
- *   its deadline: after server.poison.solo.max.ms it stops running alone
+ *   its deadline: after worker.poison.solo.max.ms it stops running alone
  *   (others start beside it and, should it crash the worker after all,
  *   are counted with it; each of them then runs alone in turn).
  * - Exactness: the count is exact (every crash counted once, nothing else
  *   counted) when each worker instance that started a handler and died had
  *   its Attempt acknowledged before the handler ran, which acked mode
  *   guarantees, and when clocks agree within clock.skew.ms.
- * - Journal mode (server.poison.journal set): the acknowledged write costs
+ * - Journal mode (worker.poison.journal set): the acknowledged write costs
  *   a round trip before every handler (~0.2 ms p50 in light mode, see
  *   docs/broker-design.md), so a worker with a journal records starts in a
  *   memory-mapped file instead (broker/worker/pjournal.h: memory writes only; the
@@ -80,7 +80,7 @@
 #include "broker/worker/pjournal.h"
 #include "broker/worker/poison.h"
 #include "broker/worker/poison_int.h"
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
 #include "common/topic_admin.h"
@@ -100,9 +100,9 @@ static char *fmt3(const char *a, const char *b, const char *c)
 	return p;
 }
 
-int kreq__poison_conf(kreq_server_t *s, const char *prefix, char *errstr, size_t errstr_size)
+int kreq__poison_conf(kreq_worker_t *s, const char *prefix, char *errstr, size_t errstr_size)
 {
-	int64_t n = kreq__conf_int(s->conf, KREQ__P_SERVER_POISON_MAX_ATTEMPTS);
+	int64_t n = kreq__conf_int(s->conf, KREQ__P_WORKER_POISON_MAX_ATTEMPTS);
 	if (n == 0)
 		return KREQ_OK;
 	struct kreq__poison *pz = calloc(1, sizeof(*pz));
@@ -111,10 +111,10 @@ int kreq__poison_conf(kreq_server_t *s, const char *prefix, char *errstr, size_t
 	s->pz = pz;
 	s->request_forget = kreq__poison_forget;
 	pz->max_attempts = (uint32_t)n;
-	pz->dead_retention_ms = kreq__conf_int(s->conf, KREQ__P_SERVER_POISON_DEAD_RETENTION_MS);
-	pz->solo_max_ns = kreq__conf_int(s->conf, KREQ__P_SERVER_POISON_SOLO_MAX_MS) * 1000000;
+	pz->dead_retention_ms = kreq__conf_int(s->conf, KREQ__P_WORKER_POISON_DEAD_RETENTION_MS);
+	pz->solo_max_ns = kreq__conf_int(s->conf, KREQ__P_WORKER_POISON_SOLO_MAX_MS) * 1000000;
 	randombytes_buf(&pz->instance, sizeof(pz->instance));
-	const char *jp = kreq__conf_str(s->conf, KREQ__P_SERVER_POISON_JOURNAL);
+	const char *jp = kreq__conf_str(s->conf, KREQ__P_WORKER_POISON_JOURNAL);
 	if (*jp && !(pz->journal_path = strdup(jp)))
 		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	pz->att_topic = fmt3(prefix, s->service, "attempts");
@@ -127,7 +127,7 @@ int kreq__poison_conf(kreq_server_t *s, const char *prefix, char *errstr, size_t
 	return KREQ_OK;
 }
 
-void kreq__poison_destroy(kreq_server_t *s)
+void kreq__poison_destroy(kreq_worker_t *s)
 {
 	if (!s->pz)
 		return;
@@ -139,17 +139,17 @@ void kreq__poison_destroy(kreq_server_t *s)
 	s->request_forget = NULL;
 }
 
-uint32_t kreq__poison_max(const kreq_server_t *s)
+uint32_t kreq__poison_max(const kreq_worker_t *s)
 {
 	return s->pz && s->pz->producer ? s->pz->max_attempts : 0;
 }
 
-const char *kreq__poison_dead_topic(const kreq_server_t *s)
+const char *kreq__poison_dead_topic(const kreq_worker_t *s)
 {
 	return s->pz ? s->pz->dead_topic : NULL;
 }
 
-int32_t kreq__poison_dead_partition(const kreq_server_t *s, int32_t partition)
+int32_t kreq__poison_dead_partition(const kreq_worker_t *s, int32_t partition)
 {
 	return s->pz && s->pz->ndead > 0 ? partition % s->pz->ndead : 0;
 }
@@ -159,16 +159,16 @@ int32_t kreq__poison_dead_partition(const kreq_server_t *s, int32_t partition)
 /* Created like the worker's other topics: replication and min.insync.replicas
  * resolved against the cluster (common/replication.h), ready once its
  * partition leaders know it. */
-static int create(kreq_server_t *s, const char *topic, int partitions, const char *const *cfg)
+static int create(kreq_worker_t *s, const char *topic, int partitions, const char *const *cfg)
 {
 	char why[512] = "", isr_buf[16];
 	const char *configs[10] = {NULL}; /* cfg (at most 6) + min.insync.replicas + NULL */
 	for (int i = 0; cfg[i] && i < 6; i++)
 		configs[i] = cfg[i];
-	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS), rf, isr;
+	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_WORKER_START_TIMEOUT_MS), rf, isr;
 	if (kreq__replication_plan(s->reader,
-	                           (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_REPLICATION),
-	                           (int)kreq__conf_int(s->conf, KREQ__P_SERVER_TOPIC_MIN_ISR), tmo,
+	                           (int)kreq__conf_int(s->conf, KREQ__P_WORKER_TOPIC_REPLICATION),
+	                           (int)kreq__conf_int(s->conf, KREQ__P_WORKER_TOPIC_MIN_ISR), tmo,
 	                           &rf, &isr, configs, isr_buf, sizeof(isr_buf))) {
 		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
 		                 "creating topic %s: Kafka did not answer (cluster metadata)",
@@ -188,25 +188,25 @@ static int create(kreq_server_t *s, const char *topic, int partitions, const cha
 
 /* The topic's partition count, the topic created when missing; 0 when it
  * is missing and cannot be created (librdkafka's mock cluster). */
-static int ensure(kreq_server_t *s, const char *topic, int nreq, const char *const *cfg)
+static int ensure(kreq_worker_t *s, const char *topic, int nreq, const char *const *cfg)
 {
 	int n = kreq__topic_partitions_await(s, topic, false); /* < 0: failed, said */
 	if (n != 0)
 		return n;
-	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
+	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_WORKER_START_TIMEOUT_MS);
 	return kreq__topic_admin_served(s->reader, tmo) == 0 ? 0 : create(s, topic, nreq, cfg);
 }
 
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-	kreq_server_t *s = rd_kafka_opaque(rk);
+	kreq_worker_t *s = rd_kafka_opaque(rk);
 	kreq__log(s->conf, level, "kafka", "attempts producer: %s: %s", fac, buf);
 }
 
 static void on_attempt_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
 	(void)rk;
-	kreq_server_t *s = opaque;
+	kreq_worker_t *s = opaque;
 	if (!m->err || !s->pz)
 		return;
 	if (!s->pz->failed++)
@@ -214,10 +214,10 @@ static void on_attempt_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, voi
 }
 
 #define KREQ__KV(name, value, why) name, value,
-static const char *const att_defaults[] = {KREQ__KAFKA_SERVER_PRODUCER_DEFAULTS(KREQ__KV) NULL};
+static const char *const att_defaults[] = {KREQ__KAFKA_WORKER_PRODUCER_DEFAULTS(KREQ__KV) NULL};
 #undef KREQ__KV
 
-static rd_kafka_t *producer_new(kreq_server_t *s)
+static rd_kafka_t *producer_new(kreq_worker_t *s)
 {
 	rd_kafka_conf_t *rc = rd_kafka_conf_new();
 	char why[512] = "", mmax[24];
@@ -261,7 +261,7 @@ static void put_be64(uint8_t *p, uint64_t v);
 /* The starts the previous process left in the journal (it crashed while
  * they ran), published as Attempts of that process and acknowledged, then
  * the journal emptied: before the worker joins its group. */
-static int journal_start(kreq_server_t *s)
+static int journal_start(kreq_worker_t *s)
 {
 	struct kreq__poison *pz = s->pz;
 	char why[512];
@@ -326,7 +326,7 @@ static int journal_start(kreq_server_t *s)
 	return 0;
 }
 
-int kreq__poison_start(kreq_server_t *s, int nreq)
+int kreq__poison_start(kreq_worker_t *s, int nreq)
 {
 	struct kreq__poison *pz = s->pz;
 	if (!pz)
@@ -350,7 +350,7 @@ int kreq__poison_start(kreq_server_t *s, int nreq)
 		kreq__log(s->conf, 4, "server",
 		          "topics %s and %s do not exist and this Kafka cluster cannot create them "
 		          "(librdkafka's mock cluster): handler starts are not counted and poison "
-		          "requests are not detected (server.poison.max.attempts)",
+		          "requests are not detected (worker.poison.max.attempts)",
 		          pz->att_topic, pz->dead_topic);
 		return 0;
 	}
@@ -367,7 +367,7 @@ int kreq__poison_start(kreq_server_t *s, int nreq)
 	return pz->journal_path ? journal_start(s) : 0;
 }
 
-void kreq__poison_close(kreq_server_t *s)
+void kreq__poison_close(kreq_worker_t *s)
 {
 	if (!s->pz)
 		return;
@@ -393,7 +393,7 @@ static void put_be64(uint8_t *p, uint64_t v)
 /* Produces one Attempt of r by this instance (key: r's dedup key ||
  * instance); ended_at_ms 0: a start, else the end of a start that never
  * ran (its compacted successor: nobody counts it). */
-static void produce_attempt(kreq_server_t *s, const kreq_request_t *r, uint32_t number,
+static void produce_attempt(kreq_worker_t *s, const kreq_request_t *r, uint32_t number,
                             int64_t ended_at_ms)
 {
 	struct kreq__poison *pz = s->pz;
@@ -429,7 +429,7 @@ static void produce_attempt(kreq_server_t *s, const kreq_request_t *r, uint32_t 
 		         err ? why : rd_kafka_err2str(kerr));
 }
 
-static void record_start(kreq_server_t *s, kreq_request_t *r, kreq__pz_entry_t *e)
+static void record_start(kreq_worker_t *s, kreq_request_t *r, kreq__pz_entry_t *e)
 {
 	struct kreq__poison *pz = s->pz;
 	uint32_t number = e ? e->max_number + 1 : 1;
@@ -447,7 +447,7 @@ static void record_start(kreq_server_t *s, kreq_request_t *r, kreq__pz_entry_t *
 	atomic_fetch_add_explicit(&s->m.attempts_written, 1, memory_order_relaxed);
 }
 
-bool kreq__poison_defer(kreq_server_t *s, kreq_request_t *r)
+bool kreq__poison_defer(kreq_worker_t *s, kreq_request_t *r)
 {
 	struct kreq__poison *pz = s->pz;
 	if (!pz || !pz->producer)
@@ -469,26 +469,26 @@ bool kreq__poison_defer(kreq_server_t *s, kreq_request_t *r)
 	return true;
 }
 
-void kreq__poison_unstarted(kreq_server_t *s, const kreq_request_t *r)
+void kreq__poison_unstarted(kreq_worker_t *s, const kreq_request_t *r)
 {
 	if (r->pz_number && s->pz && s->pz->producer)
 		produce_attempt(s, r, r->pz_number, kreq__now_ms());
 }
 
-void kreq__poison_settle_unstarted(kreq_server_t *s)
+void kreq__poison_settle_unstarted(kreq_worker_t *s)
 {
 	if (s->pz && s->pz->producer)
 		rd_kafka_flush(s->pz->producer, KREQ__PZ_FLUSH_MS);
 }
 
-void kreq__poison_forget(kreq_server_t *s, kreq_request_t *r)
+void kreq__poison_forget(kreq_worker_t *s, kreq_request_t *r)
 {
 	if (r->pz_slot && s->pz && s->pz->journal)
 		kreq__pjournal_remove(s->pz->journal, r->pz_slot);
 	r->pz_slot = 0;
 }
 
-bool kreq__poison_blocked(kreq_server_t *s)
+bool kreq__poison_blocked(kreq_worker_t *s)
 {
 	struct kreq__poison *pz = s->pz;
 	if (!pz)
@@ -501,7 +501,7 @@ bool kreq__poison_blocked(kreq_server_t *s)
 		kreq__log(
 		    s->conf, 4, "server",
 		    "%s [%d] offset %lld: its handler, started before without finishing, still "
-		    "runs after server.poison.solo.max.ms (%lld ms): other requests start "
+		    "runs after worker.poison.solo.max.ms (%lld ms): other requests start "
 		    "beside it",
 		    s->req_topic, (int)pz->solo_partition, (long long)pz->solo_offset,
 		    (long long)(pz->solo_max_ns / 1000000));
@@ -509,14 +509,14 @@ bool kreq__poison_blocked(kreq_server_t *s)
 	return pz->solo || pz->solo_running;
 }
 
-size_t kreq__poison_pending(const kreq_server_t *s)
+size_t kreq__poison_pending(const kreq_worker_t *s)
 {
 	return s->pz ? s->pz->npending : 0;
 }
 
 /* Frees r without running it; its record is redone from the committed
  * offset. Joined duplicates gave up their in-flight places with it. */
-static void discard_one(kreq_server_t *s, kreq_request_t *r)
+static void discard_one(kreq_worker_t *s, kreq_request_t *r)
 {
 	kreq__part_t *pt = r->partition < s->nparts ? s->parts[r->partition] : NULL;
 	if (pt && pt->incarnation == r->incarnation)
@@ -525,7 +525,7 @@ static void discard_one(kreq_server_t *s, kreq_request_t *r)
 	kreq__request_free(r);
 }
 
-void kreq__poison_unhold(kreq_server_t *s)
+void kreq__poison_unhold(kreq_worker_t *s)
 {
 	struct kreq__poison *pz = s->pz;
 	if (pz && pz->solo) {
@@ -534,7 +534,7 @@ void kreq__poison_unhold(kreq_server_t *s)
 	}
 }
 
-void kreq__poison_unhold_in(kreq_server_t *s, const bool *gone)
+void kreq__poison_unhold_in(kreq_worker_t *s, const bool *gone)
 {
 	struct kreq__poison *pz = s->pz;
 	if (pz && pz->solo && pz->solo->partition >= 0 && pz->solo->partition < s->nparts &&
@@ -542,7 +542,7 @@ void kreq__poison_unhold_in(kreq_server_t *s, const bool *gone)
 		kreq__poison_unhold(s);
 }
 
-void kreq__poison_discard(kreq_server_t *s)
+void kreq__poison_discard(kreq_worker_t *s)
 {
 	struct kreq__poison *pz = s->pz;
 	kreq__poison_unhold(s);
@@ -557,9 +557,9 @@ void kreq__poison_discard(kreq_server_t *s)
 	}
 }
 
-static kreq_request_t *flush(kreq_server_t *s);
+static kreq_request_t *flush(kreq_worker_t *s);
 
-kreq_request_t *kreq__poison_flush(kreq_server_t *s)
+kreq_request_t *kreq__poison_flush(kreq_worker_t *s)
 {
 	struct kreq__poison *pz = s->pz;
 	if (!pz)
@@ -589,7 +589,7 @@ kreq_request_t *kreq__poison_flush(kreq_server_t *s)
 	return l;
 }
 
-static kreq_request_t *flush(kreq_server_t *s)
+static kreq_request_t *flush(kreq_worker_t *s)
 {
 	struct kreq__poison *pz = s->pz;
 	rd_kafka_resp_err_t kerr = rd_kafka_flush(pz->producer, KREQ__PZ_FLUSH_MS);
@@ -631,7 +631,7 @@ static int cmp_started(const void *a, const void *b)
 	return (x->started_at_ms > y->started_at_ms) - (x->started_at_ms < y->started_at_ms);
 }
 
-int kreq__poison_dead_letter(kreq_server_t *s, const kreq__part_t *pt, const kreq_request_t *r,
+int kreq__poison_dead_letter(kreq_worker_t *s, const kreq__part_t *pt, const kreq_request_t *r,
                              const rd_kafka_message_t *m, const char *reason, uint8_t **out,
                              size_t *out_len, char *why, size_t why_size)
 {

@@ -27,11 +27,11 @@ struct kreq__poison {
 	size_t npending;
 	kreq_request_t *solo; /* a suspect waiting to run alone (no Attempt yet) */
 	bool solo_running;    /* it runs: nothing new starts until it finished */
-	int64_t solo_max_ns;  /* server.poison.solo.max.ms; 0: no limit */
+	int64_t solo_max_ns;  /* worker.poison.solo.max.ms; 0: no limit */
 	int64_t solo_since_ns;
 	int32_t solo_partition;
 	int64_t solo_offset;
-	char *journal_path; /* server.poison.journal, NULL: acked mode only */
+	char *journal_path; /* worker.poison.journal, NULL: acked mode only */
 	kreq__pjournal_t *journal;
 	size_t failed; /* delivery failures of the pending batch */
 	char fail_why[256];

@@ -18,7 +18,7 @@
 
 #include "broker/worker/poison.h"
 #include "broker/worker/poison_int.h"
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
 
@@ -71,7 +71,7 @@ static kreq__pz_entry_t *entry_get(kreq__part_t *pt, const uint8_t *key, size_t 
 }
 
 /* Records one verified Attempt a of instance inst into pt's table. */
-static void note(kreq_server_t *s, kreq__part_t *pt, const Kreq__Attempt *a, uint64_t inst)
+static void note(kreq_worker_t *s, kreq__part_t *pt, const Kreq__Attempt *a, uint64_t inst)
 {
 	uint8_t key[KREQ__DEDUP_KEY_MAX];
 	size_t klen = kreq__dedup_key(key, a->request_key_id, a->idempotency_key.data,
@@ -126,15 +126,15 @@ typedef struct load {
 	bool done;
 } load_t;
 
-static int64_t deadline_ns(const kreq_server_t *s)
+static int64_t deadline_ns(const kreq_worker_t *s)
 {
 	return kreq__mono_ns() +
-	       kreq__conf_int(s->conf, KREQ__P_SERVER_REBUILD_TIMEOUT_MS) * 1000000LL;
+	       kreq__conf_int(s->conf, KREQ__P_WORKER_REBUILD_TIMEOUT_MS) * 1000000LL;
 }
 
 /* Committed offsets of the requests partitions; which have uncommitted
  * records (ld[i].done when none). */
-static int committed_offsets(kreq_server_t *s, load_t *ld, int n, int tmo)
+static int committed_offsets(kreq_worker_t *s, load_t *ld, int n, int tmo)
 {
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
 	for (int i = 0; i < n; i++)
@@ -159,9 +159,9 @@ static int committed_offsets(kreq_server_t *s, load_t *ld, int n, int tmo)
 
 /* Polls the reader until every partition in ld not done is done per
  * on_msg; KREQ_OK, KREQ_ECANCELED or KREQ_ETIMEDOUT. */
-typedef bool(on_msg_t)(kreq_server_t *s, load_t *ld, const rd_kafka_message_t *m);
+typedef bool(on_msg_t)(kreq_worker_t *s, load_t *ld, const rd_kafka_message_t *m);
 
-static int poll_until(kreq_server_t *s, load_t *ld, int n, const char *topic, on_msg_t *on_msg)
+static int poll_until(kreq_worker_t *s, load_t *ld, int n, const char *topic, on_msg_t *on_msg)
 {
 	int64_t until = deadline_ns(s);
 	for (;;) {
@@ -186,7 +186,7 @@ static int poll_until(kreq_server_t *s, load_t *ld, int n, const char *topic, on
 	}
 }
 
-static int assign(kreq_server_t *s, load_t *ld, int n, const char *topic, bool by_offset)
+static int assign(kreq_worker_t *s, load_t *ld, int n, const char *topic, bool by_offset)
 {
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
 	for (int i = 0; i < n; i++)
@@ -201,7 +201,7 @@ static int assign(kreq_server_t *s, load_t *ld, int n, const char *topic, bool b
 }
 
 /* The timestamp of the first request at or after the committed offset. */
-static bool got_request(kreq_server_t *s, load_t *ld, const rd_kafka_message_t *m)
+static bool got_request(kreq_worker_t *s, load_t *ld, const rd_kafka_message_t *m)
 {
 	(void)s;
 	if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
@@ -214,7 +214,7 @@ static bool got_request(kreq_server_t *s, load_t *ld, const rd_kafka_message_t *
 	return true;
 }
 
-static bool got_attempt(kreq_server_t *s, load_t *ld, const rd_kafka_message_t *m)
+static bool got_attempt(kreq_worker_t *s, load_t *ld, const rd_kafka_message_t *m)
 {
 	if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
 		return m->offset >= ld->end;
@@ -227,7 +227,7 @@ static bool got_attempt(kreq_server_t *s, load_t *ld, const rd_kafka_message_t *
 	if (!err && (o.kind != KREQ__KIND_ATTEMPT || !kreq__result_signer_ok(s, o.key_id) ||
 	             m->key_len < 8)) {
 		err = KREQ_EMALFORMED;
-		snprintf(why, sizeof(why), "not an Attempt of a signer in server.result.signers");
+		snprintf(why, sizeof(why), "not an Attempt of a signer in worker.result.signers");
 	}
 	if (err) {
 		kreq__log(s->conf, 4, "server", "attempts %s [%d] offset %lld skipped: %s",
@@ -250,7 +250,7 @@ static bool got_attempt(kreq_server_t *s, load_t *ld, const rd_kafka_message_t *
 }
 
 /* Where to start reading each attempts partition, and its end. */
-static int attempt_range(kreq_server_t *s, load_t *ld, int n, int tmo)
+static int attempt_range(kreq_worker_t *s, load_t *ld, int n, int tmo)
 {
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
 	int64_t back = s->lim.skew_ms + KREQ__PZ_TS_MARGIN;
@@ -274,11 +274,11 @@ static int attempt_range(kreq_server_t *s, load_t *ld, int n, int tmo)
 	return kerr ? KREQ_EKAFKA : KREQ_OK;
 }
 
-int kreq__poison_load(kreq_server_t *s, kreq__part_t **parts, int n)
+int kreq__poison_load(kreq_worker_t *s, kreq__part_t **parts, int n)
 {
 	if (!s->pz || !s->pz->producer || n == 0)
 		return KREQ_OK;
-	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
+	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_WORKER_START_TIMEOUT_MS);
 	load_t *ld = calloc((size_t)n, sizeof(*ld));
 	if (!ld) {
 		kreq__loop_fatal(s, KREQ_ENOMEM, "out of memory");
@@ -301,7 +301,7 @@ int kreq__poison_load(kreq_server_t *s, kreq__part_t **parts, int n)
 	if (err == KREQ_ETIMEDOUT)
 		kreq__loop_fatal(s, KREQ_EKAFKA,
 		                 "reading the attempts of %s did not finish within "
-		                 "server.dedup.rebuild.timeout.ms",
+		                 "worker.dedup.rebuild.timeout.ms",
 		                 s->req_topic);
 	free(ld);
 	return err;

@@ -27,22 +27,22 @@
  *    abort markers and over aborted records, so an aborted transaction ends
  *    the wait as a committed one does (both measured with librdkafka
  *    2.12.1 in tests/worker/test_rebuild.c). Bounded by
- *    server.dedup.rebuild.timeout.ms, with an error naming the partition.
+ *    worker.dedup.rebuild.timeout.ms, with an error naming the partition.
  *  - Only the worker's own signatures. The keyring also holds the tenants'
  *    request keys; a Result signed by one of them (written to the results
  *    topic by anyone who may write there) would otherwise be served to
- *    another tenant as its stored result (case 6). server.result.signers
+ *    another tenant as its stored result (case 6). worker.result.signers
  *    lists the key ids whose Results count (default: the signing key);
- *    others are counted (kreq_server_results_ignored_total) and skipped.
+ *    others are counted (kreq_worker_results_ignored_total) and skipped.
  *  - A verified topic. Before reading, the topic must exist, be compacted,
- *    keep records at least server.dedup.retention.ms and have as many
+ *    keep records at least worker.dedup.retention.ms and have as many
  *    partitions as the requests topic (case 11: deleted while serving, it
  *    came back auto-created with one partition and the rebuild waited for
  *    partitions that no longer existed). Anything else is a configuration
  *    error the operator must fix (kreqd exits 2, docs/operations.md);
  *    the worker never re-creates the topic while serving.
  *  - Stoppable. The loop polls the reader in 100 ms steps and gives up
- *    when kreq_server_stop() was called; the caller then forgets the
+ *    when kreq_worker_stop() was called; the caller then forgets the
  *    partitions (nothing is served from a partial store).
  */
 #include <stdio.h>
@@ -50,7 +50,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
 
@@ -72,9 +72,9 @@ bool kreq__signer_listed(const char *list, const char *key_id)
 	return false;
 }
 
-bool kreq__result_signer_ok(const kreq_server_t *s, const char *key_id)
+bool kreq__result_signer_ok(const kreq_worker_t *s, const char *key_id)
 {
-	const char *list = kreq__conf_str(s->conf, KREQ__P_SERVER_RESULT_SIGNERS);
+	const char *list = kreq__conf_str(s->conf, KREQ__P_WORKER_RESULT_SIGNERS);
 	if (*list)
 		return kreq__signer_listed(list, key_id);
 	const char *own = kreq_keyring_signing_key(s->kr);
@@ -94,7 +94,7 @@ static bool retention_ok(const char *value, int64_t want)
 /* The configuration of the results topic, when it is wrong: the error
  * (loop_fatal'ed) or KREQ_OK. created: retry while the Kafka broker asked
  * does not know the new topic yet (metadata propagates between brokers). */
-static int config_check(kreq_server_t *s, int tmo, bool created)
+static int config_check(kreq_worker_t *s, int tmo, bool created)
 {
 	static const char *const names[] = {"cleanup.policy", "retention.ms", NULL};
 	char *v[2] = {NULL, NULL};
@@ -121,7 +121,7 @@ static int config_check(kreq_server_t *s, int tmo, bool created)
 	else if (strstr(v[0], "delete") && (!v[1] || !retention_ok(v[1], s->retention_ms)))
 		kreq__loop_fatal(s, err,
 		                 "results topic %s has retention.ms=%s, shorter than "
-		                 "server.dedup.retention.ms=%lld: results would be deleted while "
+		                 "worker.dedup.retention.ms=%lld: results would be deleted while "
 		                 "their retries are still deduplicated",
 		                 s->res_topic, v[1] ? v[1] : "(none)", (long long)s->retention_ms);
 	else
@@ -131,9 +131,9 @@ static int config_check(kreq_server_t *s, int tmo, bool created)
 	return err;
 }
 
-int kreq__results_topic_check(kreq_server_t *s, int nreq, bool created)
+int kreq__results_topic_check(kreq_worker_t *s, int nreq, bool created)
 {
-	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
+	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_WORKER_START_TIMEOUT_MS);
 	int served = kreq__topic_admin_served(s->reader, tmo);
 	if (served == 0 && !s->results_check_skipped) {
 		s->results_check_skipped = true;
@@ -155,7 +155,7 @@ int kreq__results_topic_check(kreq_server_t *s, int nreq, bool created)
 		return KREQ_EUNAVAILABLE;
 	if (nres == 0) {
 		kreq__loop_fatal(s, KREQ_EKAFKA,
-		                 "no metadata for results topic %s within server.start.timeout.ms",
+		                 "no metadata for results topic %s within worker.start.timeout.ms",
 		                 s->res_topic);
 		return KREQ_EKAFKA;
 	}
@@ -173,13 +173,13 @@ int kreq__results_topic_check(kreq_server_t *s, int nreq, bool created)
 
 /* What one rebuild saw, for its log lines. */
 typedef struct rebuild_stats {
-	uint64_t foreign; /* Results signed by a key not in server.result.signers */
+	uint64_t foreign; /* Results signed by a key not in worker.result.signers */
 	char first_key[KREQ_KEY_ID_MAX + 1];
 	int32_t first_part;
 	int64_t first_offset;
 } rebuild_stats_t;
 
-static void load_result(kreq_server_t *s, kreq__part_t *pt, const rd_kafka_message_t *m,
+static void load_result(kreq_worker_t *s, kreq__part_t *pt, const rd_kafka_message_t *m,
                         int64_t now, rebuild_stats_t *st)
 {
 	kreq__opened_t o;
@@ -187,7 +187,7 @@ static void load_result(kreq_server_t *s, kreq__part_t *pt, const rd_kafka_messa
 	int err =
 	    kreq__envelope_open(s->kr, &s->lim, now, m->payload, m->len, &o, why, sizeof(why));
 	if (err == KREQ_EEXPIRED)
-		return; /* past server.dedup.retention.ms: no longer deduplicates */
+		return; /* past worker.dedup.retention.ms: no longer deduplicates */
 	if (!err && o.kind != KREQ__KIND_RESULT) {
 		kreq__opened_clear(&o);
 		err = KREQ_EMALFORMED;
@@ -240,7 +240,7 @@ static int index_of(kreq__part_t **parts, int n, int32_t id)
 
 /* An end-of-partition event at position pos: true once the partition is
  * read up to its high watermark of the first such event. */
-static bool reached_end(kreq_server_t *s, int32_t id, progress_t *pg, int64_t pos)
+static bool reached_end(kreq_worker_t *s, int32_t id, progress_t *pg, int64_t pos)
 {
 	pg->reached = pos;
 	if (pg->target < 0) {
@@ -251,7 +251,7 @@ static bool reached_end(kreq_server_t *s, int32_t id, progress_t *pg, int64_t po
 			kreq__log(
 			    s->conf, 5, "server",
 			    "results %s [%d]: read to offset %lld, a transaction is open up to "
-			    "%lld; waiting for it (server.dedup.rebuild.timeout.ms)",
+			    "%lld; waiting for it (worker.dedup.rebuild.timeout.ms)",
 			    s->res_topic, id, (long long)pos, (long long)pg->target);
 	}
 	return pos >= pg->target;
@@ -265,17 +265,17 @@ static bool topic_gone(rd_kafka_resp_err_t e)
 
 /* The error of a rebuild that ran out of time, naming the first partition
  * that did not finish. */
-static void timed_out(kreq_server_t *s, kreq__part_t **parts, const progress_t *pg, int n)
+static void timed_out(kreq_worker_t *s, kreq__part_t **parts, const progress_t *pg, int n)
 {
 	int i = 0;
 	while (i < n - 1 && pg[i].done)
 		i++;
-	int64_t ms = kreq__conf_int(s->conf, KREQ__P_SERVER_REBUILD_TIMEOUT_MS);
+	int64_t ms = kreq__conf_int(s->conf, KREQ__P_WORKER_REBUILD_TIMEOUT_MS);
 	if (pg[i].target < 0)
 		kreq__loop_fatal(
 		    s, KREQ_EKAFKA,
 		    "rebuilding the dedup state: results %s [%d] did not reach its end "
-		    "within server.dedup.rebuild.timeout.ms (%lld ms)",
+		    "within worker.dedup.rebuild.timeout.ms (%lld ms)",
 		    s->res_topic, parts[i]->id, (long long)ms);
 	else
 		kreq__loop_fatal(
@@ -283,7 +283,7 @@ static void timed_out(kreq_server_t *s, kreq__part_t **parts, const progress_t *
 		    "rebuilding the dedup state: results %s [%d] is readable up to offset %lld but "
 		    "holds records up to %lld: a transaction open there since the rebuild started "
 		    "did "
-		    "not commit or abort within server.dedup.rebuild.timeout.ms (%lld ms). Some "
+		    "not commit or abort within worker.dedup.rebuild.timeout.ms (%lld ms). Some "
 		    "producer holds a transaction open on the results topic (a worker that hangs, "
 		    "or "
 		    "a producer that is not a worker); its transaction.timeout.ms bounds it",
@@ -293,11 +293,11 @@ static void timed_out(kreq_server_t *s, kreq__part_t **parts, const progress_t *
 
 /* Reads the assigned results partitions until each is done; KREQ_OK,
  * KREQ_ECANCELED (stop requested) or a fatal error. */
-static int read_all(kreq_server_t *s, kreq__part_t **parts, progress_t *pg, int n,
+static int read_all(kreq_worker_t *s, kreq__part_t **parts, progress_t *pg, int n,
                     rebuild_stats_t *st)
 {
 	int64_t until = kreq__mono_ns() +
-	                kreq__conf_int(s->conf, KREQ__P_SERVER_REBUILD_TIMEOUT_MS) * 1000000LL;
+	                kreq__conf_int(s->conf, KREQ__P_WORKER_REBUILD_TIMEOUT_MS) * 1000000LL;
 	int remaining = n;
 	int64_t now = kreq__now_ms();
 	while (remaining > 0) {
@@ -337,7 +337,7 @@ static int read_all(kreq_server_t *s, kreq__part_t **parts, progress_t *pg, int 
 	return KREQ_OK;
 }
 
-int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n)
+int kreq__rebuild(kreq_worker_t *s, kreq__part_t **parts, int n)
 {
 	if (n == 0)
 		return KREQ_OK;
@@ -370,7 +370,7 @@ int kreq__rebuild(kreq_server_t *s, kreq__part_t **parts, int n)
 	if (st.foreign)
 		kreq__log(s->conf, 4, "server",
 		          "results %s: ignored %llu result(s) signed by keys not in "
-		          "server.result.signers (first: key id %s, partition %d, offset %lld)",
+		          "worker.result.signers (first: key id %s, partition %d, offset %lld)",
 		          s->res_topic, (unsigned long long)st.foreign, st.first_key, st.first_part,
 		          (long long)st.first_offset);
 	if (err == KREQ_ECANCELED)

@@ -21,14 +21,14 @@
 
 #include "broker/worker/decide.h"
 #include "broker/worker/loop_int.h"
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
 #include "common/partition.h"
 
 /* ---- one record --------------------------------------------------------- */
 
-static bool reply_topic_allowed(const kreq_server_t *s, const char *topic)
+static bool reply_topic_allowed(const kreq_worker_t *s, const char *topic)
 {
 	for (size_t i = 0; i < s->nallow; i++)
 		if (fnmatch(s->allow[i], topic, 0) == 0)
@@ -41,7 +41,7 @@ static bool reply_topic_allowed(const kreq_server_t *s, const char *topic)
  * ok: a produce that then fails is a fault of the record (faults.h). */
 typedef enum { KREQ__RP_OK, KREQ__RP_BAD_PARTITION, KREQ__RP_TOPIC_MISSING } kreq__rp_t;
 
-static kreq__rp_t reply_partition_valid(kreq_server_t *s, const char *topic, int32_t partition)
+static kreq__rp_t reply_partition_valid(kreq_worker_t *s, const char *topic, int32_t partition)
 {
 	int n = kreq__topic_partitions_cached(s, topic, partition);
 	return n == 0                    ? KREQ__RP_TOPIC_MISSING
@@ -49,7 +49,7 @@ static kreq__rp_t reply_partition_valid(kreq_server_t *s, const char *topic, int
 	                                 : KREQ__RP_OK;
 }
 
-static const kreq__handler_t *handler_of(const kreq_server_t *s, const char *method)
+static const kreq__handler_t *handler_of(const kreq_worker_t *s, const char *method)
 {
 	for (size_t i = 0; i < s->nhandlers; i++)
 		if (!strcmp(s->handlers[i].method, method))
@@ -57,10 +57,10 @@ static const kreq__handler_t *handler_of(const kreq_server_t *s, const char *met
 	return NULL;
 }
 
-/* The key's token bucket refilled to now (server.rate.limit.per.key), or
+/* The key's token bucket refilled to now (worker.rate.limit.per.key), or
  * NULL when there is no limit or no memory for a new bucket. Reading it
  * takes nothing: a token is taken only when a handler is dispatched. */
-static kreq__bucket_t *bucket_of(kreq_server_t *s, const char *key_id)
+static kreq__bucket_t *bucket_of(kreq_worker_t *s, const char *key_id)
 {
 	if (s->rate <= 0)
 		return NULL;
@@ -84,7 +84,7 @@ static kreq__bucket_t *bucket_of(kreq_server_t *s, const char *key_id)
 	return b;
 }
 
-static void reject(kreq_server_t *s, kreq__reject_t why, const rd_kafka_message_t *m,
+static void reject(kreq_worker_t *s, kreq__reject_t why, const rd_kafka_message_t *m,
                    const char *detail)
 {
 	atomic_fetch_add_explicit(&s->m.rejected[why], 1, memory_order_relaxed);
@@ -92,7 +92,7 @@ static void reject(kreq_server_t *s, kreq__reject_t why, const rd_kafka_message_
 	          (int)m->partition, (long long)m->offset, detail);
 }
 
-static void handle_cancel(kreq_server_t *s, kreq__part_t *pt, const kreq__opened_t *o)
+static void handle_cancel(kreq_worker_t *s, kreq__part_t *pt, const kreq__opened_t *o)
 {
 	atomic_fetch_add_explicit(&s->m.cancels, 1, memory_order_relaxed);
 	const Kreq__Cancel *c = o->u.cancel;
@@ -113,7 +113,7 @@ static void handle_cancel(kreq_server_t *s, kreq__part_t *pt, const kreq__opened
 
 /* Signed for this service: a request replayed into another service's topic
  * is dropped, never answered ("unknown method" would fail the caller). */
-static bool service_ok(const kreq_server_t *s, const Kreq__Request *q)
+static bool service_ok(const kreq_worker_t *s, const Kreq__Request *q)
 {
 	return !strcmp(q->service, s->service);
 }
@@ -121,7 +121,7 @@ static bool service_ok(const kreq_server_t *s, const Kreq__Request *q)
 /* On the partition its idempotency key maps to (the client's murmur2):
  * dedup state is per partition, so a replay onto another one would run
  * again. */
-static bool partition_ok(const kreq_server_t *s, const rd_kafka_message_t *m,
+static bool partition_ok(const kreq_worker_t *s, const rd_kafka_message_t *m,
                          const Kreq__Request *q)
 {
 	return kreq__partition_of(q->idempotency_key.data, q->idempotency_key.len, s->nparts) ==
@@ -130,7 +130,7 @@ static bool partition_ok(const kreq_server_t *s, const rd_kafka_message_t *m,
 
 /* The receiver's own bound on the replay window, whatever the signer
  * asked: KREQ__R_COUNT when inside it. */
-static kreq__reject_t outside_window(const kreq_server_t *s, const Kreq__Request *q, int64_t now)
+static kreq__reject_t outside_window(const kreq_worker_t *s, const Kreq__Request *q, int64_t now)
 {
 	if (q->deadline_ms - now > s->max_deadline_ms + s->lim.skew_ms)
 		return KREQ__R_DEADLINE_TOO_FAR;
@@ -140,7 +140,7 @@ static kreq__reject_t outside_window(const kreq_server_t *s, const Kreq__Request
 }
 
 /* Answers without running anything; counts the outcome. */
-static void answer(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
+static void answer(kreq_worker_t *s, kreq__part_t *pt, const kreq__target_t *t,
                    const Kreq__Request *q, kreq__handled_t outcome, int32_t status,
                    const char *error)
 {
@@ -152,7 +152,7 @@ static void answer(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
 /* Runs r's handler, unless an earlier pass found r's output too large for
  * Kafka (faults.h): then r is answered with status KREQ_STATUS_TOO_LARGE,
  * stored like a handler's error, without running the handler again. */
-static void dispatch_or_refuse(kreq_server_t *s, kreq_request_t *r)
+static void dispatch_or_refuse(kreq_worker_t *s, kreq_request_t *r)
 {
 	const kreq__fault_t *f = kreq__faults_find(&s->faults, r->partition, r->offset);
 	if (!f || f->kind != KREQ__FAULT_TOO_LARGE || !kreq__faults_exhausted(f)) {
@@ -196,7 +196,7 @@ static bool corr_waiting(const kreq_request_t *r, const uint8_t *corr)
 
 /* The facts kreq__decide() needs about a verified Request (broker/worker/decide.h).
  * Side effect: an expired stored result for the key is removed. */
-static void request_facts(kreq_server_t *s, kreq__part_t *pt, const kreq__opened_t *o,
+static void request_facts(kreq_worker_t *s, kreq__part_t *pt, const kreq__opened_t *o,
                           const rd_kafka_message_t *m, int64_t now, req_ctx_t *c, kreq__facts_t *f)
 {
 	const Kreq__Request *q = o->u.req;
@@ -250,7 +250,7 @@ static void request_facts(kreq_server_t *s, kreq__part_t *pt, const kreq__opened
 }
 
 /* Adds t to the running request of entry e (counted in flight). */
-static bool join(kreq_server_t *s, kreq__dd_entry_t *e, const kreq__target_t *t)
+static bool join(kreq_worker_t *s, kreq__dd_entry_t *e, const kreq__target_t *t)
 {
 	kreq_request_t *r = e->running;
 	kreq__target_t *j = malloc(sizeof(*j));
@@ -266,7 +266,7 @@ static bool join(kreq_server_t *s, kreq__dd_entry_t *e, const kreq__target_t *t)
 }
 
 /* A new RUNNING entry and its request (not yet dispatched), or NULL. */
-static kreq_request_t *request_make(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
+static kreq_request_t *request_make(kreq_worker_t *s, kreq__part_t *pt, kreq__opened_t *o,
                                     const rd_kafka_message_t *m, const kreq__target_t *t,
                                     req_ctx_t *c)
 {
@@ -298,7 +298,7 @@ static kreq_request_t *request_make(kreq_server_t *s, kreq__part_t *pt, kreq__op
 }
 
 /* A new RUNNING entry and its request, handed to the pool. */
-static bool dispatch(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
+static bool dispatch(kreq_worker_t *s, kreq__part_t *pt, kreq__opened_t *o,
                      const rd_kafka_message_t *m, const kreq__target_t *t, req_ctx_t *c)
 {
 	kreq_request_t *r = request_make(s, pt, o, m, t, c);
@@ -311,7 +311,7 @@ static bool dispatch(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
  * to the dead-letter topic in the open transaction (light mode: before its
  * offset may pass), and it is answered status 10, stored like a handler's
  * result, without running the handler (docs/broker-design.md). */
-static bool poison(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
+static bool poison(kreq_worker_t *s, kreq__part_t *pt, kreq__opened_t *o,
                    const rd_kafka_message_t *m, const kreq__target_t *t, req_ctx_t *c)
 {
 	kreq_request_t *r = request_make(s, pt, o, m, t, c);
@@ -320,7 +320,7 @@ static bool poison(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
 	uint32_t n = kreq__poison_count(pt, r->ddkey, r->ddkey_len);
 	char reason[256], why[256];
 	snprintf(reason, sizeof(reason),
-	         "its handler was started %u times and never finished (server.poison.max.attempts "
+	         "its handler was started %u times and never finished (worker.poison.max.attempts "
 	         "%u): not run again",
 	         n, kreq__poison_max(s));
 	kreq__log(s->conf, 4, "server", "%s [%d] offset %lld: request for %s: %s; sent to %s",
@@ -365,7 +365,7 @@ static void answer_text(const kreq__opened_t *o, kreq__why_t why, char *buf, siz
 		snprintf(buf, n, "idempotency key reused with a different request");
 		break;
 	case KREQ__WHY_RATE_LIMITED:
-		snprintf(buf, n, "key %s is over server.rate.limit.per.key", o->key_id);
+		snprintf(buf, n, "key %s is over worker.rate.limit.per.key", o->key_id);
 		break;
 	default: /* KREQ__WHY_DEADLINE */
 		snprintf(buf, n, "deadline exceeded before the work could start");
@@ -391,19 +391,19 @@ static kreq__handled_t outcome_of_why(kreq__why_t why)
 /* Drops a verified Request (decide.h steps 3, 4 and 8): counted; logged
  * except replays of a running request, which an attacker can repeat at
  * will (a log line each would be the amplification). */
-static void drop_request(kreq_server_t *s, const rd_kafka_message_t *m, const kreq__opened_t *o,
+static void drop_request(kreq_worker_t *s, const rd_kafka_message_t *m, const kreq__opened_t *o,
                          kreq__why_t why, int64_t now)
 {
 	const Kreq__Request *q = o->u.req;
 	char text[512];
 	switch (why) {
 	case KREQ__WHY_DEADLINE_TOO_FAR:
-		snprintf(text, sizeof(text), "deadline %lld ms away exceeds server.max.deadline.ms",
+		snprintf(text, sizeof(text), "deadline %lld ms away exceeds worker.max.deadline.ms",
 		         (long long)(q->deadline_ms - now));
 		reject(s, KREQ__R_DEADLINE_TOO_FAR, m, text);
 		break;
 	case KREQ__WHY_TOO_OLD:
-		snprintf(text, sizeof(text), "issued %lld ms ago exceeds server.max.request.age.ms",
+		snprintf(text, sizeof(text), "issued %lld ms ago exceeds worker.max.request.age.ms",
 		         (long long)(now - q->issued_at_ms));
 		reject(s, KREQ__R_TOO_OLD, m, text);
 		break;
@@ -420,7 +420,7 @@ static void drop_request(kreq_server_t *s, const rd_kafka_message_t *m, const kr
 		break;
 	case KREQ__WHY_REPLY_TOPIC:
 		snprintf(text, sizeof(text),
-		         "reply topic %s is not allowed by server.reply.topic.allow",
+		         "reply topic %s is not allowed by worker.reply.topic.allow",
 		         o->u.req->reply_topic);
 		reject(s, KREQ__R_REPLY_TOPIC, m, text);
 		break;
@@ -434,7 +434,7 @@ static void drop_request(kreq_server_t *s, const rd_kafka_message_t *m, const kr
 		atomic_fetch_add_explicit(&s->m.rejected[KREQ__R_DUPLICATE], 1,
 		                          memory_order_relaxed);
 		break;
-	default: /* joiners full, or the worker at server.max.in.flight */
+	default: /* joiners full, or the worker at worker.max.in.flight */
 		atomic_fetch_add_explicit(&s->m.rejected[KREQ__R_JOIN_LIMIT], 1,
 		                          memory_order_relaxed);
 	}
@@ -443,7 +443,7 @@ static void drop_request(kreq_server_t *s, const rd_kafka_message_t *m, const kr
 /* Serves a stored result that left memory: read back from the results
  * topic. If it cannot be read, the caller is told to retry (overloaded):
  * running the handler again is what the ghost exists to prevent. */
-static bool serve_ghost(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
+static bool serve_ghost(kreq_worker_t *s, kreq__part_t *pt, const kreq__target_t *t,
                         const Kreq__Request *q, const kreq__dd_entry_t *e, int64_t now)
 {
 	kreq__opened_t o;
@@ -468,7 +468,7 @@ static bool serve_ghost(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t
 /* Executes kreq__decide()'s decision for a verified Request. Returns true
  * when the record is finished now (its offset may pass once the
  * transaction commits), false when a handler will finish it. */
-static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o,
+static bool handle_request(kreq_worker_t *s, kreq__part_t *pt, kreq__opened_t *o,
                            const rd_kafka_message_t *m, uint64_t seq, int64_t now)
 {
 	const Kreq__Request *q = o->u.req;
@@ -518,7 +518,7 @@ static bool handle_request(kreq_server_t *s, kreq__part_t *pt, kreq__opened_t *o
 	}
 }
 
-void kreq__handle_record(kreq_server_t *s, const rd_kafka_message_t *m)
+void kreq__handle_record(kreq_worker_t *s, const rd_kafka_message_t *m)
 {
 	if (m->err) {
 		if (m->err == RD_KAFKA_RESP_ERR__FATAL && !s->fatal)

@@ -13,12 +13,12 @@
 #include <stdint.h>
 
 #include "broker/worker/loop_int.h"
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/hoptrace.h"
 #include "common/internal.h"
 
-kreq__dr_t *kreq__dr_opaque(kreq_server_t *s, kreq__part_t *pt, uint64_t seq)
+kreq__dr_t *kreq__dr_opaque(kreq_worker_t *s, kreq__part_t *pt, uint64_t seq)
 {
 	if (s->txn_mode)
 		return NULL;
@@ -38,7 +38,7 @@ static int64_t offset_of(kreq__part_t *pt, uint64_t seq)
 }
 
 /* A reply that cannot go anywhere: counted, logged at most every 10 s. */
-static void reply_dropped(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t)
+static void reply_dropped(kreq_worker_t *s, kreq__part_t *pt, const kreq__target_t *t)
 {
 	uint64_t n = atomic_fetch_add_explicit(&s->m.reply_topic_missing, 1, memory_order_relaxed);
 	int64_t now = kreq__mono_ns();
@@ -54,7 +54,7 @@ static void reply_dropped(kreq_server_t *s, kreq__part_t *pt, const kreq__target
 }
 
 /* Seals and produces one reply to t, issued at now (ms). */
-void kreq__send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *t,
+void kreq__send_reply(kreq_worker_t *s, kreq__part_t *pt, const kreq__target_t *t,
                       const ProtobufCBinaryData *idem, int32_t status, const void *payload,
                       size_t len, const char *error, bool from_dedup, int64_t now)
 {
@@ -95,7 +95,7 @@ void kreq__send_reply(kreq_server_t *s, kreq__part_t *pt, const kreq__target_t *
 		atomic_fetch_add_explicit(&s->m.replies_batched, 1, memory_order_relaxed);
 }
 
-void kreq__store_result(kreq_server_t *s, kreq__part_t *pt, kreq_request_t *r, int64_t now,
+void kreq__store_result(kreq_worker_t *s, kreq__part_t *pt, kreq_request_t *r, int64_t now,
                         int64_t expires)
 {
 	const Kreq__Request *q = r->op.u.req;

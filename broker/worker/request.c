@@ -16,9 +16,9 @@
  * request) touches nothing and gets KREQ_ESTATE.
  *
  * Why overdue requests are tracked in one min-heap (by deadline plus
- * server.handler.grace.ms) and not with a timer each: the loop pops what is
+ * worker.handler.grace.ms) and not with a timer each: the loop pops what is
  * due at every step and sleeps no longer than until the next one is due;
- * push and removal are O(log n) for n <= 2 * server.max.in.flight.
+ * push and removal are O(log n) for n <= 2 * worker.max.in.flight.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -26,11 +26,11 @@
 #include <unistd.h>
 
 #include "broker/worker/handles.h"
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
 
-void kreq__wake(kreq_server_t *s)
+void kreq__wake(kreq_worker_t *s)
 {
 	uint64_t one = 1;
 	ssize_t n = write(s->efd, &one, sizeof(one));
@@ -110,7 +110,7 @@ KREQ_API bool kreq_request_cancelled(const kreq_request_t *h)
  * the completion list, for the loop to apply (or, abandoned, to free). */
 static void complete(kreq_request_t *r)
 {
-	kreq_server_t *s = r->srv;
+	kreq_worker_t *s = r->srv;
 	atomic_store_explicit(&r->state, KREQ__RQ_REPLIED, memory_order_release);
 	pthread_mutex_lock(&s->done_lock);
 	bool was_empty = !s->done_head;
@@ -139,12 +139,12 @@ static int release_abandoned(kreq_request_t *r, const char *what)
 {
 	if (!kreq__handle_cas(r->slot, r->gen, KREQ__SL_ABANDONED, KREQ__SL_RELEASED))
 		return KREQ_ESTATE;
-	kreq_server_t *s = r->srv;
+	kreq_worker_t *s = r->srv;
 	atomic_fetch_add_explicit(&s->m.late_replies, 1, memory_order_relaxed);
 	if (what)
 		kreq__log(s->conf, 4, "server",
 		          "%s to %s (%s [%d] offset %lld) refused: the worker already answered it "
-		          "with status 2 at its deadline + server.handler.grace.ms",
+		          "with status 2 at its deadline + worker.handler.grace.ms",
 		          what, r->op.u.req->method, s->req_topic, (int)r->partition,
 		          (long long)r->offset);
 	complete(r);
@@ -229,7 +229,7 @@ KREQ_API int kreq_request_reply(kreq_request_t *h, int32_t status, const void *p
  * so it neither checks again nor reads the clock again. */
 static void run_one(kreq_request_t *r, bool queued)
 {
-	kreq_server_t *s = r->srv;
+	kreq_worker_t *s = r->srv;
 	int64_t now = queued ? kreq__mono_ns() : r->consumed_ns;
 	kreq__hist_observe(&s->m.queue_time, (now - r->consumed_ns) / 1000);
 	if (queued && atomic_load_explicit(&r->cancelled, memory_order_acquire)) {
@@ -255,7 +255,7 @@ static void run_one(kreq_request_t *r, bool queued)
 
 static void *pool_main(void *arg)
 {
-	kreq_server_t *s = arg;
+	kreq_worker_t *s = arg;
 	pthread_mutex_lock(&s->pool_lock);
 	for (;;) {
 		while (!s->pool_head && !s->pool_stop)
@@ -277,12 +277,12 @@ static void *pool_main(void *arg)
 	return NULL;
 }
 
-void kreq__pool_drain(kreq_server_t *s)
+void kreq__pool_drain(kreq_worker_t *s)
 {
 	kreq__pool_drain_partitions(s, NULL);
 }
 
-void kreq__pool_drain_partitions(kreq_server_t *s, const bool *part)
+void kreq__pool_drain_partitions(kreq_worker_t *s, const bool *part)
 {
 	kreq_request_t *taken = NULL, **tail = &taken;
 	pthread_mutex_lock(&s->pool_lock);
@@ -308,7 +308,7 @@ void kreq__pool_drain_partitions(kreq_server_t *s, const bool *part)
 	}
 }
 
-int kreq__pool_start(kreq_server_t *s)
+int kreq__pool_start(kreq_worker_t *s)
 {
 	s->pool_stop = false;
 	s->pool_started = true;
@@ -326,7 +326,7 @@ int kreq__pool_start(kreq_server_t *s)
 	return 0;
 }
 
-void kreq__pool_stop(kreq_server_t *s)
+void kreq__pool_stop(kreq_worker_t *s)
 {
 	if (!s->pool_started)
 		return;
@@ -341,13 +341,13 @@ void kreq__pool_stop(kreq_server_t *s)
 
 /* ---- handler deadlines: a min-heap by overdue_ms (loop thread) ---------- */
 
-static void heap_set(kreq_server_t *s, size_t i, kreq_request_t *r)
+static void heap_set(kreq_worker_t *s, size_t i, kreq_request_t *r)
 {
 	s->overdue[i] = r;
 	r->heap_idx = i;
 }
 
-static void heap_up(kreq_server_t *s, size_t i)
+static void heap_up(kreq_worker_t *s, size_t i)
 {
 	kreq_request_t *r = s->overdue[i];
 	while (i > 0) {
@@ -360,7 +360,7 @@ static void heap_up(kreq_server_t *s, size_t i)
 	heap_set(s, i, r);
 }
 
-static void heap_down(kreq_server_t *s, size_t i)
+static void heap_down(kreq_worker_t *s, size_t i)
 {
 	kreq_request_t *r = s->overdue[i];
 	for (;;) {
@@ -379,13 +379,13 @@ static void heap_down(kreq_server_t *s, size_t i)
 }
 
 /* Room for r was made by kreq__request_new (overdue_cap >= nslots). */
-static void heap_push(kreq_server_t *s, kreq_request_t *r)
+static void heap_push(kreq_worker_t *s, kreq_request_t *r)
 {
 	heap_set(s, s->noverdue++, r);
 	heap_up(s, r->heap_idx);
 }
 
-static void heap_remove(kreq_server_t *s, kreq_request_t *r)
+static void heap_remove(kreq_worker_t *s, kreq_request_t *r)
 {
 	size_t i = r->heap_idx;
 	if (i == SIZE_MAX)
@@ -399,7 +399,7 @@ static void heap_remove(kreq_server_t *s, kreq_request_t *r)
 	heap_down(s, last->heap_idx);
 }
 
-kreq_request_t *kreq__overdue_pop(kreq_server_t *s, int64_t now_ms)
+kreq_request_t *kreq__overdue_pop(kreq_worker_t *s, int64_t now_ms)
 {
 	if (!s->noverdue || s->overdue[0]->overdue_ms > now_ms)
 		return NULL;
@@ -408,7 +408,7 @@ kreq_request_t *kreq__overdue_pop(kreq_server_t *s, int64_t now_ms)
 	return r;
 }
 
-int64_t kreq__overdue_next_ms(const kreq_server_t *s, int64_t now_ms)
+int64_t kreq__overdue_next_ms(const kreq_worker_t *s, int64_t now_ms)
 {
 	if (!s->noverdue)
 		return INT64_MAX;
@@ -435,7 +435,7 @@ bool kreq__request_abandon(kreq_request_t *r, bool *started)
 
 /* ---- dispatch and the request's life ---------------------------------- */
 
-void kreq__dispatch(kreq_server_t *s, kreq_request_t *r)
+void kreq__dispatch(kreq_worker_t *s, kreq_request_t *r)
 {
 	pthread_mutex_lock(&s->done_lock);
 	s->outstanding++;
@@ -469,7 +469,7 @@ void kreq__dispatch(kreq_server_t *s, kreq_request_t *r)
 	pthread_mutex_unlock(&s->pool_lock);
 }
 
-kreq_request_t *kreq__completions_take(kreq_server_t *s)
+kreq_request_t *kreq__completions_take(kreq_worker_t *s)
 {
 	pthread_mutex_lock(&s->done_lock);
 	kreq_request_t *r = s->done_head;
@@ -483,7 +483,7 @@ void kreq__request_retire(kreq_request_t *r)
 	if (r->retired)
 		return;
 	r->retired = true;
-	kreq_server_t *s = r->srv;
+	kreq_worker_t *s = r->srv;
 	heap_remove(s, r);
 	pthread_mutex_lock(&s->ip_lock);
 	if (r->ip_prev)
@@ -499,7 +499,7 @@ void kreq__request_retire(kreq_request_t *r)
 
 void kreq__request_free(kreq_request_t *r)
 {
-	kreq_server_t *s = r->srv;
+	kreq_worker_t *s = r->srv;
 	kreq__request_retire(r);
 	if (s->request_forget)
 		s->request_forget(s, r); /* its crash-journal slot */
@@ -520,7 +520,7 @@ void kreq__request_free(kreq_request_t *r)
 	s->rq_nfree++;
 }
 
-bool kreq__request_room(kreq_server_t *s)
+bool kreq__request_room(kreq_worker_t *s)
 {
 	return atomic_load_explicit(&s->in_progress, memory_order_relaxed) < s->max_in_flight &&
 	       (s->slot_nfree > 0 || s->nslots < s->slot_max);
@@ -528,7 +528,7 @@ bool kreq__request_room(kreq_server_t *s)
 
 /* One more handle slot for this server, with room in the free stack and
  * the deadline heap for it. */
-static int slot_grow(kreq_server_t *s)
+static int slot_grow(kreq_worker_t *s)
 {
 	if (s->nslots >= s->slot_max)
 		return KREQ_ENOMEM;
@@ -554,7 +554,7 @@ static int slot_grow(kreq_server_t *s)
 	return KREQ_OK;
 }
 
-kreq_request_t *kreq__request_new(kreq_server_t *s)
+kreq_request_t *kreq__request_new(kreq_worker_t *s)
 {
 	if (!s->slot_nfree && slot_grow(s))
 		return NULL;
@@ -573,7 +573,7 @@ kreq_request_t *kreq__request_new(kreq_server_t *s)
 	return r;
 }
 
-void kreq__handles_release(kreq_server_t *s)
+void kreq__handles_release(kreq_worker_t *s)
 {
 	/* every request is freed by now, so every slot is on the free stack */
 	kreq__handles_give(s->slot_ids, s->slot_nfree);
@@ -583,7 +583,7 @@ void kreq__handles_release(kreq_server_t *s)
 	s->nslots = s->slot_nfree = s->noverdue = s->overdue_cap = 0;
 }
 
-void kreq__recycled_free(kreq_server_t *s)
+void kreq__recycled_free(kreq_worker_t *s)
 {
 	for (kreq_request_t *r = s->rq_free, *n; r; r = n) {
 		n = r->next;

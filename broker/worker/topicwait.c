@@ -2,7 +2,7 @@
  * topicwait.c — waiting for Kafka to show a topic: its partition count
  * while Kafka does not answer (a Kafka broker restarting, an overloaded
  * host), and a topic just created until its partition leaders serve it.
- * Both are bounded by server.start.timeout.ms and fail the loop
+ * Both are bounded by worker.start.timeout.ms and fail the loop
  * (fatal.c) naming the cause. Loop thread, start-up and assignments.
  *
  * Why a file of its own: the Kafka objects (kafka.c), the rebuild and
@@ -13,7 +13,7 @@
 #include <stdbool.h>
 #include <time.h>
 
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
 #include "common/topic_admin.h"
@@ -21,13 +21,13 @@
 /* topic's partition count (0: no such topic), asked again while Kafka
  * does not answer (a Kafka broker stopping or restarting, an overloaded
  * host), and while the topic reads as missing if exists (just created,
- * or known to exist), until server.start.timeout.ms from now or a stop.
+ * or known to exist), until worker.start.timeout.ms from now or a stop.
  * A lookup that failed is an unavailable Kafka, never a partition count:
  * -1 then, the loop failed with KREQ_EUNAVAILABLE (kreqd exits 1, which
  * its supervisor restarts). A topic still missing returns 0, not fatal. */
-int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exists)
+int kreq__topic_partitions_await(kreq_worker_t *s, const char *topic, bool exists)
 {
-	int64_t tmo = kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
+	int64_t tmo = kreq__conf_int(s->conf, KREQ__P_WORKER_START_TIMEOUT_MS);
 	int64_t now = kreq__mono_ns(), until = now + tmo * 1000000LL;
 	bool logged = false;
 	int n;
@@ -43,7 +43,7 @@ int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exist
 			logged = true;
 			kreq__log(s->conf, 4, "server",
 			          "Kafka did not answer a metadata request for topic %s: asking "
-			          "again for up to server.start.timeout.ms (%lld ms)",
+			          "again for up to worker.start.timeout.ms (%lld ms)",
 			          topic, (long long)tmo);
 		}
 		/* backoff: a refused connection may fail the lookup at once */
@@ -52,7 +52,7 @@ int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exist
 	if (n < 0)
 		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
 		                 "Kafka did not answer a metadata request for topic %s within "
-		                 "server.start.timeout.ms (%lld ms; is kafka.bootstrap.servers "
+		                 "worker.start.timeout.ms (%lld ms; is kafka.bootstrap.servers "
 		                 "right?)",
 		                 topic, (long long)tmo);
 	return n;
@@ -61,18 +61,18 @@ int kreq__topic_partitions_await(kreq_server_t *s, const char *topic, bool exist
 /* A topic the worker just created (or found missing although it exists):
  * its partition count once Kafka shows it and its partition leaders know
  * it (common/topic_admin.h), looked at again every 100 ms, each look asking the
- * cluster metadata afresh, within server.start.timeout.ms in all. Why:
+ * cluster metadata afresh, within worker.start.timeout.ms in all. Why:
  * on a cluster that is healing (a Kafka broker just restarted, catching
  * up, on a loaded host) a new topic can take seconds to be served. The
  * wait this replaces had two phases of the full timeout each (metadata,
- * then leaders: up to twice server.start.timeout.ms), gave each leader's
+ * then leaders: up to twice worker.start.timeout.ms), gave each leader's
  * ListOffsets 1 s however slow the Kafka broker was, and gave up saying
  * only "did not become available" (issue 17, test_cluster3). Each look
  * here has up to 5 s; what is still missing is logged after
- * server.start.timeout.ms / 4 and named when it gives up. */
-int kreq__topic_await_ready(kreq_server_t *s, const char *topic)
+ * worker.start.timeout.ms / 4 and named when it gives up. */
+int kreq__topic_await_ready(kreq_worker_t *s, const char *topic)
 {
-	int64_t tmo = kreq__conf_int(s->conf, KREQ__P_SERVER_START_TIMEOUT_MS);
+	int64_t tmo = kreq__conf_int(s->conf, KREQ__P_WORKER_START_TIMEOUT_MS);
 	int64_t t0 = kreq__mono_ns(), now = t0, until = t0 + tmo * 1000000LL;
 	char why[300] = "";
 	bool warned = false;
@@ -89,7 +89,7 @@ int kreq__topic_await_ready(kreq_server_t *s, const char *topic)
 			warned = true;
 			kreq__log(s->conf, 4, "server",
 			          "topic %s is not available yet (%s): waiting for it up to "
-			          "server.start.timeout.ms (%lld ms)",
+			          "worker.start.timeout.ms (%lld ms)",
 			          topic, why, (long long)tmo);
 		}
 		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL);
@@ -97,7 +97,7 @@ int kreq__topic_await_ready(kreq_server_t *s, const char *topic)
 	if (n > 0)
 		return n;
 	kreq__loop_fatal(s, KREQ_EKAFKA,
-	                 "topic %s did not become available within server.start.timeout.ms "
+	                 "topic %s did not become available within worker.start.timeout.ms "
 	                 "(%lld ms): %s",
 	                 topic, (long long)tmo, why);
 	return -1;

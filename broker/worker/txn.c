@@ -43,7 +43,7 @@
  */
 #include <stdio.h>
 
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/hoptrace.h"
 #include "common/internal.h"
@@ -52,7 +52,7 @@
 #define KREQ__FENCED_WINDOW_MS 60000
 
 /* A fatal error that says another producer took over the transactional.id. */
-static bool fenced(kreq_server_t *s, const rd_kafka_error_t *e)
+static bool fenced(kreq_worker_t *s, const rd_kafka_error_t *e)
 {
 	rd_kafka_resp_err_t code = rd_kafka_error_code(e);
 	if (code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
@@ -66,7 +66,7 @@ static bool fenced(kreq_server_t *s, const rd_kafka_error_t *e)
  * right once. Two live workers with the same client.id share the
  * transactional.id and would fence each other forever: the third fencing
  * within a minute stops this worker instead, naming the cause. */
-static bool fenced_too_often(kreq_server_t *s)
+static bool fenced_too_often(kreq_worker_t *s)
 {
 	int64_t now = kreq__mono_ns() / 1000000;
 	if (now - s->fenced_since_ms > KREQ__FENCED_WINDOW_MS) {
@@ -87,7 +87,7 @@ static bool fenced_too_often(kreq_server_t *s)
  * the producer closed during it, a request of it may still arrive late:
  * fence now, before the next transaction (the rule's second half). What
  * the transaction did stands: no rewind, unless no producer can be had. */
-static void fence_if_closed(kreq_server_t *s, const char *what)
+static void fence_if_closed(kreq_worker_t *s, const char *what)
 {
 	uint64_t closes = atomic_load_explicit(&s->txn_socket_closes, memory_order_relaxed);
 	if (!s->producer || closes == s->txn_closes_at_begin)
@@ -114,7 +114,7 @@ static void fence_if_closed(kreq_server_t *s, const char *what)
  * old one's transaction (same transactional.id). Otherwise the abort is
  * retried while librdkafka says it may be resumed, and a failed abort
  * also re-creates the producer. */
-static void abort_open(kreq_server_t *s)
+static void abort_open(kreq_worker_t *s)
 {
 	rd_kafka_poll(s->producer, 0);
 	if (s->txn_failed) {
@@ -135,7 +135,7 @@ static void abort_open(kreq_server_t *s)
 	}
 }
 
-static void txn_fail(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
+static void txn_fail(kreq_worker_t *s, rd_kafka_error_t *e, const char *what)
 {
 	kreq__log(s->conf, 4, "server", "%s: %s%s", what, rd_kafka_error_string(e),
 	          rd_kafka_error_is_fatal(e) ? " (fatal)" : "");
@@ -160,7 +160,7 @@ static void txn_fail(kreq_server_t *s, rd_kafka_error_t *e, const char *what)
 	s->rewind_needed = true;
 }
 
-void kreq__txn_abort(kreq_server_t *s, const char *why)
+void kreq__txn_abort(kreq_worker_t *s, const char *why)
 {
 	if (!s->txn_mode || !s->txn_open || !s->producer) {
 		s->txn_failed = false;
@@ -178,7 +178,7 @@ void kreq__txn_abort(kreq_server_t *s, const char *why)
 	s->rewind_needed = true;
 }
 
-int kreq__txn_begin(kreq_server_t *s)
+int kreq__txn_begin(kreq_worker_t *s)
 {
 	if (!s->txn_mode || s->txn_open)
 		return KREQ_OK;
@@ -199,7 +199,7 @@ int kreq__txn_begin(kreq_server_t *s)
 }
 
 /* The commit points that moved since the last commit. */
-static rd_kafka_topic_partition_list_t *offsets_to_commit(kreq_server_t *s)
+static rd_kafka_topic_partition_list_t *offsets_to_commit(kreq_worker_t *s)
 {
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(s->nparts);
 	for (int32_t p = 0; p < s->nparts; p++) {
@@ -213,7 +213,7 @@ static rd_kafka_topic_partition_list_t *offsets_to_commit(kreq_server_t *s)
 	return l;
 }
 
-static void offsets_committed(kreq_server_t *s, const rd_kafka_topic_partition_list_t *l)
+static void offsets_committed(kreq_worker_t *s, const rd_kafka_topic_partition_list_t *l)
 {
 	for (int i = 0; i < l->cnt; i++) {
 		kreq__part_t *pt = s->parts[l->elems[i].partition];
@@ -225,7 +225,7 @@ static void offsets_committed(kreq_server_t *s, const rd_kafka_topic_partition_l
 
 /* send_offsets_to_transaction (if any moved) then commit_transaction, each
  * once: an error, retriable or not, goes to txn_fail (the fencing rule). */
-static rd_kafka_error_t *send_and_commit(kreq_server_t *s, rd_kafka_topic_partition_list_t *l)
+static rd_kafka_error_t *send_and_commit(kreq_worker_t *s, rd_kafka_topic_partition_list_t *l)
 {
 	if (l->cnt) {
 		rd_kafka_consumer_group_metadata_t *g =
@@ -239,7 +239,7 @@ static rd_kafka_error_t *send_and_commit(kreq_server_t *s, rd_kafka_topic_partit
 	return rd_kafka_commit_transaction(s->producer, s->txn_call_ms);
 }
 
-int kreq__txn_commit(kreq_server_t *s)
+int kreq__txn_commit(kreq_worker_t *s)
 {
 	if (!s->txn_mode && s->consumer) { /* light: commit delivered offsets, asynchronously */
 		rd_kafka_topic_partition_list_t *l = offsets_to_commit(s);

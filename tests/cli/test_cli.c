@@ -33,7 +33,7 @@
 #include "kreq/error.h"
 #include "proto/envelope.h"
 #include "proc.h"
-#include "server.h"
+#include "worker.h"
 #include "testsupport.h"
 
 #ifndef KREQ_CLI_PATH
@@ -529,16 +529,16 @@ START_TEST(test_pending_bootstrap_answered)
 	char err[512];
 	const char *kv[][2] = {{"kafka.bootstrap.servers", bs},
 	                       {"client.id", "cli-worker"},
-	                       {"server.topic.partitions", "1"},
+	                       {"worker.topic.partitions", "1"},
 	                       {"log.level", "3"}};
 	for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++)
 		ck_assert_msg(kreq_conf_set(conf, kv[i][0], kv[i][1], err, sizeof(err)) == KREQ_OK,
 		              "%s: %s", kv[i][0], err);
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, 0), KREQ_OK);
-	kreq_test_running_t *w = kreq_test_server_start(s);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, 0), KREQ_OK);
+	kreq_test_running_t *w = kreq_test_worker_start(s);
 	kreq_client_t *c = live_client(bs, kr, kreq_test_tmp("client.sock"));
 	kreq_future_t *f = call_never(c, "svc.echo", "answered-1");
 	ck_assert_int_eq(kreq_future_wait(f, 30000), KREQ_OK);
@@ -551,7 +551,7 @@ START_TEST(test_pending_bootstrap_answered)
 	ck_assert_msg(strstr(r.out, "answered-1") == NULL, "%s", r.out);
 	kreq_test_result_free(&r);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 	mock_stop();
 	kreq_keyring_release(kr);
 	kreq_test_tmp_remove();

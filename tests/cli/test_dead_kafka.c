@@ -35,10 +35,10 @@
 #include "common/internal.h"
 #include "kreq/client.h"
 #include "kreq/error.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 #include "proto/envelope.h"
 #include "proc.h"
-#include "server.h"
+#include "worker.h"
 #include "testsupport.h"
 
 #ifndef KREQ_CLI_PATH
@@ -572,11 +572,11 @@ static kreq_test_running_t *worker_start(void)
 	for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++)
 		ck_assert_msg(kreq_conf_set(conf, kv[i][0], kv[i][1], err, sizeof(err)) == KREQ_OK,
 		              "%s: %s", kv[i][0], err);
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, 0), KREQ_OK);
-	return kreq_test_server_start(s);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, 0), KREQ_OK);
+	return kreq_test_worker_start(s);
 }
 
 /* The verified svc.echo requests in the requests topic whose idempotency
@@ -702,7 +702,7 @@ START_TEST(test_replay_new_key)
 	ck_assert_ptr_nonnull(strstr(r.out, "payload: " ALPHA_PAYLOAD));
 	kreq_test_result_free(&r);
 	ck_assert_int_eq(atomic_load(&calls_seen), 2);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 

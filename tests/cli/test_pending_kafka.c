@@ -4,7 +4,7 @@
  * its streams and exit status) against a REAL Kafka broker
  * (KREQ_TEST_BOOTSTRAP; FAILS without it).
  *
- * - A real worker (kreq_server_run on a thread) whose handler holds three
+ * - A real worker (kreq_worker_run on a thread) whose handler holds three
  *   calls until the test releases them: listed as waiting while they run
  *   (table and JSON, verified and unverified), then gone once the worker
  *   committed; the worker's group never sees the CLI (no rebalance).
@@ -38,10 +38,10 @@
 #include "common/internal.h"
 #include "kreq/client.h"
 #include "kreq/error.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 #include "proto/envelope.h"
 #include "proc.h"
-#include "server.h"
+#include "worker.h"
 #include "testsupport.h"
 
 #ifndef KREQ_CLI_PATH
@@ -192,15 +192,15 @@ static kreq_conf_t *base_conf(const char *client_id)
 	return conf;
 }
 
-static kreq_test_running_t *server_start(void)
+static kreq_test_running_t *worker_start(void)
 {
 	kreq_conf_t *conf = base_conf("pk-worker");
 	char err[512];
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(s, "svc.wait", h_wait, NULL, 0), KREQ_OK);
-	return kreq_test_server_start(s);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.wait", h_wait, NULL, 0), KREQ_OK);
+	return kreq_test_worker_start(s);
 }
 
 static kreq_future_t *call(kreq_client_t *c, const char *payload, const char *idem)
@@ -310,8 +310,8 @@ START_TEST(test_outstanding_until_committed)
 	kreq_test_create_topic(bootstrap, topic, 3, 30000);
 	snprintf(topic, sizeof(topic), "%s.svc.results", prefix);
 	kreq_test_create_topic_ex(bootstrap, topic, 3, -1, compact, 30000);
-	kreq_test_running_t *w = server_start();
-	uint64_t rebalances = kreq_test_server_metric(w->s, "kreq_server_rebalances_total{");
+	kreq_test_running_t *w = worker_start();
+	uint64_t rebalances = kreq_test_worker_metric(w->s, "kreq_worker_rebalances_total{");
 	kreq_conf_t *conf = base_conf("pk-client");
 	char err[512];
 	kreq_client_t *c = kreq_client_new(conf, kr, err, sizeof(err));
@@ -350,10 +350,10 @@ START_TEST(test_outstanding_until_committed)
 	KREQ_TEST_ASSERT_RUN(&r, 0, out, "0 outstanding (0 waiting, 0 cancelled)");
 	kreq_test_result_free(&r);
 	/* the CLI read the group's offsets without ever joining it */
-	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_rebalances_total{"),
+	ck_assert_uint_eq(kreq_test_worker_metric(w->s, "kreq_worker_rebalances_total{"),
 	                  rebalances);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -602,7 +602,7 @@ START_TEST(test_call_deletes_its_reply_topic)
 	char topic[160], own[160], chosen[160];
 	snprintf(topic, sizeof(topic), "%s.svc.requests", prefix);
 	kreq_test_create_topic(bootstrap, topic, 1, 30000);
-	kreq_test_running_t *w = server_start();
+	kreq_test_running_t *w = worker_start();
 	snprintf(own, sizeof(own), "%s.reply.kreq-cli-", prefix);
 	kreq_test_result_t r;
 	for (int i = 0; i < 2; i++) {
@@ -621,7 +621,7 @@ START_TEST(test_call_deletes_its_reply_topic)
 	kreq_test_result_free(&r);
 	snprintf(chosen, sizeof(chosen), "%s.reply.pk-cli", prefix);
 	ck_assert_int_eq(topics_with(chosen), 1);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 	atomic_store(&release_calls, 0);
 }
 END_TEST

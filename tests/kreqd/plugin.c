@@ -93,16 +93,16 @@ static void crash(kreq_request_t *r, void *opaque)
 	kreq_request_reply(r, KREQ_STATUS_OK, id, strlen(id), NULL);
 }
 
-static int init(kreq_server_t *s, char *errstr, size_t errstr_size)
+static int init(kreq_worker_t *s, char *errstr, size_t errstr_size)
 {
 	note("init\n");
-	int err = kreq_server_register(s, "kdtest.hello", hello, NULL, KREQ_HANDLER_INLINE);
+	int err = kreq_worker_register(s, "kdtest.hello", hello, NULL, KREQ_HANDLER_INLINE);
 	if (!err)
-		err = kreq_server_register(s, "kdtest.slow", slow, NULL, 0);
+		err = kreq_worker_register(s, "kdtest.slow", slow, NULL, 0);
 	if (!err)
-		err = kreq_server_register(s, "kdtest.twice", twice, NULL, 0);
+		err = kreq_worker_register(s, "kdtest.twice", twice, NULL, 0);
 	if (!err)
-		err = kreq_server_register(s, "kdtest.crash", crash, NULL, 0);
+		err = kreq_worker_register(s, "kdtest.crash", crash, NULL, 0);
 #ifdef KDTEST_INIT_FAIL
 	if (!err) { /* fails after registering, as a real plugin might */
 		snprintf(errstr, errstr_size, "the test plugin refuses to start");

@@ -191,7 +191,7 @@ START_TEST(test_config_errors)
 	expect_config_error(kreq_test_tmp("bad.conf"), NULL, "bad.conf:2: no such property");
 	expect_config_error(kreq_test_tmp("bad.conf"), NULL, "no.such.property");
 	const char *conf = make_conf(NULL);
-	expect_config_error(conf, "server.handler.threads=0", "server.handler.threads");
+	expect_config_error(conf, "worker.handler.threads=0", "worker.handler.threads");
 	expect_config_error(conf, "no.such=1", "--set: ");
 	expect_config_error(conf, "service=", "service is not set");
 	expect_config_error(conf, "keyring.file=", "keyring.file is not set");
@@ -200,7 +200,7 @@ START_TEST(test_config_errors)
 	expect_config_error(conf, "kreqd.builtins=echo,echo", "\\\"echo\\\" is listed twice");
 	expect_config_error(conf, "kreqd.builtins=record", "kreqd.record.file is not set");
 	expect_config_error(conf, "kreqd.builtins=", "nothing to serve");
-	expect_config_error(conf, "server.mode=fast", "server.mode must be");
+	expect_config_error(conf, "worker.mode=fast", "worker.mode must be");
 	write_file(kreq_test_tmp("nobs.conf"), "service = kdtest\nkreqd.builtins = echo\n", 0644);
 	char set[256];
 	snprintf(set, sizeof(set), "keyring.file=%s", kreq_test_tmp("k.key"));
@@ -490,14 +490,14 @@ START_TEST(test_unreachable_kafka)
 	struct stat st;
 	ck_assert_int_eq(stat(kreq_test_tmp("adm"), &st), 0);
 	ck_assert_int_eq(st.st_mode & 0777, 0600);
-	a = await_admin(&p, kreq_test_tmp("adm"), "metrics\n", "kreq_server_in_flight");
+	a = await_admin(&p, kreq_test_tmp("adm"), "metrics\n", "kreq_worker_in_flight");
 	free(a);
 	a = await_admin(&p, kreq_test_tmp("adm"), "frobnicate\n", "{\"error\":\"unknown command");
 	free(a);
 	int status;
 	char *h = http(port, "GET", "/metrics", &status);
 	ck_assert_msg(status == 200 && strstr(h, "text/plain; version=0.0.4") &&
-	                  strstr(h, "kreq_server_in_flight{service=\"kdtest\""),
+	                  strstr(h, "kreq_worker_in_flight{service=\"kdtest\""),
 	              "GET /metrics: %s", h ? h : "(no answer)");
 	free(h);
 	h = http(port, "GET", "/nope", &status);
@@ -512,9 +512,9 @@ START_TEST(test_unreachable_kafka)
 	              "exit %d; stderr: %s", r.status, r.err);
 	kreq_test_result_free(&r);
 	ck_assert_msg(access(kreq_test_tmp("adm"), F_OK) != 0, "admin socket left behind");
-	/* light mode: the topic lookups ask again until server.start.timeout.ms */
-	kreqd(&r, "--config", kreq_test_tmp("kd.conf"), "--set", "server.mode=light", "--set",
-	      "kreqd.metrics.port=0", "--set", "server.start.timeout.ms=3000", NULL);
+	/* light mode: the topic lookups ask again until worker.start.timeout.ms */
+	kreqd(&r, "--config", kreq_test_tmp("kd.conf"), "--set", "worker.mode=light", "--set",
+	      "kreqd.metrics.port=0", "--set", "worker.start.timeout.ms=3000", NULL);
 	ck_assert_msg(r.status == 1 &&
 	                  strstr(r.err, "Kafka did not answer a metadata request for topic") &&
 	                  r.ms >= 3000 && r.ms < 20000,
@@ -731,7 +731,7 @@ START_TEST(test_serving)
 	char extra[1024];
 	snprintf(extra, sizeof(extra),
 	         "kafka.bootstrap.servers = %s\n"
-	         "server.mode = light\n"
+	         "worker.mode = light\n"
 	         "kreqd.builtins = echo,sleep,fail,record\n"
 	         "kreqd.record.file = %s\n"
 	         "kreqd.plugins = %s\n"
@@ -744,7 +744,7 @@ START_TEST(test_serving)
 	kreq_test_proc_start(&p, KREQD_PATH, args, NULL);
 	/* serving once its partitions are assigned */
 	free(await_admin(&p, kreq_test_tmp("adm"), "metrics\n",
-	                 "kreq_server_rebalances_total{service=\"kdtest\",worker=\"kreq\"} 1\n"));
+	                 "kreq_worker_rebalances_total{service=\"kdtest\",worker=\"kreq\"} 1\n"));
 	int status;
 	char *h = http(port, "GET", "/healthz", &status);
 	ck_assert_msg(status == 200 && strstr(h, "\r\n\r\nok\n"), "/healthz: %s", h ? h : "");

@@ -10,7 +10,7 @@
 #include <time.h>
 
 #include "broker/worker/decide.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 #include "proto/envelope.h"
 #include "testsupport.h"
 
@@ -187,7 +187,7 @@ static const ddrow_t DEDUP[] = {
      0},
     {KREQ__FOUND_RUNNING, true, false, KREQ__JOINERS_MAX, 256, KREQ__ACT_DROP,
      KREQ__WHY_JOINERS_FULL, 0},
-    /* joiners count against server.max.in.flight */
+    /* joiners count against worker.max.in.flight */
     {KREQ__FOUND_RUNNING, true, false, 0, 256, KREQ__ACT_DROP, KREQ__WHY_IN_FLIGHT_FULL, 0},
     {KREQ__FOUND_RUNNING, true, false, 0, 300, KREQ__ACT_DROP, KREQ__WHY_IN_FLIGHT_FULL, 0},
     /* conflict before everything else about a running entry */
@@ -249,7 +249,7 @@ START_TEST(test_rate_and_budget)
 }
 END_TEST
 
-/* Poison: counted starts against server.poison.max.attempts, only for a
+/* Poison: counted starts against worker.poison.max.attempts, only for a
  * key without a stored result or a running request. */
 START_TEST(test_poison_threshold)
 {

@@ -12,7 +12,7 @@
 #include "kreq/client.h"
 #include "kreq/conf.h"
 #include "kreq/keyring.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 #include "kreq/error.h"
 #include "proto/envelope.h"
 #include "testsupport.h"
@@ -129,7 +129,7 @@ START_TEST(test_size_limits)
 }
 END_TEST
 
-/* kreq_server_new() and kreq_client_new() refuse a kafka.message.max.bytes
+/* kreq_worker_new() and kreq_client_new() refuse a kafka.message.max.bytes
  * that a full payload would not fit, before connecting anywhere. */
 START_TEST(test_new_refuses_small_message_max)
 {
@@ -143,7 +143,7 @@ START_TEST(test_new_refuses_small_message_max)
 	ck_assert_int_eq(kreq_conf_set(c, "kafka.bootstrap.servers", "127.0.0.1:1", why, 512),
 	                 KREQ_OK);
 	ck_assert_int_eq(kreq_conf_set(c, "kafka.message.max.bytes", "1000000", why, 512), KREQ_OK);
-	ck_assert_ptr_null(kreq_server_new(c, kr, "svc", why, sizeof(why)));
+	ck_assert_ptr_null(kreq_worker_new(c, kr, "svc", why, sizeof(why)));
 	ck_assert_ptr_nonnull(strstr(why, "kafka.message.max.bytes (1000000) is too small"));
 	why[0] = '\0';
 	ck_assert_ptr_null(kreq_client_new(c, kr, why, sizeof(why)));

@@ -1,14 +1,14 @@
 /*
  * test_membership.c — the static group membership's instance id
  * (broker/worker/member.c): derived from client.id, overridden by
- * server.group.instance.id, none when server.static.membership is false.
+ * worker.group.instance.id, none when worker.static.membership is false.
  * Its behaviour in a real group is tested by test_member (tests/worker).
  */
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "kreq/conf.h"
 #include "kreq/error.h"
 #include "testsupport.h"
@@ -41,14 +41,14 @@ START_TEST(test_instance_id)
 {
 	expect_id(NULL, "kreq"); /* client.id's default */
 	expect_id((const char *const[]){"client.id", "kreqd-2", NULL}, "kreqd-2");
-	expect_id((const char *const[]){"client.id", "kreqd-2", "server.group.instance.id",
+	expect_id((const char *const[]){"client.id", "kreqd-2", "worker.group.instance.id",
 	                                "blue-2", NULL},
 	          "blue-2");
-	expect_id((const char *const[]){"client.id", "kreqd-2", "server.static.membership", "false",
+	expect_id((const char *const[]){"client.id", "kreqd-2", "worker.static.membership", "false",
 	                                NULL},
 	          NULL);
-	expect_id((const char *const[]){"server.static.membership", "false",
-	                                "server.group.instance.id", "blue-2", NULL},
+	expect_id((const char *const[]){"worker.static.membership", "false",
+	                                "worker.group.instance.id", "blue-2", NULL},
 	          NULL);
 }
 END_TEST
@@ -59,10 +59,10 @@ START_TEST(test_instance_id_bounds)
 	char err[256], longer[300];
 	memset(longer, 'x', 250);
 	longer[250] = 0; /* Kafka's ids are strings; kreq keeps them topic-name sized */
-	ck_assert_int_ne(kreq_conf_set(c, "server.group.instance.id", longer, err, sizeof(err)),
+	ck_assert_int_ne(kreq_conf_set(c, "worker.group.instance.id", longer, err, sizeof(err)),
 	                 KREQ_OK);
-	ck_assert_ptr_nonnull(strstr(err, "server.group.instance.id"));
-	ck_assert_int_ne(kreq_conf_set(c, "server.static.membership", "maybe", err, sizeof(err)),
+	ck_assert_ptr_nonnull(strstr(err, "worker.group.instance.id"));
+	ck_assert_int_ne(kreq_conf_set(c, "worker.static.membership", "maybe", err, sizeof(err)),
 	                 KREQ_OK);
 	kreq_conf_destroy(c);
 }

@@ -24,16 +24,16 @@
 #include <unistd.h>
 
 #include "kreq/error.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 
-static kreq_server_t *srv;
+static kreq_worker_t *srv;
 static atomic_bool finished;
 static int record_fd;
 
 static void on_term(int sig)
 {
 	(void)sig;
-	kreq_server_stop(srv); /* async-signal-safe */
+	kreq_worker_stop(srv); /* async-signal-safe */
 }
 
 static void record(kreq_request_t *r, void *opaque)
@@ -65,7 +65,7 @@ static void *announce(void *arg)
 {
 	(void)arg;
 	while (!atomic_load(&finished)) {
-		if (kreq_server_ready(srv)) {
+		if (kreq_worker_ready(srv)) {
 			printf("ready\n");
 			fflush(stdout);
 			return NULL;
@@ -126,26 +126,26 @@ int main(int argc, char **argv)
 	set(conf, "kafka.bootstrap.servers", argv[1]);
 	set(conf, "topic.prefix", argv[2]);
 	set(conf, "client.id", argv[3]);
-	set(conf, "server.mode", argc > 6 ? argv[6] : "transactional");
-	set(conf, "server.topic.partitions", "4");
-	set(conf, "server.handler.threads", "8");
+	set(conf, "worker.mode", argc > 6 ? argv[6] : "transactional");
+	set(conf, "worker.topic.partitions", "4");
+	set(conf, "worker.handler.threads", "8");
 	set(conf, "log.level", "5");
 	extra_settings(conf);
 	char err[512];
-	srv = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	if (!srv || kreq_server_register(srv, "svc.record", record, NULL, 0)) {
+	srv = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	if (!srv || kreq_worker_register(srv, "svc.record", record, NULL, 0)) {
 		fprintf(stderr, "fault_worker: %s\n", err);
 		return 2;
 	}
 	signal(SIGTERM, on_term);
 	pthread_t t;
 	pthread_create(&t, NULL, announce, NULL);
-	int rc = kreq_server_run(srv, err, sizeof(err));
+	int rc = kreq_worker_run(srv, err, sizeof(err));
 	atomic_store(&finished, true);
 	pthread_join(t, NULL);
 	if (rc)
 		fprintf(stderr, "fault_worker: %s\n", err);
-	kreq_server_destroy(srv);
+	kreq_worker_destroy(srv);
 	kreq_conf_destroy(conf);
 	kreq_keyring_release(kr);
 	close(record_fd);

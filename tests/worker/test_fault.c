@@ -318,7 +318,7 @@ static const char *kreqd_conf_as(const char *client_id, const char *extra)
 	fprintf(f,
 	        "service = svc\nkeyring.file = %s\nkafka.bootstrap.servers = %s\n"
 	        "topic.prefix = %s\nclient.id = %s\nkreqd.builtins = echo\n"
-	        "server.shutdown.grace.ms = 3000\nserver.topic.partitions = 6\n%s",
+	        "worker.shutdown.grace.ms = 3000\nworker.topic.partitions = 6\n%s",
 	        kreq_test_tmp("k.key"), bootstrap, prefix, client_id, extra ? extra : "");
 	fclose(f);
 	return out;
@@ -346,7 +346,7 @@ static void kreqd_await(kreq_test_proc_t *p, const char *want, int timeout_ms)
 }
 
 /* Kafka is down when kreqd starts and comes back within
- * server.start.timeout.ms: a metadata lookup that got no answer is an
+ * worker.start.timeout.ms: a metadata lookup that got no answer is an
  * unavailable Kafka, asked again, never a partition count (it was read as
  * "-1 partitions", a co-partitioning mismatch: exit 2, which systemd does
  * not restart). Light mode: no init_transactions() waits for Kafka first,
@@ -356,7 +356,7 @@ START_TEST(test_kreqd_start_while_kafka_down)
 {
 	kreq_test_tmp_create("h3start");
 	const char *conf =
-	    kreqd_conf("server.mode = light\nserver.start.timeout.ms = 120000\nlog.level = 6\n");
+	    kreqd_conf("worker.mode = light\nworker.start.timeout.ms = 120000\nlog.level = 6\n");
 	ck_assert_int_eq(kafka_sh("kill-node", "1"), 0);
 	kreq_test_proc_t p;
 	const char *args[] = {"--config", conf, NULL};
@@ -374,19 +374,19 @@ START_TEST(test_kreqd_start_while_kafka_down)
 }
 END_TEST
 
-/* Kafka stays down longer than server.start.timeout.ms: kreqd gives up
+/* Kafka stays down longer than worker.start.timeout.ms: kreqd gives up
  * with the restartable exit status 1 naming Kafka, never 2. */
 START_TEST(test_kreqd_start_kafka_stays_down)
 {
 	kreq_test_tmp_create("h3down");
-	const char *conf = kreqd_conf("server.mode = light\nserver.start.timeout.ms = 8000\n");
+	const char *conf = kreqd_conf("worker.mode = light\nworker.start.timeout.ms = 8000\n");
 	ck_assert_int_eq(kafka_sh("kill-node", "1"), 0);
 	const char *args[] = {"--config", conf, NULL};
 	kreq_test_result_t r;
 	kreq_test_run(&r, KREQD_PATH, args, NULL, 60000);
 	ck_assert_int_eq(kafka_sh("start-node", "1"), 0);
 	KREQ_TEST_ASSERT_RUN(&r, 1, err, "Kafka did not answer a metadata request for topic");
-	ck_assert_msg(r.ms >= 8000, "gave up after %lld ms, before server.start.timeout.ms",
+	ck_assert_msg(r.ms >= 8000, "gave up after %lld ms, before worker.start.timeout.ms",
 	              (long long)r.ms);
 	kreq_test_result_free(&r);
 	kreq_test_tmp_remove();
@@ -479,7 +479,7 @@ END_TEST
 START_TEST(test_static_member_duplicate_instance_refused)
 {
 	kreq_test_tmp_create("h3dup");
-	const char *conf = kreqd_conf("server.mode = light\n");
+	const char *conf = kreqd_conf("worker.mode = light\n");
 	kreq_test_proc_t kd[2];
 	kreqd_spawn(&kd[0], conf);
 	kreqd_spawn(&kd[1], conf);
@@ -580,7 +580,7 @@ static void revoke_schedule(int step, void *arg)
  * after the result its caller saw was committed, and no request has two
  * committed results (two owners). With cooperative-sticky the revoke is
  * incremental: running handlers of the revoked partitions finish within
- * server.shutdown.grace.ms and are committed before the partition goes. */
+ * worker.shutdown.grace.ms and are committed before the partition goes. */
 START_TEST(test_revoke_with_slow_handlers)
 {
 	sleep_min_ms = 150;
@@ -771,7 +771,7 @@ static void roll_print(const char *name, const roll_fig_t *f)
 START_TEST(test_rolling_restart_throughput)
 {
 	static const char *const confs[2] = {
-	    "server.static.membership=false;kafka.partition.assignment.strategy=range", ""};
+	    "worker.static.membership=false;kafka.partition.assignment.strategy=range", ""};
 	static const char *const names[2] = {"eager, dynamic members",
 	                                     "static members, cooperative-sticky"};
 	roll_fig_t fig[2][2];

@@ -14,14 +14,14 @@
  * How: the suite runs its own one-node Kafka (freezing the shared one would
  * stall every other suite). Under a steady load of calls to one
  * transactional worker process (faultload.h), the Kafka broker's JVM is
- * frozen (SIGSTOP) for longer than the worker's server.txn.call.timeout.ms,
+ * frozen (SIGSTOP) for longer than the worker's worker.txn.call.timeout.ms,
  * then thawed (SIGCONT). Checked: every call settles, no key has two
  * different replies, no committed request ran again (faultload.h
  * check_records), the worker is still running, and the coordinator's
  * transaction log (kafka.sh txn-state) shows the worker's transactional.id
  * under more than one producer epoch: it was fenced. Before the rule the
  * worker retried its commit in the old epoch (one epoch in the log), and
- * with Kafka gone longer than server.start.timeout.ms it stopped for good
+ * with Kafka gone longer than worker.start.timeout.ms it stopped for good
  * ("init_transactions ... timed out").
  */
 #include <check.h>
@@ -143,7 +143,7 @@ static int epochs_of(const char *txn_id, char *line, size_t size)
 	return count;
 }
 
-/* The worker notes handler starts in a journal file (server.poison.journal)
+/* The worker notes handler starts in a journal file (worker.poison.journal)
  * rather than in acknowledged Kafka writes: with acknowledged ones its loop
  * waits for Kafka before every handler start (up to 15 s, broker/worker/poison.c),
  * and a frozen Kafka mostly caught it there, with no transaction call in
@@ -152,7 +152,7 @@ static void run_freeze(const char *name, const char *settings, int frozen_ms)
 {
 	char all[1024];
 	snprintf(journal_path, sizeof(journal_path), "%s.journal", record_path);
-	snprintf(all, sizeof(all), "server.poison.journal=%s;%s", journal_path, settings);
+	snprintf(all, sizeof(all), "worker.poison.journal=%s;%s", journal_path, settings);
 	setenv("KREQ_FAULT_WORKER_SET", all, 1);
 	worker_spawn(0, "transactional");
 	kafka_pid = read_kafka_pid();
@@ -186,20 +186,20 @@ static void run_freeze(const char *name, const char *settings, int frozen_ms)
  * the call's timeout at 1.5 s: fenced, rewound, nothing lost. */
 START_TEST(test_unknown_commit_fences)
 {
-	run_freeze("commit", "server.txn.call.timeout.ms=1500", 4000);
+	run_freeze("commit", "worker.txn.call.timeout.ms=1500", 4000);
 }
 END_TEST
 
 /* Kafka frozen for 10 s, longer than the call timeout (1.5 s), the
  * producer's drain (2 s) and the new producer's init_transactions()
- * (server.start.timeout.ms, 4 s: room for a slow start under the
+ * (worker.start.timeout.ms, 4 s: room for a slow start under the
  * sanitizers) together: the worker waits without a producer and serves on. */
 START_TEST(test_outage_beyond_start_timeout)
 {
 	/* transaction.timeout.ms above the freeze: Kafka's own abort of a
 	 * timed-out transaction would bump the epoch too */
 	run_freeze("outage",
-	           "server.txn.call.timeout.ms=1500;server.start.timeout.ms=4000;"
+	           "worker.txn.call.timeout.ms=1500;worker.start.timeout.ms=4000;"
 	           "kafka.transaction.timeout.ms=60000",
 	           10000);
 }

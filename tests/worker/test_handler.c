@@ -5,7 +5,7 @@
  *     (KREQ_ESTATE) and never reaches the request that reused the worker's
  *     memory (issue 16, item 9: it used to answer another caller, then crash
  *     the worker);
- *   - a handler that never replies: past its deadline + server.handler.
+ *   - a handler that never replies: past its deadline + worker.handler.
  *     grace.ms the worker answers status 2, stores it (a retry gets it, the
  *     handler does not run again), commits the partition past it (a
  *     restarted worker redoes nothing) and refuses the late reply (item 13).
@@ -21,8 +21,8 @@
 
 #include "kreq/client.h"
 #include "kreq/error.h"
-#include "kreq/server.h"
-#include "server.h"
+#include "kreq/worker.h"
+#include "worker.h"
 #include "testsupport.h"
 
 static const char *bootstrap;
@@ -103,19 +103,19 @@ static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
 	return conf;
 }
 
-static kreq_test_running_t *server_start(const char *worker_id, const char *const *extra)
+static kreq_test_running_t *worker_start(const char *worker_id, const char *const *extra)
 {
 	kreq_conf_t *conf = base_conf(worker_id, extra);
 	char err[512];
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
 	                 KREQ_OK);
-	ck_assert_int_eq(kreq_server_register(s, "svc.hold", h_hold, NULL, 0), KREQ_OK);
-	ck_assert_int_eq(kreq_server_register(s, "svc.twice", h_twice, NULL, 0), KREQ_OK);
-	ck_assert_int_eq(kreq_server_register(s, "svc.never", h_never, NULL, 0), KREQ_OK);
-	return kreq_test_server_start(s);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.hold", h_hold, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.twice", h_twice, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.never", h_never, NULL, 0), KREQ_OK);
+	return kreq_test_worker_start(s);
 }
 
 static kreq_client_t *client_new(void)
@@ -159,11 +159,11 @@ static void expect_reply(kreq_future_t *f, int32_t status, const char *payload, 
 	kreq_future_release(f);
 }
 
-static uint64_t handled(kreq_server_t *s, const char *outcome)
+static uint64_t handled(kreq_worker_t *s, const char *outcome)
 {
 	char series[128];
 	snprintf(series, sizeof(series), "outcome=\"%s\"}", outcome);
-	return kreq_test_server_metric(s, series);
+	return kreq_test_worker_metric(s, series);
 }
 
 /* kreq_client_late_replies_total of c: verified replies that came after
@@ -234,8 +234,8 @@ static void teardown(void)
  * reply is refused, every caller gets its own answer, nothing crashes. */
 START_TEST(test_reply_twice_refused)
 {
-	static const char *const extra[] = {"server.handler.threads", "4", NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	static const char *const extra[] = {"worker.handler.threads", "4", NULL};
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *c = client_new();
 	enum { N = 30 };
 	kreq_future_t *echo[N];
@@ -264,9 +264,9 @@ START_TEST(test_reply_twice_refused)
 	expect_reply(call(c, "svc.twice", "x", "twice-1", 30000), 0, "first", true);
 	ck_assert_int_eq(atomic_load(&twice_runs), 1);
 	ck_assert_uint_eq(handled(w->s, "ok"), N + 2);
-	KREQ_TEST_AWAIT(kreq_server_in_flight(w->s) == 0, 30000);
+	KREQ_TEST_AWAIT(kreq_worker_in_flight(w->s) == 0, 30000);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -276,9 +276,9 @@ END_TEST
  * the late reply is refused, and a restarted worker redoes nothing. */
 START_TEST(test_never_replying_handler)
 {
-	static const char *const extra[] = {"server.topic.partitions", "1",
-	                                    "server.handler.grace.ms", "300", NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	static const char *const extra[] = {"worker.topic.partitions", "1",
+	                                    "worker.handler.grace.ms", "300", NULL};
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *c = client_new();
 	kreq_future_t *stuck = call(c, "svc.never", "x", "stuck-1", 1500);
 	KREQ_TEST_AWAIT(atomic_load(&never_runs) == 1, 30000);
@@ -292,7 +292,7 @@ START_TEST(test_never_replying_handler)
 	KREQ_TEST_AWAIT(handled(w->s, "overdue") == 1, 30000);
 	ck_assert_msg(kreq_test_now_ms() - t0 < 5000, "answered %lld ms after the timeout",
 	              (long long)(kreq_test_now_ms() - t0));
-	KREQ_TEST_AWAIT(kreq_server_in_flight(w->s) == 0, 30000);
+	KREQ_TEST_AWAIT(kreq_worker_in_flight(w->s) == 0, 30000);
 	/* the status-2 answer reached the caller's reply topic (its call had
 	 * settled with the client's own timeout, so the reply counts as late) */
 	KREQ_TEST_AWAIT(client_late_replies(c) == 1, 30000);
@@ -308,17 +308,17 @@ START_TEST(test_never_replying_handler)
 	ck_assert_int_eq(kreq_request_reply(h, 0, "late", 4, NULL), KREQ_ESTATE);
 	ck_assert_ptr_null(kreq_request_method(h));
 	ck_assert_int_eq(kreq_request_reply(h, 0, "later", 5, NULL), KREQ_ESTATE);
-	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_late_replies_total{"), 1);
-	kreq_test_server_stop(w);
+	ck_assert_uint_eq(kreq_test_worker_metric(w->s, "kreq_worker_late_replies_total{"), 1);
+	kreq_test_worker_stop(w);
 
 	/* a new worker: nothing of the partition is redone */
-	w = server_start("w2", extra);
+	w = worker_start("w2", extra);
 	expect_reply(call(c, "svc.echo", "d", "d-1", 30000), 0, "d", false);
 	ck_assert_int_eq(atomic_load(&never_runs), 1);
 	ck_assert_int_eq(atomic_load(&echoes), 3);
 	ck_assert_uint_eq(handled(w->s, "dedup"), 0);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 

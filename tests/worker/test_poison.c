@@ -8,7 +8,7 @@
  * as systemd would) while a client sends one poison call and a steady
  * stream of ordinary calls. It checks:
  *   - the poison call is answered with status 10 after exactly
- *     server.poison.max.attempts (3) crashes in total, and never more;
+ *     worker.poison.max.attempts (3) crashes in total, and never more;
  *   - a retry of its idempotency key gets status 10 without a crash;
  *   - every ordinary call settles with its reply, and the execution the
  *     caller saw is the last one recorded for it: nothing ran again after
@@ -35,7 +35,7 @@
 #include "common/partition.h"
 #include "kreq/client.h"
 #include "kreq/error.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 #include "proc.h"
 #include "proto/envelope.h"
 #include "testsupport.h"
@@ -79,8 +79,8 @@ static void write_conf(replica_t *r, const char *extra)
 	        "topic.prefix = %s\n"
 	        "client.id = %s\n"
 	        "kreqd.plugins = %s\n"
-	        "server.topic.partitions = 2\n"
-	        "server.shutdown.grace.ms = 2000\n"
+	        "worker.topic.partitions = 2\n"
+	        "worker.shutdown.grace.ms = 2000\n"
 	        "kafka.session.timeout.ms = 6000\n"
 	        "kafka.heartbeat.interval.ms = 500\n"
 	        "admin.socket = %s.adm\n"
@@ -140,7 +140,7 @@ static void supervise(int wait_ms)
 		total_deaths++;
 		ck_assert_msg(total_deaths <= N_ATTEMPTS,
 		              "%d crashes: the poison request ran more than "
-		              "server.poison.max.attempts (%d) times",
+		              "worker.poison.max.attempts (%d) times",
 		              total_deaths, N_ATTEMPTS);
 		r->restart_after = o->running ? assignments(o) + 1 : 0;
 	}
@@ -391,7 +391,7 @@ static void run(const char *mode, bool journal)
 	ck_assert_int_eq(setenv("KDTEST_EXEC_LOG", kreq_test_tmp("exec.log"), 1), 0);
 	/* with a state directory kreqd keeps a crash journal there: handler
 	 * starts cost a memory write, published by the restarted replica */
-	snprintf(extra, sizeof(extra), "server.mode = %s\n%s%s%s", mode,
+	snprintf(extra, sizeof(extra), "worker.mode = %s\n%s%s%s", mode,
 	         journal ? "kreqd.state.dir = " : "", journal ? dir : "", journal ? "\n" : "");
 	total_deaths = journals_published = 0;
 	for (int i = 0; i < 2; i++) {
@@ -530,9 +530,9 @@ static void run(const char *mode, bool journal)
 	 * restarted since, starts at 0); both recorded handler starts */
 	long long poisoned = 0, handled_poison = 0, written = 0;
 	for (int i = 0; i < 2; i++) {
-		poisoned += metric(&reps[i], "kreq_server_poison_total{");
+		poisoned += metric(&reps[i], "kreq_worker_poison_total{");
 		handled_poison += metric(&reps[i], "outcome=\"poison\"}");
-		written += metric(&reps[i], "kreq_server_attempts_written_total{");
+		written += metric(&reps[i], "kreq_worker_attempts_written_total{");
 	}
 	ck_assert_int_eq(poisoned, 1);
 	ck_assert_int_eq(handled_poison, 1);

@@ -5,7 +5,7 @@
  *     rebuild started (its transaction open at the start) is loaded, and a
  *     retry of its key is served from dedup; a transaction that stays open
  *     ends the rebuild with an error naming the partition;
- *   - Results signed by any key not in server.result.signers (a tenant's)
+ *   - Results signed by any key not in worker.result.signers (a tenant's)
  *     are counted and ignored; the worker's own Results are signed with its
  *     signing key and served after a restart;
  *   - the results topic is refused when not compacted, when its retention
@@ -30,15 +30,15 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/internal.h"
 #include "common/topic_admin.h"
 #include "kreq/client.h"
 #include "kreq/error.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 #include "proc.h"
 #include "proto/envelope.h"
-#include "server.h"
+#include "worker.h"
 #include "testsupport.h"
 
 static const char *bootstrap;
@@ -97,15 +97,15 @@ static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
 	return conf;
 }
 
-static kreq_server_t *server_new(const char *worker_id, const char *const *extra)
+static kreq_worker_t *worker_new(const char *worker_id, const char *const *extra)
 {
 	kreq_conf_t *conf = base_conf(worker_id, extra);
 	kreq_conf_set_log_cb(conf, on_log, NULL);
 	char err[512];
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
 	                 KREQ_OK);
 	return s;
 }
@@ -113,13 +113,13 @@ static kreq_server_t *server_new(const char *worker_id, const char *const *extra
 static void *run_main(void *arg)
 {
 	kreq_test_running_t *rs = arg;
-	rs->rc = kreq_server_run(rs->s, rs->err, sizeof(rs->err));
+	rs->rc = kreq_worker_run(rs->s, rs->err, sizeof(rs->err));
 	atomic_store(&rs->done, true);
 	return NULL;
 }
 
 /* Runs s on a thread without waiting for it to serve. */
-static kreq_test_running_t *server_launch(kreq_server_t *s)
+static kreq_test_running_t *worker_launch(kreq_worker_t *s)
 {
 	kreq_test_running_t *rs = calloc(1, sizeof(*rs));
 	ck_assert_ptr_nonnull(rs);
@@ -132,8 +132,8 @@ static kreq_test_running_t *server_launch(kreq_server_t *s)
  * stops it. */
 static void create_topics(const char *partitions)
 {
-	const char *const extra[] = {"server.topic.partitions", partitions, NULL};
-	kreq_test_server_stop(kreq_test_server_start(server_new("w0", extra)));
+	const char *const extra[] = {"worker.topic.partitions", partitions, NULL};
+	kreq_test_worker_stop(kreq_test_worker_start(worker_new("w0", extra)));
 }
 
 static kreq_client_t *client_new(kreq_keyring_t *ckr)
@@ -289,24 +289,24 @@ START_TEST(test_signer_list)
 
 	/* the worker's own signing key must be a result signer */
 	kreq_conf_t *conf =
-	    base_conf("w1", (const char *const[]){"server.result.signers", "k0,t1", NULL});
+	    base_conf("w1", (const char *const[]){"worker.result.signers", "k0,t1", NULL});
 	char err[512] = "";
-	ck_assert_ptr_null(kreq_server_new(conf, kr, "svc", err, sizeof(err)));
-	ck_assert_msg(strstr(err, "server.result.signers (k0,t1) does not list the signing key k1"),
+	ck_assert_ptr_null(kreq_worker_new(conf, kr, "svc", err, sizeof(err)));
+	ck_assert_msg(strstr(err, "worker.result.signers (k0,t1) does not list the signing key k1"),
 	              "%s", err);
-	ck_assert_int_eq(kreq_conf_set(conf, "server.result.signers", "k0, k1", err, 512), KREQ_OK);
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_int_eq(kreq_conf_set(conf, "worker.result.signers", "k0, k1", err, 512), KREQ_OK);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
 	ck_assert_msg(s != NULL, "%s", err);
 	/* nor can a new keyring sign with a key that is not one */
 	kreq_keyring_t *other = kreq_keyring_new();
 	add_key(other, "t1", t1);
 	ck_assert_int_eq(kreq_keyring_set_signing_key(other, "t1"), KREQ_OK);
-	ck_assert_int_eq(kreq_server_set_keyring(s, other), KREQ_ECONF);
+	ck_assert_int_eq(kreq_worker_set_keyring(s, other), KREQ_ECONF);
 	add_key(other, "k0", k1);
 	ck_assert_int_eq(kreq_keyring_set_signing_key(other, "k0"), KREQ_OK);
-	ck_assert_int_eq(kreq_server_set_keyring(s, other), KREQ_OK);
+	ck_assert_int_eq(kreq_worker_set_keyring(s, other), KREQ_OK);
 	kreq_keyring_release(other);
-	kreq_server_destroy(s);
+	kreq_worker_destroy(s);
 	kreq_conf_destroy(conf);
 }
 END_TEST
@@ -314,7 +314,7 @@ END_TEST
 /* ---- case 2: transactions open when the rebuild starts ----------------------- */
 
 struct launch {
-	kreq_server_t *s;
+	kreq_worker_t *s;
 	kreq_test_running_t *rs;
 	atomic_bool started;
 };
@@ -322,7 +322,7 @@ struct launch {
 static void *start_main(void *arg)
 {
 	struct launch *l = arg;
-	l->rs = kreq_test_server_start(l->s);
+	l->rs = kreq_test_worker_start(l->s);
 	atomic_store(&l->started, true);
 	return NULL;
 }
@@ -335,7 +335,7 @@ START_TEST(test_waits_for_open_transaction)
 {
 	create_topics("1");
 	rd_kafka_t *p = open_txn_with_result("late-1", "late");
-	struct launch l = {.s = server_new("w1", NULL)};
+	struct launch l = {.s = worker_new("w1", NULL)};
 	pthread_t t;
 	ck_assert_int_eq(pthread_create(&t, NULL, start_main, &l), 0);
 	KREQ_TEST_AWAIT(log_has("a transaction is open up to") || atomic_load(&l.started), 60000);
@@ -347,7 +347,7 @@ START_TEST(test_waits_for_open_transaction)
 	bool dedup = call_echo(c, "late", "late-1");
 	kreq_client_destroy(c);
 	int runs = atomic_load(&executions);
-	kreq_test_server_stop(l.rs);
+	kreq_test_worker_stop(l.rs);
 	ck_assert_msg(dedup && runs == 0,
 	              "the late result was not served (from_dedup %d, handler ran %d time(s), "
 	              "rebuild waited: %d)",
@@ -363,40 +363,40 @@ START_TEST(test_aborted_transaction_ends_wait)
 {
 	create_topics("1");
 	rd_kafka_t *p = open_txn_with_result("gone-1", "gone");
-	struct launch l = {.s = server_new("w1", NULL)};
+	struct launch l = {.s = worker_new("w1", NULL)};
 	pthread_t t;
 	ck_assert_int_eq(pthread_create(&t, NULL, start_main, &l), 0);
 	KREQ_TEST_AWAIT(log_has("a transaction is open up to"), 60000);
 	ck_assert(!atomic_load(&l.started));
 	txn_ok(rd_kafka_abort_transaction(p, 30000), "abort_transaction");
-	pthread_join(t, NULL); /* served within kreq_test_server_start's 60 s */
+	pthread_join(t, NULL); /* served within kreq_test_worker_start's 60 s */
 	rd_kafka_destroy(p);
 	kreq_client_t *c = client_new(kr);
 	ck_assert(!call_echo(c, "gone", "gone-1"));
 	ck_assert_int_eq(atomic_load(&executions), 1);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(l.rs);
+	kreq_test_worker_stop(l.rs);
 }
 END_TEST
 
-/* A transaction that stays open past server.dedup.rebuild.timeout.ms ends
+/* A transaction that stays open past worker.dedup.rebuild.timeout.ms ends
  * the run with an error naming the partition and the open transaction. */
 START_TEST(test_open_transaction_times_out)
 {
 	create_topics("1");
 	rd_kafka_t *p = open_txn_with_result("stuck-1", "stuck");
-	const char *const extra[] = {"server.dedup.rebuild.timeout.ms", "3000", NULL};
-	kreq_test_running_t *rs = server_launch(server_new("w1", extra));
+	const char *const extra[] = {"worker.dedup.rebuild.timeout.ms", "3000", NULL};
+	kreq_test_running_t *rs = worker_launch(worker_new("w1", extra));
 	KREQ_TEST_AWAIT(atomic_load(&rs->done), 60000);
 	char err[1024];
-	int rc = kreq_test_server_reap(rs, err, sizeof(err));
+	int rc = kreq_test_worker_reap(rs, err, sizeof(err));
 	txn_ok(rd_kafka_abort_transaction(p, 30000), "abort_transaction");
 	rd_kafka_destroy(p);
 	char part[200];
 	snprintf(part, sizeof(part), "results %s [0] is readable up to offset", res_topic);
 	ck_assert_msg(rc == KREQ_EKAFKA && strstr(err, part) &&
 	                  strstr(err, "a transaction open there since the rebuild started") &&
-	                  strstr(err, "server.dedup.rebuild.timeout.ms (3000 ms)"),
+	                  strstr(err, "worker.dedup.rebuild.timeout.ms (3000 ms)"),
 	              "rc %s: %s", kreq_err_name(rc), err);
 }
 END_TEST
@@ -453,7 +453,7 @@ START_TEST(test_foreign_signer_ignored)
 	free(buf);
 	rd_kafka_destroy(p);
 
-	kreq_test_running_t *w = kreq_test_server_start(server_new("w1", NULL));
+	kreq_test_running_t *w = kreq_test_worker_start(worker_new("w1", NULL));
 	kreq_keyring_t *ckr = kreq_keyring_new(); /* tenant t2: signs t2, verifies k1 */
 	add_key(ckr, "t2", t2);
 	add_key(ckr, "k1", k1);
@@ -463,21 +463,21 @@ START_TEST(test_foreign_signer_ignored)
 	ck_assert_msg(!dedup && atomic_load(&executions) == 1,
 	              "t1's forged result was served to t2 (from_dedup %d, handler ran %d)", dedup,
 	              atomic_load(&executions));
-	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_results_ignored_total{"), 1);
-	ck_assert(log_has("ignored 1 result(s) signed by keys not in server.result.signers "
+	ck_assert_uint_eq(kreq_test_worker_metric(w->s, "kreq_worker_results_ignored_total{"), 1);
+	ck_assert(log_has("ignored 1 result(s) signed by keys not in worker.result.signers "
 	                  "(first: key id t1, partition 0, offset 0)"));
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 
 	/* the worker's own result: signed with its signing key, served again */
 	char signer[80];
 	last_result_signer(signer, sizeof(signer));
 	ck_assert_str_eq(signer, "k1");
-	w = kreq_test_server_start(server_new("w2", NULL));
+	w = kreq_test_worker_start(worker_new("w2", NULL));
 	ck_assert(call_echo(c, "pay", "acct-9"));
 	ck_assert_int_eq(atomic_load(&executions), 1);
 	kreq_client_destroy(c);
 	kreq_keyring_release(ckr);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -488,10 +488,10 @@ static void results_topic_refused(const char *const *configs, const char *want)
 {
 	kreq_test_create_topic(bootstrap, req_topic, 1, 30000);
 	kreq_test_create_topic_ex(bootstrap, res_topic, 1, -1, configs, 30000);
-	kreq_test_running_t *rs = server_launch(server_new("w1", NULL));
+	kreq_test_running_t *rs = worker_launch(worker_new("w1", NULL));
 	KREQ_TEST_AWAIT(atomic_load(&rs->done), 60000);
 	char err[1024];
-	int rc = kreq_test_server_reap(rs, err, sizeof(err));
+	int rc = kreq_test_worker_reap(rs, err, sizeof(err));
 	ck_assert_msg(rc == KREQ_ECONF && strstr(err, want), "rc %s: %s", kreq_err_name(rc), err);
 }
 
@@ -511,7 +511,7 @@ START_TEST(test_results_topic_short_retention)
 	char want[300];
 	snprintf(want, sizeof(want),
 	         "results topic %s has retention.ms=60000, shorter than "
-	         "server.dedup.retention.ms=604800000",
+	         "worker.dedup.retention.ms=604800000",
 	         res_topic);
 	results_topic_refused((const char *const[]){"cleanup.policy", "compact,delete",
 	                                            "retention.ms", "60000", NULL},
@@ -531,7 +531,7 @@ static const char *kreqd_conf(const char *extra)
 	         "topic.prefix = %s\n"
 	         "client.id = kd1\n"
 	         "kreqd.builtins = echo\n"
-	         "server.shutdown.grace.ms = 3000\n"
+	         "worker.shutdown.grace.ms = 3000\n"
 	         "%s",
 	         kreq_test_tmp("k.key"), bootstrap, prefix, extra ? extra : "");
 	static char path[128];

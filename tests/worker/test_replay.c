@@ -6,7 +6,7 @@
  *     partitions its idempotency key does not map to are dropped, counted;
  *   - a pending request replayed into another service's topic is dropped
  *     and counted there, never answered (the caller's call stays pending);
- *   - a deadline further out than server.max.deadline.ms (INT64_MAX), a
+ *   - a deadline further out than worker.max.deadline.ms (INT64_MAX), a
  *     request issued a year ago and a version 1 request are dropped and
  *     counted;
  * and the configuration checks that go with them (no broker needed).
@@ -23,9 +23,9 @@
 #include "common/partition.h"
 #include "kreq/client.h"
 #include "kreq/error.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 #include "proto/envelope.h"
-#include "server.h"
+#include "worker.h"
 #include "testsupport.h"
 
 static const char *bootstrap;
@@ -60,15 +60,15 @@ static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
 /* A worker of service svc (svc.echo) on a requests topic of 3 partitions. */
 static kreq_test_running_t *worker_start(void)
 {
-	static const char *const extra[] = {"server.topic.partitions", "3", NULL};
+	static const char *const extra[] = {"worker.topic.partitions", "3", NULL};
 	kreq_conf_t *conf = base_conf("w1", extra);
 	char err[512];
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
 	                 KREQ_OK);
-	return kreq_test_server_start(s);
+	return kreq_test_worker_start(s);
 }
 
 static kreq_client_t *client_new(const char *const *extra)
@@ -82,18 +82,18 @@ static kreq_client_t *client_new(const char *const *extra)
 	return c;
 }
 
-static uint64_t rejected(kreq_server_t *s, const char *reason)
+static uint64_t rejected(kreq_worker_t *s, const char *reason)
 {
 	char series[128];
 	snprintf(series, sizeof(series), "reason=\"%s\"}", reason);
-	return kreq_test_server_metric(s, series);
+	return kreq_test_worker_metric(s, series);
 }
 
-static uint64_t handled(kreq_server_t *s, const char *outcome)
+static uint64_t handled(kreq_worker_t *s, const char *outcome)
 {
 	char series[128];
 	snprintf(series, sizeof(series), "outcome=\"%s\"}", outcome);
-	return kreq_test_server_metric(s, series);
+	return kreq_test_worker_metric(s, series);
 }
 
 /* ---- raw records --------------------------------------------------------- */
@@ -277,7 +277,7 @@ START_TEST(test_replay_onto_other_partitions)
 	ck_assert_uint_eq(rejected(w->s, "partition"), 2);
 	rd_kafka_destroy(p);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -336,7 +336,7 @@ START_TEST(test_replay_into_other_service)
 	kreq_future_release(f);
 	rd_kafka_destroy(p);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -376,34 +376,34 @@ START_TEST(test_replay_window_bounds)
 	ck_assert_uint_eq(rejected(w->s, "too_old"), 1);
 	rd_kafka_destroy(p);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
 /* ---- configuration (no broker needed) ------------------------------------ */
 
-/* server.dedup.retention.ms must cover the whole replay window. */
+/* worker.dedup.retention.ms must cover the whole replay window. */
 START_TEST(test_conf_retention_covers_window)
 {
 	kreq_conf_t *conf = kreq_conf_new();
 	char err[512] = "";
 	ck_assert_int_eq(kreq_conf_set(conf, "kafka.bootstrap.servers", "127.0.0.1:1", err, 512),
 	                 KREQ_OK);
-	ck_assert_int_eq(kreq_conf_set(conf, "server.dedup.retention.ms", "3600000", err, 512),
+	ck_assert_int_eq(kreq_conf_set(conf, "worker.dedup.retention.ms", "3600000", err, 512),
 	                 KREQ_OK);
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
 	ck_assert_ptr_null(s);
-	ck_assert_msg(strstr(err, "server.dedup.retention.ms (3600000) must be at least "
-	                          "server.max.deadline.ms (86400000) + server.max.request.age.ms "
+	ck_assert_msg(strstr(err, "worker.dedup.retention.ms (3600000) must be at least "
+	                          "worker.max.deadline.ms (86400000) + worker.max.request.age.ms "
 	                          "(86400000)") != NULL,
 	              "%s", err);
-	ck_assert_int_eq(kreq_conf_set(conf, "server.max.deadline.ms", "1800000", err, 512),
+	ck_assert_int_eq(kreq_conf_set(conf, "worker.max.deadline.ms", "1800000", err, 512),
 	                 KREQ_OK);
-	ck_assert_int_eq(kreq_conf_set(conf, "server.max.request.age.ms", "1800000", err, 512),
+	ck_assert_int_eq(kreq_conf_set(conf, "worker.max.request.age.ms", "1800000", err, 512),
 	                 KREQ_OK);
-	s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
+	s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
 	ck_assert_msg(s != NULL, "%s", err);
-	kreq_server_destroy(s);
+	kreq_worker_destroy(s);
 	kreq_conf_destroy(conf);
 }
 END_TEST

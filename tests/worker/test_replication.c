@@ -16,8 +16,8 @@
 #include "cluster.h"
 #include "kreq/client.h"
 #include "kreq/error.h"
-#include "kreq/server.h"
-#include "server.h"
+#include "kreq/worker.h"
+#include "worker.h"
 #include "testsupport.h"
 
 static const char *bootstrap;
@@ -88,12 +88,12 @@ static kreq_test_running_t *worker_start(const char *const *extra)
 {
 	kreq_conf_t *conf = conf_new("w0", extra);
 	char err[512];
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
 	                 KREQ_OK);
-	return kreq_test_server_start(s);
+	return kreq_test_worker_start(s);
 }
 
 static kreq_client_t *client_new(const char *client_id, const char *const *extra)
@@ -157,7 +157,7 @@ START_TEST(test_defaults_work_on_one_broker)
 	assert_replication(res_topic, 1, 1);
 	assert_replication(reply, 1, 1);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 	ck_assert_msg(!strstr(logged, "fewer than the configured"), "unexpected warning:\n%s",
 	              logged);
 }
@@ -180,13 +180,13 @@ START_TEST(test_short_replication_is_a_warning)
 	char reply[200];
 	snprintf(reply, sizeof(reply), "%s.reply.c1", prefix);
 	kreq_test_create_topic_ex(bootstrap, reply, 1, 1, NULL, 30000);
-	const char *const wx[] = {"server.topic.replication.factor", "2", NULL};
+	const char *const wx[] = {"worker.topic.replication.factor", "2", NULL};
 	const char *const cx[] = {"reply.topic.replication.factor", "3", NULL};
 	kreq_test_running_t *w = worker_start(wx);
 	kreq_client_t *c = client_new("c1", cx);
 	call_echo(c);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 	ck_assert_msg(log_has(req_topic, "fewer than the configured replication factor 2"),
 	              "no warning naming %s:\n%s", req_topic, logged);
 	ck_assert_msg(log_has(res_topic, "fewer than the configured replication factor 2"),

@@ -44,11 +44,11 @@
 
 #include "kreq/client.h"
 #include "kreq/error.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 #include "proc.h"
 #include "broker/worker/dedup.h"
 #include "proto/envelope.h"
-#include "server.h"
+#include "worker.h"
 #include "testsupport.h"
 
 #ifndef KREQ_CLI_PATH
@@ -178,17 +178,17 @@ static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
 /* One partition: the bad and the innocent request share it. */
 static kreq_test_running_t *worker_start_ex(const char *solo_max_ms)
 {
-	const char *const extra[] = {"server.topic.partitions", "1", "server.poison.solo.max.ms",
+	const char *const extra[] = {"worker.topic.partitions", "1", "worker.poison.solo.max.ms",
 	                             solo_max_ms, NULL};
 	kreq_conf_t *conf = base_conf("w1", extra);
 	char err[512];
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(s, "svc.rec", h_rec, NULL, 0), KREQ_OK);
-	ck_assert_int_eq(kreq_server_register(s, "svc.big", h_big, NULL, 0), KREQ_OK);
-	ck_assert_int_eq(kreq_server_register(s, "svc.hang", h_hang, NULL, 0), KREQ_OK);
-	return kreq_test_server_start(s);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.rec", h_rec, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.big", h_big, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.hang", h_hang, NULL, 0), KREQ_OK);
+	return kreq_test_worker_start(s);
 }
 
 static kreq_test_running_t *worker_start(void)
@@ -235,10 +235,10 @@ static void expect(kreq_future_t *f, int32_t status, size_t len, bool dedup)
 }
 
 /* The value of a metric series, 0 if the worker does not have it. */
-static uint64_t metric0(kreq_server_t *s, const char *series)
+static uint64_t metric0(kreq_worker_t *s, const char *series)
 {
 	char *text = NULL;
-	ck_assert_int_eq(kreq_server_metrics_text(s, &text), KREQ_OK);
+	ck_assert_int_eq(kreq_worker_metrics_text(s, &text), KREQ_OK);
 	const char *p = strstr(text, series);
 	uint64_t v = p ? strtoull(strchr(p + strlen(series), ' ') + 1, NULL, 10) : 0;
 	free(text);
@@ -380,11 +380,11 @@ static void delete_topic(const char *topic)
 }
 
 /* The invariants every trigger must keep. */
-static void check_worker(kreq_server_t *s)
+static void check_worker(kreq_worker_t *s)
 {
-	uint64_t rewinds = metric0(s, "kreq_server_rewinds_total{");
-	uint64_t produce_errors = metric0(s, "kreq_server_produce_errors_total{");
-	uint64_t aborts = metric0(s, "kreq_server_txn_aborts_total{");
+	uint64_t rewinds = metric0(s, "kreq_worker_rewinds_total{");
+	uint64_t produce_errors = metric0(s, "kreq_worker_produce_errors_total{");
+	uint64_t aborts = metric0(s, "kreq_worker_txn_aborts_total{");
 	ck_assert_msg(rewinds <= 3, "%llu rewinds", (unsigned long long)rewinds);
 	ck_assert_msg(produce_errors == 0 || aborts >= 1,
 	              "%llu failed produces but %llu aborted transactions",
@@ -432,12 +432,12 @@ START_TEST(test_bad_reply_partition)
 	ck_assert_int_eq(runs("good"), 1);
 	ck_assert_int_eq(committed(reply_topic, "good"), 1);
 	ck_assert_int_eq(committed(res_topic, "bad"), 0);
-	ck_assert_uint_eq(metric0(w->s, "kreq_server_produce_errors_total{"), 0);
+	ck_assert_uint_eq(metric0(w->s, "kreq_worker_produce_errors_total{"), 0);
 	ck_assert_uint_eq(metric0(w->s, "reason=\"reply_partition\"}"), 2);
 	ck_assert_uint_eq(metric0(w->s, "outcome=\"unknown_method\"}"), 0);
 	check_worker(w->s);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -467,10 +467,10 @@ START_TEST(test_full_size_payloads)
 	ck_assert_int_eq(committed(res_topic, "big-reply"), 1);
 	ck_assert_int_eq(committed(res_topic, "big-request"), 1);
 	ck_assert_int_eq(committed(res_topic, "good"), 1);
-	ck_assert_uint_eq(metric0(w->s, "kreq_server_produce_errors_total{"), 0);
+	ck_assert_uint_eq(metric0(w->s, "kreq_worker_produce_errors_total{"), 0);
 	check_worker(w->s);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -501,11 +501,11 @@ START_TEST(test_result_too_large)
 	 * transaction after an aborted one once more: "skipped sequence
 	 * numbers"), the handler ran once */
 	ck_assert_uint_ge(metric0(w->s, "outcome=\"too_large\"}"), 1);
-	ck_assert_uint_ge(metric0(w->s, "kreq_server_produce_errors_total{"), 1);
-	ck_assert_uint_ge(metric0(w->s, "kreq_server_txn_aborts_total{"), 1);
+	ck_assert_uint_ge(metric0(w->s, "kreq_worker_produce_errors_total{"), 1);
+	ck_assert_uint_ge(metric0(w->s, "kreq_worker_txn_aborts_total{"), 1);
 	check_worker(w->s);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -533,10 +533,10 @@ START_TEST(test_reply_topic_deleted)
 	ck_assert_int_eq(committed(res_topic, "gone"), 1);
 	ck_assert_int_eq(committed(res_topic, "good"), 1);
 	ck_assert_int_eq(partitions_of(gone), 0); /* not re-created */
-	ck_assert_uint_eq(metric0(w->s, "kreq_server_reply_topic_missing_total{"), 1);
+	ck_assert_uint_eq(metric0(w->s, "kreq_worker_reply_topic_missing_total{"), 1);
 	check_worker(w->s);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -556,9 +556,9 @@ START_TEST(test_no_topic_auto_creation)
 		ck_assert_int_eq(runs(idem[i]), 1);
 		ck_assert_msg(partitions_of(topics[i]) == 0, "the worker created %s", topics[i]);
 	}
-	ck_assert_uint_eq(metric0(w->s, "kreq_server_reply_topic_missing_total{"), 20);
+	ck_assert_uint_eq(metric0(w->s, "kreq_worker_reply_topic_missing_total{"), 20);
 	check_worker(w->s);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -592,7 +592,7 @@ START_TEST(test_cli_full_size_call)
 	ck_assert_int_eq(runs("cli-full"), 1);
 	ck_assert_int_eq(committed(res_topic, "cli-full"), 1);
 	check_worker(w->s);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 	kreq_test_tmp_remove();
 }
 END_TEST
@@ -625,11 +625,11 @@ START_TEST(test_rewinds_bounded)
 	ck_assert_int_eq(committed(reply_topic, "good"), 1);
 	ck_assert_int_eq(committed(res_topic, "good"), 1);
 	ck_assert_int_eq(committed(res_topic, "stuck"), 0);
-	ck_assert_uint_eq(metric0(w->s, "kreq_server_rewinds_total{"), 3);
-	ck_assert_uint_eq(metric0(w->s, "kreq_server_txn_aborts_total{"), 3);
+	ck_assert_uint_eq(metric0(w->s, "kreq_worker_rewinds_total{"), 3);
+	ck_assert_uint_eq(metric0(w->s, "kreq_worker_txn_aborts_total{"), 3);
 	check_worker(w->s);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -683,7 +683,7 @@ static void forged_attempts(bool forged)
 	const char *idem = forged ? "forged" : "genuine";
 	char nowhere[200];
 	snprintf(nowhere, sizeof(nowhere), "%s.reply.none", prefix); /* allowed, absent */
-	kreq_test_server_stop(worker_start());                       /* creates the topics */
+	kreq_test_worker_stop(worker_start());                       /* creates the topics */
 	send_request(idem, nowhere, 0); /* at offset 0, before the worker returns */
 	for (uint32_t i = 1; i <= 3; i++)
 		send_attempt(idem, i, forged ? 0x1111 : 0x1111 * i, 0x1111 * i);
@@ -696,25 +696,25 @@ static void forged_attempts(bool forged)
 		ck_assert_msg(kreq_future_status(f) == 0, "status %d: %s", kreq_future_status(f),
 		              kreq_future_errstr(f));
 		ck_assert_int_eq(runs(idem), 1);
-		ck_assert_uint_eq(metric0(w->s, "kreq_server_poison_total{"), 0);
+		ck_assert_uint_eq(metric0(w->s, "kreq_worker_poison_total{"), 0);
 	} else {
 		ck_assert_int_eq(kreq_future_status(f), KREQ_STATUS_POISON);
 		ck_assert_int_eq(runs(idem), 0);
-		ck_assert_uint_eq(metric0(w->s, "kreq_server_poison_total{"), 1);
+		ck_assert_uint_eq(metric0(w->s, "kreq_worker_poison_total{"), 1);
 	}
 	kreq_future_release(f);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 
 /* A suspect (started once by a worker process that is gone) runs alone,
- * but one that hangs does so for at most server.poison.solo.max.ms: the
+ * but one that hangs does so for at most worker.poison.solo.max.ms: the
  * request behind it on the partition is answered while it still runs. */
 START_TEST(test_hanging_suspect_bounded)
 {
 	char nowhere[200];
 	snprintf(nowhere, sizeof(nowhere), "%s.reply.none", prefix);
-	kreq_test_server_stop(worker_start()); /* creates the topics */
+	kreq_test_worker_stop(worker_start()); /* creates the topics */
 	send_call("svc.hang", "suspect", nowhere, 0);
 	send_attempt("suspect", 1, 0x2222, 0x2222);
 	kreq_test_running_t *w = worker_start_ex("1000");
@@ -725,15 +725,15 @@ START_TEST(test_hanging_suspect_bounded)
 	bool hanging = hang_count() == 1 && runs("suspect") == 1;
 	hang_release();
 	ck_assert_msg(rc == KREQ_OK, "the request behind a hanging suspect was not answered "
-	                             "within 15 s (server.poison.solo.max.ms 1000)");
+	                             "within 15 s (worker.poison.solo.max.ms 1000)");
 	ck_assert(hanging);
 	ck_assert_int_eq(kreq_future_status(f), 0);
 	kreq_future_release(f);
 	KREQ_TEST_AWAIT(committed(res_topic, "suspect") == 1, 30000);
 	ck_assert_int_eq(runs("suspect"), 1);
-	ck_assert_uint_eq(metric0(w->s, "kreq_server_poison_total{"), 0);
+	ck_assert_uint_eq(metric0(w->s, "kreq_worker_poison_total{"), 0);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 

@@ -23,8 +23,8 @@
 
 #include "kreq/client.h"
 #include "kreq/error.h"
-#include "kreq/server.h"
-#include "server.h"
+#include "kreq/worker.h"
+#include "worker.h"
 #include "testsupport.h"
 
 static const char *bootstrap;
@@ -106,7 +106,7 @@ static kreq_conf_t *conf_new(const char *client_id, const char *retry_backoff)
 	                    prefix,
 	                    "client.id",
 	                    client_id,
-	                    "server.mode",
+	                    "worker.mode",
 	                    "transactional",
 	                    "kafka.debug",
 	                    "conf",
@@ -131,12 +131,12 @@ static const char *serve_one(const char *retry_backoff, char *out, size_t n)
 	pthread_mutex_unlock(&mu);
 	char err[512];
 	kreq_conf_t *conf = conf_new("w1", retry_backoff);
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
 	                 KREQ_OK);
-	kreq_test_running_t *w = kreq_test_server_start(s);
+	kreq_test_running_t *w = kreq_test_worker_start(s);
 
 	kreq_conf_t *cc = kreq_conf_new();
 	ck_assert_int_eq(kreq_conf_set(cc, "kafka.bootstrap.servers", bootstrap, err, 512),
@@ -152,7 +152,7 @@ static const char *serve_one(const char *retry_backoff, char *out, size_t n)
 	ck_assert_int_eq(kreq_future_err(f), KREQ_OK);
 	kreq_future_release(f);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 	return txn_producer_prop("retry.backoff.ms", out, n);
 }
 

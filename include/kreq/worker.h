@@ -1,5 +1,5 @@
 /*
- * kreq/server.h — serving methods: the embeddable worker loop that kreqd is
+ * kreq/worker.h — serving methods: the embeddable worker loop that kreqd is
  * built on.
  *
  * A server serves one service: it joins the Kafka consumer group
@@ -7,7 +7,7 @@
  * every request (signature, key id, size, deadline, clock skew, method ACL
  * of the key, reply-topic allow-list), deduplicates by (key id, idempotency
  * key), runs the registered handler, and publishes the signed reply. In the
- * default transactional mode (server.mode=transactional) the reply, the
+ * default transactional mode (worker.mode=transactional) the reply, the
  * result record in <topic.prefix>.<service>.results and the consumer offset
  * are written in ONE Kafka transaction, so a worker that crashes anywhere
  * never publishes two different replies for one idempotency key and never
@@ -15,15 +15,15 @@
  * docs/broker-design.md and docs/operations.md explain the machinery.
  *
  * Threads:
- *   - kreq_server_run() runs the loop on the calling thread. That thread
+ *   - kreq_worker_run() runs the loop on the calling thread. That thread
  *     alone touches Kafka and the deduplication state.
  *   - Handlers registered without KREQ_HANDLER_INLINE run on a pool of
- *     server.handler.threads threads; with KREQ_HANDLER_INLINE they run on
+ *     worker.handler.threads threads; with KREQ_HANDLER_INLINE they run on
  *     the loop thread and must not block (echo-like handlers save two
  *     thread hops).
  *   - kreq_request_reply() may be called from any thread, once per request,
  *     during the handler or later (asynchronous handlers).
- *   - kreq_server_stop() may be called from any thread and from a signal
+ *   - kreq_worker_stop() may be called from any thread and from a signal
  *     handler.
  *
  * Ownership: the server copies conf and takes a reference on the keyring.
@@ -37,24 +37,24 @@
  * worker does with the slot.
  *
  * Deadlines: a request whose handler has not replied by its deadline plus
- * server.handler.grace.ms is answered by the worker with status 2
+ * worker.handler.grace.ms is answered by the worker with status 2
  * (KREQ_STATUS_DEADLINE, "handler did not finish before the deadline"),
  * which is stored as the request's result like any other (a retry gets
  * status 2 too: the handler may still be running, so running it again
  * could do the work twice). The request is flagged cancelled, its place in
- * server.max.in.flight and its offset are freed, and the handler's late
+ * worker.max.in.flight and its offset are freed, and the handler's late
  * reply returns KREQ_ESTATE. Its accessors keep working until that late
  * reply: a handler that stops on kreq_request_cancelled() and replies is
  * always safe. A handler that never replies keeps its request's memory
  * (not its place) until it does; the worker stops taking requests once as
- * many such requests as server.max.in.flight wait for their handlers.
+ * many such requests as worker.max.in.flight wait for their handlers.
  *
  * Accessors and kreq_request_reply() may be called from any thread, but a
  * handler must not call an accessor concurrently with (or after) its own
  * reply: strings and buffers returned are valid only until it replies.
  */
-#ifndef KREQ_SERVER_H
-#define KREQ_SERVER_H
+#ifndef KREQ_WORKER_H
+#define KREQ_WORKER_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -64,7 +64,7 @@
 #include "kreq/conf.h"
 #include "kreq/keyring.h"
 
-typedef struct kreq_server_s kreq_server_t;
+typedef struct kreq_worker_s kreq_worker_t;
 typedef struct kreq_request_s kreq_request_t;
 
 /* Reply statuses reserved by kreq (docs/protocol.md section 4.5). Handlers
@@ -80,7 +80,7 @@ typedef struct kreq_request_s kreq_request_t;
 #define KREQ_STATUS_OVERLOADED     7
 #define KREQ_STATUS_HANDLER_FAILED 8
 #define KREQ_STATUS_SHUTTING_DOWN  9
-/* 10 ("poison"): the request's handler was started server.poison.max.attempts
+/* 10 ("poison"): the request's handler was started worker.poison.max.attempts
  * times and never finished (it crashed its worker or lost it each time);
  * it is not run again, the answer is stored like a result (a retry gets
  * it too) and the request goes to <prefix>.<service>.dead. */
@@ -106,90 +106,90 @@ typedef void(kreq_handler_fn)(kreq_request_t *req, void *opaque);
  *  (which must have a signing key: replies are signed; when signing.key.id
  *  is set it must name that key). Connects nothing yet. conf needs
  *  kafka.bootstrap.servers. NULL on error, errstr names the cause. */
-KREQ_API kreq_server_t *kreq_server_new(const kreq_conf_t *conf, kreq_keyring_t *kr,
+KREQ_API kreq_worker_t *kreq_worker_new(const kreq_conf_t *conf, kreq_keyring_t *kr,
                                         const char *service, char *errstr, size_t errstr_size);
 
 /** Registers fn for method (the full name, "<service>.<name>", or a name
- *  without '.' when service is that name). Only before kreq_server_run().
+ *  without '.' when service is that name). Only before kreq_worker_run().
  *  KREQ_OK, KREQ_EINVAL (bad name, method of another service, NULL fn),
  *  KREQ_EEXIST (already registered), KREQ_ESTATE (server running),
  *  KREQ_ENOMEM. */
-KREQ_API int kreq_server_register(kreq_server_t *s, const char *method, kreq_handler_fn *fn,
+KREQ_API int kreq_worker_register(kreq_worker_t *s, const char *method, kreq_handler_fn *fn,
                                   void *opaque, int flags);
 
-/** Runs the serving loop on the calling thread until kreq_server_stop():
+/** Runs the serving loop on the calling thread until kreq_worker_stop():
  *  creates the request and results topics if missing, starts the
  *  transactional producer (fencing any previous instance with the same
  *  client.id), joins the group, and serves. On stop it stops fetching,
- *  lets in-flight handlers finish for up to server.shutdown.grace.ms
+ *  lets in-flight handlers finish for up to worker.shutdown.grace.ms
  *  (their results are committed; what is still running then is abandoned,
  *  uncommitted, for another worker to redo), commits and leaves the group.
  *  Returns KREQ_OK after a clean stop, or the error that ended the loop
  *  (errstr names it): KREQ_EKAFKA, KREQ_ECONF (e.g. the results topic is
  *  missing (deleted while serving), not compacted, keeps results shorter
- *  than server.dedup.retention.ms or is not co-partitioned with the
+ *  than worker.dedup.retention.ms or is not co-partitioned with the
  *  requests topic, checked at start and on every assignment; or fenced 3
  *  times within a minute: another live worker has the same client.id),
  *  KREQ_ESTATE (already ran). Call once. */
-KREQ_API int kreq_server_run(kreq_server_t *s, char *errstr, size_t errstr_size);
+KREQ_API int kreq_worker_run(kreq_worker_t *s, char *errstr, size_t errstr_size);
 
 /** Asks the loop to stop. Async-signal-safe (writes an eventfd); any
- *  thread. A stop asked before kreq_server_run() makes that run return
+ *  thread. A stop asked before kreq_worker_run() makes that run return
  *  KREQ_OK at once without connecting (so a signal that arrives while a
  *  program is still starting is not lost); after run returned it is a
  *  no-op. */
-KREQ_API void kreq_server_stop(kreq_server_t *s);
+KREQ_API void kreq_worker_stop(kreq_worker_t *s);
 
 /** Replaces the keyring used to verify requests and sign replies (e.g. on
  *  SIGHUP): takes a reference on kr and releases the old one once no request
  *  uses it. kr must have a signing key. Any thread. KREQ_OK, KREQ_EINVAL,
- *  KREQ_ECONF (server.result.signers is set and does not list kr's signing
+ *  KREQ_ECONF (worker.result.signers is set and does not list kr's signing
  *  key: the worker's new results would be ignored by the dedup rebuild;
  *  nothing is replaced). */
-KREQ_API int kreq_server_set_keyring(kreq_server_t *s, kreq_keyring_t *kr);
+KREQ_API int kreq_worker_set_keyring(kreq_worker_t *s, kreq_keyring_t *kr);
 
 /** Prometheus text exposition of the server's metrics in a new malloc'd
  *  string (*text; caller frees). Any thread. KREQ_OK, KREQ_EINVAL,
  *  KREQ_ENOMEM. */
-KREQ_API int kreq_server_metrics_text(kreq_server_t *s, char **text);
+KREQ_API int kreq_worker_metrics_text(kreq_worker_t *s, char **text);
 
 /** JSON array of the requests in progress (method, key id, idempotency key
  *  in hex, correlation id in hex, partition, offset, age_ms, time_left_ms,
  *  state "queued"|"running", cancelled) in a new malloc'd string. Any
  *  thread. KREQ_OK, KREQ_EINVAL, KREQ_ENOMEM. */
-KREQ_API int kreq_server_in_progress_json(kreq_server_t *s, char **json);
+KREQ_API int kreq_worker_in_progress_json(kreq_worker_t *s, char **json);
 
 /** Number of requests in progress (dispatched, not yet replied), counting
- *  the duplicates waiting on a running one (what server.max.in.flight bounds). */
-KREQ_API size_t kreq_server_in_flight(const kreq_server_t *s);
+ *  the duplicates waiting on a running one (what worker.max.in.flight bounds). */
+KREQ_API size_t kreq_worker_in_flight(const kreq_worker_t *s);
 
 /** True while the loop serves: it runs, its producer is ready and the
  *  consumer group has given it an assignment (which may be empty when
  *  there are more replicas than partitions). False before, during a
  *  rebalance and after stop. Any thread; for health checks. */
-KREQ_API bool kreq_server_ready(const kreq_server_t *s);
+KREQ_API bool kreq_worker_ready(const kreq_worker_t *s);
 
-/** What kreq_server_name() returns. */
-typedef enum kreq_server_name_e {
-	KREQ_SERVER_REQUESTS_TOPIC,  /* <topic.prefix>.<service>.requests */
-	KREQ_SERVER_RESULTS_TOPIC,   /* <topic.prefix>.<service>.results */
-	KREQ_SERVER_GROUP,           /* consumer group <topic.prefix>.<service> */
-	KREQ_SERVER_TRANSACTIONAL_ID /* <topic.prefix>.<service>.<client.id>; NULL in light mode */
-} kreq_server_name_t;
+/** What kreq_worker_name() returns. */
+typedef enum kreq_worker_name_e {
+	KREQ_WORKER_REQUESTS_TOPIC,  /* <topic.prefix>.<service>.requests */
+	KREQ_WORKER_RESULTS_TOPIC,   /* <topic.prefix>.<service>.results */
+	KREQ_WORKER_GROUP,           /* consumer group <topic.prefix>.<service> */
+	KREQ_WORKER_TRANSACTIONAL_ID /* <topic.prefix>.<service>.<client.id>; NULL in light mode */
+} kreq_worker_name_t;
 
 /** A name the server derived from its configuration (valid while s
  *  lives), or NULL. Any thread. */
-KREQ_API const char *kreq_server_name(const kreq_server_t *s, kreq_server_name_t which);
+KREQ_API const char *kreq_worker_name(const kreq_worker_t *s, kreq_worker_name_t which);
 
 /** Number of registered methods, and the i-th one's name (i < count;
  *  NULL otherwise; valid while s lives). Any thread once registration is
  *  over. */
-KREQ_API size_t kreq_server_method_count(const kreq_server_t *s);
-KREQ_API const char *kreq_server_method_name(const kreq_server_t *s, size_t i);
+KREQ_API size_t kreq_worker_method_count(const kreq_worker_t *s);
+KREQ_API const char *kreq_worker_method_name(const kreq_worker_t *s, size_t i);
 
 /** Destroys a server whose loop is not running (never ran, or returned).
  *  NULL is a no-op. */
-KREQ_API void kreq_server_destroy(kreq_server_t *s);
+KREQ_API void kreq_worker_destroy(kreq_worker_t *s);
 
 /* ---- the request, as seen by a handler ---------------------------------
  * Accessors are valid from the handler call until kreq_request_reply()
@@ -219,7 +219,7 @@ KREQ_API int64_t kreq_request_remaining_ms(const kreq_request_t *r);
 
 /** True once the caller cancelled the request (a Cancel message arrived),
  *  the server is abandoning it (shutdown grace expired, partition moved
- *  away, or its deadline + server.handler.grace.ms passed: the worker has
+ *  away, or its deadline + worker.handler.grace.ms passed: the worker has
  *  answered status 2), or the handle is no longer live. Any thread. */
 KREQ_API bool kreq_request_cancelled(const kreq_request_t *r);
 
@@ -233,8 +233,8 @@ KREQ_API bool kreq_request_cancelled(const kreq_request_t *r);
  *  status 8 instead), KREQ_ENOMEM (the caller gets status 8 if possible),
  *  KREQ_ESTATE (the reply is refused and goes nowhere: r was already
  *  replied to, or the worker answered it with status 2 at its deadline +
- *  server.handler.grace.ms; the latter is logged and counted in
- *  kreq_server_late_replies_total). */
+ *  worker.handler.grace.ms; the latter is logged and counted in
+ *  kreq_worker_late_replies_total). */
 KREQ_API int kreq_request_reply(kreq_request_t *r, int32_t status, const void *payload, size_t len,
                                 const char *error);
 

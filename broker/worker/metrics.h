@@ -1,9 +1,9 @@
 /*
- * smetrics.h — worker metrics: relaxed atomic counters and histograms
+ * metrics.h — worker metrics: relaxed atomic counters and histograms
  * (common/prom.h, shared with the client), rendered as Prometheus text.
  */
-#ifndef KREQ_BROKER_SMETRICS_H
-#define KREQ_BROKER_SMETRICS_H
+#ifndef KREQ_BROKER_METRICS_H
+#define KREQ_BROKER_METRICS_H
 
 #include <stdatomic.h>
 #include <stdint.h>
@@ -22,11 +22,11 @@
 	X(CANCELLED, "cancelled")           /* cancelled before it started */                      \
 	X(UNKNOWN_METHOD, "unknown_method") /* no handler */                                       \
 	X(DENIED, "denied")                 /* key not allowed this method */                      \
-	X(RATE_LIMITED, "rate_limited")     /* key over server.rate.limit.per.key */               \
+	X(RATE_LIMITED, "rate_limited")     /* key over worker.rate.limit.per.key */               \
 	X(SHUTTING_DOWN, "shutting_down")   /* not started before shutdown */                      \
 	X(OVERDUE, "overdue")               /* handler not done by deadline + grace: status 2 */   \
 	X(TOO_LARGE, "too_large")           /* its reply or result was too large for Kafka */      \
-	X(POISON, "poison") /* started server.poison.max.attempts times: status 10 */
+	X(POISON, "poison") /* started worker.poison.max.attempts times: status 10 */
 
 /* Why a record was dropped without running anything. */
 #define KREQ__REJECTS(X)                                                                           \
@@ -38,14 +38,14 @@
 	X(EXPIRED, "expired")                                                                      \
 	X(FUTURE, "future")                                                                        \
 	X(KIND, "kind")               /* a reply or result on the request topic */                 \
-	X(REPLY_TOPIC, "reply_topic") /* reply topic not on server.reply.topic.allow */            \
+	X(REPLY_TOPIC, "reply_topic") /* reply topic not on worker.reply.topic.allow */            \
 	X(OTHER, "other")                                                                          \
 	X(PARTITION, "partition") /* not on the partition its idempotency key maps to */           \
 	X(SERVICE, "service")     /* signed for another service */                                 \
-	X(DEADLINE_TOO_FAR, "deadline_too_far") /* beyond server.max.deadline.ms */                \
-	X(TOO_OLD, "too_old")                   /* issued before server.max.request.age.ms */      \
+	X(DEADLINE_TOO_FAR, "deadline_too_far") /* beyond worker.max.deadline.ms */                \
+	X(TOO_OLD, "too_old")                   /* issued before worker.max.request.age.ms */      \
 	X(DUPLICATE, "duplicate")               /* replay of a running request's correlation id */ \
-	X(JOIN_LIMIT, "join_limit") /* replay past KREQ__JOINERS_MAX or server.max.in.flight */    \
+	X(JOIN_LIMIT, "join_limit") /* replay past KREQ__JOINERS_MAX or worker.max.in.flight */    \
 	X(REPLY_PARTITION, "reply_partition") /* beyond the reply topic's partitions */            \
 	X(REWINDS, "rewinds") /* made the worker rewind KREQ__REWIND_MAX times (faults.h) */
 
@@ -63,7 +63,7 @@ typedef enum {
 	    KREQ__R_COUNT
 } kreq__reject_t;
 
-typedef struct kreq__server_metrics {
+typedef struct kreq__worker_metrics {
 	atomic_uint_fast64_t handled[KREQ__H_COUNT];
 	atomic_uint_fast64_t rejected[KREQ__R_COUNT];
 	atomic_uint_fast64_t cancels;         /* Cancel messages seen */
@@ -90,12 +90,12 @@ typedef struct kreq__server_metrics {
 	atomic_uint_fast64_t reply_topic_missing; /* replies not sent: no such topic */
 	atomic_uint_fast64_t attempts_written;    /* Attempt records produced (poison.c) */
 	atomic_uint_fast64_t dead_letters;        /* DeadLetter records produced */
-} kreq__server_metrics_t;
+} kreq__worker_metrics_t;
 
 /* Reject reason for an envelope error code. */
 kreq__reject_t kreq__reject_of(int err);
 
-void kreq__server_metrics_render(const kreq__server_metrics_t *m, uint64_t in_progress,
+void kreq__worker_metrics_render(const kreq__worker_metrics_t *m, uint64_t in_progress,
                                  const char *service, const char *worker, FILE *out);
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * server.c — the public server API: construction and validation,
+ * worker.c — the public server API: construction and validation,
  * registration, run/stop, keyring replacement, metrics and the in-progress
  * listing. The loop itself is loop.c; Kafka is kafka.c; handlers see
  * request.c.
@@ -13,7 +13,7 @@
 
 #include <jansson.h>
 
-#include "broker/worker/server_int.h"
+#include "broker/worker/worker_int.h"
 #include "common/conf.h"
 #include "common/internal.h"
 
@@ -32,7 +32,7 @@ static char *fmt(const char *f, const char *a, const char *b, const char *c)
 	return out;
 }
 
-static int parse_allow(kreq_server_t *s, const char *spec, const char *prefix)
+static int parse_allow(kreq_worker_t *s, const char *spec, const char *prefix)
 {
 	char *dflt = NULL;
 	if (!*spec && !(spec = dflt = fmt("%s.reply.*%s%s", prefix, "", "")))
@@ -56,15 +56,15 @@ static int parse_allow(kreq_server_t *s, const char *spec, const char *prefix)
 	return err;
 }
 
-static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
+static int read_conf(kreq_worker_t *s, char *errstr, size_t errstr_size)
 {
 	const kreq_conf_t *c = s->conf;
-	const char *mode = kreq__conf_str(c, KREQ__P_SERVER_MODE);
+	const char *mode = kreq__conf_str(c, KREQ__P_WORKER_MODE);
 	if (!strcmp(mode, "transactional"))
 		s->txn_mode = true;
 	else if (strcmp(mode, "light"))
 		return kreq__err(errstr, errstr_size, KREQ_ECONF,
-		                 "server.mode must be transactional or light, not \"%s\"", mode);
+		                 "worker.mode must be transactional or light, not \"%s\"", mode);
 	const char *want = kreq__conf_str(c, KREQ__P_SIGNING_KEY_ID);
 	const char *have = kreq_keyring_signing_key(s->kr);
 	if (!have)
@@ -75,10 +75,10 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 		                 "signing.key.id is %s but the keyring signs with %s "
 		                 "(kreq_keyring_set_signing_key())",
 		                 want, have);
-	const char *signers = kreq__conf_str(c, KREQ__P_SERVER_RESULT_SIGNERS);
+	const char *signers = kreq__conf_str(c, KREQ__P_WORKER_RESULT_SIGNERS);
 	if (*signers && !kreq__signer_listed(signers, have))
 		return kreq__err(errstr, errstr_size, KREQ_ECONF,
-		                 "server.result.signers (%s) does not list the signing key %s: the "
+		                 "worker.result.signers (%s) does not list the signing key %s: the "
 		                 "worker's own results would be ignored by the dedup rebuild",
 		                 signers, have);
 	size_t bs_size = 0;
@@ -89,32 +89,32 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 	int err = kreq__limits_check(c, errstr, errstr_size);
 	if (err)
 		return err;
-	s->retention_ms = kreq__conf_int(c, KREQ__P_SERVER_DEDUP_RETENTION_MS);
-	s->max_deadline_ms = kreq__conf_int(c, KREQ__P_SERVER_MAX_DEADLINE_MS);
-	s->max_age_ms = kreq__conf_int(c, KREQ__P_SERVER_MAX_REQUEST_AGE_MS);
+	s->retention_ms = kreq__conf_int(c, KREQ__P_WORKER_DEDUP_RETENTION_MS);
+	s->max_deadline_ms = kreq__conf_int(c, KREQ__P_WORKER_MAX_DEADLINE_MS);
+	s->max_age_ms = kreq__conf_int(c, KREQ__P_WORKER_MAX_REQUEST_AGE_MS);
 	if (s->retention_ms < s->max_deadline_ms + s->max_age_ms)
 		return kreq__err(
 		    errstr, errstr_size, KREQ_ECONF,
-		    "server.dedup.retention.ms (%lld) must be at least "
-		    "server.max.deadline.ms (%lld) + server.max.request.age.ms (%lld): "
+		    "worker.dedup.retention.ms (%lld) must be at least "
+		    "worker.max.deadline.ms (%lld) + worker.max.request.age.ms (%lld): "
 		    "a replay accepted after its stored result expired would run again",
 		    (long long)s->retention_ms, (long long)s->max_deadline_ms,
 		    (long long)s->max_age_ms);
-	s->dd_max_bytes = (size_t)kreq__conf_int(c, KREQ__P_SERVER_DEDUP_MAX_BYTES);
-	s->dd_key_max_bytes = (size_t)kreq__conf_int(c, KREQ__P_SERVER_DEDUP_KEY_MAX_BYTES);
-	s->min_budget_ms = kreq__conf_int(c, KREQ__P_SERVER_MIN_BUDGET_MS);
-	s->grace_ms = kreq__conf_int(c, KREQ__P_SERVER_SHUTDOWN_GRACE_MS);
-	s->batch_ms = kreq__conf_int(c, KREQ__P_SERVER_TXN_BATCH_MS);
-	s->linger_ms = kreq__conf_int(c, KREQ__P_SERVER_TXN_LINGER_MS);
-	s->txn_call_ms = (int)kreq__conf_int(c, KREQ__P_SERVER_TXN_CALL_TIMEOUT_MS);
-	s->batch_linger_ms = kreq__conf_int(c, KREQ__P_SERVER_BATCH_LINGER_MS);
-	s->batch_threshold = kreq__conf_int(c, KREQ__P_SERVER_BATCH_THRESHOLD);
-	s->batch_max = (uint64_t)kreq__conf_int(c, KREQ__P_SERVER_TXN_BATCH_MAX);
-	s->rate = kreq__conf_int(c, KREQ__P_SERVER_RATE_LIMIT);
-	s->max_in_flight = (size_t)kreq__conf_int(c, KREQ__P_SERVER_MAX_IN_FLIGHT);
+	s->dd_max_bytes = (size_t)kreq__conf_int(c, KREQ__P_WORKER_DEDUP_MAX_BYTES);
+	s->dd_key_max_bytes = (size_t)kreq__conf_int(c, KREQ__P_WORKER_DEDUP_KEY_MAX_BYTES);
+	s->min_budget_ms = kreq__conf_int(c, KREQ__P_WORKER_MIN_BUDGET_MS);
+	s->grace_ms = kreq__conf_int(c, KREQ__P_WORKER_SHUTDOWN_GRACE_MS);
+	s->batch_ms = kreq__conf_int(c, KREQ__P_WORKER_TXN_BATCH_MS);
+	s->linger_ms = kreq__conf_int(c, KREQ__P_WORKER_TXN_LINGER_MS);
+	s->txn_call_ms = (int)kreq__conf_int(c, KREQ__P_WORKER_TXN_CALL_TIMEOUT_MS);
+	s->batch_linger_ms = kreq__conf_int(c, KREQ__P_WORKER_BATCH_LINGER_MS);
+	s->batch_threshold = kreq__conf_int(c, KREQ__P_WORKER_BATCH_THRESHOLD);
+	s->batch_max = (uint64_t)kreq__conf_int(c, KREQ__P_WORKER_TXN_BATCH_MAX);
+	s->rate = kreq__conf_int(c, KREQ__P_WORKER_RATE_LIMIT);
+	s->max_in_flight = (size_t)kreq__conf_int(c, KREQ__P_WORKER_MAX_IN_FLIGHT);
 	s->slot_max = 2 * s->max_in_flight; /* in flight + abandoned, not yet let go */
-	s->handler_grace_ms = kreq__conf_int(c, KREQ__P_SERVER_HANDLER_GRACE_MS);
-	s->nthreads = (int)kreq__conf_int(c, KREQ__P_SERVER_HANDLER_THREADS);
+	s->handler_grace_ms = kreq__conf_int(c, KREQ__P_WORKER_HANDLER_GRACE_MS);
+	s->nthreads = (int)kreq__conf_int(c, KREQ__P_WORKER_HANDLER_THREADS);
 	const char *prefix = kreq__conf_str(c, KREQ__P_TOPIC_PREFIX);
 	s->client_id = strdup(kreq__conf_str(c, KREQ__P_CLIENT_ID));
 	s->req_topic = fmt("%s.%s.%s", prefix, s->service, "requests");
@@ -128,7 +128,7 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 	s->seal_buf = malloc(s->lim.envelope_max); /* touched only as far as used */
 	if (!s->client_id || !s->req_topic || !s->res_topic || !s->group || !s->txn_id ||
 	    !s->threads || !s->seal_buf ||
-	    parse_allow(s, kreq__conf_str(c, KREQ__P_SERVER_REPLY_TOPIC_ALLOW), prefix))
+	    parse_allow(s, kreq__conf_str(c, KREQ__P_WORKER_REPLY_TOPIC_ALLOW), prefix))
 		return kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 	if (strlen(s->res_topic) > KREQ__TOPIC_MAX)
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
@@ -136,7 +136,7 @@ static int read_conf(kreq_server_t *s, char *errstr, size_t errstr_size)
 	return kreq__poison_conf(s, prefix, errstr, errstr_size);
 }
 
-KREQ_API kreq_server_t *kreq_server_new(const kreq_conf_t *conf, kreq_keyring_t *kr,
+KREQ_API kreq_worker_t *kreq_worker_new(const kreq_conf_t *conf, kreq_keyring_t *kr,
                                         const char *service, char *errstr, size_t errstr_size)
 {
 	if (!conf || !kr || !service) {
@@ -149,7 +149,7 @@ KREQ_API kreq_server_t *kreq_server_new(const kreq_conf_t *conf, kreq_keyring_t 
 		          "service must be 1..200 characters of [A-Za-z0-9._-]");
 		return NULL;
 	}
-	kreq_server_t *s = calloc(1, sizeof(*s));
+	kreq_worker_t *s = calloc(1, sizeof(*s));
 	if (!s) {
 		kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory");
 		return NULL;
@@ -170,7 +170,7 @@ KREQ_API kreq_server_t *kreq_server_new(const kreq_conf_t *conf, kreq_keyring_t 
 	              ? kreq__err(errstr, errstr_size, KREQ_ENOMEM, "out of memory")
 	              : read_conf(s, errstr, errstr_size);
 	if (err) {
-		kreq_server_destroy(s);
+		kreq_worker_destroy(s);
 		return NULL;
 	}
 	return s;
@@ -185,7 +185,7 @@ static bool method_of_service(const char *method, const char *service)
 	return n == strlen(service) && !strncmp(method, service, n);
 }
 
-KREQ_API int kreq_server_register(kreq_server_t *s, const char *method, kreq_handler_fn *fn,
+KREQ_API int kreq_worker_register(kreq_worker_t *s, const char *method, kreq_handler_fn *fn,
                                   void *opaque, int flags)
 {
 	if (!s || !method || !fn || (flags & ~KREQ_HANDLER_INLINE))
@@ -213,14 +213,14 @@ KREQ_API int kreq_server_register(kreq_server_t *s, const char *method, kreq_han
 	return KREQ_OK;
 }
 
-KREQ_API int kreq_server_run(kreq_server_t *s, char *errstr, size_t errstr_size)
+KREQ_API int kreq_worker_run(kreq_worker_t *s, char *errstr, size_t errstr_size)
 {
 	if (!s)
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL, "server is NULL");
 	int expected = 0;
 	if (!atomic_compare_exchange_strong(&s->phase, &expected, 1))
 		return kreq__err(errstr, errstr_size, KREQ_ESTATE,
-		                 "kreq_server_run() may be called once per server");
+		                 "kreq_worker_run() may be called once per server");
 	int err = atomic_load(&s->stop) ? KREQ_OK : kreq__loop_run(s);
 	atomic_store(&s->phase, 2);
 	if (err)
@@ -228,7 +228,7 @@ KREQ_API int kreq_server_run(kreq_server_t *s, char *errstr, size_t errstr_size)
 	return KREQ_OK;
 }
 
-KREQ_API void kreq_server_stop(kreq_server_t *s)
+KREQ_API void kreq_worker_stop(kreq_worker_t *s)
 {
 	if (!s)
 		return;
@@ -236,11 +236,11 @@ KREQ_API void kreq_server_stop(kreq_server_t *s)
 	kreq__wake(s);
 }
 
-KREQ_API int kreq_server_set_keyring(kreq_server_t *s, kreq_keyring_t *kr)
+KREQ_API int kreq_worker_set_keyring(kreq_worker_t *s, kreq_keyring_t *kr)
 {
 	if (!s || !kr || !kreq_keyring_signing_key(kr))
 		return KREQ_EINVAL;
-	const char *signers = kreq__conf_str(s->conf, KREQ__P_SERVER_RESULT_SIGNERS);
+	const char *signers = kreq__conf_str(s->conf, KREQ__P_WORKER_RESULT_SIGNERS);
 	if (*signers && !kreq__signer_listed(signers, kreq_keyring_signing_key(kr)))
 		return KREQ_ECONF; /* its results would be ignored by the next rebuild */
 	pthread_mutex_lock(&s->kr_lock);
@@ -259,7 +259,7 @@ KREQ_API int kreq_server_set_keyring(kreq_server_t *s, kreq_keyring_t *kr)
 	return KREQ_OK;
 }
 
-KREQ_API int kreq_server_metrics_text(kreq_server_t *s, char **text)
+KREQ_API int kreq_worker_metrics_text(kreq_worker_t *s, char **text)
 {
 	if (!s || !text)
 		return KREQ_EINVAL;
@@ -267,7 +267,7 @@ KREQ_API int kreq_server_metrics_text(kreq_server_t *s, char **text)
 	FILE *f = open_memstream(text, &len);
 	if (!f)
 		return KREQ_ENOMEM;
-	kreq__server_metrics_render(&s->m, kreq_server_in_flight(s), s->service, s->client_id, f);
+	kreq__worker_metrics_render(&s->m, kreq_worker_in_flight(s), s->service, s->client_id, f);
 	return fclose(f) == 0 ? KREQ_OK : KREQ_ENOMEM;
 }
 
@@ -299,7 +299,7 @@ static json_t *row_of(const kreq_request_t *r, int64_t now_ms, int64_t now_ns)
 	                 "cancelled", atomic_load(&r->cancelled));
 }
 
-KREQ_API int kreq_server_in_progress_json(kreq_server_t *s, char **json)
+KREQ_API int kreq_worker_in_progress_json(kreq_worker_t *s, char **json)
 {
 	if (!s || !json)
 		return KREQ_EINVAL;
@@ -314,44 +314,44 @@ KREQ_API int kreq_server_in_progress_json(kreq_server_t *s, char **json)
 	return *json ? KREQ_OK : KREQ_ENOMEM;
 }
 
-KREQ_API size_t kreq_server_in_flight(const kreq_server_t *s)
+KREQ_API size_t kreq_worker_in_flight(const kreq_worker_t *s)
 {
 	return s ? atomic_load_explicit(&s->in_progress, memory_order_relaxed) : 0;
 }
 
-KREQ_API bool kreq_server_ready(const kreq_server_t *s)
+KREQ_API bool kreq_worker_ready(const kreq_worker_t *s)
 {
 	return s && atomic_load_explicit(&s->ready, memory_order_acquire);
 }
 
-KREQ_API const char *kreq_server_name(const kreq_server_t *s, kreq_server_name_t which)
+KREQ_API const char *kreq_worker_name(const kreq_worker_t *s, kreq_worker_name_t which)
 {
 	if (!s)
 		return NULL;
 	switch (which) {
-	case KREQ_SERVER_REQUESTS_TOPIC:
+	case KREQ_WORKER_REQUESTS_TOPIC:
 		return s->req_topic;
-	case KREQ_SERVER_RESULTS_TOPIC:
+	case KREQ_WORKER_RESULTS_TOPIC:
 		return s->res_topic;
-	case KREQ_SERVER_GROUP:
+	case KREQ_WORKER_GROUP:
 		return s->group;
-	case KREQ_SERVER_TRANSACTIONAL_ID:
+	case KREQ_WORKER_TRANSACTIONAL_ID:
 		return s->txn_mode ? s->txn_id : NULL;
 	}
 	return NULL;
 }
 
-KREQ_API size_t kreq_server_method_count(const kreq_server_t *s)
+KREQ_API size_t kreq_worker_method_count(const kreq_worker_t *s)
 {
 	return s ? s->nhandlers : 0;
 }
 
-KREQ_API const char *kreq_server_method_name(const kreq_server_t *s, size_t i)
+KREQ_API const char *kreq_worker_method_name(const kreq_worker_t *s, size_t i)
 {
 	return s && i < s->nhandlers ? s->handlers[i].method : NULL;
 }
 
-KREQ_API void kreq_server_destroy(kreq_server_t *s)
+KREQ_API void kreq_worker_destroy(kreq_worker_t *s)
 {
 	if (!s)
 		return;

@@ -1,5 +1,5 @@
 /*
- * test_server.c — the server API end to end against a real Kafka broker,
+ * test_worker.c — the server API end to end against a real Kafka broker,
  * driven by the real client: success and handler metadata, handler error,
  * unknown method, method ACL, deadline exceeded before start, cancel of a
  * running handler, dedup hit, conflict, a duplicate joining a running
@@ -21,9 +21,9 @@
 
 #include "kreq/client.h"
 #include "kreq/error.h"
-#include "kreq/server.h"
+#include "kreq/worker.h"
 #include "proto/envelope.h"
-#include "server.h"
+#include "worker.h"
 #include "testsupport.h"
 
 static const char *bootstrap;
@@ -111,19 +111,19 @@ static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
 	return conf;
 }
 
-static kreq_test_running_t *server_start(const char *worker_id, const char *const *extra)
+static kreq_test_running_t *worker_start(const char *worker_id, const char *const *extra)
 {
 	kreq_conf_t *conf = base_conf(worker_id, extra);
 	char err[512];
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
 	                 KREQ_OK);
-	ck_assert_int_eq(kreq_server_register(s, "svc.fail", h_fail, NULL, 0), KREQ_OK);
-	ck_assert_int_eq(kreq_server_register(s, "svc.slow", h_slow, NULL, 0), KREQ_OK);
-	ck_assert_int_eq(kreq_server_register(s, "svc.gate", h_gate, NULL, 0), KREQ_OK);
-	return kreq_test_server_start(s);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.fail", h_fail, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.slow", h_slow, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.gate", h_gate, NULL, 0), KREQ_OK);
+	return kreq_test_worker_start(s);
 }
 
 static kreq_client_t *client_new(const char *const *extra)
@@ -173,18 +173,18 @@ static void expect_reply(kreq_future_t *f, int32_t status, const char *payload, 
 	kreq_future_release(f);
 }
 
-static uint64_t handled(kreq_server_t *s, const char *outcome)
+static uint64_t handled(kreq_worker_t *s, const char *outcome)
 {
 	char series[128];
 	snprintf(series, sizeof(series), "outcome=\"%s\"}", outcome);
-	return kreq_test_server_metric(s, series);
+	return kreq_test_worker_metric(s, series);
 }
 
-static uint64_t rejected(kreq_server_t *s, const char *reason)
+static uint64_t rejected(kreq_worker_t *s, const char *reason)
 {
 	char series[128];
 	snprintf(series, sizeof(series), "reason=\"%s\"}", reason);
-	return kreq_test_server_metric(s, series);
+	return kreq_test_worker_metric(s, series);
 }
 
 /* ---- fixture ------------------------------------------------------------ */
@@ -215,7 +215,7 @@ static void teardown(void)
 
 START_TEST(test_echo_and_context)
 {
-	kreq_test_running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = worker_start("w1", NULL);
 	kreq_client_t *c = client_new(NULL);
 	kreq_call_opts_t *o = kreq_call_opts_new();
 	const char *tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -235,13 +235,13 @@ START_TEST(test_echo_and_context)
 	ck_assert_uint_eq(handled(w->s, "error_status"), 1);
 	ck_assert_uint_eq(handled(w->s, "unknown_method"), 1);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
 START_TEST(test_dedup_conflict_and_restart)
 {
-	kreq_test_running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = worker_start("w1", NULL);
 	kreq_client_t *c = client_new(NULL);
 	expect_reply(call(c, "svc.echo", "one", "order-17", 30000), 0, "one", false);
 	expect_reply(call(c, "svc.echo", "one", "order-17", 30000), 0, "one", true);
@@ -251,24 +251,24 @@ START_TEST(test_dedup_conflict_and_restart)
 	             false);
 	ck_assert_uint_eq(handled(w->s, "dedup"), 1);
 	ck_assert_uint_eq(handled(w->s, "conflict"), 1);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 	kreq_client_destroy(c);
 
 	/* a new worker and a new client: the stored result comes back from the
 	 * results topic, the handler does not run again */
-	w = server_start("w2", NULL);
+	w = worker_start("w2", NULL);
 	c = client_new(NULL);
 	expect_reply(call(c, "svc.echo", "one", "order-17", 30000), 0, "one", true);
 	ck_assert_int_eq(atomic_load(&executions), 1);
-	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_results_loaded_total{"), 1);
+	ck_assert_uint_ge(kreq_test_worker_metric(w->s, "kreq_worker_results_loaded_total{"), 1);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
 START_TEST(test_join_running_duplicate)
 {
-	kreq_test_running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = worker_start("w1", NULL);
 	kreq_client_t *c = client_new(NULL);
 	kreq_future_t *a = call(c, "svc.slow", "800", "same-key", 30000);
 	KREQ_TEST_AWAIT(atomic_load(&executions) == 1, 30000);
@@ -278,13 +278,13 @@ START_TEST(test_join_running_duplicate)
 	ck_assert_int_eq(atomic_load(&executions), 1);
 	ck_assert_uint_eq(handled(w->s, "joined"), 1);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
 START_TEST(test_cancel_running)
 {
-	kreq_test_running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = worker_start("w1", NULL);
 	kreq_client_t *c = client_new(NULL);
 	kreq_future_t *f = call(c, "svc.slow", NULL, NULL, 30000);
 	KREQ_TEST_AWAIT(atomic_load(&executions) == 1, 30000);
@@ -294,7 +294,7 @@ START_TEST(test_cancel_running)
 	KREQ_TEST_AWAIT(atomic_load(&cancelled_seen) == 1, 30000);
 	KREQ_TEST_AWAIT(handled(w->s, "cancelled") == 1, 30000);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -302,47 +302,47 @@ END_TEST
  * cancelled there, it never runs. */
 START_TEST(test_cancel_before_start)
 {
-	static const char *const extra[] = {"server.handler.threads", "1", NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	static const char *const extra[] = {"worker.handler.threads", "1", NULL};
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	kreq_future_t *first = call(c, "svc.slow", "1500", "first", 30000);
 	KREQ_TEST_AWAIT(atomic_load(&executions) == 1, 30000);
 	kreq_future_t *second = call(c, "svc.slow", "10", "second", 30000);
-	KREQ_TEST_AWAIT(kreq_server_in_flight(w->s) == 2, 30000); /* consumed, queued */
+	KREQ_TEST_AWAIT(kreq_worker_in_flight(w->s) == 2, 30000); /* consumed, queued */
 	ck_assert_int_eq(kreq_future_cancel(second), KREQ_OK);
 	kreq_future_release(second);
-	KREQ_TEST_AWAIT(kreq_test_server_metric(w->s, "kreq_server_cancels_total{") == 1, 30000);
+	KREQ_TEST_AWAIT(kreq_test_worker_metric(w->s, "kreq_worker_cancels_total{") == 1, 30000);
 	expect_reply(first, 0, "1500", false);
 	KREQ_TEST_AWAIT(handled(w->s, "cancelled") == 1, 30000);
 	ck_assert_int_eq(atomic_load(&executions), 1); /* the second never ran */
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
 START_TEST(test_deadline_before_start)
 {
-	static const char *const extra[] = {"server.min.budget.ms", "5000", NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	static const char *const extra[] = {"worker.min.budget.ms", "5000", NULL};
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	expect_reply(call(c, "svc.echo", "x", NULL, 4000), KREQ_STATUS_DEADLINE, NULL, false);
 	ck_assert_int_eq(atomic_load(&executions), 0);
 	ck_assert_uint_eq(handled(w->s, "deadline"), 1);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
 START_TEST(test_method_acl)
 {
 	ck_assert_int_eq(kreq_keyring_set_methods(kr, "k1", "svc.fail"), KREQ_OK);
-	kreq_test_running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = worker_start("w1", NULL);
 	kreq_client_t *c = client_new(NULL);
 	expect_reply(call(c, "svc.echo", "x", NULL, 30000), KREQ_STATUS_DENIED, NULL, false);
 	expect_reply(call(c, "svc.fail", "x", NULL, 30000), 503, NULL, false);
 	ck_assert_uint_eq(handled(w->s, "denied"), 1);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -392,7 +392,7 @@ static void seal_request(kreq_keyring_t *with, const char *reply_topic, int64_t 
 	                 KREQ_OK);
 }
 
-static uint64_t total_rejected(kreq_server_t *s)
+static uint64_t total_rejected(kreq_worker_t *s)
 {
 	static const char *const reasons[] = {"malformed", "bad_signature", "unknown_key",
 	                                      "expired",   "reply_topic",   NULL};
@@ -404,7 +404,7 @@ static uint64_t total_rejected(kreq_server_t *s)
 
 START_TEST(test_bad_records_and_replay)
 {
-	kreq_test_running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = worker_start("w1", NULL);
 	kreq_client_t *c = client_new(NULL); /* its reply topic is an allowed one */
 	int32_t rp;
 	const char *reply_topic = kreq_client_reply_topic(c, &rp);
@@ -453,7 +453,7 @@ START_TEST(test_bad_records_and_replay)
 	/* served from the store, or, if the first was still in progress, dropped
 	 * (its correlation id already gets that reply): either way the handler
 	 * ran once */
-	KREQ_TEST_AWAIT(kreq_test_server_metric(w->s, "kreq_server_dedup_hits_total{") +
+	KREQ_TEST_AWAIT(kreq_test_worker_metric(w->s, "kreq_worker_dedup_hits_total{") +
 	                        rejected(w->s, "duplicate") ==
 	                    1,
 	                30000);
@@ -463,46 +463,46 @@ START_TEST(test_bad_records_and_replay)
 	ck_assert_int_eq(atomic_load(&executions), 1);
 	rd_kafka_destroy(p);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
 START_TEST(test_light_mode)
 {
-	static const char *const extra[] = {"server.mode", "light", NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	static const char *const extra[] = {"worker.mode", "light", NULL};
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	for (int i = 0; i < 20; i++)
 		expect_reply(call(c, "svc.echo", "light", NULL, 30000), 0, "light", false);
 	expect_reply(call(c, "svc.echo", "k", "light-key", 30000), 0, "k", false);
 	expect_reply(call(c, "svc.echo", "k", "light-key", 30000), 0, "k", true);
 	ck_assert_int_eq(atomic_load(&executions), 21);
-	/* one call at a time never reaches server.batch.threshold (32) */
-	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_replies_batched_total{"), 0);
+	/* one call at a time never reaches worker.batch.threshold (32) */
+	ck_assert_uint_eq(kreq_test_worker_metric(w->s, "kreq_worker_replies_batched_total{"), 0);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
-/* server.batch.threshold=1: every reply goes through the batching producer
+/* worker.batch.threshold=1: every reply goes through the batching producer
  * (linger 5 ms here) and still arrives, once, with the stored result. */
 START_TEST(test_light_batching)
 {
 	static const char *const extra[] = {
-	    "server.mode", "light", "server.batch.threshold", "1", "server.batch.linger.ms",
+	    "worker.mode", "light", "worker.batch.threshold", "1", "worker.batch.linger.ms",
 	    "5",           NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	for (int i = 0; i < 10; i++)
 		expect_reply(call(c, "svc.echo", "batched", NULL, 30000), 0, "batched", false);
-	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_replies_batched_total{"), 10);
+	ck_assert_uint_eq(kreq_test_worker_metric(w->s, "kreq_worker_replies_batched_total{"), 10);
 	expect_reply(call(c, "svc.echo", "b", "batch-key", 30000), 0, "b", false);
 	expect_reply(call(c, "svc.echo", "b", "batch-key", 30000), 0, "b", true);
 	ck_assert_int_eq(atomic_load(&executions), 11);
 	/* the dedup hit is answered at once, not batched */
-	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_replies_batched_total{"), 11);
+	ck_assert_uint_eq(kreq_test_worker_metric(w->s, "kreq_worker_replies_batched_total{"), 11);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -516,7 +516,7 @@ END_TEST
  * clients in a row all under 600 ms would rarely pass. */
 static void first_calls_prompt(const char *const *extra)
 {
-	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *warm = client_new(NULL); /* the worker joins and serves */
 	expect_reply(call(warm, "svc.echo", "warm", NULL, 30000), 0, "warm", false);
 	for (int i = 0; i < 3; i++) {
@@ -529,12 +529,12 @@ static void first_calls_prompt(const char *const *extra)
 		kreq_client_destroy(c);
 	}
 	kreq_client_destroy(warm);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 
 START_TEST(test_new_client_first_call)
 {
-	static const char *const light[] = {"server.mode", "light", "server.batch.threshold", "1",
+	static const char *const light[] = {"worker.mode", "light", "worker.batch.threshold", "1",
 	                                    NULL};
 	first_calls_prompt(light);
 	first_calls_prompt(NULL);
@@ -567,15 +567,15 @@ static double process_cpu_ms(void)
 	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-/* Light mode with server.txn.batch.ms=0 commits offsets at every step and
+/* Light mode with worker.txn.batch.ms=0 commits offsets at every step and
  * still sleeps when idle: its loop used to poll with a zero timeout, a core
  * at 100% (~1000 ms of CPU a second; an idle worker uses a few). */
 START_TEST(test_light_zero_batch_ms_sleeps)
 {
 	static const char *const extra[] = {
-	    "server.mode", "light", "server.txn.batch.ms", "0", "server.topic.partitions",
+	    "worker.mode", "light", "worker.txn.batch.ms", "0", "worker.topic.partitions",
 	    "2",           NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	for (int i = 0; i < 3; i++)
 		expect_reply(call(c, "svc.echo", "zero", NULL, 30000), 0, "zero", false);
@@ -589,7 +589,7 @@ START_TEST(test_light_zero_batch_ms_sleeps)
 	double used = process_cpu_ms() - cpu0;
 	ck_assert_msg(used < 400, "idle worker used %.0f ms of CPU in 1 s", used);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -603,8 +603,8 @@ END_TEST
  * on, and every call is answered. */
 START_TEST(test_duplicate_client_id)
 {
-	kreq_test_running_t *a = server_start("dup", NULL);
-	kreq_test_running_t *b = server_start("dup", NULL);
+	kreq_test_running_t *a = worker_start("dup", NULL);
+	kreq_test_running_t *b = worker_start("dup", NULL);
 	kreq_client_t *c = client_new(NULL);
 	int64_t until = kreq_test_now_ms() + 120000;
 	int calls = 0;
@@ -628,7 +628,7 @@ START_TEST(test_duplicate_client_id)
 	kreq_test_running_t *stopped = atomic_load(&a->done) ? a : b;
 	kreq_test_running_t *serving = stopped == a ? b : a;
 	char err[512];
-	int rc = kreq_test_server_reap(stopped, err, sizeof(err));
+	int rc = kreq_test_worker_reap(stopped, err, sizeof(err));
 	ck_assert_msg(rc == KREQ_ECONF, "run returned %s: %s", kreq_err_name(rc), err);
 	ck_assert_msg(strstr(err, "client.id") && strstr(err, "fenced"), "%s", err);
 	for (int i = 0; i < 5; i++) /* the other one takes over every partition */
@@ -636,7 +636,7 @@ START_TEST(test_duplicate_client_id)
 	ck_assert(!atomic_load(&serving->done));
 	ck_assert_int_ge(calls, 1);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(serving);
+	kreq_test_worker_stop(serving);
 }
 END_TEST
 
@@ -648,25 +648,25 @@ START_TEST(test_socket_max_fails_0_refused)
 	static const char *const extra[] = {"kafka.socket.max.fails", "0", NULL};
 	kreq_conf_t *conf = base_conf("smf", extra);
 	char err[512];
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_server_new: %s", err);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
 	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
 	                 KREQ_OK);
-	int rc = kreq_server_run(s, err, sizeof(err)); /* refused while starting */
+	int rc = kreq_worker_run(s, err, sizeof(err)); /* refused while starting */
 	ck_assert_msg(rc == KREQ_ECONF, "run returned %s: %s", kreq_err_name(rc), err);
 	ck_assert_msg(strstr(err, "socket.max.fails"), "%s", err);
-	kreq_server_destroy(s);
+	kreq_worker_destroy(s);
 }
 END_TEST
 
-/* server.dedup.max.bytes: the oldest stored results leave memory first
+/* worker.dedup.max.bytes: the oldest stored results leave memory first
  * (counted), the store stays within the limit, and retries of keys whose
  * results left are read back from the results topic: nothing runs again. */
 START_TEST(test_dedup_memory_bound)
 {
-	static const char *const extra[] = {"server.dedup.max.bytes", "1048576", NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	static const char *const extra[] = {"worker.dedup.max.bytes", "1048576", NULL};
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	enum { N = 16, SIZE = 100000 };
 	char *payload = malloc(SIZE + 1);
@@ -678,9 +678,9 @@ START_TEST(test_dedup_memory_bound)
 		expect_reply(call(c, "svc.echo", payload, key, 30000), 0, payload, false);
 	}
 	ck_assert_int_eq(atomic_load(&executions), N);
-	uint64_t ghosted = kreq_test_server_metric(w->s, "kreq_server_dedup_ghosted_total{");
+	uint64_t ghosted = kreq_test_worker_metric(w->s, "kreq_worker_dedup_ghosted_total{");
 	ck_assert_uint_ge(ghosted, N - 1048576 / SIZE);
-	ck_assert_uint_le(kreq_test_server_metric(w->s, "kreq_server_dedup_bytes{"), 1048576);
+	ck_assert_uint_le(kreq_test_worker_metric(w->s, "kreq_worker_dedup_bytes{"), 1048576);
 	/* the newest result is still stored */
 	snprintf(key, sizeof(key), "big-%d", N - 1);
 	expect_reply(call(c, "svc.echo", payload, key, 30000), 0, payload, true);
@@ -689,18 +689,18 @@ START_TEST(test_dedup_memory_bound)
 	memset(payload, 'a', SIZE);
 	expect_reply(call(c, "svc.echo", payload, "big-0", 30000), 0, payload, true);
 	ck_assert_int_eq(atomic_load(&executions), N);
-	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_dedup_read_back_total{"), 1);
-	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_dedup_evicted_total{"), 0);
+	ck_assert_uint_eq(kreq_test_worker_metric(w->s, "kreq_worker_dedup_read_back_total{"), 1);
+	ck_assert_uint_eq(kreq_test_worker_metric(w->s, "kreq_worker_dedup_evicted_total{"), 0);
 	free(payload);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
 START_TEST(test_concurrency_limit_and_listing)
 {
-	static const char *const extra[] = {"server.max.in.flight", "2", NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	static const char *const extra[] = {"worker.max.in.flight", "2", NULL};
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	kreq_future_t *f[8];
 	for (int i = 0; i < 8; i++)
@@ -708,11 +708,11 @@ START_TEST(test_concurrency_limit_and_listing)
 	size_t most = 0;
 	bool listed = false;
 	while (kreq_future_wait_all(f, 8, 5) == KREQ_ETIMEDOUT) {
-		size_t n = kreq_server_in_flight(w->s);
+		size_t n = kreq_worker_in_flight(w->s);
 		most = n > most ? n : most;
 		if (!listed && n > 0) {
 			char *json = NULL;
-			ck_assert_int_eq(kreq_server_in_progress_json(w->s, &json), KREQ_OK);
+			ck_assert_int_eq(kreq_worker_in_progress_json(w->s, &json), KREQ_OK);
 			listed = strstr(json, "\"method\":\"svc.slow\"") &&
 			         strstr(json, "\"key_id\":\"k1\"");
 			free(json);
@@ -724,14 +724,14 @@ START_TEST(test_concurrency_limit_and_listing)
 	ck_assert_uint_ge(most, 1);
 	ck_assert(listed);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
 START_TEST(test_rate_limit)
 {
-	static const char *const extra[] = {"server.rate.limit.per.key", "3", NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	static const char *const extra[] = {"worker.rate.limit.per.key", "3", NULL};
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	kreq_future_t *f[12];
 	for (int i = 0; i < 12; i++)
@@ -750,13 +750,13 @@ START_TEST(test_rate_limit)
 	ck_assert_int_ge(ok, 3);
 	ck_assert_uint_eq(handled(w->s, "rate_limited"), (uint64_t)limited);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
 START_TEST(test_keyring_replaced_while_serving)
 {
-	kreq_test_running_t *w = server_start("w1", NULL);
+	kreq_test_running_t *w = worker_start("w1", NULL);
 	/* a second key, known only to the new keyring */
 	kreq_keyring_t *next = kreq_keyring_new(), *caller = kreq_keyring_new();
 	uint8_t k1[32], k2[32];
@@ -778,13 +778,13 @@ START_TEST(test_keyring_replaced_while_serving)
 	ck_assert_int_eq(kreq_future_err(f), KREQ_ETIMEDOUT);
 	kreq_future_release(f);
 	KREQ_TEST_AWAIT(rejected(w->s, "unknown_key") >= 1, 30000);
-	ck_assert_int_eq(kreq_server_set_keyring(w->s, next), KREQ_OK);
+	ck_assert_int_eq(kreq_worker_set_keyring(w->s, next), KREQ_OK);
 	expect_reply(call(c, "svc.echo", "after", NULL, 30000), 0, "after", false);
 	ck_assert_str_eq(last_key_id, "k2");
 	kreq_client_destroy(c);
 	kreq_keyring_release(next);
 	kreq_keyring_release(caller);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -793,33 +793,33 @@ START_TEST(test_api_arguments)
 {
 	char err[512];
 	kreq_conf_t *conf = base_conf("w1", NULL);
-	ck_assert_ptr_null(kreq_server_new(conf, kr, "bad service!", err, sizeof(err)));
+	ck_assert_ptr_null(kreq_worker_new(conf, kr, "bad service!", err, sizeof(err)));
 	ck_assert_ptr_nonnull(strstr(err, "service"));
-	ck_assert_ptr_null(kreq_server_new(NULL, kr, "svc", err, sizeof(err)));
+	ck_assert_ptr_null(kreq_worker_new(NULL, kr, "svc", err, sizeof(err)));
 	ck_assert_int_eq(kreq_conf_set(conf, "signing.key.id", "k9", err, 512), KREQ_OK);
-	ck_assert_ptr_null(kreq_server_new(conf, kr, "svc", err, sizeof(err)));
+	ck_assert_ptr_null(kreq_worker_new(conf, kr, "svc", err, sizeof(err)));
 	ck_assert_ptr_nonnull(strstr(err, "signing.key.id"));
 	ck_assert_int_eq(kreq_conf_set(conf, "signing.key.id", "k1", err, 512), KREQ_OK);
-	kreq_server_t *s = kreq_server_new(conf, kr, "svc", err, sizeof(err));
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
 	ck_assert_ptr_nonnull(s);
-	ck_assert_int_eq(kreq_server_register(s, "other.echo", h_echo, NULL, 0), KREQ_EINVAL);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", NULL, NULL, 0), KREQ_EINVAL);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, 0x80), KREQ_EINVAL);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, 0), KREQ_OK);
-	ck_assert_int_eq(kreq_server_register(s, "svc.echo", h_echo, NULL, 0), KREQ_EEXIST);
-	ck_assert_uint_eq(kreq_server_method_count(s), 1);
-	ck_assert_str_eq(kreq_server_method_name(s, 0), "svc.echo");
-	ck_assert_ptr_null(kreq_server_method_name(s, 1));
-	ck_assert_str_eq(kreq_server_name(s, KREQ_SERVER_REQUESTS_TOPIC), req_topic);
-	ck_assert_ptr_nonnull(kreq_server_name(s, KREQ_SERVER_TRANSACTIONAL_ID));
-	ck_assert_int_eq(kreq_server_set_keyring(s, NULL), KREQ_EINVAL);
+	ck_assert_int_eq(kreq_worker_register(s, "other.echo", h_echo, NULL, 0), KREQ_EINVAL);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", NULL, NULL, 0), KREQ_EINVAL);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, 0x80), KREQ_EINVAL);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, 0), KREQ_OK);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, 0), KREQ_EEXIST);
+	ck_assert_uint_eq(kreq_worker_method_count(s), 1);
+	ck_assert_str_eq(kreq_worker_method_name(s, 0), "svc.echo");
+	ck_assert_ptr_null(kreq_worker_method_name(s, 1));
+	ck_assert_str_eq(kreq_worker_name(s, KREQ_WORKER_REQUESTS_TOPIC), req_topic);
+	ck_assert_ptr_nonnull(kreq_worker_name(s, KREQ_WORKER_TRANSACTIONAL_ID));
+	ck_assert_int_eq(kreq_worker_set_keyring(s, NULL), KREQ_EINVAL);
 	ck_assert_int_eq(kreq_request_reply(NULL, 0, NULL, 0, NULL), KREQ_EINVAL);
 	/* stop before run: run returns at once, without Kafka */
-	kreq_server_stop(s);
-	ck_assert_int_eq(kreq_server_run(s, err, sizeof(err)), KREQ_OK);
-	ck_assert_int_eq(kreq_server_run(s, err, sizeof(err)), KREQ_ESTATE);
-	ck_assert_int_eq(kreq_server_register(s, "svc.late", h_echo, NULL, 0), KREQ_ESTATE);
-	kreq_server_destroy(s);
+	kreq_worker_stop(s);
+	ck_assert_int_eq(kreq_worker_run(s, err, sizeof(err)), KREQ_OK);
+	ck_assert_int_eq(kreq_worker_run(s, err, sizeof(err)), KREQ_ESTATE);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.late", h_echo, NULL, 0), KREQ_ESTATE);
+	kreq_worker_destroy(s);
 	kreq_conf_destroy(conf);
 }
 END_TEST
@@ -867,16 +867,16 @@ static char *topic_config(rd_kafka_t *rk, const char *topic, const char *name)
  * broker's defaults). */
 START_TEST(test_topics_created)
 {
-	static const char *const extra[] = {"server.topic.partitions",
+	static const char *const extra[] = {"worker.topic.partitions",
 	                                    "3",
-	                                    "server.dedup.retention.ms",
+	                                    "worker.dedup.retention.ms",
 	                                    "3600000",
-	                                    "server.max.deadline.ms",
+	                                    "worker.max.deadline.ms",
 	                                    "1800000",
-	                                    "server.max.request.age.ms",
+	                                    "worker.max.request.age.ms",
 	                                    "1800000",
 	                                    NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_test_running_t *w = worker_start("w1", extra);
 	char err[512], res_topic[200];
 	rd_kafka_conf_t *rc = kreq_test_conf_new(bootstrap, "group.id", "inspect", NULL);
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, rc, err, sizeof(err));
@@ -891,7 +891,7 @@ START_TEST(test_topics_created)
 	free(policy);
 	free(retention);
 	rd_kafka_destroy(rk);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -982,8 +982,8 @@ static void count_replies(const char *topic, int32_t partition, const uint8_t co
  * 71 MB for 200k replays in the issue). */
 START_TEST(test_replays_of_running_request_bounded)
 {
-	static const char *const extra[] = {"server.topic.partitions", "1", NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	static const char *const extra[] = {"worker.topic.partitions", "1", NULL};
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	int32_t rp;
 	const char *reply_topic = kreq_client_reply_topic(c, &rp);
@@ -1007,11 +1007,11 @@ START_TEST(test_replays_of_running_request_bounded)
 	}
 	/* one partition: once this call is answered every replay was consumed */
 	expect_reply(call(c, "svc.echo", "after", NULL, 60000), 0, "after", false);
-	size_t in_flight = kreq_server_in_flight(w->s);
+	size_t in_flight = kreq_worker_in_flight(w->s);
 	ck_assert_msg(in_flight <= 1 + 16, "%zu requests and joiners in flight", in_flight);
 	atomic_store(&gate_open, true);
 	KREQ_TEST_AWAIT(handled(w->s, "ok") == 2, 60000);
-	KREQ_TEST_AWAIT(kreq_server_in_flight(w->s) == 0, 30000);
+	KREQ_TEST_AWAIT(kreq_worker_in_flight(w->s) == 0, 30000);
 	int to_corr = 0, to_joiners = 0;
 	count_replies(reply_topic, rp, corr, 0xBB, &to_corr, &to_joiners);
 	ck_assert_msg(to_corr == 1, "%d replies to the replayed correlation id", to_corr);
@@ -1022,19 +1022,19 @@ START_TEST(test_replays_of_running_request_bounded)
 	ck_assert_uint_eq(rejected(w->s, "join_limit"), 100 - 16);
 	rd_kafka_destroy(p);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
 /* Rate limiting comes after dedup: 20 retries of a stored result (and
  * so, dedup hits) leave the key's bucket alone, so the next new call still
- * runs. Before, the retries drained the bucket (server.rate.limit.per.key
+ * runs. Before, the retries drained the bucket (worker.rate.limit.per.key
  * 2: the retries beyond the first got "overloaded", and so did the new
  * call). */
 START_TEST(test_rate_limit_after_dedup)
 {
-	static const char *const extra[] = {"server.rate.limit.per.key", "2", NULL};
-	kreq_test_running_t *w = server_start("w1", extra);
+	static const char *const extra[] = {"worker.rate.limit.per.key", "2", NULL};
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *c = client_new(NULL);
 	expect_reply(call(c, "svc.echo", "r", "rated", 30000), 0, "r", false);
 	enum { N = 20 };
@@ -1048,7 +1048,7 @@ START_TEST(test_rate_limit_after_dedup)
 	ck_assert_uint_eq(handled(w->s, "dedup"), N);
 	ck_assert_int_eq(atomic_load(&executions), 2);
 	kreq_client_destroy(c);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 }
 END_TEST
 
@@ -1096,7 +1096,7 @@ static void tenant_a_fills(kreq_client_t *a, int n, char *payload)
 	}
 }
 
-/* The issue's case: with server.dedup.max.bytes 4 MiB, tenant A (a key
+/* The issue's case: with worker.dedup.max.bytes 4 MiB, tenant A (a key
  * limited to svc.echo) makes 12 calls of 400 KB; tenant B's earlier result
  * must still be served to B's retry, and A's own oldest result, pushed out
  * of memory, is read back from the results topic: neither runs again.
@@ -1104,15 +1104,15 @@ static void tenant_a_fills(kreq_client_t *a, int n, char *payload)
  * B's retry ran the handler again. */
 START_TEST(test_tenant_cannot_evict_another)
 {
-	static const char *const extra[] = {"server.dedup.max.bytes", "4194304", NULL};
+	static const char *const extra[] = {"worker.dedup.max.bytes", "4194304", NULL};
 	kreq_keyring_t *akr = tenant_a_keyring();
-	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *b = client_new(NULL), *a = client_with(akr);
 	expect_reply(call(b, "svc.echo", "b's result", "b-1", 30000), 0, "b's result", false);
 	char *payload = malloc(BIG + 1);
 	tenant_a_fills(a, 12, payload);
 	ck_assert_int_eq(atomic_load(&executions), 13);
-	ck_assert_uint_le(kreq_test_server_metric(w->s, "kreq_server_dedup_bytes{"), 4194304);
+	ck_assert_uint_le(kreq_test_worker_metric(w->s, "kreq_worker_dedup_bytes{"), 4194304);
 	/* B's retry: still stored */
 	expect_reply(call(b, "svc.echo", "b's result", "b-1", 30000), 0, "b's result", true);
 	ck_assert_int_eq(atomic_load(&executions), 13);
@@ -1120,37 +1120,37 @@ START_TEST(test_tenant_cannot_evict_another)
 	memset(payload, 'a', BIG);
 	expect_reply(call(a, "svc.echo", payload, "a-0", 60000), 0, payload, true);
 	ck_assert_int_eq(atomic_load(&executions), 13);
-	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_dedup_ghosted_total{"), 1);
-	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_dedup_read_back_total{"), 1);
-	ck_assert_uint_eq(kreq_test_server_metric(w->s, "kreq_server_dedup_evicted_total{"), 0);
+	ck_assert_uint_ge(kreq_test_worker_metric(w->s, "kreq_worker_dedup_ghosted_total{"), 1);
+	ck_assert_uint_eq(kreq_test_worker_metric(w->s, "kreq_worker_dedup_read_back_total{"), 1);
+	ck_assert_uint_eq(kreq_test_worker_metric(w->s, "kreq_worker_dedup_evicted_total{"), 0);
 	free(payload);
 	kreq_client_destroy(a);
 	kreq_client_destroy(b);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 	kreq_keyring_release(akr);
 }
 END_TEST
 
-/* server.dedup.key.max.bytes: a key over its budget makes room among its
+/* worker.dedup.key.max.bytes: a key over its budget makes room among its
  * own results only (ghosts), long before the worker's total is reached;
  * its retries are read back, also after a restart (the rebuild records
  * each result's offset). */
 START_TEST(test_key_budget_and_read_back_after_restart)
 {
-	static const char *const extra[] = {"server.dedup.key.max.bytes", "1048576", NULL};
+	static const char *const extra[] = {"worker.dedup.key.max.bytes", "1048576", NULL};
 	kreq_keyring_t *akr = tenant_a_keyring();
-	kreq_test_running_t *w = server_start("w1", extra);
+	kreq_test_running_t *w = worker_start("w1", extra);
 	kreq_client_t *a = client_with(akr);
 	char *payload = malloc(BIG + 1);
 	tenant_a_fills(a, 4, payload);
 	memset(payload, 'a', BIG);
 	expect_reply(call(a, "svc.echo", payload, "a-0", 60000), 0, payload, true);
 	ck_assert_int_eq(atomic_load(&executions), 4);
-	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_dedup_ghosted_total{"), 2);
-	ck_assert_uint_le(kreq_test_server_metric(w->s, "kreq_server_dedup_bytes{"), 1048576);
-	kreq_test_server_stop(w);
+	ck_assert_uint_ge(kreq_test_worker_metric(w->s, "kreq_worker_dedup_ghosted_total{"), 2);
+	ck_assert_uint_le(kreq_test_worker_metric(w->s, "kreq_worker_dedup_bytes{"), 1048576);
+	kreq_test_worker_stop(w);
 
-	w = server_start("w2", extra);
+	w = worker_start("w2", extra);
 	for (int i = 0; i < 4; i++) { /* ghosts and results alike */
 		char key[16];
 		snprintf(key, sizeof(key), "a-%d", i);
@@ -1158,11 +1158,11 @@ START_TEST(test_key_budget_and_read_back_after_restart)
 		expect_reply(call(a, "svc.echo", payload, key, 60000), 0, payload, true);
 	}
 	ck_assert_int_eq(atomic_load(&executions), 4);
-	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_dedup_ghosted_total{"), 2);
-	ck_assert_uint_ge(kreq_test_server_metric(w->s, "kreq_server_dedup_read_back_total{"), 2);
+	ck_assert_uint_ge(kreq_test_worker_metric(w->s, "kreq_worker_dedup_ghosted_total{"), 2);
+	ck_assert_uint_ge(kreq_test_worker_metric(w->s, "kreq_worker_dedup_read_back_total{"), 2);
 	free(payload);
 	kreq_client_destroy(a);
-	kreq_test_server_stop(w);
+	kreq_test_worker_stop(w);
 	kreq_keyring_release(akr);
 }
 END_TEST
@@ -1201,7 +1201,7 @@ int main(void)
 	tcase_add_test(tb, test_tenant_cannot_evict_another);
 	tcase_add_test(tb, test_key_budget_and_read_back_after_restart);
 	suite_add_tcase(s, tb);
-	/* two workers fencing each other: its own CTest, test_server_fencing
+	/* two workers fencing each other: its own CTest, test_worker_fencing
 	 * (tests/lsan-fencing.supp says why) */
 	TCase *tf = tcase_create("fencing");
 	tcase_add_checked_fixture(tf, setup, teardown);
