@@ -8,7 +8,7 @@
  *         (verifies the request, signs a reply, produces it to the reply
  *         topic) -> the client's reply consumer -> future settled.
  *   With KREQ_BENCH_WORKER=light or =transactional the kreq side is served
- *   by the real server (kreq/worker.h, what kreqd runs) in that
+ *   by the real worker (kreq/worker.h, what kreqd runs) in that
  *   worker.mode instead of the bench's echo worker: verification, dedup
  *   state, results records, offsets (in one transaction per batch in
  *   transactional mode), the raw baseline unchanged, in the same run.
@@ -32,7 +32,7 @@
  *
  * For experiments: KREQ_BENCH_CONF="name=value,..." sets client properties
  * (e.g. kafka.linger.ms=1), KREQ_BENCH_WORKER_CONF the same for the real
- * server; KREQ_BENCH_ONLY=256 runs only that load (for a profiler; any
+ * worker; KREQ_BENCH_ONLY=256 runs only that load (for a profiler; any
  * other number runs that many calls in flight instead of 256: 1024 shows
  * whether a load is bound by latency or by CPU); KREQ_BENCH_VERBOSE=1 prints
  * every round's rates and CPU (the run-to-run spread of raw is large);
@@ -204,7 +204,7 @@ static void create_topic(const char *topic)
 
 /* Deletes every topic of this run (named "<prefix>.*": the bench's own,
  * the worker's results topic, the client's reply topic), so that repeated
- * runs do not fill the broker's disk. */
+ * runs do not fill the Kafka broker's disk. */
 static void delete_topics(void)
 {
 	rd_kafka_t *p = handle(RD_KAFKA_PRODUCER, NULL, false);
@@ -236,7 +236,7 @@ static void delete_topics(void)
 	rd_kafka_destroy(p);
 }
 
-/* ---- the real server as the kreq worker (KREQ_BENCH_WORKER) ------------- */
+/* ---- the real worker as the kreq worker (KREQ_BENCH_WORKER) ------------- */
 
 static void worker_echo(kreq_request_t *r, void *opaque)
 {
@@ -250,7 +250,7 @@ static void *worker_main(void *arg)
 {
 	char err[512];
 	if (kreq_worker_run(arg, err, sizeof(err)))
-		fprintf(stderr, "bench_roundtrip: server: %s\n", err);
+		fprintf(stderr, "bench_roundtrip: worker: %s\n", err);
 	return NULL;
 }
 
@@ -273,7 +273,7 @@ static kreq_worker_t *worker_start(const char *mode, kreq_keyring_t *kr, pthread
 	int64_t until = kreq__mono_ns() + 60 * 1000000000LL;
 	while (!kreq_worker_ready(s)) {
 		if (kreq__mono_ns() > until)
-			die("the server did not join its group within 60 s");
+			die("the worker did not join its group within 60 s");
 		struct timespec ts = {0, 10000000};
 		nanosleep(&ts, NULL);
 	}
@@ -656,7 +656,7 @@ static kreq_client_t *make_client(kreq_keyring_t *kr)
 	return cl;
 }
 
-/* CPU seconds used so far by this process, or by the broker's process
+/* CPU seconds used so far by this process, or by the Kafka broker's process
  * (KREQ_BENCH_BROKER_PID; 0 if unset or unreadable). */
 static double cpu_s(bool broker)
 {
@@ -733,7 +733,7 @@ int main(int argc, char **argv)
 		fprintf(stderr,
 		        "usage: KREQ_TEST_BOOTSTRAP=host:port bench_roundtrip "
 		        "[calls-at-1-in-flight] [seconds-per-load] [rounds (1..%d)]\n"
-		        "(start a broker with: export \"$(scripts/kafka.sh start --dir "
+		        "(start a Kafka broker with: export \"$(scripts/kafka.sh start --dir "
 		        "build/kafka)\")\n",
 		        MAX_ROUNDS);
 		return 2;
@@ -783,7 +783,7 @@ int main(int argc, char **argv)
 	printf("# round trip through Apache Kafka at %s; %zu-byte payload; %d calls at 1 in "
 	       "flight, %.1f s per load, %d round%s; HMAC-SHA-256 signing; kreq worker: %s\n",
 	       bootstrap, sizeof(payload), n, secs, rounds, rounds == 1 ? "" : "s",
-	       srv ? (strcmp(worker, "light") ? "kreq server, transactional" : "kreq server, light")
+	       srv ? (strcmp(worker, "light") ? "kreq worker, transactional" : "kreq worker, light")
 	           : "bench echo worker");
 	printf("%-30s %10s %10s\n", "", "p50 us", "p99 us");
 	printf("%-30s %10.0f %10.0f\n", "raw librdkafka ping-pong", rl.p50_us, rl.p99_us);
@@ -828,7 +828,7 @@ int main(int argc, char **argv)
 	if (ke)
 		echo_stop(ke);
 	if (srv) {
-		char *text = NULL; /* how the server batched its work */
+		char *text = NULL; /* how the worker batched its work */
 		if (kreq_worker_metrics_text(srv, &text) == KREQ_OK) {
 			for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
 				if (!strncmp(l, "kreq_worker_txn_commit_seconds_sum", 34) ||

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # peer.sh — kreq against the Java peer (issue #18): raw librdkafka ping-pong,
-# kreq light and transactional (bench/bench_roundtrip with the real server,
+# kreq light and transactional (bench/bench_roundtrip with the real worker,
 # KREQ_BENCH_WORKER=light|transactional) and Spring for Apache Kafka's
 # ReplyingKafkaTemplate + @KafkaListener echo, plain and transactional
 # (bench/spring), against ONE Kafka broker in ONE run, and ONE table of the
@@ -23,7 +23,7 @@
 #   KREQ_TEST_BOOTSTRAP   use this Kafka broker (else one is started with
 #                         scripts/kafka.sh in build/kafka-peer and stopped at
 #                         the end; KREQ_PEER_KAFKA_DIR: elsewhere); KREQ_BENCH_BROKER_PID: its JVM's pid, for
-#                         the broker's CPU (known when this script starts it)
+#                         the Kafka broker's CPU (known when this script starts it)
 #   KREQ_BENCH_ROUNDTRIP  the bench_roundtrip binary (build/bench/bench_roundtrip)
 #   KREQ_PEER_TIMEOUT     bound on the whole run in seconds (3600); each
 #                         benchmark process is also bounded (600 s)

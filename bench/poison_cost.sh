@@ -1,7 +1,7 @@
 #!/bin/sh
 # poison_cost.sh — what counting handler starts costs (issue 17): p50 at 1 in
 # flight of bench_roundtrip with the real worker, counting off / acked
-# Attempts / crash journal, alternating, 5 rounds, both server modes.
+# Attempts / crash journal, alternating, 5 rounds, both worker modes.
 # usage: KREQ_TEST_BOOTSTRAP=host:port bench/poison_cost.sh (from the source tree, after a build in build/)
 J=${TMPDIR:-/tmp}/kreq-bench-journal.$$
 for round in 1 2 3 4 5; do

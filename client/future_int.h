@@ -21,7 +21,7 @@ typedef void(kreq__future_fini_t)(kreq_future_t *f);
 
 /* Routes kreq_future_cancel() through the owner: the hook removes the call
  * from its pending table and, if it did, settles f with KREQ_ECANCELED and
- * tells the broker. Returns KREQ_OK if it cancelled, KREQ_ESTATE if the call
+ * tells the worker. Returns KREQ_OK if it cancelled, KREQ_ESTATE if the call
  * had already settled. */
 typedef int(kreq__future_cancel_hook_t)(kreq_future_t *f);
 

@@ -171,7 +171,7 @@ static void deliver_reply(kreq_client_t *c, kreq_future_t *f, const Kreq__Reply 
 	}
 	int err = KREQ_OK;
 	kreq__outcome_t outcome = r->status == 0 ? KREQ__OUT_OK : KREQ__OUT_ERROR_STATUS;
-	if (r->status > 0 && r->status < 100) { /* kreq's own statuses: the broker refused */
+	if (r->status > 0 && r->status < 100) { /* kreq's own statuses: the worker refused */
 		err = KREQ_EREJECTED;
 		outcome = KREQ__OUT_REJECTED;
 	}

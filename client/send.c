@@ -21,7 +21,7 @@
  * Coalescing. With linger.ms=0 librdkafka's broker thread sends whatever is
  * queued as soon as it wakes, so requests produced a few microseconds apart
  * (each caller seals its own, ~2.5 us of HMAC) go out as many small
- * ProduceRequests, and every request costs the broker and both ends far
+ * ProduceRequests, and every request costs the Kafka broker and both ends far
  * more than a message in a batch does. Under load most calls are made in
  * reaction to replies: a caller woken by its reply, or a completion
  * callback, calls again while the service thread is still delivering the

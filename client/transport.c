@@ -63,7 +63,7 @@ static void mark_down(kreq_client_t *c, int_fast64_t since, const char *why)
 
 /* "All brokers down" is decided here and in on_stats(), not by librdkafka's
  * ALL_BROKERS_DOWN alone: librdkafka 2.12.1 did not raise it at all when
- * the one broker of a cluster died (2.0.2 did at once; measured on a real
+ * the one Kafka broker of a cluster died (2.0.2 did at once; measured on a real
  * broker and on the mock), so a transport error only marks a suspicion
  * that the next statistics callback confirms (no broker UP) or clears. */
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -87,7 +87,7 @@ bool kreq__kafka_unavailable(kreq_client_t *c)
 }
 
 /* librdkafka statistics (statistics.interval.ms, 1 s by default here),
- * read only while Kafka is suspected or known down: any broker connection
+ * read only while Kafka is suspected or known down: any Kafka broker connection
  * (other than librdkafka's internal one) in state UP means Kafka is
  * reachable, even when no call is being made; none UP confirms a suspicion
  * from on_error(), dated from its first transport error. */

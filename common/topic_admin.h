@@ -1,6 +1,6 @@
 /*
  * topic_admin.h — the topic-administration steps the client (its reply
- * topic) and the server (requests and results topics) need.
+ * topic) and the worker (requests and results topics) need.
  */
 #ifndef KREQ_COMMON_TOPIC_ADMIN_H
 #define KREQ_COMMON_TOPIC_ADMIN_H
@@ -19,7 +19,7 @@
 int kreq__topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms);
 
 /* Creates topic through the Admin API with the NULL-terminated name/value
- * configs (may be NULL); replication_factor -1 is the broker's default.
+ * configs (may be NULL); replication_factor -1 is the Kafka broker's default.
  * An existing topic is not an error. Returns RD_KAFKA_RESP_ERR_NO_ERROR,
  * RD_KAFKA_RESP_ERR__TIMED_OUT (no answer within timeout_ms),
  * RD_KAFKA_RESP_ERR__INVALID_ARG (bad name or count; why says which), or
@@ -45,7 +45,7 @@ int kreq__topic_ready(rd_kafka_t *rk, const char *topic, int *ready, int timeout
                       size_t why_size);
 
 /* Whether the cluster can serve CreateTopics and DeleteTopics: 1 if its
- * metadata names a controller among its brokers, 0 if not (librdkafka's
+ * metadata names a controller among its Kafka brokers, 0 if not (librdkafka's
  * mock cluster, `kreq dev`, names broker 0 of brokers 1..N: an admin
  * request there waits for a controller until it times out), -1 if Kafka
  * did not answer within timeout_ms. */
@@ -69,7 +69,7 @@ rd_kafka_resp_err_t kreq__topic_configs(rd_kafka_t *rk, const char *topic, const
  * (confluentinc/librdkafka#3202): the first message to a new topic waits
  * 0-1 s (a new client's first call took ~0.95 s on each side). Asking for
  * the topic's metadata once (kreq__topic_partitions on the producer, which
- * may let the broker auto-create it exactly as producing to it would)
+ * may let the Kafka broker auto-create it exactly as producing to it would)
  * makes the producer know it at once, and releases what was queued for it.
  * A worker warms each output topic the first time it meets it (its table
  * of producer handles, broker/worker/topics.h); a client warms each service once

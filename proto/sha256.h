@@ -1,5 +1,5 @@
 /* sha256.h — SHA-256 and keyed HMAC-SHA-256 for the envelope codec and the
- * server's request digests (internal). */
+ * worker's request digests (internal). */
 #ifndef KREQ_SHA256_H
 #define KREQ_SHA256_H
 

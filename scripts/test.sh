@@ -27,7 +27,7 @@
 #   6. valgrind over the unit suites
 #   7. every libFuzzer target (envelope, signed Results, key file, config),
 #      sharing KREQ_FUZZ_SECONDS, each from its seed corpus
-# and stops the broker on exit, also on failure. Safe to run twice.
+# and stops the Kafka broker on exit, also on failure. Safe to run twice.
 #
 # Environment: KREQ_TEST_KAFKA_RELEASE (Kafka version of the release stage,
 # default 4.4.0), KREQ_TEST_KAFKA_SANITIZE (of asan, tsan and cluster3,
@@ -150,7 +150,7 @@ fi
 
 if has_stage cluster3; then
   say "cluster3: a 3-broker Kafka cluster of its own, one Kafka broker failing under load"
-  # the suite starts and stops its cluster itself; the shared broker goes
+  # the suite starts and stops its cluster itself; the shared Kafka broker goes
   # first so that no more than 3 JVMs run (each with a small heap)
   stop_kafka
   KAFKA_RUNNING=""

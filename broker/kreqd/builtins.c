@@ -3,9 +3,9 @@
  *
  * Design: one handler function per built-in, each opaque pointing to the
  * shared kreqd_builtins_t (which holds the record file descriptor). The
- * blocking ones (sleep, record) run on the server's handler pool and sleep
+ * blocking ones (sleep, record) run on the worker's handler pool and sleep
  * in short slices so a cancel (kreq_request_cancelled(): a Cancel message,
- * or the server abandoning the request at the end of its shutdown grace)
+ * or the worker abandoning the request at the end of its shutdown grace)
  * is noticed within 10 ms, and stop at the request's deadline: they reply
  * status 2 then instead of sleeping on for a caller who gave up. `record` writes its whole line
  * with ONE write(2) on an O_APPEND descriptor: concurrent handlers (and several kreqd processes

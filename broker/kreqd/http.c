@@ -5,7 +5,7 @@
  * picks epoll on Linux, so a process holding more than FD_SETSIZE sockets
  * is fine) with a bounded number of connections and an idle timeout, so a
  * slow scraper cannot hold the endpoint. Answers are built per request
- * from the server's any-thread functions; nothing here touches Kafka.
+ * from the worker's any-thread functions; nothing here touches Kafka.
  */
 #include <netdb.h>
 #include <stdarg.h>

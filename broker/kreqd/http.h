@@ -4,11 +4,11 @@
  *
  *   GET /metrics  200, kreq_worker_metrics_text() as
  *                 text/plain; version=0.0.4
- *   GET /healthz  200 "ok" while the server is serving; 503 "starting" or
+ *   GET /healthz  200 "ok" while the worker is serving; 503 "starting" or
  *                 "stopping" otherwise
  *
  * Other paths get 404, other methods 405. HEAD is answered like GET. The
- * endpoint runs on libmicrohttpd's own thread and only reads the server
+ * endpoint runs on libmicrohttpd's own thread and only reads the worker
  * through its any-thread functions.
  */
 #ifndef KREQD_HTTP_H

@@ -3,7 +3,7 @@
  *
  * Why a hand-written escaper and not jansson for the JSON lines: jansson
  * refuses strings that are not valid UTF-8 (json_string() returns NULL),
- * and a log line must never be lost because a broker name or an error text
+ * and a log line must never be lost because a Kafka broker name or an error text
  * held a stray byte. One escaper serves both formats; it appends an escaped
  * unit only when it fits whole, so a cut line is still well-formed.
  */

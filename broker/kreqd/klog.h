@@ -7,8 +7,8 @@
  * it to one write(2): lines from concurrent threads never interleave, and
  * no lock is needed. Two formats:
  *
- *   text: ts=2025-01-31T12:00:00.123Z level=info fac=server msg="serving ..."
- *   json: {"ts":"2025-01-31T12:00:00.123Z","level":"info","fac":"server","msg":"..."}
+ *   text: ts=2025-01-31T12:00:00.123Z level=info fac=worker msg="serving ..."
+ *   json: {"ts":"2025-01-31T12:00:00.123Z","level":"info","fac":"worker","msg":"..."}
  *
  * In text, msg is quoted with '"' and '\' escaped and control characters
  * written as \n, \t, \r or \xNN, so one event is always one line. In JSON,

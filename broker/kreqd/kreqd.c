@@ -6,13 +6,13 @@
  *
  * Design: main() does everything in order on the main thread — block the
  * signals, parse options, load the configuration (file, then --set), load
- * the key file, create the server, register built-ins and plugins — and any
+ * the key file, create the worker, register built-ins and plugins — and any
  * failure up to there is a configuration error (exit 2) logged with its
  * cause. --check stops there: it prints what would be served and exits
  * without touching Kafka. Otherwise it opens the admin socket and the HTTP
  * endpoint, starts the signal thread and calls kreq_worker_run() on the
  * main thread until a signal stops it or the loop fails (exit 1; 2 if
- * the failure is a configuration the server refused).
+ * the failure is a configuration the worker refused).
  *
  * Signals: SIGTERM, SIGINT and SIGHUP are blocked before any thread starts
  * (librdkafka's, the handler pool, libmicrohttpd's all inherit the mask),
@@ -286,7 +286,7 @@ static int load_keyring(const kreqd_t *k, kreq_keyring_t **out, char *errstr, si
 	return KREQ_OK;
 }
 
-/* ---- the server and its handlers ----------------------------------------- */
+/* ---- the worker and its handlers ----------------------------------------- */
 
 static size_t methods_count(const kreq_worker_t *s)
 {
@@ -301,7 +301,7 @@ static int make_worker(kreqd_t *k, bool check)
 	char why[512];
 	if (!(k->s = kreq_worker_new(k->conf, k->kr, k->service, why, sizeof(why)))) {
 		snprintf(k->err, sizeof(k->err), "%s", why);
-		return fail(k, EXIT_CONFIG, "server");
+		return fail(k, EXIT_CONFIG, "worker");
 	}
 	err = kreqd_builtins_new(kreq__conf_str(k->conf, KREQ__P_KREQD_BUILTINS),
 	                         kreq__conf_str(k->conf, KREQ__P_KREQD_RECORD_FILE), !check,
@@ -419,7 +419,7 @@ static void reload_keys(kreqd_t *k)
 	kreq_keyring_t *kr = NULL;
 	int err = load_keyring(k, &kr, why, sizeof(why));
 	if (!err && (err = kreq_worker_set_keyring(k->s, kr)) != KREQ_OK)
-		snprintf(why, sizeof(why), "the server refused the keyring (%s)",
+		snprintf(why, sizeof(why), "the worker refused the keyring (%s)",
 		         kreq_err_name(err));
 	if (err)
 		kreqd_log(3, "SIGHUP: keys not reloaded, the previous keys stay in use: %s", why);
@@ -497,7 +497,7 @@ static int serve(kreqd_t *k)
 	return err == KREQ_ECONF ? EXIT_CONFIG : EXIT_RUNTIME;
 }
 
-/* Tears down in dependency order: nothing may use the server once it is
+/* Tears down in dependency order: nothing may use the worker once it is
  * destroyed, and no plugin code may run once its object is closed. */
 static void shut_down(kreqd_t *k)
 {

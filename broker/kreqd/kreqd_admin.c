@@ -1,6 +1,6 @@
 /*
  * kreqd_admin.c — see kreqd_admin.h. The socket, its thread and its
- * timeouts are common/adminsock.c's; the answers come from the server's
+ * timeouts are common/adminsock.c's; the answers come from the worker's
  * any-thread functions.
  */
 #include <stdlib.h>

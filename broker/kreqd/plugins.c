@@ -7,7 +7,7 @@
  * in the same place. RTLD_LOCAL keeps one plugin's symbols from resolving
  * another's; the plugin's own references to kreq_* resolve to kreqd's
  * exported copy of the library (kreqd is linked with ENABLE_EXPORTS), so a
- * plugin and kreqd share one server object model even when the plugin also
+ * plugin and kreqd share one worker object model even when the plugin also
  * links libkreq.so.
  */
 #include <dlfcn.h>

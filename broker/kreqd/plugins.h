@@ -3,7 +3,7 @@
  *
  * Life of a plugin: kreqd_plugin_open() (dlopen, find kreq_plugin_v1,
  * check its ABI version), kreqd_plugin_init() on the main thread before the
- * server runs (the plugin registers its handlers), and after the server
+ * worker runs (the plugin registers its handlers), and after the worker
  * was destroyed (no handler can run any more) kreqd_plugin_close(): fini()
  * if init succeeded, then dlclose(). Errors name the plugin's path.
  */

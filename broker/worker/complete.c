@@ -122,7 +122,7 @@ void kreq__expire_overdue(kreq_worker_t *s)
 		if (!kreq__request_abandon(r, &started))
 			continue; /* it replied meanwhile: its completion is on the list */
 		kreq__part_t *pt = kreq__part_get(s, r->partition);
-		kreq__log(s->conf, 4, "server",
+		kreq__log(s->conf, 4, "worker",
 		          "%s [%d] offset %lld: handler of %s %s by its deadline + "
 		          "worker.handler.grace.ms (%lld ms): answered status 2",
 		          s->req_topic, (int)r->partition, (long long)r->offset,

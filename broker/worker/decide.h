@@ -8,7 +8,7 @@
  * for the key, the key's rate-limit tokens, the budget left, ...), calls
  * kreq__decide() and executes the kreq__decision_t it returns. Every rule
  * that makes replies exactly-once and bounded lives here, in one order,
- * and tests/unit/test_decide.c checks each branch without a broker.
+ * and tests/unit/test_decide.c checks each branch without a Kafka broker.
  *
  * The order of the checks (first match wins):
  *   1. not verified                      -> DROP (the reply topic is not trusted)

@@ -69,7 +69,7 @@ void kreq__dedup_bound(kreq_worker_t *s, kreq__part_t *pt)
 	if (s->dd_warned_ns && now_ns - s->dd_warned_ns < 60 * 1000000000LL)
 		return;
 	s->dd_warned_ns = now_ns;
-	kreq__log(s->conf, 4, "server",
+	kreq__log(s->conf, 4, "worker",
 	          "dedup memory (worker.dedup.max.bytes %zu, worker.dedup.key.max.bytes %zu) is "
 	          "full even of findable records: stored results are forgotten %lld s before "
 	          "their retention ends, and retries of their keys will run again; raise the "

@@ -22,5 +22,5 @@ void kreq__loop_fatal(kreq_worker_t *s, int err, const char *fmt, ...)
 	va_end(ap);
 	s->loop_err = err;
 	s->fatal = true;
-	kreq__log(s->conf, 3, "server", "%s", s->loop_errstr);
+	kreq__log(s->conf, 3, "worker", "%s", s->loop_errstr);
 }

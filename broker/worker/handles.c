@@ -10,12 +10,12 @@
  * KREQ_ESTATE) and can never reach another request.
  *
  * Why one process-wide table: the accessors take only the handle, so the
- * handle must lead to its request without a server. The table grows in
+ * handle must lead to its request without a worker. The table grows in
  * chunks that never move nor are freed (a stale handle may outlive its
- * server and must still be checkable); slots go back to a free list when
- * a server is destroyed, their generation moving on. Each server keeps its
+ * worker and must still be checkable); slots go back to a free list when
+ * a worker is destroyed, their generation moving on. Each worker keeps its
  * own free list of the slots it took (request.c), so the global lock is
- * taken only while a server warms up.
+ * taken only while a worker warms up.
  *
  * Who changes a slot's state (all by compare-and-swap on one word):
  *   loop         FREE/REPLIED/RELEASED -> QUEUED   (publish, next generation)

@@ -34,8 +34,8 @@ typedef enum {
  * (growing it); KREQ_OK or KREQ_ENOMEM (out of memory or 2^24 slots). */
 int kreq__handles_take(uint32_t *id);
 
-/* Gives slot indexes back for another server (kreq_worker_destroy). Their
- * generation moves on, so a handle that survives its server stays
+/* Gives slot indexes back for another worker (kreq_worker_destroy). Their
+ * generation moves on, so a handle that survives its worker stays
  * invalid. */
 void kreq__handles_give(const uint32_t *ids, size_t n);
 

@@ -49,7 +49,7 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
 	kreq__log(s->conf, level, "kafka", "%s: %s", fac, buf);
 }
 
-/* The transactional producer's sockets close through here (a broker
+/* The transactional producer's sockets close through here (a Kafka broker
  * thread): counted, for the fencing rule's second half (above). */
 static int on_txn_close(int fd, void *opaque)
 {
@@ -178,7 +178,7 @@ void kreq__output_failed(kreq_worker_t *s, int32_t partition, int64_t offset,
 {
 	atomic_fetch_add_explicit(&s->m.produce_errors, 1, memory_order_relaxed);
 	kreq__fault_kind_t kind = fault_kind(s, kerr, topic);
-	kreq__log(s->conf, 4, "server",
+	kreq__log(s->conf, 4, "worker",
 	          "output to %s for record %s [%d] offset %lld failed: %s; %s", topic ? topic : "?",
 	          s->req_topic, (int)partition, (long long)offset, why,
 	          s->txn_mode ? "aborting the transaction" : "rewinding");
@@ -321,7 +321,7 @@ static int create_topic(kreq_worker_t *s, const char *topic, int partitions, boo
 		    "creating topic %s: %s", topic, *why ? why : rd_kafka_err2str(kerr));
 		return -1;
 	}
-	kreq__log(s->conf, 6, "server",
+	kreq__log(s->conf, 6, "worker",
 	          "created topic %s: %d partitions, replication factor %d, "
 	          "min.insync.replicas %d (-1: the Kafka broker's default)",
 	          topic, partitions, rf, isr);
@@ -342,7 +342,7 @@ static void replication_check(kreq_worker_t *s)
 	char why[512];
 	for (int i = 0; i < 2 && (rf_conf != 0 || brokers > 0); i++)
 		if (kreq__replication_short(s->reader, topics[i], want, tmo, why, sizeof(why)) == 1)
-			kreq__log(s->conf, 4, "server", "%s", why);
+			kreq__log(s->conf, 4, "worker", "%s", why);
 }
 
 static int ensure_topics(kreq_worker_t *s)
@@ -436,7 +436,7 @@ static int warm_one(kreq_worker_t *s, rd_kafka_t *rk, const char *topic)
 {
 	int n = rk ? kreq__topic_partitions(rk, topic, KREQ__WARM_TIMEOUT_MS) : -1;
 	if (rk && n < 0)
-		kreq__log(s->conf, 5, "server",
+		kreq__log(s->conf, 5, "worker",
 		          "no metadata for reply topic %s yet: its first reply may wait for "
 		          "the producer's own lookup",
 		          topic);
@@ -453,7 +453,7 @@ static kreq__topic_t *out_topic(kreq_worker_t *s, const char *topic)
 	rd_kafka_t *const p[2] = {s->producer, s->batch_producer};
 	char why[512];
 	if (kreq__topics_add(&s->topics, topic, p, &t, why, sizeof(why))) {
-		kreq__log(s->conf, 3, "server", "%s", why);
+		kreq__log(s->conf, 3, "worker", "%s", why);
 		return NULL;
 	}
 	int n = warm_one(s, s->producer, topic), nb = warm_one(s, s->batch_producer, topic);
@@ -484,7 +484,7 @@ static void producer_drain(kreq_worker_t *s)
 {
 	rd_kafka_resp_err_t kerr = rd_kafka_purge(s->producer, RD_KAFKA_PURGE_F_QUEUE);
 	if (kerr)
-		kreq__log(s->conf, 6, "server", "purging the producer's queue: %s",
+		kreq__log(s->conf, 6, "worker", "purging the producer's queue: %s",
 		          rd_kafka_err2str(kerr));
 	rd_kafka_flush(s->producer, KREQ__DRAIN_MS); /* serves the reports */
 }
@@ -502,14 +502,14 @@ int kreq__kafka_producer_restart(kreq_worker_t *s)
 	char why[512];
 	if (producer_start(s, why, sizeof(why))) {
 		s->producer_retry_ns = kreq__mono_ns() + KREQ__RESTART_MS * 1000000LL;
-		kreq__log(s->conf, 4, "server",
+		kreq__log(s->conf, 4, "worker",
 		          "no producer: %s; nothing is consumed until one is re-created (retried "
 		          "every %d ms)",
 		          why, KREQ__RESTART_MS);
 		return KREQ_EKAFKA;
 	}
 	s->producer_retry_ns = 0;
-	kreq__log(s->conf, 5, "server", "producer re-created");
+	kreq__log(s->conf, 5, "worker", "producer re-created");
 	(void)out_topic(s, s->res_topic); /* reply topics: at their next reply */
 	return KREQ_OK;
 }

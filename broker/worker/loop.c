@@ -117,7 +117,7 @@ static void finish_in_flight(kreq_worker_t *s)
 	}
 	settle_outputs(s);
 	if (atomic_load(&s->in_progress) > 0)
-		kreq__log(s->conf, 4, "server",
+		kreq__log(s->conf, 4, "worker",
 		          "abandoning %zu request(s) still running after worker.shutdown.grace.ms "
 		          "(uncommitted: another worker redoes them)",
 		          atomic_load(&s->in_progress));
@@ -191,7 +191,7 @@ static void revoke_parts(kreq_worker_t *s, const rd_kafka_topic_partition_list_t
 		if (gone[p])
 			kreq__part_drop(s, p);
 	free(gone);
-	kreq__log(s->conf, 6, "server", "revoked %d partition(s) of %s", l->cnt, s->req_topic);
+	kreq__log(s->conf, 6, "worker", "revoked %d partition(s) of %s", l->cnt, s->req_topic);
 }
 
 /* The group's rebalance protocol is cooperative (cooperative-sticky):
@@ -222,7 +222,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	}
 	if (cooperative(rk)) {
 		if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-			kreq__log(s->conf, 6, "server", "assigned %d partition(s) of %s", l->cnt,
+			kreq__log(s->conf, 6, "worker", "assigned %d partition(s) of %s", l->cnt,
 			          s->req_topic);
 			assign_parts(s, l); /* only these: the others are served on */
 			incremental(s, rd_kafka_incremental_assign(rk, l), "incremental assign");
@@ -239,7 +239,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		return;
 	}
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-		kreq__log(s->conf, 6, "server", "assigned %d partition(s) of %s", l->cnt,
+		kreq__log(s->conf, 6, "worker", "assigned %d partition(s) of %s", l->cnt,
 		          s->req_topic);
 		assign_parts(s, l);
 		rd_kafka_assign(rk, l);
@@ -292,7 +292,7 @@ static void rewind_all(kreq_worker_t *s)
 	rd_kafka_topic_partition_list_t *l = NULL;
 	if (rd_kafka_assignment(s->consumer, &l) || !l)
 		return;
-	kreq__log(s->conf, 5, "server", "rewinding %d partition(s) to their committed offsets",
+	kreq__log(s->conf, 5, "worker", "rewinding %d partition(s) to their committed offsets",
 	          l->cnt);
 	drop_all(s);
 	if (l->cnt == 0) { /* nothing assigned (cooperative: possible), nothing to seek */
@@ -314,7 +314,7 @@ static void rewind_all(kreq_worker_t *s)
 			rd_kafka_resume_partitions(s->consumer, l);
 		s->paused = false;
 	} else if (!s->fatal && !atomic_load(&s->stop)) {
-		kreq__log(s->conf, 4, "server",
+		kreq__log(s->conf, 4, "worker",
 		          "cannot read the committed offsets to rewind: tried again in %d ms",
 		          KREQ__REWIND_RETRY_MS);
 		s->rewind_needed = true;
@@ -362,7 +362,7 @@ static void flow_control(kreq_worker_t *s)
 		if (!blocked &&
 		    n < s->max_in_flight) /* out of slots: abandoned handlers hold them */
 			kreq__log(
-			    s->conf, 3, "server",
+			    s->conf, 3, "worker",
 			    "%zu handler(s) answered at their deadline have still not returned "
 			    "(worker.handler.grace.ms): the worker takes no new requests until "
 			    "they do",
@@ -392,7 +392,7 @@ static void swap_keyring(kreq_worker_t *s)
 	atomic_store_explicit(&s->kr_swap, false, memory_order_release);
 	pthread_mutex_unlock(&s->kr_lock);
 	kreq_keyring_release(old);
-	kreq__log(s->conf, 5, "server", "keyring replaced");
+	kreq__log(s->conf, 5, "worker", "keyring replaced");
 }
 
 /* While no record may be taken (paused: at the limit, or a poison suspect
@@ -418,7 +418,7 @@ static void serve_events(kreq_worker_t *s)
 	rd_kafka_error_t *e = rd_kafka_seek_partitions(s->consumer, l, 5000);
 	rd_kafka_topic_partition_list_destroy(l);
 	if (e) { /* not put back: everything uncommitted is redone */
-		kreq__log(s->conf, 4, "server", "putting back a record fetched while paused: %s",
+		kreq__log(s->conf, 4, "worker", "putting back a record fetched while paused: %s",
 		          rd_kafka_error_string(e));
 		rd_kafka_error_destroy(e);
 		s->rewind_needed = true;
@@ -549,7 +549,7 @@ static void block(kreq_worker_t *s, int timeout_ms)
 static void shut_down(kreq_worker_t *s)
 {
 	atomic_store_explicit(&s->ready, false, memory_order_release);
-	kreq__log(s->conf, 6, "server", "stopping: %zu request(s) in progress",
+	kreq__log(s->conf, 6, "worker", "stopping: %zu request(s) in progress",
 	          atomic_load(&s->in_progress));
 	set_paused(s, true);
 	finish_in_flight(s);
@@ -566,7 +566,7 @@ int kreq__loop_run(kreq_worker_t *s)
 	atomic_store_explicit(&s->loop_running, true, memory_order_release);
 	s->light_commit_ns = s->housekeeping_ns = kreq__mono_ns();
 	if (kreq__kafka_start(s, on_rebalance) == 0 && kreq__pool_start(s) == 0) {
-		kreq__log(s->conf, 6, "server", "serving %s (%s mode) as %s", s->req_topic,
+		kreq__log(s->conf, 6, "worker", "serving %s (%s mode) as %s", s->req_topic,
 		          s->txn_mode ? "transactional" : "light", s->client_id);
 		bool more = false;
 		while (!s->fatal && !atomic_load(&s->stop)) {

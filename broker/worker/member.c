@@ -71,7 +71,7 @@ void kreq__member_fatal(kreq_worker_t *s)
 		s->member_fenced_count = 0;
 	}
 	if (++s->member_fenced_count < KREQ__MEMBER_FENCED_MAX) {
-		kreq__log(s->conf, 4, "server",
+		kreq__log(s->conf, 4, "worker",
 		          "the group fenced this worker (group.instance.id %s): a new consumer "
 		          "rejoins; its partitions' uncommitted work is redone",
 		          s->instance_id ? s->instance_id : "");

@@ -315,13 +315,13 @@ static int journal_start(kreq_worker_t *s)
 	}
 	if (sent) {
 		atomic_fetch_add_explicit(&s->m.attempts_written, sent, memory_order_relaxed);
-		kreq__log(s->conf, 4, "server",
+		kreq__log(s->conf, 4, "worker",
 		          "the previous process crashed while %zu handler(s) ran: their starts are "
 		          "recorded in %s",
 		          sent, pz->att_topic);
 	}
 	kreq__pjournal_reset(pz->journal, pz->instance);
-	kreq__log(s->conf, 6, "server", "crash journal %s: %zu slots", pz->journal_path,
+	kreq__log(s->conf, 6, "worker", "crash journal %s: %zu slots", pz->journal_path,
 	          s->slot_max);
 	return 0;
 }
@@ -347,7 +347,7 @@ int kreq__poison_start(kreq_worker_t *s, int nreq)
 	if (natt > 0 && (pz->ndead = ensure(s, pz->dead_topic, nreq, dead_cfg)) < 0)
 		return -1;
 	if (natt == 0 || pz->ndead == 0) { /* a mock cluster without them: not counted */
-		kreq__log(s->conf, 4, "server",
+		kreq__log(s->conf, 4, "worker",
 		          "topics %s and %s do not exist and this Kafka cluster cannot create them "
 		          "(librdkafka's mock cluster): handler starts are not counted and poison "
 		          "requests are not detected (worker.poison.max.attempts)",
@@ -499,7 +499,7 @@ bool kreq__poison_blocked(kreq_worker_t *s)
 	    kreq__mono_ns() - pz->solo_since_ns >= pz->solo_max_ns) {
 		pz->solo_running = false; /* it hangs: the others must not wait for it */
 		kreq__log(
-		    s->conf, 4, "server",
+		    s->conf, 4, "worker",
 		    "%s [%d] offset %lld: its handler, started before without finishing, still "
 		    "runs after worker.poison.solo.max.ms (%lld ms): other requests start "
 		    "beside it",
@@ -576,7 +576,7 @@ kreq_request_t *kreq__poison_flush(kreq_worker_t *s)
 		discard_one(s, r);
 		return NULL;
 	}
-	kreq__log(s->conf, 5, "server",
+	kreq__log(s->conf, 5, "worker",
 	          "%s [%d] offset %lld: its handler started before without finishing: it runs "
 	          "alone",
 	          s->req_topic, (int)r->partition, (long long)r->offset);
@@ -597,7 +597,7 @@ static kreq_request_t *flush(kreq_worker_t *s)
 		snprintf(pz->fail_why, sizeof(pz->fail_why), "%s", rd_kafka_err2str(kerr));
 	if (pz->failed || s->rewind_needed || s->fatal) {
 		if (pz->failed)
-			kreq__log(s->conf, 4, "server",
+			kreq__log(s->conf, 4, "worker",
 			          "recording %zu handler start(s) in %s failed (%s): rewinding; "
 			          "their handlers did not run",
 			          pz->npending, pz->att_topic, pz->fail_why);

@@ -230,7 +230,7 @@ static bool got_attempt(kreq_worker_t *s, load_t *ld, const rd_kafka_message_t *
 		snprintf(why, sizeof(why), "not an Attempt of a signer in worker.result.signers");
 	}
 	if (err) {
-		kreq__log(s->conf, 4, "server", "attempts %s [%d] offset %lld skipped: %s",
+		kreq__log(s->conf, 4, "worker", "attempts %s [%d] offset %lld skipped: %s",
 		          s->pz->att_topic, (int)m->partition, (long long)m->offset, why);
 	} else if (o.u.attempt->request_offset >= ld->committed) {
 		uint64_t inst = 0;
@@ -240,7 +240,7 @@ static bool got_attempt(kreq_worker_t *s, load_t *ld, const rd_kafka_message_t *
 		if (inst == o.u.attempt->instance) /* the key is not signed: the body is */
 			note(s, ld->pt, o.u.attempt, inst);
 		else
-			kreq__log(s->conf, 4, "server",
+			kreq__log(s->conf, 4, "worker",
 			          "attempts %s [%d] offset %lld skipped: its key names another "
 			          "worker process than its signed body",
 			          s->pz->att_topic, (int)m->partition, (long long)m->offset);

@@ -138,8 +138,8 @@ int kreq__results_topic_check(kreq_worker_t *s, int nreq, bool created)
 	if (served == 0 && !s->results_check_skipped) {
 		s->results_check_skipped = true;
 		kreq__log(
-		    s->conf, 4, "server",
-		    "this Kafka cluster names no controller among its brokers (librdkafka's "
+		    s->conf, 4, "worker",
+		    "this Kafka cluster names no controller among its Kafka brokers (librdkafka's "
 		    "mock cluster): cleanup.policy and retention.ms of results topic %s are not "
 		    "checked",
 		    s->res_topic);
@@ -194,7 +194,7 @@ static void load_result(kreq_worker_t *s, kreq__part_t *pt, const rd_kafka_messa
 		snprintf(why, sizeof(why), "not a Result");
 	}
 	if (err) {
-		kreq__log(s->conf, 4, "server", "results %s [%d] offset %lld skipped: %s",
+		kreq__log(s->conf, 4, "worker", "results %s [%d] offset %lld skipped: %s",
 		          s->res_topic, pt->id, (long long)m->offset, why);
 		return;
 	}
@@ -249,7 +249,7 @@ static bool reached_end(kreq_worker_t *s, int32_t id, progress_t *pg, int64_t po
 		pg->target = hi > pos ? hi : pos;
 		if (pg->target > pos)
 			kreq__log(
-			    s->conf, 5, "server",
+			    s->conf, 5, "worker",
 			    "results %s [%d]: read to offset %lld, a transaction is open up to "
 			    "%lld; waiting for it (worker.dedup.rebuild.timeout.ms)",
 			    s->res_topic, id, (long long)pos, (long long)pg->target);
@@ -325,7 +325,7 @@ static int read_all(kreq_worker_t *s, kreq__part_t **parts, progress_t *pg, int 
 			    "does not re-create it while serving",
 			    s->res_topic, rd_kafka_message_errstr(m));
 		} else if (e) {
-			kreq__log(s->conf, 4, "server", "reading %s: %s", s->res_topic,
+			kreq__log(s->conf, 4, "worker", "reading %s: %s", s->res_topic,
 			          rd_kafka_message_errstr(m));
 		} else if (i >= 0) {
 			load_result(s, parts[i], m, now, st);
@@ -368,14 +368,14 @@ int kreq__rebuild(kreq_worker_t *s, kreq__part_t **parts, int n)
 	free(pg);
 	rd_kafka_assign(s->reader, NULL);
 	if (st.foreign)
-		kreq__log(s->conf, 4, "server",
+		kreq__log(s->conf, 4, "worker",
 		          "results %s: ignored %llu result(s) signed by keys not in "
 		          "worker.result.signers (first: key id %s, partition %d, offset %lld)",
 		          s->res_topic, (unsigned long long)st.foreign, st.first_key, st.first_part,
 		          (long long)st.first_offset);
 	if (err == KREQ_ECANCELED)
 		kreq__log(
-		    s->conf, 5, "server",
+		    s->conf, 5, "worker",
 		    "stopping: dedup rebuild of %d partition(s) abandoned; they are not served", n);
 	return err;
 }

@@ -88,7 +88,7 @@ static void reject(kreq_worker_t *s, kreq__reject_t why, const rd_kafka_message_
                    const char *detail)
 {
 	atomic_fetch_add_explicit(&s->m.rejected[why], 1, memory_order_relaxed);
-	kreq__log(s->conf, 4, "server", "record %s [%d] offset %lld dropped: %s", s->req_topic,
+	kreq__log(s->conf, 4, "worker", "record %s [%d] offset %lld dropped: %s", s->req_topic,
 	          (int)m->partition, (long long)m->offset, detail);
 }
 
@@ -323,14 +323,14 @@ static bool poison(kreq_worker_t *s, kreq__part_t *pt, kreq__opened_t *o,
 	         "its handler was started %u times and never finished (worker.poison.max.attempts "
 	         "%u): not run again",
 	         n, kreq__poison_max(s));
-	kreq__log(s->conf, 4, "server", "%s [%d] offset %lld: request for %s: %s; sent to %s",
+	kreq__log(s->conf, 4, "worker", "%s [%d] offset %lld: request for %s: %s; sent to %s",
 	          s->req_topic, (int)pt->id, (long long)m->offset, r->op.u.req->method, reason,
 	          kreq__poison_dead_topic(s));
 	uint8_t *dead = NULL;
 	size_t len = 0;
 	int err = kreq__poison_dead_letter(s, pt, r, m, reason, &dead, &len, why, sizeof(why));
 	if (err == KREQ_EOVERSIZE) /* answered and stored all the same: logged */
-		kreq__log(s->conf, 3, "server", "%s [%d] offset %lld: no dead letter written: %s",
+		kreq__log(s->conf, 3, "worker", "%s [%d] offset %lld: no dead letter written: %s",
 		          s->req_topic, (int)pt->id, (long long)m->offset, why);
 	else if (!kreq__txn_begin(s)) {
 		if (err)
@@ -450,7 +450,7 @@ static bool serve_ghost(kreq_worker_t *s, kreq__part_t *pt, const kreq__target_t
 	char why[256];
 	if (kreq__ghost_read(s, pt->id, e->res_offset, e->key, e->key_len, &o, why, sizeof(why))) {
 		atomic_fetch_add_explicit(&s->m.ghost_read_failures, 1, memory_order_relaxed);
-		kreq__log(s->conf, 4, "server", "reading back a stored result of %s [%d]: %s",
+		kreq__log(s->conf, 4, "worker", "reading back a stored result of %s [%d]: %s",
 		          s->res_topic, (int)pt->id, why);
 		answer(s, pt, t, q, KREQ__H_RATE_LIMITED, KREQ_STATUS_OVERLOADED,
 		       "the stored result could not be read back: retry later");
@@ -524,7 +524,7 @@ void kreq__handle_record(kreq_worker_t *s, const rd_kafka_message_t *m)
 		if (m->err == RD_KAFKA_RESP_ERR__FATAL && !s->fatal)
 			kreq__member_fatal(s); /* fenced by another instance, or worse */
 		else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-			kreq__log(s->conf, 4, "server", "consumer: %s", rd_kafka_message_errstr(m));
+			kreq__log(s->conf, 4, "worker", "consumer: %s", rd_kafka_message_errstr(m));
 		return;
 	}
 	kreq__part_t *pt = kreq__part_get(s, m->partition);

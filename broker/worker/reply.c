@@ -45,7 +45,7 @@ static void reply_dropped(kreq_worker_t *s, kreq__part_t *pt, const kreq__target
 	if (s->reply_missing_log_ns && now - s->reply_missing_log_ns < 10 * 1000000000LL)
 		return;
 	s->reply_missing_log_ns = now;
-	kreq__log(s->conf, 4, "server",
+	kreq__log(s->conf, 4, "worker",
 	          "reply topic %s does not exist: the reply to record %s [%d] offset %lld is not "
 	          "sent (its result is stored; %llu such replies so far; logged at most every "
 	          "10 s)",

@@ -142,7 +142,7 @@ static int release_abandoned(kreq_request_t *r, const char *what)
 	kreq_worker_t *s = r->srv;
 	atomic_fetch_add_explicit(&s->m.late_replies, 1, memory_order_relaxed);
 	if (what)
-		kreq__log(s->conf, 4, "server",
+		kreq__log(s->conf, 4, "worker",
 		          "%s to %s (%s [%d] offset %lld) refused: the worker already answered it "
 		          "with status 2 at its deadline + worker.handler.grace.ms",
 		          what, r->op.u.req->method, s->req_topic, (int)r->partition,
@@ -526,7 +526,7 @@ bool kreq__request_room(kreq_worker_t *s)
 	       (s->slot_nfree > 0 || s->nslots < s->slot_max);
 }
 
-/* One more handle slot for this server, with room in the free stack and
+/* One more handle slot for this worker, with room in the free stack and
  * the deadline heap for it. */
 static int slot_grow(kreq_worker_t *s)
 {

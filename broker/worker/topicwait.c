@@ -41,7 +41,7 @@ int kreq__topic_partitions_await(kreq_worker_t *s, const char *topic, bool exist
 			break;
 		if (n < 0 && !logged) {
 			logged = true;
-			kreq__log(s->conf, 4, "server",
+			kreq__log(s->conf, 4, "worker",
 			          "Kafka did not answer a metadata request for topic %s: asking "
 			          "again for up to worker.start.timeout.ms (%lld ms)",
 			          topic, (long long)tmo);
@@ -87,7 +87,7 @@ int kreq__topic_await_ready(kreq_worker_t *s, const char *topic)
 			break;
 		if (!warned && now - t0 >= tmo * 250000LL) {
 			warned = true;
-			kreq__log(s->conf, 4, "server",
+			kreq__log(s->conf, 4, "worker",
 			          "topic %s is not available yet (%s): waiting for it up to "
 			          "worker.start.timeout.ms (%lld ms)",
 			          topic, why, (long long)tmo);

@@ -92,7 +92,7 @@ static void fence_if_closed(kreq_worker_t *s, const char *what)
 	uint64_t closes = atomic_load_explicit(&s->txn_socket_closes, memory_order_relaxed);
 	if (!s->producer || closes == s->txn_closes_at_begin)
 		return;
-	kreq__log(s->conf, 4, "server",
+	kreq__log(s->conf, 4, "worker",
 	          "%s, but %llu connection(s) of the producer closed during the transaction: "
 	          "fencing it (new epoch), so that none of its requests can land in the next",
 	          what, (unsigned long long)(closes - s->txn_closes_at_begin));
@@ -125,7 +125,7 @@ static void abort_open(kreq_worker_t *s)
 	if (!ae)
 		fence_if_closed(s, "aborted");
 	if (ae) { /* not retried: its outcome is unknown (the fencing rule, above) */
-		kreq__log(s->conf, 4, "server", "abort_transaction: %s%s: fencing the producer",
+		kreq__log(s->conf, 4, "worker", "abort_transaction: %s%s: fencing the producer",
 		          rd_kafka_error_string(ae),
 		          rd_kafka_error_is_retriable(ae) ? " (outcome unknown)" : "");
 		if (rd_kafka_error_is_retriable(ae))
@@ -137,7 +137,7 @@ static void abort_open(kreq_worker_t *s)
 
 static void txn_fail(kreq_worker_t *s, rd_kafka_error_t *e, const char *what)
 {
-	kreq__log(s->conf, 4, "server", "%s: %s%s", what, rd_kafka_error_string(e),
+	kreq__log(s->conf, 4, "worker", "%s: %s%s", what, rd_kafka_error_string(e),
 	          rd_kafka_error_is_fatal(e) ? " (fatal)" : "");
 	atomic_fetch_add_explicit(&s->m.txn_aborts, 1, memory_order_relaxed);
 	if (rd_kafka_error_is_fatal(e) && fenced(s, e) && fenced_too_often(s)) {
@@ -145,7 +145,7 @@ static void txn_fail(kreq_worker_t *s, rd_kafka_error_t *e, const char *what)
 	} else if (rd_kafka_error_is_fatal(e)) {
 		kreq__kafka_producer_reset(s);
 	} else if (rd_kafka_error_is_retriable(e)) { /* outcome unknown: fence */
-		kreq__log(s->conf, 4, "server",
+		kreq__log(s->conf, 4, "worker",
 		          "%s: outcome unknown: fencing the producer (new epoch) and rewinding, "
 		          "never retrying in the old epoch",
 		          what);
@@ -166,7 +166,7 @@ void kreq__txn_abort(kreq_worker_t *s, const char *why)
 		s->txn_failed = false;
 		return;
 	}
-	kreq__log(s->conf, 5, "server", "aborting the open transaction: %s", why);
+	kreq__log(s->conf, 5, "worker", "aborting the open transaction: %s", why);
 	atomic_fetch_add_explicit(&s->m.txn_aborts, 1, memory_order_relaxed);
 	abort_open(s);
 	/* reports of the aborted transaction's outputs are served now, on the

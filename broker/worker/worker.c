@@ -1,5 +1,5 @@
 /*
- * worker.c — the public server API: construction and validation,
+ * worker.c — the public worker API: construction and validation,
  * registration, run/stop, keyring replacement, metrics and the in-progress
  * listing. The loop itself is loop.c; Kafka is kafka.c; handlers see
  * request.c.
@@ -216,11 +216,11 @@ KREQ_API int kreq_worker_register(kreq_worker_t *s, const char *method, kreq_han
 KREQ_API int kreq_worker_run(kreq_worker_t *s, char *errstr, size_t errstr_size)
 {
 	if (!s)
-		return kreq__err(errstr, errstr_size, KREQ_EINVAL, "server is NULL");
+		return kreq__err(errstr, errstr_size, KREQ_EINVAL, "worker is NULL");
 	int expected = 0;
 	if (!atomic_compare_exchange_strong(&s->phase, &expected, 1))
 		return kreq__err(errstr, errstr_size, KREQ_ESTATE,
-		                 "kreq_worker_run() may be called once per server");
+		                 "kreq_worker_run() may be called once per worker");
 	int err = atomic_load(&s->stop) ? KREQ_OK : kreq__loop_run(s);
 	atomic_store(&s->phase, 2);
 	if (err)

@@ -1,5 +1,5 @@
 /*
- * worker_int.h — the server's internals, shared by the broker/ sources (never
+ * worker_int.h — the worker's internals, shared by the broker/ sources (never
  * installed).
  *
  * Ownership of a request (struct kreq_request_s, the internal structure;
@@ -223,7 +223,7 @@ struct kreq_worker_s {
 
 	kreq__worker_metrics_t m;
 
-	/* handler deadlines (request.c, loop thread): the slots this server
+	/* handler deadlines (request.c, loop thread): the slots this worker
 	 * took from the handle table, those free, and a min-heap of running
 	 * requests by overdue_ms. At most 2 * max_in_flight slots: requests in
 	 * flight plus as many abandoned ones whose handler has not let go. */

@@ -9,7 +9,7 @@
  *
  * Threads and ownership: a kreq_conf_t is owned by whoever created it and is
  * not thread-safe; use it from one thread at a time. Objects that take a
- * configuration (clients, servers) copy it, so the caller may change or
+ * configuration (clients, workers) copy it, so the caller may change or
  * destroy its conf afterwards.
  */
 #ifndef KREQ_CONF_H

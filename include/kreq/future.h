@@ -6,7 +6,7 @@
  *   - a reply: kreq_future_err() == KREQ_OK; kreq_future_status() is the
  *     reply's status (0 = success, see docs/protocol.md 4.4) and
  *     kreq_future_payload() its payload; or
- *   - an error: KREQ_ETIMEDOUT, KREQ_ECANCELED, KREQ_EREJECTED (the broker
+ *   - an error: KREQ_ETIMEDOUT, KREQ_ECANCELED, KREQ_EREJECTED (the worker
  *     answered with a kreq status 1..99; kreq_future_status() has it),
  *     KREQ_EUNAVAILABLE, KREQ_EBACKPRESSURE or KREQ_ECLOSED, with a message
  *     from kreq_future_errstr() naming the cause.
@@ -67,7 +67,7 @@ KREQ_API int kreq_future_wait(kreq_future_t *f, int timeout_ms);
 /** Outcome: KREQ_OK for a reply, else the error; KREQ_ESTATE while pending. */
 KREQ_API int kreq_future_err(const kreq_future_t *f);
 
-/** Reply status (0 = success) or the broker's kreq status for
+/** Reply status (0 = success) or the worker's kreq status for
  *  KREQ_EREJECTED; 0 otherwise. */
 KREQ_API int32_t kreq_future_status(const kreq_future_t *f);
 
@@ -79,7 +79,7 @@ KREQ_API const void *kreq_future_payload(const kreq_future_t *f, size_t *len);
  *  none; never NULL. */
 KREQ_API const char *kreq_future_errstr(const kreq_future_t *f);
 
-/** true if the reply came from the broker's deduplication store. */
+/** true if the reply came from the worker's deduplication store. */
 KREQ_API bool kreq_future_from_dedup(const kreq_future_t *f);
 
 /** Registers the completion callback (see above). Returns KREQ_OK,
@@ -88,7 +88,7 @@ KREQ_API bool kreq_future_from_dedup(const kreq_future_t *f);
 KREQ_API int kreq_future_on_done(kreq_future_t *f, kreq_future_cb_t *cb, void *opaque);
 
 /** Cancels a pending call: it settles at once with KREQ_ECANCELED (the
- *  callback runs on the calling thread) and the broker is told, best effort.
+ *  callback runs on the calling thread) and the worker is told, best effort.
  *  Returns KREQ_OK if this call cancelled it, KREQ_ESTATE if it had already
  *  settled (nothing changes), KREQ_EINVAL for NULL. */
 KREQ_API int kreq_future_cancel(kreq_future_t *f);

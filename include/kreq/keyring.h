@@ -9,7 +9,7 @@
  * Several keys are valid at once, which is how keys rotate: add the new key,
  * make it the signing key, and remove the old one once nothing signed with
  * it can still be in flight. One key is the signing key used for outgoing
- * envelopes. A key may be restricted to a set of methods (the broker refuses
+ * envelopes. A key may be restricted to a set of methods (the worker refuses
  * other methods signed with it).
  *
  * The key file format is specified in docs/protocol.md ("Key file"). Key
@@ -18,7 +18,7 @@
  *
  * Threads and ownership: a keyring is reference counted. Build it (add,
  * remove, load, set signing key) from one thread before sharing it; once it
- * has been handed to a client or server it must not be modified, and all
+ * has been handed to a client or worker it must not be modified, and all
  * lookups are then safe from any thread. To change keys at run time (SIGHUP
  * reload), build a new keyring and hand it over; the old one is freed when its
  * last reference is released.

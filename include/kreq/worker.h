@@ -2,7 +2,7 @@
  * kreq/worker.h — serving methods: the embeddable worker loop that kreqd is
  * built on.
  *
- * A server serves one service: it joins the Kafka consumer group
+ * A worker serves one service: it joins the Kafka consumer group
  * <topic.prefix>.<service> on <topic.prefix>.<service>.requests, verifies
  * every request (signature, key id, size, deadline, clock skew, method ACL
  * of the key, reply-topic allow-list), deduplicates by (key id, idempotency
@@ -26,7 +26,7 @@
  *   - kreq_worker_stop() may be called from any thread and from a signal
  *     handler.
  *
- * Ownership: the server copies conf and takes a reference on the keyring.
+ * Ownership: the worker copies conf and takes a reference on the keyring.
  * The kreq_request_t * a handler receives is an opaque HANDLE, not a
  * pointer to memory: it names a slot and a generation, and every
  * kreq_request_* function checks both. It is live from the handler's call
@@ -101,7 +101,7 @@ typedef void(kreq_handler_fn)(kreq_request_t *req, void *opaque);
 /** Handler flags. */
 #define KREQ_HANDLER_INLINE 0x1 /* run on the loop thread; must not block */
 
-/** Creates a server for service (1..200 characters of [A-Za-z0-9._-], the
+/** Creates a worker for service (1..200 characters of [A-Za-z0-9._-], the
  *  method name up to its last '.'): copies conf, takes a reference on kr
  *  (which must have a signing key: replies are signed; when signing.key.id
  *  is set it must name that key). Connects nothing yet. conf needs
@@ -112,7 +112,7 @@ KREQ_API kreq_worker_t *kreq_worker_new(const kreq_conf_t *conf, kreq_keyring_t 
 /** Registers fn for method (the full name, "<service>.<name>", or a name
  *  without '.' when service is that name). Only before kreq_worker_run().
  *  KREQ_OK, KREQ_EINVAL (bad name, method of another service, NULL fn),
- *  KREQ_EEXIST (already registered), KREQ_ESTATE (server running),
+ *  KREQ_EEXIST (already registered), KREQ_ESTATE (worker running),
  *  KREQ_ENOMEM. */
 KREQ_API int kreq_worker_register(kreq_worker_t *s, const char *method, kreq_handler_fn *fn,
                                   void *opaque, int flags);
@@ -148,7 +148,7 @@ KREQ_API void kreq_worker_stop(kreq_worker_t *s);
  *  nothing is replaced). */
 KREQ_API int kreq_worker_set_keyring(kreq_worker_t *s, kreq_keyring_t *kr);
 
-/** Prometheus text exposition of the server's metrics in a new malloc'd
+/** Prometheus text exposition of the worker's metrics in a new malloc'd
  *  string (*text; caller frees). Any thread. KREQ_OK, KREQ_EINVAL,
  *  KREQ_ENOMEM. */
 KREQ_API int kreq_worker_metrics_text(kreq_worker_t *s, char **text);
@@ -177,7 +177,7 @@ typedef enum kreq_worker_name_e {
 	KREQ_WORKER_TRANSACTIONAL_ID /* <topic.prefix>.<service>.<client.id>; NULL in light mode */
 } kreq_worker_name_t;
 
-/** A name the server derived from its configuration (valid while s
+/** A name the worker derived from its configuration (valid while s
  *  lives), or NULL. Any thread. */
 KREQ_API const char *kreq_worker_name(const kreq_worker_t *s, kreq_worker_name_t which);
 
@@ -187,7 +187,7 @@ KREQ_API const char *kreq_worker_name(const kreq_worker_t *s, kreq_worker_name_t
 KREQ_API size_t kreq_worker_method_count(const kreq_worker_t *s);
 KREQ_API const char *kreq_worker_method_name(const kreq_worker_t *s, size_t i);
 
-/** Destroys a server whose loop is not running (never ran, or returned).
+/** Destroys a worker whose loop is not running (never ran, or returned).
  *  NULL is a no-op. */
 KREQ_API void kreq_worker_destroy(kreq_worker_t *s);
 
@@ -218,7 +218,7 @@ KREQ_API int64_t kreq_request_deadline_ms(const kreq_request_t *r);
 KREQ_API int64_t kreq_request_remaining_ms(const kreq_request_t *r);
 
 /** True once the caller cancelled the request (a Cancel message arrived),
- *  the server is abandoning it (shutdown grace expired, partition moved
+ *  the worker is abandoning it (shutdown grace expired, partition moved
  *  away, or its deadline + worker.handler.grace.ms passed: the worker has
  *  answered status 2), or the handle is no longer live. Any thread. */
 KREQ_API bool kreq_request_cancelled(const kreq_request_t *r);

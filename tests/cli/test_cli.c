@@ -6,7 +6,7 @@
  * stdout versus stderr, signal handling and librdkafka's threads only mean
  * something for the real binary. Every run is bounded by a deadline (then
  * killed and failed). Kafka is librdkafka's mock cluster hosted in this
- * process (no real broker needed); a responder (tests/kafka/responder.c)
+ * process (no real Kafka broker needed); a responder (tests/kafka/responder.c)
  * answers calls; pending/stats talk to a live client created here with an
  * admin socket. Each test closes and frees everything it creates.
  */
@@ -94,7 +94,7 @@ static const char *mock_start(const char *topic, int partitions)
 	/* The mock cluster implements no CreateTopics (and with librdkafka newer
 	 * than 2.0 auto-creates only for a producer's Metadata request), so the reply
 	 * topics of the clients below (client.id cli-test, and cli-call for
-	 * `kreq call`) are created here, as an operator would on a broker that
+	 * `kreq call`) are created here, as an operator would on a Kafka broker that
 	 * does not let clients create topics. */
 	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.reply.cli-test", 1, 1), 0);
 	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.reply.cli-call", 1, 1), 0);
@@ -517,7 +517,7 @@ static void h_echo(kreq_request_t *r, void *opaque)
 
 /* The mock cluster answers every lookup of an offset by time with "none":
  * `kreq pending --bootstrap` then read no results and listed answered
- * requests as waiting. A real kreq server answers a call here; pending
+ * requests as waiting. A real kreq worker answers a call here; pending
  * must not list it. */
 START_TEST(test_pending_bootstrap_answered)
 {

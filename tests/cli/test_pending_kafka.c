@@ -13,7 +13,7 @@
  *   cancelled (state cancelled), answered by a Result (not listed), a
  *   Result for another payload (still waiting), two attempts of one call
  *   (one row, the latest attempt).
- * - Usage errors (exit 2), an unreachable broker and a missing topic
+ * - Usage errors (exit 2), an unreachable Kafka broker and a missing topic
  *   (exit 1).
  * Every run of the binary is bounded (then killed and failed).
  */
@@ -302,7 +302,7 @@ START_TEST(test_outstanding_until_committed)
 {
 	atomic_store(&running, 0);
 	atomic_store(&release_calls, 0);
-	/* three partitions each, created up front (a broker that auto-creates
+	/* three partitions each, created up front (a Kafka broker that auto-creates
 	 * topics would otherwise give the worker its default partition count) */
 	static const char *const compact[] = {"cleanup.policy", "compact,delete", NULL};
 	char topic[160];

@@ -3,7 +3,7 @@
  * (tests/worker/test_fault.c, test_cluster3.c).
  *
  * Workers are separate processes (tests/worker/fault_worker: the real
- * server library) that record every handler execution in a file outside
+ * worker library) that record every handler execution in a file outside
  * Kafka and reply with that execution's id. run_load() drives a steady
  * load of logical operations, each with its own idempotency key; an
  * operation whose call ends in an error (timeout, unavailable) is called

@@ -8,8 +8,8 @@
  * (ck_abort_msg), so they must be called from inside a test function
  * (START_TEST ... END_TEST) or a checked fixture.
  *
- * Real-broker tests never skip: without KREQ_TEST_BOOTSTRAP they FAIL with a
- * message saying how to start a broker (scripts/kafka.sh start).
+ * Real-Kafka broker tests never skip: without KREQ_TEST_BOOTSTRAP they FAIL with a
+ * message saying how to start a Kafka broker (scripts/kafka.sh start).
  */
 #ifndef KREQ_TESTSUPPORT_H
 #define KREQ_TESTSUPPORT_H
@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Bootstrap servers of the real Kafka cluster under test, from the
+/* Bootstrap workers of the real Kafka cluster under test, from the
  * KREQ_TEST_BOOTSTRAP environment variable. Fails the calling test loudly
  * (never skips) when it is unset or empty. */
 const char *kreq_test_bootstrap(void);
@@ -49,7 +49,7 @@ __attribute__((sentinel))
 rd_kafka_conf_t *
 kreq_test_conf_new(const char *bootstrap, ...);
 
-/* Create a topic with `partitions` partitions and the broker's default
+/* Create a topic with `partitions` partitions and the Kafka broker's default
  * replication factor through the Admin API, then wait until its metadata
  * shows every partition with a leader. Fails the test on any error or after
  * timeout_ms. */

@@ -1,5 +1,5 @@
 /*
- * worker.h — a kreq server running on its own thread for a test (the real
+ * worker.h — a kreq worker running on its own thread for a test (the real
  * serving loop, against whatever Kafka the test points it at). Helpers fail
  * the calling test through Check.
  */
@@ -28,10 +28,10 @@ typedef struct kreq_test_running {
 kreq_test_running_t *kreq_test_worker_start(kreq_worker_t *s);
 
 /* Stops it, checks run returned KREQ_OK and is no longer ready, destroys
- * the server. */
+ * the worker. */
 void kreq_test_worker_stop(kreq_test_running_t *rs);
 
-/* Joins a server whose run has returned on its own (done), destroys it
+/* Joins a worker whose run has returned on its own (done), destroys it
  * and returns what run returned; err (if not NULL, err_size bytes) gets
  * its message. */
 int kreq_test_worker_reap(kreq_test_running_t *rs, char *err, size_t err_size);

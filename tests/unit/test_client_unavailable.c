@@ -2,10 +2,10 @@
  * test_client_unavailable.c — fail fast when Kafka is unreachable.
  *
  * Unit level, on librdkafka's mock cluster (in this process), because the
- * test must take every broker down and bring it back at will: with all
+ * test must take every Kafka broker down and bring it back at will: with all
  * brokers down for longer than unavailable.after.ms, pending calls fail with
  * KREQ_EUNAVAILABLE long before their deadlines and new calls are refused at
- * once; when a broker is back, calls are accepted again. Also checks that a
+ * once; when a Kafka broker is back, calls are accepted again. Also checks that a
  * client works against the mock cluster at all (the embedded demo's setup)
  * and the admin socket and slow-request report, names its threads, and
  * admits calls per service from a lock-free table.
@@ -49,7 +49,7 @@ static void setup(void)
 	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.svc.requests", 2, 1), 0);
 	/* The mock cluster implements no CreateTopics (and with librdkafka newer than
 	 * 2.0 auto-creates only for a producer's Metadata request): the client's reply
-	 * topic is created here, as an operator would on a broker without
+	 * topic is created here, as an operator would on a Kafka broker without
 	 * CreateTopics permission. */
 	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, "kreq.reply.mock-client", 1, 1), 0);
 	kr = kreq_keyring_new();
@@ -120,7 +120,7 @@ START_TEST(test_fail_fast_when_kafka_unreachable)
 }
 END_TEST
 
-/* signing.key.id must name the keyring's signing key (as for the server):
+/* signing.key.id must name the keyring's signing key (as for the worker):
  * a client configured for one key must not quietly sign with another. */
 START_TEST(test_signing_key_id_must_match)
 {
@@ -207,7 +207,7 @@ START_TEST(test_admin_socket_and_slow_report)
 }
 END_TEST
 
-/* The client's admin socket shares the server of common/adminsock.c: a
+/* The client's admin socket shares the worker of common/adminsock.c: a
  * socket a live process serves is refused (it used to be unlinked from
  * under that process), a stale one is replaced. */
 START_TEST(test_admin_socket_live_refused_stale_replaced)

@@ -50,7 +50,7 @@ START_TEST(test_states_and_generations)
 	ck_assert_ptr_eq(kreq__handle_get(h2), REQ_B);
 	ck_assert(kreq__handle_cas(id, gen2, KREQ__SL_QUEUED, KREQ__SL_REPLIED));
 	ck_assert_ptr_null(kreq__handle_get(h2));
-	/* given back (server destroyed): its handles stay invalid */
+	/* given back (worker destroyed): its handles stay invalid */
 	kreq__handles_give(&id, 1);
 	ck_assert_ptr_null(kreq__handle_get(h2));
 	ck_assert_int_eq(kreq__handle_state(id, gen2), -1);

@@ -1,5 +1,5 @@
 /*
- * fault_worker.c — a worker process for the crash tests: the real server
+ * fault_worker.c — a worker process for the crash tests: the real worker
  * library serving "svc.record", whose handler appends one line per
  * execution to a file outside Kafka and replies with that execution's id.
  *

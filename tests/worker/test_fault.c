@@ -1,7 +1,7 @@
 /*
  * test_fault.c — crash safety on a real Kafka broker.
  *
- * Workers are separate processes (fault_worker: the real server library)
+ * Workers are separate processes (fault_worker: the real worker library)
  * that record every handler execution in a file outside Kafka and reply
  * with that execution's id. A client drives a steady load of logical
  * operations, each with its own idempotency key; an operation whose call
@@ -183,7 +183,7 @@ static void broker_restart_schedule(int step, void *arg)
 {
 	(void)arg;
 	supervise(0);
-	if (step == 150) { /* kill -9 the broker, then start it again on its data */
+	if (step == 150) { /* kill -9 the Kafka broker, then start it again on its data */
 		ck_assert_int_eq(kafka_sh("kill-node", "1"), 0);
 		ck_assert_int_eq(kafka_sh("start-node", "1"), 0);
 	}
@@ -291,7 +291,7 @@ START_TEST(test_client_fails_fast_when_kafka_dies)
 	KREQ_TEST_AWAIT(accepted_again(c), 90000);
 	call_ok(c, "ff-recovered");
 	kreq_client_destroy(c);
-	fprintf(stderr, "fail_fast: pending call failed %lld ms after the broker died\n",
+	fprintf(stderr, "fail_fast: pending call failed %lld ms after the Kafka broker died\n",
 	        (long long)took);
 }
 END_TEST

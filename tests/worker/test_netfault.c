@@ -1,7 +1,7 @@
 /*
  * test_netfault.c — exactly-once under network faults (issue 20): a TCP
  * proxy of the test's own (tests/support/netproxy.c) sits between two
- * worker processes (fault_worker, the real server library) and a real
+ * worker processes (fault_worker, the real worker library) and a real
  * Kafka cluster of the suite's own, started with a PROXIED listener
  * (scripts/kafka.sh --proxied-ports); the load client and every check
  * reach Kafka directly. Under steady load, each case injects one kind of

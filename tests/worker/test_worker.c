@@ -1,5 +1,5 @@
 /*
- * test_worker.c — the server API end to end against a real Kafka broker,
+ * test_worker.c — the worker API end to end against a real Kafka broker,
  * driven by the real client: success and handler metadata, handler error,
  * unknown method, method ACL, deadline exceeded before start, cancel of a
  * running handler, dedup hit, conflict, a duplicate joining a running
@@ -94,7 +94,7 @@ static void h_gate(kreq_request_t *r, void *opaque)
 	kreq_request_reply(r, 0, p, len, NULL);
 }
 
-/* ---- a server on its own thread ----------------------------------------- */
+/* ---- a worker on its own thread ----------------------------------------- */
 
 static kreq_conf_t *base_conf(const char *client_id, const char *const *extra)
 {
@@ -1169,7 +1169,7 @@ END_TEST
 
 int main(void)
 {
-	Suite *s = suite_create("server");
+	Suite *s = suite_create("worker");
 	TCase *tc = tcase_create("e2e");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 180);
