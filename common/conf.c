@@ -204,6 +204,26 @@ static int set_kafka(kreq_conf_t *conf, const char *name, const char *value, cha
 	return KREQ_OK;
 }
 
+/* The worker's properties were once called server.*: an old name is
+ * refused with the new one, so that a configuration file is fixed at once. */
+static int unknown_prop(const char *name, char *errstr, size_t errstr_size)
+{
+	static const char old[] = "server.";
+	char renamed[256];
+	if (!strncmp(name, old, strlen(old)) &&
+	    snprintf(renamed, sizeof(renamed), "worker.%s", name + strlen(old)) <
+	        (int)sizeof(renamed) &&
+	    find_prop(renamed) >= 0)
+		return kreq__err(errstr, errstr_size, KREQ_ENOENT,
+		                 "no such property \"%s\": the worker's properties are called "
+		                 "\"worker.*\" (use \"%s\")",
+		                 name, renamed);
+	return kreq__err(errstr, errstr_size, KREQ_ENOENT,
+	                 "no such property \"%s\" (librdkafka properties take the "
+	                 "\"kafka.\" prefix)",
+	                 name);
+}
+
 int kreq_conf_set(kreq_conf_t *conf, const char *name, const char *value, char *errstr,
                   size_t errstr_size)
 {
@@ -214,10 +234,7 @@ int kreq_conf_set(kreq_conf_t *conf, const char *name, const char *value, char *
 		return set_kafka(conf, name + strlen(KAFKA_PREFIX), value, errstr, errstr_size);
 	int i = find_prop(name);
 	if (i < 0)
-		return kreq__err(errstr, errstr_size, KREQ_ENOENT,
-		                 "no such property \"%s\" (librdkafka properties take the "
-		                 "\"kafka.\" prefix)",
-		                 name);
+		return unknown_prop(name, errstr, errstr_size);
 	return set_prop(conf, i, value, errstr, errstr_size);
 }
 

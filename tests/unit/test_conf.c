@@ -53,6 +53,13 @@ START_TEST(test_set_validates)
 	ck_assert_int_eq(kreq_conf_set(c, "client.id", "", errstr, sizeof(errstr)), KREQ_ECONF);
 	ck_assert_int_eq(kreq_conf_set(c, "no.such", "1", errstr, sizeof(errstr)), KREQ_ENOENT);
 	ck_assert_ptr_nonnull(strstr(errstr, "no.such"));
+	/* a worker property under its old name: refused, naming the new one */
+	ck_assert_int_eq(kreq_conf_set(c, "server.mode", "light", errstr, sizeof(errstr)),
+	                 KREQ_ENOENT);
+	ck_assert_msg(strstr(errstr, "\"server.mode\"") && strstr(errstr, "use \"worker.mode\""),
+	              "%s", errstr);
+	ck_assert_int_eq(kreq_conf_set(c, "server.nope", "1", errstr, sizeof(errstr)), KREQ_ENOENT);
+	ck_assert_ptr_null(strstr(errstr, "worker."));
 	ck_assert_int_eq(kreq_conf_set(NULL, "client.id", "x", errstr, sizeof(errstr)),
 	                 KREQ_EINVAL);
 	ck_assert_int_eq(kreq_conf_set(c, NULL, "x", NULL, 0), KREQ_EINVAL);
