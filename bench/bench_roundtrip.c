@@ -236,7 +236,7 @@ static void delete_topics(void)
 	rd_kafka_destroy(p);
 }
 
-/* ---- the real worker as the kreq worker (KREQ_BENCH_WORKER) ------------- */
+/* ---- the real worker library as the benchmark's worker (KREQ_BENCH_WORKER) -- */
 
 static void worker_echo(kreq_request_t *r, void *opaque)
 {
