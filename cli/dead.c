@@ -2,8 +2,8 @@
  * dead.c — `kreq dead list|show|replay`: the requests a service took out of
  * service (docs/operations.md, "Dead requests").
  *
- * Design: a worker that gives up on a request (its handler crashed or lost
- * its worker worker.poison.max.attempts times) answers it with status 10
+ * Design: a worker that gives up on a request (its handler crashed, or
+ * lost its worker, worker.poison.max.attempts times) answers it with status 10
  * (poison) and writes a DeadLetter (kind 5, sealed by the worker) to
  * <prefix>.<service>.dead: the request record verbatim, its attempt
  * history, why. This file reads that topic (dead_read.c: bounded by the end
@@ -73,7 +73,7 @@ static void usage(FILE *out)
 	      "                        [-X NAME=VALUE]... [--json] REF\n"
 	      "\n"
 	      "The requests a service took out of service: a request whose handler\n"
-	      "crashed or lost its worker worker.poison.max.attempts times is answered\n"
+	      "crashed (or lost its worker) worker.poison.max.attempts times is answered\n"
 	      "with status 10 (poison) and parked in PREFIX.SERVICE.dead with its attempt\n"
 	      "history. Every record is verified with the keys of FILE; one that does not\n"
 	      "verify is listed, flagged with the reason and the key id it claims.\n"

@@ -267,7 +267,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* After an aborted transaction or a failed delivery: forget everything not
  * committed and continue from the committed offsets. Kafka being out of
- * reach does not stop the worker: without a producer (kafka.c's fencing
+ * reach does not stop the worker: without a producer (txn.c's fencing
  * rule) or the committed offsets the rewind stays pending, nothing is
  * consumed, and it is tried again at a later step (at most every
  * KREQ__REWIND_RETRY_MS). */
@@ -519,7 +519,7 @@ static void step(kreq_worker_t *s, bool fetch, bool *more)
 		s->dd_bound_due = false;
 		kreq__dedup_bound(s, NULL);
 	}
-	/* no producer (kafka.c's fencing rule): nothing is consumed until a
+	/* no producer (txn.c's fencing rule): nothing is consumed until a
 	 * rewind re-created one, whatever cleared the flag meanwhile */
 	if (s->txn_mode && !s->producer && !s->fatal)
 		s->rewind_needed = true;

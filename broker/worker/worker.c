@@ -56,7 +56,8 @@ static int parse_allow(kreq_worker_t *s, const char *spec, const char *prefix)
 	return err;
 }
 
-static int read_conf(kreq_worker_t *s, char *errstr, size_t errstr_size)
+/* worker.mode, the signing key and the Kafka bootstrap: what the worker is. */
+static int read_mode_and_keys(kreq_worker_t *s, char *errstr, size_t errstr_size)
 {
 	const kreq_conf_t *c = s->conf;
 	const char *mode = kreq__conf_str(c, KREQ__P_WORKER_MODE);
@@ -85,6 +86,13 @@ static int read_conf(kreq_worker_t *s, char *errstr, size_t errstr_size)
 	if (kreq_conf_get(c, "kafka.bootstrap.servers", NULL, &bs_size) == KREQ_ENOENT)
 		return kreq__err(errstr, errstr_size, KREQ_ECONF,
 		                 "kafka.bootstrap.servers is not set");
+	return KREQ_OK;
+}
+
+/* Sizes, times and rates, with the one rule that ties three of them. */
+static int read_limits(kreq_worker_t *s, char *errstr, size_t errstr_size)
+{
+	const kreq_conf_t *c = s->conf;
 	kreq__limits_from_conf(&s->lim, c);
 	int err = kreq__limits_check(c, errstr, errstr_size);
 	if (err)
@@ -115,6 +123,14 @@ static int read_conf(kreq_worker_t *s, char *errstr, size_t errstr_size)
 	s->slot_max = 2 * s->max_in_flight; /* in flight + abandoned, not yet let go */
 	s->handler_grace_ms = kreq__conf_int(c, KREQ__P_WORKER_HANDLER_GRACE_MS);
 	s->nthreads = (int)kreq__conf_int(c, KREQ__P_WORKER_HANDLER_THREADS);
+	return KREQ_OK;
+}
+
+/* Topic, group and transactional names, the handler-thread table and the
+ * seal buffer; then the poison settings (poison.c). */
+static int make_names_and_buffers(kreq_worker_t *s, char *errstr, size_t errstr_size)
+{
+	const kreq_conf_t *c = s->conf;
 	const char *prefix = kreq__conf_str(c, KREQ__P_TOPIC_PREFIX);
 	s->client_id = strdup(kreq__conf_str(c, KREQ__P_CLIENT_ID));
 	s->req_topic = fmt("%s.%s.%s", prefix, s->service, "requests");
@@ -134,6 +150,14 @@ static int read_conf(kreq_worker_t *s, char *errstr, size_t errstr_size)
 		return kreq__err(errstr, errstr_size, KREQ_EINVAL,
 		                 "topic name %s is longer than 249 characters", s->res_topic);
 	return kreq__poison_conf(s, prefix, errstr, errstr_size);
+}
+
+static int read_conf(kreq_worker_t *s, char *errstr, size_t errstr_size)
+{
+	int err = read_mode_and_keys(s, errstr, errstr_size);
+	if (!err)
+		err = read_limits(s, errstr, errstr_size);
+	return err ? err : make_names_and_buffers(s, errstr, errstr_size);
 }
 
 KREQ_API kreq_worker_t *kreq_worker_new(const kreq_conf_t *conf, kreq_keyring_t *kr,

@@ -1,5 +1,5 @@
 /*
- * test_kafka_harness.c — proves the real-Kafka broker test harness is what kreq's
+ * test_kafka_harness.c — proves the real-Kafka-broker test harness is what kreq's
  * exactly-once claims need: a real Apache Kafka cluster (scripts/kafka.sh)
  * that runs transactions and ENFORCES read_committed isolation.
  *

@@ -6,7 +6,7 @@
  * Why the real binary: exit codes, what reaches stderr, signal handling,
  * dlopen() of plugins and the endpoints only mean something for the
  * process. Every run is bounded by a deadline (then killed and failed).
- * Configuration errors never reach Kafka; the unreachable-Kafka broker tests
+ * Configuration errors never reach Kafka; the unreachable-Kafka-broker tests
  * point kreqd at 127.0.0.1:1; the serving test hosts librdkafka's mock
  * cluster in this process and runs kreqd in light mode against it, which
  * proves the built-ins, plugins, endpoints and signals, not the

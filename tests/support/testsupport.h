@@ -8,7 +8,7 @@
  * (ck_abort_msg), so they must be called from inside a test function
  * (START_TEST ... END_TEST) or a checked fixture.
  *
- * Real-Kafka broker tests never skip: without KREQ_TEST_BOOTSTRAP they FAIL with a
+ * Real-Kafka-broker tests never skip: without KREQ_TEST_BOOTSTRAP they FAIL with a
  * message saying how to start a Kafka broker (scripts/kafka.sh start).
  */
 #ifndef KREQ_TESTSUPPORT_H
@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Bootstrap workers of the real Kafka cluster under test, from the
+/* Bootstrap servers of the real Kafka cluster under test, from the
  * KREQ_TEST_BOOTSTRAP environment variable. Fails the calling test loudly
  * (never skips) when it is unset or empty. */
 const char *kreq_test_bootstrap(void);

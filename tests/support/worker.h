@@ -3,8 +3,8 @@
  * serving loop, against whatever Kafka the test points it at). Helpers fail
  * the calling test through Check.
  */
-#ifndef KREQ_TEST_SERVER_H
-#define KREQ_TEST_SERVER_H
+#ifndef KREQ_TEST_WORKER_H
+#define KREQ_TEST_WORKER_H
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -207,7 +207,7 @@ START_TEST(test_admin_socket_and_slow_report)
 }
 END_TEST
 
-/* The client's admin socket shares the worker of common/adminsock.c: a
+/* The client's admin socket shares the admin-socket server of common/adminsock.c: a
  * socket a live process serves is refused (it used to be unlinked from
  * under that process), a stale one is replaced. */
 START_TEST(test_admin_socket_live_refused_stale_replaced)

@@ -325,7 +325,7 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("handler");
-	TCase *tc = tcase_create("real-Kafka broker");
+	TCase *tc = tcase_create("real-kafka");
 	tcase_set_timeout(tc, 240);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_reply_twice_refused);

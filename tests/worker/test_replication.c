@@ -199,7 +199,7 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("replication");
-	TCase *tc = tcase_create("one Kafka broker");
+	TCase *tc = tcase_create("one-broker");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 240);
 	tcase_add_test(tc, test_defaults_work_on_one_broker);
