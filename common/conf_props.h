@@ -273,7 +273,12 @@
 	  "idle clients reconnect, so recovery is noticed within seconds")                         \
 	X("acks", "all",                                                                           \
 	  "a request is acknowledged once min.insync.replicas replicas have it: it survives the "  \
-	  "loss of its partition leader")
+	  "loss of its partition leader")                                                          \
+	X("metadata.recovery.rebootstrap.trigger.ms", "10000",                                     \
+	  "a Kafka broker stalled past its controller session drops out of the metadata; a "       \
+	  "handle that learns of no broker then waits this long, not librdkafka's 5 min, to "      \
+	  "bootstrap again (a 10 s freeze of a one-node cluster left the reply consumer without "  \
+	  "a broker: every call timed out)")
 
 #define KREQ__KAFKA_CONSUMER_DEFAULTS(X)                                                           \
 	X("isolation.level", "read_committed", "only replies whose transaction committed")         \
@@ -281,7 +286,12 @@
 	X("fetch.error.backoff.ms", "10", "recover quickly from a failed fetch")                   \
 	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
 	X("enable.auto.commit", "false", "the reply consumer commits nothing")                     \
-	X("enable.partition.eof", "false", "no end-of-partition events")
+	X("enable.partition.eof", "false", "no end-of-partition events")                           \
+	X("metadata.recovery.rebootstrap.trigger.ms", "10000",                                     \
+	  "a Kafka broker stalled past its controller session drops out of the metadata; a "       \
+	  "handle that learns of no broker then waits this long, not librdkafka's 5 min, to "      \
+	  "bootstrap again (a 10 s freeze of a one-node cluster left the reply consumer without "  \
+	  "a broker: every call timed out)")
 
 /* librdkafka settings a worker (kreq_worker_run) applies before the user's
  * "kafka." properties. */
@@ -311,7 +321,12 @@
 	  "a transaction begun while the previous one's commit markers are still being written "   \
 	  "gets CONCURRENT_TRANSACTIONS; librdkafka 2.12.1 retries AddOffsetsToTxn and EndTxn "    \
 	  "after this backoff (doubling up to retry.backoff.max.ms): 100 ms by default, which "    \
-	  "stalled a call ~100 ms (docs/PERFORMANCE.md)")
+	  "stalled a call ~100 ms (docs/PERFORMANCE.md)")                                          \
+	X("metadata.recovery.rebootstrap.trigger.ms", "10000",                                     \
+	  "a Kafka broker stalled past its controller session drops out of the metadata; a "       \
+	  "handle that learns of no broker then waits this long, not librdkafka's 5 min, to "      \
+	  "bootstrap again (a 10 s freeze of a one-node cluster left the reply consumer without "  \
+	  "a broker: every call timed out)")
 
 #define KREQ__KAFKA_WORKER_CONSUMER_DEFAULTS(X)                                                    \
 	X("isolation.level", "read_committed", "results and requests of committed transactions")   \
@@ -325,6 +340,11 @@
 	  "on (docs/operations.md, \"Restarts\")")                                                 \
 	X("fetch.wait.max.ms", "100", "bounded fetch wait (data still returns at once)")           \
 	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
-	X("allow.auto.create.topics", "false", "idem: reading a topic never creates it")
+	X("allow.auto.create.topics", "false", "idem: reading a topic never creates it")           \
+	X("metadata.recovery.rebootstrap.trigger.ms", "10000",                                     \
+	  "a Kafka broker stalled past its controller session drops out of the metadata; a "       \
+	  "handle that learns of no broker then waits this long, not librdkafka's 5 min, to "      \
+	  "bootstrap again (a 10 s freeze of a one-node cluster left the reply consumer without "  \
+	  "a broker: every call timed out)")
 
 #endif
