@@ -275,10 +275,9 @@
 	  "a request is acknowledged once min.insync.replicas replicas have it: it survives the "  \
 	  "loss of its partition leader")                                                          \
 	X("metadata.recovery.rebootstrap.trigger.ms", "10000",                                     \
-	  "a Kafka broker stalled past its controller session drops out of the metadata; a "       \
-	  "handle that learns of no broker then waits this long, not librdkafka's 5 min, to "      \
-	  "bootstrap again (a 10 s freeze of a one-node cluster left the reply consumer without "  \
-	  "a broker: every call timed out)")
+	  "a Kafka broker stalled past its controller session drops out of the metadata for a "    \
+	  "moment; a handle left knowing no broker bootstraps again after this long "              \
+	  "(librdkafka's default: 5 min, every call timing out meanwhile)")
 
 #define KREQ__KAFKA_CONSUMER_DEFAULTS(X)                                                           \
 	X("isolation.level", "read_committed", "only replies whose transaction committed")         \
@@ -288,10 +287,9 @@
 	X("enable.auto.commit", "false", "the reply consumer commits nothing")                     \
 	X("enable.partition.eof", "false", "no end-of-partition events")                           \
 	X("metadata.recovery.rebootstrap.trigger.ms", "10000",                                     \
-	  "a Kafka broker stalled past its controller session drops out of the metadata; a "       \
-	  "handle that learns of no broker then waits this long, not librdkafka's 5 min, to "      \
-	  "bootstrap again (a 10 s freeze of a one-node cluster left the reply consumer without "  \
-	  "a broker: every call timed out)")
+	  "a Kafka broker stalled past its controller session drops out of the metadata for a "    \
+	  "moment; a handle left knowing no broker bootstraps again after this long "              \
+	  "(librdkafka's default: 5 min, every call timing out meanwhile)")
 
 /* librdkafka settings a worker (kreq_worker_run) applies before the user's
  * "kafka." properties. */
@@ -323,10 +321,9 @@
 	  "after this backoff (doubling up to retry.backoff.max.ms): 100 ms by default, which "    \
 	  "stalled a call ~100 ms (docs/PERFORMANCE.md)")                                          \
 	X("metadata.recovery.rebootstrap.trigger.ms", "10000",                                     \
-	  "a Kafka broker stalled past its controller session drops out of the metadata; a "       \
-	  "handle that learns of no broker then waits this long, not librdkafka's 5 min, to "      \
-	  "bootstrap again (a 10 s freeze of a one-node cluster left the reply consumer without "  \
-	  "a broker: every call timed out)")
+	  "a Kafka broker stalled past its controller session drops out of the metadata for a "    \
+	  "moment; a handle left knowing no broker bootstraps again after this long "              \
+	  "(librdkafka's default: 5 min, every call timing out meanwhile)")
 
 #define KREQ__KAFKA_WORKER_CONSUMER_DEFAULTS(X)                                                    \
 	X("isolation.level", "read_committed", "results and requests of committed transactions")   \
@@ -342,9 +339,8 @@
 	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
 	X("allow.auto.create.topics", "false", "idem: reading a topic never creates it")           \
 	X("metadata.recovery.rebootstrap.trigger.ms", "10000",                                     \
-	  "a Kafka broker stalled past its controller session drops out of the metadata; a "       \
-	  "handle that learns of no broker then waits this long, not librdkafka's 5 min, to "      \
-	  "bootstrap again (a 10 s freeze of a one-node cluster left the reply consumer without "  \
-	  "a broker: every call timed out)")
+	  "a Kafka broker stalled past its controller session drops out of the metadata for a "    \
+	  "moment; a handle left knowing no broker bootstraps again after this long "              \
+	  "(librdkafka's default: 5 min, every call timing out meanwhile)")
 
 #endif
