@@ -23,7 +23,7 @@ build=(
   build-essential cmake ninja-build pkg-config ca-certificates
   libprotobuf-c-dev protobuf-c-compiler libsodium-dev libssl-dev
   libjansson-dev libmicrohttpd-dev
-  cargo-web libcurl4-openssl-dev libsasl2-dev zlib1g-dev libzstd-dev
+  cargo-web libcurl4-openssl-dev libsasl2-dev zlib1g-dev libzstd-dev patch
 )
 runtime=(
   libprotobuf-c1 libsodium23 libssl3 libjansson4 libmicrohttpd12
