@@ -111,9 +111,18 @@
 	X(WORKER_TXN_BATCH_MS, "worker.txn.batch.ms", INT, "20", 0, 60000,                         \
 	  "Longest a transaction stays open while requests are in progress; in worker.mode=light " \
 	  "the interval between offset commits (0: at every loop step).")                          \
-	X(WORKER_TXN_LINGER_MS, "worker.txn.linger.ms", INT, "2", 0, 60000,                        \
+	X(WORKER_TXN_LINGER_MS, "worker.txn.linger.ms", INT, "0", 0, 60000,                        \
 	  "When no request is in progress, how long a transaction waits for more records before "  \
-	  "it commits: callers whose requests arrive together then share one commit.")             \
+	  "it commits. 0: it commits as soon as nothing is in progress and nothing is queued; "    \
+	  "requests arriving meanwhile gather for the next one (worker.txn.gap.us).")              \
+	X(WORKER_TXN_GAP_US, "worker.txn.gap.us", INT, "500", 0, 1000000,                          \
+	  "Transactional mode: after a transaction ends, how long the worker takes no new "        \
+	  "request before it starts the next one. Kafka's transaction coordinator is still "       \
+	  "writing the ended transaction's markers then, and answers a transaction that reaches "  \
+	  "it meanwhile CONCURRENT_TRANSACTIONS, which librdkafka retries only 20 ms later. "      \
+	  "Requests arriving in the gap share the next transaction. Raise it where markers take "  \
+	  "longer (transaction log replicated across Kafka brokers) if commits often take ~20 ms " \
+	  "more than their median (kreq_worker_txn_commit_seconds).")                              \
 	X(WORKER_TXN_CALL_TIMEOUT_MS, "worker.txn.call.timeout.ms", INT, "30000", 1000, 600000,    \
 	  "Transactional mode: longest one transaction call (sending the offsets, commit, abort) " \
 	  "may take. Past it the outcome is unknown: the worker fences its producer (a new "       \

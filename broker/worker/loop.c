@@ -80,7 +80,7 @@ static int assign_parts(kreq_worker_t *s, const rd_kafka_topic_partition_list_t 
 	return err;
 }
 
-static void block(kreq_worker_t *s, int timeout_ms);
+static void block(kreq_worker_t *s, int64_t timeout_us);
 
 static void flush_producer(rd_kafka_t *p)
 {
@@ -111,7 +111,7 @@ static void finish_in_flight(kreq_worker_t *s)
 	int64_t until = kreq__mono_ns() + s->grace_ms * 1000000LL;
 	kreq__process_completions(s);
 	while (!s->fatal && atomic_load(&s->in_progress) > 0 && kreq__mono_ns() < until) {
-		block(s, 20);
+		block(s, 20000);
 		kreq__process_completions(s);
 		kreq__expire_overdue(s);
 	}
@@ -182,7 +182,7 @@ static void revoke_parts(kreq_worker_t *s, const rd_kafka_topic_partition_list_t
 		kreq__expire_overdue(s);
 		if (!busy_in(s, gone) || s->fatal || kreq__mono_ns() >= until)
 			break;
-		block(s, 20);
+		block(s, 20000);
 	}
 	settle_outputs(s);
 	kreq__txn_commit(s); /* a failure flags a rewind of what stays */
@@ -425,11 +425,27 @@ static void serve_events(kreq_worker_t *s)
 	}
 }
 
+/* Transactional mode: right after a transaction ended, its markers are
+ * still being written and a new transaction would meet
+ * CONCURRENT_TRANSACTIONS (retried 20 ms later by librdkafka): the next
+ * one starts worker.txn.gap.us after it, with what arrived meanwhile. */
+static int64_t gap_left_ns(const kreq_worker_t *s, int64_t now_ns)
+{
+	if (!s->txn_mode || s->txn_open)
+		return 0;
+	int64_t left = s->txn_end_ns + s->gap_ns - now_ns;
+	return left > 0 ? left : 0;
+}
+
 /* Reads up to max records; true if the queue may hold more. */
 static bool consume(kreq_worker_t *s, int max)
 {
 	int n = 0;
 	bool more = true;
+	if (gap_left_ns(s, kreq__mono_ns()) > 0) {
+		s->gap_waited = true; /* the loop must look again when it ends */
+		return false;
+	}
 	for (; more && n < max; n++) {
 		/* at the limit, stop taking records: flow_control() pauses the
 		 * partitions, which drops what was prefetched and refetches it from
@@ -469,7 +485,8 @@ static bool commit_due(kreq_worker_t *s, int64_t now_ns)
 	return now_ns - s->light_commit_ns >= s->batch_ms * 1000000;
 }
 
-static int wait_ms(kreq_worker_t *s, int64_t now_ns)
+/* How long the loop may sleep, in microseconds (at most 1 s). */
+static int64_t wait_us(kreq_worker_t *s, int64_t now_ns)
 {
 	int64_t left = 1000;
 	if (s->txn_mode && s->txn_open) {
@@ -484,7 +501,14 @@ static int wait_ms(kreq_worker_t *s, int64_t now_ns)
 	int64_t overdue = kreq__overdue_next_ms(s, kreq__now_ms());
 	if (overdue < left)
 		left = overdue;
-	return left < 0 ? 0 : left > 1000 ? 1000 : (int)left;
+	left = left < 0 ? 0 : left > 1000 ? 1000000 : left * 1000;
+	if (s->gap_waited) { /* records may wait: wake when the gap ends, even if it just did */
+		s->gap_waited = false;
+		int64_t gap = (gap_left_ns(s, now_ns) + 999) / 1000;
+		if (gap < left)
+			left = gap;
+	}
+	return left;
 }
 
 static void housekeeping(kreq_worker_t *s, int64_t now_ns)
@@ -537,10 +561,12 @@ static void step(kreq_worker_t *s, bool fetch, bool *more)
 	housekeeping(s, now);
 }
 
-static void block(kreq_worker_t *s, int timeout_ms)
+static void block(kreq_worker_t *s, int64_t timeout_us)
 {
 	struct pollfd pfd = {.fd = s->efd, .events = POLLIN};
-	if (poll(&pfd, 1, timeout_ms) < 0 && errno != EINTR)
+	struct timespec ts = {.tv_sec = timeout_us / 1000000,
+	                      .tv_nsec = timeout_us % 1000000 * 1000};
+	if (ppoll(&pfd, 1, &ts, NULL) < 0 && errno != EINTR)
 		kreq__loop_fatal(s, KREQ_EIO, "poll: %s", strerror(errno));
 }
 
@@ -572,7 +598,7 @@ int kreq__loop_run(kreq_worker_t *s)
 		while (!s->fatal && !atomic_load(&s->stop)) {
 			step(s, true, &more);
 			if (!more && !s->fatal && !atomic_load(&s->stop))
-				block(s, wait_ms(s, kreq__mono_ns()));
+				block(s, wait_us(s, kreq__mono_ns()));
 		}
 		shut_down(s);
 	}

@@ -156,6 +156,7 @@ static void txn_fail(kreq_worker_t *s, rd_kafka_error_t *e, const char *what)
 	}
 	rd_kafka_error_destroy(e);
 	s->txn_open = false;
+	s->txn_end_ns = kreq__mono_ns(); /* markers follow: see worker.txn.gap.us */
 	s->txn_failed = false;
 	s->rewind_needed = true;
 }
@@ -174,6 +175,7 @@ void kreq__txn_abort(kreq_worker_t *s, const char *why)
 	if (s->producer)
 		rd_kafka_poll(s->producer, 0);
 	s->txn_open = false;
+	s->txn_end_ns = kreq__mono_ns(); /* markers follow: see worker.txn.gap.us */
 	s->txn_failed = false;
 	s->rewind_needed = true;
 }
@@ -274,6 +276,7 @@ int kreq__txn_commit(kreq_worker_t *s)
 	} else {
 		offsets_committed(s, l);
 		s->txn_open = false;
+		s->txn_end_ns = kreq__mono_ns(); /* markers follow: see worker.txn.gap.us */
 		atomic_fetch_add_explicit(&s->m.txn_commits, 1, memory_order_relaxed);
 		kreq__hist_observe(&s->m.commit_time, (kreq__mono_ns() - t0) / 1000);
 		kreq__hist_observe(&s->m.batch_size, (int64_t)s->txn_results * 100);

@@ -165,7 +165,10 @@ struct kreq_worker_s {
 	int64_t light_commit_ns, housekeeping_ns;
 	int64_t last_record_ns; /* last record consumed or completion applied */
 	int64_t linger_ms;
-	int txn_call_ms; /* worker.txn.call.timeout.ms: past it, fence (txn.c) */
+	int64_t gap_ns;     /* worker.txn.gap.us */
+	int64_t txn_end_ns; /* the last commit or abort returned */
+	bool gap_waited;    /* consume() held back for worker.txn.gap.us */
+	int txn_call_ms;    /* worker.txn.call.timeout.ms: past it, fence (txn.c) */
 	bool txn_open;
 	int64_t txn_start_ns;
 	uint64_t txn_results;

@@ -13,6 +13,13 @@
  * transactional producer (kafka.debug=conf: every property that differs
  * from librdkafka's default, logged when the handle is created) and checks
  * the worker's default, and that a user's kafka.retry.backoff.ms still wins.
+ *
+ * After a transaction ends, the worker takes no request for
+ * worker.txn.gap.us (the markers are being written). Its loop must then
+ * wake when the gap ends even if the gap ended while it was busy: a loop
+ * that slept its idle second instead (the first version of the gap) made
+ * about one call in two hundred take a second at 1 in flight, so 1500 calls
+ * one after another must each take less than that.
  */
 #include <check.h>
 #include <pthread.h>
@@ -20,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kreq/client.h"
 #include "kreq/error.h"
@@ -197,6 +205,69 @@ START_TEST(test_txn_retry_backoff_user_wins)
 }
 END_TEST
 
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Calls one after another through a transactional worker with the default
+ * linger (0) and gap: none may wait for the loop's idle second. */
+START_TEST(test_txn_gap_wakes_loop)
+{
+	char err[512];
+	kreq_conf_t *conf = kreq_conf_new();
+	const char *kv[] = {"kafka.bootstrap.servers",
+	                    bootstrap,
+	                    "topic.prefix",
+	                    prefix,
+	                    "client.id",
+	                    "w-gap",
+	                    "worker.mode",
+	                    "transactional",
+	                    NULL};
+	for (const char **p = kv; *p; p += 2)
+		ck_assert_msg(kreq_conf_set(conf, p[0], p[1], err, sizeof(err)) == KREQ_OK,
+		              "%s: %s", p[0], err);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
+	kreq_conf_destroy(conf);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
+	                 KREQ_OK);
+	kreq_test_running_t *w = kreq_test_worker_start(s);
+	kreq_conf_t *cc = kreq_conf_new();
+	ck_assert_int_eq(kreq_conf_set(cc, "kafka.bootstrap.servers", bootstrap, err, 512),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(cc, "topic.prefix", prefix, err, 512), KREQ_OK);
+	kreq_client_t *c = kreq_client_new(cc, kr, err, sizeof(err));
+	ck_assert_msg(c != NULL, "kreq_client_new: %s", err);
+	kreq_conf_destroy(cc);
+	enum { WARM = 10, N = 1500 };
+	int slow = 0;
+	int64_t worst = 0;
+	for (int i = 0; i < WARM + N; i++) {
+		int64_t t0 = mono_ms();
+		kreq_future_t *f = NULL;
+		ck_assert_int_eq(kreq_client_call(c, "svc.echo", "hi", 2, NULL, &f), KREQ_OK);
+		ck_assert_int_eq(kreq_future_wait(f, 60000), KREQ_OK);
+		ck_assert_int_eq(kreq_future_err(f), KREQ_OK);
+		kreq_future_release(f);
+		int64_t took = mono_ms() - t0;
+		if (i >= WARM && took > worst)
+			worst = took;
+		if (i >= WARM && took >= 900)
+			slow++;
+	}
+	kreq_client_destroy(c);
+	kreq_test_worker_stop(w);
+	ck_assert_msg(slow == 0,
+	              "%d of %d calls took 900 ms or more (worst %lld ms): the worker's loop "
+	              "slept past the end of worker.txn.gap.us with requests waiting",
+	              slow, N, (long long)worst);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("txn_latency");
@@ -205,6 +276,7 @@ int main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_txn_retry_backoff_default);
 	tcase_add_test(tc, test_txn_retry_backoff_user_wins);
+	tcase_add_test(tc, test_txn_gap_wakes_loop);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
