@@ -284,6 +284,7 @@ static kreq_worker_t *worker_start(const char *mode, kreq_keyring_t *kr, pthread
 
 typedef struct echo {
 	bool kreq; /* verify + sign (kreq) or forward bytes (raw) */
+	bool txn;  /* raw only: each batch's replies and offset in one transaction */
 	char in[160], out[160];
 	kreq_keyring_t *kr;
 	atomic_bool stop, ready;
@@ -315,13 +316,58 @@ static bool echo_kreq(echo_t *e, const rd_kafka_message_t *m, char *topic, size_
 
 #define ECHO_BATCH 512
 
+/* The transactional raw echo: what a hand-written librdkafka consume-
+ * transform-produce loop does per batch, the limit of an exactly-once
+ * round trip ("raw + one commit"). */
+static rd_kafka_t *txn_producer(const char *id)
+{
+	char err[512];
+	rd_kafka_conf_t *c = rd_kafka_conf_new();
+	if (rd_kafka_conf_set(c, "bootstrap.servers", bootstrap, err, sizeof(err)) ||
+	    rd_kafka_conf_set(c, "linger.ms", "0", err, sizeof(err)) ||
+	    rd_kafka_conf_set(c, "socket.nagle.disable", "true", err, sizeof(err)) ||
+	    rd_kafka_conf_set(c, "transactional.id", id, err, sizeof(err)))
+		die(err);
+	rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof(err));
+	if (!p)
+		die(err);
+	rd_kafka_error_t *e = rd_kafka_init_transactions(p, 30000);
+	if (e)
+		die(rd_kafka_error_string(e));
+	return p;
+}
+
+static void echo_txn_begin(rd_kafka_t *p)
+{
+	rd_kafka_error_t *e = rd_kafka_begin_transaction(p);
+	if (e)
+		die(rd_kafka_error_string(e));
+}
+
+static void echo_txn_commit(rd_kafka_t *p, rd_kafka_t *c, const char *topic, int64_t next)
+{
+	rd_kafka_error_t *e = NULL;
+	if (next >= 0) {
+		rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+		rd_kafka_topic_partition_list_add(l, topic, 0)->offset = next;
+		rd_kafka_consumer_group_metadata_t *g = rd_kafka_consumer_group_metadata(c);
+		e = rd_kafka_send_offsets_to_transaction(p, l, g, 30000);
+		rd_kafka_consumer_group_metadata_destroy(g);
+		rd_kafka_topic_partition_list_destroy(l);
+	}
+	if (!e)
+		e = rd_kafka_commit_transaction(p, 30000);
+	if (e)
+		die(rd_kafka_error_string(e));
+}
+
 static void *echo_main(void *arg)
 {
 	echo_t *e = arg;
 	char group[200];
-	snprintf(group, sizeof(group), "%s-echo-%d", prefix, e->kreq);
+	snprintf(group, sizeof(group), "%s-echo-%d%s", prefix, e->kreq, e->txn ? "-txn" : "");
 	rd_kafka_t *c = handle(RD_KAFKA_CONSUMER, group, !e->kreq),
-	           *p = handle(RD_KAFKA_PRODUCER, NULL, !e->kreq);
+	           *p = e->txn ? txn_producer(group) : handle(RD_KAFKA_PRODUCER, NULL, !e->kreq);
 	rd_kafka_poll_set_consumer(c);
 	assign_end(c, e->in);
 	rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(c);
@@ -359,7 +405,12 @@ static void *echo_main(void *arg)
 				out[i].buf = NULL;
 			}
 		}
+		int64_t next = -1; /* the input offset the transaction commits */
+		if (e->txn && n)
+			echo_txn_begin(p);
 		for (ssize_t i = 0; i < n; i++) {
+			if (!ms[i]->err)
+				next = ms[i]->offset + 1;
 			if (out[i].buf &&
 			    rd_kafka_producev(p, RD_KAFKA_V_TOPIC(out[i].topic),
 			                      RD_KAFKA_V_PARTITION(out[i].partition),
@@ -369,6 +420,8 @@ static void *echo_main(void *arg)
 				free(out[i].buf);
 			rd_kafka_message_destroy(ms[i]);
 		}
+		if (e->txn && n)
+			echo_txn_commit(p, c, e->in, next);
 		rd_kafka_poll(p, 0);
 	}
 	free(ms);
@@ -381,10 +434,11 @@ static void *echo_main(void *arg)
 	return NULL;
 }
 
-static echo_t *echo_start(bool kreq, const char *in, const char *out, kreq_keyring_t *kr)
+static echo_t *echo_start(bool kreq, bool txn, const char *in, const char *out, kreq_keyring_t *kr)
 {
 	echo_t *e = calloc(1, sizeof(*e));
 	e->kreq = kreq;
+	e->txn = txn;
 	snprintf(e->in, sizeof(e->in), "%s", in);
 	snprintf(e->out, sizeof(e->out), "%s", out);
 	e->kr = kr;
@@ -761,11 +815,11 @@ int main(int argc, char **argv)
 	worker = worker && *worker ? worker : "bench";
 	if (strcmp(worker, "bench") && strcmp(worker, "light") && strcmp(worker, "transactional"))
 		die("KREQ_BENCH_WORKER must be bench, light or transactional");
-	echo_t *re = echo_start(false, ping, pong, NULL), *ke = NULL;
+	echo_t *re = echo_start(false, false, ping, pong, NULL), *ke = NULL, *te = NULL;
 	kreq_worker_t *srv = NULL;
 	pthread_t srv_thread;
 	if (!strcmp(worker, "bench"))
-		ke = echo_start(true, req, "", kr);
+		ke = echo_start(true, false, req, "", kr);
 	else
 		srv = worker_start(worker, kr, &srv_thread);
 	char group[200];
@@ -776,9 +830,28 @@ int main(int argc, char **argv)
 	rd_kafka_poll_set_consumer(raw.c);
 	assign_end(raw.c, pong);
 	kreq_client_t *cl = make_client(kr);
+	/* transactional worker: also the transactional raw echo at 1 in flight */
+	bool txn = !strcmp(worker, "transactional");
+	raw_t rawtx = {0};
+	if (txn) {
+		char tping[160], tpong[160];
+		snprintf(tping, sizeof(tping), "%s.rawtx.ping", prefix);
+		snprintf(tpong, sizeof(tpong), "%s.rawtx.pong", prefix);
+		create_topic(tping);
+		create_topic(tpong);
+		te = echo_start(false, true, tping, tpong, NULL);
+		snprintf(group, sizeof(group), "%s-rawtx", prefix);
+		rawtx.p = handle(RD_KAFKA_PRODUCER, NULL, true);
+		rawtx.c = handle(RD_KAFKA_CONSUMER, group, true); /* read_committed */
+		snprintf(rawtx.ping, sizeof(rawtx.ping), "%s", tping);
+		rd_kafka_poll_set_consumer(rawtx.c);
+		assign_end(rawtx.c, tpong);
+	}
 
-	result_t rl, kl;
+	result_t rl, kl, tl = {0};
 	raw_latency(&raw, n, &rl);
+	if (txn)
+		raw_latency(&rawtx, n, &tl);
 	kreq_latency(cl, n, &kl);
 	printf("# round trip through Apache Kafka at %s; %zu-byte payload; %d calls at 1 in "
 	       "flight, %.1f s per load, %d round%s; HMAC-SHA-256 signing; kreq worker: %s\n",
@@ -787,6 +860,8 @@ int main(int argc, char **argv)
 	           : "bench echo worker");
 	printf("%-30s %10s %10s\n", "", "p50 us", "p99 us");
 	printf("%-30s %10.0f %10.0f\n", "raw librdkafka ping-pong", rl.p50_us, rl.p99_us);
+	if (txn)
+		printf("%-30s %10.0f %10.0f\n", "raw, echo in a transaction", tl.p50_us, tl.p99_us);
 	printf("%-30s %10.0f %10.0f\n", "kreq call", kl.p50_us, kl.p99_us);
 	printf("%-30s %9.2fx %9.2fx\n", "ratio kreq/raw", kl.p50_us / rl.p50_us,
 	       kl.p99_us / rl.p99_us);
@@ -825,6 +900,12 @@ int main(int argc, char **argv)
 	rd_kafka_destroy(raw.c);
 	rd_kafka_destroy(raw.p);
 	echo_stop(re);
+	if (te) {
+		rd_kafka_consumer_close(rawtx.c);
+		rd_kafka_destroy(rawtx.c);
+		rd_kafka_destroy(rawtx.p);
+		echo_stop(te);
+	}
 	if (ke)
 		echo_stop(ke);
 	if (srv) {
