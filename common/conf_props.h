@@ -266,6 +266,12 @@
 /* librdkafka settings kreq applies before the user's "kafka." properties
  * (which override them): X(name, value, why). Used by the client and by
  * docs/CONFIGURATION.md. */
+/* Why every kreq handle re-bootstraps sooner than librdkafka's default. */
+#define KREQ__REBOOTSTRAP_WHY                                                                      \
+	"a handle that knows no Kafka broker (one stalled past its KRaft controller session "      \
+	"leaves the metadata briefly) bootstraps again after 10 s, not librdkafka's 300 s "        \
+	"during which every call would time out"
+
 #define KREQ__KAFKA_PRODUCER_DEFAULTS(X)                                                           \
 	X("linger.ms", "0", "send at once: no 5 ms batching delay on the request path")            \
 	X("socket.nagle.disable", "true", "no Nagle delay on small requests")                      \
@@ -283,10 +289,7 @@
 	X("acks", "all",                                                                           \
 	  "a request is acknowledged once min.insync.replicas replicas have it: it survives the "  \
 	  "loss of its partition leader")                                                          \
-	X("metadata.recovery.rebootstrap.trigger.ms", "10000",                                     \
-	  "a Kafka broker stalled past its controller session drops out of the metadata for a "    \
-	  "moment; a handle left knowing no broker bootstraps again after this long "              \
-	  "(librdkafka's default: 5 min, every call timing out meanwhile)")
+	X("metadata.recovery.rebootstrap.trigger.ms", "10000", KREQ__REBOOTSTRAP_WHY)
 
 #define KREQ__KAFKA_CONSUMER_DEFAULTS(X)                                                           \
 	X("isolation.level", "read_committed", "only replies whose transaction committed")         \
@@ -295,10 +298,7 @@
 	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
 	X("enable.auto.commit", "false", "the reply consumer commits nothing")                     \
 	X("enable.partition.eof", "false", "no end-of-partition events")                           \
-	X("metadata.recovery.rebootstrap.trigger.ms", "10000",                                     \
-	  "a Kafka broker stalled past its controller session drops out of the metadata for a "    \
-	  "moment; a handle left knowing no broker bootstraps again after this long "              \
-	  "(librdkafka's default: 5 min, every call timing out meanwhile)")
+	X("metadata.recovery.rebootstrap.trigger.ms", "10000", KREQ__REBOOTSTRAP_WHY)
 
 /* librdkafka settings a worker (kreq_worker_run) applies before the user's
  * "kafka." properties. */
@@ -329,10 +329,7 @@
 	  "gets CONCURRENT_TRANSACTIONS; librdkafka 2.12.1 retries AddOffsetsToTxn and EndTxn "    \
 	  "after this backoff (doubling up to retry.backoff.max.ms): 100 ms by default, which "    \
 	  "stalled a call ~100 ms (docs/PERFORMANCE.md)")                                          \
-	X("metadata.recovery.rebootstrap.trigger.ms", "10000",                                     \
-	  "a Kafka broker stalled past its controller session drops out of the metadata for a "    \
-	  "moment; a handle left knowing no broker bootstraps again after this long "              \
-	  "(librdkafka's default: 5 min, every call timing out meanwhile)")
+	X("metadata.recovery.rebootstrap.trigger.ms", "10000", KREQ__REBOOTSTRAP_WHY)
 
 #define KREQ__KAFKA_WORKER_CONSUMER_DEFAULTS(X)                                                    \
 	X("isolation.level", "read_committed", "results and requests of committed transactions")   \
@@ -347,9 +344,6 @@
 	X("fetch.wait.max.ms", "100", "bounded fetch wait (data still returns at once)")           \
 	X("socket.nagle.disable", "true", "no Nagle delay")                                        \
 	X("allow.auto.create.topics", "false", "idem: reading a topic never creates it")           \
-	X("metadata.recovery.rebootstrap.trigger.ms", "10000",                                     \
-	  "a Kafka broker stalled past its controller session drops out of the metadata for a "    \
-	  "moment; a handle left knowing no broker bootstraps again after this long "              \
-	  "(librdkafka's default: 5 min, every call timing out meanwhile)")
+	X("metadata.recovery.rebootstrap.trigger.ms", "10000", KREQ__REBOOTSTRAP_WHY)
 
 #endif

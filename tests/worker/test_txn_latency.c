@@ -130,22 +130,21 @@ static kreq_conf_t *conf_new(const char *client_id, const char *retry_backoff)
 	return conf;
 }
 
-/* A worker with that setting (NULL: the default) serves one call; returns
- * its transactional producer's retry.backoff.ms as librdkafka reported it. */
-static const char *serve_one(const char *retry_backoff, char *out, size_t n)
+/* A transactional echo worker of conf (consumed), running. */
+static kreq_test_running_t *echo_worker_start(kreq_conf_t *conf)
 {
-	pthread_mutex_lock(&mu);
-	ngroups = 0;
-	pthread_mutex_unlock(&mu);
 	char err[512];
-	kreq_conf_t *conf = conf_new("w1", retry_backoff);
 	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
 	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
 	kreq_conf_destroy(conf);
 	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
 	                 KREQ_OK);
-	kreq_test_running_t *w = kreq_test_worker_start(s);
+	return kreq_test_worker_start(s);
+}
 
+static kreq_client_t *client_new(void)
+{
+	char err[512];
 	kreq_conf_t *cc = kreq_conf_new();
 	ck_assert_int_eq(kreq_conf_set(cc, "kafka.bootstrap.servers", bootstrap, err, 512),
 	                 KREQ_OK);
@@ -154,11 +153,29 @@ static const char *serve_one(const char *retry_backoff, char *out, size_t n)
 	kreq_client_t *c = kreq_client_new(cc, kr, err, sizeof(err));
 	ck_assert_msg(c != NULL, "kreq_client_new: %s", err);
 	kreq_conf_destroy(cc);
+	return c;
+}
+
+/* One echo call, answered. */
+static void call_echo(kreq_client_t *c)
+{
 	kreq_future_t *f = NULL;
 	ck_assert_int_eq(kreq_client_call(c, "svc.echo", "hi", 2, NULL, &f), KREQ_OK);
 	ck_assert_int_eq(kreq_future_wait(f, 60000), KREQ_OK);
 	ck_assert_int_eq(kreq_future_err(f), KREQ_OK);
 	kreq_future_release(f);
+}
+
+/* A worker with that setting (NULL: the default) serves one call; returns
+ * its transactional producer's retry.backoff.ms as librdkafka reported it. */
+static const char *serve_one(const char *retry_backoff, char *out, size_t n)
+{
+	pthread_mutex_lock(&mu);
+	ngroups = 0;
+	pthread_mutex_unlock(&mu);
+	kreq_test_running_t *w = echo_worker_start(conf_new("w1", retry_backoff));
+	kreq_client_t *c = client_new();
+	call_echo(c);
 	kreq_client_destroy(c);
 	kreq_test_worker_stop(w);
 	return txn_producer_prop("retry.backoff.ms", out, n);
@@ -216,43 +233,14 @@ static int64_t mono_ms(void)
  * linger (0) and gap: none may wait for the loop's idle second. */
 START_TEST(test_txn_gap_wakes_loop)
 {
-	char err[512];
-	kreq_conf_t *conf = kreq_conf_new();
-	const char *kv[] = {"kafka.bootstrap.servers",
-	                    bootstrap,
-	                    "topic.prefix",
-	                    prefix,
-	                    "client.id",
-	                    "w-gap",
-	                    "worker.mode",
-	                    "transactional",
-	                    NULL};
-	for (const char **p = kv; *p; p += 2)
-		ck_assert_msg(kreq_conf_set(conf, p[0], p[1], err, sizeof(err)) == KREQ_OK,
-		              "%s: %s", p[0], err);
-	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
-	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
-	                 KREQ_OK);
-	kreq_test_running_t *w = kreq_test_worker_start(s);
-	kreq_conf_t *cc = kreq_conf_new();
-	ck_assert_int_eq(kreq_conf_set(cc, "kafka.bootstrap.servers", bootstrap, err, 512),
-	                 KREQ_OK);
-	ck_assert_int_eq(kreq_conf_set(cc, "topic.prefix", prefix, err, 512), KREQ_OK);
-	kreq_client_t *c = kreq_client_new(cc, kr, err, sizeof(err));
-	ck_assert_msg(c != NULL, "kreq_client_new: %s", err);
-	kreq_conf_destroy(cc);
+	kreq_test_running_t *w = echo_worker_start(conf_new("w-gap", NULL));
+	kreq_client_t *c = client_new();
 	enum { WARM = 10, N = 1500 };
 	int slow = 0;
 	int64_t worst = 0;
 	for (int i = 0; i < WARM + N; i++) {
 		int64_t t0 = mono_ms();
-		kreq_future_t *f = NULL;
-		ck_assert_int_eq(kreq_client_call(c, "svc.echo", "hi", 2, NULL, &f), KREQ_OK);
-		ck_assert_int_eq(kreq_future_wait(f, 60000), KREQ_OK);
-		ck_assert_int_eq(kreq_future_err(f), KREQ_OK);
-		kreq_future_release(f);
+		call_echo(c);
 		int64_t took = mono_ms() - t0;
 		if (i >= WARM && took > worst)
 			worst = took;
