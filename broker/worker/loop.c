@@ -226,8 +226,12 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			          s->req_topic);
 			assign_parts(s, l); /* only these: the others are served on */
 			incremental(s, rd_kafka_incremental_assign(rk, l), "incremental assign");
-			if (s->paused) /* at worker.max.in.flight: the new ones wait too */
+			/* at worker.max.in.flight the new ones wait too; otherwise each
+			 * is resumed: one revoked while paused comes back paused */
+			if (s->paused)
 				rd_kafka_pause_partitions(rk, l);
+			else
+				rd_kafka_resume_partitions(rk, l);
 			atomic_fetch_add_explicit(&s->m.rebalances, 1, memory_order_relaxed);
 		} else {
 			revoke_parts(s, l);
@@ -243,6 +247,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		          s->req_topic);
 		assign_parts(s, l);
 		rd_kafka_assign(rk, l);
+		rd_kafka_resume_partitions(rk, l); /* paused before the revoke: still paused */
 		s->paused = false;
 		atomic_store_explicit(&s->ready, !s->fatal && !atomic_load(&s->stop),
 		                      memory_order_release);
@@ -310,8 +315,7 @@ static void rewind_all(kreq_worker_t *s)
 			                 rd_kafka_error_string(e));
 			rd_kafka_error_destroy(e);
 		}
-		if (s->paused)
-			rd_kafka_resume_partitions(s->consumer, l);
+		rd_kafka_resume_partitions(s->consumer, l); /* also one paused before a revoke */
 		s->paused = false;
 	} else if (!s->fatal && !atomic_load(&s->stop)) {
 		kreq__log(s->conf, 4, "worker",
@@ -338,6 +342,14 @@ static void member_renew(kreq_worker_t *s)
 	kreq__kafka_consumer_renew(s, on_rebalance);
 }
 
+/* Flow control pauses the consumer's current partitions. librdkafka keeps
+ * an application's pause on a partition across its revocation and a later
+ * assignment (rdkafka_assignment.c clears only its own, library pause), so
+ * every assignment (on_rebalance) and rewind resumes what it hands over
+ * unless the worker is paused: a partition revoked while paused and given
+ * back after the worker resumed was never fetched again, its calls
+ * unanswered for good (test_fault's rolling restart by SIGKILL, eager
+ * protocol: 1 run in 6; test_worker's pause tests). */
 static void set_paused(kreq_worker_t *s, bool pause)
 {
 	rd_kafka_topic_partition_list_t *l = NULL;

@@ -129,7 +129,8 @@ int main(int argc, char **argv)
 	set(conf, "worker.mode", argc > 6 ? argv[6] : "transactional");
 	set(conf, "worker.topic.partitions", "4");
 	set(conf, "worker.handler.threads", "8");
-	set(conf, "log.level", "5");
+	const char *lvl = getenv("KREQ_FAULT_WORKER_LOG_LEVEL"); /* to diagnose a failure */
+	set(conf, "log.level", lvl && *lvl ? lvl : "5");
 	extra_settings(conf);
 	char err[512];
 	srv = kreq_worker_new(conf, kr, "svc", err, sizeof(err));

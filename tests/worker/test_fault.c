@@ -664,6 +664,20 @@ static int64_t longest_gap(int ndone, int64_t from, int64_t to)
 	return to - last > gap ? to - last : gap;
 }
 
+/* Fails naming what did not finish: how many calls, and the oldest. */
+static void roll_stuck(int nops)
+{
+	int left = 0, first = -1;
+	for (int i = 0; i < nops; i++)
+		if (!ops[i].done && !left++)
+			first = i;
+	ck_assert_msg(first >= 0, "the rolling restart did not finish (every call was answered)");
+	ck_abort_msg("the rolling restart did not finish: %d of %d calls unanswered, the first "
+	             "%s called %d times since %lld ms ago (last: %s)",
+	             left, nops, ops[first].key, ops[first].calls,
+	             (long long)(kreq_test_now_ms() - ops[first].first_ms), ops[first].last_err);
+}
+
 /* 3 replicas with worker properties conf (KREQ_FAULT_WORKER_SET) under a
  * steady load of ROLL_RATE new calls/s, up to ROLL_WINDOW in flight
  * (handlers 0-40 ms; a call that fails is called again): 3 s of
@@ -685,7 +699,8 @@ static void rolling_restart(const char *conf, roll_fig_t *fig)
 	atomic_store(&roll_done, false);
 	for (;;) {
 		int64_t now = kreq_test_now_ms();
-		ck_assert_msg(now - t_start < 600000, "the rolling restart did not finish");
+		if (now - t_start >= 600000)
+			roll_stuck(next);
 		if (!rolling && now >= t_roll) {
 			ck_assert_int_eq(pthread_create(&th, NULL, roll_main, NULL), 0);
 			rolling = true;

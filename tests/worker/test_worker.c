@@ -593,6 +593,90 @@ START_TEST(test_light_zero_batch_ms_sleeps)
 }
 END_TEST
 
+/* ---- flow control across rebalances ---------------------------------------- */
+
+static uint64_t rebalances(kreq_test_running_t *w)
+{
+	return kreq_test_worker_metric(w->s, "kreq_worker_rebalances_total{");
+}
+
+/* n echo calls with their own keys (so over every partition), each
+ * answered within 30 s. */
+static void echo_everywhere(kreq_client_t *c, const char *tag, int n)
+{
+	kreq_future_t *f[32];
+	char key[64];
+	ck_assert_int_le(n, 32);
+	for (int i = 0; i < n; i++) {
+		snprintf(key, sizeof(key), "%s-%d", tag, i);
+		f[i] = call(c, "svc.echo", key, key, 30000);
+	}
+	for (int i = 0; i < n; i++) {
+		snprintf(key, sizeof(key), "%s-%d", tag, i);
+		ck_assert_int_eq(kreq_future_wait(f[i], 60000), KREQ_OK);
+		ck_assert_msg(kreq_future_err(f[i]) == KREQ_OK, "%s: %s", key,
+		              kreq_future_errstr(f[i]));
+		expect_reply(f[i], 0, key, false);
+	}
+}
+
+/* Worker a at worker.max.in.flight 1 is paused (flow control) by a slow
+ * call when worker b joins: eager protocol, so a's partitions are all
+ * revoked while paused and half of them given back. librdkafka keeps an
+ * application's pause across revocation and assignment: before the fix
+ * those partitions were never fetched again and every call on them timed
+ * out (test_fault's rolling restart by SIGKILL hung so, 1 run in 6). */
+START_TEST(test_paused_partitions_reassigned_eager)
+{
+	/* b: the same without the first two */
+	static const char *const eager[] = {"worker.max.in.flight",
+	                                    "1",
+	                                    "worker.static.membership",
+	                                    "false",
+	                                    "kafka.partition.assignment.strategy",
+	                                    "range",
+	                                    NULL};
+	kreq_test_running_t *a = worker_start("a", eager);
+	kreq_client_t *c = client_new(NULL);
+	echo_everywhere(c, "before", 12);
+	uint64_t a0 = rebalances(a);
+	kreq_future_t *slow = call(c, "svc.slow", "8000", NULL, 60000);
+	KREQ_TEST_AWAIT(atomic_load(&executions) >= 13, 30000); /* a is at its limit: paused */
+	kreq_test_running_t *b = worker_start("b", eager + 2);
+	KREQ_TEST_AWAIT(rebalances(b) >= 1 && rebalances(a) > a0, 60000);
+	echo_everywhere(c, "after", 24);
+	expect_reply(slow, 0, "8000", false);
+	kreq_client_destroy(c);
+	kreq_test_worker_stop(b);
+	kreq_test_worker_stop(a);
+}
+END_TEST
+
+/* The same with the default cooperative protocol: b's join revokes half
+ * of a's partitions while a is paused; a resumes the others; b leaves
+ * (a dynamic member: at once) and a gets the revoked ones back. */
+START_TEST(test_paused_partitions_reassigned_cooperative)
+{
+	static const char *const dyn[] = {"worker.max.in.flight", "1", /* b: without them */
+	                                  "worker.static.membership", "false", NULL};
+	kreq_test_running_t *a = worker_start("a", dyn);
+	kreq_client_t *c = client_new(NULL);
+	echo_everywhere(c, "before", 12);
+	uint64_t a0 = rebalances(a);
+	kreq_future_t *slow = call(c, "svc.slow", "8000", NULL, 60000);
+	KREQ_TEST_AWAIT(atomic_load(&executions) >= 13, 30000); /* a is at its limit: paused */
+	kreq_test_running_t *b = worker_start("b", dyn + 2);
+	KREQ_TEST_AWAIT(rebalances(b) >= 1 && rebalances(a) > a0, 60000);
+	expect_reply(slow, 0, "8000", false); /* a resumes what it kept */
+	uint64_t a1 = rebalances(a);
+	kreq_test_worker_stop(b);
+	KREQ_TEST_AWAIT(rebalances(a) > a1, 60000); /* b's partitions come back to a */
+	echo_everywhere(c, "after", 24);
+	kreq_client_destroy(c);
+	kreq_test_worker_stop(a);
+}
+END_TEST
+
 /* svc.echo(payload), or NULL if the client refused it at submission with
  * KREQ_EUNAVAILABLE (its service check last saw no member). */
 static kreq_future_t *call_unless_unavailable(kreq_client_t *c, const char *payload)
@@ -1217,6 +1301,8 @@ int main(void)
 	tcase_add_test(tc, test_concurrency_limit_and_listing);
 	tcase_add_test(tc, test_rate_limit);
 	tcase_add_test(tc, test_keyring_replaced_while_serving);
+	tcase_add_test(tc, test_paused_partitions_reassigned_eager);
+	tcase_add_test(tc, test_paused_partitions_reassigned_cooperative);
 	suite_add_tcase(s, tc);
 	/* issue 16: replays and tenants cannot exhaust the worker (CK_RUN_CASE=bounds) */
 	TCase *tb = tcase_create("bounds");
