@@ -195,10 +195,13 @@ static void revoke_parts(kreq_worker_t *s, const rd_kafka_topic_partition_list_t
 }
 
 /* The group's rebalance protocol is cooperative (cooperative-sticky):
- * assignments and revocations are increments, not the whole set. */
+ * assignments and revocations are increments, not the whole set.
+ * librdkafka returns NULL while no protocol is known (a consumer closed
+ * before it joined). */
 static bool cooperative(rd_kafka_t *rk)
 {
-	return !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+	const char *p = rd_kafka_rebalance_protocol(rk);
+	return p && !strcmp(p, "COOPERATIVE");
 }
 
 static void incremental(kreq_worker_t *s, rd_kafka_error_t *e, const char *what)

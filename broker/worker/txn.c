@@ -65,7 +65,10 @@ static bool fenced(kreq_worker_t *s, const rd_kafka_error_t *e)
  * and re-creating the producer (which fences the newer one in turn) is
  * right once. Two live workers with the same client.id share the
  * transactional.id and would fence each other forever: the third fencing
- * within a minute stops this worker instead, naming the cause. */
+ * within a minute stops this worker instead, naming the cause. The group
+ * fences them too (member.c, counted there): one may reach its third
+ * fencing here while the other reaches its third there, and both stop,
+ * each naming the cause (test_worker test_duplicate_client_id). */
 static bool fenced_too_often(kreq_worker_t *s)
 {
 	int64_t now = kreq__mono_ns() / 1000000;
