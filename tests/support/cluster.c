@@ -64,7 +64,15 @@ void kreq_test_topic_replication(const char *bootstrap, const char *topic, int *
 	*replicas = kreq__topic_replicas(rk, topic, 10000);
 	const char *names[] = {"min.insync.replicas", NULL};
 	char *values[1] = {NULL};
-	rd_kafka_resp_err_t kerr = kreq__topic_configs(rk, topic, names, values, 10000);
+	/* a topic just created reaches each Kafka broker's metadata in its own
+	 * time: one that does not know it yet answers UNKNOWN_TOPIC_OR_PART
+	 * (seen in CI, 3 brokers), so that answer is asked again, bounded */
+	rd_kafka_resp_err_t kerr;
+	int64_t until = kreq_test_now_ms() + 15000;
+	while ((kerr = kreq__topic_configs(rk, topic, names, values, 10000)) ==
+	           RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART &&
+	       kreq_test_now_ms() < until)
+		kreq_test_poll_pause();
 	rd_kafka_destroy(rk);
 	ck_assert_msg(*replicas >= 0, "no metadata for topic %s", topic);
 	ck_assert_msg(!kerr && values[0], "DescribeConfigs %s: %s", topic, rd_kafka_err2str(kerr));
