@@ -268,9 +268,9 @@
  * docs/CONFIGURATION.md. */
 /* Why every kreq handle re-bootstraps sooner than librdkafka's default. */
 #define KREQ__REBOOTSTRAP_WHY                                                                      \
-	"a handle that knows no Kafka broker (one stalled past its KRaft controller session "      \
-	"leaves the metadata briefly) bootstraps again after 10 s, not librdkafka's 300 s "        \
-	"during which every call would time out"
+	"a handle that knows no Kafka broker bootstraps again after 10 s instead of librdkafka's " \
+	"300 s, during which calls time out (a Kafka broker that stalls past its KRaft "           \
+	"controller session leaves the metadata for a moment)"
 
 #define KREQ__KAFKA_PRODUCER_DEFAULTS(X)                                                           \
 	X("linger.ms", "0", "send at once: no 5 ms batching delay on the request path")            \

@@ -620,15 +620,34 @@ static void echo_everywhere(kreq_client_t *c, const char *tag, int n)
 	}
 }
 
-/* Worker a at worker.max.in.flight 1 is paused (flow control) by a slow
- * call when worker b joins: eager protocol, so a's partitions are all
- * revoked while paused and half of them given back. librdkafka keeps an
- * application's pause across revocation and assignment: before the fix
- * those partitions were never fetched again and every call on them timed
- * out (test_fault's rolling restart by SIGKILL hung so, 1 run in 6). */
+typedef struct {
+	kreq_test_running_t *a, *b;
+	kreq_client_t *c;
+	kreq_future_t *slow; /* the call that keeps a paused, 8 s */
+} paused_join_t;
+
+/* Worker a (conf: worker.max.in.flight 1 first) answers 12 calls, is
+ * paused (flow control) by a slow call, and worker b (conf without its
+ * first pair) joins; returns once both took part in the rebalance. */
+static paused_join_t pause_a_then_join_b(const char *const *conf)
+{
+	paused_join_t p = {.a = worker_start("a", conf), .c = client_new(NULL)};
+	echo_everywhere(p.c, "before", 12);
+	uint64_t a0 = rebalances(p.a);
+	p.slow = call(p.c, "svc.slow", "8000", NULL, 60000);
+	KREQ_TEST_AWAIT(atomic_load(&executions) >= 13, 30000); /* a is at its limit: paused */
+	p.b = worker_start("b", conf + 2);
+	KREQ_TEST_AWAIT(rebalances(p.b) >= 1 && rebalances(p.a) > a0, 60000);
+	return p;
+}
+
+/* Eager protocol: a's partitions are all revoked while a is paused and
+ * half of them given back. librdkafka keeps an application's pause across
+ * revocation and assignment: before the fix those partitions were never
+ * fetched again and every call on them timed out (test_fault's rolling
+ * restart by SIGKILL hung so, 1 run in 6). */
 START_TEST(test_paused_partitions_reassigned_eager)
 {
-	/* b: the same without the first two */
 	static const char *const eager[] = {"worker.max.in.flight",
 	                                    "1",
 	                                    "worker.static.membership",
@@ -636,19 +655,12 @@ START_TEST(test_paused_partitions_reassigned_eager)
 	                                    "kafka.partition.assignment.strategy",
 	                                    "range",
 	                                    NULL};
-	kreq_test_running_t *a = worker_start("a", eager);
-	kreq_client_t *c = client_new(NULL);
-	echo_everywhere(c, "before", 12);
-	uint64_t a0 = rebalances(a);
-	kreq_future_t *slow = call(c, "svc.slow", "8000", NULL, 60000);
-	KREQ_TEST_AWAIT(atomic_load(&executions) >= 13, 30000); /* a is at its limit: paused */
-	kreq_test_running_t *b = worker_start("b", eager + 2);
-	KREQ_TEST_AWAIT(rebalances(b) >= 1 && rebalances(a) > a0, 60000);
-	echo_everywhere(c, "after", 24);
-	expect_reply(slow, 0, "8000", false);
-	kreq_client_destroy(c);
-	kreq_test_worker_stop(b);
-	kreq_test_worker_stop(a);
+	paused_join_t p = pause_a_then_join_b(eager);
+	echo_everywhere(p.c, "after", 24);
+	expect_reply(p.slow, 0, "8000", false);
+	kreq_client_destroy(p.c);
+	kreq_test_worker_stop(p.b);
+	kreq_test_worker_stop(p.a);
 }
 END_TEST
 
@@ -657,23 +669,16 @@ END_TEST
  * (a dynamic member: at once) and a gets the revoked ones back. */
 START_TEST(test_paused_partitions_reassigned_cooperative)
 {
-	static const char *const dyn[] = {"worker.max.in.flight", "1", /* b: without them */
-	                                  "worker.static.membership", "false", NULL};
-	kreq_test_running_t *a = worker_start("a", dyn);
-	kreq_client_t *c = client_new(NULL);
-	echo_everywhere(c, "before", 12);
-	uint64_t a0 = rebalances(a);
-	kreq_future_t *slow = call(c, "svc.slow", "8000", NULL, 60000);
-	KREQ_TEST_AWAIT(atomic_load(&executions) >= 13, 30000); /* a is at its limit: paused */
-	kreq_test_running_t *b = worker_start("b", dyn + 2);
-	KREQ_TEST_AWAIT(rebalances(b) >= 1 && rebalances(a) > a0, 60000);
-	expect_reply(slow, 0, "8000", false); /* a resumes what it kept */
-	uint64_t a1 = rebalances(a);
-	kreq_test_worker_stop(b);
-	KREQ_TEST_AWAIT(rebalances(a) > a1, 60000); /* b's partitions come back to a */
-	echo_everywhere(c, "after", 24);
-	kreq_client_destroy(c);
-	kreq_test_worker_stop(a);
+	static const char *const dyn[] = {"worker.max.in.flight", "1", "worker.static.membership",
+	                                  "false", NULL};
+	paused_join_t p = pause_a_then_join_b(dyn);
+	expect_reply(p.slow, 0, "8000", false); /* a resumes what it kept */
+	uint64_t a1 = rebalances(p.a);
+	kreq_test_worker_stop(p.b);
+	KREQ_TEST_AWAIT(rebalances(p.a) > a1, 60000); /* b's partitions come back to a */
+	echo_everywhere(p.c, "after", 24);
+	kreq_client_destroy(p.c);
+	kreq_test_worker_stop(p.a);
 }
 END_TEST
 
