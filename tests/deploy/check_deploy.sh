@@ -28,7 +28,7 @@ KREQ_UID=$(id -u) KREQ_GID=$(id -g) docker-compose --project-directory "$src" \
   fail "docker-compose.yml is invalid (docker-compose config -q)"
 compose=$(KREQ_UID=1000 KREQ_GID=1000 docker-compose --project-directory "$src" \
   -f "$src/docker-compose.yml" config)
-for want in "client.id=kreqd-1" "client.id=kreqd-2" "/healthz" "demo_key" \
+for want in "client.id=kreqd-1" "client.id=kreqd-2" "kreqd.state.dir=/tmp" "/healthz" "demo_key" \
   "condition: service_completed_successfully" "image: apache/kafka"; do
   grep -qF -- "$want" <<<"$compose" || fail "docker-compose.yml lacks $want"
 done
@@ -40,7 +40,8 @@ compose3=$(KREQ_UID=1000 KREQ_GID=1000 docker-compose --project-directory "$src"
   -f "$src/docker-compose.yml" --profile cluster3 config)
 for want in "kafka-c1:" "kafka-c2:" "kafka-c3:" "1@kafka-c1:9093,2@kafka-c2:9093,3@kafka-c3:9093" \
   "--replication-factor 3" "min.insync.replicas=2" "client.id=kreqd-c3a" "client.id=kreqd-c3b" \
-  "kafka.bootstrap.servers=kafka-c1:9092,kafka-c2:9092,kafka-c3:9092" "- cluster3"; do
+  "kafka.bootstrap.servers=kafka-c1:9092,kafka-c2:9092,kafka-c3:9092" "- cluster3" \
+  "kreqd.state.dir=/tmp"; do
   grep -qF -- "$want" <<<"$compose3" || fail "docker-compose.yml --profile cluster3 lacks $want"
 done
 echo "check_deploy: docker-compose.yml is valid (also with --profile cluster3)"
