@@ -34,7 +34,12 @@
  * (e.g. kafka.linger.ms=1), KREQ_BENCH_WORKER_CONF the same for the real
  * worker; KREQ_BENCH_ONLY=256 runs only that load (for a profiler; any
  * other number runs that many calls in flight instead of 256: 1024 shows
- * whether a load is bound by latency or by CPU); KREQ_BENCH_VERBOSE=1 prints
+ * whether a load is bound by latency or by CPU); KREQ_BENCH_REPLICAS=N (1-8,
+ * with KREQ_BENCH_WORKER) runs N real workers in one group, as N replicas
+ * would (client.id bench-worker, bench-worker-1, ...), and
+ * KREQ_BENCH_PARTITIONS=N gives kreq's request topic N partitions (default
+ * 1, as raw's topics; a worker serves a partition's requests in one
+ * transaction at a time, workers share the partitions); KREQ_BENCH_VERBOSE=1 prints
  * every round's rates and CPU (the run-to-run spread of raw is large);
  * KREQ_BENCH_RAW_CONF="name=value,..." sets librdkafka properties of the raw
  * baseline's handles only (e.g. max.in.flight.requests.per.connection=1,
@@ -56,6 +61,8 @@
 #include "kreq/client.h"
 #include "kreq/worker.h"
 #include "proto/envelope.h"
+
+#define MAX_REPLICAS 8 /* KREQ_BENCH_REPLICAS */
 
 static const char *bootstrap;
 static char prefix[64];
@@ -187,10 +194,10 @@ static void assign_end(rd_kafka_t *c, const char *topic)
 	rd_kafka_topic_partition_list_destroy(l);
 }
 
-static void create_topic(const char *topic)
+static void create_topic(const char *topic, int partitions)
 {
 	rd_kafka_t *p = handle(RD_KAFKA_PRODUCER, NULL, false);
-	rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, 1, -1, NULL, 0);
+	rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, partitions, -1, NULL, 0);
 	rd_kafka_queue_t *q = rd_kafka_queue_new(p);
 	rd_kafka_CreateTopics(p, &nt, 1, NULL, q);
 	rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
@@ -254,13 +261,15 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-static kreq_worker_t *worker_start(const char *mode, kreq_keyring_t *kr, pthread_t *t)
+static kreq_worker_t *worker_start(const char *mode, kreq_keyring_t *kr, pthread_t *t, int n)
 {
 	kreq_conf_t *conf = kreq_conf_new();
-	char err[512];
+	char err[512], id[32] = "bench-worker";
+	if (n > 0)
+		snprintf(id, sizeof(id), "bench-worker-%d", n);
 	if (kreq_conf_set(conf, "kafka.bootstrap.servers", bootstrap, err, sizeof(err)) ||
 	    kreq_conf_set(conf, "topic.prefix", prefix, err, sizeof(err)) ||
-	    kreq_conf_set(conf, "client.id", "bench-worker", err, sizeof(err)) ||
+	    kreq_conf_set(conf, "client.id", id, err, sizeof(err)) ||
 	    kreq_conf_set(conf, "worker.mode", mode, err, sizeof(err)) ||
 	    kreq_conf_set(conf, "log.level", "4", err, sizeof(err)))
 		die(err);
@@ -800,9 +809,13 @@ int main(int argc, char **argv)
 	snprintf(ping, sizeof(ping), "%s.raw.ping", prefix);
 	snprintf(pong, sizeof(pong), "%s.raw.pong", prefix);
 	snprintf(req, sizeof(req), "%s.bench.requests", prefix);
-	create_topic(ping);
-	create_topic(pong);
-	create_topic(req);
+	const char *nparts = getenv("KREQ_BENCH_PARTITIONS");
+	int req_parts = nparts && *nparts ? atoi(nparts) : 1;
+	if (req_parts < 1 || req_parts > 64)
+		die("KREQ_BENCH_PARTITIONS must be 1 to 64");
+	create_topic(ping, 1);
+	create_topic(pong, 1);
+	create_topic(req, req_parts);
 
 	kreq_keyring_t *kr = kreq_keyring_new();
 	uint8_t key[32];
@@ -816,12 +829,25 @@ int main(int argc, char **argv)
 	if (strcmp(worker, "bench") && strcmp(worker, "light") && strcmp(worker, "transactional"))
 		die("KREQ_BENCH_WORKER must be bench, light or transactional");
 	echo_t *re = echo_start(false, false, ping, pong, NULL), *ke = NULL, *te = NULL;
-	kreq_worker_t *srv = NULL;
-	pthread_t srv_thread;
+	kreq_worker_t *srvs[MAX_REPLICAS] = {NULL}, *srv = NULL;
+	pthread_t srv_threads[MAX_REPLICAS];
+	const char *nrep = getenv("KREQ_BENCH_REPLICAS");
+	int replicas = nrep && *nrep ? atoi(nrep) : 1;
+	if (replicas < 1 || replicas > MAX_REPLICAS)
+		die("KREQ_BENCH_REPLICAS must be 1 to 8");
 	if (!strcmp(worker, "bench"))
 		ke = echo_start(true, false, req, "", kr);
 	else
-		srv = worker_start(worker, kr, &srv_thread);
+		for (int i = 0; i < replicas; i++)
+			srv = srvs[i] = worker_start(worker, kr, &srv_threads[i], i);
+	int64_t until = kreq__mono_ns() + 60 * 1000000000LL;
+	for (int i = 0; srv && i < replicas; i++) /* a later one's join rebalanced the group */
+		while (!kreq_worker_ready(srvs[i])) {
+			if (kreq__mono_ns() > until)
+				die("the workers were not all serving within 60 s of the last "
+				    "one's start");
+			nanosleep(&(struct timespec){0, 10000000}, NULL);
+		}
 	char group[200];
 	snprintf(group, sizeof(group), "%s-raw", prefix);
 	raw_t raw = {.p = handle(RD_KAFKA_PRODUCER, NULL, true),
@@ -837,8 +863,8 @@ int main(int argc, char **argv)
 		char tping[160], tpong[160];
 		snprintf(tping, sizeof(tping), "%s.rawtx.ping", prefix);
 		snprintf(tpong, sizeof(tpong), "%s.rawtx.pong", prefix);
-		create_topic(tping);
-		create_topic(tpong);
+		create_topic(tping, 1);
+		create_topic(tpong, 1);
 		te = echo_start(false, true, tping, tpong, NULL);
 		snprintf(group, sizeof(group), "%s-rawtx", prefix);
 		rawtx.p = handle(RD_KAFKA_PRODUCER, NULL, true);
@@ -909,18 +935,24 @@ int main(int argc, char **argv)
 	if (ke)
 		echo_stop(ke);
 	if (srv) {
-		char *text = NULL; /* how the worker batched its work */
-		if (kreq_worker_metrics_text(srv, &text) == KREQ_OK) {
-			for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
-				if (!strncmp(l, "kreq_worker_txn_commit_seconds_sum", 34) ||
-				    !strncmp(l, "kreq_worker_txn_commit_seconds_count", 36) ||
-				    !strncmp(l, "kreq_worker_txn_batch_size_sum", 30))
-					printf("# %s\n", l);
-			free(text);
+		for (int i = 0; i < replicas; i++) {
+			char *text = NULL; /* how the worker batched its work */
+			if (kreq_worker_metrics_text(srvs[i], &text) == KREQ_OK) {
+				for (char *l = strtok(text, "\n"); l; l = strtok(NULL, "\n"))
+					if (!strncmp(l, "kreq_worker_txn_commit_seconds_sum", 34) ||
+					    !strncmp(l, "kreq_worker_txn_commit_seconds_count",
+					             36) ||
+					    !strncmp(l, "kreq_worker_txn_batch_size_sum", 30))
+						printf("# %s\n", l);
+				free(text);
+			}
 		}
-		kreq_worker_stop(srv);
-		pthread_join(srv_thread, NULL);
-		kreq_worker_destroy(srv);
+		for (int i = 0; i < replicas; i++)
+			kreq_worker_stop(srvs[i]);
+		for (int i = 0; i < replicas; i++) {
+			pthread_join(srv_threads[i], NULL);
+			kreq_worker_destroy(srvs[i]);
+		}
 	}
 	kreq_keyring_release(kr);
 	delete_topics();
