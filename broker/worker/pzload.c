@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "broker/worker/poison.h"
 #include "broker/worker/poison_int.h"
@@ -132,9 +133,49 @@ static int64_t deadline_ns(const kreq_worker_t *s)
 	       kreq__conf_int(s->conf, KREQ__P_WORKER_REBUILD_TIMEOUT_MS) * 1000000LL;
 }
 
+/* Errors a query meets while a partition's leadership moves (a Kafka
+ * broker restarted, or fenced by its controller and back, as after a
+ * freeze longer than broker.session.timeout.ms: "Leader epoch is older
+ * than broker epoch") or while a coordinator loads: gone a moment later.
+ * Such a query is asked again until worker.dedup.rebuild.timeout.ms, not
+ * taken as fatal (test_fence's outage case stopped the worker so). */
+static bool transient(rd_kafka_resp_err_t e)
+{
+	switch (e) {
+	case RD_KAFKA_RESP_ERR_FENCED_LEADER_EPOCH:
+	case RD_KAFKA_RESP_ERR_UNKNOWN_LEADER_EPOCH:
+	case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+	case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+	case RD_KAFKA_RESP_ERR_REPLICA_NOT_AVAILABLE:
+	case RD_KAFKA_RESP_ERR_OFFSET_NOT_AVAILABLE:
+	case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+	case RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS:
+	case RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE:
+	case RD_KAFKA_RESP_ERR_NOT_COORDINATOR:
+	case RD_KAFKA_RESP_ERR__TIMED_OUT:
+	case RD_KAFKA_RESP_ERR__TRANSPORT:
+	case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+	case RD_KAFKA_RESP_ERR__WAIT_COORD:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* After a transient error: true (having slept a step) while there is time
+ * left before until and no stop was asked; the caller asks again. */
+static bool ask_again(kreq_worker_t *s, rd_kafka_resp_err_t e, int64_t until, const char *what)
+{
+	if (!transient(e) || atomic_load(&s->stop) || kreq__mono_ns() >= until)
+		return false;
+	kreq__log(s->conf, 6, "worker", "%s: %s: asking again", what, rd_kafka_err2str(e));
+	nanosleep(&(struct timespec){.tv_nsec = KREQ__PZ_READ_STEP * 1000000L}, NULL);
+	return true;
+}
+
 /* Committed offsets of the requests partitions; which have uncommitted
  * records (ld[i].done when none). */
-static int committed_offsets(kreq_worker_t *s, load_t *ld, int n, int tmo)
+static rd_kafka_resp_err_t committed_once(kreq_worker_t *s, load_t *ld, int n, int tmo)
 {
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
 	for (int i = 0; i < n; i++)
@@ -142,8 +183,10 @@ static int committed_offsets(kreq_worker_t *s, load_t *ld, int n, int tmo)
 	rd_kafka_resp_err_t kerr = rd_kafka_committed(s->consumer, l, tmo);
 	for (int i = 0; !kerr && i < n; i++) {
 		int64_t lo = 0, hi = 0;
-		kerr = rd_kafka_query_watermark_offsets(s->reader, s->req_topic, ld[i].pt->id, &lo,
-		                                        &hi, tmo);
+		kerr = transient(l->elems[i].err)
+		           ? l->elems[i].err
+		           : rd_kafka_query_watermark_offsets(s->reader, s->req_topic, ld[i].pt->id,
+		                                              &lo, &hi, tmo);
 		int64_t c = l->elems[i].offset >= 0 ? l->elems[i].offset : lo;
 		ld[i].committed = c;
 		ld[i].req_end = hi;
@@ -151,6 +194,16 @@ static int committed_offsets(kreq_worker_t *s, load_t *ld, int n, int tmo)
 		ld[i].ts = -1;
 	}
 	rd_kafka_topic_partition_list_destroy(l);
+	return kerr;
+}
+
+static int committed_offsets(kreq_worker_t *s, load_t *ld, int n, int tmo)
+{
+	int64_t until = deadline_ns(s);
+	rd_kafka_resp_err_t kerr;
+	while ((kerr = committed_once(s, ld, n, tmo)) &&
+	       ask_again(s, kerr, until, "reading committed offsets"))
+		;
 	if (kerr)
 		kreq__loop_fatal(s, KREQ_EKAFKA, "reading committed offsets of %s: %s",
 		                 s->req_topic, rd_kafka_err2str(kerr));
@@ -250,7 +303,7 @@ static bool got_attempt(kreq_worker_t *s, load_t *ld, const rd_kafka_message_t *
 }
 
 /* Where to start reading each attempts partition, and its end. */
-static int attempt_range(kreq_worker_t *s, load_t *ld, int n, int tmo)
+static rd_kafka_resp_err_t range_once(kreq_worker_t *s, load_t *ld, int n, int tmo)
 {
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
 	int64_t back = s->lim.skew_ms + KREQ__PZ_TS_MARGIN;
@@ -260,14 +313,26 @@ static int attempt_range(kreq_worker_t *s, load_t *ld, int n, int tmo)
 	rd_kafka_resp_err_t kerr = rd_kafka_offsets_for_times(s->reader, l, tmo);
 	for (int i = 0; !kerr && i < n; i++) {
 		int64_t lo = 0, hi = 0;
-		kerr = rd_kafka_query_watermark_offsets(s->reader, s->pz->att_topic, ld[i].pt->id,
-		                                        &lo, &hi, tmo);
+		kerr = transient(l->elems[i].err)
+		           ? l->elems[i].err
+		           : rd_kafka_query_watermark_offsets(s->reader, s->pz->att_topic,
+		                                              ld[i].pt->id, &lo, &hi, tmo);
 		int64_t from = l->elems[i].offset; /* -1: nothing since then */
 		ld[i].end = hi;
 		ld[i].start = from >= 0 ? from : hi;
 		ld[i].done = ld[i].none || ld[i].start >= hi;
 	}
 	rd_kafka_topic_partition_list_destroy(l);
+	return kerr;
+}
+
+static int attempt_range(kreq_worker_t *s, load_t *ld, int n, int tmo)
+{
+	int64_t until = deadline_ns(s);
+	rd_kafka_resp_err_t kerr;
+	while ((kerr = range_once(s, ld, n, tmo)) &&
+	       ask_again(s, kerr, until, "finding the attempts to read"))
+		;
 	if (kerr)
 		kreq__loop_fatal(s, KREQ_EKAFKA, "finding the attempts of %s to read: %s",
 		                 s->pz->att_topic, rd_kafka_err2str(kerr));
