@@ -164,11 +164,13 @@ static bool transient(rd_kafka_resp_err_t e)
 
 /* After a transient error: true (having slept a step) while there is time
  * left before until and no stop was asked; the caller asks again. */
-static bool ask_again(kreq_worker_t *s, rd_kafka_resp_err_t e, int64_t until, const char *what)
+static bool ask_again(kreq_worker_t *s, rd_kafka_resp_err_t e, int64_t until, const char *pre,
+                      const char *topic, const char *post)
 {
 	if (!transient(e) || atomic_load(&s->stop) || kreq__mono_ns() >= until)
 		return false;
-	kreq__log(s->conf, 6, "worker", "%s: %s: asking again", what, rd_kafka_err2str(e));
+	kreq__log(s->conf, 6, "worker", "%s%s%s: %s: asking again", pre, topic, post,
+	          rd_kafka_err2str(e));
 	nanosleep(&(struct timespec){.tv_nsec = KREQ__PZ_READ_STEP * 1000000L}, NULL);
 	return true;
 }
@@ -195,19 +197,6 @@ static rd_kafka_resp_err_t committed_once(kreq_worker_t *s, load_t *ld, int n, i
 	}
 	rd_kafka_topic_partition_list_destroy(l);
 	return kerr;
-}
-
-static int committed_offsets(kreq_worker_t *s, load_t *ld, int n, int tmo)
-{
-	int64_t until = deadline_ns(s);
-	rd_kafka_resp_err_t kerr;
-	while ((kerr = committed_once(s, ld, n, tmo)) &&
-	       ask_again(s, kerr, until, "reading committed offsets"))
-		;
-	if (kerr)
-		kreq__loop_fatal(s, KREQ_EKAFKA, "reading committed offsets of %s: %s",
-		                 s->req_topic, rd_kafka_err2str(kerr));
-	return kerr ? KREQ_EKAFKA : KREQ_OK;
 }
 
 /* Polls the reader until every partition in ld not done is done per
@@ -326,16 +315,21 @@ static rd_kafka_resp_err_t range_once(kreq_worker_t *s, load_t *ld, int n, int t
 	return kerr;
 }
 
-static int attempt_range(kreq_worker_t *s, load_t *ld, int n, int tmo)
+/* Runs one of the queries above, asked again after transient errors
+ * (ask_again); any other error, or one still there at the deadline, is
+ * fatal: "<pre><topic><post>: <error>". */
+typedef rd_kafka_resp_err_t(query_t)(kreq_worker_t *s, load_t *ld, int n, int tmo);
+
+static int query(kreq_worker_t *s, load_t *ld, int n, int tmo, query_t *once, const char *pre,
+                 const char *topic, const char *post)
 {
 	int64_t until = deadline_ns(s);
 	rd_kafka_resp_err_t kerr;
-	while ((kerr = range_once(s, ld, n, tmo)) &&
-	       ask_again(s, kerr, until, "finding the attempts to read"))
+	while ((kerr = once(s, ld, n, tmo)) && ask_again(s, kerr, until, pre, topic, post))
 		;
 	if (kerr)
-		kreq__loop_fatal(s, KREQ_EKAFKA, "finding the attempts of %s to read: %s",
-		                 s->pz->att_topic, rd_kafka_err2str(kerr));
+		kreq__loop_fatal(s, KREQ_EKAFKA, "%s%s%s: %s", pre, topic, post,
+		                 rd_kafka_err2str(kerr));
 	return kerr ? KREQ_EKAFKA : KREQ_OK;
 }
 
@@ -351,12 +345,14 @@ int kreq__poison_load(kreq_worker_t *s, kreq__part_t **parts, int n)
 	}
 	for (int i = 0; i < n; i++)
 		ld[i].pt = parts[i];
-	int err = committed_offsets(s, ld, n, tmo);
+	int err =
+	    query(s, ld, n, tmo, committed_once, "reading committed offsets of ", s->req_topic, "");
 	if (!err && !(err = assign(s, ld, n, s->req_topic, true)))
 		err = poll_until(s, ld, n, s->req_topic, got_request);
 	rd_kafka_assign(s->reader, NULL);
 	if (!err)
-		err = attempt_range(s, ld, n, tmo);
+		err = query(s, ld, n, tmo, range_once, "finding the attempts of ", s->pz->att_topic,
+		            " to read");
 	if (!err && !(err = assign(s, ld, n, s->pz->att_topic, false)))
 		err = poll_until(s, ld, n, s->pz->att_topic, got_attempt);
 	rd_kafka_assign(s->reader, NULL);
