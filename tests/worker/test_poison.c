@@ -527,15 +527,22 @@ static void run(const char *mode, bool journal)
 	ck_assert_int_eq(total_deaths, N_ATTEMPTS);
 	kreq_client_destroy(c);
 	/* metrics: the replica that answered 10 counted it (the other, if it
-	 * restarted since, starts at 0); both recorded handler starts */
+	 * restarted since, starts at 0); both recorded handler starts. The
+	 * counters count decisions: in transactional mode a rebalance can abort
+	 * the transaction that held the poison answer, and the replica that
+	 * owns the partition next decides (and counts) it again
+	 * (docs/operations.md, metrics). Exactly once is what was committed:
+	 * check_dead_letter() finds one dead letter, read_committed, and the
+	 * client got one status-10 answer. */
 	long long poisoned = 0, handled_poison = 0, written = 0;
 	for (int i = 0; i < 2; i++) {
 		poisoned += metric(&reps[i], "kreq_worker_poison_total{");
 		handled_poison += metric(&reps[i], "outcome=\"poison\"}");
 		written += metric(&reps[i], "kreq_worker_attempts_written_total{");
 	}
-	ck_assert_int_eq(poisoned, 1);
-	ck_assert_int_eq(handled_poison, 1);
+	ck_assert_int_ge(poisoned, 1);
+	ck_assert_int_le(poisoned, 3);
+	ck_assert_int_eq(handled_poison, poisoned);
 	ck_assert_int_gt(written, 0); /* the suspects' acknowledged starts at least */
 	check_dead_letter(idem);
 	printf("poison (%s mode%s): answered status 10 after %d crashes (%s %d, %s %d); %d "
