@@ -88,11 +88,13 @@ typedef struct {
 	bool started;
 } freeze_t;
 
-/* Two freezes per run, a third and two thirds into the load: a freeze
- * meets a transaction call only if the worker has one under way at that
- * instant, which one freeze missed now and then (1 run in 9; then no
- * fencing was due and the run proved nothing). */
-#define NFREEZES 2
+/* Several freezes per run, spread evenly over the load: a freeze meets a
+ * transaction call only if the worker has one under way at that instant,
+ * which one freeze missed now and then (1 run in 9; then no fencing was
+ * due and the run proved nothing), and two 4 s freezes both missed once
+ * under ASan's timing. The commit case (4 s each) freezes four times, the
+ * outage case (10 s, every call of the worker's is due by then) twice. */
+#define MAX_FREEZES 4
 
 /* The fault, beside the load: the load client goes on submitting, so the
  * worker has calls in flight and a transaction open when Kafka freezes.
@@ -116,7 +118,7 @@ static void *freeze_thread(void *arg)
 static void freeze_schedule(int step, void *arg)
 {
 	freeze_t *fs = arg;
-	for (int i = 0; i < NFREEZES; i++) {
+	for (int i = 0; i < MAX_FREEZES && fs[i].at_step > 0; i++) {
 		if (step != fs[i].at_step)
 			continue;
 		ck_assert_int_eq(pthread_create(&fs[i].thread, NULL, freeze_thread, &fs[i]), 0);
@@ -156,7 +158,7 @@ static int epochs_of(const char *txn_id, char *line, size_t size)
  * waits for Kafka before every handler start (up to 15 s, broker/worker/poison.c),
  * and a frozen Kafka mostly caught it there, with no transaction call in
  * flight. */
-static void run_freeze(const char *name, const char *settings, int frozen_ms)
+static void run_freeze(const char *name, const char *settings, int nfreezes, int frozen_ms)
 {
 	char all[1024];
 	snprintf(journal_path, sizeof(journal_path), "%s.journal", record_path);
@@ -164,11 +166,14 @@ static void run_freeze(const char *name, const char *settings, int frozen_ms)
 	setenv("KREQ_FAULT_WORKER_SET", all, 1);
 	worker_spawn(0, "transactional");
 	kafka_pid = read_kafka_pid();
-	freeze_t fs[NFREEZES] = {{.at_step = NOPS / 3, .frozen_ms = frozen_ms},
-	                         {.at_step = 2 * NOPS / 3, .frozen_ms = frozen_ms}};
+	ck_assert(nfreezes >= 1 && nfreezes <= MAX_FREEZES);
+	freeze_t fs[MAX_FREEZES] = {{0}};
+	for (int i = 0; i < nfreezes; i++)
+		fs[i] =
+		    (freeze_t){.at_step = (i + 1) * NOPS / (nfreezes + 1), .frozen_ms = frozen_ms};
 	int64_t t0 = kreq_test_now_ms();
 	run_load(NOPS, freeze_schedule, fs);
-	for (int i = 0; i < NFREEZES; i++) {
+	for (int i = 0; i < nfreezes; i++) {
 		ck_assert_msg(fs[i].started, "the load ended before freeze %d", i + 1);
 		pthread_join(fs[i].thread, NULL);
 		ck_assert_msg(fs[i].thaw_ms > fs[i].fault_ms, "Kafka was not frozen");
@@ -182,11 +187,11 @@ static void run_freeze(const char *name, const char *settings, int frozen_ms)
 	snprintf(txn_id, sizeof(txn_id), "%s.svc.w0", prefix);
 	int epochs = epochs_of(txn_id, line, sizeof(line));
 	stall_t s = load_stall(NOPS, t0, kreq_test_now_ms());
-	fprintf(
-	    stderr,
-	    "fence %s: %d calls, Kafka frozen twice %d ms, longest time without a reply %lld ms, "
-	    "%d uncommitted executions redone; %s",
-	    name, NOPS, frozen_ms, (long long)s.max_gap_ms, reruns, line);
+	fprintf(stderr,
+	        "fence %s: %d calls, Kafka frozen %d times %d ms, longest time without a reply "
+	        "%lld ms, "
+	        "%d uncommitted executions redone; %s",
+	        name, NOPS, nfreezes, frozen_ms, (long long)s.max_gap_ms, reruns, line);
 	ck_assert_msg(epochs >= 2,
 	              "%s: the worker's transactions ran under %d producer epoch(s) (%s): a call "
 	              "whose outcome was unknown was retried in the old epoch",
@@ -198,7 +203,7 @@ static void run_freeze(const char *name, const char *settings, int frozen_ms)
  * the call's timeout at 1.5 s: fenced, rewound, nothing lost. */
 START_TEST(test_unknown_commit_fences)
 {
-	run_freeze("commit", "worker.txn.call.timeout.ms=1500", 4000);
+	run_freeze("commit", "worker.txn.call.timeout.ms=1500", 4, 4000);
 }
 END_TEST
 
@@ -213,7 +218,7 @@ START_TEST(test_outage_beyond_start_timeout)
 	run_freeze("outage",
 	           "worker.txn.call.timeout.ms=1500;worker.start.timeout.ms=4000;"
 	           "kafka.transaction.timeout.ms=60000",
-	           10000);
+	           2, 10000);
 }
 END_TEST
 
