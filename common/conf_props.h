@@ -152,7 +152,9 @@
 	  86400000,                                                                                \
 	  "Longest a worker's dedup rebuild may take when partitions are assigned, waiting for "   \
 	  "transactions open on the results topic when it started included; past it the worker "   \
-	  "stops (kreqd exits 1) naming the partition.")                                           \
+	  "stops (kreqd exits 1) naming the partition. Also how long a serving worker asks "       \
+	  "Kafka again, at an assignment, when Kafka does not answer (a Kafka broker restarting "  \
+	  "or moving its partitions' leadership).")                                                \
 	X(WORKER_TOPIC_PARTITIONS, "worker.topic.partitions", INT, "6", 1, 100000,                 \
 	  "Partitions of the requests and results topics when the worker creates them.")           \
 	X(WORKER_TOPIC_REPLICATION, "worker.topic.replication.factor", INT, "0", -1, 32,           \

@@ -347,7 +347,7 @@ static void replication_check(kreq_worker_t *s)
 
 static int ensure_topics(kreq_worker_t *s)
 {
-	int nreq = kreq__topic_partitions_await(s, s->req_topic, false);
+	int nreq = kreq__topic_partitions_await(s, s->req_topic, false, false);
 	if (nreq < 0)
 		return -1;
 	if (nreq == 0) {
@@ -356,7 +356,7 @@ static int ensure_topics(kreq_worker_t *s)
 		    (nreq = kreq__topic_await_ready(s, s->req_topic)) <= 0)
 			return -1;
 	}
-	int nres = kreq__topic_partitions_await(s, s->res_topic, false);
+	int nres = kreq__topic_partitions_await(s, s->res_topic, false, false);
 	if (nres < 0)
 		return -1;
 	bool created = nres == 0;
@@ -366,7 +366,7 @@ static int ensure_topics(kreq_worker_t *s)
 			return -1;
 	}
 	/* exists, compacted, long enough retention, co-partitioned (rebuild.c) */
-	if (kreq__results_topic_check(s, nreq, created))
+	if (kreq__results_topic_check(s, nreq, created, false))
 		return -1;
 	replication_check(s);
 	s->nparts = nreq;

@@ -190,7 +190,7 @@ static int create(kreq_worker_t *s, const char *topic, int partitions, const cha
  * is missing and cannot be created (librdkafka's mock cluster). */
 static int ensure(kreq_worker_t *s, const char *topic, int nreq, const char *const *cfg)
 {
-	int n = kreq__topic_partitions_await(s, topic, false); /* < 0: failed, said */
+	int n = kreq__topic_partitions_await(s, topic, false, false); /* < 0: failed, said */
 	if (n != 0)
 		return n;
 	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_WORKER_START_TIMEOUT_MS);

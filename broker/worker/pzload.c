@@ -136,38 +136,15 @@ static int64_t deadline_ns(const kreq_worker_t *s)
 /* Errors a query meets while a partition's leadership moves (a Kafka
  * broker restarted, or fenced by its controller and back, as after a
  * freeze longer than broker.session.timeout.ms: "Leader epoch is older
- * than broker epoch") or while a coordinator loads: gone a moment later.
- * Such a query is asked again until worker.dedup.rebuild.timeout.ms, not
- * taken as fatal (test_fence's outage case stopped the worker so). */
-static bool transient(rd_kafka_resp_err_t e)
-{
-	switch (e) {
-	case RD_KAFKA_RESP_ERR_FENCED_LEADER_EPOCH:
-	case RD_KAFKA_RESP_ERR_UNKNOWN_LEADER_EPOCH:
-	case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
-	case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
-	case RD_KAFKA_RESP_ERR_REPLICA_NOT_AVAILABLE:
-	case RD_KAFKA_RESP_ERR_OFFSET_NOT_AVAILABLE:
-	case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
-	case RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS:
-	case RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE:
-	case RD_KAFKA_RESP_ERR_NOT_COORDINATOR:
-	case RD_KAFKA_RESP_ERR__TIMED_OUT:
-	case RD_KAFKA_RESP_ERR__TRANSPORT:
-	case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
-	case RD_KAFKA_RESP_ERR__WAIT_COORD:
-		return true;
-	default:
-		return false;
-	}
-}
-
+ * than broker epoch") or while a coordinator loads are asked again until
+ * worker.dedup.rebuild.timeout.ms, not taken as fatal (test_fence's outage
+ * case stopped the worker so): kreq__kafka_transient(). */
 /* After a transient error: true (having slept a step) while there is time
  * left before until and no stop was asked; the caller asks again. */
 static bool ask_again(kreq_worker_t *s, rd_kafka_resp_err_t e, int64_t until, const char *pre,
                       const char *topic, const char *post)
 {
-	if (!transient(e) || atomic_load(&s->stop) || kreq__mono_ns() >= until)
+	if (!kreq__kafka_transient(e) || atomic_load(&s->stop) || kreq__mono_ns() >= until)
 		return false;
 	kreq__log(s->conf, 6, "worker", "%s%s%s: %s: asking again", pre, topic, post,
 	          rd_kafka_err2str(e));
@@ -185,7 +162,7 @@ static rd_kafka_resp_err_t committed_once(kreq_worker_t *s, load_t *ld, int n, i
 	rd_kafka_resp_err_t kerr = rd_kafka_committed(s->consumer, l, tmo);
 	for (int i = 0; !kerr && i < n; i++) {
 		int64_t lo = 0, hi = 0;
-		kerr = transient(l->elems[i].err)
+		kerr = kreq__kafka_transient(l->elems[i].err)
 		           ? l->elems[i].err
 		           : rd_kafka_query_watermark_offsets(s->reader, s->req_topic, ld[i].pt->id,
 		                                              &lo, &hi, tmo);
@@ -302,7 +279,7 @@ static rd_kafka_resp_err_t range_once(kreq_worker_t *s, load_t *ld, int n, int t
 	rd_kafka_resp_err_t kerr = rd_kafka_offsets_for_times(s->reader, l, tmo);
 	for (int i = 0; !kerr && i < n; i++) {
 		int64_t lo = 0, hi = 0;
-		kerr = transient(l->elems[i].err)
+		kerr = kreq__kafka_transient(l->elems[i].err)
 		           ? l->elems[i].err
 		           : rd_kafka_query_watermark_offsets(s->reader, s->pz->att_topic,
 		                                              ld[i].pt->id, &lo, &hi, tmo);

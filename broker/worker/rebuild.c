@@ -92,18 +92,27 @@ static bool retention_ok(const char *value, int64_t want)
 }
 
 /* The configuration of the results topic, when it is wrong: the error
- * (loop_fatal'ed) or KREQ_OK. created: retry while the Kafka broker asked
- * does not know the new topic yet (metadata propagates between brokers). */
-static int config_check(kreq_worker_t *s, int tmo, bool created)
+ * (loop_fatal'ed) or KREQ_OK. Asked again until `until` while Kafka's
+ * answer is transient (kreq__kafka_transient(): a frozen or restarting
+ * Kafka broker, test_fence's outage case) and, if created, while the
+ * Kafka broker asked does not know the new topic yet (metadata propagates
+ * between brokers). */
+static int config_check(kreq_worker_t *s, int64_t until, bool created, const char *bound)
 {
 	static const char *const names[] = {"cleanup.policy", "retention.ms", NULL};
 	char *v[2] = {NULL, NULL};
-	int64_t until = kreq__mono_ns() + tmo * 1000000LL;
 	rd_kafka_resp_err_t kerr;
-	while ((kerr = kreq__topic_configs(s->reader, s->res_topic, names, v, tmo)) ==
-	           RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART &&
-	       created && kreq__mono_ns() < until && !atomic_load(&s->stop))
+	for (;;) {
+		int64_t left_ms = (until - kreq__mono_ns()) / 1000000;
+		kerr = kreq__topic_configs(
+		    s->reader, s->res_topic, names, v,
+		    (int)(left_ms < 5000 ? (left_ms > 100 ? left_ms : 100) : 5000));
+		bool again = kreq__kafka_transient(kerr) ||
+		             (kerr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART && created);
+		if (!again || kreq__mono_ns() >= until || atomic_load(&s->stop))
+			break;
 		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL); /* backoff */
+	}
 	int err = KREQ_ECONF;
 	if (kerr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
 		kreq__loop_fatal(s, err,
@@ -112,8 +121,10 @@ static int config_check(kreq_worker_t *s, int tmo, bool created)
 		                 s->res_topic);
 	else if (kerr)
 		kreq__loop_fatal(s, err = KREQ_EKAFKA,
-		                 "reading the configuration of results topic %s: %s", s->res_topic,
-		                 rd_kafka_err2str(kerr));
+		                 "reading the configuration of results topic %s: %s%s%s",
+		                 s->res_topic, rd_kafka_err2str(kerr),
+		                 kreq__kafka_transient(kerr) ? " until " : "",
+		                 kreq__kafka_transient(kerr) ? bound : "");
 	else if (!v[0] || !strstr(v[0], "compact"))
 		kreq__loop_fatal(s, err,
 		                 "results topic %s has cleanup.policy=%s: it must include compact",
@@ -131,10 +142,32 @@ static int config_check(kreq_worker_t *s, int tmo, bool created)
 	return err;
 }
 
-int kreq__results_topic_check(kreq_worker_t *s, int nreq, bool created)
+/* Whether the cluster has a controller among its Kafka brokers (1), has
+ * none (0: librdkafka's mock cluster), or did not answer (-1), asked
+ * again until `until` while it does not answer. A cluster whose controller
+ * answered once is taken as real for good: a Kafka broker restarting can
+ * name no controller for a moment. */
+static int admin_served(kreq_worker_t *s, int64_t until)
 {
-	int tmo = (int)kreq__conf_int(s->conf, KREQ__P_WORKER_START_TIMEOUT_MS);
-	int served = kreq__topic_admin_served(s->reader, tmo);
+	int served;
+	for (;;) {
+		int64_t left_ms = (until - kreq__mono_ns()) / 1000000;
+		served = kreq__topic_admin_served(
+		    s->reader, (int)(left_ms < 5000 ? (left_ms > 100 ? left_ms : 100) : 5000));
+		if (served >= 0 || kreq__mono_ns() >= until || atomic_load(&s->stop))
+			break;
+		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL); /* backoff */
+	}
+	if (served == 0 && s->results_checked)
+		served = 1;
+	return served;
+}
+
+int kreq__results_topic_check(kreq_worker_t *s, int nreq, bool created, bool serving)
+{
+	const char *bound;
+	int64_t until = kreq__mono_ns() + kreq__topic_wait_ms(s, serving, &bound) * 1000000LL;
+	int served = admin_served(s, until);
 	if (served == 0 && !s->results_check_skipped) {
 		s->results_check_skipped = true;
 		kreq__log(
@@ -144,19 +177,19 @@ int kreq__results_topic_check(kreq_worker_t *s, int nreq, bool created)
 		    "checked",
 		    s->res_topic);
 	}
-	int err = served != 0 ? config_check(s, tmo, created) : KREQ_OK;
+	int err = served != 0 ? config_check(s, until, created, bound) : KREQ_OK;
 	if (err)
 		return err;
+	s->results_checked = served == 1;
 	/* it exists (checked above): 0 is a Kafka broker that does not show it
 	 * yet, -1 an unavailable Kafka (fatal, KREQ_EUNAVAILABLE); neither is
 	 * a partition count to compare */
-	int nres = kreq__topic_partitions_await(s, s->res_topic, true);
+	int nres = kreq__topic_partitions_await(s, s->res_topic, true, serving);
 	if (nres < 0)
 		return KREQ_EUNAVAILABLE;
 	if (nres == 0) {
-		kreq__loop_fatal(s, KREQ_EKAFKA,
-		                 "no metadata for results topic %s within worker.start.timeout.ms",
-		                 s->res_topic);
+		kreq__loop_fatal(s, KREQ_EKAFKA, "no metadata for results topic %s within %s",
+		                 s->res_topic, bound);
 		return KREQ_EKAFKA;
 	}
 	if (nres != nreq) {
@@ -341,7 +374,7 @@ int kreq__rebuild(kreq_worker_t *s, kreq__part_t **parts, int n)
 {
 	if (n == 0)
 		return KREQ_OK;
-	int err = kreq__results_topic_check(s, s->nparts, false);
+	int err = kreq__results_topic_check(s, s->nparts, false, true);
 	if (err)
 		return err;
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);

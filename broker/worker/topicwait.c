@@ -18,16 +18,49 @@
 #include "common/internal.h"
 #include "common/topic_admin.h"
 
+int64_t kreq__topic_wait_ms(const kreq_worker_t *s, bool serving, const char **name)
+{
+	*name = serving ? "worker.dedup.rebuild.timeout.ms" : "worker.start.timeout.ms";
+	return kreq__conf_int(s->conf, serving ? KREQ__P_WORKER_REBUILD_TIMEOUT_MS
+	                                       : KREQ__P_WORKER_START_TIMEOUT_MS);
+}
+
+bool kreq__kafka_transient(rd_kafka_resp_err_t e)
+{
+	switch (e) {
+	case RD_KAFKA_RESP_ERR_FENCED_LEADER_EPOCH:
+	case RD_KAFKA_RESP_ERR_UNKNOWN_LEADER_EPOCH:
+	case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+	case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+	case RD_KAFKA_RESP_ERR_REPLICA_NOT_AVAILABLE:
+	case RD_KAFKA_RESP_ERR_OFFSET_NOT_AVAILABLE:
+	case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+	case RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS:
+	case RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE:
+	case RD_KAFKA_RESP_ERR_NOT_COORDINATOR:
+	case RD_KAFKA_RESP_ERR_NOT_CONTROLLER:
+	case RD_KAFKA_RESP_ERR_BROKER_NOT_AVAILABLE:
+	case RD_KAFKA_RESP_ERR__TIMED_OUT:
+	case RD_KAFKA_RESP_ERR__TRANSPORT:
+	case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+	case RD_KAFKA_RESP_ERR__WAIT_COORD:
+		return true;
+	default:
+		return false;
+	}
+}
+
 /* topic's partition count (0: no such topic), asked again while Kafka
  * does not answer (a Kafka broker stopping or restarting, an overloaded
  * host), and while the topic reads as missing if exists (just created,
- * or known to exist), until worker.start.timeout.ms from now or a stop.
+ * or known to exist), until kreq__topic_wait_ms() from now or a stop.
  * A lookup that failed is an unavailable Kafka, never a partition count:
  * -1 then, the loop failed with KREQ_EUNAVAILABLE (kreqd exits 1, which
  * its supervisor restarts). A topic still missing returns 0, not fatal. */
-int kreq__topic_partitions_await(kreq_worker_t *s, const char *topic, bool exists)
+int kreq__topic_partitions_await(kreq_worker_t *s, const char *topic, bool exists, bool serving)
 {
-	int64_t tmo = kreq__conf_int(s->conf, KREQ__P_WORKER_START_TIMEOUT_MS);
+	const char *bound;
+	int64_t tmo = kreq__topic_wait_ms(s, serving, &bound);
 	int64_t now = kreq__mono_ns(), until = now + tmo * 1000000LL;
 	bool logged = false;
 	int n;
@@ -43,8 +76,8 @@ int kreq__topic_partitions_await(kreq_worker_t *s, const char *topic, bool exist
 			logged = true;
 			kreq__log(s->conf, 4, "worker",
 			          "Kafka did not answer a metadata request for topic %s: asking "
-			          "again for up to worker.start.timeout.ms (%lld ms)",
-			          topic, (long long)tmo);
+			          "again for up to %s (%lld ms)",
+			          topic, bound, (long long)tmo);
 		}
 		/* backoff: a refused connection may fail the lookup at once */
 		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL);
@@ -52,9 +85,8 @@ int kreq__topic_partitions_await(kreq_worker_t *s, const char *topic, bool exist
 	if (n < 0)
 		kreq__loop_fatal(s, KREQ_EUNAVAILABLE,
 		                 "Kafka did not answer a metadata request for topic %s within "
-		                 "worker.start.timeout.ms (%lld ms; is kafka.bootstrap.servers "
-		                 "right?)",
-		                 topic, (long long)tmo);
+		                 "%s (%lld ms; is kafka.bootstrap.servers right?)",
+		                 topic, bound, (long long)tmo);
 	return n;
 }
 

@@ -190,6 +190,7 @@ struct kreq_worker_s {
 	kreq__topics_t topics;      /* output topics: producer handles (broker/worker/topics.h) */
 	int64_t fenced_since_ms;    /* txn.c fenced_too_often(): window start */
 	bool results_check_skipped; /* rebuild.c: "not checked" logged (mock cluster) */
+	bool results_checked;       /* rebuild.c: a Kafka controller answered the check once */
 	int fenced_count;
 	int64_t producer_retry_ns; /* kafka.c: next attempt to re-create the producer */
 	/* sockets the transactional producer closed (kafka.c on_txn_close, a
@@ -360,11 +361,23 @@ int kreq__ghost_read(kreq_worker_t *s, int32_t p, int64_t offset, const uint8_t 
  * returns them; s->fatal stops the loop), logged. */
 void kreq__loop_fatal(kreq_worker_t *s, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* topicwait.c: how long the worker waits for Kafka to answer a question
+ * about its topics: worker.start.timeout.ms while it starts;
+ * worker.dedup.rebuild.timeout.ms once it serves (at an assignment, where
+ * a Kafka broker restarting or fenced by its controller for a moment must
+ * not stop a worker that was serving), in ms, the setting's name in
+ * *name. */
+int64_t kreq__topic_wait_ms(const kreq_worker_t *s, bool serving, const char **name);
+/* Errors of a Kafka that is moving or busy for a moment: a partition's
+ * leadership moving (a Kafka broker restarted, or fenced by its controller
+ * and back), a coordinator loading, a request timing out or a connection
+ * lost. Worth asking again within kreq__topic_wait_ms(). */
+bool kreq__kafka_transient(rd_kafka_resp_err_t e);
 /* topicwait.c: topic's partition count (0: missing) per the reader, asked again while
  * Kafka does not answer (and while it reads 0 if exists) up to
- * worker.start.timeout.ms; -1 (the loop failed, KREQ_EUNAVAILABLE) if
+ * kreq__topic_wait_ms(serving); -1 (the loop failed, KREQ_EUNAVAILABLE) if
  * Kafka never answered. Loop thread, start-up and assignments. */
-int kreq__topic_partitions_await(kreq_worker_t *s, const char *topic, bool exists);
+int kreq__topic_partitions_await(kreq_worker_t *s, const char *topic, bool exists, bool serving);
 /* A topic just created: its partition count once the cluster metadata
  * shows it and each partition's leader answers for it, looked at again
  * within worker.start.timeout.ms in all; -1 (the loop failed, the cause
@@ -394,8 +407,9 @@ int kreq__rebuild(kreq_worker_t *s, kreq__part_t **parts, int n);
  * worker.dedup.retention.ms and has nreq partitions: KREQ_OK, or the loop
  * failed with the reason (KREQ_ECONF; KREQ_EKAFKA if Kafka did not answer).
  * created: the worker has just created it, so a Kafka broker that does not
- * know it yet is waited for (up to worker.start.timeout.ms). */
-int kreq__results_topic_check(kreq_worker_t *s, int nreq, bool created);
+ * know it yet is waited for. Transient Kafka errors are asked again, up to
+ * kreq__topic_wait_ms(serving). */
+int kreq__results_topic_check(kreq_worker_t *s, int nreq, bool created, bool serving);
 /* key_id is one of the comma-separated ids of list (worker.result.signers). */
 bool kreq__signer_listed(const char *list, const char *key_id);
 /* Whether a Result signed by key_id may be served from dedup: it is in

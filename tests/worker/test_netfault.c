@@ -16,7 +16,10 @@
  *     Jepsen scenario KIP-890 defends against);
  *   - drop: every connection of one worker reset, again and again;
  *   - partition: one worker blackholed for longer than its session
- *     timeout, then healed.
+ *     timeout, then healed;
+ *   - slow_assignment (no load during the fault): a worker is given its
+ *     peer's partitions while Kafka answers its DescribeConfigs more
+ *     slowly than its worker.start.timeout.ms; it must go on serving.
  * Checks: those of tests/support/faultload.h (every call settles, one
  * reply per idempotency key, no committed request runs again), then the
  * topics read back from Kafka: no idempotency key has two committed
@@ -65,7 +68,8 @@ enum {
 	API_ADD_PARTITIONS = 24,
 	API_ADD_OFFSETS = 25,
 	API_END_TXN = 26,
-	API_TXN_OFFSET_COMMIT = 28
+	API_TXN_OFFSET_COMMIT = 28,
+	API_DESCRIBE_CONFIGS = 32
 };
 
 static kreq_test_cluster_t cluster;
@@ -597,6 +601,66 @@ START_TEST(test_partition)
 }
 END_TEST
 
+/* A worker serving for a while is given more partitions (its peer left
+ * the group) while Kafka answers slowly: the results topic's check at the
+ * assignment (broker/worker/rebuild.c) waits, up to
+ * worker.dedup.rebuild.timeout.ms, for answers slower than
+ * worker.start.timeout.ms. It used to give those questions
+ * worker.start.timeout.ms and stop the worker ("reading the configuration
+ * of results topic ...: Local: Timed out"; test_fence's outage case met
+ * it as "Kafka did not answer a metadata request ... within
+ * worker.start.timeout.ms" after a freeze): a worker that was serving
+ * stopped over a Kafka broker that was slow for a few seconds. The delay
+ * is longer than the start timeout and shorter than one question's own
+ * timeout (5 s, topicwait.c), so only the bound on the whole wait tells
+ * the two apart. */
+#define SLOW_START_MS 2500
+#define SLOW_DELAY_MS 4000
+#define SLOW_OPS      96
+
+START_TEST(test_slow_assignment)
+{
+	for (int i = 0; i < NWORKERS; i++) {
+		char set[512];
+		/* dynamic membership: the peer leaves the group when it stops,
+		 * and its partitions move at once */
+		snprintf(set, sizeof(set),
+		         "kafka.client.id=nf-w%d;worker.start.timeout.ms=%d;"
+		         "worker.static.membership=false",
+		         i, SLOW_START_MS);
+		setenv("KREQ_FAULT_WORKER_SET", set, 1);
+		worker_spawn(i, "transactional");
+	}
+	unsetenv("KREQ_FAULT_WORKER_SET");
+	kreq_np_match_t m = {0, "nf-w0", API_DESCRIBE_CONFIGS};
+	ck_assert_int_ge(kreq_netproxy_delay(proxy, m, SLOW_DELAY_MS, -1), 0);
+	int64_t t0 = kreq_test_now_ms();
+	worker_signal(1, SIGTERM); /* w0 is assigned w1's partitions */
+	run_load(SLOW_OPS, NULL, NULL);
+	int64_t t1 = kreq_test_now_ms();
+	int st = 0;
+	ck_assert_msg(waitpid(workers[0].pid, &st, WNOHANG) == 0,
+	              "slow_assignment: the worker stopped (status 0x%x) at an assignment while "
+	              "Kafka answered in %d ms (worker.start.timeout.ms %d)",
+	              st, SLOW_DELAY_MS, SLOW_START_MS);
+	kreq_np_stats_t nst;
+	kreq_netproxy_stats(proxy, &nst);
+	kreq_netproxy_clear_delays(proxy);
+	int reruns;
+	check_records(SLOW_OPS, &reruns);
+	stall_t all = load_stall(SLOW_OPS, t0, t1 + 1);
+	fprintf(stderr,
+	        "netfault slow_assignment: %d ops in %.1f s after the peer left; %lld "
+	        "DescribeConfigs delayed %d ms; longest time without a reply %lld ms\n",
+	        SLOW_OPS, (double)(t1 - t0) / 1000.0, (long long)nst.delayed[API_DESCRIBE_CONFIGS],
+	        SLOW_DELAY_MS, (long long)all.max_gap_ms);
+	ck_assert_msg(nst.delayed[API_DESCRIBE_CONFIGS] > 0,
+	              "slow_assignment: no DescribeConfigs of the worker was delayed (no "
+	              "assignment checked the results topic?)");
+	worker_signal(0, SIGTERM);
+}
+END_TEST
+
 static void add_case(Suite *s, const char *name, const TTest *test)
 {
 	TCase *tc = tcase_create(name);
@@ -615,6 +679,7 @@ int main(void)
 	add_case(s, "late_endtxn", test_late_endtxn);
 	add_case(s, "drop", test_drop);
 	add_case(s, "partition", test_partition);
+	add_case(s, "slow_assignment", test_slow_assignment);
 	if (start_cluster())
 		fprintf(stderr, "cannot start the proxied Kafka cluster: every test fails\n");
 	int rc = kreq_test_run_suite(s);
