@@ -72,6 +72,9 @@
 #                       formatted with (default 2; 0 gives the classic
 #                       transaction protocol on a 4.x cluster)
 #   KREQ_KAFKA_HEAP     JVM heap options (default "-Xms256m -Xmx512m")
+#   KREQ_KAFKA_BROKER_SESSION_MS  broker.session.timeout.ms of a new cluster
+#                       (default 6000): how long the controller waits before
+#                       it fences a Kafka broker that stopped heartbeating
 #   KREQ_KAFKA_PROXIED_PORTS  default of start's --proxied-ports
 #   JAVA                java binary (default: java on PATH; needs Java 17+)
 #
@@ -88,6 +91,7 @@ readonly CACHE_ROOT="${KREQ_KAFKA_CACHE:-${HOME:-/tmp}/.cache/kreq}"
 readonly TX_VERSION="${KREQ_KAFKA_TX_VERSION:-2}"
 readonly JAVA_BIN="${JAVA:-java}"
 readonly HEAP_OPTS="${KREQ_KAFKA_HEAP:--Xms256m -Xmx512m}"
+readonly BROKER_SESSION_MS="${KREQ_KAFKA_BROKER_SESSION_MS:-6000}"
 readonly MARKER="kreq-kafka.env"       # identifies a DIR this script owns
 readonly READY_TOPIC="__kreq_harness_ready"
 readonly STOP_TIMEOUT=30
@@ -112,6 +116,8 @@ set_version() {
   LIBS="$KAFKA_HOME/libs"
 }
 set_version "${KREQ_KAFKA_VERSION:-3.9.1}"
+[[ "$BROKER_SESSION_MS" =~ ^[0-9]+$ ]] ||
+  die "KREQ_KAFKA_BROKER_SESSION_MS must be a number of milliseconds, got '$BROKER_SESSION_MS'"
 
 # The JVM option that points the logging framework of this Kafka line at the
 # configuration write_log4j wrote.
@@ -329,7 +335,7 @@ transaction.state.log.num.partitions=10
 group.initial.rebalance.delay.ms=0
 log.cleaner.dedupe.buffer.size=16777216
 broker.heartbeat.interval.ms=1000
-broker.session.timeout.ms=6000
+broker.session.timeout.ms=${BROKER_SESSION_MS}
 EOF
 }
 

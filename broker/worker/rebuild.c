@@ -319,7 +319,10 @@ static void timed_out(kreq_worker_t *s, kreq__part_t **parts, const progress_t *
 		    "not commit or abort within worker.dedup.rebuild.timeout.ms (%lld ms). Some "
 		    "producer holds a transaction open on the results topic (a worker that hangs, "
 		    "or "
-		    "a producer that is not a worker); its transaction.timeout.ms bounds it",
+		    "a producer that is not a worker), which its transaction.timeout.ms bounds; or "
+		    "a hanging transaction, which Kafka ended without writing its marker there "
+		    "(kafka-transactions.sh find-hanging; docs/operations.md, \"Hanging "
+		    "transactions\")",
 		    s->res_topic, parts[i]->id, (long long)pg[i].reached, (long long)pg[i].target,
 		    (long long)ms);
 }

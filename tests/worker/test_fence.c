@@ -237,6 +237,17 @@ int main(void)
 	Suite *s = suite_create("fence");
 	add_case(s, "commit", test_unknown_commit_fences);
 	add_case(s, "outage", test_outage_beyond_start_timeout);
+	/* The freezes stay under the controller's broker session: a Kafka
+	 * broker frozen past it is fenced by its (equally frozen) controller at
+	 * the thaw, its partitions have no leader for that instant, and a
+	 * transaction coordinator aborting the worker's old transaction then
+	 * skips those partitions' markers ("Couldn't find leader endpoint ...
+	 * likely deleted already and hence can be skipped",
+	 * TransactionMarkerChannelManager; seen with Kafka 4.4.0): a hanging
+	 * transaction that no kreq setting can end (docs/operations.md,
+	 * "Hanging transactions"). One run in five met it with the default 6 s
+	 * session; this suite tests kreq's fencing rule, not that. */
+	setenv("KREQ_KAFKA_BROKER_SESSION_MS", "30000", 1);
 	if (kreq_test_cluster_start(&cluster, "kafka-fence", 1))
 		fprintf(stderr, "cannot start the suite's Kafka broker: every test fails\n");
 	int rc = kreq_test_run_suite(s);
