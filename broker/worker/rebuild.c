@@ -91,6 +91,15 @@ static bool retention_ok(const char *value, int64_t want)
 	return end != value && !*end && (v == -1 || v >= want);
 }
 
+/* How long one question to Kafka may take, of what is left until `until`:
+ * at most 15 s, so that a request lost with its connection is asked again
+ * (the whole wait is bounded by until), and at least 100 ms. */
+static int look_ms(int64_t until)
+{
+	int64_t left = (until - kreq__mono_ns()) / 1000000;
+	return (int)(left < 100 ? 100 : left > 15000 ? 15000 : left);
+}
+
 /* The configuration of the results topic, when it is wrong: the error
  * (loop_fatal'ed) or KREQ_OK. Asked again until `until` while Kafka's
  * answer is transient (kreq__kafka_transient(): a frozen or restarting
@@ -103,10 +112,7 @@ static int config_check(kreq_worker_t *s, int64_t until, bool created, const cha
 	char *v[2] = {NULL, NULL};
 	rd_kafka_resp_err_t kerr;
 	for (;;) {
-		int64_t left_ms = (until - kreq__mono_ns()) / 1000000;
-		kerr = kreq__topic_configs(
-		    s->reader, s->res_topic, names, v,
-		    (int)(left_ms < 5000 ? (left_ms > 100 ? left_ms : 100) : 5000));
+		kerr = kreq__topic_configs(s->reader, s->res_topic, names, v, look_ms(until));
 		bool again = kreq__kafka_transient(kerr) ||
 		             (kerr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART && created);
 		if (!again || kreq__mono_ns() >= until || atomic_load(&s->stop))
@@ -151,9 +157,7 @@ static int admin_served(kreq_worker_t *s, int64_t until)
 {
 	int served;
 	for (;;) {
-		int64_t left_ms = (until - kreq__mono_ns()) / 1000000;
-		served = kreq__topic_admin_served(
-		    s->reader, (int)(left_ms < 5000 ? (left_ms > 100 ? left_ms : 100) : 5000));
+		served = kreq__topic_admin_served(s->reader, look_ms(until));
 		if (served >= 0 || kreq__mono_ns() >= until || atomic_load(&s->stop))
 			break;
 		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL); /* backoff */

@@ -612,10 +612,11 @@ END_TEST
  * worker.start.timeout.ms" after a freeze): a worker that was serving
  * stopped over a Kafka broker that was slow for a few seconds. The delay
  * is longer than the start timeout and shorter than one question's own
- * timeout (5 s, topicwait.c), so only the bound on the whole wait tells
- * the two apart. */
-#define SLOW_START_MS 2500
-#define SLOW_DELAY_MS 4000
+ * timeout (15 s, rebuild.c look_ms), so only the bound on the whole wait
+ * tells the two apart. The start timeout leaves a worker under TSan room
+ * to start. */
+#define SLOW_START_MS 8000
+#define SLOW_DELAY_MS 11000
 #define SLOW_OPS      96
 
 START_TEST(test_slow_assignment)
