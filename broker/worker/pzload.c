@@ -129,18 +129,16 @@ typedef struct load {
 
 static int64_t deadline_ns(const kreq_worker_t *s)
 {
-	return kreq__mono_ns() +
-	       kreq__conf_int(s->conf, KREQ__P_WORKER_REBUILD_TIMEOUT_MS) * 1000000LL;
+	const char *bound;
+	return kreq__mono_ns() + kreq__topic_wait_ms(s, true, &bound) * 1000000LL;
 }
 
-/* Errors a query meets while a partition's leadership moves (a Kafka
- * broker restarted, or fenced by its controller and back, as after a
- * freeze longer than broker.session.timeout.ms: "Leader epoch is older
- * than broker epoch") or while a coordinator loads are asked again until
- * worker.dedup.rebuild.timeout.ms, not taken as fatal (test_fence's outage
- * case stopped the worker so): kreq__kafka_transient(). */
-/* After a transient error: true (having slept a step) while there is time
- * left before until and no stop was asked; the caller asks again. */
+/* After a transient error (kreq__kafka_transient(): a partition's
+ * leadership moving, as after a Kafka broker fenced by its controller and
+ * back, "Leader epoch is older than broker epoch", or a coordinator
+ * loading): true (having slept a step) while there is time left before
+ * until and no stop was asked; the caller asks again. Not fatal: a query
+ * that met one stopped the worker in test_fence's outage case. */
 static bool ask_again(kreq_worker_t *s, rd_kafka_resp_err_t e, int64_t until, const char *pre,
                       const char *topic, const char *post)
 {

@@ -91,13 +91,14 @@ static bool retention_ok(const char *value, int64_t want)
 	return end != value && !*end && (v == -1 || v >= want);
 }
 
-/* How long one question to Kafka may take, of what is left until `until`:
- * at most 15 s, so that a request lost with its connection is asked again
- * (the whole wait is bounded by until), and at least 100 ms. */
-static int look_ms(int64_t until)
+/* Before asking Kafka again: false once `until` passed or a stop was
+ * asked, else true after a 100 ms backoff. */
+static bool wait_again(kreq_worker_t *s, int64_t until)
 {
-	int64_t left = (until - kreq__mono_ns()) / 1000000;
-	return (int)(left < 100 ? 100 : left > 15000 ? 15000 : left);
+	if (kreq__mono_ns() >= until || atomic_load(&s->stop))
+		return false;
+	nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL);
+	return true;
 }
 
 /* The configuration of the results topic, when it is wrong: the error
@@ -111,14 +112,15 @@ static int config_check(kreq_worker_t *s, int64_t until, bool created, const cha
 	static const char *const names[] = {"cleanup.policy", "retention.ms", NULL};
 	char *v[2] = {NULL, NULL};
 	rd_kafka_resp_err_t kerr;
-	for (;;) {
-		kerr = kreq__topic_configs(s->reader, s->res_topic, names, v, look_ms(until));
-		bool again = kreq__kafka_transient(kerr) ||
-		             (kerr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART && created);
-		if (!again || kreq__mono_ns() >= until || atomic_load(&s->stop))
-			break;
-		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL); /* backoff */
-	}
+	while ((kerr = kreq__topic_configs(s->reader, s->res_topic, names, v,
+	                                   kreq__look_ms(until, 15000))) &&
+	       (kreq__kafka_transient(kerr) ||
+	        (kerr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART && created)) &&
+	       wait_again(s, until))
+		;
+	char asked[96] = "";
+	if (kreq__kafka_transient(kerr))
+		snprintf(asked, sizeof(asked), " (asked again until %s)", bound);
 	int err = KREQ_ECONF;
 	if (kerr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
 		kreq__loop_fatal(s, err,
@@ -127,10 +129,8 @@ static int config_check(kreq_worker_t *s, int64_t until, bool created, const cha
 		                 s->res_topic);
 	else if (kerr)
 		kreq__loop_fatal(s, err = KREQ_EKAFKA,
-		                 "reading the configuration of results topic %s: %s%s%s",
-		                 s->res_topic, rd_kafka_err2str(kerr),
-		                 kreq__kafka_transient(kerr) ? " until " : "",
-		                 kreq__kafka_transient(kerr) ? bound : "");
+		                 "reading the configuration of results topic %s: %s%s",
+		                 s->res_topic, rd_kafka_err2str(kerr), asked);
 	else if (!v[0] || !strstr(v[0], "compact"))
 		kreq__loop_fatal(s, err,
 		                 "results topic %s has cleanup.policy=%s: it must include compact",
@@ -156,12 +156,9 @@ static int config_check(kreq_worker_t *s, int64_t until, bool created, const cha
 static int admin_served(kreq_worker_t *s, int64_t until)
 {
 	int served;
-	for (;;) {
-		served = kreq__topic_admin_served(s->reader, look_ms(until));
-		if (served >= 0 || kreq__mono_ns() >= until || atomic_load(&s->stop))
-			break;
-		nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL); /* backoff */
-	}
+	while ((served = kreq__topic_admin_served(s->reader, kreq__look_ms(until, 15000))) < 0 &&
+	       wait_again(s, until))
+		;
 	if (served == 0 && s->results_checked)
 		served = 1;
 	return served;

@@ -25,6 +25,12 @@ int64_t kreq__topic_wait_ms(const kreq_worker_t *s, bool serving, const char **n
 	                                       : KREQ__P_WORKER_START_TIMEOUT_MS);
 }
 
+int kreq__look_ms(int64_t until_ns, int max_ms)
+{
+	int64_t left = (until_ns - kreq__mono_ns()) / 1000000;
+	return (int)(left < 100 ? 100 : left > max_ms ? max_ms : left);
+}
+
 bool kreq__kafka_transient(rd_kafka_resp_err_t e)
 {
 	switch (e) {
@@ -65,10 +71,7 @@ int kreq__topic_partitions_await(kreq_worker_t *s, const char *topic, bool exist
 	bool logged = false;
 	int n;
 	for (;;) {
-		int64_t left_ms = (until - now) / 1000000;
-		n = kreq__topic_partitions(
-		    s->reader, topic,
-		    (int)(left_ms < 5000 ? (left_ms > 100 ? left_ms : 100) : 5000));
+		n = kreq__topic_partitions(s->reader, topic, kreq__look_ms(until, 5000));
 		if (n > 0 || (n == 0 && !exists) || atomic_load(&s->stop) ||
 		    (now = kreq__mono_ns()) >= until)
 			break;
@@ -110,11 +113,8 @@ int kreq__topic_await_ready(kreq_worker_t *s, const char *topic)
 	bool warned = false;
 	int ready = 0, n;
 	for (;;) {
-		int64_t left_ms = (until - now) / 1000000;
-		n = kreq__topic_ready(
-		    s->reader, topic, &ready,
-		    (int)(left_ms < 5000 ? (left_ms > 100 ? left_ms : 100) : 5000), why,
-		    sizeof(why));
+		n = kreq__topic_ready(s->reader, topic, &ready, kreq__look_ms(until, 5000), why,
+		                      sizeof(why));
 		if (n > 0 || atomic_load(&s->stop) || (now = kreq__mono_ns()) >= until)
 			break;
 		if (!warned && now - t0 >= tmo * 250000LL) {

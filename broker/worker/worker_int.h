@@ -368,6 +368,10 @@ void kreq__loop_fatal(kreq_worker_t *s, int err, const char *fmt, ...)
  * not stop a worker that was serving), in ms, the setting's name in
  * *name. */
 int64_t kreq__topic_wait_ms(const kreq_worker_t *s, bool serving, const char **name);
+/* One question's share of a wait that ends at until_ns (monotonic): what
+ * is left, at least 100 ms and at most max_ms, so that a request lost with
+ * its connection is asked again within the wait. */
+int kreq__look_ms(int64_t until_ns, int max_ms);
 /* Errors of a Kafka that is moving or busy for a moment: a partition's
  * leadership moving (a Kafka broker restarted, or fenced by its controller
  * and back), a coordinator loading, a request timing out or a connection
