@@ -70,7 +70,13 @@ run_ctest() { # dir, extra ctest args... (adds the suites that ran to PASSED)
   ctest --test-dir "$dir" --output-on-failure --no-tests=error "$@" | tee "$dir/ctest.out"
   local n
   n=$(sed -n 's/.*100% tests passed, 0 tests failed out of \([0-9]*\).*/\1/p' "$dir/ctest.out")
-  [ -n "$n" ] || { echo "ctest in $dir did not report a full pass" >&2; exit 1; }
+  if [ -z "$n" ]; then
+    # last, where a cut log still shows it: what each failing test said
+    echo "ctest in $dir did not report a full pass; the failures it printed:" >&2
+    grep -E ':[0-9]+:[FE]:|^SUMMARY: |Sanitizer|Test timeout|\*\*\*(Failed|Timeout|Exception)' \
+      "$dir/ctest.out" | tail -n 40 >&2 || true
+    exit 1
+  fi
   PASSED=$((PASSED + n))
 }
 
