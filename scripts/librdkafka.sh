@@ -18,15 +18,18 @@
 # (0.66) cannot read the registry's sparse index; `cargo-web` (1.96, in
 # bookworm, installs /usr/bin/cargo) can, and scripts/setup.sh installs it.
 #
-# Two patches are applied (scripts/librdkafka/*.patch, each with its reason
+# Three patches are applied (scripts/librdkafka/*.patch, each with its reason
 # at its top): txn-register-at-once.patch registers a transaction's
 # partitions at once instead of on a 1 ms timer, which is 1-2 ms of every
 # transactional call; send-offsets-timeout.patch makes
 # send_offsets_to_transaction() return at its timeout while it waits for a
 # group coordinator (it could block a worker's loop for good after a Kafka
-# outage). kreq works with an unpatched librdkafka (a distribution's, say);
-# its transactional calls are then that much slower, and that hang can
-# happen (docs/operations.md).
+# outage); resume-wakeup.patch makes a resumed partition fetch at once
+# instead of up to 1 s later. kreq works with an unpatched librdkafka (a
+# distribution's, say); its transactional calls are then that much slower,
+# that hang can happen, and a worker that paused (at worker.max.in.flight,
+# or while a crash suspect runs alone) fetches again up to 1 s late
+# (docs/operations.md).
 #
 # Build choices: a shared library (same ABI as Debian's, so kreq builds
 # against either), SSL, SASL (Cyrus), zlib and zstd on; lz4 built in; curl
@@ -81,7 +84,7 @@ readonly OPTIONS=(-DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DCMAKE_C_FLAGS="$CFLAGS_X"
   -DRDKAFKA_BUILD_STATIC=OFF -DRDKAFKA_BUILD_EXAMPLES=OFF -DRDKAFKA_BUILD_TESTS=OFF
   -DWITH_SSL=ON -DWITH_SASL=ON -DWITH_ZLIB=ON -DWITH_ZSTD=ON -DWITH_CURL=OFF
   -DENABLE_LZ4_EXT=OFF -DWITH_C11THREADS=OFF)
-readonly PATCHES=(txn-register-at-once.patch send-offsets-timeout.patch)
+readonly PATCHES=(txn-register-at-once.patch send-offsets-timeout.patch resume-wakeup.patch)
 # The marker holds the options and patches it was built with: changing
 # either rebuilds.
 STAMP="$CRATE ${OPTIONS[*]}"
