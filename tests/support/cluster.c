@@ -61,14 +61,18 @@ void kreq_test_topic_replication(const char *bootstrap, const char *topic, int *
 	    kreq_test_conf_new(bootstrap, "group.id", "kreq-test-describe", NULL);
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	ck_assert_msg(rk != NULL, "%s", errstr);
-	*replicas = kreq__topic_replicas(rk, topic, 10000);
-	const char *names[] = {"min.insync.replicas", NULL};
-	char *values[1] = {NULL};
 	/* a topic just created reaches each Kafka broker's metadata in its own
 	 * time: one that does not know it yet answers UNKNOWN_TOPIC_OR_PART
-	 * (seen in CI, 3 brokers), so that answer is asked again, bounded */
-	rd_kafka_resp_err_t kerr;
+	 * (seen in CI, 3 brokers: to DescribeConfigs, and to Metadata, which
+	 * kreq__topic_replicas() reads as 0), so that answer is asked again,
+	 * bounded */
 	int64_t until = kreq_test_now_ms() + 15000;
+	while ((*replicas = kreq__topic_replicas(rk, topic, 10000)) == 0 &&
+	       kreq_test_now_ms() < until)
+		kreq_test_poll_pause();
+	const char *names[] = {"min.insync.replicas", NULL};
+	char *values[1] = {NULL};
+	rd_kafka_resp_err_t kerr;
 	while ((kerr = kreq__topic_configs(rk, topic, names, values, 10000)) ==
 	           RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART &&
 	       kreq_test_now_ms() < until)
