@@ -139,12 +139,14 @@ kreq_future_t *submit(kreq_client_t *c, op_t *op)
 /* A status 2 the worker gives a request it did not start because its
  * deadline came first (it waited in Kafka or in the handler queue through
  * a stall): not stored, so calling again with the key runs the work. A
- * status 2 for a handler that started and overran is stored and stays an
+ * later call with the same key that joined that request gets the same
+ * answer (from_dedup set; docs/protocol.md 4.1). A status 2 for a handler
+ * that started and overran ("did not finish") is stored and stays an
  * error here (these handlers take at most sleep_min_ms + sleep_span_ms). */
 static bool unstarted_deadline(kreq_future_t *f)
 {
 	const char *e = kreq_future_errstr(f);
-	return kreq_future_status(f) == 2 && !kreq_future_from_dedup(f) && e &&
+	return kreq_future_status(f) == 2 && e &&
 	       !strcmp(e, "deadline exceeded before the work could start");
 }
 
