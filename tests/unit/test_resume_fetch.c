@@ -33,15 +33,11 @@
 #define TOPIC    "resume-t"
 #define SLACK_MS 300
 
-static rd_kafka_t *handle(rd_kafka_type_t type, const char *const *kv)
+/* A new handle of type from conf (taken). */
+static rd_kafka_t *handle(rd_kafka_type_t type, rd_kafka_conf_t *conf)
 {
 	char err[512];
-	rd_kafka_conf_t *c = rd_kafka_conf_new();
-	for (int i = 0; kv[i]; i += 2)
-		ck_assert_msg(rd_kafka_conf_set(c, kv[i], kv[i + 1], err, sizeof(err)) ==
-		                  RD_KAFKA_CONF_OK,
-		              "%s: %s", kv[i], err);
-	rd_kafka_t *rk = rd_kafka_new(type, c, err, sizeof(err));
+	rd_kafka_t *rk = rd_kafka_new(type, conf, err, sizeof(err));
 	ck_assert_msg(rk != NULL, "%s", err);
 	return rk;
 }
@@ -101,23 +97,18 @@ static int cmp_i64(const void *a, const void *b)
 
 START_TEST(test_resumed_partition_fetches_at_once)
 {
-	static const char *const pkv[] = {"test.mock.num.brokers", "1", "log_level", "3", NULL};
-	rd_kafka_t *p = handle(RD_KAFKA_PRODUCER, pkv);
+	rd_kafka_conf_t *pc = rd_kafka_conf_new();
+	kreq_test_conf_set(pc, "test.mock.num.brokers", "1");
+	kreq_test_conf_set(pc, "log_level", "3");
+	rd_kafka_t *p = handle(RD_KAFKA_PRODUCER, pc);
 	rd_kafka_mock_cluster_t *mc = rd_kafka_handle_mock_cluster(p);
 	ck_assert_ptr_nonnull(mc);
 	ck_assert_int_eq(rd_kafka_mock_topic_create(mc, TOPIC, 1, 1), 0);
-	const char *const ckv[] = {"bootstrap.servers",
-	                           rd_kafka_mock_cluster_bootstraps(mc),
-	                           "group.id",
-	                           "resume-g",
-	                           "enable.auto.commit",
-	                           "false",
-	                           "fetch.wait.max.ms",
-	                           "100",
-	                           "log_level",
-	                           "3",
-	                           NULL};
-	rd_kafka_t *c = handle(RD_KAFKA_CONSUMER, ckv);
+	rd_kafka_t *c =
+	    handle(RD_KAFKA_CONSUMER,
+	           kreq_test_conf_new(rd_kafka_mock_cluster_bootstraps(mc), "group.id", "resume-g",
+	                              "enable.auto.commit", "false", "fetch.wait.max.ms", "100",
+	                              "log_level", "3", NULL));
 	rd_kafka_poll_set_consumer(c);
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
 	rd_kafka_topic_partition_list_add(l, TOPIC, 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
