@@ -98,9 +98,7 @@ bool kreq__method_valid(const char *m)
 		    (unsigned char)m[n] >= 0x7f)
 			return false;
 	size_t svc = kreq__service_len(m);
-	return n > 0 && svc >= 1 && svc <= KREQ__SERVICE_MAX &&
-	       strspn(m, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") >=
-	           svc;
+	return n > 0 && svc >= 1 && svc <= KREQ__SERVICE_MAX && kreq__name_span(m, svc) == svc;
 }
 
 /* ---- the record --------------------------------------------------------- */

@@ -29,6 +29,11 @@ int64_t kreq__now_ms(void);
  * errno set. */
 int kreq__write_all(int fd, const void *buf, size_t len);
 
+/* How many of the first len bytes of s are name characters
+ * ([A-Za-z0-9._-]: topic names, services, key ids), counting from the
+ * start; stops at the first other byte (NUL included). */
+size_t kreq__name_span(const char *s, size_t len);
+
 /* Monotonic time in nanoseconds (local durations, never sent). */
 int64_t kreq__mono_ns(void);
 

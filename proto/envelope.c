@@ -444,14 +444,13 @@ static bool topic_valid(const char *s)
 	size_t n = strlen(s);
 	if (n == 0 || n > KREQ__TOPIC_MAX || !strcmp(s, ".") || !strcmp(s, ".."))
 		return false;
-	return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
+	return kreq__name_span(s, n) == n;
 }
 
 static bool service_valid(const char *s)
 {
 	size_t n = strlen(s);
-	return n >= 1 && n <= KREQ__SERVICE_MAX &&
-	       strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
+	return n >= 1 && n <= KREQ__SERVICE_MAX && kreq__name_span(s, n) == n;
 }
 
 static int check_payload(vctx_t *v, size_t len)

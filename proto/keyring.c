@@ -31,15 +31,7 @@ struct kreq_keyring_s {
 
 bool kreq__key_id_valid(const char *id, size_t len)
 {
-	if (len == 0 || len > KREQ_KEY_ID_MAX)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		char c = id[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		      c == '.' || c == '_' || c == '-'))
-			return false;
-	}
-	return true;
+	return len >= 1 && len <= KREQ_KEY_ID_MAX && kreq__name_span(id, len) == len;
 }
 
 kreq_keyring_t *kreq_keyring_new(void)

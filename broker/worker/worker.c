@@ -20,8 +20,7 @@
 static bool name_ok(const char *s, size_t max)
 {
 	size_t n = strlen(s);
-	return n >= 1 && n <= max &&
-	       strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
+	return n >= 1 && n <= max && kreq__name_span(s, n) == n;
 }
 
 static char *fmt(const char *f, const char *a, const char *b, const char *c)

@@ -4,6 +4,7 @@
  * truncation, oversize, garbage, and the test vectors of docs/protocol.md.
  */
 #include <check.h>
+#include <stdbool.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include "common/internal.h"
 #include "kreq/error.h"
 #include "proto/envelope.h"
+#include "proto/keyring_int.h"
 #include "testsupport.h"
 
 static char errstr[512];
@@ -708,6 +710,37 @@ START_TEST(test_seal_validates_fields)
 }
 END_TEST
 
+/* Topic and service names: exactly [A-Za-z0-9._-] (common/name.c's table),
+ * every byte value tried in the middle of a name, where a prefix check
+ * would pass. */
+START_TEST(test_name_characters)
+{
+	kreq_keyring_t *kr = keyring_of(KREQ_KEY_HMAC_SHA256);
+	for (int c = 1; c < 256; c++) {
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		          (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+		char name[6] = {'a', 'b', (char)c, 'c', 'd', 0};
+		for (int field = 0; field < 2; field++) {
+			Kreq__Request r = request();
+			if (field)
+				r.service = name;
+			else
+				r.reply_topic = name;
+			uint8_t *buf = NULL;
+			size_t len;
+			int err = seal_request(kr, &r, &buf, &len);
+			ck_assert_msg(err == (ok ? KREQ_OK : KREQ_EMALFORMED),
+			              "byte 0x%02x in the %s: %s", c,
+			              field ? "service" : "reply topic", kreq_strerror(err));
+			free(buf);
+		}
+		char id[4] = {'k', (char)c, '1', 0};
+		ck_assert_int_eq(kreq__key_id_valid(id, 3), ok);
+	}
+	kreq_keyring_release(kr);
+}
+END_TEST
+
 /* ---- SHA-256 / HMAC-SHA-256 (proto/sha256.c) against libsodium ---------- */
 
 #include "proto/sha256.h"
@@ -1021,6 +1054,7 @@ int main(void)
 	tcase_add_test(tc, test_version_and_kind);
 	tcase_add_test(tc, test_v1_result_accepted);
 	tcase_add_test(tc, test_envelope_strict);
+	tcase_add_test(tc, test_name_characters);
 	tcase_add_test(tc, test_body_strict);
 	tcase_add_test(tc, test_seal_validates_fields);
 	tcase_add_test(tc, test_protocol_doc_vectors);
