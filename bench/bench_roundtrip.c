@@ -588,21 +588,28 @@ static void hops_print(int n)
 	printf("# hop, medians of %d calls at 1 in flight: us since the call / since the hop "
 	       "before\n",
 	       n);
-	/* the step of each call first (it pairs a hop with the one before), then sort */
+	/* the step of each call first (it pairs a hop with the last one before
+	 * it that the call reached: a light call has no transaction), then sort */
 	int64_t *d = malloc(sizeof(int64_t) * (size_t)n * KREQ__HOP_N);
 	if (!d)
 		die("out of memory");
-	for (int h = 0; h < KREQ__HOP_N; h++)
-		for (size_t i = 0; i < (size_t)n; i++) {
+	for (size_t i = 0; i < (size_t)n; i++) {
+		int64_t b = 0;
+		for (int h = 0; h < KREQ__HOP_N; h++) {
 			int64_t t = hops[(size_t)h * 100000 + i];
-			int64_t b = h ? hops[(size_t)(h - 1) * 100000 + i] : 0;
-			d[(size_t)h * (size_t)n + i] = t < 0 || b < 0 ? -1 : t - b;
+			d[(size_t)h * (size_t)n + i] = t < 0 ? -1 : t - b;
+			if (t >= 0)
+				b = t;
 		}
+	}
 	for (int h = 0; h < KREQ__HOP_N; h++) {
 		int64_t *v = hops + (size_t)h * 100000, *dv = d + (size_t)h * (size_t)n;
 		qsort(v, (size_t)n, sizeof(*v), cmp_i64);
 		qsort(dv, (size_t)n, sizeof(*dv), cmp_i64);
-		printf("#   %-60s %8.0f %8.0f\n", what[h], v[n / 2] / 1e3, dv[n / 2] / 1e3);
+		if (v[n / 2] < 0) /* not reached by most calls (a mode without it) */
+			printf("#   %-60s %8s %8s\n", what[h], "-", "-");
+		else
+			printf("#   %-60s %8.0f %8.0f\n", what[h], v[n / 2] / 1e3, dv[n / 2] / 1e3);
 	}
 	free(d);
 	free(hops);

@@ -17,10 +17,13 @@
 	X(REQ_ACKED, "client: request's delivery report (Kafka broker has it)")                    \
 	X(W_RECV, "worker: request record polled from its consumer")                               \
 	X(W_BEGUN, "worker: rd_kafka_begin_transaction returned")                                  \
+	X(W_OPENED, "worker: request decoded and verified")                                        \
+	X(W_HANDLER, "worker: handler called")                                                     \
+	X(W_SEALED, "worker: reply sealed, handed to rd_kafka_producev")                           \
 	X(W_REPLY, "worker: handler done, reply produced (librdkafka queue)")                      \
 	X(W_RESULT, "worker: result record produced")                                              \
-	X(W_DELIVERED, "worker: last delivery report of reply/result")                             \
 	X(W_COMMIT, "worker: commit starts (send_offsets_to_transaction)")                         \
+	X(W_DELIVERED, "worker: last delivery report of reply/result")                             \
 	X(W_COMMITTED, "worker: commit_transaction returned")                                      \
 	X(C_REPLY, "client: reply record polled from the reply consumer")                          \
 	X(C_SETTLED, "client: reply verified, future being settled")                               \

@@ -23,6 +23,7 @@
 #include "broker/worker/loop_int.h"
 #include "broker/worker/worker_int.h"
 #include "common/conf.h"
+#include "common/hoptrace.h"
 #include "common/internal.h"
 #include "common/partition.h"
 
@@ -558,6 +559,7 @@ void kreq__handle_record(kreq_worker_t *s, const rd_kafka_message_t *m)
 	int64_t now = kreq__now_ms();
 	int err =
 	    kreq__envelope_open(s->kr, &s->lim, now, m->payload, m->len, &o, why, sizeof(why));
+	kreq__hop(W_OPENED);
 	bool done = true;
 	kreq__facts_t f = {.verified = err == KREQ_OK, .kind = err ? 0 : (int)o.kind};
 	if (f.verified && o.kind == KREQ__KIND_REQUEST) {

@@ -85,6 +85,7 @@ void kreq__send_reply(kreq_worker_t *s, kreq__part_t *pt, const kreq__target_t *
 		                    t->topic, why);
 		return;
 	}
+	kreq__hop(W_SEALED);
 	if (kreq__kafka_produce(s, t->topic, s->batching, t->partition, t->corr, sizeof(t->corr),
 	                        s->seal_buf, blen, kreq__dr_opaque(s, pt, t->seq), pt->id,
 	                        offset_of(pt, t->seq)) != KREQ_OK)

@@ -28,6 +28,7 @@
 #include "broker/worker/handles.h"
 #include "broker/worker/worker_int.h"
 #include "common/conf.h"
+#include "common/hoptrace.h"
 #include "common/internal.h"
 
 void kreq__wake(kreq_worker_t *s)
@@ -250,6 +251,7 @@ static void run_one(kreq_request_t *r, bool queued)
 		release_abandoned(r, NULL); /* overdue while queued: answered already */
 		return;
 	}
+	kreq__hop(W_HANDLER);
 	r->h->fn(r->handle, r->h->opaque);
 }
 
