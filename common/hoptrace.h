@@ -23,7 +23,7 @@
 	X(W_REPLY, "worker: handler done, reply produced (librdkafka queue)")                      \
 	X(W_RESULT, "worker: result record produced")                                              \
 	X(W_COMMIT, "worker: commit starts (send_offsets_to_transaction)")                         \
-	X(W_DELIVERED, "worker: last delivery report of reply/result")                             \
+	X(W_DELIVERED, "worker: first delivery report (transactional: the reply's)")               \
 	X(W_COMMITTED, "worker: commit_transaction returned")                                      \
 	X(C_REPLY, "client: reply record polled from the reply consumer")                          \
 	X(C_SETTLED, "client: reply verified, future being settled")                               \
