@@ -8,6 +8,7 @@
 #define KREQ_INTERNAL_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +34,9 @@ int kreq__write_all(int fd, const void *buf, size_t len);
  * ([A-Za-z0-9._-]: topic names, services, key ids), counting from the
  * start; stops at the first other byte (NUL included). */
 size_t kreq__name_span(const char *s, size_t len);
+
+/* Whether s's first len bytes are a name of 1 to max name characters. */
+bool kreq__name_valid(const char *s, size_t len, size_t max);
 
 /* Monotonic time in nanoseconds (local durations, never sent). */
 int64_t kreq__mono_ns(void);

@@ -28,3 +28,8 @@ size_t kreq__name_span(const char *s, size_t len)
 		i++;
 	return i;
 }
+
+bool kreq__name_valid(const char *s, size_t len, size_t max)
+{
+	return len >= 1 && len <= max && kreq__name_span(s, len) == len;
+}

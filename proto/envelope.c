@@ -441,16 +441,12 @@ static bool printable(const char *s, size_t min, size_t max)
 
 static bool topic_valid(const char *s)
 {
-	size_t n = strlen(s);
-	if (n == 0 || n > KREQ__TOPIC_MAX || !strcmp(s, ".") || !strcmp(s, ".."))
-		return false;
-	return kreq__name_span(s, n) == n;
+	return strcmp(s, ".") && strcmp(s, "..") && kreq__name_valid(s, strlen(s), KREQ__TOPIC_MAX);
 }
 
 static bool service_valid(const char *s)
 {
-	size_t n = strlen(s);
-	return n >= 1 && n <= KREQ__SERVICE_MAX && kreq__name_span(s, n) == n;
+	return kreq__name_valid(s, strlen(s), KREQ__SERVICE_MAX);
 }
 
 static int check_payload(vctx_t *v, size_t len)

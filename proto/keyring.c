@@ -31,7 +31,7 @@ struct kreq_keyring_s {
 
 bool kreq__key_id_valid(const char *id, size_t len)
 {
-	return len >= 1 && len <= KREQ_KEY_ID_MAX && kreq__name_span(id, len) == len;
+	return kreq__name_valid(id, len, KREQ_KEY_ID_MAX);
 }
 
 kreq_keyring_t *kreq_keyring_new(void)

@@ -17,12 +17,6 @@
 #include "common/conf.h"
 #include "common/internal.h"
 
-static bool name_ok(const char *s, size_t max)
-{
-	size_t n = strlen(s);
-	return n >= 1 && n <= max && kreq__name_span(s, n) == n;
-}
-
 static char *fmt(const char *f, const char *a, const char *b, const char *c)
 {
 	char *out = NULL;
@@ -168,7 +162,7 @@ KREQ_API kreq_worker_t *kreq_worker_new(const kreq_conf_t *conf, kreq_keyring_t 
 		          "conf, keyring and service are required");
 		return NULL;
 	}
-	if (!name_ok(service, 200)) {
+	if (!kreq__name_valid(service, strlen(service), 200)) {
 		kreq__err(errstr, errstr_size, KREQ_EINVAL,
 		          "service must be 1..200 characters of [A-Za-z0-9._-]");
 		return NULL;
