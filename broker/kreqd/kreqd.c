@@ -442,11 +442,13 @@ static void *signal_main(void *arg)
 		if (sig == SIGHUP) {
 			reload_keys(k);
 		} else if (sig == SIGTERM || sig == SIGINT) {
+			/* /healthz says "stopping" before the log does: whoever
+			 * reads the log line may rely on it. */
+			atomic_store(&k->phase, KREQD_STOPPING);
 			kreqd_log(5,
 			          "%s: stopping (in-flight requests may finish within "
 			          "worker.shutdown.grace.ms)",
 			          sig == SIGTERM ? "SIGTERM" : "SIGINT");
-			atomic_store(&k->phase, KREQD_STOPPING);
 			kreq_worker_stop(k->s);
 		}
 	}
