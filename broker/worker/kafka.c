@@ -187,7 +187,7 @@ void kreq__output_failed(kreq_worker_t *s, int32_t partition, int64_t offset,
 		kreq__faults_note(&s->faults, partition, offset, kind, why);
 	if (kind == KREQ__FAULT_REPLY_TO && topic)
 		kreq__topics_forget(&s->topics, topic); /* checked again when redone */
-	s->txn_failed = s->txn_mode && s->txn_open;
+	s->txn_failed = s->txn_mode && s->txn_used;
 	s->rewind_needed = true; /* the open transaction cannot commit this */
 }
 
@@ -520,7 +520,7 @@ void kreq__kafka_producer_reset(kreq_worker_t *s)
 	producer_drain(s);
 	/* the handles are the old producer's, and the new one knows no topic */
 	kreq__topics_clear(&s->topics);
-	s->txn_open = false;
+	s->txn_open = s->txn_used = false;
 	atomic_fetch_add_explicit(&s->m.producer_resets, 1, memory_order_relaxed);
 	rd_kafka_destroy(s->producer);
 	s->producer = NULL;

@@ -446,7 +446,7 @@ static void serve_events(kreq_worker_t *s)
  * one starts worker.txn.gap.us after it, with what arrived meanwhile. */
 static int64_t gap_left_ns(const kreq_worker_t *s, int64_t now_ns)
 {
-	if (!s->txn_mode || s->txn_open)
+	if (!s->txn_mode || s->txn_used)
 		return 0;
 	int64_t left = s->txn_end_ns + s->gap_ns - now_ns;
 	return left > 0 ? left : 0;
@@ -490,7 +490,7 @@ static bool commit_due(kreq_worker_t *s, int64_t now_ns)
 {
 	size_t busy = atomic_load_explicit(&s->in_progress, memory_order_relaxed);
 	if (s->txn_mode) {
-		if (!s->txn_open)
+		if (!s->txn_used)
 			return false;
 		bool idle = busy == 0 && now_ns - s->last_record_ns >= s->linger_ms * 1000000;
 		return idle || s->txn_results >= s->batch_max ||
@@ -504,7 +504,7 @@ static bool commit_due(kreq_worker_t *s, int64_t now_ns)
 static int64_t wait_us(kreq_worker_t *s, int64_t now_ns)
 {
 	int64_t left = 1000;
-	if (s->txn_mode && s->txn_open) {
+	if (s->txn_mode && s->txn_used) {
 		left = s->batch_ms - (now_ns - s->txn_start_ns) / 1000000;
 		int64_t idle = s->linger_ms - (now_ns - s->last_record_ns) / 1000000;
 		if (atomic_load_explicit(&s->in_progress, memory_order_relaxed) == 0 && idle < left)
@@ -573,6 +573,7 @@ static void step(kreq_worker_t *s, bool fetch, bool *more)
 		if (s->rewind_needed && !s->fatal)
 			rewind_all(s);
 	}
+	kreq__txn_prebegin(s); /* before the loop sleeps: off the next request's path */
 	housekeeping(s, now);
 }
 

@@ -169,7 +169,11 @@ struct kreq_worker_s {
 	int64_t txn_end_ns; /* the last commit or abort returned */
 	bool gap_waited;    /* consume() held back for worker.txn.gap.us */
 	int txn_call_ms;    /* worker.txn.call.timeout.ms: past it, fence (txn.c) */
+	/* The transaction: begun ahead when the loop is idle (txn.c
+	 * kreq__txn_prebegin), taken into use by the first record or write
+	 * (kreq__txn_begin); batch clock, gap and commit count from its use. */
 	bool txn_open;
+	bool txn_used;
 	int64_t txn_start_ns;
 	uint64_t txn_results;
 	int loop_err;
@@ -322,8 +326,15 @@ int kreq__topic_partitions_cached(kreq_worker_t *s, const char *topic, int32_t p
 /* A delivery record from the loop's free list (or malloc); NULL on ENOMEM. */
 kreq__dr_t *kreq__dr_new(kreq_worker_t *s);
 void kreq__dr_free(kreq_worker_t *s, kreq__dr_t *dr);
-/* txn.c: the transaction steps (light mode: the offset commit). */
+/* txn.c: the transaction steps (light mode: the offset commit). Takes the
+ * open transaction into use (beginning one if none is open) before a
+ * record is handled or an output written. */
 int kreq__txn_begin(kreq_worker_t *s);
+/* Begins a transaction ahead of use when none is open and nothing stands
+ * in the way (no rewind pending, not stopping): rd_kafka_begin_transaction()
+ * sends nothing to Kafka but costs a round trip to librdkafka's main
+ * thread, which then stays off the request's path. */
+void kreq__txn_prebegin(kreq_worker_t *s);
 /* Commits the open transaction, or aborts it (and flags a rewind) when an
  * output of it failed (s->txn_failed). */
 int kreq__txn_commit(kreq_worker_t *s);
