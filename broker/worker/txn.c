@@ -148,6 +148,14 @@ static void abort_open(kreq_worker_t *s)
 	}
 }
 
+/* The open transaction is over (committed, aborted, or failed). */
+static void txn_ended(kreq_worker_t *s)
+{
+	s->txn_open = s->txn_used = false;
+	s->txn_end_ns = kreq__mono_ns(); /* markers follow: see worker.txn.gap.us */
+	s->txn_failed = false;
+}
+
 static void txn_fail(kreq_worker_t *s, rd_kafka_error_t *e, const char *what)
 {
 	kreq__log(s->conf, 4, "worker", "%s: %s%s", what, rd_kafka_error_string(e),
@@ -168,9 +176,7 @@ static void txn_fail(kreq_worker_t *s, rd_kafka_error_t *e, const char *what)
 		abort_open(s);
 	}
 	rd_kafka_error_destroy(e);
-	s->txn_open = s->txn_used = false;
-	s->txn_end_ns = kreq__mono_ns(); /* markers follow: see worker.txn.gap.us */
-	s->txn_failed = false;
+	txn_ended(s);
 	s->rewind_needed = true;
 }
 
@@ -187,16 +193,12 @@ void kreq__txn_abort(kreq_worker_t *s, const char *why)
 	 * state they belong to, not after the rewind on its successor's */
 	if (s->producer)
 		rd_kafka_poll(s->producer, 0);
-	s->txn_open = s->txn_used = false;
-	s->txn_end_ns = kreq__mono_ns(); /* markers follow: see worker.txn.gap.us */
-	s->txn_failed = false;
+	txn_ended(s);
 	s->rewind_needed = true;
 }
 
 static int open_txn(kreq_worker_t *s)
 {
-	if (!s->producer || s->rewind_needed) /* nothing is written until the rewind */
-		return KREQ_EKAFKA;
 	rd_kafka_error_t *e = rd_kafka_begin_transaction(s->producer);
 	if (e) {
 		txn_fail(s, e, "begin_transaction");
@@ -215,7 +217,7 @@ int kreq__txn_begin(kreq_worker_t *s)
 {
 	if (!s->txn_mode || s->txn_used)
 		return KREQ_OK;
-	if (s->txn_open && (!s->producer || s->rewind_needed))
+	if (!s->producer || s->rewind_needed) /* nothing is written until the rewind */
 		return KREQ_EKAFKA;
 	if (!s->txn_open && open_txn(s))
 		return KREQ_EKAFKA;
@@ -309,8 +311,7 @@ int kreq__txn_commit(kreq_worker_t *s)
 		err = KREQ_EKAFKA;
 	} else {
 		offsets_committed(s, l);
-		s->txn_open = s->txn_used = false;
-		s->txn_end_ns = kreq__mono_ns(); /* markers follow: see worker.txn.gap.us */
+		txn_ended(s);
 		atomic_fetch_add_explicit(&s->m.txn_commits, 1, memory_order_relaxed);
 		kreq__hist_observe(&s->m.commit_time, (kreq__mono_ns() - t0) / 1000);
 		kreq__hist_observe(&s->m.batch_size, (int64_t)s->txn_results * 100);
