@@ -12,6 +12,10 @@
  *   worker.mode instead of the bench's echo worker: verification, dedup
  *   state, results records, offsets (in one transaction per batch in
  *   transactional mode), the raw baseline unchanged, in the same run.
+ *   The transactional worker's run also measures raw + one commit: the raw
+ *   echo committing each fetched batch's replies and offset in one Kafka
+ *   transaction, at 1 in flight and under each load beside kreq (what
+ *   Kafka transactions allow a client here, nothing of kreq's in it).
  * Both echo workers run the same loop with the same librdkafka settings
  * (handle()): wait for one record, take whatever else has already been
  * fetched, process all of it, then produce all of it, as a worker serving a
@@ -23,11 +27,12 @@
  *            [seconds-per-load] [rounds]
  * Prints p50/p99 latency at 1 in flight; then, for 1, 16 and 256 calls in
  * flight, the throughput of raw, of kreq driven by a thread waiting on its
- * futures, and of kreq driven from completion callbacks. Each load runs
- * `rounds` times, interleaved (raw, kreq, callbacks, raw, ...) so that a
- * noisy neighbour hits all three alike; the figures are the medians of the
- * rates and of the per-round ratios to raw, and the CPU time per round trip
- * spent in this process (client, echo workers and their librdkafka threads)
+ * futures, of kreq driven from completion callbacks and (transactional
+ * worker) of the raw echo in a transaction. Each load runs `rounds` times,
+ * interleaved (raw, kreq, callbacks, raw, ...) so that a noisy neighbour
+ * hits all alike; the figures are the medians of the rates and of the
+ * per-round ratios to raw, and the CPU time per round trip spent in this
+ * process (client, echo workers and their librdkafka threads)
  * and, if KREQ_BENCH_BROKER_PID names the Kafka broker's process, in it.
  *
  * For experiments: KREQ_BENCH_CONF="name=value,..." sets client properties
@@ -327,7 +332,11 @@ static bool echo_kreq(echo_t *e, const rd_kafka_message_t *m, char *topic, size_
 
 /* The transactional raw echo: what a hand-written librdkafka consume-
  * transform-produce loop does per batch, the limit of an exactly-once
- * round trip ("raw + one commit"). */
+ * round trip ("raw + one commit"). Tuned as kreq's worker is against
+ * CONCURRENT_TRANSACTIONS (docs/PERFORMANCE.md): retry.backoff.ms 5 and no
+ * new transaction for ECHO_TXN_GAP_US after a commit (librdkafka's
+ * defaults stall back-to-back transactions for 20-100 ms each). */
+#define ECHO_TXN_GAP_US 500
 static rd_kafka_t *txn_producer(const char *id)
 {
 	char err[512];
@@ -335,6 +344,7 @@ static rd_kafka_t *txn_producer(const char *id)
 	if (rd_kafka_conf_set(c, "bootstrap.servers", bootstrap, err, sizeof(err)) ||
 	    rd_kafka_conf_set(c, "linger.ms", "0", err, sizeof(err)) ||
 	    rd_kafka_conf_set(c, "socket.nagle.disable", "true", err, sizeof(err)) ||
+	    rd_kafka_conf_set(c, "retry.backoff.ms", "5", err, sizeof(err)) ||
 	    rd_kafka_conf_set(c, "transactional.id", id, err, sizeof(err)))
 		die(err);
 	rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof(err));
@@ -368,6 +378,8 @@ static void echo_txn_commit(rd_kafka_t *p, rd_kafka_t *c, const char *topic, int
 		e = rd_kafka_commit_transaction(p, 30000);
 	if (e)
 		die(rd_kafka_error_string(e));
+	/* the markers' time: what arrives meanwhile joins the next batch */
+	nanosleep(&(struct timespec){0, ECHO_TXN_GAP_US * 1000}, NULL);
 }
 
 static void *echo_main(void *arg)
@@ -754,13 +766,17 @@ static double median(double *v, int n)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-enum { RAW, KREQ, CB };
+enum { RAW, KREQ, CB, RAWTX };
+
+static raw_t *rawtx; /* transactional worker: the raw echo in a transaction */
 
 static double run_load(int what, raw_t *raw, kreq_client_t *cl, int window, double secs)
 {
 	switch (what) {
 	case RAW:
 		return raw_throughput(raw, window, secs);
+	case RAWTX:
+		return raw_throughput(rawtx, window, secs);
 	case KREQ:
 		return kreq_throughput(cl, (unsigned)window, secs);
 	default:
@@ -768,14 +784,14 @@ static double run_load(int what, raw_t *raw, kreq_client_t *cl, int window, doub
 	}
 }
 
-static const char *const load_name[] = {"raw", "kreq", "callbacks"};
+static const char *const load_name[] = {"raw", "kreq", "callbacks", "raw txn"};
 static bool verbose; /* KREQ_BENCH_VERBOSE: every round's figures */
 
 static void measure(raw_t *raw, kreq_client_t *cl, int window, double secs, int rounds,
-                    load_t out[3])
+                    load_t out[4])
 {
 	for (int r = 0; r < rounds; r++) {
-		for (int w = RAW; w <= CB; w++) {
+		for (int w = RAW; w <= (rawtx ? RAWTX : CB); w++) {
 			double c0 = cpu_s(false), b0 = cpu_s(true);
 			double rate = run_load(w, raw, cl, window, secs);
 			double c1 = cpu_s(false), b1 = cpu_s(true);
@@ -863,9 +879,9 @@ int main(int argc, char **argv)
 	rd_kafka_poll_set_consumer(raw.c);
 	assign_end(raw.c, pong);
 	kreq_client_t *cl = make_client(kr);
-	/* transactional worker: also the transactional raw echo at 1 in flight */
+	/* transactional worker: also the transactional raw echo, at 1 in flight and under load */
 	bool txn = !strcmp(worker, "transactional");
-	raw_t rawtx = {0};
+	raw_t tx = {0};
 	if (txn) {
 		char tping[160], tpong[160];
 		snprintf(tping, sizeof(tping), "%s.rawtx.ping", prefix);
@@ -874,17 +890,18 @@ int main(int argc, char **argv)
 		create_topic(tpong, 1);
 		te = echo_start(false, true, tping, tpong, NULL);
 		snprintf(group, sizeof(group), "%s-rawtx", prefix);
-		rawtx.p = handle(RD_KAFKA_PRODUCER, NULL, true);
-		rawtx.c = handle(RD_KAFKA_CONSUMER, group, true); /* read_committed */
-		snprintf(rawtx.ping, sizeof(rawtx.ping), "%s", tping);
-		rd_kafka_poll_set_consumer(rawtx.c);
-		assign_end(rawtx.c, tpong);
+		tx.p = handle(RD_KAFKA_PRODUCER, NULL, true);
+		tx.c = handle(RD_KAFKA_CONSUMER, group, true); /* read_committed */
+		snprintf(tx.ping, sizeof(tx.ping), "%s", tping);
+		rd_kafka_poll_set_consumer(tx.c);
+		assign_end(tx.c, tpong);
+		rawtx = &tx; /* also under load, beside kreq */
 	}
 
 	result_t rl, kl, tl = {0};
 	raw_latency(&raw, n, &rl);
 	if (txn)
-		raw_latency(&rawtx, n, &tl);
+		raw_latency(&tx, n, &tl);
 	kreq_latency(cl, n, &kl);
 	printf("# round trip through Apache Kafka at %s; %zu-byte payload; %d calls at 1 in "
 	       "flight, %.1f s per load, %d round%s; HMAC-SHA-256 signing; kreq worker: %s\n",
@@ -908,10 +925,11 @@ int main(int argc, char **argv)
 	for (int i = 0; i < 3; i++) {
 		if (only && atoi(only) != windows[i])
 			continue;
-		load_t l[3];
+		load_t l[4];
 		measure(&raw, cl, windows[i], secs, rounds, l);
-		double rate[3], ratio[3], cpu[3], broker[3];
-		for (int w = RAW; w <= CB; w++) {
+		double rate[4], ratio[4], cpu[4], broker[4];
+		int last = rawtx ? RAWTX : CB;
+		for (int w = RAW; w <= last; w++) {
 			rate[w] = median(l[w].rate, rounds);
 			ratio[w] = median(l[w].ratio, rounds);
 			cpu[w] = median(l[w].cpu, rounds);
@@ -926,6 +944,12 @@ int main(int argc, char **argv)
 			printf("   broker %.1f / %.1f / %.1f", broker[RAW], broker[KREQ],
 			       broker[CB]);
 		printf("\n");
+		if (rawtx)
+			printf(
+			    "  raw echo in a transaction %8.0f/s (%.2f)   cpu us per round trip: "
+			    "here %.1f   broker %.1f   kreq / it: %.2f\n",
+			    rate[RAWTX], ratio[RAWTX], cpu[RAWTX], broker[RAWTX],
+			    rate[KREQ] / rate[RAWTX]);
 		fflush(stdout);
 	}
 	kreq_client_destroy(cl);
@@ -934,9 +958,9 @@ int main(int argc, char **argv)
 	rd_kafka_destroy(raw.p);
 	echo_stop(re);
 	if (te) {
-		rd_kafka_consumer_close(rawtx.c);
-		rd_kafka_destroy(rawtx.c);
-		rd_kafka_destroy(rawtx.p);
+		rd_kafka_consumer_close(tx.c);
+		rd_kafka_destroy(tx.c);
+		rd_kafka_destroy(tx.p);
 		echo_stop(te);
 	}
 	if (ke)

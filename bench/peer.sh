@@ -144,6 +144,14 @@ for path in sorted(glob.glob(os.path.join(work, "*.out"))):
             if w == "256":
                 add("raw", "cpu", float(m[3]) + float(m[5] or 0))
                 add(kreq, "cpu", float(m[4]) + float(m[6] or 0))
+            # a transactional run's: the hand-written echo in a transaction, same load
+            m = re.search(r"^in flight %s\s.*\n.*\n\s+raw echo in a transaction\s+(\d+)/s "
+                          r"\([\d.]+\)\s+cpu us per round trip: here ([\d.]+)\s+broker ([\d.]+)"
+                          % w, text, re.M)
+            if m:
+                add("raw txn", w, m[1])
+                if w == "256":
+                    add("raw txn", "cpu", float(m[2]) + float(m[3]))
     else:
         spring = "Spring " + ("plain" if name == "spring-plain" else "transactional")
         m = re.search(r"^spring mode=\S+ load=1 calls=\d+ p50_us=(\d+) p99_us=(\d+)$", text, re.M)
@@ -156,7 +164,7 @@ for path in sorted(glob.glob(os.path.join(work, "*.out"))):
                 add(spring, "cpu", float(m[2]) + float(m[3]))
 med = {k: statistics.median(v) for k, v in S.items()}
 def g(s, k): return med[(s, k)]
-rows = ["raw", "kreq light", "kreq transactional", "kreq transactional, journal",
+rows = ["raw", "raw txn", "kreq light", "kreq transactional", "kreq transactional, journal",
         "Spring plain", "Spring transactional"]
 if smoke:
     missing = [(s, k) for s in rows for k in ("p50", "p99", "16", "256", "cpu") if (s, k) not in med]
@@ -204,4 +212,15 @@ print("  kreq light p50 / Spring plain p50: %.2fx; kreq light calls/s at 16 / Sp
       % (g("kreq light", "p50") / g("Spring plain", "p50"), g("kreq light", "16") / g("Spring plain", "16")))
 print("  kreq transactional calls/s at 16 / Spring transactional: %.2fx"
       % (g("kreq transactional", "16") / g("Spring transactional", "16")))
+print()
+print("the hand-written echo in a transaction (\"raw txn\": one commit per fetched batch, as")
+print("kreq's worker) under the same loads, what Kafka transactions allow a client here:")
+for w in ("16", "256"):
+    print("  at %-3s raw txn / raw %.2fx; kreq transactional / raw txn %.2fx (journal %.2fx); "
+          "raw txn / Spring transactional %.2fx" % (w, g("raw txn", w) / g("raw", w),
+          g("kreq transactional", w) / g("raw txn", w),
+          g("kreq transactional, journal", w) / g("raw txn", w),
+          g("raw txn", w) / g("Spring transactional", w)))
+print("  CPU per call at 256: raw txn / raw %.2fx; kreq transactional / raw txn %.2fx"
+      % (g("raw txn", "cpu") / g("raw", "cpu"), g("kreq transactional", "cpu") / g("raw txn", "cpu")))
 EOF
