@@ -107,7 +107,8 @@
 	X(WORKER_TXN_BATCH_MAX, "worker.txn.batch.max", INT, "1000", 1, 1000000,                   \
 	  "Most results per Kafka transaction. A transaction also commits when it is "             \
 	  "worker.txn.batch.ms old, or when no request is in progress and none arrived for "       \
-	  "worker.txn.linger.ms.")                                                                 \
+	  "worker.txn.linger.ms and, after a transaction of several results, it is "               \
+	  "worker.txn.gather.us old.")                                                             \
 	X(WORKER_TXN_BATCH_MS, "worker.txn.batch.ms", INT, "20", 0, 60000,                         \
 	  "Longest a transaction stays open while requests are in progress; in worker.mode=light " \
 	  "the interval between offset commits (0: at every loop step).")                          \
@@ -115,6 +116,13 @@
 	  "When no request is in progress, how long a transaction waits for more records before "  \
 	  "it commits. 0: it commits as soon as nothing is in progress and nothing is queued; "    \
 	  "requests arriving meanwhile gather for the next one (worker.txn.gap.us).")              \
+	X(WORKER_TXN_GATHER_US, "worker.txn.gather.us", INT, "600", 0, 1000000,                    \
+	  "Transactional mode: when the last committed transaction carried more than one result "  \
+	  "(calls in flight together), the next one stays open at least this long after its "      \
+	  "first record before it commits, so that the callers just answered, whose next "         \
+	  "requests arrive a few hundred microseconds later, share it instead of waiting a whole " \
+	  "commit for the one after. After a lone result it commits at once (no cost to one call " \
+	  "at a time). 0 disables.")                                                               \
 	X(WORKER_TXN_GAP_US, "worker.txn.gap.us", INT, "500", 0, 1000000,                          \
 	  "Transactional mode: after a transaction ends, how long the worker takes no new "        \
 	  "request before it starts the next one. Kafka's transaction coordinator is still "       \

@@ -312,6 +312,7 @@ int kreq__txn_commit(kreq_worker_t *s)
 	} else {
 		offsets_committed(s, l);
 		txn_ended(s);
+		s->prev_results = s->txn_results;
 		atomic_fetch_add_explicit(&s->m.txn_commits, 1, memory_order_relaxed);
 		kreq__hist_observe(&s->m.commit_time, (kreq__mono_ns() - t0) / 1000);
 		kreq__hist_observe(&s->m.batch_size, (int64_t)s->txn_results * 100);

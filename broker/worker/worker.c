@@ -108,6 +108,7 @@ static int read_limits(kreq_worker_t *s, char *errstr, size_t errstr_size)
 	s->batch_ms = kreq__conf_int(c, KREQ__P_WORKER_TXN_BATCH_MS);
 	s->linger_ms = kreq__conf_int(c, KREQ__P_WORKER_TXN_LINGER_MS);
 	s->gap_ns = kreq__conf_int(c, KREQ__P_WORKER_TXN_GAP_US) * 1000;
+	s->gather_ns = kreq__conf_int(c, KREQ__P_WORKER_TXN_GATHER_US) * 1000;
 	s->txn_call_ms = (int)kreq__conf_int(c, KREQ__P_WORKER_TXN_CALL_TIMEOUT_MS);
 	s->batch_linger_ms = kreq__conf_int(c, KREQ__P_WORKER_BATCH_LINGER_MS);
 	s->batch_threshold = kreq__conf_int(c, KREQ__P_WORKER_BATCH_THRESHOLD);

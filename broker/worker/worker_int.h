@@ -165,10 +165,12 @@ struct kreq_worker_s {
 	int64_t light_commit_ns, housekeeping_ns;
 	int64_t last_record_ns; /* last record consumed or completion applied */
 	int64_t linger_ms;
-	int64_t gap_ns;     /* worker.txn.gap.us */
-	int64_t txn_end_ns; /* the last commit or abort returned */
-	bool gap_waited;    /* consume() held back for worker.txn.gap.us */
-	int txn_call_ms;    /* worker.txn.call.timeout.ms: past it, fence (txn.c) */
+	int64_t gather_ns;     /* worker.txn.gather.us */
+	uint64_t prev_results; /* results of the last committed transaction */
+	int64_t gap_ns;        /* worker.txn.gap.us */
+	int64_t txn_end_ns;    /* the last commit or abort returned */
+	bool gap_waited;       /* consume() held back for worker.txn.gap.us */
+	int txn_call_ms;       /* worker.txn.call.timeout.ms: past it, fence (txn.c) */
 	/* The transaction: begun ahead when the loop is idle (txn.c
 	 * kreq__txn_prebegin), taken into use by the first record or write
 	 * (kreq__txn_begin); batch clock, gap and commit count from its use. */

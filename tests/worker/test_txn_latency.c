@@ -20,6 +20,14 @@
  * that slept its idle second instead (the first version of the gap) made
  * about one call in two hundred take a second at 1 in flight, so 1500 calls
  * one after another must each take less than that.
+ *
+ * After a transaction of more than one result the next one stays open
+ * worker.txn.gather.us from its first record, so that a request arriving
+ * meanwhile shares its commit; after a lone result it commits at once.
+ * With a gather of 1 s: two calls held in their handlers together make
+ * one transaction of two; a call after it waits about the gather and a
+ * call sent 200 ms after that one shares its commit; a call after a
+ * transaction of one takes less than the gather.
  */
 #include <check.h>
 #include <pthread.h>
@@ -256,6 +264,96 @@ START_TEST(test_txn_gap_wakes_loop)
 }
 END_TEST
 
+/* svc.pair: each request waits in its handler until two are there. */
+static pthread_mutex_t pair_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pair_cv = PTHREAD_COND_INITIALIZER;
+static int pair_in;
+
+static void h_pair(kreq_request_t *r, void *opaque)
+{
+	(void)opaque;
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 30;
+	pthread_mutex_lock(&pair_mu);
+	pair_in++;
+	pthread_cond_broadcast(&pair_cv);
+	while (pair_in < 2 && pthread_cond_timedwait(&pair_cv, &pair_mu, &until) == 0)
+		;
+	pthread_mutex_unlock(&pair_mu);
+	kreq_request_reply(r, 0, "ok", 2, NULL);
+}
+
+static kreq_future_t *call_async(kreq_client_t *c, const char *method)
+{
+	kreq_future_t *f = NULL;
+	ck_assert_int_eq(kreq_client_call(c, method, "hi", 2, NULL, &f), KREQ_OK);
+	return f;
+}
+
+static int64_t await_ms(kreq_future_t *f, int64_t t0)
+{
+	ck_assert_int_eq(kreq_future_wait(f, 60000), KREQ_OK);
+	ck_assert_int_eq(kreq_future_err(f), KREQ_OK);
+	kreq_future_release(f);
+	return mono_ms() - t0;
+}
+
+START_TEST(test_txn_gather)
+{
+	kreq_conf_t *conf = conf_new("w-gather", NULL);
+	char err[512];
+	ck_assert_int_eq(kreq_conf_set(conf, "worker.txn.gather.us", "1000000", err, 512), KREQ_OK);
+	ck_assert_int_eq(kreq_conf_set(conf, "worker.txn.batch.ms", "10000", err, 512), KREQ_OK);
+	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
+	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
+	kreq_conf_destroy(conf);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
+	                 KREQ_OK);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.pair", h_pair, NULL, 0), KREQ_OK);
+	kreq_test_running_t *w = kreq_test_worker_start(s);
+	kreq_client_t *c = client_new();
+	call_echo(c); /* a lone result first: the pair's transaction starts at once */
+
+	/* one transaction of two results */
+	int64_t t0 = mono_ms();
+	kreq_future_t *a = call_async(c, "svc.pair"), *b = call_async(c, "svc.pair");
+	await_ms(a, t0);
+	await_ms(b, t0);
+
+	/* the next transaction gathers; a call 200 ms later shares its commit */
+	uint64_t commits = kreq_test_worker_metric(s, "kreq_worker_txn_commits_total{");
+	t0 = mono_ms();
+	kreq_future_t *held = call_async(c, "svc.echo");
+	struct timespec pause = {0, 200 * 1000000};
+	nanosleep(&pause, NULL); /* the gap between the two calls under test, not a wait */
+	kreq_future_t *joined = call_async(c, "svc.echo");
+	int64_t held_ms = await_ms(held, t0), joined_ms = await_ms(joined, t0);
+	uint64_t shared = kreq_test_worker_metric(s, "kreq_worker_txn_commits_total{") - commits;
+
+	/* after that transaction (two results) one more gathers; then one alone */
+	call_echo(c);
+	t0 = mono_ms();
+	call_echo(c);
+	int64_t alone_ms = mono_ms() - t0;
+	kreq_client_destroy(c);
+	kreq_test_worker_stop(w);
+
+	ck_assert_msg(held_ms >= 950,
+	              "a call after a transaction of two results was answered after %lld ms: "
+	              "its transaction committed before worker.txn.gather.us (1 s)",
+	              (long long)held_ms);
+	ck_assert_msg(shared == 1,
+	              "the call sent 200 ms into the gather took %llu commits with the first "
+	              "(answered after %lld and %lld ms): it did not share the transaction",
+	              (unsigned long long)shared, (long long)held_ms, (long long)joined_ms);
+	ck_assert_msg(alone_ms < 900,
+	              "a call after a transaction of one result took %lld ms: the gather "
+	              "held a lone call's transaction",
+	              (long long)alone_ms);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("txn_latency");
@@ -265,6 +363,7 @@ int main(void)
 	tcase_add_test(tc, test_txn_retry_backoff_default);
 	tcase_add_test(tc, test_txn_retry_backoff_user_wins);
 	tcase_add_test(tc, test_txn_gap_wakes_loop);
+	tcase_add_test(tc, test_txn_gather);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
