@@ -770,6 +770,12 @@ enum { RAW, KREQ, CB, RAWTX };
 
 static raw_t *rawtx; /* transactional worker: the raw echo in a transaction */
 
+/* The last load measured: the raw echo in a transaction too if there is one. */
+static int last_load(void)
+{
+	return rawtx ? RAWTX : CB;
+}
+
 static double run_load(int what, raw_t *raw, kreq_client_t *cl, int window, double secs)
 {
 	switch (what) {
@@ -791,7 +797,7 @@ static void measure(raw_t *raw, kreq_client_t *cl, int window, double secs, int 
                     load_t out[4])
 {
 	for (int r = 0; r < rounds; r++) {
-		for (int w = RAW; w <= (rawtx ? RAWTX : CB); w++) {
+		for (int w = RAW; w <= last_load(); w++) {
 			double c0 = cpu_s(false), b0 = cpu_s(true);
 			double rate = run_load(w, raw, cl, window, secs);
 			double c1 = cpu_s(false), b1 = cpu_s(true);
@@ -928,8 +934,7 @@ int main(int argc, char **argv)
 		load_t l[4];
 		measure(&raw, cl, windows[i], secs, rounds, l);
 		double rate[4], ratio[4], cpu[4], broker[4];
-		int last = rawtx ? RAWTX : CB;
-		for (int w = RAW; w <= last; w++) {
+		for (int w = RAW; w <= last_load(); w++) {
 			rate[w] = median(l[w].rate, rounds);
 			ratio[w] = median(l[w].ratio, rounds);
 			cpu[w] = median(l[w].cpu, rounds);

@@ -138,7 +138,28 @@ static kreq_conf_t *conf_new(const char *client_id, const char *retry_backoff)
 	return conf;
 }
 
-/* A transactional echo worker of conf (consumed), running. */
+/* svc.pair: each request waits in its handler until two are there. */
+static pthread_mutex_t pair_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pair_cv = PTHREAD_COND_INITIALIZER;
+static int pair_in;
+
+static void h_pair(kreq_request_t *r, void *opaque)
+{
+	(void)opaque;
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 30;
+	pthread_mutex_lock(&pair_mu);
+	pair_in++;
+	pthread_cond_broadcast(&pair_cv);
+	while (pair_in < 2 && pthread_cond_timedwait(&pair_cv, &pair_mu, &until) == 0)
+		;
+	pthread_mutex_unlock(&pair_mu);
+	kreq_request_reply(r, 0, "ok", 2, NULL);
+}
+
+/* A transactional worker of conf (consumed), running: svc.echo (inline)
+ * and svc.pair. */
 static kreq_test_running_t *echo_worker_start(kreq_conf_t *conf)
 {
 	char err[512];
@@ -147,6 +168,7 @@ static kreq_test_running_t *echo_worker_start(kreq_conf_t *conf)
 	kreq_conf_destroy(conf);
 	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
 	                 KREQ_OK);
+	ck_assert_int_eq(kreq_worker_register(s, "svc.pair", h_pair, NULL, 0), KREQ_OK);
 	return kreq_test_worker_start(s);
 }
 
@@ -264,26 +286,6 @@ START_TEST(test_txn_gap_wakes_loop)
 }
 END_TEST
 
-/* svc.pair: each request waits in its handler until two are there. */
-static pthread_mutex_t pair_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t pair_cv = PTHREAD_COND_INITIALIZER;
-static int pair_in;
-
-static void h_pair(kreq_request_t *r, void *opaque)
-{
-	(void)opaque;
-	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += 30;
-	pthread_mutex_lock(&pair_mu);
-	pair_in++;
-	pthread_cond_broadcast(&pair_cv);
-	while (pair_in < 2 && pthread_cond_timedwait(&pair_cv, &pair_mu, &until) == 0)
-		;
-	pthread_mutex_unlock(&pair_mu);
-	kreq_request_reply(r, 0, "ok", 2, NULL);
-}
-
 static kreq_future_t *call_async(kreq_client_t *c, const char *method)
 {
 	kreq_future_t *f = NULL;
@@ -305,13 +307,8 @@ START_TEST(test_txn_gather)
 	char err[512];
 	ck_assert_int_eq(kreq_conf_set(conf, "worker.txn.gather.us", "1000000", err, 512), KREQ_OK);
 	ck_assert_int_eq(kreq_conf_set(conf, "worker.txn.batch.ms", "10000", err, 512), KREQ_OK);
-	kreq_worker_t *s = kreq_worker_new(conf, kr, "svc", err, sizeof(err));
-	ck_assert_msg(s != NULL, "kreq_worker_new: %s", err);
-	kreq_conf_destroy(conf);
-	ck_assert_int_eq(kreq_worker_register(s, "svc.echo", h_echo, NULL, KREQ_HANDLER_INLINE),
-	                 KREQ_OK);
-	ck_assert_int_eq(kreq_worker_register(s, "svc.pair", h_pair, NULL, 0), KREQ_OK);
-	kreq_test_running_t *w = kreq_test_worker_start(s);
+	kreq_test_running_t *w = echo_worker_start(conf);
+	kreq_worker_t *s = w->s;
 	kreq_client_t *c = client_new();
 	call_echo(c); /* a lone result first: the pair's transaction starts at once */
 
