@@ -194,6 +194,31 @@ static void revoke_parts(kreq_worker_t *s, const rd_kafka_topic_partition_list_t
 	kreq__log(s->conf, 6, "worker", "revoked %d partition(s) of %s", l->cnt, s->req_topic);
 }
 
+/* The assignment was lost (librdkafka's rd_kafka_assignment_lost(): the
+ * session timed out, e.g. while Kafka was out of reach): the partitions
+ * may already be another worker's, which redoes whatever this one has not
+ * committed. So nothing is committed and nothing waits: the open
+ * transaction is aborted (what it holds are executions the new owner
+ * runs again: committed, a key would have two Results), recorded and
+ * running requests are abandoned, and the partitions' state is dropped.
+ * librdkafka loses the whole assignment at once; a partition that stays
+ * is rewound to its committed offset (the abort's rewind). A commit, had
+ * it been tried, would be refused by the group (the member id is gone,
+ * txn.c txn_offsets) after the running handlers' grace period. */
+static void lose_parts(kreq_worker_t *s, const rd_kafka_topic_partition_list_t *l)
+{
+	kreq__log(s->conf, 4, "worker",
+	          "lost %d partition(s) of %s (the group's session timed out): aborting what "
+	          "was not committed, their next owner redoes it",
+	          l->cnt, s->req_topic);
+	kreq__txn_abort(s, "the assignment was lost");
+	kreq__faults_rewound(&s->faults);
+	kreq__poison_discard(s); /* not started: the next owner runs them */
+	for (int i = 0; i < l->cnt; i++)
+		if (l->elems[i].partition >= 0 && l->elems[i].partition < s->nparts)
+			kreq__part_drop(s, l->elems[i].partition);
+}
+
 /* The group's rebalance protocol is cooperative (cooperative-sticky):
  * assignments and revocations are increments, not the whole set.
  * librdkafka returns NULL while no protocol is known (a consumer closed
@@ -237,7 +262,10 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 				rd_kafka_resume_partitions(rk, l);
 			atomic_fetch_add_explicit(&s->m.rebalances, 1, memory_order_relaxed);
 		} else {
-			revoke_parts(s, l);
+			if (rd_kafka_assignment_lost(rk))
+				lose_parts(s, l);
+			else
+				revoke_parts(s, l);
 			incremental(s, rd_kafka_incremental_unassign(rk, l),
 			            "incremental unassign");
 		}
@@ -261,6 +289,13 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	/* revoked (or a rebalance error): let running handlers finish (within
 	 * the grace period), secure what is complete, drop the rest */
 	atomic_store_explicit(&s->ready, false, memory_order_release);
+	if (rd_kafka_assignment_lost(rk)) {
+		lose_parts(s, l);
+		drop_all(s);
+		s->rewind_needed = s->txn_mode && !s->producer; /* one is re-created first */
+		rd_kafka_assign(rk, NULL);
+		return;
+	}
 	kreq__poison_unhold(s); /* a suspect that did not start: redone by the next owner */
 	run_recorded(s);        /* started: they finish within the grace period */
 	bool was_draining = s->draining;

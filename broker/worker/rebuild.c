@@ -28,6 +28,21 @@
  *    the wait as a committed one does (both measured with librdkafka
  *    2.12.1 in tests/worker/test_rebuild.c). Bounded by
  *    worker.dedup.rebuild.timeout.ms, with an error naming the partition.
+ *  - Stable offsets first (transactional mode). A transaction of the
+ *    partitions' previous owner may hold their committed offsets pending
+ *    (sent to the group, not yet committed) while its Results are still
+ *    on their way: librdkafka sends the offsets without waiting for the
+ *    records' acknowledgements. Cut off from Kafka at that moment, the
+ *    owner commits it later, after the read ended without those Results:
+ *    the requests past its offsets were redone and their keys had two
+ *    committed Results (test_netfault partition_write). So the rebuild
+ *    first asks the committed offsets as read_committed consumers do
+ *    (KIP-447: Kafka answers UNSTABLE_OFFSET_COMMIT while a transaction
+ *    holds some) until they are stable: that transaction has ended, its
+ *    Results are in the partition (committed) or marked aborted, and the
+ *    previous owner can add no more (its group generation is gone, and
+ *    every transaction of a worker carries its offsets: txn.c
+ *    txn_offsets). The same bound as the read.
  *  - Only the worker's own signatures. The keyring also holds the tenants'
  *    request keys; a Result signed by one of them (written to the results
  *    topic by anyone who may write there) would otherwise be served to
@@ -328,13 +343,70 @@ static void timed_out(kreq_worker_t *s, kreq__part_t **parts, const progress_t *
 		    (long long)ms);
 }
 
+/* The first error of a committed-offsets answer: the request's, else a
+ * partition's. */
+static rd_kafka_resp_err_t committed_error(rd_kafka_resp_err_t kerr,
+                                           const rd_kafka_topic_partition_list_t *l)
+{
+	for (int i = 0; !kerr && i < l->cnt; i++)
+		kerr = l->elems[i].err;
+	return kerr;
+}
+
+/* Waits until no transaction holds committed offsets of the partitions
+ * pending (see the top: "Stable offsets first"); KREQ_OK, KREQ_ECANCELED
+ * or a fatal error. */
+static int stable_offsets(kreq_worker_t *s, kreq__part_t **parts, int n, int64_t until)
+{
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
+	for (int i = 0; i < n; i++)
+		rd_kafka_topic_partition_list_add(l, s->req_topic, parts[i]->id);
+	int err = KREQ_OK;
+	bool said = false;
+	for (;;) {
+		int64_t left_ms = (until - kreq__mono_ns()) / 1000000;
+		if (atomic_load(&s->stop)) {
+			err = KREQ_ECANCELED;
+			break;
+		}
+		int tmo = left_ms < 5000 ? (int)left_ms : 5000;
+		rd_kafka_resp_err_t e =
+		    left_ms > 0 ? committed_error(rd_kafka_committed(s->consumer, l, tmo), l)
+		                : RD_KAFKA_RESP_ERR__TIMED_OUT;
+		if (!e)
+			break;
+		bool unstable = e == RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT;
+		if (left_ms <= 0 || (!unstable && !kreq__kafka_transient(e))) {
+			kreq__loop_fatal(
+			    s, KREQ_EKAFKA,
+			    "reading the committed offsets of %s before the dedup rebuild: "
+			    "%s%s",
+			    s->req_topic, rd_kafka_err2str(e),
+			    unstable ? " (a transaction holding offsets of the assigned "
+			               "partitions did not end within "
+			               "worker.dedup.rebuild.timeout.ms)"
+			             : "");
+			err = KREQ_EKAFKA;
+			break;
+		}
+		if (unstable && !said)
+			kreq__log(
+			    s->conf, 5, "worker",
+			    "committed offsets of %s: a transaction of their previous owner holds "
+			    "some pending; waiting for it to end before the dedup rebuild",
+			    s->req_topic);
+		said = said || unstable;
+		nanosleep(&(struct timespec){.tv_nsec = 50 * 1000000L}, NULL);
+	}
+	rd_kafka_topic_partition_list_destroy(l);
+	return err;
+}
+
 /* Reads the assigned results partitions until each is done; KREQ_OK,
  * KREQ_ECANCELED (stop requested) or a fatal error. */
 static int read_all(kreq_worker_t *s, kreq__part_t **parts, progress_t *pg, int n,
-                    rebuild_stats_t *st)
+                    rebuild_stats_t *st, int64_t until)
 {
-	int64_t until = kreq__mono_ns() +
-	                kreq__conf_int(s->conf, KREQ__P_WORKER_REBUILD_TIMEOUT_MS) * 1000000LL;
 	int remaining = n;
 	int64_t now = kreq__now_ms();
 	while (remaining > 0) {
@@ -381,6 +453,10 @@ int kreq__rebuild(kreq_worker_t *s, kreq__part_t **parts, int n)
 	int err = kreq__results_topic_check(s, s->nparts, false, true);
 	if (err)
 		return err;
+	int64_t until = kreq__mono_ns() +
+	                kreq__conf_int(s->conf, KREQ__P_WORKER_REBUILD_TIMEOUT_MS) * 1000000LL;
+	if (s->txn_mode && (err = stable_offsets(s, parts, n, until)))
+		return err;
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
 	for (int i = 0; i < n; i++)
 		rd_kafka_topic_partition_list_add(l, s->res_topic, parts[i]->id)->offset =
@@ -401,7 +477,7 @@ int kreq__rebuild(kreq_worker_t *s, kreq__part_t **parts, int n)
 	for (int i = 0; i < n; i++)
 		pg[i].target = pg[i].reached = -1;
 	rebuild_stats_t st = {0};
-	err = read_all(s, parts, pg, n, &st);
+	err = read_all(s, parts, pg, n, &st, until);
 	free(pg);
 	rd_kafka_assign(s->reader, NULL);
 	if (st.foreign)

@@ -236,8 +236,9 @@ void kreq__txn_prebegin(kreq_worker_t *s)
 		(void)open_txn(s);
 }
 
-/* The commit points that moved since the last commit. */
-static rd_kafka_topic_partition_list_t *offsets_to_commit(kreq_worker_t *s)
+/* The commit points that moved since the last commit; with all, every
+ * known one (moved or not). */
+static rd_kafka_topic_partition_list_t *offsets_to_commit(kreq_worker_t *s, bool all)
 {
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(s->nparts);
 	for (int32_t p = 0; p < s->nparts; p++) {
@@ -245,10 +246,29 @@ static rd_kafka_topic_partition_list_t *offsets_to_commit(kreq_worker_t *s)
 		if (!pt)
 			continue;
 		int64_t cp = kreq__offsets_commit_point(&pt->offs);
-		if (cp >= 0 && cp != pt->committed)
+		if (cp >= 0 && (all || cp != pt->committed))
 			rd_kafka_topic_partition_list_add(l, s->req_topic, p)->offset = cp;
 	}
 	return l;
+}
+
+/* What a transaction commits with: the commit points that moved, or, when
+ * none did (an earlier request of each partition still runs), the
+ * unchanged ones. Never none: the offsets are what makes Kafka's group
+ * coordinator check, at the commit, that this worker still owns its
+ * partitions (TxnOffsetCommit carries the member id and generation,
+ * KIP-447). A transaction without them commits unchecked: a worker cut
+ * off from Kafka longer than its session timeout, whose commit waited out
+ * the cut, committed the Results of requests that the partitions' new
+ * owner had redone and answered meanwhile, two committed executions of
+ * one idempotency key (test_netfault's partition case, 2 runs in 3). */
+static rd_kafka_topic_partition_list_t *txn_offsets(kreq_worker_t *s)
+{
+	rd_kafka_topic_partition_list_t *l = offsets_to_commit(s, false);
+	if (l->cnt)
+		return l;
+	rd_kafka_topic_partition_list_destroy(l);
+	return offsets_to_commit(s, true);
 }
 
 static void offsets_committed(kreq_worker_t *s, const rd_kafka_topic_partition_list_t *l)
@@ -261,26 +281,21 @@ static void offsets_committed(kreq_worker_t *s, const rd_kafka_topic_partition_l
 	}
 }
 
-/* send_offsets_to_transaction (if any moved) then commit_transaction, each
- * once: an error, retriable or not, goes to txn_fail (the fencing rule). */
+/* send_offsets_to_transaction then commit_transaction, each once: an
+ * error, retriable or not, goes to txn_fail (the fencing rule). */
 static rd_kafka_error_t *send_and_commit(kreq_worker_t *s, rd_kafka_topic_partition_list_t *l)
 {
-	if (l->cnt) {
-		rd_kafka_consumer_group_metadata_t *g =
-		    rd_kafka_consumer_group_metadata(s->consumer);
-		rd_kafka_error_t *e =
-		    rd_kafka_send_offsets_to_transaction(s->producer, l, g, s->txn_call_ms);
-		rd_kafka_consumer_group_metadata_destroy(g);
-		if (e)
-			return e;
-	}
-	return rd_kafka_commit_transaction(s->producer, s->txn_call_ms);
+	rd_kafka_consumer_group_metadata_t *g = rd_kafka_consumer_group_metadata(s->consumer);
+	rd_kafka_error_t *e =
+	    rd_kafka_send_offsets_to_transaction(s->producer, l, g, s->txn_call_ms);
+	rd_kafka_consumer_group_metadata_destroy(g);
+	return e ? e : rd_kafka_commit_transaction(s->producer, s->txn_call_ms);
 }
 
 int kreq__txn_commit(kreq_worker_t *s)
 {
 	if (!s->txn_mode && s->consumer) { /* light: commit delivered offsets, asynchronously */
-		rd_kafka_topic_partition_list_t *l = offsets_to_commit(s);
+		rd_kafka_topic_partition_list_t *l = offsets_to_commit(s, false);
 		if (l->cnt) {
 			/* synchronous while stopping or revoking: the group must see it */
 			rd_kafka_resp_err_t kerr = rd_kafka_commit(s->consumer, l, !s->draining);
@@ -300,9 +315,14 @@ int kreq__txn_commit(kreq_worker_t *s)
 		kreq__txn_abort(s, "a rewind is pending");
 		return KREQ_EKAFKA;
 	}
+	rd_kafka_topic_partition_list_t *l = txn_offsets(s);
+	if (!l->cnt) { /* no partition of its records is owned any more */
+		rd_kafka_topic_partition_list_destroy(l);
+		kreq__txn_abort(s, "none of its partitions is assigned to this worker");
+		return KREQ_EKAFKA;
+	}
 	int64_t t0 = kreq__mono_ns();
 	kreq__hop(W_COMMIT);
-	rd_kafka_topic_partition_list_t *l = offsets_to_commit(s);
 	rd_kafka_error_t *e = send_and_commit(s, l);
 	kreq__hop(W_COMMITTED);
 	int err = KREQ_OK;

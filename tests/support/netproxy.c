@@ -83,7 +83,7 @@ typedef struct {
 	char prefix[128];
 } rule_t;
 
-enum op { OP_NONE, OP_DROP, OP_PARTITION, OP_HEAL };
+enum op { OP_NONE, OP_DROP, OP_PARTITION, OP_ARM, OP_HEAL };
 
 struct kreq_netproxy {
 	int nodes;
@@ -99,9 +99,13 @@ struct kreq_netproxy {
 	bool part_on;
 	int part_node;
 	char part_prefix[128];
+	/* a partition armed to start at a request (kreq_netproxy_partition_at) */
+	bool part_armed;
+	int armed_node, armed_api;
+	char armed_prefix[128];
 	/* a posted request and its result */
 	enum op op;
-	int op_node, op_result;
+	int op_node, op_api, op_result;
 	char op_prefix[128];
 	uint64_t op_gen, op_done;
 	conn_t *conns;
@@ -255,6 +259,25 @@ static void release_held(kreq_netproxy_t *p, const conn_t *c, int api)
 	}
 }
 
+/* Blackholes the matching connections, current and new, until the heal;
+ * returns how many current ones. */
+static int start_partition(kreq_netproxy_t *p, int node, const char *prefix)
+{
+	int n = 0;
+	for (conn_t *c = p->conns; c; c = c->next)
+		if (c->cfd >= 0 && !c->blackhole && match_conn(c, node, prefix)) {
+			c->blackhole = true;
+			p->st.blackholed++;
+			n++;
+		}
+	p->part_on = true;
+	p->part_armed = false;
+	p->part_node = node;
+	snprintf(p->part_prefix, sizeof(p->part_prefix), "%s", prefix);
+	p->st.partition_started_ms = now_ms();
+	return n;
+}
+
 /* A request header is complete in c->hbuf: count it, apply the rules and
  * the partition, and queue it. */
 static void header_done(kreq_netproxy_t *p, conn_t *c)
@@ -268,6 +291,8 @@ static void header_done(kreq_netproxy_t *p, conn_t *c)
 		snprintf(c->cid, sizeof(c->cid), "%s", cid);
 		c->have_cid = true;
 	}
+	if (p->part_armed && api == p->armed_api && match_conn(c, p->armed_node, p->armed_prefix))
+		start_partition(p, p->armed_node, p->armed_prefix);
 	if (p->part_on && !c->blackhole && match_conn(c, p->part_node, p->part_prefix)) {
 		c->blackhole = true;
 		p->st.blackholed++;
@@ -534,29 +559,27 @@ static void do_op(kreq_netproxy_t *p)
 				n++;
 			}
 			break;
-		case OP_PARTITION:
-			if (!c->blackhole && match_conn(c, p->op_node, p->op_prefix)) {
-				c->blackhole = true;
-				p->st.blackholed++;
-				n++;
-			}
-			break;
 		case OP_HEAL:
 			if (c->blackhole) {
 				client_gone(c, true);
 				n++;
 			}
 			break;
+		case OP_PARTITION:
+		case OP_ARM:
 		case OP_NONE:
 			break;
 		}
 	}
 	if (p->op == OP_PARTITION) {
-		p->part_on = true;
-		p->part_node = p->op_node;
-		snprintf(p->part_prefix, sizeof(p->part_prefix), "%s", p->op_prefix);
+		n = start_partition(p, p->op_node, p->op_prefix);
+	} else if (p->op == OP_ARM) {
+		p->part_armed = true;
+		p->armed_node = p->op_node;
+		p->armed_api = p->op_api;
+		snprintf(p->armed_prefix, sizeof(p->armed_prefix), "%s", p->op_prefix);
 	} else if (p->op == OP_HEAL) {
-		p->part_on = false;
+		p->part_on = p->part_armed = false;
 	}
 	p->op = OP_NONE;
 	p->op_result = n;
@@ -571,6 +594,7 @@ static int post(kreq_netproxy_t *p, enum op op, kreq_np_match_t m)
 		pthread_cond_wait(&p->cond, &p->mu);
 	p->op = op;
 	p->op_node = m.node;
+	p->op_api = m.api_key;
 	snprintf(p->op_prefix, sizeof(p->op_prefix), "%s", m.client_prefix ? m.client_prefix : "");
 	uint64_t gen = ++p->op_gen;
 	char b = 1;
@@ -828,6 +852,11 @@ int kreq_netproxy_drop(kreq_netproxy_t *p, kreq_np_match_t m)
 int kreq_netproxy_partition(kreq_netproxy_t *p, kreq_np_match_t m)
 {
 	return post(p, OP_PARTITION, m);
+}
+
+void kreq_netproxy_partition_at(kreq_netproxy_t *p, kreq_np_match_t m)
+{
+	post(p, OP_ARM, m);
 }
 
 void kreq_netproxy_heal(kreq_netproxy_t *p)

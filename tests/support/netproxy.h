@@ -16,7 +16,8 @@
  *   - drop: matching connections are reset (RST) at once;
  *   - partition: matching connections, current and new, are blackholed
  *     (bytes in both directions discarded, nothing reset) until lifted;
- *     then they are reset (their streams are torn).
+ *     then they are reset (their streams are torn). It starts at once or
+ *     at a matching request (partition_at).
  * Everything runs on one thread of its own (a poll loop); the control
  * functions may be called from any thread. Nothing is forked: start the
  * proxy in the process (the Check test child) that uses it.
@@ -47,10 +48,11 @@ typedef struct {
 	int64_t requests[KREQ_NP_API_MAX]; /* requests seen, by api_key */
 	int64_t delayed[KREQ_NP_API_MAX];  /* requests delayed, by api_key */
 	int64_t delayed_total;             /* requests delayed */
-	int64_t late;       /* delayed requests delivered after their client closed */
-	int64_t released;   /* held requests released by their trigger (hold) */
-	int64_t dropped;    /* connections reset by drop */
-	int64_t blackholed; /* connections blackholed by a partition */
+	int64_t late;                 /* delayed requests delivered after their client closed */
+	int64_t released;             /* held requests released by their trigger (hold) */
+	int64_t dropped;              /* connections reset by drop */
+	int64_t blackholed;           /* connections blackholed by a partition */
+	int64_t partition_started_ms; /* when the last partition started (0: none) */
 	/* late EndTxns (delivered after their client closed), by Kafka's
 	 * answer: accepted (error 0: it ended whatever transaction of its
 	 * producer id and epoch was there) or refused (an error, e.g. the
@@ -92,6 +94,11 @@ int kreq_netproxy_drop(kreq_netproxy_t *p, kreq_np_match_t m);
 /* Blackholes matching connections until kreq_netproxy_heal(). Returns the
  * number of current connections blackholed. One partition at a time. */
 int kreq_netproxy_partition(kreq_netproxy_t *p, kreq_np_match_t m);
+/* Arms the same partition to start at the next request of m.api_key from
+ * a matching connection (that request is the first one blackholed):
+ * e.g. a worker cut off in the middle of a transaction's writes. The heal
+ * disarms it; stats' partition_started_ms says when it started. */
+void kreq_netproxy_partition_at(kreq_netproxy_t *p, kreq_np_match_t m);
 void kreq_netproxy_heal(kreq_netproxy_t *p);
 
 /* Delayed bytes not yet delivered (all connections). */

@@ -17,6 +17,8 @@
  *   - drop: every connection of one worker reset, again and again;
  *   - partition: one worker blackholed for longer than its session
  *     timeout, then healed;
+ *   - partition_write: the same, starting at one of its Produce requests
+ *     (in the middle of a transaction), with slower handlers;
  *   - slow_assignment (no load during the fault): a worker is given its
  *     peer's partitions while Kafka answers its DescribeConfigs more
  *     slowly than its worker.start.timeout.ms; it must go on serving.
@@ -142,10 +144,24 @@ static void teardown(void)
 
 /* Worker slot (client.id nf-w<slot> on every Kafka connection, so that
  * the proxy tells the workers apart), with short Kafka timeouts. */
+static const char *case_set = ""; /* a case's own settings, after the timeouts */
+static bool case_journal;         /* the case's workers record starts in a file */
+
+static void journal_path(char *out, size_t size, int slot)
+{
+	snprintf(out, size, "%s.journal-w%d", record_path, slot);
+}
+
 static void spawn(int slot)
 {
-	char set[512];
-	snprintf(set, sizeof(set), "kafka.client.id=nf-w%d;%s", slot, WORKER_TIMEOUTS);
+	char set[800], journal[320] = "";
+	if (case_journal) {
+		char path[280];
+		journal_path(path, sizeof(path), slot);
+		snprintf(journal, sizeof(journal), ";worker.poison.journal=%s", path);
+	}
+	snprintf(set, sizeof(set), "kafka.client.id=nf-w%d;%s%s%s", slot, WORKER_TIMEOUTS, case_set,
+	         journal);
 	setenv("KREQ_FAULT_WORKER_SET", set, 1);
 	/* KREQ_NETFAULT_WORKER_MODE=light: the negative control, an
 	 * at-least-once worker the checks must catch */
@@ -263,13 +279,9 @@ static void pace_partition(const fcase_t *f, int step)
 		kreq_test_poll_pause();
 }
 
-static void inject_partition(fcase_t *f, int step)
+/* While the partition lasts: the pace, then the heal. */
+static void partition_heal(fcase_t *f, int step)
 {
-	if (step == FIRST_FAULT) {
-		kreq_netproxy_partition(proxy, (kreq_np_match_t){0, "nf-w0", -1});
-		f->t_fault = kreq_test_now_ms();
-		f->faults++;
-	}
 	if (f->t_fault && !f->healed)
 		pace_partition(f, step);
 	if (f->t_fault && !f->healed && kreq_test_now_ms() - f->t_fault >= PARTITION_MS) {
@@ -277,6 +289,32 @@ static void inject_partition(fcase_t *f, int step)
 		f->t_heal = kreq_test_now_ms();
 		f->healed = true;
 	}
+}
+
+static void inject_partition(fcase_t *f, int step)
+{
+	if (step == FIRST_FAULT) {
+		kreq_netproxy_partition(proxy, (kreq_np_match_t){0, "nf-w0", -1});
+		f->t_fault = kreq_test_now_ms();
+		f->faults++;
+	}
+	partition_heal(f, step);
+}
+
+/* nf-w0 cut off from its next Produce on: in the middle of a transaction's
+ * writes, which are then blackholed with everything after them. */
+static void inject_partition_write(fcase_t *f, int step)
+{
+	if (step == FIRST_FAULT) {
+		kreq_netproxy_partition_at(proxy, (kreq_np_match_t){0, "nf-w0", API_PRODUCE});
+		f->faults++;
+	}
+	if (step >= FIRST_FAULT && !f->t_fault) {
+		kreq_np_stats_t st;
+		kreq_netproxy_stats(proxy, &st);
+		f->t_fault = st.partition_started_ms;
+	}
+	partition_heal(f, step);
 }
 
 static void schedule(int step, void *arg)
@@ -601,6 +639,42 @@ START_TEST(test_partition)
 }
 END_TEST
 
+/* The partition at a transaction's writes, with handlers of 0-400 ms:
+ * eight calls in flight per partition, the first of a partition is
+ * usually still running when later ones finish, and a transaction then
+ * holds their Results without moving a committed offset. Such a
+ * transaction of nf-w0 waited out the cut in its commit (30 s of
+ * worker.txn.call.timeout.ms; its records live for the transaction
+ * timeout, 20 s here, so that they outlast the cut and the reconnection
+ * after it, whose backoff is kept short; a journal records the handler starts, so that
+ * the first Produce cut is one of the transaction's) and committed after
+ * the heal, unchecked by
+ * the group: nf-w1, given the partitions after nf-w0's session timed out,
+ * had redone and answered those calls meanwhile (its dedup store knew
+ * nothing of Results still blackholed), and their keys had two committed
+ * Results and two different committed replies (txn.c txn_offsets). */
+START_TEST(test_partition_write)
+{
+	fcase_t f = {.name = "partition_write", .inject = inject_partition_write};
+	sleep_min_ms = 0;
+	sleep_span_ms = 400;
+	case_set = ";kafka.transaction.timeout.ms=20000;kafka.reconnect.backoff.max.ms=500";
+	case_journal = true;
+	run_case(&f);
+	for (int i = 0; i < NWORKERS; i++) {
+		char path[280];
+		journal_path(path, sizeof(path), i);
+		unlink(path);
+	}
+	case_journal = false;
+	case_set = "";
+	sleep_min_ms = 0;
+	sleep_span_ms = 40;
+	ck_assert_msg(f.t_fault, "partition_write: no Produce of nf-w0 after the load began");
+	ck_assert_msg(f.healed, "partition_write: the load ended before the partition was healed");
+}
+END_TEST
+
 /* A worker serving for a while is given more partitions (its peer left
  * the group) while Kafka answers slowly: the results topic's check at the
  * assignment (broker/worker/rebuild.c) waits, up to
@@ -680,6 +754,7 @@ int main(void)
 	add_case(s, "late_endtxn", test_late_endtxn);
 	add_case(s, "drop", test_drop);
 	add_case(s, "partition", test_partition);
+	add_case(s, "partition_write", test_partition_write);
 	add_case(s, "slow_assignment", test_slow_assignment);
 	if (start_cluster())
 		fprintf(stderr, "cannot start the proxied Kafka cluster: every test fails\n");
