@@ -384,7 +384,8 @@ static int stable_offsets(kreq_worker_t *s, kreq__part_t **parts, int n, int64_t
 			    s->req_topic, rd_kafka_err2str(e),
 			    unstable ? " (a transaction holding offsets of the assigned "
 			               "partitions did not end within "
-			               "worker.dedup.rebuild.timeout.ms)"
+			               "worker.dedup.rebuild.timeout.ms: a worker that hangs, or a "
+			               "hanging transaction, docs/operations.md)"
 			             : "");
 			err = KREQ_EKAFKA;
 			break;
