@@ -261,7 +261,8 @@ static rd_kafka_topic_partition_list_t *offsets_to_commit(kreq_worker_t *s, bool
  * off from Kafka longer than its session timeout, whose commit waited out
  * the cut, committed the Results of requests that the partitions' new
  * owner had redone and answered meanwhile, two committed executions of
- * one idempotency key (test_netfault's partition case, 2 runs in 3). */
+ * one idempotency key (test_netfault: partition_write 4 runs in 4, the
+ * partition case 2 in 14). */
 static rd_kafka_topic_partition_list_t *txn_offsets(kreq_worker_t *s)
 {
 	rd_kafka_topic_partition_list_t *l = offsets_to_commit(s, false);

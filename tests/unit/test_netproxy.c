@@ -386,6 +386,50 @@ START_TEST(test_partition)
 }
 END_TEST
 
+/* partition_at: w0's connections pass until a request of the armed
+ * api_key arrives; that request and everything after it (on every w0
+ * connection) is blackholed, other clients pass on. */
+START_TEST(test_partition_at)
+{
+	int a = connect_proxy(), b = connect_proxy(), l = connect_proxy();
+	kreq_netproxy_partition_at(proxy, (kreq_np_match_t){0, "w0", 0});
+	int64_t t0 = kreq_test_now_ms();
+	send_req(a, 18, "w0-p"); /* another api: passes */
+	ck_assert_int_ge(echo_ms(a, t0, 5000), 0);
+	send_req(b, 3, "w0-q");
+	ck_assert_int_ge(echo_ms(b, t0, 5000), 0);
+	send_req(l, 0, "load"); /* the api, another client: passes */
+	ck_assert_int_ge(echo_ms(l, t0, 5000), 0);
+	kreq_np_stats_t st;
+	kreq_netproxy_stats(proxy, &st);
+	ck_assert_int_eq(st.partition_started_ms, 0);
+	send_req(b, 0, "w0-q"); /* the trigger */
+	send_req(a, 3, "w0-p");
+	t0 = kreq_test_now_ms();
+	do {
+		kreq_netproxy_stats(proxy, &st);
+		ck_assert_int_lt(kreq_test_now_ms() - t0, 5000);
+		if (st.blackholed < 2)
+			kreq_test_poll_pause();
+	} while (st.blackholed < 2);
+	ck_assert_int_gt(st.partition_started_ms, 0);
+	ck_assert_int_eq(echo_ms(a, kreq_test_now_ms(), 300), -2);
+	ck_assert_int_eq(echo_ms(b, kreq_test_now_ms(), 300), -2);
+	send_req(l, 0, "load");
+	ck_assert_int_ge(echo_ms(l, kreq_test_now_ms(), 5000), 0);
+	pthread_mutex_lock(&seen_mu);
+	int n = nseen;
+	pthread_mutex_unlock(&seen_mu);
+	ck_assert_int_eq(n, 4); /* a, b, load, load: not the trigger nor a's second */
+	kreq_netproxy_heal(proxy);
+	ck_assert_int_eq(echo_ms(a, kreq_test_now_ms(), 5000), -1); /* torn: reset */
+	ck_assert_int_eq(echo_ms(b, kreq_test_now_ms(), 5000), -1);
+	close(a);
+	close(b);
+	close(l);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("netproxy");
@@ -397,6 +441,7 @@ int main(void)
 	tcase_add_test(tc, test_hold_until_trigger);
 	tcase_add_test(tc, test_drop);
 	tcase_add_test(tc, test_partition);
+	tcase_add_test(tc, test_partition_at);
 	suite_add_tcase(s, tc);
 	return kreq_test_run_suite(s);
 }
