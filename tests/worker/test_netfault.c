@@ -123,6 +123,14 @@ static int start_cluster(void)
 	return 0;
 }
 
+static const char *case_set = ""; /* a case's own settings, after the timeouts */
+static bool case_journal;         /* the case's workers record starts in a file */
+
+static void journal_path(char *out, size_t size, int slot)
+{
+	snprintf(out, size, "%s.journal-w%d", record_path, slot);
+}
+
 static void setup(void)
 {
 	fault_worker_path = KREQ_FAULT_WORKER;
@@ -139,19 +147,16 @@ static void teardown(void)
 {
 	kreq_netproxy_stop(proxy);
 	proxy = NULL;
+	for (int i = 0; i < NWORKERS; i++) { /* partition_write's */
+		char path[280];
+		journal_path(path, sizeof(path), i);
+		unlink(path);
+	}
 	fault_fixture_close();
 }
 
 /* Worker slot (client.id nf-w<slot> on every Kafka connection, so that
  * the proxy tells the workers apart), with short Kafka timeouts. */
-static const char *case_set = ""; /* a case's own settings, after the timeouts */
-static bool case_journal;         /* the case's workers record starts in a file */
-
-static void journal_path(char *out, size_t size, int slot)
-{
-	snprintf(out, size, "%s.journal-w%d", record_path, slot);
-}
-
 static void spawn(int slot)
 {
 	char set[800], journal[320] = "";
@@ -639,20 +644,23 @@ START_TEST(test_partition)
 }
 END_TEST
 
-/* The partition at a transaction's writes, with handlers of 0-400 ms:
- * eight calls in flight per partition, the first of a partition is
- * usually still running when later ones finish, and a transaction then
- * holds their Results without moving a committed offset. Such a
- * transaction of nf-w0 waited out the cut in its commit (30 s of
- * worker.txn.call.timeout.ms; its records live for the transaction
- * timeout, 20 s here, so that they outlast the cut and the reconnection
- * after it, whose backoff is kept short; a journal records the handler starts, so that
- * the first Produce cut is one of the transaction's) and committed after
- * the heal, unchecked by
- * the group: nf-w1, given the partitions after nf-w0's session timed out,
- * had redone and answered those calls meanwhile (its dedup store knew
- * nothing of Results still blackholed), and their keys had two committed
- * Results and two different committed replies (txn.c txn_offsets). */
+/* The partition at a transaction's writes. Handlers of 0-400 ms, eight
+ * calls in flight per partition: the first of a partition is usually
+ * still running when later ones finish, so a transaction often holds
+ * Results without moving a committed offset. The transaction timeout (20
+ * s) keeps nf-w0's records alive through the cut and the reconnection
+ * after it (its backoff kept short), and a crash journal records the
+ * handler starts, so the first Produce cut is one of the transaction's,
+ * not an Attempt. nf-w0's transaction then waits out the cut in its
+ * commit (worker.txn.call.timeout.ms, 30 s) while nf-w1, given the
+ * partitions after nf-w0's session timed out, redoes what it had not
+ * committed. Kafka must refuse that commit, or nf-w1 must see its
+ * Results: a transaction that moved no offset sent none and committed
+ * unchecked by the group (txn.c txn_offsets), and one whose offsets went
+ * through before its Results were cut off committed after nf-w1's dedup
+ * rebuild had read past where they would land (rebuild.c
+ * stable_offsets); either way keys had two committed Results and two
+ * different committed replies. */
 START_TEST(test_partition_write)
 {
 	fcase_t f = {.name = "partition_write", .inject = inject_partition_write};
@@ -661,11 +669,6 @@ START_TEST(test_partition_write)
 	case_set = ";kafka.transaction.timeout.ms=20000;kafka.reconnect.backoff.max.ms=500";
 	case_journal = true;
 	run_case(&f);
-	for (int i = 0; i < NWORKERS; i++) {
-		char path[280];
-		journal_path(path, sizeof(path), i);
-		unlink(path);
-	}
 	case_journal = false;
 	case_set = "";
 	sleep_min_ms = 0;
