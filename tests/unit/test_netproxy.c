@@ -198,6 +198,19 @@ static int seen_count(void)
 	return n;
 }
 
+/* Waits (up to 5 s) until the proxy has blackholed n connections; returns
+ * its stats then. */
+static kreq_np_stats_t await_blackholed(int64_t n)
+{
+	kreq_np_stats_t st;
+	int64_t t0 = kreq_test_now_ms();
+	for (kreq_netproxy_stats(proxy, &st); st.blackholed < n; kreq_netproxy_stats(proxy, &st)) {
+		ck_assert_int_lt(kreq_test_now_ms() - t0, 5000);
+		kreq_test_poll_pause();
+	}
+	return st;
+}
+
 /* ---- tests ------------------------------------------------------------------ */
 
 START_TEST(test_parse_header)
@@ -358,13 +371,7 @@ START_TEST(test_partition)
 	t0 = kreq_test_now_ms();
 	send_req(b, 0, "load");
 	ck_assert_int_ge(echo_ms(b, t0, 5000), 0);
-	kreq_np_stats_t st;
-	do {
-		kreq_netproxy_stats(proxy, &st);
-		ck_assert_int_lt(kreq_test_now_ms() - t0, 5000);
-		if (st.blackholed < 2)
-			kreq_test_poll_pause();
-	} while (st.blackholed < 2);
+	await_blackholed(2);
 	ck_assert_int_eq(echo_ms(a, kreq_test_now_ms(), 300), -2); /* nothing comes back */
 	kreq_netproxy_heal(proxy);
 	ck_assert_int_eq(echo_ms(a, kreq_test_now_ms(), 5000), -1); /* torn: reset */
@@ -405,13 +412,7 @@ START_TEST(test_partition_at)
 	ck_assert_int_eq(st.partition_started_ms, 0);
 	send_req(b, 0, "w0-q"); /* the trigger */
 	send_req(a, 3, "w0-p");
-	t0 = kreq_test_now_ms();
-	do {
-		kreq_netproxy_stats(proxy, &st);
-		ck_assert_int_lt(kreq_test_now_ms() - t0, 5000);
-		if (st.blackholed < 2)
-			kreq_test_poll_pause();
-	} while (st.blackholed < 2);
+	st = await_blackholed(2);
 	ck_assert_int_gt(st.partition_started_ms, 0);
 	ck_assert_int_eq(echo_ms(a, kreq_test_now_ms(), 300), -2);
 	ck_assert_int_eq(echo_ms(b, kreq_test_now_ms(), 300), -2);
